@@ -1,0 +1,99 @@
+//! Counters for every outcome of the data path. Plain integers: the poll loop owns them
+//! and the control plane reads a copy.
+
+/// Why a received datagram was dropped without effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Failed `Packet::new_checked`: too short, wrong magic/version, unknown opcode.
+    Malformed,
+    /// The MAC did not verify under the cluster key.
+    BadMac,
+    /// The source address is outside the allowlist.
+    NotAllowed,
+    /// A reply opcode sent to the node, or a request the node does not serve.
+    Unexpected,
+    /// No free frame or TX queue space to answer with.
+    NoBuffer,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Malformed,
+        DropReason::BadMac,
+        DropReason::NotAllowed,
+        DropReason::Unexpected,
+        DropReason::NoBuffer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadMac => "bad_mac",
+            DropReason::NotAllowed => "not_allowed",
+            DropReason::Unexpected => "unexpected",
+            DropReason::NoBuffer => "no_buffer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub dropped_malformed: u64,
+    pub dropped_bad_mac: u64,
+    pub dropped_not_allowed: u64,
+    pub dropped_unexpected: u64,
+    pub dropped_no_buffer: u64,
+    /// Requests answered with an `Error` packet, by cause.
+    pub rejected_busy: u64,
+    pub rejected_bad_request: u64,
+    pub rejected_not_found: u64,
+    pub rejected_disk_full: u64,
+    pub rejected_internal: u64,
+    pub fragments_stored: u64,
+    pub fragments_duplicate: u64,
+    pub chunks_stored: u64,
+    pub bytes_stored: u64,
+    pub puts_abandoned: u64,
+    pub fragments_served: u64,
+    pub bytes_served: u64,
+    pub gets: u64,
+    pub chunks_deleted: u64,
+    pub stats: u64,
+    pub pings: u64,
+    pub control_requests: u64,
+    /// Payload bytes of chunk data copied by Beeline's own code (not the kernel's or the
+    /// NIC's). The data path is built to keep this at zero.
+    pub data_bytes_copied: u64,
+}
+
+impl Counters {
+    pub fn count_drop(&mut self, reason: DropReason) {
+        *self.drop_counter(reason) += 1;
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::Malformed => self.dropped_malformed,
+            DropReason::BadMac => self.dropped_bad_mac,
+            DropReason::NotAllowed => self.dropped_not_allowed,
+            DropReason::Unexpected => self.dropped_unexpected,
+            DropReason::NoBuffer => self.dropped_no_buffer,
+        }
+    }
+
+    fn drop_counter(&mut self, reason: DropReason) -> &mut u64 {
+        match reason {
+            DropReason::Malformed => &mut self.dropped_malformed,
+            DropReason::BadMac => &mut self.dropped_bad_mac,
+            DropReason::NotAllowed => &mut self.dropped_not_allowed,
+            DropReason::Unexpected => &mut self.dropped_unexpected,
+            DropReason::NoBuffer => &mut self.dropped_no_buffer,
+        }
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        DropReason::ALL.iter().map(|reason| self.dropped(*reason)).sum()
+    }
+}

@@ -1,0 +1,115 @@
+//! The run-to-completion poll loop: receive a batch, handle it, acknowledge what became
+//! durable, send the replies. Generic over the backend, the store and the control plane.
+
+use crate::arena::Arena;
+use crate::io::{PacketIo, RxBatch, TxBatch};
+use crate::node::{ControlHandler, Node, TxQueue};
+use crate::store::ChunkStore;
+
+/// What one turn of the loop did; the caller backs off when it did nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Turn {
+    pub received: usize,
+    pub sent: usize,
+}
+
+impl Turn {
+    pub fn idle(&self) -> bool {
+        self.received == 0 && self.sent == 0
+    }
+}
+
+pub struct PollLoop<'m, 's, Io: PacketIo, S: ChunkStore, C: ControlHandler<S>> {
+    pub io: Io,
+    pub arena: Arena<'m>,
+    pub node: Node<'s, S, C>,
+    rx: RxBatch,
+    tx_queue: TxQueue,
+    tx_batch: TxBatch,
+}
+
+impl<'m, 's, Io: PacketIo, S: ChunkStore, C: ControlHandler<S>> PollLoop<'m, 's, Io, S, C> {
+    pub fn new(io: Io, arena: Arena<'m>, node: Node<'s, S, C>) -> Self {
+        Self { io, arena, node, rx: RxBatch::new(), tx_queue: TxQueue::new(), tx_batch: TxBatch::new() }
+    }
+
+    /// One turn: at most one receive batch and a full flush of the replies it caused.
+    pub fn run_once(&mut self, now_ms: u64) -> Result<Turn, Io::Error> {
+        let mut turn = Turn::default();
+        let window = usize::from(self.node.config().window_fragments_max);
+        turn.received = self.io.recv_batch(&mut self.arena, &mut self.rx)?;
+        let mut rx = core::mem::take(&mut self.rx);
+        for packet in rx.drain(..) {
+            // Keep room for the largest burst one request can cause (a GET window).
+            if self.tx_queue.capacity() - self.tx_queue.len() <= window {
+                turn.sent += self.flush()?;
+            }
+            self.node.handle(now_ms, &mut self.arena, packet, &mut self.tx_queue);
+        }
+        self.rx = rx;
+        self.node.poll_store(&mut self.arena, &mut self.tx_queue);
+        self.node.expire(now_ms);
+        turn.sent += self.flush()?;
+        Ok(turn)
+    }
+
+    fn flush(&mut self) -> Result<usize, Io::Error> {
+        let mut sent = 0;
+        while !self.tx_queue.is_empty() {
+            while !self.tx_batch.is_full() {
+                let Some(packet) = self.tx_queue.pop_front() else { break };
+                let pushed = self.tx_batch.push(packet);
+                assert!(pushed.is_ok(), "checked is_full");
+            }
+            sent += self.tx_batch.len();
+            self.io.send_batch(&mut self.arena, &mut self.tx_batch)?;
+            assert!(self.tx_batch.is_empty(), "backends drain the batch");
+        }
+        Ok(sent)
+    }
+}
+
+/// Idle back-off: how long to sleep in the backend after consecutive idle turns.
+/// Starts at zero (spin a little), doubles to `max_us`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    idle_turns: u32,
+    max_us: u32,
+}
+
+impl Backoff {
+    pub const fn new(max_us: u32) -> Self {
+        Self { idle_turns: 0, max_us }
+    }
+
+    pub fn reset(&mut self) {
+        self.idle_turns = 0;
+    }
+
+    /// Microseconds to wait after one more idle turn; 0 means poll again at once.
+    pub fn next_wait_us(&mut self) -> u32 {
+        self.idle_turns = self.idle_turns.saturating_add(1);
+        const SPIN_TURNS: u32 = 8;
+        if self.idle_turns <= SPIN_TURNS {
+            return 0;
+        }
+        let exponent = (self.idle_turns - SPIN_TURNS).min(16);
+        (16u32 << exponent).min(self.max_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+
+    #[test]
+    fn backoff_grows_to_cap_and_resets() {
+        let mut backoff = Backoff::new(1000);
+        let waits: std::vec::Vec<u32> = (0..30).map(|_| backoff.next_wait_us()).collect();
+        assert_eq!(waits[0], 0);
+        assert_eq!(*waits.last().unwrap(), 1000);
+        assert!(waits.windows(2).all(|pair| pair[0] <= pair[1]));
+        backoff.reset();
+        assert_eq!(backoff.next_wait_us(), 0);
+    }
+}

@@ -1,0 +1,7 @@
+//! Pieces of the data plane that need an operating system.
+
+pub mod arena_memory;
+pub mod disk_store;
+pub mod udp;
+pub mod mem_store;
+pub mod sim_harness;

@@ -1,0 +1,522 @@
+//! The Beeline datagram: a fixed 64-byte header followed by the payload.
+//!
+//! Layout (all integers big-endian), specified in `docs/protocol.md`:
+//!
+//! ```text
+//!  0  magic u16 = 0xBEE1     2  version u8 = 1      3  opcode u8
+//!  4  flags u8               5  status u8           6  credits u16
+//!  8  request_id u64
+//! 16  chunk_id u128
+//! 32  index u32              36  count u32
+//! 40  total_len u32          44  frag_len u16       46  payload_len u16
+//! 48  mac [u8; 16]  keyed BLAKE3 over bytes 0..48 and the payload, truncated
+//! 64  payload
+//! ```
+//!
+//! As in smoltcp's `wire`, [`Packet`] is a view over untrusted bytes: `new_checked`
+//! validates lengths, magic, version and opcode, after which no accessor can panic.
+//! [`Repr`] is the parsed, owned form used to build packets.
+
+/// Identifies a chunk cluster-wide. Beeline clients use `(file id << 64) | chunk index`.
+pub type ChunkId = u128;
+
+pub const MAGIC: u16 = 0xBEE1;
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 64;
+pub const MAC_LEN: usize = 16;
+/// Bytes of the header covered by the MAC (everything before the MAC field).
+const MAC_COVERED_LEN: usize = 48;
+/// Largest payload a datagram may declare. Real limits are lower (frame size, MTU).
+pub const PAYLOAD_MAX: usize = u16::MAX as usize;
+
+mod field {
+    use core::ops::Range;
+    pub const MAGIC: Range<usize> = 0..2;
+    pub const VERSION: usize = 2;
+    pub const OPCODE: usize = 3;
+    pub const FLAGS: usize = 4;
+    pub const STATUS: usize = 5;
+    pub const CREDITS: Range<usize> = 6..8;
+    pub const REQUEST_ID: Range<usize> = 8..16;
+    pub const CHUNK_ID: Range<usize> = 16..32;
+    pub const INDEX: Range<usize> = 32..36;
+    pub const COUNT: Range<usize> = 36..40;
+    pub const TOTAL_LEN: Range<usize> = 40..44;
+    pub const FRAG_LEN: Range<usize> = 44..46;
+    pub const PAYLOAD_LEN: Range<usize> = 46..48;
+    pub const MAC: Range<usize> = 48..64;
+}
+
+/// Operation of a datagram. Requests go client → node, replies node → client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    Ping = 1,
+    Pong = 2,
+    /// One fragment of a chunk: `index` of `count`, `frag_len` bytes each but the last.
+    PutFrag = 3,
+    /// "Which fragments of this put do you have?"
+    PutQuery = 4,
+    /// Fragments received: all below `index`, plus a bitmap of the ones after it.
+    PutStatus = 5,
+    /// The chunk is durable on the node's disk.
+    PutDone = 6,
+    /// Send fragments `index .. index + count` of a chunk, cut at `frag_len` bytes.
+    Get = 7,
+    /// One fragment of a chunk being read.
+    GetData = 8,
+    Delete = 9,
+    DeleteDone = 10,
+    Stat = 11,
+    StatReply = 12,
+    /// A control-plane request (postcard payload, handled outside the data plane).
+    Control = 13,
+    ControlReply = 14,
+    /// The request failed; `status` says why.
+    Error = 15,
+}
+
+impl Opcode {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            1 => Self::Ping,
+            2 => Self::Pong,
+            3 => Self::PutFrag,
+            4 => Self::PutQuery,
+            5 => Self::PutStatus,
+            6 => Self::PutDone,
+            7 => Self::Get,
+            8 => Self::GetData,
+            9 => Self::Delete,
+            10 => Self::DeleteDone,
+            11 => Self::Stat,
+            12 => Self::StatReply,
+            13 => Self::Control,
+            14 => Self::ControlReply,
+            15 => Self::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Result code carried by replies (`Error` packets in particular).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    /// The node has no free slot or buffer for this request; retry after a back-off.
+    Busy = 1,
+    NotFound = 2,
+    DiskFull = 3,
+    /// The request's fields are inconsistent (lengths, indices, sizes).
+    BadRequest = 4,
+    /// The chunk or fragment is larger than the node accepts.
+    TooLarge = 5,
+    /// The node hit an I/O error; the request did not take effect.
+    Internal = 6,
+    /// A put for this chunk id is already under way with a different shape.
+    Conflict = 7,
+}
+
+impl Status {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            0 => Self::Ok,
+            1 => Self::Busy,
+            2 => Self::NotFound,
+            3 => Self::DiskFull,
+            4 => Self::BadRequest,
+            5 => Self::TooLarge,
+            6 => Self::Internal,
+            7 => Self::Conflict,
+            _ => return None,
+        })
+    }
+}
+
+pub mod flags {
+    /// PutFrag: the sender wants a PutStatus reply now (last fragment of a burst).
+    pub const ACK_REQUEST: u8 = 1;
+    /// PutStatus: every fragment is in; the chunk is being made durable.
+    pub const COMPLETE: u8 = 2;
+    pub const KNOWN: u8 = ACK_REQUEST | COMPLETE;
+}
+
+/// Why bytes were rejected by [`Packet::new_checked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    /// Shorter than the header, or than header + declared payload.
+    Truncated,
+    BadMagic,
+    UnsupportedVersion,
+    UnknownOpcode,
+    UnknownStatus,
+    /// Flag bits this version does not define, or nonzero reserved fields.
+    UnknownFlags,
+}
+
+/// A read/write view of a Beeline datagram over any buffer.
+#[derive(Debug, Clone)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+fn be_u16(bytes: &[u8]) -> u16 {
+    u16::from_be_bytes([bytes[0], bytes[1]])
+}
+
+fn be_u32(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps a buffer without checking it; only for buffers this process just built.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
+    /// Wraps untrusted bytes, checking everything the accessors rely on.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let packet = Self::new_unchecked(buffer);
+        packet.check()?;
+        Ok(packet)
+    }
+
+    fn check(&self) -> Result<(), WireError> {
+        let data = self.buffer.as_ref();
+        if data.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if be_u16(&data[field::MAGIC]) != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        if data[field::VERSION] != VERSION {
+            return Err(WireError::UnsupportedVersion);
+        }
+        if Opcode::from_u8(data[field::OPCODE]).is_none() {
+            return Err(WireError::UnknownOpcode);
+        }
+        if Status::from_u8(data[field::STATUS]).is_none() {
+            return Err(WireError::UnknownStatus);
+        }
+        if data[field::FLAGS] & !flags::KNOWN != 0 {
+            return Err(WireError::UnknownFlags);
+        }
+        if data.len() < HEADER_LEN + usize::from(be_u16(&data[field::PAYLOAD_LEN])) {
+            return Err(WireError::Truncated);
+        }
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    pub fn opcode(&self) -> Opcode {
+        // new_checked proved the byte is a known opcode.
+        Opcode::from_u8(self.buffer.as_ref()[field::OPCODE]).unwrap_or(Opcode::Error)
+    }
+
+    pub fn status(&self) -> Status {
+        Status::from_u8(self.buffer.as_ref()[field::STATUS]).unwrap_or(Status::Internal)
+    }
+
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+
+    pub fn credits(&self) -> u16 {
+        be_u16(&self.buffer.as_ref()[field::CREDITS])
+    }
+
+    pub fn request_id(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&self.buffer.as_ref()[field::REQUEST_ID]);
+        u64::from_be_bytes(bytes)
+    }
+
+    pub fn chunk_id(&self) -> ChunkId {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&self.buffer.as_ref()[field::CHUNK_ID]);
+        u128::from_be_bytes(bytes)
+    }
+
+    pub fn index(&self) -> u32 {
+        be_u32(&self.buffer.as_ref()[field::INDEX])
+    }
+
+    pub fn count(&self) -> u32 {
+        be_u32(&self.buffer.as_ref()[field::COUNT])
+    }
+
+    pub fn total_len(&self) -> u32 {
+        be_u32(&self.buffer.as_ref()[field::TOTAL_LEN])
+    }
+
+    pub fn frag_len(&self) -> u16 {
+        be_u16(&self.buffer.as_ref()[field::FRAG_LEN])
+    }
+
+    pub fn payload_len(&self) -> u16 {
+        be_u16(&self.buffer.as_ref()[field::PAYLOAD_LEN])
+    }
+
+    pub fn mac(&self) -> [u8; MAC_LEN] {
+        let mut mac = [0u8; MAC_LEN];
+        mac.copy_from_slice(&self.buffer.as_ref()[field::MAC]);
+        mac
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        let end = HEADER_LEN + usize::from(self.payload_len());
+        &self.buffer.as_ref()[HEADER_LEN..end]
+    }
+
+    /// Header + payload, without trailing bytes beyond the declared payload.
+    pub fn datagram(&self) -> &[u8] {
+        &self.buffer.as_ref()[..HEADER_LEN + usize::from(self.payload_len())]
+    }
+
+    /// The MAC this packet should carry under `key`.
+    pub fn compute_mac(&self, key: &MacKey) -> [u8; MAC_LEN] {
+        let data = self.buffer.as_ref();
+        key.mac(&data[..MAC_COVERED_LEN], self.payload())
+    }
+
+    /// Constant-time comparison of the carried MAC against the expected one.
+    pub fn verify_mac(&self, key: &MacKey) -> bool {
+        let expected = self.compute_mac(key);
+        let carried = &self.buffer.as_ref()[field::MAC];
+        let mut difference = 0u8;
+        for (a, b) in expected.iter().zip(carried) {
+            difference |= a ^ b;
+        }
+        difference == 0
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let end = HEADER_LEN + usize::from(self.payload_len());
+        &mut self.buffer.as_mut()[HEADER_LEN..end]
+    }
+
+    /// Computes and stores the MAC; call after the header and payload are final.
+    pub fn seal(&mut self, key: &MacKey) {
+        let mac = self.compute_mac(key);
+        self.buffer.as_mut()[field::MAC].copy_from_slice(&mac);
+    }
+}
+
+/// The cluster key used for packet MACs.
+#[derive(Clone)]
+pub struct MacKey([u8; 32]);
+
+impl MacKey {
+    pub const fn new(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn mac(&self, header: &[u8], payload: &[u8]) -> [u8; MAC_LEN] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        hasher.update(header);
+        hasher.update(payload);
+        let mut mac = [0u8; MAC_LEN];
+        hasher.finalize_xof().fill(&mut mac);
+        mac
+    }
+}
+
+impl core::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("MacKey(..)")
+    }
+}
+
+/// The parsed header of a datagram (everything but the MAC and payload bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub opcode: Opcode,
+    pub flags: u8,
+    pub status: Status,
+    pub credits: u16,
+    pub request_id: u64,
+    pub chunk_id: ChunkId,
+    pub index: u32,
+    pub count: u32,
+    pub total_len: u32,
+    pub frag_len: u16,
+    pub payload_len: u16,
+}
+
+impl Repr {
+    /// A header with every field zero but the opcode.
+    pub const fn new(opcode: Opcode) -> Self {
+        Self {
+            opcode,
+            flags: 0,
+            status: Status::Ok,
+            credits: 0,
+            request_id: 0,
+            chunk_id: 0,
+            index: 0,
+            count: 0,
+            total_len: 0,
+            frag_len: 0,
+            payload_len: 0,
+        }
+    }
+
+    pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Self {
+        Self {
+            opcode: packet.opcode(),
+            flags: packet.flags(),
+            status: packet.status(),
+            credits: packet.credits(),
+            request_id: packet.request_id(),
+            chunk_id: packet.chunk_id(),
+            index: packet.index(),
+            count: packet.count(),
+            total_len: packet.total_len(),
+            frag_len: packet.frag_len(),
+            payload_len: packet.payload_len(),
+        }
+    }
+
+    /// Datagram length: header plus payload.
+    pub fn buffer_len(&self) -> usize {
+        HEADER_LEN + usize::from(self.payload_len)
+    }
+
+    /// Writes the header into `buffer`, zeroing the MAC. Panics if `buffer` is shorter
+    /// than the header: callers size their buffers (a contract, not untrusted input).
+    pub fn emit(&self, buffer: &mut [u8]) {
+        assert!(buffer.len() >= HEADER_LEN, "header buffer too small");
+        buffer[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
+        buffer[field::VERSION] = VERSION;
+        buffer[field::OPCODE] = self.opcode as u8;
+        buffer[field::FLAGS] = self.flags;
+        buffer[field::STATUS] = self.status as u8;
+        buffer[field::CREDITS].copy_from_slice(&self.credits.to_be_bytes());
+        buffer[field::REQUEST_ID].copy_from_slice(&self.request_id.to_be_bytes());
+        buffer[field::CHUNK_ID].copy_from_slice(&self.chunk_id.to_be_bytes());
+        buffer[field::INDEX].copy_from_slice(&self.index.to_be_bytes());
+        buffer[field::COUNT].copy_from_slice(&self.count.to_be_bytes());
+        buffer[field::TOTAL_LEN].copy_from_slice(&self.total_len.to_be_bytes());
+        buffer[field::FRAG_LEN].copy_from_slice(&self.frag_len.to_be_bytes());
+        buffer[field::PAYLOAD_LEN].copy_from_slice(&self.payload_len.to_be_bytes());
+        buffer[field::MAC].fill(0);
+    }
+
+    /// Builds a sealed datagram in `buffer` with `payload` copied behind the header;
+    /// returns its length. For client-side and small control packets only: the node's
+    /// bulk paths write payload in place instead.
+    pub fn emit_with_payload(&self, buffer: &mut [u8], payload: &[u8], key: &MacKey) -> usize {
+        assert_eq!(usize::from(self.payload_len), payload.len());
+        let len = self.buffer_len();
+        assert!(buffer.len() >= len, "datagram buffer too small");
+        self.emit(buffer);
+        buffer[HEADER_LEN..len].copy_from_slice(payload);
+        Packet::new_unchecked(&mut buffer[..len]).seal(key);
+        len
+    }
+}
+
+/// Number of fragments a chunk of `total_len` bytes is cut into at `frag_len` bytes each.
+/// An empty chunk still travels as one empty fragment.
+pub fn fragment_count(total_len: u32, frag_len: u16) -> u32 {
+    assert!(frag_len > 0);
+    total_len.div_ceil(u32::from(frag_len)).max(1)
+}
+
+/// Payload length of fragment `index` of a chunk.
+pub fn fragment_len(total_len: u32, frag_len: u16, index: u32) -> u32 {
+    let start = u64::from(index) * u64::from(frag_len);
+    let end = (start + u64::from(frag_len)).min(u64::from(total_len));
+    end.saturating_sub(start) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> MacKey {
+        MacKey::new([7; 32])
+    }
+
+    fn arb_opcode() -> impl Strategy<Value = Opcode> {
+        (1u8..=15).prop_map(|v| Opcode::from_u8(v).unwrap())
+    }
+
+    fn arb_status() -> impl Strategy<Value = Status> {
+        (0u8..=7).prop_map(|v| Status::from_u8(v).unwrap())
+    }
+
+    prop_compose! {
+        fn arb_repr()(opcode in arb_opcode(), status in arb_status(), flags in 0u8..=3,
+                      credits: u16, request_id: u64, chunk_id: u128, index: u32, count: u32,
+                      total_len: u32, frag_len: u16, payload_len in 0u16..2048) -> Repr {
+            Repr { opcode, flags, status, credits, request_id, chunk_id, index, count,
+                   total_len, frag_len, payload_len }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn repr_roundtrips(repr in arb_repr(), fill: u8) {
+            let payload = std::vec![fill; usize::from(repr.payload_len)];
+            let mut buffer = std::vec![0u8; repr.buffer_len()];
+            let len = repr.emit_with_payload(&mut buffer, &payload, &key());
+            let packet = Packet::new_checked(&buffer[..len]).unwrap();
+            prop_assert_eq!(Repr::parse(&packet), repr);
+            prop_assert_eq!(packet.payload(), &payload[..]);
+            prop_assert!(packet.verify_mac(&key()));
+            prop_assert!(!packet.verify_mac(&MacKey::new([8; 32])));
+        }
+
+        #[test]
+        fn any_bytes_parse_or_reject_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(packet) = Packet::new_checked(&bytes[..]) {
+                let repr = Repr::parse(&packet);
+                prop_assert!(packet.payload().len() == usize::from(repr.payload_len));
+                let _ = packet.verify_mac(&key());
+            }
+        }
+
+        #[test]
+        fn single_bit_flip_breaks_mac(repr in arb_repr(), bit in 0usize..(64 * 8)) {
+            let payload = std::vec![0x5a; usize::from(repr.payload_len)];
+            let mut buffer = std::vec![0u8; repr.buffer_len()];
+            let len = repr.emit_with_payload(&mut buffer, &payload, &key());
+            let bit = bit % (len * 8);
+            buffer[bit / 8] ^= 1 << (bit % 8);
+            if let Ok(packet) = Packet::new_checked(&buffer[..len]) {
+                prop_assert!(!packet.verify_mac(&key()));
+            }
+        }
+
+        #[test]
+        fn fragments_cover_chunk_exactly(total_len in 0u32..(8 << 20), frag_len in 1u16..=9000) {
+            let count = fragment_count(total_len, frag_len);
+            let sum: u64 = (0..count).map(|i| u64::from(fragment_len(total_len, frag_len, i))).sum();
+            prop_assert_eq!(sum, u64::from(total_len));
+        }
+    }
+
+    #[test]
+    fn rejects_short_and_foreign_packets() {
+        assert_eq!(Packet::new_checked(&[0u8; 10][..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(Packet::new_checked(&[0u8; 64][..]).unwrap_err(), WireError::BadMagic);
+        let mut buffer = [0u8; 64];
+        Repr::new(Opcode::Ping).emit(&mut buffer);
+        buffer[2] = 9;
+        assert_eq!(Packet::new_checked(&buffer[..]).unwrap_err(), WireError::UnsupportedVersion);
+        Repr { payload_len: 1, ..Repr::new(Opcode::Ping) }.emit(&mut buffer);
+        assert_eq!(Packet::new_checked(&buffer[..]).unwrap_err(), WireError::Truncated);
+    }
+}

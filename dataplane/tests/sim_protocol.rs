@@ -1,0 +1,240 @@
+//! Deterministic protocol tests on the `sim` backend. Every run is seeded; a failure
+//! prints its seed, and `BEELINE_SIM_SEED=<seed>` replays exactly that run.
+
+use beeline_dataplane::allow::{Allowlist, Prefix};
+use beeline_dataplane::client::{ClientError, Progress, PutChunk, Transmit};
+use beeline_dataplane::node::NoControl;
+use beeline_dataplane::sim::Impairments;
+use beeline_dataplane::std_support::mem_store::MemStore;
+use beeline_dataplane::std_support::sim_harness::{SimHarness, SimOptions, outcome};
+use beeline_dataplane::wire::{MacKey, Opcode, Repr, Status};
+
+const KEY: MacKey = MacKey::new([0x42; 32]);
+const FRAG: u16 = 1400;
+
+fn pattern(len: usize, salt: u64) -> Vec<u8> {
+    let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn seeds() -> Vec<u64> {
+    match std::env::var("BEELINE_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("BEELINE_SIM_SEED must be an integer")],
+        Err(_) => (1..=12).collect(),
+    }
+}
+
+fn harness(options: SimOptions) -> SimHarness<MemStore, NoControl> {
+    SimHarness::new(options, MemStore::new(), NoControl)
+}
+
+#[test]
+fn chunks_round_trip_without_impairments() {
+    let mut sim = harness(SimOptions::new(1, KEY));
+    for (index, len) in [0usize, 1, 1399, 1400, 1401, 300_000, 4 << 20].into_iter().enumerate() {
+        let data = pattern(len, index as u64);
+        let id = 1000 + index as u128;
+        sim.put(id, &data, FRAG).unwrap_or_else(|error| panic!("put of {len} bytes failed: {error:?}"));
+        assert_eq!(sim.poll.node.store().chunk(id), Some(&data[..]));
+        let back = sim.get(id, len as u32, FRAG).unwrap();
+        assert!(back == data, "chunk of {len} bytes came back different");
+    }
+    let counters = *sim.poll.node.counters();
+    assert_eq!(counters.chunks_stored, 7);
+    assert_eq!(counters.dropped_total(), 0);
+    assert_eq!(counters.data_bytes_copied, 0);
+}
+
+#[test]
+fn lossy_reordering_duplicating_network_still_round_trips() {
+    let impairments = Impairments { loss_ppm: 100_000, duplicate_ppm: 50_000, reorder_ppm: 100_000, corrupt_ppm: 0 };
+    for seed in seeds() {
+        let mut options = SimOptions::new(seed, KEY);
+        options.impairments = impairments;
+        let mut sim = harness(options);
+        let files: Vec<Vec<u8>> = [0usize, 1, 1400, 77_777, 1 << 20].iter().map(|len| pattern(*len, seed + *len as u64)).collect();
+        // All puts in parallel, then all gets in parallel.
+        let mut machines: Vec<_> = files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG, &KEY)).collect();
+        let results = sim.run(&mut machines, &KEY, 2_000_000);
+        assert!(results.iter().all(|r| *r == Progress::Done), "seed {seed}: puts ended {results:?}");
+        drop(machines);
+        let mut outputs: Vec<Vec<u8>> = files.iter().map(|data| vec![0u8; data.len()]).collect();
+        let mut machines: Vec<_> = outputs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, out)| {
+                let len = out.len() as u32;
+                sim.get_machine(i as u128, len, 0, out, FRAG)
+            })
+            .collect();
+        let results = sim.run(&mut machines, &KEY, 2_000_000);
+        assert!(results.iter().all(|r| *r == Progress::Done), "seed {seed}: gets ended {results:?}");
+        drop(machines);
+        for (index, (sent, got)) in files.iter().zip(&outputs).enumerate() {
+            assert!(sent == got, "seed {seed}: file {index} differs after the round trip");
+        }
+        let stats = sim.net.borrow().stats();
+        assert!(stats.lost > 0 && stats.duplicated > 0 && stats.reordered > 0, "seed {seed}: impairments never fired: {stats:?}");
+        assert!(sim.poll.node.counters().fragments_duplicate > 0, "seed {seed}: duplicates were not seen");
+    }
+}
+
+#[test]
+fn corrupted_packets_are_counted_and_ignored() {
+    for seed in seeds() {
+        let mut options = SimOptions::new(seed, KEY);
+        options.impairments = Impairments { corrupt_ppm: 50_000, loss_ppm: 20_000, ..Impairments::NONE };
+        let mut sim = harness(options);
+        let data = pattern(500_000, seed);
+        sim.put(7, &data, FRAG).unwrap_or_else(|error| panic!("seed {seed}: {error:?}"));
+        let back = sim.get(7, data.len() as u32, FRAG).unwrap_or_else(|error| panic!("seed {seed}: {error:?}"));
+        assert!(back == data, "seed {seed}: corrupted data was served");
+        let counters = *sim.poll.node.counters();
+        let rejected = counters.dropped_bad_mac + counters.dropped_malformed;
+        assert!(rejected > 0, "seed {seed}: no corrupted packet was caught");
+        assert!(rejected <= sim.net.borrow().stats().corrupted);
+    }
+}
+
+#[test]
+fn unauthenticated_client_is_dropped_and_counted() {
+    let mut sim = harness(SimOptions::new(3, KEY));
+    let wrong_key = MacKey::new([0x13; 32]);
+    let data = pattern(10_000, 3);
+    let mut machines = [sim.put_machine(9, &data, FRAG, &wrong_key)];
+    let results = sim.run(&mut machines, &wrong_key, 100_000);
+    assert_eq!(results[0], Progress::Failed(ClientError::Unreachable));
+    let counters = *sim.poll.node.counters();
+    assert!(counters.dropped_bad_mac >= 8, "every fragment and query is a bad MAC: {counters:?}");
+    assert_eq!(counters.fragments_stored, 0);
+    assert_eq!(sim.poll.node.store().chunk_count(), 0);
+}
+
+#[test]
+fn sources_outside_the_allowlist_are_dropped() {
+    let mut options = SimOptions::new(4, KEY);
+    let mut allow = Allowlist::allow_all();
+    allow.push(Prefix { addr: "192.168.0.0".parse().unwrap(), len: 16 }).unwrap();
+    options.node_config.allow = allow;
+    let mut sim = harness(options);
+    let mut ping = [sim.exchange(Repr::new(Opcode::Ping), &[], Opcode::Pong)];
+    let results = sim.run(&mut ping, &KEY, 100_000);
+    assert_eq!(results[0], Progress::Failed(ClientError::Unreachable));
+    assert!(sim.poll.node.counters().dropped_not_allowed > 0);
+    // Allowing the client's prefix at runtime lets it in.
+    let mut allow = Allowlist::allow_all();
+    allow.push(Prefix { addr: "10.0.0.0".parse().unwrap(), len: 8 }).unwrap();
+    sim.poll.node.set_allowlist(allow);
+    let mut ping = [sim.exchange(Repr::new(Opcode::Ping), &[], Opcode::Pong)];
+    assert_eq!(sim.run(&mut ping, &KEY, 100_000)[0], Progress::Done);
+}
+
+#[test]
+fn full_slot_table_answers_busy_and_clients_get_through() {
+    let mut options = SimOptions::new(5, KEY);
+    options.put_slots = 1;
+    let mut sim = harness(options);
+    let files: Vec<Vec<u8>> = (0..4).map(|i| pattern(200_000, i)).collect();
+    let mut machines: Vec<_> = files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG, &KEY)).collect();
+    let results = sim.run(&mut machines, &KEY, 2_000_000);
+    assert!(results.iter().all(|r| *r == Progress::Done), "{results:?}");
+    assert!(sim.poll.node.counters().rejected_busy > 0);
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(sim.poll.node.store().chunk(i as u128), Some(&data[..]));
+    }
+}
+
+#[test]
+fn full_disk_is_reported_to_the_client() {
+    let mut sim = SimHarness::new(SimOptions::new(6, KEY), MemStore::with_capacity_bytes(100_000), NoControl);
+    sim.put(1, &pattern(60_000, 1), FRAG).unwrap();
+    let error = sim.put(2, &pattern(60_000, 2), FRAG).unwrap_err();
+    assert_eq!(error, ClientError::Rejected(Status::DiskFull));
+    assert!(sim.poll.node.counters().rejected_disk_full > 0);
+    assert_eq!(sim.get(1, 60_000, FRAG).unwrap(), pattern(60_000, 1));
+}
+
+#[test]
+fn range_get_returns_exactly_the_range() {
+    let mut sim = harness(SimOptions::new(7, KEY));
+    let data = pattern(100_000, 7);
+    sim.put(1, &data, 1000).unwrap();
+    for (start, len) in [(0usize, 1usize), (999, 2), (12_345, 54_321), (99_999, 1), (50_000, 50_000)] {
+        let mut out = vec![0u8; len];
+        let mut machines = [sim.get_machine(1, data.len() as u32, start as u32, &mut out, 1200)];
+        outcome(sim.run(&mut machines, &KEY, 100_000)[0]).unwrap();
+        drop(machines);
+        assert_eq!(out, data[start..start + len], "range {start}+{len}");
+    }
+}
+
+#[test]
+fn retried_put_is_idempotent_and_missing_chunk_is_not_found() {
+    let mut sim = harness(SimOptions::new(8, KEY));
+    let data = pattern(20_000, 8);
+    sim.put(5, &data, FRAG).unwrap();
+    sim.put(5, &data, FRAG).unwrap();
+    assert_eq!(sim.poll.node.counters().chunks_stored, 1);
+    assert_eq!(sim.get(6, 10, FRAG).unwrap_err(), ClientError::Rejected(Status::NotFound));
+    // Same id, different length: refused, the stored chunk is untouched.
+    assert_eq!(sim.put(5, &data[..100], FRAG).unwrap_err(), ClientError::Rejected(Status::Conflict));
+    assert_eq!(sim.poll.node.store().chunk(5), Some(&data[..]));
+}
+
+#[test]
+fn delete_and_stat() {
+    let mut sim = harness(SimOptions::new(9, KEY));
+    sim.put(5, &pattern(3000, 1), FRAG).unwrap();
+    let stat = Repr { chunk_id: 5, ..Repr::new(Opcode::Stat) };
+    let mut machines = [sim.exchange(stat, &[], Opcode::StatReply)];
+    sim.run(&mut machines, &KEY, 10_000);
+    let beeline_dataplane::std_support::sim_harness::Machine::Exchange(exchange) = &machines[0] else { unreachable!() };
+    assert_eq!(exchange.reply().unwrap().0.total_len, 3000);
+    let delete = Repr { chunk_id: 5, ..Repr::new(Opcode::Delete) };
+    let mut machines = [sim.exchange(delete, &[], Opcode::DeleteDone)];
+    assert_eq!(sim.run(&mut machines, &KEY, 10_000)[0], Progress::Done);
+    let mut machines = [sim.exchange(stat, &[], Opcode::StatReply)];
+    assert_eq!(sim.run(&mut machines, &KEY, 10_000)[0], Progress::Failed(ClientError::Rejected(Status::NotFound)));
+}
+
+#[test]
+fn abandoned_put_is_expired_and_its_slot_reused() {
+    let mut options = SimOptions::new(10, KEY);
+    options.put_slots = 1;
+    options.node_config.put_idle_timeout_ms = 500;
+    options.timing.timeouts_max = 1;
+    let mut sim = harness(options);
+    let data = pattern(1 << 20, 10);
+    // A client whose first ten fragments arrive, and which is then never heard from...
+    struct FirstFew<'a> {
+        sim: &'a SimHarness<MemStore, NoControl>,
+        left: usize,
+    }
+    impl Transmit for FirstFew<'_> {
+        fn transmit(&mut self, datagram: &[u8]) {
+            if self.left > 0 {
+                self.left -= 1;
+                self.sim.net.borrow_mut().send_to_node(self.sim.client_addr, self.sim.node_addr, datagram);
+            }
+        }
+    }
+    let mut put = PutChunk::new(KEY, 1, 77, &data, FRAG, 256, sim.timing, 0);
+    put.start(0, &mut FirstFew { sim: &sim, left: 10 });
+    sim.step(&mut [], &KEY);
+    assert_eq!(sim.poll.node.puts_in_flight(), 1);
+    assert_eq!(sim.poll.node.counters().fragments_stored, 10);
+    // ...and once the idle timeout passes, the node frees the slot for another put.
+    sim.net.borrow_mut().set_impairments(Impairments::NONE);
+    for _ in 0..600 {
+        sim.step(&mut [], &KEY);
+    }
+    assert_eq!(sim.poll.node.counters().puts_abandoned, 1);
+    sim.put(2, &data, FRAG).unwrap();
+}
