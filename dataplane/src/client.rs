@@ -106,11 +106,11 @@ enum PutPhase {
 
 /// Puts one chunk: sends fragments within the node's credit window, resends what the
 /// node reports missing, and finishes when the node says the chunk is durable.
-pub struct PutChunk<'d> {
+pub struct PutChunk<D: AsRef<[u8]>> {
     key: MacKey,
     chunk_id: ChunkId,
     request_id: u64,
-    data: &'d [u8],
+    data: D,
     frag_len: u16,
     count: u32,
     acked: FragmentBitmap,
@@ -129,12 +129,12 @@ pub struct PutChunk<'d> {
 /// Ask for a status at least this often within a burst, so acks keep the pipe full.
 const ACK_EVERY_FRAGMENTS: u32 = 64;
 
-impl<'d> PutChunk<'d> {
+impl<D: AsRef<[u8]>> PutChunk<D> {
     /// `frag_len` must fit the node (see its Pong) and cut `data` into at most
     /// `FRAGMENTS_MAX` fragments.
-    pub fn new(key: MacKey, chunk_id: ChunkId, request_id: u64, data: &'d [u8], frag_len: u16, credits: u16, timing: Timing, now_ms: u64) -> Self {
+    pub fn new(key: MacKey, chunk_id: ChunkId, request_id: u64, data: D, frag_len: u16, credits: u16, timing: Timing, now_ms: u64) -> Self {
         assert!(frag_len > 0 && usize::from(frag_len) + HEADER_LEN <= DATAGRAM_BYTES_MAX);
-        let total_len = u32::try_from(data.len()).expect("chunk larger than 4 GiB");
+        let total_len = u32::try_from(data.as_ref().len()).expect("chunk larger than 4 GiB");
         let count = wire::fragment_count(total_len, frag_len);
         assert!(count <= FRAGMENTS_MAX, "chunk needs more than FRAGMENTS_MAX fragments");
         Self {
@@ -166,6 +166,11 @@ impl<'d> PutChunk<'d> {
         self.request_id
     }
 
+    /// Gives the chunk buffer back (for reuse by the next chunk).
+    pub fn into_data(self) -> D {
+        self.data
+    }
+
     pub fn progress(&self) -> Progress {
         match self.phase {
             PutPhase::Done => Progress::Done,
@@ -192,20 +197,21 @@ impl<'d> PutChunk<'d> {
     }
 
     fn send_fragment(&mut self, index: u32, ack_request: bool, now_ms: u64, tx: &mut dyn Transmit) {
+        let data = self.data.as_ref();
         let start = index as usize * usize::from(self.frag_len);
-        let len = wire::fragment_len(self.data.len() as u32, self.frag_len, index) as usize;
+        let len = wire::fragment_len(data.len() as u32, self.frag_len, index) as usize;
         let repr = Repr {
             flags: if ack_request { flags::ACK_REQUEST } else { 0 },
             request_id: self.request_id,
             chunk_id: self.chunk_id,
             index,
             count: self.count,
-            total_len: self.data.len() as u32,
+            total_len: data.len() as u32,
             frag_len: self.frag_len,
             payload_len: len as u16,
             ..Repr::new(Opcode::PutFrag)
         };
-        let datagram_len = repr.emit_with_payload(&mut self.scratch, &self.data[start..start + len], &self.key);
+        let datagram_len = repr.emit_with_payload(&mut self.scratch, &data[start..start + len], &self.key);
         tx.transmit(&self.scratch[..datagram_len]);
         self.sent_at_ms[index as usize] = self.elapsed(now_ms);
         self.fragments_sent += 1;
@@ -241,7 +247,7 @@ impl<'d> PutChunk<'d> {
         }
         match repr.opcode {
             Opcode::PutDone => {
-                self.phase = if repr.total_len as usize == self.data.len() { PutPhase::Done } else { PutPhase::Failed(ClientError::Inconsistent) };
+                self.phase = if repr.total_len as usize == self.data.as_ref().len() { PutPhase::Done } else { PutPhase::Failed(ClientError::Inconsistent) };
             }
             Opcode::Error => match repr.status {
                 Status::Busy => {
@@ -326,7 +332,7 @@ impl<'d> PutChunk<'d> {
 
 /// Gets a byte range of one chunk into `out`, keeping about a window of fragments
 /// requested and asking again for the ones that do not arrive.
-pub struct GetChunk<'b> {
+pub struct GetChunk<B: AsMut<[u8]>> {
     key: MacKey,
     chunk_id: ChunkId,
     request_id: u64,
@@ -338,25 +344,27 @@ pub struct GetChunk<'b> {
     requested_frontier: u32,
     received: FragmentBitmap,
     window: u32,
-    out: &'b mut [u8],
+    out: B,
+    out_len: usize,
     progress: Progress,
     timer: Timer,
     scratch: [u8; HEADER_LEN],
     pub requests_sent: u64,
 }
 
-impl<'b> GetChunk<'b> {
+impl<B: AsMut<[u8]>> GetChunk<B> {
     /// Reads `out.len()` bytes from byte `range_start` of a chunk of `total_len` bytes.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(key: MacKey, chunk_id: ChunkId, request_id: u64, total_len: u32, range_start: u32, out: &'b mut [u8], frag_len: u16, window: u16, timing: Timing, now_ms: u64) -> Self {
+    pub fn new(key: MacKey, chunk_id: ChunkId, request_id: u64, total_len: u32, range_start: u32, mut out: B, frag_len: u16, window: u16, timing: Timing, now_ms: u64) -> Self {
         assert!(frag_len > 0);
-        let range_end = u64::from(range_start) + out.len() as u64;
-        assert!(range_end <= u64::from(total_len) || (total_len == 0 && out.is_empty()), "range beyond the chunk");
+        let out_len = out.as_mut().len();
+        let range_end = u64::from(range_start) + out_len as u64;
+        assert!(range_end <= u64::from(total_len), "range beyond the chunk");
         let first_fragment = range_start / u32::from(frag_len);
-        let end_fragment = if out.is_empty() { first_fragment } else { (range_end as u32).div_ceil(u32::from(frag_len)) };
+        let end_fragment = if out_len == 0 { first_fragment } else { (range_end as u32).div_ceil(u32::from(frag_len)) };
         let count = wire::fragment_count(total_len, frag_len);
         assert!(count <= FRAGMENTS_MAX);
-        let progress = if out.is_empty() { Progress::Done } else { Progress::Pending };
+        let progress = if out_len == 0 { Progress::Done } else { Progress::Pending };
         Self {
             key,
             chunk_id,
@@ -370,6 +378,7 @@ impl<'b> GetChunk<'b> {
             received: FragmentBitmap::new(),
             window: u32::from(window.max(2)),
             out,
+            out_len,
             progress,
             timer: Timer::new(timing, now_ms),
             scratch: [0; HEADER_LEN],
@@ -391,6 +400,11 @@ impl<'b> GetChunk<'b> {
 
     pub fn deadline_ms(&self) -> u64 {
         self.timer.deadline_ms
+    }
+
+    /// Gives the output buffer back.
+    pub fn into_output(self) -> B {
+        self.out
     }
 
     pub fn received_fragments(&self) -> u32 {
@@ -458,12 +472,12 @@ impl<'b> GetChunk<'b> {
                 // Copy the part of the fragment that overlaps the requested range.
                 let fragment_start = u64::from(index) * u64::from(self.frag_len);
                 let range_start = u64::from(self.range_start);
-                let range_end = range_start + self.out.len() as u64;
+                let range_end = range_start + self.out_len as u64;
                 let copy_start = fragment_start.max(range_start);
                 let copy_end = (fragment_start + payload.len() as u64).min(range_end);
                 if copy_start < copy_end {
                     let source = &payload[(copy_start - fragment_start) as usize..(copy_end - fragment_start) as usize];
-                    self.out[(copy_start - range_start) as usize..(copy_end - range_start) as usize].copy_from_slice(source);
+                    self.out.as_mut()[(copy_start - range_start) as usize..(copy_end - range_start) as usize].copy_from_slice(source);
                 }
                 if self.received.count() == self.end_fragment - self.first_fragment {
                     self.progress = Progress::Done;

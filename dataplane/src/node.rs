@@ -22,6 +22,8 @@ pub const TX_QUEUE_MAX: usize = 1024;
 pub type TxQueue = heapless::Deque<TxPacket, TX_QUEUE_MAX>;
 
 const DELETE_TICKET_BIT: u64 = 1 << 63;
+/// Ticket for store changes nobody waits for (chunks of a removed file).
+pub const BACKGROUND_TICKET: u64 = DELETE_TICKET_BIT;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -171,6 +173,10 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
 
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
+    }
+
+    pub fn control_mut(&mut self) -> &mut C {
+        &mut self.control
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -527,7 +533,8 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 self.release_slot(index, true);
             }
         }
-        self.next_delete_ticket = self.next_delete_ticket.wrapping_add(1);
+        // Counter value 0 is BACKGROUND_TICKET, never used for a delete someone awaits.
+        self.next_delete_ticket = self.next_delete_ticket.wrapping_add(1).max(1);
         let ticket = DELETE_TICKET_BIT | (self.next_delete_ticket & !DELETE_TICKET_BIT);
         match self.store.delete(to.chunk_id, ticket) {
             Ok(()) => {

@@ -53,6 +53,13 @@ impl<'m, 's, Io: PacketIo, S: ChunkStore, C: ControlHandler<S>> PollLoop<'m, 's,
         Ok(turn)
     }
 
+    /// Sends acknowledgements for whatever became durable, without receiving anything:
+    /// used while shutting down to finish in-flight acks.
+    pub fn finish_acks(&mut self) -> Result<usize, Io::Error> {
+        self.node.poll_store(&mut self.arena, &mut self.tx_queue);
+        self.flush()
+    }
+
     fn flush(&mut self) -> Result<usize, Io::Error> {
         let mut sent = 0;
         while !self.tx_queue.is_empty() {

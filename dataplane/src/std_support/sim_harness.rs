@@ -67,8 +67,8 @@ impl Transmit for NetTransmit<'_> {
 
 /// A client machine the harness drives.
 pub enum Machine<'d> {
-    Put(Box<PutChunk<'d>>),
-    Get(Box<GetChunk<'d>>),
+    Put(Box<PutChunk<&'d [u8]>>),
+    Get(Box<GetChunk<&'d mut [u8]>>),
     Exchange(Box<Exchange>),
 }
 

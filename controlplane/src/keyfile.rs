@@ -1,0 +1,97 @@
+//! The cluster key: 32 random bytes, stored hex-encoded in a file readable only by its
+//! owner. A node creates it when none exists; clients and other nodes read the same file.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use beeline_dataplane::wire::MacKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no cluster key at {0}: start `beeline node run` on this machine (it creates one), copy the node's key file here, or pass --key-file")]
+    Missing(PathBuf),
+    #[error("cluster key file {path} is unreadable: {reason}; it must hold 64 hex digits (as written by `beeline node run`)")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("cannot write cluster key file {path}: {source}; pass --key-file with a writable path")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Where the key lives when no `--key-file` is given: `$BEELINE_KEY_FILE`, else
+/// `$HOME/.config/beeline/cluster.key`.
+pub fn default_key_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("BEELINE_KEY_FILE") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".config/beeline/cluster.key")
+}
+
+pub fn load(path: &Path) -> Result<MacKey, KeyError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(KeyError::Missing(path.to_owned())),
+        Err(error) => return Err(KeyError::Invalid { path: path.to_owned(), reason: error.to_string() }),
+    };
+    parse_hex_key(text.trim()).map(MacKey::new).map_err(|reason| KeyError::Invalid { path: path.to_owned(), reason })
+}
+
+/// Loads the key, creating a fresh random one (mode 0600) when the file does not exist.
+/// Returns whether it was created.
+pub fn load_or_create(path: &Path) -> Result<(MacKey, bool), KeyError> {
+    match load(path) {
+        Ok(key) => Ok((key, false)),
+        Err(KeyError::Missing(_)) => {
+            let key: [u8; 32] = rand::random();
+            let write_error = |source| KeyError::Write { path: path.to_owned(), source };
+            if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(write_error)?;
+            }
+            let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_error)?;
+            writeln!(file, "{}", to_hex(&key)).map_err(write_error)?;
+            file.sync_all().map_err(write_error)?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(write_error)?;
+            Ok((MacKey::new(key), true))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn parse_hex_key(text: &str) -> Result<[u8; 32], String> {
+    if text.len() != 64 {
+        return Err(format!("found {} characters, expected 64", text.len()));
+    }
+    let mut key = [0u8; 32];
+    for (index, byte) in key.iter_mut().enumerate() {
+        let pair = text.get(index * 2..index * 2 + 2).ok_or("not ASCII hex")?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| format!("`{pair}` is not hex"))?;
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_key_loads_back_and_bad_keys_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/cluster.key");
+        let (key, created) = load_or_create(&path).unwrap();
+        assert!(created);
+        let (again, created) = load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(key.bytes(), again.bytes());
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::write(&path, "zz").unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        assert!(message.contains("64 hex digits"), "{message}");
+        let missing = load(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("beeline node run"), "{missing}");
+    }
+}

@@ -1,0 +1,11 @@
+//! Beeline's control plane: the node daemon ([`daemon`]), its configuration, the
+//! namespace ([`metadata`]), control messages and the client library ([`client`]) that
+//! the `beeline` CLI is a thin layer over.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod keyfile;
+pub mod metadata;
