@@ -71,6 +71,11 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Measure throughput, latency and CPU cost (see docs/benchmarks.md).
+    Bench {
+        #[command(flatten)]
+        args: crate::bench::BenchArgs,
+    },
     /// Remove a file and free its chunks.
     Rm {
         name: String,
@@ -161,6 +166,7 @@ fn run(cli: Cli) -> CliResult {
             println!("created:     {}", format_time(record.created_unix_ms));
             Ok(())
         }
+        Command::Bench { args } => crate::bench::run(args),
         Command::Rm { name, client } => {
             let mut client = connect(&client)?;
             let record = client.remove(&name).map_err(|e| e.to_string())?;

@@ -2,6 +2,7 @@
 //! namespace ([`metadata`]), control messages and the client library ([`client`]) that
 //! the `beeline` CLI is a thin layer over.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
