@@ -21,6 +21,7 @@ pub mod arena;
 pub mod bitmap;
 pub mod client;
 pub mod counters;
+pub mod fuzzing;
 pub mod io;
 pub mod node;
 pub mod poll;

@@ -181,17 +181,10 @@ impl Default for DiskStoreConfig {
 impl DiskStoreConfig {
     fn validate(&self) -> Result<(), DiskStoreError> {
         let reason = if self.segment_bytes < MIN_SEGMENT_BYTES {
-            format!(
-                "segment_bytes is {}, it must be at least {MIN_SEGMENT_BYTES}",
-                self.segment_bytes
-            )
+            format!("segment_bytes is {}, it must be at least {MIN_SEGMENT_BYTES}", self.segment_bytes)
         } else if self.max_chunk_bytes > MAX_CHUNK_LIMIT_BYTES {
-            format!(
-                "max_chunk_bytes is {}, it must be at most {MAX_CHUNK_LIMIT_BYTES}",
-                self.max_chunk_bytes
-            )
-        } else if self.max_puts_in_flight == 0 || self.max_puts_in_flight > MAX_PUTS_IN_FLIGHT_LIMIT
-        {
+            format!("max_chunk_bytes is {}, it must be at most {MAX_CHUNK_LIMIT_BYTES}", self.max_chunk_bytes)
+        } else if self.max_puts_in_flight == 0 || self.max_puts_in_flight > MAX_PUTS_IN_FLIGHT_LIMIT {
             format!(
                 "max_puts_in_flight is {}, it must be within 1..={MAX_PUTS_IN_FLIGHT_LIMIT}",
                 self.max_puts_in_flight
@@ -226,35 +219,15 @@ pub enum DiskStoreError {
     )]
     Locked { dir: PathBuf, lock_path: PathBuf },
     #[error("disk full while {action} {}: free space on the disk or lower the store's capacity", path.display())]
-    DiskFull {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    DiskFull { action: &'static str, path: PathBuf, source: io::Error },
     #[error("I/O error while {action} {}: {source}; check the disk and the kernel log (dmesg)", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: io::Error },
 }
 
 impl DiskStoreError {
     fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
         let path = path.to_path_buf();
-        if is_no_space(&source) {
-            Self::DiskFull {
-                action,
-                path,
-                source,
-            }
-        } else {
-            Self::Io {
-                action,
-                path,
-                source,
-            }
-        }
+        if is_no_space(&source) { Self::DiskFull { action, path, source } } else { Self::Io { action, path, source } }
     }
 }
 
@@ -393,11 +366,7 @@ struct VictimRecords {
 }
 
 enum Request {
-    Sync {
-        ticket: u64,
-        segment: Option<Arc<SegmentFile>>,
-        dir_sync: bool,
-    },
+    Sync { ticket: u64, segment: Option<Arc<SegmentFile>>, dir_sync: bool },
     Shutdown,
 }
 
@@ -405,47 +374,25 @@ impl DiskStore {
     /// Opens (creating if needed) the store in `dir`, recovering whatever is on disk.
     pub fn open(dir: &Path, config: DiskStoreConfig) -> Result<DiskStore, DiskStoreError> {
         config.validate()?;
-        fs::create_dir_all(dir).map_err(|source| DiskStoreError::CreateDir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(|source| DiskStoreError::CreateDir { dir: dir.to_path_buf(), source })?;
         let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|source| match source.kind() {
+        let lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(
+            |source| match source.kind() {
                 io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
-                    DiskStoreError::NotWritable {
-                        dir: dir.to_path_buf(),
-                        source,
-                    }
+                    DiskStoreError::NotWritable { dir: dir.to_path_buf(), source }
                 }
                 _ => DiskStoreError::io("creating the lock file", &lock_path, source),
-            })?;
-        if !try_lock_exclusive(&lock)
-            .map_err(|source| DiskStoreError::io("locking", &lock_path, source))?
-        {
-            return Err(DiskStoreError::Locked {
-                dir: dir.to_path_buf(),
-                lock_path,
-            });
+            },
+        )?;
+        if !try_lock_exclusive(&lock).map_err(|source| DiskStoreError::io("locking", &lock_path, source))? {
+            return Err(DiskStoreError::Locked { dir: dir.to_path_buf(), lock_path });
         }
-        let dir_file = File::open(dir)
-            .map_err(|source| DiskStoreError::io("opening the data directory", dir, source))?;
+        let dir_file =
+            File::open(dir).map_err(|source| DiskStoreError::io("opening the data directory", dir, source))?;
 
         let mut scratch = vec![0u8; SCRATCH_BYTES];
         let recovered = recover(dir, &config, &mut scratch)?;
-        let Recovered {
-            mut segments,
-            index,
-            tombstones,
-            used_bytes,
-            max_seq,
-            mut report,
-        } = recovered;
+        let Recovered { mut segments, index, tombstones, used_bytes, max_seq, mut report } = recovered;
         report.chunks_live = index.len() as u64;
 
         let mut dir_dirty = false;
@@ -459,37 +406,23 @@ impl DiskStore {
             }
         };
         if dir_dirty {
-            dir_file
-                .sync_all()
-                .map_err(|source| DiskStoreError::io("syncing", dir, source))?;
+            dir_file.sync_all().map_err(|source| DiskStoreError::io("syncing", dir, source))?;
         }
         let disk_bytes = segments.values().map(|segment| segment.len_bytes).sum();
 
-        let slots = (0..config.max_puts_in_flight)
-            .map(|_| Slot {
-                generation: 0,
-                put: None,
-            })
-            .collect();
+        let slots = (0..config.max_puts_in_flight).map(|_| Slot { generation: 0, put: None }).collect();
         // Popped from the end: slot 0 is handed out first.
-        let free_slots = (0..config.max_puts_in_flight)
-            .rev()
-            .map(|slot| slot as u16)
-            .collect();
+        let free_slots = (0..config.max_puts_in_flight).rev().map(|slot| slot as u16).collect();
 
         // One slot more than the most requests that can be outstanding, for Shutdown.
         let queue_len = config.max_pending_durable + 1;
         let (requests, request_rx) = mpsc::sync_channel(queue_len);
         let (completion_tx, completions) = mpsc::sync_channel(queue_len);
-        let thread_dir = dir_file
-            .try_clone()
-            .map_err(|source| DiskStoreError::io("opening", dir, source))?;
+        let thread_dir = dir_file.try_clone().map_err(|source| DiskStoreError::io("opening", dir, source))?;
         let committer = thread::Builder::new()
             .name("beeline-group-commit".to_string())
             .spawn(move || run_group_commit(&request_rx, &completion_tx, &thread_dir, queue_len))
-            .map_err(|source| {
-                DiskStoreError::io("starting the group-commit thread for", dir, source)
-            })?;
+            .map_err(|source| DiskStoreError::io("starting the group-commit thread for", dir, source))?;
 
         Ok(DiskStore {
             dir: dir.to_path_buf(),
@@ -578,23 +511,16 @@ impl DiskStore {
     /// Like [`compact`](Self::compact) but only for sealed segments that are more than half
     /// dead. Cheap when there is nothing to do.
     pub fn maybe_compact(&mut self) -> Result<CompactionReport, DiskStoreError> {
-        self.compact_where(|_, segment| {
-            (segment.len_bytes - segment.live_bytes) * 2 > segment.len_bytes
-        })
+        self.compact_where(|_, segment| (segment.len_bytes - segment.live_bytes) * 2 > segment.len_bytes)
     }
 
-    fn compact_where(
-        &mut self,
-        wanted: impl Fn(u32, &Segment) -> bool,
-    ) -> Result<CompactionReport, DiskStoreError> {
+    fn compact_where(&mut self, wanted: impl Fn(u32, &Segment) -> bool) -> Result<CompactionReport, DiskStoreError> {
         let mut report = CompactionReport::default();
         let mut victims: BTreeMap<u32, VictimRecords> = self
             .segments
             .iter()
             .filter(|&(&id, segment)| {
-                id != self.active
-                    && segment.puts_in_flight == 0
-                    && (segment.len_bytes == 0 || wanted(id, segment))
+                id != self.active && segment.puts_in_flight == 0 && (segment.len_bytes == 0 || wanted(id, segment))
             })
             .map(|(&id, _)| (id, VictimRecords::default()))
             .collect();
@@ -627,10 +553,7 @@ impl DiskStore {
         records: VictimRecords,
         report: &mut CompactionReport,
     ) -> Result<(), DiskStoreError> {
-        let VictimRecords {
-            mut live,
-            mut tombstones,
-        } = records;
+        let VictimRecords { mut live, mut tombstones } = records;
         // In file order: the old segment is read sequentially.
         live.sort_unstable_by_key(|(_, location)| location.record_offset);
         tombstones.sort_unstable_by_key(|(_, entry)| entry.record_offset);
@@ -659,19 +582,12 @@ impl DiskStore {
 
         if copied {
             // The copies must be on disk before the only other copy goes away.
-            let targets: Vec<Arc<SegmentFile>> = self
-                .segments
-                .range(first_target..)
-                .map(|(_, segment)| Arc::clone(&segment.file))
-                .collect();
+            let targets: Vec<Arc<SegmentFile>> =
+                self.segments.range(first_target..).map(|(_, segment)| Arc::clone(&segment.file)).collect();
             for target in targets {
                 if let Err(source) = target.file.sync_data() {
                     target.sync_failed.store(true, Ordering::Release);
-                    return Err(DiskStoreError::io(
-                        "syncing",
-                        &segment_path(&self.dir, target.id),
-                        source,
-                    ));
+                    return Err(DiskStoreError::io("syncing", &segment_path(&self.dir, target.id), source));
                 }
             }
         }
@@ -681,18 +597,9 @@ impl DiskStore {
         }
 
         let segment = &self.segments[&victim];
-        assert_eq!(
-            segment.live_bytes, 0,
-            "segment {victim} still holds live bytes after compaction"
-        );
-        assert_eq!(
-            segment.tombstones, 0,
-            "segment {victim} still holds tombstones after compaction"
-        );
-        assert_eq!(
-            segment.puts_in_flight, 0,
-            "segment {victim} has puts in flight"
-        );
+        assert_eq!(segment.live_bytes, 0, "segment {victim} still holds live bytes after compaction");
+        assert_eq!(segment.tombstones, 0, "segment {victim} still holds tombstones after compaction");
+        assert_eq!(segment.puts_in_flight, 0, "segment {victim} has puts in flight");
         let len_bytes = segment.len_bytes;
         let path = segment_path(&self.dir, victim);
         fs::remove_file(&path).map_err(|source| DiskStoreError::io("deleting", &path, source))?;
@@ -705,12 +612,7 @@ impl DiskStore {
     }
 
     /// Copies a live chunk to the tail, keeping its sequence number.
-    fn copy_chunk(
-        &mut self,
-        id: ChunkId,
-        from: Location,
-        report: &mut CompactionReport,
-    ) -> Result<(), DiskStoreError> {
+    fn copy_chunk(&mut self, id: ChunkId, from: Location, report: &mut CompactionReport) -> Result<(), DiskStoreError> {
         let record_bytes = record_bytes(from.len);
         let from_file = Arc::clone(&self.segments[&from.segment].file);
         let (segment, record_offset) =
@@ -722,29 +624,14 @@ impl DiskStore {
         let mut copied_bytes = 0u64;
         let pieces = u64::from(from.len).div_ceil(SCRATCH_BYTES as u64);
         for _ in 0..pieces {
-            let piece_bytes =
-                (u64::from(from.len) - copied_bytes).min(SCRATCH_BYTES as u64) as usize;
+            let piece_bytes = (u64::from(from.len) - copied_bytes).min(SCRATCH_BYTES as u64) as usize;
             let piece = &mut self.scratch[..piece_bytes];
-            from_file
-                .file
-                .read_exact_at(piece, source_offset + copied_bytes)
-                .map_err(|source| {
-                    DiskStoreError::io(
-                        "reading a chunk to compact from",
-                        &segment_path(&self.dir, from.segment),
-                        source,
-                    )
-                })?;
-            target
-                .file
-                .write_all_at(piece, target_offset + copied_bytes)
-                .map_err(|source| {
-                    DiskStoreError::io(
-                        "copying a chunk into",
-                        &segment_path(&self.dir, segment),
-                        source,
-                    )
-                })?;
+            from_file.file.read_exact_at(piece, source_offset + copied_bytes).map_err(|source| {
+                DiskStoreError::io("reading a chunk to compact from", &segment_path(&self.dir, from.segment), source)
+            })?;
+            target.file.write_all_at(piece, target_offset + copied_bytes).map_err(|source| {
+                DiskStoreError::io("copying a chunk into", &segment_path(&self.dir, segment), source)
+            })?;
             crc = crc32c::crc32c_append(crc, piece);
             copied_bytes += piece_bytes as u64;
         }
@@ -754,30 +641,13 @@ impl DiskStore {
             report.corrupt_chunks_discarded += 1;
             return self.discard_corrupt(id, from);
         }
-        let commit = encode_commit(
-            frame_crc(KIND_PUT, id, from.len),
-            from.seq,
-            from.payload_crc,
-        );
+        let commit = encode_commit(frame_crc(KIND_PUT, id, from.len), from.seq, from.payload_crc);
         target
             .file
             .write_all_at(&commit, record_offset + COMMIT_OFFSET)
-            .map_err(|source| {
-                DiskStoreError::io(
-                    "copying a chunk into",
-                    &segment_path(&self.dir, segment),
-                    source,
-                )
-            })?;
+            .map_err(|source| DiskStoreError::io("copying a chunk into", &segment_path(&self.dir, segment), source))?;
         self.segment_mut(segment).live_bytes += record_bytes;
-        self.install_put(
-            id,
-            Location {
-                segment,
-                record_offset,
-                ..from
-            },
-        );
+        self.install_put(id, Location { segment, record_offset, ..from });
         report.records_copied += 1;
         report.bytes_copied += record_bytes;
         Ok(())
@@ -793,15 +663,8 @@ impl DiskStore {
         let old = self.segment_mut(from.segment);
         old.tombstones -= 1;
         old.live_bytes -= from.record_bytes;
-        self.tombstones.insert(
-            id,
-            TombstoneEntry {
-                segment,
-                record_offset,
-                seq: from.seq,
-                record_bytes: RECORD_HEADER_BYTES,
-            },
-        );
+        self.tombstones
+            .insert(id, TombstoneEntry { segment, record_offset, seq: from.seq, record_bytes: RECORD_HEADER_BYTES });
         report.records_copied += 1;
         report.bytes_copied += RECORD_HEADER_BYTES;
         Ok(())
@@ -815,31 +678,17 @@ impl DiskStore {
         assert!(removed.is_some(), "discarding a chunk that is not indexed");
         self.used_bytes -= u64::from(location.len);
         self.segment_mut(location.segment).live_bytes -= record_bytes(location.len);
-        let previous = self.tombstones.insert(
-            id,
-            TombstoneEntry {
-                segment,
-                record_offset,
-                seq,
-                record_bytes: RECORD_HEADER_BYTES,
-            },
-        );
-        assert!(
-            previous.is_none(),
-            "a live chunk also had a needed tombstone"
-        );
+        let previous = self
+            .tombstones
+            .insert(id, TombstoneEntry { segment, record_offset, seq, record_bytes: RECORD_HEADER_BYTES });
+        assert!(previous.is_none(), "a live chunk also had a needed tombstone");
         Ok(())
     }
 
     /// Appends a committed tombstone and accounts it as a needed tombstone of its segment.
     fn append_tombstone(&mut self, id: ChunkId, seq: u64) -> Result<(u32, u64), DiskStoreError> {
         let frame_crc = frame_crc(KIND_TOMBSTONE, id, 0);
-        let header = encode_header(
-            KIND_TOMBSTONE,
-            id,
-            0,
-            Some(encode_commit(frame_crc, seq, 0)),
-        );
+        let header = encode_header(KIND_TOMBSTONE, id, 0, Some(encode_commit(frame_crc, seq, 0)));
         let (segment, record_offset) = self.append_record(RECORD_HEADER_BYTES, &header)?;
         let target = self.segment_mut(segment);
         target.live_bytes += RECORD_HEADER_BYTES;
@@ -849,20 +698,12 @@ impl DiskStore {
 
     /// Reserves `record_bytes` at the tail and writes `header` there. On success the bytes
     /// belong to the file but are not yet counted live.
-    fn append_record(
-        &mut self,
-        record_bytes: u64,
-        header: &[u8; 64],
-    ) -> Result<(u32, u64), DiskStoreError> {
+    fn append_record(&mut self, record_bytes: u64, header: &[u8; 64]) -> Result<(u32, u64), DiskStoreError> {
         let (segment, record_offset) = self.reserve_tail(record_bytes)?;
         let file = Arc::clone(&self.segments[&segment].file);
         if let Err(source) = file.file.write_all_at(header, record_offset) {
             self.give_back_tail(segment, record_offset, record_bytes);
-            return Err(DiskStoreError::io(
-                "writing a record header to",
-                &segment_path(&self.dir, segment),
-                source,
-            ));
+            return Err(DiskStoreError::io("writing a record header to", &segment_path(&self.dir, segment), source));
         }
         Ok((segment, record_offset))
     }
@@ -878,11 +719,7 @@ impl DiskStore {
         if roll {
             let Some(id) = self.active.checked_add(1) else {
                 let source = io::Error::other("segment ids exhausted");
-                return Err(DiskStoreError::io(
-                    "starting a new segment in",
-                    &self.dir,
-                    source,
-                ));
+                return Err(DiskStoreError::io("starting a new segment in", &self.dir, source));
             };
             let segment = create_segment(&self.dir, id)?;
             self.segments.insert(id, segment);
@@ -890,21 +727,14 @@ impl DiskStore {
             self.roll_requested = false;
             self.dir_dirty = true;
         }
-        let segment = self
-            .segments
-            .get_mut(&self.active)
-            .expect("the active segment exists");
+        let segment = self.segments.get_mut(&self.active).expect("the active segment exists");
         let record_offset = segment.len_bytes;
         if let Err(source) = allocate(&segment.file.file, record_offset, record_bytes) {
             // Undo any partial extension; if even that fails, leave the tail alone.
             if segment.file.file.set_len(record_offset).is_err() {
                 self.roll_requested = true;
             }
-            return Err(DiskStoreError::io(
-                "allocating space in",
-                &segment_path(&self.dir, self.active),
-                source,
-            ));
+            return Err(DiskStoreError::io("allocating space in", &segment_path(&self.dir, self.active), source));
         }
         segment.len_bytes += record_bytes;
         self.disk_bytes += record_bytes;
@@ -915,11 +745,7 @@ impl DiskStore {
     /// be cut off, the segment is sealed so no record ever follows the headerless range.
     fn give_back_tail(&mut self, segment: u32, record_offset: u64, record_bytes: u64) {
         let entry = self.segments.get_mut(&segment).expect("the segment exists");
-        assert_eq!(
-            entry.len_bytes,
-            record_offset + record_bytes,
-            "only the tail can be given back"
-        );
+        assert_eq!(entry.len_bytes, record_offset + record_bytes, "only the tail can be given back");
         if entry.file.file.set_len(record_offset).is_ok() {
             entry.len_bytes = record_offset;
             self.disk_bytes -= record_bytes;
@@ -950,15 +776,11 @@ impl DiskStore {
     }
 
     fn segment_mut(&mut self, id: u32) -> &mut Segment {
-        self.segments
-            .get_mut(&id)
-            .expect("records only point at existing segments")
+        self.segments.get_mut(&id).expect("records only point at existing segments")
     }
 
     fn sync_dir(&self) -> Result<(), DiskStoreError> {
-        self.dir_file
-            .sync_all()
-            .map_err(|source| DiskStoreError::io("syncing", &self.dir, source))
+        self.dir_file.sync_all().map_err(|source| DiskStoreError::io("syncing", &self.dir, source))
     }
 
     fn at_change_limit(&self) -> bool {
@@ -968,15 +790,9 @@ impl DiskStore {
     fn reservation(&self, put: PutReservation) -> (usize, Reservation) {
         let slot = (put.0 & 0xffff) as usize;
         let generation = (put.0 >> 16) as u16;
-        let entry = self
-            .slots
-            .get(slot)
-            .expect("PutReservation was not issued by this store");
+        let entry = self.slots.get(slot).expect("PutReservation was not issued by this store");
         let reservation = entry.put.filter(|_| entry.generation == generation);
-        (
-            slot,
-            reservation.expect("PutReservation is not in flight (already committed or aborted?)"),
-        )
+        (slot, reservation.expect("PutReservation is not in flight (already committed or aborted?)"))
     }
 
     fn release_slot(&mut self, slot: usize, reservation: &Reservation) {
@@ -989,16 +805,9 @@ impl DiskStore {
     /// Queues `ticket` for the group-commit thread; `segment` is the segment holding the
     /// change, if any.
     fn queue_durable(&mut self, ticket: u64, segment: Option<u32>) -> Result<(), StoreError> {
-        assert!(
-            self.outstanding.len() < self.config.max_pending_durable,
-            "durability queue over its bound"
-        );
+        assert!(self.outstanding.len() < self.config.max_pending_durable, "durability queue over its bound");
         let file = segment.map(|id| Arc::clone(&self.segments[&id].file));
-        let request = Request::Sync {
-            ticket,
-            segment: file,
-            dir_sync: self.dir_dirty,
-        };
+        let request = Request::Sync { ticket, segment: file, dir_sync: self.dir_dirty };
         match self.requests.try_send(request) {
             Ok(()) => {
                 self.dir_dirty = false;
@@ -1014,11 +823,7 @@ impl DiskStore {
 
     fn deliver(&mut self, durable: Durable, done: &mut dyn FnMut(Durable)) {
         let expected = self.outstanding.pop_front();
-        assert_eq!(
-            expected,
-            Some(durable.ticket),
-            "group commit reported tickets out of order"
-        );
+        assert_eq!(expected, Some(durable.ticket), "group commit reported tickets out of order");
         done(durable);
     }
 }
@@ -1042,16 +847,12 @@ impl ChunkStore for DiskStore {
             }
         }
         let header = encode_header(KIND_PUT, id, len, None);
-        let (segment, record_offset) = self
-            .append_record(record_bytes, &header)
-            .map_err(|error| store_error(&error))?;
+        let (segment, record_offset) =
+            self.append_record(record_bytes, &header).map_err(|error| store_error(&error))?;
         let entry = self.segment_mut(segment);
         entry.live_bytes += record_bytes;
         entry.puts_in_flight += 1;
-        let slot = self
-            .free_slots
-            .pop()
-            .expect("a free slot exists below max_puts_in_flight");
+        let slot = self.free_slots.pop().expect("a free slot exists below max_puts_in_flight");
         let slot_entry = &mut self.slots[usize::from(slot)];
         assert!(slot_entry.put.is_none(), "free slot {slot} is in use");
         slot_entry.generation = slot_entry.generation.wrapping_add(1);
@@ -1064,17 +865,10 @@ impl ChunkStore for DiskStore {
             crc: payload_crc::PayloadCrc::default(),
         });
         self.puts_in_flight += 1;
-        Ok(PutReservation(
-            (u32::from(slot_entry.generation) << 16) | u32::from(slot),
-        ))
+        Ok(PutReservation((u32::from(slot_entry.generation) << 16) | u32::from(slot)))
     }
 
-    fn write_at(
-        &mut self,
-        put: PutReservation,
-        offset: u32,
-        data: &[u8],
-    ) -> Result<(), StoreError> {
+    fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError> {
         let (slot, reservation) = self.reservation(put);
         let end = u64::from(offset) + data.len() as u64;
         assert!(
@@ -1088,19 +882,11 @@ impl ChunkStore for DiskStore {
             "more bytes written than reserved: a byte range was written twice"
         );
         let file = &self.segments[&reservation.segment].file.file;
-        file.write_all_at(
-            data,
-            reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset),
-        )
-        .map_err(|error| io_store_error(&error))?;
-        let entry = self.slots[slot]
-            .put
-            .as_mut()
-            .expect("reservation checked above");
+        file.write_all_at(data, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
+            .map_err(|error| io_store_error(&error))?;
+        let entry = self.slots[slot].put.as_mut().expect("reservation checked above");
         entry.written_bytes += data.len() as u64;
-        entry
-            .crc
-            .add(u64::from(offset), data, u64::from(reservation.len));
+        entry.crc.add(u64::from(offset), data, u64::from(reservation.len));
         Ok(())
     }
 
@@ -1114,11 +900,7 @@ impl ChunkStore for DiskStore {
         );
         let payload_crc = reservation.crc.finish(u64::from(reservation.len));
         let seq = self.take_seq();
-        let commit = encode_commit(
-            frame_crc(KIND_PUT, reservation.id, reservation.len),
-            seq,
-            payload_crc,
-        );
+        let commit = encode_commit(frame_crc(KIND_PUT, reservation.id, reservation.len), seq, payload_crc);
         let file = &self.segments[&reservation.segment].file.file;
         file.write_all_at(&commit, reservation.record_offset + COMMIT_OFFSET)
             .map_err(|error| io_store_error(&error))?;
@@ -1152,23 +934,13 @@ impl ChunkStore for DiskStore {
             None => None,
             Some(location) => {
                 let seq = self.take_seq();
-                let (segment, record_offset) = self
-                    .append_tombstone(id, seq)
-                    .map_err(|error| store_error(&error))?;
+                let (segment, record_offset) = self.append_tombstone(id, seq).map_err(|error| store_error(&error))?;
                 self.index.remove(&id);
                 self.used_bytes -= u64::from(location.len);
                 self.segment_mut(location.segment).live_bytes -= record_bytes(location.len);
-                let entry = TombstoneEntry {
-                    segment,
-                    record_offset,
-                    seq,
-                    record_bytes: RECORD_HEADER_BYTES,
-                };
+                let entry = TombstoneEntry { segment, record_offset, seq, record_bytes: RECORD_HEADER_BYTES };
                 let previous = self.tombstones.insert(id, entry);
-                assert!(
-                    previous.is_none(),
-                    "a live chunk also had a needed tombstone"
-                );
+                assert!(previous.is_none(), "a live chunk also had a needed tombstone");
                 Some(segment)
             }
         };
@@ -1182,11 +954,8 @@ impl ChunkStore for DiskStore {
         }
         let len = buf.len().min((location.len - offset) as usize);
         let file = &self.segments[&location.segment].file.file;
-        file.read_exact_at(
-            &mut buf[..len],
-            location.record_offset + RECORD_HEADER_BYTES + u64::from(offset),
-        )
-        .map_err(|_| StoreError::Io)?;
+        file.read_exact_at(&mut buf[..len], location.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
+            .map_err(|_| StoreError::Io)?;
         Ok(len)
     }
 
@@ -1204,10 +973,7 @@ impl ChunkStore for DiskStore {
                 Err(TryRecvError::Disconnected) => {
                     // The group-commit thread died: nothing outstanding is known durable.
                     let ticket = self.outstanding.pop_front().expect("checked non-empty");
-                    done(Durable {
-                        ticket,
-                        result: Err(StoreError::Io),
-                    });
+                    done(Durable { ticket, result: Err(StoreError::Io) });
                 }
             }
             delivered += 1;
@@ -1251,12 +1017,7 @@ impl fmt::Debug for DiskStore {
 
 /// The group-commit thread: one `fdatasync` per dirty segment per batch of requests.
 /// Runs until the store sends `Shutdown` (after everything queued before it) or goes away.
-fn run_group_commit(
-    requests: &Receiver<Request>,
-    completions: &SyncSender<Durable>,
-    dir: &File,
-    batch_max: usize,
-) {
+fn run_group_commit(requests: &Receiver<Request>, completions: &SyncSender<Durable>, dir: &File, batch_max: usize) {
     let mut tickets: Vec<(u64, Option<usize>)> = Vec::with_capacity(batch_max);
     let mut files: Vec<Arc<SegmentFile>> = Vec::with_capacity(batch_max);
     let mut dir_pending = false;
@@ -1265,9 +1026,7 @@ fn run_group_commit(
         let mut shutdown = absorb(first, &mut tickets, &mut files, &mut dir_pending);
         while !shutdown && tickets.len() < batch_max {
             match requests.try_recv() {
-                Ok(request) => {
-                    shutdown = absorb(request, &mut tickets, &mut files, &mut dir_pending)
-                }
+                Ok(request) => shutdown = absorb(request, &mut tickets, &mut files, &mut dir_pending),
                 Err(_) => break,
             }
         }
@@ -1281,13 +1040,8 @@ fn run_group_commit(
             }
         }
         for (ticket, file) in tickets.drain(..) {
-            let file_ok =
-                file.is_none_or(|index| !files[index].sync_failed.load(Ordering::Acquire));
-            let result = if dir_ok && file_ok {
-                Ok(())
-            } else {
-                Err(StoreError::Io)
-            };
+            let file_ok = file.is_none_or(|index| !files[index].sync_failed.load(Ordering::Acquire));
+            let result = if dir_ok && file_ok { Ok(()) } else { Err(StoreError::Io) };
             // Never blocks: the store bounds the tickets outstanding to the queue length.
             // An error means the store is gone and nobody is waiting for the report.
             let _ = completions.send(Durable { ticket, result });
@@ -1308,22 +1062,15 @@ fn absorb(
 ) -> bool {
     match request {
         Request::Shutdown => true,
-        Request::Sync {
-            ticket,
-            segment,
-            dir_sync,
-        } => {
+        Request::Sync { ticket, segment, dir_sync } => {
             *dir_pending |= dir_sync;
-            let index =
-                segment.map(
-                    |segment| match files.iter().position(|file| file.id == segment.id) {
-                        Some(index) => index,
-                        None => {
-                            files.push(segment);
-                            files.len() - 1
-                        }
-                    },
-                );
+            let index = segment.map(|segment| match files.iter().position(|file| file.id == segment.id) {
+                Some(index) => index,
+                None => {
+                    files.push(segment);
+                    files.len() - 1
+                }
+            });
             tickets.push((ticket, index));
             false
         }
@@ -1363,11 +1110,7 @@ struct Best {
     winner: Winner,
 }
 
-fn recover(
-    dir: &Path,
-    config: &DiskStoreConfig,
-    scratch: &mut [u8],
-) -> Result<Recovered, DiskStoreError> {
+fn recover(dir: &Path, config: &DiskStoreConfig, scratch: &mut [u8]) -> Result<Recovered, DiskStoreError> {
     let mut ids = Vec::new();
     let entries = fs::read_dir(dir).map_err(|source| DiskStoreError::io("listing", dir, source))?;
     for entry in entries {
@@ -1390,28 +1133,17 @@ fn recover(
             .write(true)
             .open(&path)
             .map_err(|source| DiskStoreError::io("opening", &path, source))?;
-        let file_len = file
-            .metadata()
-            .map_err(|source| DiskStoreError::io("reading the size of", &path, source))?
-            .len();
+        let file_len =
+            file.metadata().map_err(|source| DiskStoreError::io("reading the size of", &path, source))?.len();
         report.segments_scanned += 1;
-        let mut scan = Scan {
-            segment: id,
-            file: &file,
-            path: &path,
-            file_len,
-            best: &mut best,
-            max_seq: &mut max_seq,
-        };
+        let mut scan = Scan { segment: id, file: &file, path: &path, file_len, best: &mut best, max_seq: &mut max_seq };
         let bad_at = scan.run(scratch, &mut report)?;
         let mut len_bytes = file_len;
         if let Some(bad_at) = bad_at {
             if Some(id) == last {
-                file.set_len(bad_at).map_err(|source| {
-                    DiskStoreError::io("truncating the torn tail of", &path, source)
-                })?;
-                file.sync_all()
-                    .map_err(|source| DiskStoreError::io("syncing", &path, source))?;
+                file.set_len(bad_at)
+                    .map_err(|source| DiskStoreError::io("truncating the torn tail of", &path, source))?;
+                file.sync_all().map_err(|source| DiskStoreError::io("syncing", &path, source))?;
                 report.torn_tail_bytes_truncated += file_len - bad_at;
                 len_bytes = bad_at;
             } else {
@@ -1419,21 +1151,8 @@ fn recover(
                 report.corrupt_bytes_skipped += file_len - bad_at;
             }
         }
-        let file = Arc::new(SegmentFile {
-            id,
-            file,
-            sync_failed: AtomicBool::new(false),
-        });
-        segments.insert(
-            id,
-            Segment {
-                file,
-                len_bytes,
-                live_bytes: 0,
-                puts_in_flight: 0,
-                tombstones: 0,
-            },
-        );
+        let file = Arc::new(SegmentFile { id, file, sync_failed: AtomicBool::new(false) });
+        segments.insert(id, Segment { file, len_bytes, live_bytes: 0, puts_in_flight: 0, tombstones: 0 });
     }
 
     let mut index = HashMap::with_capacity(config.expected_chunks.max(best.len()));
@@ -1442,49 +1161,19 @@ fn recover(
     for (id, best) in best {
         let segment = segments.get_mut(&best.segment).expect("scanned segment");
         segment.live_bytes += best.record_bytes;
-        let Best {
-            seq,
-            segment: segment_id,
-            record_offset,
-            record_bytes,
-            winner,
-        } = best;
+        let Best { seq, segment: segment_id, record_offset, record_bytes, winner } = best;
         match winner {
             Winner::Live { len, payload_crc } => {
                 used_bytes += u64::from(len);
-                index.insert(
-                    id,
-                    Location {
-                        segment: segment_id,
-                        record_offset,
-                        len,
-                        seq,
-                        payload_crc,
-                    },
-                );
+                index.insert(id, Location { segment: segment_id, record_offset, len, seq, payload_crc });
             }
             Winner::Tombstone | Winner::Corrupt => {
                 segment.tombstones += 1;
-                tombstones.insert(
-                    id,
-                    TombstoneEntry {
-                        segment: segment_id,
-                        record_offset,
-                        seq,
-                        record_bytes,
-                    },
-                );
+                tombstones.insert(id, TombstoneEntry { segment: segment_id, record_offset, seq, record_bytes });
             }
         }
     }
-    Ok(Recovered {
-        segments,
-        index,
-        tombstones,
-        used_bytes,
-        max_seq,
-        report,
-    })
+    Ok(Recovered { segments, index, tombstones, used_bytes, max_seq, report })
 }
 
 struct Scan<'a> {
@@ -1499,11 +1188,7 @@ struct Scan<'a> {
 impl Scan<'_> {
     /// Scans every record; returns the offset of the first one that is not a whole,
     /// valid record, if any.
-    fn run(
-        &mut self,
-        scratch: &mut [u8],
-        report: &mut RecoveryReport,
-    ) -> Result<Option<u64>, DiskStoreError> {
+    fn run(&mut self, scratch: &mut [u8], report: &mut RecoveryReport) -> Result<Option<u64>, DiskStoreError> {
         let mut offset = 0u64;
         // Every record is at least a header long.
         let records_max = self.file_len / RECORD_HEADER_BYTES + 1;
@@ -1515,9 +1200,7 @@ impl Scan<'_> {
                 return Ok(Some(offset));
             }
             let mut header = [0u8; RECORD_HEADER_BYTES as usize];
-            self.file
-                .read_exact_at(&mut header, offset)
-                .map_err(|source| self.error(source))?;
+            self.file.read_exact_at(&mut header, offset).map_err(|source| self.error(source))?;
             let Some(decoded) = decode_header(&header) else {
                 return Ok(Some(offset));
             };
@@ -1537,10 +1220,7 @@ impl Scan<'_> {
                         winner: if decoded.kind == KIND_TOMBSTONE {
                             Winner::Tombstone
                         } else {
-                            Winner::Live {
-                                len: decoded.len,
-                                payload_crc,
-                            }
+                            Winner::Live { len: decoded.len, payload_crc }
                         },
                     };
                     self.offer(decoded.id, candidate, scratch, report)?;
@@ -1577,10 +1257,7 @@ impl Scan<'_> {
             // The same sequence number twice is a compaction copy next to its original
             // (a crash came before the original's segment was deleted): the later copy
             // wins unless it is corrupt and the other is not.
-            Some(current) => {
-                !matches!(candidate.winner, Winner::Corrupt)
-                    || matches!(current.winner, Winner::Corrupt)
-            }
+            Some(current) => !matches!(candidate.winner, Winner::Corrupt) || matches!(current.winner, Winner::Corrupt),
         };
         if replace {
             self.best.insert(id, candidate);
@@ -1588,21 +1265,14 @@ impl Scan<'_> {
         Ok(())
     }
 
-    fn payload_crc(
-        &self,
-        payload_offset: u64,
-        len: u32,
-        scratch: &mut [u8],
-    ) -> Result<u32, DiskStoreError> {
+    fn payload_crc(&self, payload_offset: u64, len: u32, scratch: &mut [u8]) -> Result<u32, DiskStoreError> {
         let mut crc = 0u32;
         let mut read_bytes = 0u64;
         let pieces = u64::from(len).div_ceil(scratch.len() as u64);
         for _ in 0..pieces {
             let piece_bytes = (u64::from(len) - read_bytes).min(scratch.len() as u64) as usize;
             let piece = &mut scratch[..piece_bytes];
-            self.file
-                .read_exact_at(piece, payload_offset + read_bytes)
-                .map_err(|source| self.error(source))?;
+            self.file.read_exact_at(piece, payload_offset + read_bytes).map_err(|source| self.error(source))?;
             crc = crc32c::crc32c_append(crc, piece);
             read_bytes += piece_bytes as u64;
         }
@@ -1712,19 +1382,11 @@ fn decode_header(header: &[u8; 64]) -> Option<DecodedHeader> {
         && commit_crc(frame_crc, block) == le_u32(&block[28..32]);
     let commit = if committed {
         let seq = u64::from_le_bytes(block[8..16].try_into().expect("8 bytes"));
-        CommitState::Committed {
-            seq,
-            payload_crc: le_u32(&block[4..8]),
-        }
+        CommitState::Committed { seq, payload_crc: le_u32(&block[4..8]) }
     } else {
         CommitState::Pending
     };
-    Some(DecodedHeader {
-        kind,
-        id,
-        len,
-        commit,
-    })
+    Some(DecodedHeader { kind, id, len, commit })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1735,9 +1397,7 @@ fn segment_path(dir: &Path, id: u32) -> PathBuf {
 }
 
 fn parse_segment_name(name: &str) -> Option<u32> {
-    let digits = name
-        .strip_prefix(SEGMENT_PREFIX)?
-        .strip_suffix(SEGMENT_SUFFIX)?;
+    let digits = name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() < 6 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
@@ -1752,18 +1412,8 @@ fn create_segment(dir: &Path, id: u32) -> Result<Segment, DiskStoreError> {
         .create_new(true)
         .open(&path)
         .map_err(|source| DiskStoreError::io("creating", &path, source))?;
-    let file = Arc::new(SegmentFile {
-        id,
-        file,
-        sync_failed: AtomicBool::new(false),
-    });
-    Ok(Segment {
-        file,
-        len_bytes: 0,
-        live_bytes: 0,
-        puts_in_flight: 0,
-        tombstones: 0,
-    })
+    let file = Arc::new(SegmentFile { id, file, sync_failed: AtomicBool::new(false) });
+    Ok(Segment { file, len_bytes: 0, live_bytes: 0, puts_in_flight: 0, tombstones: 0 })
 }
 
 /// Allocates `len_bytes` at `offset`, extending the file, so that a full disk shows up
@@ -1790,9 +1440,7 @@ fn allocate(file: &File, offset: u64, len_bytes: u64) -> io::Result<()> {
             }
         }
     }
-    let end = offset
-        .checked_add(len_bytes)
-        .ok_or_else(|| io::Error::other("file offset overflow"))?;
+    let end = offset.checked_add(len_bytes).ok_or_else(|| io::Error::other("file offset overflow"))?;
     if file.metadata()?.len() < end {
         file.set_len(end)?;
     }
@@ -1809,11 +1457,7 @@ fn try_lock_exclusive(file: &File) -> io::Result<bool> {
         return Ok(true);
     }
     let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(error)
-    }
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(error) }
 }
 
 fn is_no_space(error: &io::Error) -> bool {
@@ -1821,11 +1465,7 @@ fn is_no_space(error: &io::Error) -> bool {
 }
 
 fn io_store_error(error: &io::Error) -> StoreError {
-    if is_no_space(error) {
-        StoreError::DiskFull
-    } else {
-        StoreError::Io
-    }
+    if is_no_space(error) { StoreError::DiskFull } else { StoreError::Io }
 }
 
 fn store_error(error: &DiskStoreError) -> StoreError {
@@ -1916,10 +1556,7 @@ mod payload_crc {
         /// Adds `data`, written at `offset` of a `len_bytes` payload. Byte ranges must not
         /// overlap.
         pub(super) fn add(&mut self, offset: u64, data: &[u8], len_bytes: u64) {
-            assert!(
-                offset + data.len() as u64 <= len_bytes,
-                "fragment past the payload"
-            );
+            assert!(offset + data.len() as u64 <= len_bytes, "fragment past the payload");
             if offset != self.run_end {
                 self.acc ^= shift(self.run_raw, len_bytes - self.run_end);
                 self.run_raw = 0;
@@ -1931,10 +1568,7 @@ mod payload_crc {
 
         /// The standard crc32c of the `len_bytes` payload (unwritten bytes count as zeros).
         pub(super) fn finish(&self, len_bytes: u64) -> u32 {
-            assert!(
-                self.run_end <= len_bytes,
-                "payload shorter than its fragments"
-            );
+            assert!(self.run_end <= len_bytes, "payload shorter than its fragments");
             let raw = self.acc ^ shift(self.run_raw, len_bytes - self.run_end);
             // Standard crc32c starts from an all-ones register and inverts the result.
             !(shift(!0, len_bytes) ^ raw)
@@ -1964,9 +1598,7 @@ mod tests {
 
     fn pattern(id: ChunkId, len: usize) -> Vec<u8> {
         let seed = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (0..len as u64)
-            .map(|i| (seed.wrapping_add(i.wrapping_mul(0x2545_F491)) >> 13) as u8)
-            .collect()
+        (0..len as u64).map(|i| (seed.wrapping_add(i.wrapping_mul(0x2545_F491)) >> 13) as u8).collect()
     }
 
     /// Writes `data` in `frag_bytes` fragments, odd ones backwards, then even ones.
@@ -1977,9 +1609,7 @@ mod tests {
         for index in odd.chain(even) {
             let start = index * frag_bytes;
             let end = (start + frag_bytes).min(data.len());
-            store
-                .write_at(put, start as u32, &data[start..end])
-                .unwrap();
+            store.write_at(put, start as u32, &data[start..end]).unwrap();
         }
     }
 
@@ -2074,11 +1704,8 @@ mod tests {
         let data = pattern(1, 4 << 20);
         let len = data.len() as u64;
         for (name, reversed) in [("in order", false), ("reversed", true)] {
-            let mut fragments: Vec<(usize, &[u8])> = data
-                .chunks(1400)
-                .enumerate()
-                .map(|(index, fragment)| (index * 1400, fragment))
-                .collect();
+            let mut fragments: Vec<(usize, &[u8])> =
+                data.chunks(1400).enumerate().map(|(index, fragment)| (index * 1400, fragment)).collect();
             if reversed {
                 fragments.reverse();
             }
@@ -2101,19 +1728,9 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Put {
-            id: u8,
-            len: u16,
-            frag_bytes: u16,
-            reversed: bool,
-        },
-        Abort {
-            id: u8,
-            len: u16,
-        },
-        Delete {
-            id: u8,
-        },
+        Put { id: u8, len: u16, frag_bytes: u16, reversed: bool },
+        Abort { id: u8, len: u16 },
+        Delete { id: u8 },
         Compact,
         MaybeCompact,
         Restart,
@@ -2135,11 +1752,7 @@ mod tests {
 
     fn check_model(store: &mut DiskStore, model: &HashMap<ChunkId, Vec<u8>>) {
         for id in 0..10u128 {
-            assert_eq!(
-                read_all(store, id).ok().as_ref(),
-                model.get(&id),
-                "chunk {id}"
-            );
+            assert_eq!(read_all(store, id).ok().as_ref(), model.get(&id), "chunk {id}");
         }
         let used: usize = model.values().map(Vec::len).sum();
         assert_eq!(store.used_bytes(), used as u64);
@@ -2224,15 +1837,9 @@ mod tests {
         for zeros in [0usize, 1, 7, 64, 1000, 4097] {
             let mut padded = data.to_vec();
             padded.resize(data.len() + zeros, 0);
-            assert_eq!(
-                payload_crc::shift(payload_crc::raw(data), zeros as u64),
-                payload_crc::raw(&padded)
-            );
+            assert_eq!(payload_crc::shift(payload_crc::raw(data), zeros as u64), payload_crc::raw(&padded));
         }
-        assert_eq!(
-            payload_crc::PayloadCrc::default().finish(0),
-            crc32c::crc32c(&[])
-        );
+        assert_eq!(payload_crc::PayloadCrc::default().finish(0), crc32c::crc32c(&[]));
         // Unwritten bytes count as the zeros the file holds there.
         let mut crc = payload_crc::PayloadCrc::default();
         crc.add(5, b"abc", 20);
@@ -2246,22 +1853,11 @@ mod tests {
         let id: ChunkId = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
         let pending = encode_header(KIND_PUT, id, 5000, None);
         let decoded = decode_header(&pending).unwrap();
-        assert_eq!(
-            decoded,
-            DecodedHeader {
-                kind: KIND_PUT,
-                id,
-                len: 5000,
-                commit: CommitState::Pending
-            }
-        );
+        assert_eq!(decoded, DecodedHeader { kind: KIND_PUT, id, len: 5000, commit: CommitState::Pending });
 
         let commit = encode_commit(frame_crc(KIND_PUT, id, 5000), 77, 0xdead_beef);
         let committed = encode_header(KIND_PUT, id, 5000, Some(commit));
-        let expected = CommitState::Committed {
-            seq: 77,
-            payload_crc: 0xdead_beef,
-        };
+        let expected = CommitState::Committed { seq: 77, payload_crc: 0xdead_beef };
         assert_eq!(decode_header(&committed).unwrap().commit, expected);
 
         for byte in 0..32 {
@@ -2272,11 +1868,7 @@ mod tests {
         for byte in 32..64 {
             let mut damaged = committed;
             damaged[byte] ^= 0x10;
-            assert_eq!(
-                decode_header(&damaged).unwrap().commit,
-                CommitState::Pending,
-                "commit byte {byte}"
-            );
+            assert_eq!(decode_header(&damaged).unwrap().commit, CommitState::Pending, "commit byte {byte}");
         }
         // A commit block belongs to its own frame only.
         let mut other = encode_header(KIND_PUT, id + 1, 5000, None);
@@ -2284,21 +1876,11 @@ mod tests {
         assert_eq!(decode_header(&other).unwrap().commit, CommitState::Pending);
         assert!(decode_header(&[0u8; 64]).is_none());
 
-        let tombstone = encode_header(
-            KIND_TOMBSTONE,
-            id,
-            0,
-            Some(encode_commit(frame_crc(KIND_TOMBSTONE, id, 0), 78, 0)),
-        );
+        let tombstone =
+            encode_header(KIND_TOMBSTONE, id, 0, Some(encode_commit(frame_crc(KIND_TOMBSTONE, id, 0), 78, 0)));
         let decoded = decode_header(&tombstone).unwrap();
         assert_eq!(decoded.kind, KIND_TOMBSTONE);
-        assert_eq!(
-            decoded.commit,
-            CommitState::Committed {
-                seq: 78,
-                payload_crc: 0
-            }
-        );
+        assert_eq!(decoded.commit, CommitState::Committed { seq: 78, payload_crc: 0 });
         assert_eq!(record_bytes(0), 64);
         assert_eq!(record_bytes(1), 128);
         assert_eq!(record_bytes(64), 128);
@@ -2307,10 +1889,7 @@ mod tests {
 
     #[test]
     fn segment_names() {
-        assert_eq!(
-            segment_path(Path::new("/d"), 1),
-            Path::new("/d/seg-000001.log")
-        );
+        assert_eq!(segment_path(Path::new("/d"), 1), Path::new("/d/seg-000001.log"));
         assert_eq!(parse_segment_name("seg-000001.log"), Some(1));
         assert_eq!(parse_segment_name("seg-1234567.log"), Some(1_234_567));
         assert_eq!(parse_segment_name("seg-000000.log"), None);
@@ -2352,22 +1931,14 @@ mod tests {
         let tickets: Vec<u64> = reports.iter().map(|report| report.ticket).collect();
         assert_eq!(tickets, [7, 8, 9]);
         assert!(reports.iter().all(|report| report.result.is_ok()));
-        assert!(
-            !store.wait_durable(TIMEOUT),
-            "nothing pending: returns at once"
-        );
+        assert!(!store.wait_durable(TIMEOUT), "nothing pending: returns at once");
     }
 
     #[test]
     fn restart_recovers_committed_skips_uncommitted_and_keeps_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let config = small_config();
-        let (a1, a2, b, c) = (
-            pattern(10, 3000),
-            pattern(11, 7000),
-            pattern(12, 2500),
-            pattern(13, 1),
-        );
+        let (a1, a2, b, c) = (pattern(10, 3000), pattern(11, 7000), pattern(12, 2500), pattern(13, 1));
         let mut store = open(dir.path(), config);
         put(&mut store, 1, &a1, 1);
         put(&mut store, 2, &b, 2);
@@ -2442,8 +2013,7 @@ mod tests {
     fn torn_tail_in_the_middle_of_a_payload_is_truncated() {
         torn_tail_case(|path| {
             let file = OpenOptions::new().write(true).open(path).unwrap();
-            file.set_len(record_bytes(5000) + RECORD_HEADER_BYTES + 1000)
-                .unwrap();
+            file.set_len(record_bytes(5000) + RECORD_HEADER_BYTES + 1000).unwrap();
         });
     }
 
@@ -2457,12 +2027,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = small_config();
         let mut store = open(dir.path(), config);
-        let (a, b, x1, x2) = (
-            pattern(1, 3000),
-            pattern(2, 3000),
-            pattern(3, 2000),
-            pattern(4, 2000),
-        );
+        let (a, b, x1, x2) = (pattern(1, 3000), pattern(2, 3000), pattern(3, 2000), pattern(4, 2000));
         put(&mut store, 1, &a, 1);
         put(&mut store, 2, &b, 2);
         put(&mut store, 3, &x1, 3);
@@ -2497,10 +2062,7 @@ mod tests {
     #[test]
     fn corrupt_header_in_an_earlier_segment_skips_the_rest_of_it() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DiskStoreConfig {
-            segment_bytes: 16 << 10,
-            ..small_config()
-        };
+        let config = DiskStoreConfig { segment_bytes: 16 << 10, ..small_config() };
         let mut store = open(dir.path(), config);
         // 4032-byte payloads make 4096-byte records: four per segment.
         let chunks: Vec<Vec<u8>> = (0..10).map(|id| pattern(id, 4032)).collect();
@@ -2518,11 +2080,7 @@ mod tests {
         assert_eq!(report.corrupt_bytes_skipped, 3 * 4096);
         assert_eq!(report.torn_tail_bytes_truncated, 0);
         for (id, data) in chunks.iter().enumerate() {
-            let expected = if (1..=3).contains(&id) {
-                Err(StoreError::NotFound)
-            } else {
-                Ok(data.clone())
-            };
+            let expected = if (1..=3).contains(&id) { Err(StoreError::NotFound) } else { Ok(data.clone()) };
             assert_eq!(read_all(&mut store, id as ChunkId), expected, "chunk {id}");
         }
         // The damaged segment is mostly dead: compaction keeps what it could read.
@@ -2540,10 +2098,7 @@ mod tests {
     #[test]
     fn chunk_larger_than_a_segment_gets_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DiskStoreConfig {
-            segment_bytes: 4096,
-            ..small_config()
-        };
+        let config = DiskStoreConfig { segment_bytes: 4096, ..small_config() };
         let mut store = open(dir.path(), config);
         let (small, big) = (pattern(1, 100), pattern(2, 20_000));
         put(&mut store, 1, &small, 1);
@@ -2557,10 +2112,7 @@ mod tests {
         assert_eq!(read_all(&mut store, 3).unwrap(), small);
     }
 
-    fn fill_and_delete(
-        dir: &Path,
-        config: DiskStoreConfig,
-    ) -> (DiskStore, Vec<(ChunkId, Vec<u8>)>) {
+    fn fill_and_delete(dir: &Path, config: DiskStoreConfig) -> (DiskStore, Vec<(ChunkId, Vec<u8>)>) {
         let mut store = open(dir, config);
         let mut kept = Vec::new();
         for id in 0..100u128 {
@@ -2580,10 +2132,7 @@ mod tests {
 
     fn check_kept(store: &mut DiskStore, kept: &[(ChunkId, Vec<u8>)]) {
         for id in 0..100u128 {
-            let expected = kept
-                .iter()
-                .find(|(kept_id, _)| *kept_id == id)
-                .map(|(_, data)| data.clone());
+            let expected = kept.iter().find(|(kept_id, _)| *kept_id == id).map(|(_, data)| data.clone());
             assert_eq!(read_all(store, id).ok(), expected, "chunk {id}");
         }
         assert_eq!(store.used_bytes(), kept.len() as u64 * 4000);
@@ -2601,11 +2150,7 @@ mod tests {
         let report = store.compact().unwrap();
         assert!(report.segments_removed >= 6, "{report:?}");
         assert_eq!(report.records_copied, kept.len() as u64, "{report:?}");
-        assert!(
-            store.disk_bytes() < disk_before / 3,
-            "{} of {disk_before}",
-            store.disk_bytes()
-        );
+        assert!(store.disk_bytes() < disk_before / 3, "{} of {disk_before}", store.disk_bytes());
         check_kept(&mut store, &kept);
         // Nothing left that is worth it.
         assert_eq!(store.maybe_compact().unwrap().segments_removed, 0);
@@ -2628,14 +2173,8 @@ mod tests {
             drain_all(&mut store);
             store.compact().unwrap();
         }
-        assert!(
-            store.tombstones.len() <= 1,
-            "{} tombstones",
-            store.tombstones.len()
-        );
-        assert!(
-            store.disk_bytes() <= kept_record_bytes + 4 * RECORD_HEADER_BYTES + record_bytes(10)
-        );
+        assert!(store.tombstones.len() <= 1, "{} tombstones", store.tombstones.len());
+        assert!(store.disk_bytes() <= kept_record_bytes + 4 * RECORD_HEADER_BYTES + record_bytes(10));
         check_kept(&mut store, &kept);
         drop(store);
         let mut store = open(dir.path(), config);
@@ -2650,11 +2189,7 @@ mod tests {
         let config = small_config();
         let (mut store, kept) = fill_and_delete(dir.path(), config);
         for id in store.segments.keys() {
-            fs::copy(
-                segment_path(dir.path(), *id),
-                segment_path(backup.path(), *id),
-            )
-            .unwrap();
+            fs::copy(segment_path(dir.path(), *id), segment_path(backup.path(), *id)).unwrap();
         }
         let report = store.maybe_compact().unwrap();
         assert!(report.segments_removed >= 6, "{report:?}");
@@ -2662,11 +2197,7 @@ mod tests {
         let (victim_id, _) = kept[0];
         let copy = store.index[&victim_id];
         drop(store);
-        damage(
-            &segment_path(dir.path(), copy.segment),
-            copy.record_offset + RECORD_HEADER_BYTES,
-            &[0x5A, 0xA5],
-        );
+        damage(&segment_path(dir.path(), copy.segment), copy.record_offset + RECORD_HEADER_BYTES, &[0x5A, 0xA5]);
         // As if the crash came before the old segment files were deleted.
         for entry in fs::read_dir(backup.path()).unwrap() {
             let entry = entry.unwrap();
@@ -2689,10 +2220,7 @@ mod tests {
     #[test]
     fn capacity_cap_gives_disk_full_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DiskStoreConfig {
-            capacity_bytes: Some(64 << 10),
-            ..small_config()
-        };
+        let config = DiskStoreConfig { capacity_bytes: Some(64 << 10), ..small_config() };
         let mut store = open(dir.path(), config);
         let mut stored = Vec::new();
         let mut full = false;
@@ -2746,21 +2274,13 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-            .arg(dir.path())
-            .status();
+        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(dir.path()).status();
         if !mounted.is_ok_and(|status| status.success()) {
-            eprintln!(
-                "skipping real_enospc_on_a_small_tmpfs: mount -t tmpfs failed (no CAP_SYS_ADMIN?)"
-            );
+            eprintln!("skipping real_enospc_on_a_small_tmpfs: mount -t tmpfs failed (no CAP_SYS_ADMIN?)");
             return;
         }
         let mount = Mount(dir.path().to_path_buf());
-        let config = DiskStoreConfig {
-            segment_bytes: 256 << 10,
-            ..small_config()
-        };
+        let config = DiskStoreConfig { segment_bytes: 256 << 10, ..small_config() };
         let mut store = open(&mount.0, config);
         let mut stored = Vec::new();
         let mut full = false;
@@ -2822,16 +2342,9 @@ mod tests {
     #[test]
     fn bounds_busy_and_too_large() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DiskStoreConfig {
-            max_puts_in_flight: 2,
-            max_pending_durable: 4,
-            ..small_config()
-        };
+        let config = DiskStoreConfig { max_puts_in_flight: 2, max_pending_durable: 4, ..small_config() };
         let mut store = open(dir.path(), config);
-        assert_eq!(
-            store.begin_put(1, config.max_chunk_bytes + 1),
-            Err(StoreError::TooLarge)
-        );
+        assert_eq!(store.begin_put(1, config.max_chunk_bytes + 1), Err(StoreError::TooLarge));
         let first = store.begin_put(1, 10).unwrap();
         let second = store.begin_put(2, 10).unwrap();
         assert_eq!(store.begin_put(3, 10), Err(StoreError::Busy));
@@ -2886,16 +2399,10 @@ mod tests {
     #[test]
     fn invalid_config_is_explained() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DiskStoreConfig {
-            max_chunk_bytes: MAX_CHUNK_LIMIT_BYTES + 1,
-            ..small_config()
-        };
+        let config = DiskStoreConfig { max_chunk_bytes: MAX_CHUNK_LIMIT_BYTES + 1, ..small_config() };
         let error = DiskStore::open(dir.path(), config).unwrap_err();
         assert!(error.to_string().contains("max_chunk_bytes"), "{error}");
-        let config = DiskStoreConfig {
-            max_chunk_bytes: MAX_CHUNK_LIMIT_BYTES,
-            ..DiskStoreConfig::default()
-        };
+        let config = DiskStoreConfig { max_chunk_bytes: MAX_CHUNK_LIMIT_BYTES, ..DiskStoreConfig::default() };
         drop(open(dir.path(), config));
     }
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing Beeline needs on Debian 12, as root. Idempotent:
+# packages already present are not touched, and apt runs only when something is missing.
+set -euo pipefail
+
+packages=(build-essential pkg-config util-linux iproute2 procps)
+
+missing=()
+for package in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$package")
+    fi
+done
+if ((${#missing[@]} > 0)); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "ci/setup.sh: missing Debian packages ${missing[*]}: run as root (or: sudo apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+    echo "ci/setup.sh: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The Rust toolchain comes from rustup (Debian 12's cargo is too old for edition 2024).
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "ci/setup.sh: no cargo found: install Rust >= 1.85 with rustup (https://rustup.rs) and re-run" >&2
+    exit 1
+fi
