@@ -131,8 +131,14 @@ fn restore_default_sigpipe() {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BEELINE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BEELINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
 }
 
 fn run(cli: Cli) -> CliResult {
@@ -142,7 +148,13 @@ fn run(cli: Cli) -> CliResult {
         Command::Node { command: NodeCommand::Ping { client } } => {
             let mut client = connect(&client)?;
             let info = client.ping().map_err(|e| e.to_string())?;
-            println!("node {} answers: fragment_bytes_max={} window_fragments={} chunk_bytes_max={}", client.node(), info.fragment_bytes_max, info.window_fragments, info.chunk_bytes_max);
+            println!(
+                "node {} answers: fragment_bytes_max={} window_fragments={} chunk_bytes_max={}",
+                client.node(),
+                info.fragment_bytes_max,
+                info.window_fragments,
+                info.chunk_bytes_max
+            );
             Ok(())
         }
         Command::Put { file, name, chunk_bytes, client } => put(&file, name, chunk_bytes, &client),
@@ -178,7 +190,11 @@ fn run(cli: Cli) -> CliResult {
 
 fn run_node(flags: NodeFlags) -> CliResult {
     let settings = flags.resolve().map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(crate::daemon::run(settings, shutdown_signal())).map_err(|e| e.to_string())
 }
 
@@ -224,7 +240,9 @@ fn progress_bar(total: Option<u64>, verb: &str, name: &str) -> Option<indicatif:
         Some(total) => indicatif::ProgressBar::new(total),
         None => indicatif::ProgressBar::no_length(),
     };
-    let style = indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_message(format!("{verb} {name}"));
     Some(bar)
@@ -235,7 +253,10 @@ fn put(file: &Path, name: Option<String>, chunk_bytes: u32, flags: &ClientFlags)
     let name = match name {
         Some(name) => name,
         None if from_stdin => return Err("reading standard input needs a name: add --as NAME".into()),
-        None => file.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| format!("{} has no file name: add --as NAME", file.display()))?,
+        None => file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{} has no file name: add --as NAME", file.display()))?,
     };
     if chunk_bytes == 0 {
         return Err("--chunk-bytes must be at least 1".into());
@@ -263,13 +284,21 @@ fn put(file: &Path, name: Option<String>, chunk_bytes: u32, flags: &ClientFlags)
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    println!("stored {} ({} bytes, {} chunks, blake3 {})", record.name, record.size_bytes, record.chunk_count(), &keyfile::to_hex(&record.blake3)[..16]);
+    println!(
+        "stored {} ({} bytes, {} chunks, blake3 {})",
+        record.name,
+        record.size_bytes,
+        record.chunk_count(),
+        &keyfile::to_hex(&record.blake3)[..16]
+    );
     Ok(())
 }
 
 fn get(name: &str, output: Option<PathBuf>, flags: &ClientFlags) -> CliResult {
     let mut client = connect(flags)?;
-    let output = output.unwrap_or_else(|| PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into())));
+    let output = output.unwrap_or_else(|| {
+        PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into()))
+    });
     if output.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
@@ -306,7 +335,8 @@ fn get(name: &str, output: Option<PathBuf>, flags: &ClientFlags) -> CliResult {
     };
     let file = writer.into_inner().map_err(|e| format!("cannot write {destination}: {}", e.error()))?;
     file.sync_all().map_err(|e| format!("cannot write {destination}: {e}"))?;
-    std::fs::rename(&partial, &output).map_err(|e| format!("cannot move {} to {destination}: {e}", partial.display()))?;
+    std::fs::rename(&partial, &output)
+        .map_err(|e| format!("cannot move {} to {destination}: {e}", partial.display()))?;
     println!("wrote {destination} ({} bytes)", record.size_bytes);
     Ok(())
 }
@@ -320,7 +350,10 @@ fn node_status(flags: &ClientFlags) -> CliResult {
     println!("files:         {}", status.files);
     println!("chunks:        {}", status.chunks);
     println!("used_bytes:    {}", status.used_bytes);
-    println!("arena:         {} frames, {} free, {}", status.arena_frames, status.arena_frames_free, status.page_backing);
+    println!(
+        "arena:         {} frames, {} free, {}",
+        status.arena_frames, status.arena_frames_free, status.page_backing
+    );
     println!("puts_in_flight: {}", status.puts_in_flight);
     for (name, value) in &status.counters {
         println!("  {name:<22} {value}");

@@ -8,14 +8,19 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use beeline_dataplane::bitmap::FRAGMENTS_MAX;
-use beeline_dataplane::client::{self, ClientError as MachineError, DATAGRAM_BYTES_MAX, Exchange, GetChunk, Progress, PutChunk, Timing, Transmit, accept};
+use beeline_dataplane::client::{
+    self, ClientError as MachineError, DATAGRAM_BYTES_MAX, Exchange, GetChunk, Progress, PutChunk, Timing, Transmit,
+    accept,
+};
 use beeline_dataplane::wire::{HEADER_LEN, MacKey, Opcode, Repr, Status};
 
 use crate::control::{ControlRequest, ControlResponse, FileRecord, NodeStatus, validate_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("node {node} did not answer after {retries} retries: is `beeline node run` running there, is --node right, and does this machine have the node's cluster key?")]
+    #[error(
+        "node {node} did not answer after {retries} retries: is `beeline node run` running there, is --node right, and does this machine have the node's cluster key?"
+    )]
     Unreachable { node: SocketAddr, retries: u32 },
     #[error("no file named {name:?} on node {node}: `beeline ls` lists the files")]
     NotFound { name: String, node: SocketAddr },
@@ -33,7 +38,9 @@ pub enum ClientError {
     LocalIo { path: String, source: std::io::Error },
     #[error("cannot open a UDP socket to talk to {node}: {source}")]
     Socket { node: SocketAddr, source: std::io::Error },
-    #[error("{name} came back with different content than was stored (BLAKE3 mismatch); the copy on the node is damaged")]
+    #[error(
+        "{name} came back with different content than was stored (BLAKE3 mismatch); the copy on the node is damaged"
+    )]
     Corrupt { name: String },
     #[error("{0}")]
     BadName(String),
@@ -62,7 +69,14 @@ pub struct ClientOptions {
 
 impl ClientOptions {
     pub fn new(node: SocketAddr, key: MacKey) -> Self {
-        Self { node, key, timing: Timing { rto_initial_ms: 40, rto_max_ms: 1000, timeouts_max: 8 }, fragment_bytes: None, parallel_chunks: 4, chunk_bytes: 4 << 20 }
+        Self {
+            node,
+            key,
+            timing: Timing { rto_initial_ms: 40, rto_max_ms: 1000, timeouts_max: 8 },
+            fragment_bytes: None,
+            parallel_chunks: 4,
+            chunk_bytes: 4 << 20,
+        }
     }
 }
 
@@ -117,10 +131,18 @@ pub type OnProgress<'a> = &'a mut dyn FnMut(u64);
 impl Client {
     pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
         let node = options.node;
-        let bind: SocketAddr = if node.is_ipv4() { "0.0.0.0:0".parse().expect("constant") } else { "[::]:0".parse().expect("constant") };
+        let bind: SocketAddr =
+            if node.is_ipv4() { "0.0.0.0:0".parse().expect("constant") } else { "[::]:0".parse().expect("constant") };
         let socket = UdpSocket::bind(bind).map_err(|source| ClientError::Socket { node, source })?;
         enlarge_receive_buffer(&socket, 8 << 20);
-        Ok(Self { socket, options, started: Instant::now(), next_request_id: rand::random::<u64>() >> 1, info: None, receive_buffer: vec![0; DATAGRAM_BYTES_MAX + 64] })
+        Ok(Self {
+            socket,
+            options,
+            started: Instant::now(),
+            next_request_id: rand::random::<u64>() >> 1,
+            info: None,
+            receive_buffer: vec![0; DATAGRAM_BYTES_MAX + 64],
+        })
     }
 
     pub fn set_chunk_bytes(&mut self, chunk_bytes: u32) {
@@ -147,9 +169,19 @@ impl Client {
             MachineError::Unreachable => ClientError::Unreachable { node, retries: self.options.timing.timeouts_max },
             MachineError::Rejected(Status::DiskFull) => ClientError::DiskFull { node },
             MachineError::Rejected(Status::Busy) => ClientError::Busy { node },
-            MachineError::Rejected(Status::TooLarge) => ClientError::Rejected { node, status: Status::TooLarge, hint: "the chunk is larger than the node accepts; use a smaller --chunk-bytes" },
-            MachineError::Rejected(status) => ClientError::Rejected { node, status, hint: "this is a bug or a version mismatch between client and node" },
-            MachineError::Inconsistent => ClientError::Protocol { node, what: "a reply did not match its request".into() },
+            MachineError::Rejected(Status::TooLarge) => ClientError::Rejected {
+                node,
+                status: Status::TooLarge,
+                hint: "the chunk is larger than the node accepts; use a smaller --chunk-bytes",
+            },
+            MachineError::Rejected(status) => ClientError::Rejected {
+                node,
+                status,
+                hint: "this is a bug or a version mismatch between client and node",
+            },
+            MachineError::Inconsistent => {
+                ClientError::Protocol { node, what: "a reply did not match its request".into() }
+            }
         }
     }
 
@@ -175,14 +207,21 @@ impl Client {
                 return Ok(finished);
             }
             let now = self.now_ms();
-            let next_deadline = ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
+            let next_deadline =
+                ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
             let wait_ms = next_deadline.saturating_sub(now).max(1);
-            self.socket.set_read_timeout(Some(Duration::from_millis(wait_ms))).map_err(|source| ClientError::Socket { node, source })?;
+            self.socket
+                .set_read_timeout(Some(Duration::from_millis(wait_ms)))
+                .map_err(|source| ClientError::Socket { node, source })?;
             let mut transmit = SocketTransmit { socket: &self.socket, node };
             // Read everything that is waiting, then run the timers.
             let mut first = true;
             loop {
-                let received = if first { self.socket.recv_from(&mut self.receive_buffer) } else { nonblocking_recv(&self.socket, &mut self.receive_buffer) };
+                let received = if first {
+                    self.socket.recv_from(&mut self.receive_buffer)
+                } else {
+                    nonblocking_recv(&self.socket, &mut self.receive_buffer)
+                };
                 first = false;
                 let Ok((len, from)) = received else { break };
                 if from != node {
@@ -213,7 +252,8 @@ impl Client {
 
     fn exchange(&mut self, request: Repr, payload: &[u8], expect: Opcode) -> Result<(Repr, Vec<u8>), ClientError> {
         let request = Repr { request_id: self.request_id(), ..request };
-        let mut exchange = Exchange::new(self.options.key.clone(), request, payload, expect, self.options.timing, self.now_ms());
+        let mut exchange =
+            Exchange::new(self.options.key.clone(), request, payload, expect, self.options.timing, self.now_ms());
         exchange.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
         let mut ops = [Op::Exchange(Box::new(exchange))];
         self.drive(&mut ops, true)?;
@@ -225,7 +265,11 @@ impl Client {
     /// Checks the node answers, and learns its limits.
     pub fn ping(&mut self) -> Result<NodeInfo, ClientError> {
         let (pong, _) = self.exchange(Repr::new(Opcode::Ping), &[], Opcode::Pong)?;
-        let info = NodeInfo { fragment_bytes_max: pong.frag_len, window_fragments: pong.credits.max(1), chunk_bytes_max: pong.total_len };
+        let info = NodeInfo {
+            fragment_bytes_max: pong.frag_len,
+            window_fragments: pong.credits.max(1),
+            chunk_bytes_max: pong.total_len,
+        };
         self.info = Some(info);
         Ok(info)
     }
@@ -250,9 +294,13 @@ impl Client {
     }
 
     pub fn control(&mut self, request: &ControlRequest) -> Result<ControlResponse, ClientError> {
-        let payload = postcard::to_stdvec(request).map_err(|error| ClientError::Protocol { node: self.options.node, what: error.to_string() })?;
+        let payload = postcard::to_stdvec(request)
+            .map_err(|error| ClientError::Protocol { node: self.options.node, what: error.to_string() })?;
         let (_, reply) = self.exchange(Repr::new(Opcode::Control), &payload, Opcode::ControlReply)?;
-        let response: ControlResponse = postcard::from_bytes(&reply).map_err(|error| ClientError::Protocol { node: self.options.node, what: format!("undecodable control reply: {error}") })?;
+        let response: ControlResponse = postcard::from_bytes(&reply).map_err(|error| ClientError::Protocol {
+            node: self.options.node,
+            what: format!("undecodable control reply: {error}"),
+        })?;
         if let ControlResponse::Failed(reason) = response {
             return Err(ClientError::Failed { node: self.options.node, reason });
         }
@@ -260,14 +308,21 @@ impl Client {
     }
 
     /// Stores everything `reader` yields as file `name`, chunk by chunk.
-    pub fn put_reader(&mut self, name: &str, reader: &mut dyn Read, source: &str, on_progress: OnProgress<'_>) -> Result<FileRecord, ClientError> {
+    pub fn put_reader(
+        &mut self,
+        name: &str,
+        reader: &mut dyn Read,
+        source: &str,
+        on_progress: OnProgress<'_>,
+    ) -> Result<FileRecord, ClientError> {
         validate_name(name).map_err(ClientError::BadName)?;
         let chunk_bytes = self.options.chunk_bytes.min(self.info()?.chunk_bytes_max);
         let frag_len = self.fragment_bytes(chunk_bytes)?;
         let window = self.info()?.window_fragments;
         let file_id = rand::random::<u64>() | 1;
         let mut hasher = blake3::Hasher::new();
-        let mut spare: Vec<Vec<u8>> = (0..self.options.parallel_chunks.max(1)).map(|_| Vec::with_capacity(chunk_bytes as usize)).collect();
+        let mut spare: Vec<Vec<u8>> =
+            (0..self.options.parallel_chunks.max(1)).map(|_| Vec::with_capacity(chunk_bytes as usize)).collect();
         let mut ops: Vec<Op> = Vec::new();
         let mut size_bytes = 0u64;
         let mut next_index = 0u64;
@@ -277,7 +332,9 @@ impl Client {
             while !eof && !spare.is_empty() {
                 let mut buffer = spare.pop().expect("checked non-empty");
                 buffer.clear();
-                Read::take(&mut *reader, u64::from(chunk_bytes)).read_to_end(&mut buffer).map_err(|error| ClientError::LocalIo { path: source.to_owned(), source: error })?;
+                Read::take(&mut *reader, u64::from(chunk_bytes))
+                    .read_to_end(&mut buffer)
+                    .map_err(|error| ClientError::LocalIo { path: source.to_owned(), source: error })?;
                 if buffer.is_empty() {
                     eof = true;
                     spare.push(buffer);
@@ -290,7 +347,16 @@ impl Client {
                 size_bytes += buffer.len() as u64;
                 let chunk_id = crate::control::chunk_id(file_id, next_index);
                 next_index += 1;
-                let mut put = PutChunk::new(self.options.key.clone(), chunk_id, self.request_id(), buffer, frag_len, window, self.options.timing, self.now_ms());
+                let mut put = PutChunk::new(
+                    self.options.key.clone(),
+                    chunk_id,
+                    self.request_id(),
+                    buffer,
+                    frag_len,
+                    window,
+                    self.options.timing,
+                    self.now_ms(),
+                );
                 put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, node: self.options.node });
                 ops.push(Op::Put(Box::new(put)));
             }
@@ -317,7 +383,10 @@ impl Client {
         };
         match self.control(&ControlRequest::CommitFile(record.clone()))? {
             ControlResponse::Committed { .. } => Ok(record),
-            other => Err(ClientError::Protocol { node: self.options.node, what: format!("unexpected answer to commit: {other:?}") }),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to commit: {other:?}"),
+            }),
         }
     }
 
@@ -325,12 +394,21 @@ impl Client {
         match self.control(&ControlRequest::Lookup { name: name.to_owned() })? {
             ControlResponse::File(record) => Ok(record),
             ControlResponse::NotFound => Err(ClientError::NotFound { name: name.to_owned(), node: self.options.node }),
-            other => Err(ClientError::Protocol { node: self.options.node, what: format!("unexpected answer to lookup: {other:?}") }),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to lookup: {other:?}"),
+            }),
         }
     }
 
     /// Writes file `name` to `writer` in order, checking its BLAKE3 at the end.
-    pub fn get_writer(&mut self, name: &str, writer: &mut dyn Write, destination: &str, on_progress: OnProgress<'_>) -> Result<FileRecord, ClientError> {
+    pub fn get_writer(
+        &mut self,
+        name: &str,
+        writer: &mut dyn Write,
+        destination: &str,
+        on_progress: OnProgress<'_>,
+    ) -> Result<FileRecord, ClientError> {
         let record = self.lookup(name)?;
         let frag_len = self.fragment_bytes(record.chunk_bytes)?;
         let window = self.info()?.window_fragments;
@@ -348,14 +426,28 @@ impl Client {
             // At most `parallel` chunks fetched ahead of the one to write next.
             while next_start < chunk_count && next_start < next_write + parallel {
                 let len = record.chunk_len(next_start);
-                let mut get = GetChunk::new(self.options.key.clone(), record.chunk_id(next_start), self.request_id(), len, 0, vec![0u8; len as usize], frag_len, window, self.options.timing, self.now_ms());
+                let mut get = GetChunk::new(
+                    self.options.key.clone(),
+                    record.chunk_id(next_start),
+                    self.request_id(),
+                    len,
+                    0,
+                    vec![0u8; len as usize],
+                    frag_len,
+                    window,
+                    self.options.timing,
+                    self.now_ms(),
+                );
                 get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
                 ops.push(Op::Get(Box::new(get)));
                 op_chunks.push(next_start);
                 next_start += 1;
             }
             let finished = self.drive(&mut ops, true).map_err(|error| match error {
-                ClientError::Rejected { status: Status::NotFound, .. } => ClientError::Failed { node: self.options.node, reason: format!("a chunk of {name} is missing on the node; the file cannot be read back whole") },
+                ClientError::Rejected { status: Status::NotFound, .. } => ClientError::Failed {
+                    node: self.options.node,
+                    reason: format!("a chunk of {name} is missing on the node; the file cannot be read back whole"),
+                },
                 other => other,
             })?;
             let mut finished = finished;
@@ -395,7 +487,12 @@ impl Client {
                         return Ok(files);
                     }
                 }
-                other => return Err(ClientError::Protocol { node: self.options.node, what: format!("unexpected answer to list: {other:?}") }),
+                other => {
+                    return Err(ClientError::Protocol {
+                        node: self.options.node,
+                        what: format!("unexpected answer to list: {other:?}"),
+                    });
+                }
             }
         }
     }
@@ -404,22 +501,45 @@ impl Client {
         match self.control(&ControlRequest::Remove { name: name.to_owned() })? {
             ControlResponse::Removed(record) => Ok(record),
             ControlResponse::NotFound => Err(ClientError::NotFound { name: name.to_owned(), node: self.options.node }),
-            other => Err(ClientError::Protocol { node: self.options.node, what: format!("unexpected answer to remove: {other:?}") }),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to remove: {other:?}"),
+            }),
         }
     }
 
     pub fn node_status(&mut self) -> Result<NodeStatus, ClientError> {
         match self.control(&ControlRequest::NodeStatus)? {
             ControlResponse::Status(status) => Ok(status),
-            other => Err(ClientError::Protocol { node: self.options.node, what: format!("unexpected answer to status: {other:?}") }),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to status: {other:?}"),
+            }),
         }
     }
 
     /// Gets one chunk range (used by benchmarks): `len` bytes from `offset`.
-    pub fn get_chunk_range(&mut self, chunk_id: u128, total_len: u32, offset: u32, len: u32) -> Result<Vec<u8>, ClientError> {
+    pub fn get_chunk_range(
+        &mut self,
+        chunk_id: u128,
+        total_len: u32,
+        offset: u32,
+        len: u32,
+    ) -> Result<Vec<u8>, ClientError> {
         let frag_len = self.fragment_bytes(total_len)?;
         let window = self.info()?.window_fragments;
-        let mut get = GetChunk::new(self.options.key.clone(), chunk_id, self.request_id(), total_len, offset, vec![0u8; len as usize], frag_len, window, self.options.timing, self.now_ms());
+        let mut get = GetChunk::new(
+            self.options.key.clone(),
+            chunk_id,
+            self.request_id(),
+            total_len,
+            offset,
+            vec![0u8; len as usize],
+            frag_len,
+            window,
+            self.options.timing,
+            self.now_ms(),
+        );
         get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
         let mut ops = [Op::Get(Box::new(get))];
         self.drive(&mut ops, true)?;
@@ -441,7 +561,13 @@ fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) {
     // SAFETY: the fd is a live socket owned by `socket`; `value` is a c_int that outlives
     // the call and its size is passed exactly. A failure only leaves the default size.
     unsafe {
-        libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const value).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

@@ -114,13 +114,17 @@ pub struct NodeSettings {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), reason: error.to_string() })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigError::Read { path: path.to_owned(), reason: error.to_string() })?;
     parse_file(&path.display().to_string(), &text)
 }
 
 pub fn parse_file(name: &str, text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|error| {
-        let line = error.span().map(|span| format!(" line {}", text[..span.start.min(text.len())].matches('\n').count() + 1)).unwrap_or_default();
+        let line = error
+            .span()
+            .map(|span| format!(" line {}", text[..span.start.min(text.len())].matches('\n').count() + 1))
+            .unwrap_or_default();
         ConfigError::Syntax { path: name.to_owned(), line, reason: error.message().replace('\n', " ") }
     })
 }
@@ -131,7 +135,13 @@ struct Origin<'a> {
 }
 
 impl Origin<'_> {
-    fn error(&self, from_flag: bool, key: &'static str, value: impl std::fmt::Display, fix: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        from_flag: bool,
+        key: &'static str,
+        value: impl std::fmt::Display,
+        fix: impl Into<String>,
+    ) -> ConfigError {
         let source_name = if from_flag { format!("flag --{}", key.replace('_', "-")) } else { self.file.to_owned() };
         ConfigError::Value { source_name, key, value: value.to_string(), fix: fix.into() }
     }
@@ -166,35 +176,48 @@ impl NodeFlags {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let file_name = self.config.as_ref().map(|path| path.display().to_string()).unwrap_or_else(|| "(defaults)".into());
+        let file_name =
+            self.config.as_ref().map(|path| path.display().to_string()).unwrap_or_else(|| "(defaults)".into());
         let origin = Origin { file: &file_name };
 
         let (listen_text, from_flag) = pick(&self.listen, &file.listen, "127.0.0.1:7777".to_owned());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| origin.error(from_flag, "listen", &listen_text, "use IP:PORT, e.g. 127.0.0.1:7777 or [::1]:7777"))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            origin.error(from_flag, "listen", &listen_text, "use IP:PORT, e.g. 127.0.0.1:7777 or [::1]:7777")
+        })?;
 
         let (data_dir, _) = pick(&self.data_dir, &file.data_dir, PathBuf::from("beeline-data"));
         let (key_file, _) = pick(&self.key_file, &file.key_file, crate::keyfile::default_key_path());
 
         let (backend, from_flag) = pick(&self.backend, &file.backend, "udp".to_owned());
         if backend != "udp" {
-            return Err(origin.error(from_flag, "backend", &backend, "this build supports `udp` (afxdp and dpdk are not built yet)"));
+            return Err(origin.error(
+                from_flag,
+                "backend",
+                &backend,
+                "this build supports `udp` (afxdp and dpdk are not built yet)",
+            ));
         }
 
         let flag_allow = (!self.allow.is_empty()).then(|| self.allow.clone());
         let (allow_texts, from_flag) = pick(&flag_allow, &file.allow, Vec::new());
         let mut allow = Allowlist::allow_all();
         for text in &allow_texts {
-            let prefix = parse_prefix(text).ok_or_else(|| origin.error(from_flag, "allow", text, "use an address or prefix such as 10.0.0.0/8 or fd00::/8"))?;
-            allow
-                .push(prefix)
-                .map_err(|_| origin.error(from_flag, "allow", allow_texts.len(), format!("at most {PREFIXES_MAX} prefixes")))?;
+            let prefix = parse_prefix(text).ok_or_else(|| {
+                origin.error(from_flag, "allow", text, "use an address or prefix such as 10.0.0.0/8 or fd00::/8")
+            })?;
+            allow.push(prefix).map_err(|_| {
+                origin.error(from_flag, "allow", allow_texts.len(), format!("at most {PREFIXES_MAX} prefixes"))
+            })?;
         }
 
         let (frame_bytes, from_flag) = pick(&self.frame_bytes, &file.frame_bytes, 4096);
         if !frame_bytes.is_power_of_two() || !(2048..=65536).contains(&frame_bytes) {
-            return Err(origin.error(from_flag, "frame_bytes", frame_bytes, "must be a power of two from 2048 to 65536"));
+            return Err(origin.error(
+                from_flag,
+                "frame_bytes",
+                frame_bytes,
+                "must be a power of two from 2048 to 65536",
+            ));
         }
         let (arena_frames, from_flag) = pick(&self.arena_frames, &file.arena_frames, 16384);
         if !(1024..=1 << 22).contains(&arena_frames) {
@@ -214,21 +237,42 @@ impl NodeFlags {
         let (window_fragments, from_flag) = pick(&self.window_fragments, &file.window_fragments, 256);
         let window_max = (beeline_dataplane::node::TX_QUEUE_MAX / 2) as u16;
         if !(1..=window_max).contains(&window_fragments) {
-            return Err(origin.error(from_flag, "window_fragments", window_fragments, format!("must be from 1 to {window_max}")));
+            return Err(origin.error(
+                from_flag,
+                "window_fragments",
+                window_fragments,
+                format!("must be from 1 to {window_max}"),
+            ));
         }
         let (chunk_bytes_max, from_flag) = pick(&self.chunk_bytes_max, &file.chunk_bytes_max, 4 << 20);
-        let fragment_max = frame_bytes as usize - beeline_dataplane::arena::HEADROOM_BYTES - beeline_dataplane::wire::HEADER_LEN;
+        let fragment_max =
+            frame_bytes as usize - beeline_dataplane::arena::HEADROOM_BYTES - beeline_dataplane::wire::HEADER_LEN;
         let chunk_limit = (fragment_max * beeline_dataplane::bitmap::FRAGMENTS_MAX as usize).min(64 << 20) as u32;
         if !(1..=chunk_limit).contains(&chunk_bytes_max) {
-            return Err(origin.error(from_flag, "chunk_bytes_max", chunk_bytes_max, format!("must be from 1 to {chunk_limit} with frame_bytes = {frame_bytes}")));
+            return Err(origin.error(
+                from_flag,
+                "chunk_bytes_max",
+                chunk_bytes_max,
+                format!("must be from 1 to {chunk_limit} with frame_bytes = {frame_bytes}"),
+            ));
         }
         let (put_idle_timeout_ms, from_flag) = pick(&self.put_idle_timeout_ms, &file.put_idle_timeout_ms, 30_000);
         if !(100..=3_600_000).contains(&put_idle_timeout_ms) {
-            return Err(origin.error(from_flag, "put_idle_timeout_ms", put_idle_timeout_ms, "must be from 100 to 3600000"));
+            return Err(origin.error(
+                from_flag,
+                "put_idle_timeout_ms",
+                put_idle_timeout_ms,
+                "must be from 100 to 3600000",
+            ));
         }
         let (segment_bytes, from_flag) = pick(&self.segment_bytes, &file.segment_bytes, 64 << 20);
         if segment_bytes < 2 * u64::from(chunk_bytes_max) || segment_bytes > 1 << 40 {
-            return Err(origin.error(from_flag, "segment_bytes", segment_bytes, "must hold at least two chunks (2 x chunk_bytes_max) and be at most 1 TiB"));
+            return Err(origin.error(
+                from_flag,
+                "segment_bytes",
+                segment_bytes,
+                "must hold at least two chunks (2 x chunk_bytes_max) and be at most 1 TiB",
+            ));
         }
         let capacity_bytes = self.capacity_bytes.or(file.capacity_bytes);
         Ok(NodeSettings {
@@ -272,7 +316,8 @@ mod tests {
 
     #[test]
     fn flags_override_file() {
-        let (_dir, mut flags) = with_file("listen = \"127.0.0.1:9000\"\nframe_bytes = 8192\nallow = [\"10.0.0.0/8\"]\n");
+        let (_dir, mut flags) =
+            with_file("listen = \"127.0.0.1:9000\"\nframe_bytes = 8192\nallow = [\"10.0.0.0/8\"]\n");
         flags.listen = Some("127.0.0.1:9001".into());
         let settings = flags.resolve().unwrap();
         assert_eq!(settings.listen.port(), 9001);
@@ -284,7 +329,10 @@ mod tests {
     fn errors_name_file_key_and_fix_on_one_line() {
         let (_dir, flags) = with_file("frame_bytes = 3000\n");
         let message = flags.resolve().unwrap_err().to_string();
-        assert!(message.contains("node.toml") && message.contains("`frame_bytes`") && message.contains("power of two"), "{message}");
+        assert!(
+            message.contains("node.toml") && message.contains("`frame_bytes`") && message.contains("power of two"),
+            "{message}"
+        );
         assert!(!message.contains('\n'));
 
         let (_dir, flags) = with_file("listen = \"127.0.0.1:1\"\nlisten_typo = 3\n");

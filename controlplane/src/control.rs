@@ -57,10 +57,17 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 pub enum ControlRequest {
     /// Records a file whose chunks are all durable; replaces a file of the same name.
     CommitFile(FileRecord),
-    Lookup { name: String },
+    Lookup {
+        name: String,
+    },
     /// Names in order, starting after `after`.
-    List { after: Option<String>, limit: u16 },
-    Remove { name: String },
+    List {
+        after: Option<String>,
+        limit: u16,
+    },
+    Remove {
+        name: String,
+    },
     NodeStatus,
 }
 
@@ -83,10 +90,15 @@ pub struct NodeStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlResponse {
-    Committed { replaced: Option<FileRecord> },
+    Committed {
+        replaced: Option<FileRecord>,
+    },
     File(FileRecord),
     NotFound,
-    Listing { files: Vec<FileRecord>, more: bool },
+    Listing {
+        files: Vec<FileRecord>,
+        more: bool,
+    },
     Removed(FileRecord),
     Status(NodeStatus),
     /// The node could not do it; the text says why and what to do.

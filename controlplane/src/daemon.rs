@@ -81,7 +81,12 @@ impl<M: Metadata> NodeControl<M> {
         }
     }
 
-    fn respond<S: ChunkStore>(&mut self, request: ControlRequest, response_max: usize, store: &mut S) -> ControlResponse {
+    fn respond<S: ChunkStore>(
+        &mut self,
+        request: ControlRequest,
+        response_max: usize,
+        store: &mut S,
+    ) -> ControlResponse {
         let failed = |error: crate::metadata::MetadataError| ControlResponse::Failed(error.to_string());
         match request {
             ControlRequest::CommitFile(record) => {
@@ -90,7 +95,10 @@ impl<M: Metadata> NodeControl<M> {
                 }
                 for index in 0..record.chunk_count() {
                     if store.chunk_len(record.chunk_id(index)) != Some(record.chunk_len(index)) {
-                        return ControlResponse::Failed(format!("chunk {index} of {} is not stored on this node; put the file again", record.name));
+                        return ControlResponse::Failed(format!(
+                            "chunk {index} of {} is not stored on this node; put the file again",
+                            record.name
+                        ));
                     }
                 }
                 match self.metadata.put_file(&record) {
@@ -116,7 +124,14 @@ impl<M: Metadata> NodeControl<M> {
                     Ok(mut files) => {
                         // Keep only what fits one datagram; the client asks for the rest.
                         let mut more = files.len() == limit;
-                        while !files.is_empty() && postcard::experimental::serialized_size(&ControlResponse::Listing { files: files.clone(), more: true }).unwrap_or(usize::MAX) > response_max {
+                        while !files.is_empty()
+                            && postcard::experimental::serialized_size(&ControlResponse::Listing {
+                                files: files.clone(),
+                                more: true,
+                            })
+                            .unwrap_or(usize::MAX)
+                                > response_max
+                        {
                             files.pop();
                             more = true;
                         }
@@ -188,7 +203,13 @@ pub fn counter_pairs(counters: &Counters) -> Vec<(String, u64)> {
 }
 
 impl<M: Metadata, S: ChunkStore> ControlHandler<S> for NodeControl<M> {
-    fn handle(&mut self, _peer: SocketAddr, request: &[u8], response: &mut [u8], store: &mut S) -> Result<usize, Status> {
+    fn handle(
+        &mut self,
+        _peer: SocketAddr,
+        request: &[u8],
+        response: &mut [u8],
+        store: &mut S,
+    ) -> Result<usize, Status> {
         let Ok(request) = postcard::from_bytes::<ControlRequest>(request) else {
             return Err(Status::BadRequest);
         };
@@ -229,7 +250,8 @@ impl Drop for NodeHandle {
 
 /// Starts a node; returns once it is serving (or failed to start).
 pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| NodeError::DataDir { path: settings.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| NodeError::DataDir { path: settings.data_dir.clone(), source })?;
     let (key, created) = keyfile::load_or_create(&settings.key_file)?;
     if created {
         info!(path = %settings.key_file.display(), "created a new cluster key; copy this file to every client and node of the cluster (see README)");
@@ -248,14 +270,20 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     match ready_rx.recv() {
         Ok(local_addr) => Ok(NodeHandle { local_addr, snapshot, shutdown, thread: Some(thread) }),
         // The thread exits before signalling readiness only on a start-up error.
-        Err(_) => Err(thread.join().map_err(|_| NodeError::Thread("panicked during start-up".into()))?.err().unwrap_or_else(|| NodeError::Thread("exited during start-up".into()))),
+        Err(_) => Err(thread
+            .join()
+            .map_err(|_| NodeError::Thread("panicked during start-up".into()))?
+            .err()
+            .unwrap_or_else(|| NodeError::Thread("exited during start-up".into()))),
     }
 }
 
 /// Runs a node until `shutdown` resolves, then stops it gracefully.
 pub async fn run(settings: NodeSettings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
     let listen = settings.listen;
-    let node = tokio::task::spawn_blocking(move || start(settings)).await.map_err(|error| NodeError::Thread(error.to_string()))??;
+    let node = tokio::task::spawn_blocking(move || start(settings))
+        .await
+        .map_err(|error| NodeError::Thread(error.to_string()))??;
     info!(%listen, local = %node.local_addr, "node serving");
     shutdown.await;
     info!("shutting down: finishing in-flight acks");
@@ -274,7 +302,8 @@ fn data_plane_thread(
         HugepagePolicy::Require => PagePolicy::Huge,
         HugepagePolicy::Off => PagePolicy::Normal,
     };
-    let mut memory = ArenaMemory::allocate(settings.arena_frames, settings.frame_bytes as usize, policy).map_err(|error| NodeError::Arena(error.to_string()))?;
+    let mut memory = ArenaMemory::allocate(settings.arena_frames, settings.frame_bytes as usize, policy)
+        .map_err(|error| NodeError::Arena(error.to_string()))?;
     if let Some(warning) = memory.fallback_warning() {
         warn!("{warning}");
     }
@@ -295,10 +324,12 @@ fn data_plane_thread(
         max_puts_in_flight: settings.put_slots as usize,
         ..DiskStoreConfig::default()
     };
-    let store = DiskStore::open(&settings.data_dir.join("chunks"), store_config).map_err(|error| NodeError::Store(error.to_string()))?;
+    let store = DiskStore::open(&settings.data_dir.join("chunks"), store_config)
+        .map_err(|error| NodeError::Store(error.to_string()))?;
     info!(report = ?store.recovery_report(), "chunk store open");
     let metadata = EmbeddedMetadata::open(&settings.data_dir.join("metadata.redb"))?;
-    let control = NodeControl { metadata, snapshot: snapshot.clone(), started: Instant::now(), listen: local_addr.to_string() };
+    let control =
+        NodeControl { metadata, snapshot: snapshot.clone(), started: Instant::now(), listen: local_addr.to_string() };
     let config = NodeConfig {
         key,
         allow: settings.allow.clone(),
@@ -317,6 +348,7 @@ fn data_plane_thread(
     let now_ms = || started.elapsed().as_millis() as u64;
     let mut backoff = Backoff::new(1000);
     let mut last_publish_ms = 0;
+    let mut last_compaction_ms = 0;
     let socket_error = |error| NodeError::Socket(format!("{error:?}"));
     while !shutdown.load(Ordering::Acquire) {
         let now = now_ms();
@@ -332,6 +364,15 @@ fn data_plane_thread(
         let wait_us = backoff.next_wait_us();
         if wait_us == 0 {
             continue;
+        }
+        // Reclaim space from deleted and replaced chunks while nothing else is going on.
+        if now >= last_compaction_ms + 1000 && poll.node.puts_in_flight() == 0 {
+            last_compaction_ms = now;
+            match poll.node.store_mut().maybe_compact() {
+                Ok(report) if report != Default::default() => info!(?report, "compacted the chunk store"),
+                Ok(_) => {}
+                Err(error) => warn!(%error, "compaction failed; it will be retried"),
+            }
         }
         if poll.node.store().pending_durable() > 0 {
             // A group commit is in flight: come back soon to send its acks.
@@ -352,7 +393,11 @@ fn data_plane_thread(
     Ok(())
 }
 
-fn publish<C: ControlHandler<DiskStore>>(snapshot: &SharedSnapshot, poll: &PollLoop<'_, '_, UdpIo, DiskStore, C>, page_backing: &str) {
+fn publish<C: ControlHandler<DiskStore>>(
+    snapshot: &SharedSnapshot,
+    poll: &PollLoop<'_, '_, UdpIo, DiskStore, C>,
+    page_backing: &str,
+) {
     let Ok(mut snapshot) = snapshot.lock() else { return };
     snapshot.counters = *poll.node.counters();
     snapshot.arena_frames = poll.arena.frame_count();

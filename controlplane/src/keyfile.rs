@@ -10,9 +10,13 @@ use beeline_dataplane::wire::MacKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("no cluster key at {0}: start `beeline node run` on this machine (it creates one), copy the node's key file here, or pass --key-file")]
+    #[error(
+        "no cluster key at {0}: start `beeline node run` on this machine (it creates one), copy the node's key file here, or pass --key-file"
+    )]
     Missing(PathBuf),
-    #[error("cluster key file {path} is unreadable: {reason}; it must hold 64 hex digits (as written by `beeline node run`)")]
+    #[error(
+        "cluster key file {path} is unreadable: {reason}; it must hold 64 hex digits (as written by `beeline node run`)"
+    )]
     Invalid { path: PathBuf, reason: String },
     #[error("cannot write cluster key file {path}: {source}; pass --key-file with a writable path")]
     Write { path: PathBuf, source: std::io::Error },
@@ -48,7 +52,8 @@ pub fn load_or_create(path: &Path) -> Result<(MacKey, bool), KeyError> {
             if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
                 fs::create_dir_all(parent).map_err(write_error)?;
             }
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_error)?;
+            let mut file =
+                fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_error)?;
             writeln!(file, "{}", to_hex(&key)).map_err(write_error)?;
             file.sync_all().map_err(write_error)?;
             fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(write_error)?;

@@ -50,7 +50,8 @@ impl EmbeddedMetadata {
 }
 
 fn decode(name: &str, bytes: &[u8]) -> Result<FileRecord, MetadataError> {
-    postcard::from_bytes(bytes).map_err(|error| MetadataError::Corrupt { name: name.to_owned(), reason: error.to_string() })
+    postcard::from_bytes(bytes)
+        .map_err(|error| MetadataError::Corrupt { name: name.to_owned(), reason: error.to_string() })
 }
 
 impl Metadata for EmbeddedMetadata {

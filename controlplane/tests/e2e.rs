@@ -37,7 +37,13 @@ struct TestNode {
 
 impl TestNode {
     fn start(dir: &Path, extra: &[&str]) -> Self {
-        let mut node = TestNode { child: None, dir: dir.to_owned(), port: free_port(), extra: extra.iter().map(|s| s.to_string()).collect(), log: Arc::default() };
+        let mut node = TestNode {
+            child: None,
+            dir: dir.to_owned(),
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: Arc::default(),
+        };
         node.spawn();
         node
     }
@@ -79,7 +85,12 @@ impl TestNode {
 
     fn cli_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
-        command.args(args).arg("--node").arg(format!("127.0.0.1:{}", self.port)).arg("--key-file").arg(self.dir.join("cluster.key"));
+        command
+            .args(args)
+            .arg("--node")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--key-file")
+            .arg(self.dir.join("cluster.key"));
         command
     }
 
@@ -158,7 +169,13 @@ fn files_of_edge_sizes_round_trip_byte_identical() {
     let stat = ok(&node.cli(&["stat", "file-4194305"]));
     assert!(stat.contains("size_bytes:  4194305") && stat.contains("chunks:      2 x 4194304"), "{stat}");
     // Standard input with a name.
-    let mut put = node.cli_command(&["put", "-", "--as", "from-stdin"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut put = node
+        .cli_command(&["put", "-", "--as", "from-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     put.stdin.take().unwrap().write_all(&pattern(5_000_000, 9)).unwrap();
     ok(&put.wait_with_output().unwrap());
     let streamed = node.cli(&["get", "from-stdin", "-o", "-"]);
@@ -218,7 +235,11 @@ fn killed_node_keeps_every_acknowledged_file() {
     assert!(acknowledged.len() >= 6);
     for (name, data) in acknowledged.iter() {
         let output = node.cli(&["get", name, "-o", "-"]);
-        assert!(output.status.success(), "acknowledged {name} lost after kill -9: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "acknowledged {name} lost after kill -9: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(output.stdout == *data, "acknowledged {name} came back different after kill -9");
     }
     // The restarted node keeps serving new puts.
@@ -247,7 +268,11 @@ fn unreachable_node_is_one_clear_line() {
     let key = dir.path().join("cluster.key");
     std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
     let started = Instant::now();
-    let output = Command::new(BIN).args(["ls", "--node", &format!("127.0.0.1:{}", free_port()), "--key-file"]).arg(&key).output().unwrap();
+    let output = Command::new(BIN)
+        .args(["ls", "--node", &format!("127.0.0.1:{}", free_port()), "--key-file"])
+        .arg(&key)
+        .output()
+        .unwrap();
     let message = one_line_error(&output);
     assert!(message.contains("did not answer"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(30), "retries are not bounded");
@@ -264,7 +289,10 @@ fn bad_config_names_file_key_and_fix() {
     std::fs::write(&config, "listen = \"127.0.0.1:7000\"\nwindow_fragments = 0\n").unwrap();
     let output = Command::new(BIN).args(["node", "run", "--config"]).arg(&config).output().unwrap();
     let message = one_line_error(&output);
-    assert!(message.contains("node.toml") && message.contains("`window_fragments`") && message.contains("must be"), "{message}");
+    assert!(
+        message.contains("node.toml") && message.contains("`window_fragments`") && message.contains("must be"),
+        "{message}"
+    );
     std::fs::write(&config, "lissen = \"127.0.0.1:7000\"\n").unwrap();
     let message = one_line_error(&Command::new(BIN).args(["node", "run", "--config"]).arg(&config).output().unwrap());
     assert!(message.contains("line 1") && message.contains("lissen"), "{message}");

@@ -81,9 +81,7 @@ impl FragmentBitmap {
 
 /// Reads bit `offset` of an exported bitmap; bits beyond the slice read as clear.
 pub fn exported_bit(bytes: &[u8], offset: u32) -> bool {
-    bytes
-        .get(offset as usize / 8)
-        .is_some_and(|byte| byte & (1 << (offset % 8)) != 0)
+    bytes.get(offset as usize / 8).is_some_and(|byte| byte & (1 << (offset % 8)) != 0)
 }
 
 #[cfg(test)]

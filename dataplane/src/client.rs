@@ -132,7 +132,17 @@ const ACK_EVERY_FRAGMENTS: u32 = 64;
 impl<D: AsRef<[u8]>> PutChunk<D> {
     /// `frag_len` must fit the node (see its Pong) and cut `data` into at most
     /// `FRAGMENTS_MAX` fragments.
-    pub fn new(key: MacKey, chunk_id: ChunkId, request_id: u64, data: D, frag_len: u16, credits: u16, timing: Timing, now_ms: u64) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: MacKey,
+        chunk_id: ChunkId,
+        request_id: u64,
+        data: D,
+        frag_len: u16,
+        credits: u16,
+        timing: Timing,
+        now_ms: u64,
+    ) -> Self {
         assert!(frag_len > 0 && usize::from(frag_len) + HEADER_LEN <= DATAGRAM_BYTES_MAX);
         let total_len = u32::try_from(data.as_ref().len()).expect("chunk larger than 4 GiB");
         let count = wire::fragment_count(total_len, frag_len);
@@ -247,7 +257,11 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
         }
         match repr.opcode {
             Opcode::PutDone => {
-                self.phase = if repr.total_len as usize == self.data.as_ref().len() { PutPhase::Done } else { PutPhase::Failed(ClientError::Inconsistent) };
+                self.phase = if repr.total_len as usize == self.data.as_ref().len() {
+                    PutPhase::Done
+                } else {
+                    PutPhase::Failed(ClientError::Inconsistent)
+                };
             }
             Opcode::Error => match repr.status {
                 Status::Busy => {
@@ -355,7 +369,18 @@ pub struct GetChunk<B: AsMut<[u8]>> {
 impl<B: AsMut<[u8]>> GetChunk<B> {
     /// Reads `out.len()` bytes from byte `range_start` of a chunk of `total_len` bytes.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(key: MacKey, chunk_id: ChunkId, request_id: u64, total_len: u32, range_start: u32, mut out: B, frag_len: u16, window: u16, timing: Timing, now_ms: u64) -> Self {
+    pub fn new(
+        key: MacKey,
+        chunk_id: ChunkId,
+        request_id: u64,
+        total_len: u32,
+        range_start: u32,
+        mut out: B,
+        frag_len: u16,
+        window: u16,
+        timing: Timing,
+        now_ms: u64,
+    ) -> Self {
         assert!(frag_len > 0);
         let out_len = out.as_mut().len();
         let range_end = u64::from(range_start) + out_len as u64;
@@ -462,7 +487,10 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
                     return;
                 }
                 let index = repr.index;
-                if index < self.first_fragment || index >= self.end_fragment || payload.len() != wire::fragment_len(self.total_len, self.frag_len, index) as usize {
+                if index < self.first_fragment
+                    || index >= self.end_fragment
+                    || payload.len() != wire::fragment_len(self.total_len, self.frag_len, index) as usize
+                {
                     return;
                 }
                 if !self.received.set(index - self.first_fragment) {
@@ -477,7 +505,8 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
                 let copy_end = (fragment_start + payload.len() as u64).min(range_end);
                 if copy_start < copy_end {
                     let source = &payload[(copy_start - fragment_start) as usize..(copy_end - fragment_start) as usize];
-                    self.out.as_mut()[(copy_start - range_start) as usize..(copy_end - range_start) as usize].copy_from_slice(source);
+                    self.out.as_mut()[(copy_start - range_start) as usize..(copy_end - range_start) as usize]
+                        .copy_from_slice(source);
                 }
                 if self.received.count() == self.end_fragment - self.first_fragment {
                     self.progress = Progress::Done;
@@ -507,7 +536,10 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
                         continue;
                     }
                     let run_start = index;
-                    while index < self.requested_frontier && !self.received.get(index - self.first_fragment) && index - run_start < budget {
+                    while index < self.requested_frontier
+                        && !self.received.get(index - self.first_fragment)
+                        && index - run_start < budget
+                    {
                         index += 1;
                     }
                     let run = index - run_start;
@@ -540,7 +572,17 @@ impl Exchange {
         let mut datagram = [0u8; DATAGRAM_BYTES_MAX];
         let request = Repr { payload_len: payload.len() as u16, ..request };
         let payload_len = request.emit_with_payload(&mut datagram, payload, &key);
-        Self { key, request, expect, payload_len, datagram, progress: Progress::Pending, timer: Timer::new(timing, now_ms), reply: None, reply_payload: heapless::Vec::new() }
+        Self {
+            key,
+            request,
+            expect,
+            payload_len,
+            datagram,
+            progress: Progress::Pending,
+            timer: Timer::new(timing, now_ms),
+            reply: None,
+            reply_payload: heapless::Vec::new(),
+        }
     }
 
     pub fn request_id(&self) -> u64 {
@@ -568,7 +610,10 @@ impl Exchange {
     }
 
     pub fn on_packet(&mut self, repr: &Repr, payload: &[u8], now_ms: u64) {
-        if repr.request_id != self.request.request_id || repr.chunk_id != self.request.chunk_id || self.progress != Progress::Pending {
+        if repr.request_id != self.request.request_id
+            || repr.chunk_id != self.request.chunk_id
+            || self.progress != Progress::Pending
+        {
             return;
         }
         if repr.opcode == Opcode::Error {

@@ -23,7 +23,9 @@ use crate::io::RxPacket;
 use crate::node::{NoControl, Node, NodeConfig, PutSlot, TxQueue};
 use crate::std_support::mem_store::MemStore;
 use crate::store::ChunkStore;
-use crate::wire::{self, ChunkId, HEADER_LEN, MAC_LEN, MAGIC, MacKey, Opcode, Packet, Repr, Status, VERSION, WireError, flags};
+use crate::wire::{
+    self, ChunkId, HEADER_LEN, MAC_LEN, MAGIC, MacKey, Opcode, Packet, Repr, Status, VERSION, WireError, flags,
+};
 
 /// The cluster key of the fuzzed node and clients; the seed corpus is sealed with it.
 pub const FUZZ_KEY: MacKey = MacKey::new([0x5a; 32]);
@@ -319,7 +321,14 @@ impl<'b> NodeRig<'b> {
     }
 
     /// Replies must answer the request they were sent for, in the shape its opcode allows.
-    fn check_answer(&self, request: &Repr, stored: Option<&[u8]>, before: &Counters, after: &Counters, replies: &[Reply]) {
+    fn check_answer(
+        &self,
+        request: &Repr,
+        stored: Option<&[u8]>,
+        before: &Counters,
+        after: &Counters,
+        replies: &[Reply],
+    ) {
         let no_buffer = after.dropped_no_buffer > before.dropped_no_buffer;
         for reply in replies {
             assert_eq!(
@@ -343,7 +352,10 @@ impl<'b> NodeRig<'b> {
                 if let Some(reply) = replies.first() {
                     match reply.repr.opcode {
                         Opcode::PutStatus => {
-                            assert_eq!((reply.repr.total_len, reply.repr.frag_len), (request.total_len, request.frag_len));
+                            assert_eq!(
+                                (reply.repr.total_len, reply.repr.frag_len),
+                                (request.total_len, request.frag_len)
+                            );
                             assert_eq!(reply.repr.count, request.count);
                             assert!(reply.repr.index <= reply.repr.count);
                             assert!(reply.payload.len() <= 128, "status bitmap beyond STATUS_BITMAP_BITS");
@@ -428,7 +440,11 @@ impl<'b> NodeRig<'b> {
         let queued = self.tx.len();
         let frames = self.arena.frame_count() as usize;
         assert_eq!(self.arena.free_frames() + queued, frames, "a frame is neither free nor queued for sending");
-        assert_eq!(self.node.counters().tx_packets - tx_packets_before, queued as u64, "tx_packets disagrees with the queue");
+        assert_eq!(
+            self.node.counters().tx_packets - tx_packets_before,
+            queued as u64,
+            "tx_packets disagrees with the queue"
+        );
         let mut replies = Vec::with_capacity(queued);
         while let Some(packet) = self.tx.pop_front() {
             assert_eq!(packet.peer, PEER);
@@ -454,7 +470,10 @@ impl<'b> NodeRig<'b> {
         self.node.poll_store(&mut self.arena, &mut self.tx);
         for reply in self.drain(before.tx_packets) {
             let opcode = reply.repr.opcode;
-            assert!(matches!(opcode, Opcode::PutDone | Opcode::DeleteDone | Opcode::Error), "{opcode:?} from poll_store");
+            assert!(
+                matches!(opcode, Opcode::PutDone | Opcode::DeleteDone | Opcode::Error),
+                "{opcode:?} from poll_store"
+            );
         }
         let after = *self.node.counters();
         assert_eq!(after.rx_packets, before.rx_packets);
@@ -535,7 +554,11 @@ impl Transmit for RequestSink<'_> {
                 assert!(repr.index < repr.count, "PutFrag {} of {}", repr.index, repr.count);
                 let start = repr.index as usize * usize::from(CLIENT_PUT_FRAG);
                 let end = (start + usize::from(CLIENT_PUT_FRAG)).min(self.put_data.len());
-                assert!(packet.payload() == &self.put_data[start..end], "PutFrag {} carries the wrong bytes", repr.index);
+                assert!(
+                    packet.payload() == &self.put_data[start..end],
+                    "PutFrag {} carries the wrong bytes",
+                    repr.index
+                );
             }
             Opcode::PutQuery | Opcode::Ping => assert_eq!(repr.payload_len, 0),
             Opcode::Get => {
@@ -543,7 +566,12 @@ impl Transmit for RequestSink<'_> {
                 let first = CLIENT_GET_START / u32::from(CLIENT_GET_FRAG);
                 let end = (CLIENT_GET_START + CLIENT_GET_LEN as u32).div_ceil(u32::from(CLIENT_GET_FRAG));
                 assert!(repr.count >= 1, "empty GET");
-                assert!(repr.index >= first && u64::from(repr.index) + u64::from(repr.count) <= u64::from(end), "GET {}+{} outside {first}..{end}", repr.index, repr.count);
+                assert!(
+                    repr.index >= first && u64::from(repr.index) + u64::from(repr.count) <= u64::from(end),
+                    "GET {}+{} outside {first}..{end}",
+                    repr.index,
+                    repr.count
+                );
             }
             other => panic!("a client sent {other:?}"),
         }
@@ -556,7 +584,16 @@ pub fn fuzz_client(data: &[u8]) {
     let put_data = pattern(CLIENT_PUT_LEN, 11);
     let mut sink = RequestSink { put_data: &put_data, sent: 0 };
     let (chunk, request) = (ids::CLIENT_CHUNK, ids::CLIENT_REQUEST);
-    let mut put = Box::new(PutChunk::new(FUZZ_KEY, chunk, request, &put_data[..], CLIENT_PUT_FRAG, CLIENT_PUT_CREDITS, CLIENT_TIMING, 0));
+    let mut put = Box::new(PutChunk::new(
+        FUZZ_KEY,
+        chunk,
+        request,
+        &put_data[..],
+        CLIENT_PUT_FRAG,
+        CLIENT_PUT_CREDITS,
+        CLIENT_TIMING,
+        0,
+    ));
     put.start(0, &mut sink);
     assert_eq!(sink.sent, usize::from(CLIENT_PUT_CREDITS), "a put starts with one credit window");
     let mut out = vec![0u8; CLIENT_GET_LEN];
@@ -581,10 +618,11 @@ pub fn fuzz_client(data: &[u8]) {
     let accepted = client::accept(data, &FUZZ_KEY);
     assert_eq!(accepted.is_some(), verdict == Ok(true), "accept disagrees with new_checked + verify_mac");
     let sealed_copy = resealed(data);
-    let deliveries = accepted.map(|(repr, payload)| (repr, payload.to_vec())).into_iter().chain(sealed_copy.iter().map(|bytes| {
-        let (repr, payload) = client::accept(bytes, &FUZZ_KEY).expect("a re-sealed datagram is accepted");
-        (repr, payload.to_vec())
-    }));
+    let deliveries =
+        accepted.map(|(repr, payload)| (repr, payload.to_vec())).into_iter().chain(sealed_copy.iter().map(|bytes| {
+            let (repr, payload) = client::accept(bytes, &FUZZ_KEY).expect("a re-sealed datagram is accepted");
+            (repr, payload.to_vec())
+        }));
     for (turn, (repr, payload)) in deliveries.enumerate() {
         let now_ms = 30 + turn as u64;
         put.on_packet(&repr, &payload, now_ms, &mut sink);
@@ -663,7 +701,10 @@ fn packet_seeds() -> Vec<(String, Vec<u8>)> {
     add("put-fresh-first-of-three", put_fragment(FRESH, 2500, 1000, 0, &pattern(1000, 7), ack));
     add("put-fresh-last-of-three", put_fragment(FRESH, 2500, 1000, 2, &pattern(500, 7), 0));
     add("put-fresh-empty", put_fragment(FRESH, 0, 512, 0, &[], ack));
-    add("put-fresh-frag-max", put_fragment(FRESH, u32::from(frag_max) * 2, frag_max, 1, &pattern(frag_max.into(), 7), ack));
+    add(
+        "put-fresh-frag-max",
+        put_fragment(FRESH, u32::from(frag_max) * 2, frag_max, 1, &pattern(frag_max.into(), 7), ack),
+    );
     add("put-fresh-frag-over-max", put_fragment(FRESH, 4000, frag_max + 1, 0, &[1; 8], ack));
     add("put-fresh-fragments-max", put_fragment(FRESH, 8192 * 6, 6, 8191, &[6; 6], ack));
     add("put-fresh-fragments-over-max", put_fragment(FRESH, 8192 * 6 + 1, 6, 8192, &[6; 1], ack));
@@ -687,12 +728,20 @@ fn packet_seeds() -> Vec<(String, Vec<u8>)> {
     let mut bad_index = put_fragment(FRESH, 3000, 1000, 0, &[0; 1000], ack);
     bad_index[32..36].copy_from_slice(&3u32.to_be_bytes());
     add("put-index-past-count", resealed(&bad_index).expect("valid header"));
-    add("put-short-payload", sealed(Repr { index: 0, count: 3, total_len: 3000, frag_len: 1000, ..request(Opcode::PutFrag, FRESH) }, &[0; 999]));
+    add(
+        "put-short-payload",
+        sealed(
+            Repr { index: 0, count: 3, total_len: 3000, frag_len: 1000, ..request(Opcode::PutFrag, FRESH) },
+            &[0; 999],
+        ),
+    );
 
     for id in [PARTIAL, SPARSE, COMMITTING, STORED, FRESH] {
         add(&std::format!("put-query-{id}"), sealed(request(Opcode::PutQuery, id), &[]));
     }
-    let get = |id: ChunkId, index: u32, count: u32, frag_len: u16| sealed(Repr { index, count, frag_len, ..request(Opcode::Get, id) }, &[]);
+    let get = |id: ChunkId, index: u32, count: u32, frag_len: u16| {
+        sealed(Repr { index, count, frag_len, ..request(Opcode::Get, id) }, &[])
+    };
     add("get-stored-window", get(STORED, 0, 8, 500));
     add("get-stored-tail", get(STORED, 4, 3, 1000));
     add("get-stored-count-zero", get(STORED, 0, 0, 1000));
@@ -710,7 +759,16 @@ fn packet_seeds() -> Vec<(String, Vec<u8>)> {
         add(&std::format!("stat-{name}"), sealed(request(Opcode::Stat, id), &[]));
     }
     add("control", sealed(request(Opcode::Control, 0), b"\x01\x02postcard-ish"));
-    for opcode in [Opcode::Pong, Opcode::PutStatus, Opcode::PutDone, Opcode::GetData, Opcode::DeleteDone, Opcode::StatReply, Opcode::ControlReply, Opcode::Error] {
+    for opcode in [
+        Opcode::Pong,
+        Opcode::PutStatus,
+        Opcode::PutDone,
+        Opcode::GetData,
+        Opcode::DeleteDone,
+        Opcode::StatReply,
+        Opcode::ControlReply,
+        Opcode::Error,
+    ] {
         add(&std::format!("unexpected-{opcode:?}").to_lowercase(), sealed(request(opcode, STORED), &[]));
     }
 
@@ -742,7 +800,8 @@ fn packet_seeds() -> Vec<(String, Vec<u8>)> {
 fn client_seeds() -> Vec<(String, Vec<u8>)> {
     let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
     let mut add = |name: &str, bytes: Vec<u8>| seeds.push((name.into(), bytes));
-    let reply = |opcode: Opcode| Repr { request_id: ids::CLIENT_REQUEST, chunk_id: ids::CLIENT_CHUNK, ..Repr::new(opcode) };
+    let reply =
+        |opcode: Opcode| Repr { request_id: ids::CLIENT_REQUEST, chunk_id: ids::CLIENT_CHUNK, ..Repr::new(opcode) };
     let put_count = wire::fragment_count(CLIENT_PUT_LEN as u32, CLIENT_PUT_FRAG);
     let status = |index: u32, flags: u8, credits: u16| Repr {
         index,
@@ -764,7 +823,13 @@ fn client_seeds() -> Vec<(String, Vec<u8>)> {
         add(&std::format!("error-{status:?}").to_lowercase(), sealed(Repr { status, ..reply(Opcode::Error) }, &[]));
     }
     let get_data = |index: u32, total_len: u32, frag_len: u16, len: usize| {
-        let repr = Repr { index, total_len, frag_len, count: wire::fragment_count(total_len, frag_len), ..reply(Opcode::GetData) };
+        let repr = Repr {
+            index,
+            total_len,
+            frag_len,
+            count: wire::fragment_count(total_len, frag_len),
+            ..reply(Opcode::GetData)
+        };
         sealed(repr, &pattern(len, u64::from(index)))
     };
     let frag = CLIENT_GET_FRAG;

@@ -54,7 +54,8 @@ impl NodeConfig {
 /// plane. The response is written in place into the reply frame.
 pub trait ControlHandler<S: ChunkStore> {
     /// Returns the response length, or a status for an `Error` reply.
-    fn handle(&mut self, peer: SocketAddr, request: &[u8], response: &mut [u8], store: &mut S) -> Result<usize, Status>;
+    fn handle(&mut self, peer: SocketAddr, request: &[u8], response: &mut [u8], store: &mut S)
+    -> Result<usize, Status>;
 }
 
 /// A node without a control plane: every control request is refused.
@@ -160,7 +161,15 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         for slot in slots.iter_mut() {
             slot.state = SlotState::Free;
         }
-        Self { config, store, control, slots, deletes: heapless::Vec::new(), next_delete_ticket: 0, counters: Counters::default() }
+        Self {
+            config,
+            store,
+            control,
+            slots,
+            deletes: heapless::Vec::new(),
+            next_delete_ticket: 0,
+            counters: Counters::default(),
+        }
     }
 
     pub fn counters(&self) -> &Counters {
@@ -303,7 +312,14 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     }
 
     /// Queues a reply whose small payload (a bitmap, a control response) is copied in.
-    fn reply(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, peer: SocketAddr, mut repr: Repr, payload: &[u8]) -> Result<(), DropReason> {
+    fn reply(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        peer: SocketAddr,
+        mut repr: Repr,
+        payload: &[u8],
+    ) -> Result<(), DropReason> {
         if tx.is_full() {
             return Err(DropReason::NoBuffer);
         }
@@ -318,7 +334,13 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         tx.push_back(packet).map_err(|_| DropReason::NoBuffer)
     }
 
-    fn reply_error(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo, status: Status) -> Result<(), DropReason> {
+    fn reply_error(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        to: ReplyTo,
+        status: Status,
+    ) -> Result<(), DropReason> {
         match status {
             Status::Busy => self.counters.rejected_busy += 1,
             Status::NotFound => self.counters.rejected_not_found += 1,
@@ -365,7 +387,14 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         self.reply(arena, tx, to.peer, repr, &bitmap[..bytes])
     }
 
-    fn on_put_fragment(&mut self, now_ms: u64, max_fragment: u32, to: ReplyTo, repr: &Repr, payload: &[u8]) -> PutReply {
+    fn on_put_fragment(
+        &mut self,
+        now_ms: u64,
+        max_fragment: u32,
+        to: ReplyTo,
+        repr: &Repr,
+        payload: &[u8],
+    ) -> PutReply {
         let shape_ok = repr.frag_len > 0
             && u32::from(repr.frag_len) <= max_fragment
             && repr.total_len <= self.config.chunk_bytes_max
@@ -374,7 +403,8 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             && repr.index < repr.count
             && u32::from(repr.payload_len) == wire::fragment_len(repr.total_len, repr.frag_len.max(1), repr.index);
         if !shape_ok {
-            let status = if repr.total_len > self.config.chunk_bytes_max { Status::TooLarge } else { Status::BadRequest };
+            let status =
+                if repr.total_len > self.config.chunk_bytes_max { Status::TooLarge } else { Status::BadRequest };
             return PutReply::Error(status);
         }
         let wants_ack = repr.flags & flags::ACK_REQUEST != 0;
@@ -491,7 +521,11 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             let data_start = HEADROOM_BYTES + HEADER_LEN;
             let offset = index * u32::from(repr.frag_len);
             // The store reads straight into the frame, behind the header's space.
-            let read = self.store.read_at(to.chunk_id, offset, &mut arena.frame_mut(&frame)[data_start..data_start + payload_len]);
+            let read = self.store.read_at(
+                to.chunk_id,
+                offset,
+                &mut arena.frame_mut(&frame)[data_start..data_start + payload_len],
+            );
             if read != Ok(payload_len) {
                 arena.free(frame);
                 let status = match read {
@@ -547,7 +581,14 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         }
     }
 
-    fn on_control(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo, request_frame: &FrameId, request: core::ops::Range<usize>) -> Result<(), DropReason> {
+    fn on_control(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        to: ReplyTo,
+        request_frame: &FrameId,
+        request: core::ops::Range<usize>,
+    ) -> Result<(), DropReason> {
         if tx.is_full() {
             return Err(DropReason::NoBuffer);
         }
@@ -555,7 +596,12 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         let data_start = HEADROOM_BYTES + HEADER_LEN;
         let response_max = (arena.frame_size() - data_start).min(wire::PAYLOAD_MAX);
         let (request_bytes, response_bytes) = arena.frame_pair(request_frame, &frame);
-        let outcome = self.control.handle(to.peer, &request_bytes[request], &mut response_bytes[data_start..data_start + response_max], &mut self.store);
+        let outcome = self.control.handle(
+            to.peer,
+            &request_bytes[request],
+            &mut response_bytes[data_start..data_start + response_max],
+            &mut self.store,
+        );
         match outcome {
             Ok(len) => {
                 assert!(len <= response_max);
@@ -564,7 +610,8 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 header.emit(datagram);
                 Packet::new_unchecked(datagram).seal(&self.config.key);
                 self.counters.tx_packets += 1;
-                let packet = TxPacket { frame, offset: HEADROOM_BYTES as u16, len: header.buffer_len() as u16, peer: to.peer };
+                let packet =
+                    TxPacket { frame, offset: HEADROOM_BYTES as u16, len: header.buffer_len() as u16, peer: to.peer };
                 tx.push_back(packet).map_err(|packet| {
                     arena.free(packet.frame);
                     DropReason::NoBuffer
@@ -642,7 +689,9 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     pub fn expire(&mut self, now_ms: u64) {
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
-            if slot.state == SlotState::Receiving && now_ms.saturating_sub(slot.last_activity_ms) > self.config.put_idle_timeout_ms {
+            if slot.state == SlotState::Receiving
+                && now_ms.saturating_sub(slot.last_activity_ms) > self.config.put_idle_timeout_ms
+            {
                 self.release_slot(index, true);
                 self.counters.puts_abandoned += 1;
             }

@@ -143,8 +143,19 @@ pub struct SimNet<'q> {
 }
 
 impl<'q> SimNet<'q> {
-    pub fn new(to_node: &'q mut [SimDatagram], to_clients: &'q mut [SimDatagram], seed: u64, impairments: Impairments) -> Self {
-        Self { to_node: Queue::new(to_node), to_clients: Queue::new(to_clients), rng: SimRng::new(seed), impairments, stats: SimStats::default() }
+    pub fn new(
+        to_node: &'q mut [SimDatagram],
+        to_clients: &'q mut [SimDatagram],
+        seed: u64,
+        impairments: Impairments,
+    ) -> Self {
+        Self {
+            to_node: Queue::new(to_node),
+            to_clients: Queue::new(to_clients),
+            rng: SimRng::new(seed),
+            impairments,
+            stats: SimStats::default(),
+        }
     }
 
     pub fn stats(&self) -> SimStats {

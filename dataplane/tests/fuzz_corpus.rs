@@ -24,10 +24,8 @@ fn corpus_dir(target: &str) -> PathBuf {
 fn corpus_files(target: &str) -> Vec<PathBuf> {
     let dir = corpus_dir(target);
     let entries = fs::read_dir(&dir).unwrap_or_else(|error| panic!("cannot read corpus {}: {error}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|entry| entry.expect("readable directory entry").path())
-        .filter(|path| path.is_file())
-        .collect();
+    let mut files: Vec<PathBuf> =
+        entries.map(|entry| entry.expect("readable directory entry").path()).filter(|path| path.is_file()).collect();
     files.sort();
     files
 }
@@ -44,7 +42,13 @@ fn replay(target: &str, run: fn(&[u8])) {
             failures.push(file.display().to_string());
         }
     }
-    assert!(failures.is_empty(), "{} of {} {target} inputs failed:\n{}", failures.len(), files.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} {target} inputs failed:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -59,9 +59,11 @@ fn lossy_reordering_duplicating_network_still_round_trips() {
         let mut options = SimOptions::new(seed, KEY);
         options.impairments = impairments;
         let mut sim = harness(options);
-        let files: Vec<Vec<u8>> = [0usize, 1, 1400, 77_777, 1 << 20].iter().map(|len| pattern(*len, seed + *len as u64)).collect();
+        let files: Vec<Vec<u8>> =
+            [0usize, 1, 1400, 77_777, 1 << 20].iter().map(|len| pattern(*len, seed + *len as u64)).collect();
         // All puts in parallel, then all gets in parallel.
-        let mut machines: Vec<_> = files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG, &KEY)).collect();
+        let mut machines: Vec<_> =
+            files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG, &KEY)).collect();
         let results = sim.run(&mut machines, &KEY, 2_000_000);
         assert!(results.iter().all(|r| *r == Progress::Done), "seed {seed}: puts ended {results:?}");
         drop(machines);
@@ -81,7 +83,10 @@ fn lossy_reordering_duplicating_network_still_round_trips() {
             assert!(sent == got, "seed {seed}: file {index} differs after the round trip");
         }
         let stats = sim.net.borrow().stats();
-        assert!(stats.lost > 0 && stats.duplicated > 0 && stats.reordered > 0, "seed {seed}: impairments never fired: {stats:?}");
+        assert!(
+            stats.lost > 0 && stats.duplicated > 0 && stats.reordered > 0,
+            "seed {seed}: impairments never fired: {stats:?}"
+        );
         assert!(sim.poll.node.counters().fragments_duplicate > 0, "seed {seed}: duplicates were not seen");
     }
 }
@@ -142,7 +147,8 @@ fn full_slot_table_answers_busy_and_clients_get_through() {
     options.put_slots = 1;
     let mut sim = harness(options);
     let files: Vec<Vec<u8>> = (0..4).map(|i| pattern(200_000, i)).collect();
-    let mut machines: Vec<_> = files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG, &KEY)).collect();
+    let mut machines: Vec<_> =
+        files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG, &KEY)).collect();
     let results = sim.run(&mut machines, &KEY, 2_000_000);
     assert!(results.iter().all(|r| *r == Progress::Done), "{results:?}");
     assert!(sim.poll.node.counters().rejected_busy > 0);

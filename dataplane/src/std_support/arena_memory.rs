@@ -60,12 +60,7 @@ pub enum ArenaMemoryError {
          {pages_needed} free hugepages; reserve them as root with `{reserve_command}`, or \
          start with normal pages"
     )]
-    HugePagesUnavailable {
-        bytes: usize,
-        pages_needed: usize,
-        reserve_command: String,
-        os_error: io::Error,
-    },
+    HugePagesUnavailable { bytes: usize, pages_needed: usize, reserve_command: String, os_error: io::Error },
     #[error(
         "could not map {bytes} bytes for the arena ({os_error}): lower the frame count or the \
          frame size, or raise the memory limit (ulimit -v, the cgroup's memory.max)"
@@ -97,22 +92,14 @@ unsafe impl Send for ArenaMemory {}
 impl ArenaMemory {
     /// Maps `frame_count * frame_size` bytes (rounded up to 2 MiB on hugepages) and faults
     /// every page in, and allocates the free list and ownership bitmap for the arena.
-    pub fn allocate(
-        frame_count: u32,
-        frame_size: usize,
-        pages: PagePolicy,
-    ) -> Result<ArenaMemory, ArenaMemoryError> {
-        if !frame_size.is_power_of_two() || !(FRAME_SIZE_MIN..=FRAME_SIZE_MAX).contains(&frame_size)
-        {
+    pub fn allocate(frame_count: u32, frame_size: usize, pages: PagePolicy) -> Result<ArenaMemory, ArenaMemoryError> {
+        if !frame_size.is_power_of_two() || !(FRAME_SIZE_MIN..=FRAME_SIZE_MAX).contains(&frame_size) {
             return Err(ArenaMemoryError::BadFrameSize { frame_size });
         }
         if frame_count == 0 {
             return Err(ArenaMemoryError::NoFrames);
         }
-        let too_large = ArenaMemoryError::TooLarge {
-            frame_count,
-            frame_size,
-        };
+        let too_large = ArenaMemoryError::TooLarge { frame_count, frame_size };
         let Some(arena_len) = (frame_count as usize).checked_mul(frame_size) else {
             return Err(too_large);
         };
@@ -125,10 +112,8 @@ impl ArenaMemory {
 
         let (base, map_len, backing, fallback_warning) = match pages {
             PagePolicy::Normal => {
-                let base = map(arena_len, false).map_err(|os_error| ArenaMemoryError::Map {
-                    bytes: arena_len,
-                    os_error,
-                })?;
+                let base =
+                    map(arena_len, false).map_err(|os_error| ArenaMemoryError::Map { bytes: arena_len, os_error })?;
                 (base, arena_len, PageBacking::Normal, None)
             }
             PagePolicy::Huge => {
@@ -146,10 +131,8 @@ impl ArenaMemory {
             PagePolicy::PreferHuge => match map(huge_len, true) {
                 Ok(base) => (base, huge_len, PageBacking::Huge2M, None),
                 Err(huge_error) => {
-                    let base = map(arena_len, false).map_err(|os_error| ArenaMemoryError::Map {
-                        bytes: arena_len,
-                        os_error,
-                    })?;
+                    let base = map(arena_len, false)
+                        .map_err(|os_error| ArenaMemoryError::Map { bytes: arena_len, os_error })?;
                     let pages_needed = huge_len / HUGE_PAGE_BYTES;
                     let warning = std::format!(
                         "the {arena_len}-byte arena is on normal pages because \
@@ -227,12 +210,7 @@ impl Drop for ArenaMemory {
         // has not been unmapped before (this runs once), and no slice into it outlives
         // `self` because `arena()` borrows `self`.
         let rc = unsafe { libc::munmap(self.base.as_ptr().cast(), self.map_len) };
-        debug_assert_eq!(
-            rc,
-            0,
-            "munmap of the arena failed: {}",
-            io::Error::last_os_error()
-        );
+        debug_assert_eq!(rc, 0, "munmap of the arena failed: {}", io::Error::last_os_error());
     }
 }
 
@@ -256,16 +234,7 @@ fn map(len: usize, huge: bool) -> io::Result<NonNull<u8>> {
     // SAFETY: an anonymous mapping at an address of the kernel's choosing (null hint, no
     // MAP_FIXED) cannot overlap or alter any existing mapping; fd -1 and offset 0 are what
     // MAP_ANONYMOUS requires. The result is checked against MAP_FAILED before use.
-    let ptr = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            -1,
-            0,
-        )
-    };
+    let ptr = unsafe { libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
     if ptr == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
@@ -276,8 +245,7 @@ fn map(len: usize, huge: bool) -> io::Result<NonNull<u8>> {
 /// counting the pages already reserved but in use by others.
 fn reserve_command(pages_needed: usize) -> String {
     const SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
-    let read =
-        |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let read = |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
     let total = read(&std::format!("{SYSFS}/nr_hugepages"));
     let free = read(&std::format!("{SYSFS}/free_hugepages"));
     let target = match (total, free) {
@@ -299,9 +267,9 @@ fn reserve_command(pages_needed: usize) -> String {
 fn default_hugepage_is_2m() -> bool {
     std::fs::read_to_string("/proc/meminfo")
         .map(|meminfo| {
-            meminfo.lines().any(|line| {
-                line.starts_with("Hugepagesize:") && line.split_whitespace().nth(1) == Some("2048")
-            })
+            meminfo
+                .lines()
+                .any(|line| line.starts_with("Hugepagesize:") && line.split_whitespace().nth(1) == Some("2048"))
         })
         .unwrap_or(true)
 }
@@ -404,10 +372,7 @@ mod tests {
     #[test]
     fn bad_parameters_are_rejected_with_advice() {
         let err = ArenaMemory::allocate(16, 1000, PagePolicy::Normal).unwrap_err();
-        assert!(matches!(
-            err,
-            ArenaMemoryError::BadFrameSize { frame_size: 1000 }
-        ));
+        assert!(matches!(err, ArenaMemoryError::BadFrameSize { frame_size: 1000 }));
         assert!(err.to_string().contains("power of two"));
         let err = ArenaMemory::allocate(0, 2048, PagePolicy::Normal).unwrap_err();
         assert!(matches!(err, ArenaMemoryError::NoFrames));
@@ -468,16 +433,8 @@ mod tests {
                 write_every_frame(&mut memory);
             }
             Err(err) => {
-                assert!(
-                    free_before < 3,
-                    "{free_before} free hugepages but mapping failed: {err}"
-                );
-                let ArenaMemoryError::HugePagesUnavailable {
-                    pages_needed,
-                    ref reserve_command,
-                    ..
-                } = err
-                else {
+                assert!(free_before < 3, "{free_before} free hugepages but mapping failed: {err}");
+                let ArenaMemoryError::HugePagesUnavailable { pages_needed, ref reserve_command, .. } = err else {
                     panic!("wrong error: {err}");
                 };
                 assert_eq!(pages_needed, 3);

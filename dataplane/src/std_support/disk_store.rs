@@ -133,6 +133,11 @@ const MAX_PENDING_DURABLE_LIMIT: usize = 1 << 20;
 /// Buffer used for maintenance copies and for checking payloads at start-up.
 const SCRATCH_BYTES: usize = 1 << 20;
 const FALLOCATE_EINTR_RETRIES: u32 = 16;
+/// `open` retries a held lock this often, this far apart (one second in all): the holder
+/// may be a process that is exiting, or a child forked by this process that still shares
+/// the lock's file description until it calls `exec`.
+const LOCK_ATTEMPTS: u32 = 100;
+const LOCK_RETRY_INTERVAL_MS: u64 = 10;
 
 const MAGIC: [u8; 4] = *b"BLR1";
 const FORMAT_VERSION: u8 = 1;
@@ -159,7 +164,7 @@ pub struct DiskStoreConfig {
     pub max_puts_in_flight: usize,
     /// Most changes (puts in flight plus commits and deletes not yet reported by
     /// `poll_durable`); beyond it `begin_put` and `delete` return `Busy`. This bounds the
-    /// group-commit queues.
+    /// group-commit queues. Raised to `max_puts_in_flight` when lower.
     pub max_pending_durable: usize,
     /// Chunks the in-memory index has room for without growing.
     pub expected_chunks: usize,
@@ -189,12 +194,10 @@ impl DiskStoreConfig {
                 "max_puts_in_flight is {}, it must be within 1..={MAX_PUTS_IN_FLIGHT_LIMIT}",
                 self.max_puts_in_flight
             )
-        } else if self.max_pending_durable < self.max_puts_in_flight
-            || self.max_pending_durable > MAX_PENDING_DURABLE_LIMIT
-        {
+        } else if self.max_pending_durable == 0 || self.max_pending_durable > MAX_PENDING_DURABLE_LIMIT {
             format!(
-                "max_pending_durable is {}, it must be within max_puts_in_flight ({})..={MAX_PENDING_DURABLE_LIMIT}",
-                self.max_pending_durable, self.max_puts_in_flight
+                "max_pending_durable is {}, it must be within 1..={MAX_PENDING_DURABLE_LIMIT}",
+                self.max_pending_durable
             )
         } else {
             return Ok(());
@@ -374,6 +377,10 @@ impl DiskStore {
     /// Opens (creating if needed) the store in `dir`, recovering whatever is on disk.
     pub fn open(dir: &Path, config: DiskStoreConfig) -> Result<DiskStore, DiskStoreError> {
         config.validate()?;
+        let config = DiskStoreConfig {
+            max_pending_durable: config.max_pending_durable.max(config.max_puts_in_flight),
+            ..config
+        };
         fs::create_dir_all(dir).map_err(|source| DiskStoreError::CreateDir { dir: dir.to_path_buf(), source })?;
         let lock_path = dir.join(LOCK_FILE_NAME);
         let lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(
@@ -384,7 +391,7 @@ impl DiskStore {
                 _ => DiskStoreError::io("creating the lock file", &lock_path, source),
             },
         )?;
-        if !try_lock_exclusive(&lock).map_err(|source| DiskStoreError::io("locking", &lock_path, source))? {
+        if !lock_exclusive(&lock).map_err(|source| DiskStoreError::io("locking", &lock_path, source))? {
             return Err(DiskStoreError::Locked { dir: dir.to_path_buf(), lock_path });
         }
         let dir_file =
@@ -1447,8 +1454,22 @@ fn allocate(file: &File, offset: u64, len_bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Takes the exclusive `flock` on `file`, retrying for a second; `false` when another open
+/// file description still holds it.
+fn lock_exclusive(file: &File) -> io::Result<bool> {
+    for attempt in 0..LOCK_ATTEMPTS {
+        if attempt > 0 {
+            thread::sleep(Duration::from_millis(LOCK_RETRY_INTERVAL_MS));
+        }
+        if try_lock_exclusive(file)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Takes the exclusive `flock` on `file` without waiting; `false` when another open file
-/// holds it.
+/// description holds it.
 fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     // SAFETY: `file` is an open descriptor borrowed for the whole call; flock takes no
     // pointers.
@@ -2402,7 +2423,14 @@ mod tests {
         let config = DiskStoreConfig { max_chunk_bytes: MAX_CHUNK_LIMIT_BYTES + 1, ..small_config() };
         let error = DiskStore::open(dir.path(), config).unwrap_err();
         assert!(error.to_string().contains("max_chunk_bytes"), "{error}");
+        let config = DiskStoreConfig { max_pending_durable: 0, ..small_config() };
+        let error = DiskStore::open(dir.path(), config).unwrap_err();
+        assert!(error.to_string().contains("max_pending_durable"), "{error}");
         let config = DiskStoreConfig { max_chunk_bytes: MAX_CHUNK_LIMIT_BYTES, ..DiskStoreConfig::default() };
         drop(open(dir.path(), config));
+        // Room for every put slot's commit, whatever max_pending_durable says.
+        let config = DiskStoreConfig { max_puts_in_flight: 8192, ..DiskStoreConfig::default() };
+        let store = open(dir.path(), config);
+        assert_eq!(store.config().max_pending_durable, 8192);
     }
 }

@@ -2,6 +2,6 @@
 
 pub mod arena_memory;
 pub mod disk_store;
-pub mod udp;
 pub mod mem_store;
 pub mod sim_harness;
+pub mod udp;

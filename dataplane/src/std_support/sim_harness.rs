@@ -12,7 +12,7 @@ use crate::arena::Arena;
 use crate::client::{ClientError, Exchange, GetChunk, Progress, PutChunk, Timing, Transmit, accept};
 use crate::node::{ControlHandler, Node, NodeConfig, PutSlot};
 use crate::poll::PollLoop;
-use crate::sim::{Impairments, SimDatagram, SimNet, SimNodeIo, SIM_DATAGRAM_BYTES_MAX};
+use crate::sim::{Impairments, SIM_DATAGRAM_BYTES_MAX, SimDatagram, SimNet, SimNodeIo};
 use crate::store::ChunkStore;
 use crate::wire::{ChunkId, MacKey, Opcode, Repr};
 
@@ -107,7 +107,8 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
         let client_addr: SocketAddr = CLIENT_ADDR.parse().expect("constant address");
         let to_node = leak_slice(SimDatagram::EMPTY, options.queue_datagrams);
         let to_clients = leak_slice(SimDatagram::EMPTY, options.queue_datagrams);
-        let net: &'static RefCell<SimNet<'static>> = leak(RefCell::new(SimNet::new(to_node, to_clients, options.seed, options.impairments)));
+        let net: &'static RefCell<SimNet<'static>> =
+            leak(RefCell::new(SimNet::new(to_node, to_clients, options.seed, options.impairments)));
         let frame_count = options.frame_count as usize;
         let memory = leak_slice(0u8, frame_count * options.frame_bytes);
         let free = leak_slice(0u32, frame_count);
@@ -117,7 +118,16 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
         let key = options.node_config.key.clone();
         let node = Node::new(options.node_config, store, control, slots);
         let poll = PollLoop::new(SimNodeIo::new(net, node_addr), arena, node);
-        Self { net, poll, now_ms: 0, key, client_addr, node_addr, timing: options.timing, next_request_id: options.seed << 32 }
+        Self {
+            net,
+            poll,
+            now_ms: 0,
+            key,
+            client_addr,
+            node_addr,
+            timing: options.timing,
+            next_request_id: options.seed << 32,
+        }
     }
 
     pub fn next_request_id(&mut self) -> u64 {
@@ -184,13 +194,40 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
     pub fn put_machine<'d>(&mut self, chunk_id: ChunkId, data: &'d [u8], frag_len: u16, key: &MacKey) -> Machine<'d> {
         let request_id = self.next_request_id();
         let credits = self.poll.node.config().window_fragments_max;
-        Machine::Put(Box::new(PutChunk::new(key.clone(), chunk_id, request_id, data, frag_len, credits, self.timing, self.now_ms)))
+        Machine::Put(Box::new(PutChunk::new(
+            key.clone(),
+            chunk_id,
+            request_id,
+            data,
+            frag_len,
+            credits,
+            self.timing,
+            self.now_ms,
+        )))
     }
 
-    pub fn get_machine<'d>(&mut self, chunk_id: ChunkId, total_len: u32, range_start: u32, out: &'d mut [u8], frag_len: u16) -> Machine<'d> {
+    pub fn get_machine<'d>(
+        &mut self,
+        chunk_id: ChunkId,
+        total_len: u32,
+        range_start: u32,
+        out: &'d mut [u8],
+        frag_len: u16,
+    ) -> Machine<'d> {
         let request_id = self.next_request_id();
         let window = self.poll.node.config().window_fragments_max;
-        Machine::Get(Box::new(GetChunk::new(self.key.clone(), chunk_id, request_id, total_len, range_start, out, frag_len, window, self.timing, self.now_ms)))
+        Machine::Get(Box::new(GetChunk::new(
+            self.key.clone(),
+            chunk_id,
+            request_id,
+            total_len,
+            range_start,
+            out,
+            frag_len,
+            window,
+            self.timing,
+            self.now_ms,
+        )))
     }
 
     pub fn exchange(&mut self, request: Repr, payload: &[u8], expect: Opcode) -> Machine<'static> {

@@ -89,10 +89,7 @@ pub enum UdpIoError {
          CAP_NET_BIND_SERVICE; pick a port of 1024 or above with --listen, or grant the \
          capability (`setcap cap_net_bind_service=+ep` on the binary)"
     )]
-    PermissionDenied {
-        addr: SocketAddr,
-        os_error: io::Error,
-    },
+    PermissionDenied { addr: SocketAddr, os_error: io::Error },
     #[error(
         "cannot listen on {addr}: that address belongs to no interface of this host; pick \
          one of its addresses (or 0.0.0.0 / [::] for all of them) with --listen"
@@ -102,18 +99,11 @@ pub enum UdpIoError {
         "cannot open an {family} UDP socket ({os_error}): {family} is not enabled on this \
          host; enable it or pick an address of the other family with --listen"
     )]
-    FamilyUnsupported {
-        family: &'static str,
-        os_error: io::Error,
-    },
+    FamilyUnsupported { family: &'static str, os_error: io::Error },
     #[error("invalid UDP configuration: {0}")]
     InvalidConfig(&'static str),
     #[error("setting up the UDP socket for {addr} failed in {op}: {os_error}")]
-    Setup {
-        op: &'static str,
-        addr: SocketAddr,
-        os_error: io::Error,
-    },
+    Setup { op: &'static str, addr: SocketAddr, os_error: io::Error },
     #[error("receiving from the UDP socket failed: {0}")]
     Recv(io::Error),
     #[error("sending on the UDP socket failed: {0}; the socket is unusable, restart the node")]
@@ -133,11 +123,7 @@ impl MsgArrays {
         // and raw pointers, for which all-zero bytes is a valid value (null pointers, zero
         // lengths, AF_UNSPEC).
         let (hdr, iov, addr) = unsafe {
-            (
-                mem::zeroed::<libc::mmsghdr>(),
-                mem::zeroed::<libc::iovec>(),
-                mem::zeroed::<libc::sockaddr_storage>(),
-            )
+            (mem::zeroed::<libc::mmsghdr>(), mem::zeroed::<libc::iovec>(), mem::zeroed::<libc::sockaddr_storage>())
         };
         Self {
             hdrs: vec![hdr; BATCH_MAX].into_boxed_slice(),
@@ -194,26 +180,15 @@ impl UdpIo {
     /// Opens a non-blocking UDP socket bound to `addr` (port 0 picks a free port).
     pub fn bind(addr: SocketAddr, config: UdpConfig) -> Result<UdpIo, UdpIoError> {
         if config.datagram_bytes_max == 0 {
-            return Err(UdpIoError::InvalidConfig(
-                "datagram_bytes_max must be at least 1 byte",
-            ));
+            return Err(UdpIoError::InvalidConfig("datagram_bytes_max must be at least 1 byte"));
         }
         let ipv6 = addr.is_ipv6();
-        let (domain, family) = if ipv6 {
-            (libc::AF_INET6, "IPv6")
-        } else {
-            (libc::AF_INET, "IPv4")
-        };
-        let setup =
-            |op: &'static str, os_error: io::Error| UdpIoError::Setup { op, addr, os_error };
+        let (domain, family) = if ipv6 { (libc::AF_INET6, "IPv6") } else { (libc::AF_INET, "IPv4") };
+        let setup = |op: &'static str, os_error: io::Error| UdpIoError::Setup { op, addr, os_error };
 
         // SAFETY: socket(2) takes no pointers; the result is checked before use.
         let raw = unsafe {
-            libc::socket(
-                domain,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_UDP,
-            )
+            libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::IPPROTO_UDP)
         };
         if raw < 0 {
             let os_error = io::Error::last_os_error();
@@ -228,27 +203,15 @@ impl UdpIo {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
         if config.recv_buffer_bytes > 0 {
-            set_buffer(
-                &fd,
-                libc::SO_RCVBUFFORCE,
-                libc::SO_RCVBUF,
-                config.recv_buffer_bytes,
-            )
-            .map_err(|e| setup("setsockopt(SO_RCVBUF)", e))?;
+            set_buffer(&fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, config.recv_buffer_bytes)
+                .map_err(|e| setup("setsockopt(SO_RCVBUF)", e))?;
         }
         if config.send_buffer_bytes > 0 {
-            set_buffer(
-                &fd,
-                libc::SO_SNDBUFFORCE,
-                libc::SO_SNDBUF,
-                config.send_buffer_bytes,
-            )
-            .map_err(|e| setup("setsockopt(SO_SNDBUF)", e))?;
+            set_buffer(&fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, config.send_buffer_bytes)
+                .map_err(|e| setup("setsockopt(SO_SNDBUF)", e))?;
         }
-        let recv_buffer_bytes =
-            get_int_option(&fd, libc::SO_RCVBUF).map_err(|e| setup("getsockopt(SO_RCVBUF)", e))?;
-        let send_buffer_bytes =
-            get_int_option(&fd, libc::SO_SNDBUF).map_err(|e| setup("getsockopt(SO_SNDBUF)", e))?;
+        let recv_buffer_bytes = get_int_option(&fd, libc::SO_RCVBUF).map_err(|e| setup("getsockopt(SO_RCVBUF)", e))?;
+        let send_buffer_bytes = get_int_option(&fd, libc::SO_SNDBUF).map_err(|e| setup("getsockopt(SO_SNDBUF)", e))?;
         let buffer_warning = buffer_warning(&config, recv_buffer_bytes, send_buffer_bytes);
 
         // SAFETY: all-zero bytes is a valid `sockaddr_storage` (AF_UNSPEC).
@@ -325,9 +288,7 @@ impl UdpIo {
 
     /// Longest datagram a frame of `frame_size` bytes can receive.
     fn rx_payload_max(&self, frame_size: usize) -> usize {
-        (frame_size - HEADROOM_BYTES)
-            .min(self.datagram_bytes_max)
-            .min(usize::from(u16::MAX))
+        (frame_size - HEADROOM_BYTES).min(self.datagram_bytes_max).min(usize::from(u16::MAX))
     }
 }
 
@@ -350,11 +311,7 @@ impl fmt::Debug for UdpIo {
 impl PacketIo for UdpIo {
     type Error = UdpIoError;
 
-    fn recv_batch(
-        &mut self,
-        arena: &mut Arena<'_>,
-        out: &mut RxBatch,
-    ) -> Result<usize, UdpIoError> {
+    fn recv_batch(&mut self, arena: &mut Arena<'_>, out: &mut RxBatch) -> Result<usize, UdpIoError> {
         let want = out.capacity() - out.len();
         let mut frames: heapless::Vec<FrameId, BATCH_MAX> = heapless::Vec::new();
         while frames.len() < want {
@@ -377,10 +334,7 @@ impl PacketIo for UdpIo {
             iov.iov_base = region.wrapping_add(start).cast();
             iov.iov_len = payload_max;
         }
-        self.rx.link(
-            frames.len(),
-            Some(mem::size_of::<libc::sockaddr_storage>() as socklen_t),
-        );
+        self.rx.link(frames.len(), Some(mem::size_of::<libc::sockaddr_storage>() as socklen_t));
 
         // SAFETY: the first `frames.len()` headers each point at one iovec and one
         // `sockaddr_storage` of `self.rx` (with `msg_namelen` its full size), and each iovec
@@ -423,20 +377,14 @@ impl PacketIo for UdpIo {
                 arena.free(frame);
                 continue;
             }
-            let Some(peer) = read_sockaddr(&self.rx.addrs[i], hdr.msg_hdr.msg_namelen, self.ipv6)
-            else {
+            let Some(peer) = read_sockaddr(&self.rx.addrs[i], hdr.msg_hdr.msg_namelen, self.ipv6) else {
                 self.counters.recv_bad_peer += 1;
                 arena.free(frame);
                 continue;
             };
             // Not truncated, so the length is at most `payload_max`, which fits a u16.
             let len = hdr.msg_len.min(payload_max as c_uint) as u16;
-            let packet = RxPacket {
-                frame,
-                offset: HEADROOM_BYTES as u16,
-                len,
-                peer,
-            };
+            let packet = RxPacket { frame, offset: HEADROOM_BYTES as u16, len, peer };
             match out.push(packet) {
                 Ok(()) => appended += 1,
                 // Cannot happen: no more frames were taken than `out` had room for.
@@ -467,10 +415,7 @@ impl PacketIo for UdpIo {
             };
             // In bounds: the frame lies inside the region and start + len <= frame_size.
             let base = region.wrapping_add(arena.offset_of(&packet.frame) as usize + start);
-            self.tx.iovs[slot] = libc::iovec {
-                iov_base: base.cast(),
-                iov_len: len,
-            };
+            self.tx.iovs[slot] = libc::iovec { iov_base: base.cast(), iov_len: len };
             self.tx.hdrs[slot].msg_hdr.msg_namelen = name_len;
             if let Err(frame) = frames.push(packet.frame) {
                 // Cannot happen: a TxBatch holds at most BATCH_MAX packets.
@@ -548,11 +493,7 @@ impl PacketIo for UdpIo {
     }
 
     fn wait(&mut self, timeout_us: u32) -> Readiness {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let timeout = libc::timespec {
             tv_sec: (timeout_us / 1_000_000) as libc::time_t,
             tv_nsec: ((timeout_us % 1_000_000) * 1000) as libc::c_long,
@@ -562,11 +503,7 @@ impl PacketIo for UdpIo {
         let rc = unsafe { libc::ppoll(&mut pfd, 1, &timeout, core::ptr::null()) };
         // rc < 0 is EINTR (or a transient ENOMEM): report Ready so the loop polls the
         // socket, where a real error surfaces.
-        if rc == 0 {
-            Readiness::TimedOut
-        } else {
-            Readiness::Ready
-        }
+        if rc == 0 { Readiness::TimedOut } else { Readiness::Ready }
     }
 
     fn dropped(&self) -> u64 {
@@ -586,26 +523,12 @@ fn buffer_warning(config: &UdpConfig, recv_granted: usize, send_granted: usize) 
     let mut sysctls = std::vec::Vec::new();
     let mut what = std::vec::Vec::new();
     if capped(config.recv_buffer_bytes, recv_granted) {
-        what.push(std::format!(
-            "receive {} of {}",
-            recv_granted / 2,
-            config.recv_buffer_bytes
-        ));
-        sysctls.push(std::format!(
-            "net.core.rmem_max={}",
-            config.recv_buffer_bytes
-        ));
+        what.push(std::format!("receive {} of {}", recv_granted / 2, config.recv_buffer_bytes));
+        sysctls.push(std::format!("net.core.rmem_max={}", config.recv_buffer_bytes));
     }
     if capped(config.send_buffer_bytes, send_granted) {
-        what.push(std::format!(
-            "send {} of {}",
-            send_granted / 2,
-            config.send_buffer_bytes
-        ));
-        sysctls.push(std::format!(
-            "net.core.wmem_max={}",
-            config.send_buffer_bytes
-        ));
+        what.push(std::format!("send {} of {}", send_granted / 2, config.send_buffer_bytes));
+        sysctls.push(std::format!("net.core.wmem_max={}", config.send_buffer_bytes));
     }
     if what.is_empty() {
         return None;
@@ -640,11 +563,7 @@ fn set_int_option(fd: &OwnedFd, option: c_int, value: c_int) -> io::Result<()> {
             mem::size_of::<c_int>() as socklen_t,
         )
     };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 fn get_int_option(fd: &OwnedFd, option: c_int) -> io::Result<usize> {
@@ -652,15 +571,7 @@ fn get_int_option(fd: &OwnedFd, option: c_int) -> io::Result<usize> {
     let mut len = mem::size_of::<c_int>() as socklen_t;
     // SAFETY: `value` is a writable c_int and `len` its size; getsockopt(2) writes at most
     // `len` bytes into it and updates `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    };
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, (&raw mut value).cast(), &mut len) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -669,11 +580,7 @@ fn get_int_option(fd: &OwnedFd, option: c_int) -> io::Result<usize> {
 
 /// Waits up to `timeout_ms` for `events` on `fd`; errors and timeouts are both just "go on".
 fn poll_fd(fd: &OwnedFd, events: libc::c_short, timeout_ms: c_int) {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
     // SAFETY: `pfd` is one valid, writable pollfd alive across the call.
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
 }
@@ -690,31 +597,20 @@ const _: () = {
 /// Writes `addr` into `storage` in the form a socket of the given family takes, returning
 /// its length: an IPv4 address on an IPv6 socket becomes its mapped form `::ffff:a.b.c.d`.
 /// `None` for an IPv6 address on an IPv4 socket.
-fn write_sockaddr(
-    addr: SocketAddr,
-    ipv6_socket: bool,
-    storage: &mut libc::sockaddr_storage,
-) -> Option<socklen_t> {
+fn write_sockaddr(addr: SocketAddr, ipv6_socket: bool, storage: &mut libc::sockaddr_storage) -> Option<socklen_t> {
     let v6 = match (addr, ipv6_socket) {
         (SocketAddr::V4(v4), false) => {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
                 sin_zero: [0; 8],
             };
             // SAFETY: `storage` is a valid, exclusive `sockaddr_storage`, at least as large
             // and as aligned as `sockaddr_in` (checked at compile time above this function),
             // so the cast pointer is valid for one write; `sockaddr_in` has no padding, so
             // every byte of `storage` stays initialised.
-            unsafe {
-                core::ptr::write(
-                    (storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(),
-                    sin,
-                )
-            };
+            unsafe { core::ptr::write((storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(), sin) };
             return Some(mem::size_of::<libc::sockaddr_in>() as socklen_t);
         }
         (SocketAddr::V6(_), false) => return None,
@@ -725,64 +621,39 @@ fn write_sockaddr(
         sin6_family: libc::AF_INET6 as libc::sa_family_t,
         sin6_port: v6.port().to_be(),
         sin6_flowinfo: v6.flowinfo(),
-        sin6_addr: libc::in6_addr {
-            s6_addr: v6.ip().octets(),
-        },
+        sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
         sin6_scope_id: v6.scope_id(),
     };
     // SAFETY: as for `sockaddr_in` above: `storage` is exclusive, large and aligned enough
     // (checked at compile time above this function) and `sockaddr_in6` has no padding.
-    unsafe {
-        core::ptr::write(
-            (storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>(),
-            sin6,
-        )
-    };
+    unsafe { core::ptr::write((storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>(), sin6) };
     Some(mem::size_of::<libc::sockaddr_in6>() as socklen_t)
 }
 
 /// Reads the address of `len` bytes in `storage`. With `canonical`, an IPv4-mapped IPv6
 /// address (`::ffff:a.b.c.d`) comes back as the IPv4 address. `None` for another family
 /// or a length too short for the family.
-fn read_sockaddr(
-    storage: &libc::sockaddr_storage,
-    len: socklen_t,
-    canonical: bool,
-) -> Option<SocketAddr> {
+fn read_sockaddr(storage: &libc::sockaddr_storage, len: socklen_t, canonical: bool) -> Option<SocketAddr> {
     let len = len as usize;
     match c_int::from(storage.ss_family) {
         libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: `storage` is an initialised `sockaddr_storage`, at least as large and
             // as aligned as `sockaddr_in` (checked at compile time above `write_sockaddr`),
             // and any bytes are a valid `sockaddr_in` (integers only); the read copies them.
-            let sin = unsafe {
-                core::ptr::read(
-                    (storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>(),
-                )
-            };
+            let sin =
+                unsafe { core::ptr::read((storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()) };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
             // SAFETY: as above, for `sockaddr_in6` (integers and a byte array only).
-            let sin6 = unsafe {
-                core::ptr::read(
-                    (storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>(),
-                )
-            };
+            let sin6 =
+                unsafe { core::ptr::read((storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()) };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             let port = u16::from_be(sin6.sin6_port);
             match ip.to_ipv4_mapped() {
                 Some(v4) if canonical => Some(SocketAddr::V4(SocketAddrV4::new(v4, port))),
-                _ => Some(SocketAddr::V6(SocketAddrV6::new(
-                    ip,
-                    port,
-                    sin6.sin6_flowinfo,
-                    sin6.sin6_scope_id,
-                ))),
+                _ => Some(SocketAddr::V6(SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id))),
             }
         }
         _ => None,
@@ -810,14 +681,7 @@ mod tests {
     }
 
     /// Fills a frame with datagram `seq` of `len` bytes at `offset` and queues it for `peer`.
-    fn queue(
-        arena: &mut Arena<'_>,
-        batch: &mut TxBatch,
-        seq: usize,
-        offset: usize,
-        len: usize,
-        peer: SocketAddr,
-    ) {
+    fn queue(arena: &mut Arena<'_>, batch: &mut TxBatch, seq: usize, offset: usize, len: usize, peer: SocketAddr) {
         let frame = arena.alloc().expect("sender arena has room");
         let bytes = &mut arena.frame_mut(&frame)[offset..offset + len];
         for (i, byte) in bytes.iter_mut().enumerate() {
@@ -826,14 +690,7 @@ mod tests {
         if len >= 2 {
             bytes[..2].copy_from_slice(&(seq as u16).to_be_bytes());
         }
-        batch
-            .push(TxPacket {
-                frame,
-                offset: offset as u16,
-                len: len as u16,
-                peer,
-            })
-            .unwrap();
+        batch.push(TxPacket { frame, offset: offset as u16, len: len as u16, peer }).unwrap();
     }
 
     fn check(arena: &Arena<'_>, packet: &RxPacket, seq: usize, len: usize) {
@@ -848,12 +705,7 @@ mod tests {
     }
 
     /// Receives until `count` datagrams arrived, passing each to `each` and freeing it.
-    fn receive(
-        io: &mut UdpIo,
-        arena: &mut Arena<'_>,
-        count: usize,
-        mut each: impl FnMut(&Arena<'_>, &RxPacket),
-    ) {
+    fn receive(io: &mut UdpIo, arena: &mut Arena<'_>, count: usize, mut each: impl FnMut(&Arena<'_>, &RxPacket)) {
         let mut got = 0;
         let mut out = RxBatch::new();
         for _ in 0..ROUNDS_MAX {
@@ -891,20 +743,12 @@ mod tests {
         let mut batch = TxBatch::new();
         for (seq, &len) in sizes.iter().enumerate() {
             // Some datagrams start elsewhere in the frame: the backend sends frame[offset..].
-            let offset = if seq % 3 == 0 && len <= 2048 - 300 {
-                300
-            } else {
-                HEADROOM_BYTES
-            };
+            let offset = if seq % 3 == 0 && len <= 2048 - 300 { 300 } else { HEADROOM_BYTES };
             queue(&mut arena_a, &mut batch, seq, offset, len, b.local_addr());
         }
         a.send_batch(&mut arena_a, &mut batch).unwrap();
         assert!(batch.is_empty(), "send_batch drains the batch");
-        assert_eq!(
-            arena_a.free_frames(),
-            128,
-            "every sent frame went back to the arena"
-        );
+        assert_eq!(arena_a.free_frames(), 128, "every sent frame went back to the arena");
         assert_eq!(a.counters().send_failed, 0);
         assert_eq!(a.dropped(), 0);
         assert!(a.counters().syscalls_send >= 1);
@@ -940,9 +784,7 @@ mod tests {
         let addr: SocketAddr = "[::1]:0".parse().unwrap();
         let mut a = match UdpIo::bind(addr, UdpConfig::default()) {
             Ok(io) => io,
-            Err(
-                e @ (UdpIoError::FamilyUnsupported { .. } | UdpIoError::AddrNotAvailable { .. }),
-            ) => {
+            Err(e @ (UdpIoError::FamilyUnsupported { .. } | UdpIoError::AddrNotAvailable { .. })) => {
                 eprintln!("skipping the IPv6 test: IPv6 loopback is unavailable here: {e}");
                 return;
             }
@@ -987,19 +829,10 @@ mod tests {
         let mut batch = TxBatch::new();
         let frame = arena.alloc().unwrap();
         arena.frame_mut(&frame)[HEADROOM_BYTES..HEADROOM_BYTES + 4].copy_from_slice(b"pong");
-        batch
-            .push(TxPacket {
-                frame,
-                offset: HEADROOM_BYTES as u16,
-                len: 4,
-                peer,
-            })
-            .unwrap();
+        batch.push(TxPacket { frame, offset: HEADROOM_BYTES as u16, len: 4, peer }).unwrap();
         server.send_batch(&mut arena, &mut batch).unwrap();
         assert_eq!(server.counters().send_failed, 0);
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 16];
         let (n, from) = client.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"pong");
@@ -1011,10 +844,7 @@ mod tests {
     fn oversized_datagrams_are_counted_as_truncated_and_dropped() {
         // 512-byte frames hold 384-byte datagrams; a second socket caps them at 100 bytes.
         let mut io = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
-        let config = UdpConfig {
-            datagram_bytes_max: 100,
-            ..UdpConfig::default()
-        };
+        let config = UdpConfig { datagram_bytes_max: 100, ..UdpConfig::default() };
         let mut capped = UdpIo::bind(loopback_v4(), config).unwrap();
         let sender = std::net::UdpSocket::bind(loopback_v4()).unwrap();
         let mut mem = memory(16, 512);
@@ -1031,11 +861,7 @@ mod tests {
                 assert_eq!(usize::from(packet.len), len);
                 assert_eq!(packet.peer, sender.local_addr().unwrap());
                 let start = usize::from(packet.offset);
-                assert!(
-                    arena.frame(&packet.frame)[start..start + len]
-                        .iter()
-                        .all(|&b| b == 0x11)
-                );
+                assert!(arena.frame(&packet.frame)[start..start + len].iter().all(|&b| b == 0x11));
             });
             // Nothing else is delivered later either.
             let mut out = RxBatch::new();
@@ -1056,14 +882,7 @@ mod tests {
         let mut tx_arena = tx_mem.arena();
         let mut batch = TxBatch::new();
         for seq in 0..SENT {
-            queue(
-                &mut tx_arena,
-                &mut batch,
-                seq,
-                HEADROOM_BYTES,
-                50 + seq,
-                rx.local_addr(),
-            );
+            queue(&mut tx_arena, &mut batch, seq, HEADROOM_BYTES, 50 + seq, rx.local_addr());
         }
         tx.send_batch(&mut tx_arena, &mut batch).unwrap();
         assert_eq!(tx.dropped(), 0);
@@ -1140,50 +959,15 @@ mod tests {
         let mut arena = mem.arena();
         let mut batch = TxBatch::new();
         // An IPv6 peer on an IPv4 socket.
-        queue(
-            &mut arena,
-            &mut batch,
-            0,
-            HEADROOM_BYTES,
-            10,
-            "[::1]:9".parse().unwrap(),
-        );
+        queue(&mut arena, &mut batch, 0, HEADROOM_BYTES, 10, "[::1]:9".parse().unwrap());
         // Bytes past the end of the frame.
         let frame = arena.alloc().unwrap();
-        batch
-            .push(TxPacket {
-                frame,
-                offset: 500,
-                len: 20,
-                peer: target.local_addr(),
-            })
-            .unwrap();
+        batch.push(TxPacket { frame, offset: 500, len: 20, peer: target.local_addr() }).unwrap();
         // A good one in between the bad ones still goes out.
-        queue(
-            &mut arena,
-            &mut batch,
-            1,
-            HEADROOM_BYTES,
-            10,
-            target.local_addr(),
-        );
+        queue(&mut arena, &mut batch, 1, HEADROOM_BYTES, 10, target.local_addr());
         // Port 0 is refused by the kernel (EINVAL) for this message only.
-        queue(
-            &mut arena,
-            &mut batch,
-            2,
-            HEADROOM_BYTES,
-            10,
-            "127.0.0.1:0".parse().unwrap(),
-        );
-        queue(
-            &mut arena,
-            &mut batch,
-            3,
-            HEADROOM_BYTES,
-            10,
-            target.local_addr(),
-        );
+        queue(&mut arena, &mut batch, 2, HEADROOM_BYTES, 10, "127.0.0.1:0".parse().unwrap());
+        queue(&mut arena, &mut batch, 3, HEADROOM_BYTES, 10, target.local_addr());
         io.send_batch(&mut arena, &mut batch).unwrap();
         assert!(batch.is_empty());
         assert_eq!(arena.free_frames(), 8);
@@ -1206,25 +990,13 @@ mod tests {
         let err = UdpIo::bind(first.local_addr(), UdpConfig::default()).unwrap_err();
         assert!(matches!(err, UdpIoError::AddrInUse { .. }), "{err:?}");
         let message = err.to_string();
-        assert!(
-            message.contains("already listening") && message.contains("--listen"),
-            "{message}"
-        );
+        assert!(message.contains("already listening") && message.contains("--listen"), "{message}");
 
         let err = UdpIo::bind("192.0.2.1:0".parse().unwrap(), UdpConfig::default()).unwrap_err();
-        assert!(
-            matches!(err, UdpIoError::AddrNotAvailable { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, UdpIoError::AddrNotAvailable { .. }), "{err:?}");
 
-        let config = UdpConfig {
-            datagram_bytes_max: 0,
-            ..UdpConfig::default()
-        };
-        assert!(matches!(
-            UdpIo::bind(loopback_v4(), config),
-            Err(UdpIoError::InvalidConfig(_))
-        ));
+        let config = UdpConfig { datagram_bytes_max: 0, ..UdpConfig::default() };
+        assert!(matches!(UdpIo::bind(loopback_v4(), config), Err(UdpIoError::InvalidConfig(_))));
 
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {
@@ -1251,15 +1023,8 @@ mod tests {
         assert!(warning.contains("net.core.rmem_max=8388608"), "{warning}");
         assert!(!warning.contains("wmem_max"), "{warning}");
         let warning = buffer_warning(&config, asked, asked).unwrap();
-        assert!(
-            warning.contains("rmem_max") && warning.contains("wmem_max"),
-            "{warning}"
-        );
-        let default_buffers = UdpConfig {
-            recv_buffer_bytes: 0,
-            send_buffer_bytes: 0,
-            ..config
-        };
+        assert!(warning.contains("rmem_max") && warning.contains("wmem_max"), "{warning}");
+        let default_buffers = UdpConfig { recv_buffer_bytes: 0, send_buffer_bytes: 0, ..config };
         assert_eq!(buffer_warning(&default_buffers, 4096, 4096), None);
         // Whatever this machine grants, the backend says so consistently.
         let io = UdpIo::bind(loopback_v4(), config).unwrap();
@@ -1284,12 +1049,7 @@ mod tests {
         // IPv4 on an IPv6 socket: mapped on the way out, canonical on the way in.
         let len = write_sockaddr(v4, true, &mut storage).unwrap();
         assert_eq!(c_int::from(storage.ss_family), libc::AF_INET6);
-        let mapped = SocketAddr::V6(SocketAddrV6::new(
-            "::ffff:192.0.2.7".parse().unwrap(),
-            4242,
-            0,
-            0,
-        ));
+        let mapped = SocketAddr::V6(SocketAddrV6::new("::ffff:192.0.2.7".parse().unwrap(), 4242, 0, 0));
         assert_eq!(read_sockaddr(&storage, len, false), Some(mapped));
         assert_eq!(read_sockaddr(&storage, len, true), Some(v4));
 
