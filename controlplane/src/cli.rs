@@ -30,6 +30,12 @@ pub struct ClientFlags {
     /// Fragment payload bytes per datagram [default: node's max on loopback, else 1400].
     #[arg(long, global = true)]
     fragment_bytes: Option<u16>,
+    /// Use the replicated cluster whose metadata is at this Redis URL instead of one node.
+    #[arg(long, env = "BEELINE_METADATA", global = true)]
+    metadata: Option<String>,
+    /// Prefix of the cluster's metadata keys.
+    #[arg(long, default_value = crate::cluster::DEFAULT_PREFIX, global = true)]
+    metadata_prefix: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,9 +82,51 @@ enum Command {
         #[command(flatten)]
         args: crate::bench::BenchArgs,
     },
+    /// Inspect and maintain the replicated cluster (needs --metadata).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Tag a file (cluster only): the edges of the DisGraFS file-tag graph.
+    Tag {
+        name: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Find the files carrying every given tag (cluster only).
+    Search {
+        #[arg(required = true)]
+        tags: Vec<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Remove a file and free its chunks.
     Rm {
         name: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Every node with its state and last heartbeat, and the replication health.
+    Status {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Restore the replication factor of every chunk that still has a live replica.
+    Repair {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Set cluster-wide settings.
+    Configure {
+        /// Copies of every chunk (default 2).
+        #[arg(long)]
+        replication_factor: usize,
         #[command(flatten)]
         client: ClientFlags,
     },
@@ -159,6 +207,12 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Put { file, name, chunk_bytes, client } => put(&file, name, chunk_bytes, &client),
         Command::Get { name, output, client } => get(&name, output, &client),
+        Command::Cluster { command } => crate::cluster_cli::run(command_into(command)?),
+        Command::Tag { name, tags, client } => crate::cluster_cli::tag(&cluster_flags(&client)?, &name, &tags),
+        Command::Search { tags, client } => crate::cluster_cli::search(&cluster_flags(&client)?, &tags),
+        Command::Ls { client } if client.metadata.is_some() => crate::cluster_cli::ls(&cluster_flags(&client)?),
+        Command::Stat { name, client } if client.metadata.is_some() => crate::cluster_cli::stat(&cluster_flags(&client)?, &name),
+        Command::Rm { name, client } if client.metadata.is_some() => crate::cluster_cli::rm(&cluster_flags(&client)?, &name),
         Command::Ls { client } => {
             let mut client = connect(&client)?;
             let files = client.list().map_err(|e| e.to_string())?;
@@ -223,6 +277,22 @@ fn resolve_node(text: &str) -> Result<SocketAddr, String> {
     Err(format!("bad --node {text}: not an address that resolves; use HOST:PORT, e.g. 127.0.0.1:7777"))
 }
 
+fn command_into(command: ClusterCommand) -> Result<crate::cluster_cli::Action, String> {
+    use crate::cluster_cli::Action;
+    Ok(match command {
+        ClusterCommand::Status { client } => Action::Status(cluster_flags(&client)?),
+        ClusterCommand::Repair { client } => Action::Repair(cluster_flags(&client)?),
+        ClusterCommand::Configure { replication_factor, client } => Action::Configure(cluster_flags(&client)?, replication_factor),
+    })
+}
+
+fn cluster_flags(flags: &ClientFlags) -> Result<crate::cluster_cli::Flags, String> {
+    let url = flags.metadata.clone().ok_or("this command needs the cluster's metadata: pass --metadata redis://HOST:PORT (or set BEELINE_METADATA)")?;
+    let key_path = flags.key_file.clone().unwrap_or_else(keyfile::default_key_path);
+    let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
+    Ok(crate::cluster_cli::Flags { url, prefix: flags.metadata_prefix.clone(), key, fragment_bytes: flags.fragment_bytes })
+}
+
 fn connect(flags: &ClientFlags) -> Result<Client, String> {
     let node = resolve_node(&flags.node)?;
     let key_path = flags.key_file.clone().unwrap_or_else(keyfile::default_key_path);
@@ -261,6 +331,9 @@ fn put(file: &Path, name: Option<String>, chunk_bytes: u32, flags: &ClientFlags)
     if chunk_bytes == 0 {
         return Err("--chunk-bytes must be at least 1".into());
     }
+    if flags.metadata.is_some() {
+        return crate::cluster_cli::put(&cluster_flags(flags)?, file, &name, chunk_bytes);
+    }
     let mut client = connect(flags)?;
     client.set_chunk_bytes(chunk_bytes);
     let source = file.display().to_string();
@@ -295,6 +368,9 @@ fn put(file: &Path, name: Option<String>, chunk_bytes: u32, flags: &ClientFlags)
 }
 
 fn get(name: &str, output: Option<PathBuf>, flags: &ClientFlags) -> CliResult {
+    if flags.metadata.is_some() {
+        return crate::cluster_cli::get(&cluster_flags(flags)?, name, output);
+    }
     let mut client = connect(flags)?;
     let output = output.unwrap_or_else(|| {
         PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into()))

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use beeline_dataplane::bitmap::FRAGMENTS_MAX;
@@ -92,8 +93,23 @@ impl Transmit for SocketTransmit<'_> {
     }
 }
 
+/// Chunk bytes a put sends: a reusable buffer, or one shared by several replicas.
+pub enum ChunkBytes {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl AsRef<[u8]> for ChunkBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Owned(bytes) => bytes,
+            ChunkBytes::Shared(bytes) => bytes,
+        }
+    }
+}
+
 enum Op {
-    Put(Box<PutChunk<Vec<u8>>>),
+    Put(Box<PutChunk<ChunkBytes>>),
     Get(Box<GetChunk<Vec<u8>>>),
     Exchange(Box<Exchange>),
 }
@@ -185,8 +201,9 @@ impl Client {
         }
     }
 
-    /// Runs machines until all of them finished, or one of them failed (if `fail_fast`).
-    /// Returns the index of every machine that finished during this call.
+    /// Runs machines until at least one of them settles (or none is pending); returns the
+    /// index of every machine that settled during this call. With `fail_fast`, a machine
+    /// that failed is returned as an error instead.
     fn drive(&mut self, ops: &mut [Op], fail_fast: bool) -> Result<Vec<usize>, ClientError> {
         let node = self.options.node;
         let key = self.options.key.clone();
@@ -351,7 +368,7 @@ impl Client {
                     self.options.key.clone(),
                     chunk_id,
                     self.request_id(),
-                    buffer,
+                    ChunkBytes::Owned(buffer),
                     frag_len,
                     window,
                     self.options.timing,
@@ -368,7 +385,9 @@ impl Client {
             for index in finished.into_iter().rev() {
                 if let Op::Put(put) = ops.swap_remove(index) {
                     done_bytes += put.acked_bytes().min(u64::from(chunk_bytes));
-                    spare.push(put.into_data());
+                    if let ChunkBytes::Owned(buffer) = put.into_data() {
+                        spare.push(buffer);
+                    }
                 }
             }
             on_progress(done_bytes.min(size_bytes));
@@ -473,6 +492,91 @@ impl Client {
         Ok(record)
     }
 
+    /// Puts several chunks on this node at once; one result per chunk, in order.
+    pub fn put_chunks(&mut self, chunks: &[(u128, Arc<[u8]>)]) -> Vec<Result<(), ClientError>> {
+        let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
+        let largest = chunks.iter().map(|(_, data)| data.len() as u32).max().unwrap_or(0);
+        let setup = self.fragment_bytes(largest).and_then(|frag_len| Ok((frag_len, self.info()?.window_fragments)));
+        let (frag_len, window) = match setup {
+            Ok(setup) => setup,
+            Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
+        };
+        let mut ops = Vec::with_capacity(chunks.len());
+        for (chunk_id, data) in chunks {
+            let mut put = PutChunk::new(self.options.key.clone(), *chunk_id, self.request_id(), ChunkBytes::Shared(data.clone()), frag_len, window, self.options.timing, self.now_ms());
+            put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            ops.push(Op::Put(Box::new(put)));
+        }
+        self.drive_all(&mut ops, &mut results);
+        results.into_iter().map(|result| result.expect("drive_all settles every machine")).collect()
+    }
+
+    /// Gets several whole chunks `(id, length)` from this node; one result per chunk.
+    pub fn get_chunks(&mut self, chunks: &[(u128, u32)]) -> Vec<Result<Vec<u8>, ClientError>> {
+        let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
+        let largest = chunks.iter().map(|(_, len)| *len).max().unwrap_or(0);
+        let setup = self.fragment_bytes(largest).and_then(|frag_len| Ok((frag_len, self.info()?.window_fragments)));
+        let (frag_len, window) = match setup {
+            Ok(setup) => setup,
+            Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
+        };
+        let mut ops = Vec::with_capacity(chunks.len());
+        for (chunk_id, len) in chunks {
+            let mut get = GetChunk::new(self.options.key.clone(), *chunk_id, self.request_id(), *len, 0, vec![0u8; *len as usize], frag_len, window, self.options.timing, self.now_ms());
+            get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            ops.push(Op::Get(Box::new(get)));
+        }
+        self.drive_all(&mut ops, &mut results);
+        ops.into_iter()
+            .zip(results)
+            .map(|(op, result)| match (op, result.expect("drive_all settles every machine")) {
+                (Op::Get(get), Ok(())) => Ok(get.into_output()),
+                (_, Err(error)) => Err(error),
+                (_, Ok(())) => unreachable!("only gets were queued"),
+            })
+            .collect()
+    }
+
+    /// Deletes chunks on this node (durably); deleting an absent chunk succeeds.
+    pub fn delete_chunks(&mut self, chunk_ids: &[u128]) -> Vec<Result<(), ClientError>> {
+        let mut results: Vec<Option<Result<(), ClientError>>> = chunk_ids.iter().map(|_| None).collect();
+        let mut ops = Vec::with_capacity(chunk_ids.len());
+        for chunk_id in chunk_ids {
+            let request = Repr { request_id: self.request_id(), chunk_id: *chunk_id, ..Repr::new(Opcode::Delete) };
+            let mut exchange = Exchange::new(self.options.key.clone(), request, &[], Opcode::DeleteDone, self.options.timing, self.now_ms());
+            exchange.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            ops.push(Op::Exchange(Box::new(exchange)));
+        }
+        self.drive_all(&mut ops, &mut results);
+        results.into_iter().map(|result| result.expect("drive_all settles every machine")).collect()
+    }
+
+    /// Drives every machine to its end, recording each one's outcome.
+    fn drive_all(&mut self, ops: &mut [Op], results: &mut [Option<Result<(), ClientError>>]) {
+        assert_eq!(ops.len(), results.len());
+        // Bounded: each call to drive settles at least one machine or fails them all.
+        while results.iter().any(Option::is_none) {
+            match self.drive(ops, false) {
+                Ok(_) => {}
+                Err(error) => {
+                    for slot in results.iter_mut().filter(|slot| slot.is_none()) {
+                        *slot = Some(Err(clone_error(&error)));
+                    }
+                    return;
+                }
+            }
+            for (op, slot) in ops.iter().zip(results.iter_mut()) {
+                if slot.is_none() {
+                    match op.progress() {
+                        Progress::Pending => {}
+                        Progress::Done => *slot = Some(Ok(())),
+                        Progress::Failed(error) => *slot = Some(Err(self.error(error))),
+                    }
+                }
+            }
+        }
+    }
+
     pub fn list(&mut self) -> Result<Vec<FileRecord>, ClientError> {
         let mut files = Vec::new();
         let mut after = None;
@@ -545,6 +649,17 @@ impl Client {
         self.drive(&mut ops, true)?;
         let [Op::Get(get)] = ops else { unreachable!("built above") };
         Ok(get.into_output())
+    }
+}
+
+/// A copy of an error for every chunk it applies to (errors own non-Clone sources).
+fn clone_error(error: &ClientError) -> ClientError {
+    match error {
+        ClientError::Unreachable { node, retries } => ClientError::Unreachable { node: *node, retries: *retries },
+        ClientError::DiskFull { node } => ClientError::DiskFull { node: *node },
+        ClientError::Busy { node } => ClientError::Busy { node: *node },
+        ClientError::Rejected { node, status, hint } => ClientError::Rejected { node: *node, status: *status, hint },
+        other => ClientError::Failed { node: "0.0.0.0:0".parse().expect("constant"), reason: other.to_string() },
     }
 }
 

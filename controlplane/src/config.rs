@@ -25,6 +25,10 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub backend: Option<String>,
+    pub interface: Option<String>,
+    pub xdp_mode: Option<String>,
+    pub queues: Option<u32>,
+    pub require_zero_copy: Option<bool>,
     pub allow: Option<Vec<String>>,
     pub arena_frames: Option<u32>,
     pub frame_bytes: Option<u32>,
@@ -35,6 +39,12 @@ pub struct FileConfig {
     pub put_idle_timeout_ms: Option<u64>,
     pub segment_bytes: Option<u64>,
     pub capacity_bytes: Option<u64>,
+    pub metadata: Option<String>,
+    pub metadata_prefix: Option<String>,
+    pub advertise: Option<String>,
+    pub lease_ttl_ms: Option<u64>,
+    pub metrics_listen: Option<String>,
+    pub repair_interval_ms: Option<u64>,
 }
 
 /// The same keys as flags of `beeline node run`.
@@ -52,9 +62,21 @@ pub struct NodeFlags {
     /// Cluster key file (created if missing) [default: ~/.config/beeline/cluster.key].
     #[arg(long, env = "BEELINE_KEY_FILE")]
     pub key_file: Option<PathBuf>,
-    /// Packet I/O backend: udp [default: udp].
+    /// Packet I/O backend: udp or afxdp [default: udp].
     #[arg(long)]
     pub backend: Option<String>,
+    /// afxdp: the network interface to serve on (its XDP classifier and AF_XDP socket).
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// afxdp: attach the XDP classifier natively in the driver or generically [default: native].
+    #[arg(long)]
+    pub xdp_mode: Option<String>,
+    /// afxdp: RX queues served, from queue 0 (only 1 so far) [default: 1].
+    #[arg(long)]
+    pub queues: Option<u32>,
+    /// afxdp: refuse to start unless the AF_XDP socket binds zero-copy [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub require_zero_copy: Option<bool>,
     /// Source prefixes allowed to talk to the node, e.g. 10.0.0.0/8 (repeatable) [default: any].
     #[arg(long)]
     pub allow: Vec<String>,
@@ -85,6 +107,24 @@ pub struct NodeFlags {
     /// Refuse puts beyond this many stored bytes [default: the disk's free space].
     #[arg(long)]
     pub capacity_bytes: Option<u64>,
+    /// Metadata cluster: redis://[USER:PASSWORD@]HOST:PORT [default: embedded, single node].
+    #[arg(long, env = "BEELINE_METADATA")]
+    pub metadata: Option<String>,
+    /// Prefix (and hash tag) of every metadata key [default: beeline].
+    #[arg(long)]
+    pub metadata_prefix: Option<String>,
+    /// Address clients and other nodes reach this node at [default: the listen address].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Membership lease; heartbeats renew it every third of it [default: 3000].
+    #[arg(long)]
+    pub lease_ttl_ms: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9777 [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Background repair of under-replicated chunks every this often; 0 = off [default: 5000].
+    #[arg(long)]
+    pub repair_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +141,8 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     pub key_file: PathBuf,
     pub backend: String,
+    /// The `afxdp` backend's settings (`None` for other backends).
+    pub afxdp: Option<crate::afxdp_backend::AfxdpSettings>,
     pub allow: Allowlist,
     pub arena_frames: u32,
     pub frame_bytes: u32,
@@ -111,6 +153,18 @@ pub struct NodeSettings {
     pub put_idle_timeout_ms: u64,
     pub segment_bytes: u64,
     pub capacity_bytes: Option<u64>,
+    pub cluster: Option<ClusterSettings>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Settings for joining the metadata cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub metadata_url: String,
+    pub prefix: String,
+    pub advertise: String,
+    pub lease_ttl_ms: u64,
+    pub repair_interval_ms: u64,
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -189,13 +243,8 @@ impl NodeFlags {
         let (key_file, _) = pick(&self.key_file, &file.key_file, crate::keyfile::default_key_path());
 
         let (backend, from_flag) = pick(&self.backend, &file.backend, "udp".to_owned());
-        if backend != "udp" {
-            return Err(origin.error(
-                from_flag,
-                "backend",
-                &backend,
-                "this build supports `udp` (afxdp and dpdk are not built yet)",
-            ));
+        if backend != "udp" && backend != "afxdp" {
+            return Err(origin.error(from_flag, "backend", &backend, "use udp or afxdp (dpdk is not built yet)"));
         }
 
         let flag_allow = (!self.allow.is_empty()).then(|| self.allow.clone());
@@ -209,6 +258,22 @@ impl NodeFlags {
                 origin.error(from_flag, "allow", allow_texts.len(), format!("at most {PREFIXES_MAX} prefixes"))
             })?;
         }
+        let afxdp = crate::afxdp_backend::resolve_settings(
+            &backend,
+            self.interface.clone().or(file.interface.clone()),
+            self.xdp_mode.clone().or(file.xdp_mode.clone()),
+            self.queues.or(file.queues),
+            self.require_zero_copy.or(file.require_zero_copy),
+            self.config.clone().filter(|_| flag_allow.is_none()),
+        )
+        .map_err(|(key, value, fix)| {
+            let from_flag = match key {
+                "interface" => self.interface.is_some(),
+                "xdp_mode" => self.xdp_mode.is_some(),
+                _ => self.queues.is_some(),
+            };
+            origin.error(from_flag, key, value, fix)
+        })?;
 
         let (frame_bytes, from_flag) = pick(&self.frame_bytes, &file.frame_bytes, 4096);
         if !frame_bytes.is_power_of_two() || !(2048..=65536).contains(&frame_bytes) {
@@ -275,11 +340,42 @@ impl NodeFlags {
             ));
         }
         let capacity_bytes = self.capacity_bytes.or(file.capacity_bytes);
+        let (metrics_text, from_flag) = pick(&self.metrics_listen, &file.metrics_listen, String::new());
+        let metrics_listen = if metrics_text.is_empty() {
+            None
+        } else {
+            Some(metrics_text.parse::<SocketAddr>().map_err(|_| origin.error(from_flag, "metrics_listen", &metrics_text, "use IP:PORT, e.g. 127.0.0.1:9777"))?)
+        };
+        let cluster = match self.metadata.clone().or(file.metadata.clone()) {
+            None => None,
+            Some(url) => {
+                let from_flag = self.metadata.is_some();
+                if !url.starts_with("redis://") {
+                    return Err(origin.error(from_flag, "metadata", crate::cluster::redact(&url), "use redis://[USER:PASSWORD@]HOST:PORT (rediss:// TLS is not built in)"));
+                }
+                let (prefix, from_flag) = pick(&self.metadata_prefix, &file.metadata_prefix, crate::cluster::DEFAULT_PREFIX.to_owned());
+                if prefix.is_empty() || prefix.contains(['{', '}', ':', ' ']) {
+                    return Err(origin.error(from_flag, "metadata_prefix", &prefix, "use letters, digits, - and _ only"));
+                }
+                let (advertise, from_flag) = pick(&self.advertise, &file.advertise, listen.to_string());
+                let advertised: Option<SocketAddr> = advertise.parse().ok();
+                if advertised.is_some_and(|addr| addr.ip().is_unspecified()) {
+                    return Err(origin.error(from_flag, "advertise", &advertise, "a node listening on 0.0.0.0 must advertise a reachable IP:PORT"));
+                }
+                let (lease_ttl_ms, from_flag) = pick(&self.lease_ttl_ms, &file.lease_ttl_ms, 3000);
+                if !(300..=600_000).contains(&lease_ttl_ms) {
+                    return Err(origin.error(from_flag, "lease_ttl_ms", lease_ttl_ms, "must be from 300 to 600000"));
+                }
+                let (repair_interval_ms, _) = pick(&self.repair_interval_ms, &file.repair_interval_ms, 5000);
+                Some(ClusterSettings { metadata_url: url, prefix, advertise, lease_ttl_ms, repair_interval_ms })
+            }
+        };
         Ok(NodeSettings {
             listen,
             data_dir,
             key_file,
             backend,
+            afxdp,
             allow,
             arena_frames,
             frame_bytes,
@@ -290,6 +386,8 @@ impl NodeFlags {
             put_idle_timeout_ms,
             segment_bytes,
             capacity_bytes,
+            cluster,
+            metrics_listen,
         })
     }
 }

@@ -16,15 +16,16 @@ use beeline_dataplane::io::PacketIo;
 use beeline_dataplane::node::{BACKGROUND_TICKET, ControlHandler, Node, NodeConfig, PutSlot};
 use beeline_dataplane::poll::{Backoff, PollLoop};
 use beeline_dataplane::std_support::arena_memory::{ArenaMemory, PageBacking, PagePolicy};
-use beeline_dataplane::std_support::disk_store::{DiskStore, DiskStoreConfig};
-use beeline_dataplane::std_support::udp::{UdpConfig, UdpIo};
+use beeline_dataplane::std_support::disk_store::{DiskStore, DiskStoreConfig, SyncLatency};
 use beeline_dataplane::store::ChunkStore;
 use beeline_dataplane::wire::Status;
 use tracing::{info, warn};
 
+use crate::afxdp_backend::Backend;
 use crate::config::{HugepagePolicy, NodeSettings};
 use crate::control::{ControlRequest, ControlResponse, NodeStatus, validate_name};
 use crate::keyfile;
+use crate::membership::{Identity, Membership};
 use crate::metadata::{EmbeddedMetadata, Metadata};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,10 @@ pub struct Snapshot {
     pub used_bytes: u64,
     pub chunks: u64,
     pub page_backing: String,
+    /// The backend and how it runs (for afxdp: interface, queue, zero-copy or copy mode).
+    pub backend: String,
+    /// The backend's own counters (for afxdp also the XDP classifier's).
+    pub backend_counters: Vec<(String, u64)>,
 }
 
 pub type SharedSnapshot = Arc<Mutex<Snapshot>>;
@@ -150,10 +155,11 @@ impl<M: Metadata> NodeControl<M> {
             },
             ControlRequest::NodeStatus => {
                 let snapshot = self.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-                let counters = counter_pairs(&snapshot.counters);
+                let mut counters = counter_pairs(&snapshot.counters);
+                counters.extend(snapshot.backend_counters.iter().cloned());
                 ControlResponse::Status(NodeStatus {
                     node_version: env!("CARGO_PKG_VERSION").into(),
-                    backend: "udp".into(),
+                    backend: snapshot.backend.clone(),
                     listen: self.listen.clone(),
                     uptime_ms: self.started.elapsed().as_millis() as u64,
                     files: self.metadata.file_count().unwrap_or(0),
@@ -222,6 +228,9 @@ impl<M: Metadata, S: ChunkStore> ControlHandler<S> for NodeControl<M> {
 pub struct NodeHandle {
     pub local_addr: SocketAddr,
     pub snapshot: SharedSnapshot,
+    pub sync_latency: SyncLatency,
+    pub backend: String,
+    membership: Option<Membership>,
     shutdown: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), NodeError>>>,
 }
@@ -229,6 +238,10 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Asks the node to stop and waits until it has finished its in-flight acks.
     pub fn stop(mut self) -> Result<(), NodeError> {
+        // Leave the cluster first, so clients stop choosing this node.
+        if let Some(membership) = self.membership.take() {
+            membership.stop();
+        }
         self.shutdown.store(true, Ordering::Release);
         self.join()
     }
@@ -243,6 +256,9 @@ impl NodeHandle {
 
 impl Drop for NodeHandle {
     fn drop(&mut self) {
+        if let Some(membership) = self.membership.take() {
+            membership.stop();
+        }
         self.shutdown.store(true, Ordering::Release);
         let _ = self.join();
     }
@@ -256,6 +272,10 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     if created {
         info!(path = %settings.key_file.display(), "created a new cluster key; copy this file to every client and node of the cluster (see README)");
     }
+    let node_id = crate::membership::node_id(&settings.data_dir).map_err(|source| NodeError::DataDir { path: settings.data_dir.clone(), source })?;
+    let capacity_bytes = settings.capacity_bytes.or_else(|| crate::membership::filesystem_bytes(&settings.data_dir)).unwrap_or(0);
+    let (cluster, metrics_listen, backend) = (settings.cluster.clone(), settings.metrics_listen, settings.backend.clone());
+    let membership_key = key.clone();
     let shutdown = Arc::new(AtomicBool::new(false));
     let snapshot = SharedSnapshot::default();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -268,7 +288,15 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
             .map_err(|error| NodeError::Thread(error.to_string()))?
     };
     match ready_rx.recv() {
-        Ok(local_addr) => Ok(NodeHandle { local_addr, snapshot, shutdown, thread: Some(thread) }),
+        Ok((local_addr, sync_latency)) => {
+            let mut node = NodeHandle { local_addr, snapshot, sync_latency, membership: None, backend, shutdown, thread: Some(thread) };
+            if let Some(cluster) = cluster {
+                let identity = Identity { id: node_id, backend: node.backend.clone(), capacity_bytes, metrics_address: metrics_listen.map(|addr| addr.to_string()) };
+                let membership = crate::membership::start(cluster, identity, membership_key, node.snapshot.clone()).map_err(|error| NodeError::Thread(error.to_string()))?;
+                node.membership = Some(membership);
+            }
+            Ok(node)
+        }
         // The thread exits before signalling readiness only on a start-up error.
         Err(_) => Err(thread
             .join()
@@ -281,11 +309,29 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
 /// Runs a node until `shutdown` resolves, then stops it gracefully.
 pub async fn run(settings: NodeSettings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
     let listen = settings.listen;
+    let metrics_listen = settings.metrics_listen;
     let node = tokio::task::spawn_blocking(move || start(settings))
         .await
         .map_err(|error| NodeError::Thread(error.to_string()))??;
     info!(%listen, local = %node.local_addr, "node serving");
+    let metrics = match metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(|error| NodeError::Socket(format!("cannot serve metrics on {address}: {error}; pick another --metrics-listen")))?;
+            info!(%address, "serving Prometheus metrics at /metrics");
+            let sources = crate::metrics::Sources {
+                snapshot: node.snapshot.clone(),
+                lease_up: node.membership.as_ref().map(|membership| membership.lease_up.clone()),
+                sync_latency: node.sync_latency.clone(),
+                backend: node.backend.clone(),
+            };
+            Some(tokio::spawn(crate::metrics::serve(listener, sources)))
+        }
+        None => None,
+    };
     shutdown.await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     info!("shutting down: finishing in-flight acks");
     tokio::task::spawn_blocking(move || node.stop()).await.map_err(|error| NodeError::Thread(error.to_string()))?
 }
@@ -295,7 +341,7 @@ fn data_plane_thread(
     key: beeline_dataplane::wire::MacKey,
     shutdown: Arc<AtomicBool>,
     snapshot: SharedSnapshot,
-    ready: std::sync::mpsc::SyncSender<SocketAddr>,
+    ready: std::sync::mpsc::SyncSender<(SocketAddr, SyncLatency)>,
 ) -> Result<(), NodeError> {
     let policy = match settings.hugepages {
         HugepagePolicy::Prefer => PagePolicy::PreferHuge,
@@ -311,12 +357,8 @@ fn data_plane_thread(
         PageBacking::Huge2M => "hugepages-2M",
         PageBacking::Normal => "normal-4K",
     };
-    let udp_config = UdpConfig { datagram_bytes_max: settings.frame_bytes as usize, ..UdpConfig::default() };
-    let io = UdpIo::bind(settings.listen, udp_config).map_err(|error| NodeError::Socket(error.to_string()))?;
-    if let Some(warning) = io.buffer_warning() {
-        warn!("{warning}");
-    }
-    let local_addr = io.local_addr();
+    let mut arena = memory.arena();
+    let (io, local_addr) = Backend::open(&settings, &mut arena).map_err(|error| NodeError::Socket(error.to_string()))?;
     let store_config = DiskStoreConfig {
         segment_bytes: settings.segment_bytes,
         capacity_bytes: settings.capacity_bytes,
@@ -332,17 +374,16 @@ fn data_plane_thread(
         NodeControl { metadata, snapshot: snapshot.clone(), started: Instant::now(), listen: local_addr.to_string() };
     let config = NodeConfig {
         key,
-        allow: settings.allow.clone(),
+        allow: io.node_allowlist(&settings.allow),
         chunk_bytes_max: settings.chunk_bytes_max,
         window_fragments_max: settings.window_fragments,
         put_idle_timeout_ms: settings.put_idle_timeout_ms,
     };
     let mut slots = vec![PutSlot::default(); settings.put_slots as usize];
     let node = Node::new(config, store, control, &mut slots);
-    let arena = memory.arena();
     let mut poll = PollLoop::new(io, arena, node);
     info!(frames = settings.arena_frames, frame_bytes = settings.frame_bytes, page_backing, "arena ready");
-    let _ = ready.send(local_addr);
+    let _ = ready.send((local_addr, poll.node.store().sync_latency()));
 
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
@@ -395,7 +436,7 @@ fn data_plane_thread(
 
 fn publish<C: ControlHandler<DiskStore>>(
     snapshot: &SharedSnapshot,
-    poll: &PollLoop<'_, '_, UdpIo, DiskStore, C>,
+    poll: &PollLoop<'_, '_, Backend, DiskStore, C>,
     page_backing: &str,
 ) {
     let Ok(mut snapshot) = snapshot.lock() else { return };
@@ -406,4 +447,6 @@ fn publish<C: ControlHandler<DiskStore>>(
     snapshot.used_bytes = poll.node.store().used_bytes();
     snapshot.chunks = poll.node.store().chunk_count() as u64;
     snapshot.page_backing = page_backing.to_owned();
+    snapshot.backend = poll.io.describe();
+    snapshot.backend_counters = poll.io.counters();
 }

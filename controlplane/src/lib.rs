@@ -2,11 +2,18 @@
 //! namespace ([`metadata`]), control messages and the client library ([`client`]) that
 //! the `beeline` CLI is a thin layer over.
 
+pub mod afxdp_backend;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster_cli;
+pub mod cluster_client;
+pub mod cluster;
+pub mod placement;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod keyfile;
+pub mod membership;
 pub mod metadata;
+pub mod metrics;

@@ -25,11 +25,11 @@ fn storage<E: std::fmt::Display>(error: E) -> MetadataError {
 pub trait Metadata: Send {
     /// Records a file; returns the record it replaced, if any.
     fn put_file(&mut self, record: &FileRecord) -> Result<Option<FileRecord>, MetadataError>;
-    fn get_file(&self, name: &str) -> Result<Option<FileRecord>, MetadataError>;
+    fn get_file(&mut self, name: &str) -> Result<Option<FileRecord>, MetadataError>;
     /// Up to `limit` files in name order after `after`.
-    fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<FileRecord>, MetadataError>;
+    fn list(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<FileRecord>, MetadataError>;
     fn remove_file(&mut self, name: &str) -> Result<Option<FileRecord>, MetadataError>;
-    fn file_count(&self) -> Result<u64, MetadataError>;
+    fn file_count(&mut self) -> Result<u64, MetadataError>;
 }
 
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
@@ -67,14 +67,14 @@ impl Metadata for EmbeddedMetadata {
         Ok(replaced)
     }
 
-    fn get_file(&self, name: &str) -> Result<Option<FileRecord>, MetadataError> {
+    fn get_file(&mut self, name: &str) -> Result<Option<FileRecord>, MetadataError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(FILES).map_err(storage)?;
         let value = table.get(name).map_err(storage)?;
         value.map(|value| decode(name, value.value())).transpose()
     }
 
-    fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<FileRecord>, MetadataError> {
+    fn list(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<FileRecord>, MetadataError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(FILES).map_err(storage)?;
         let mut files = Vec::with_capacity(limit.min(1024));
@@ -101,7 +101,7 @@ impl Metadata for EmbeddedMetadata {
         Ok(removed)
     }
 
-    fn file_count(&self) -> Result<u64, MetadataError> {
+    fn file_count(&mut self) -> Result<u64, MetadataError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(FILES).map_err(storage)?;
         table.len().map_err(storage)
@@ -129,7 +129,7 @@ mod tests {
             assert_eq!(meta.remove_file("d").unwrap().unwrap().name, "d");
             assert_eq!(meta.remove_file("d").unwrap(), None);
         }
-        let meta = EmbeddedMetadata::open(&path).unwrap();
+        let mut meta = EmbeddedMetadata::open(&path).unwrap();
         assert_eq!(meta.get_file("a").unwrap().unwrap().file_id, 9);
         let first: Vec<_> = meta.list(None, 2).unwrap().into_iter().map(|f| f.name).collect();
         assert_eq!(first, ["a", "b"]);

@@ -36,6 +36,29 @@ impl DropReason {
     }
 }
 
+/// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
+pub const LATENCY_BOUNDS_US: [u64; 14] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000];
+
+/// A fixed-bucket latency histogram (Prometheus-style, kept non-cumulative here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// `buckets[i]` counts observations at most `LATENCY_BOUNDS_US[i]` and above the
+    /// previous bound; the last one counts everything beyond the last bound.
+    pub buckets: [u64; LATENCY_BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    pub fn observe_us(&mut self, latency_us: u64) {
+        let bucket = LATENCY_BOUNDS_US.iter().position(|bound| latency_us <= *bound).unwrap_or(LATENCY_BOUNDS_US.len());
+        self.buckets[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(latency_us);
+        self.count += 1;
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub rx_packets: u64,
@@ -66,6 +89,8 @@ pub struct Counters {
     /// Payload bytes of chunk data copied by Beeline's own code (not the kernel's or the
     /// NIC's). The data path is built to keep this at zero.
     pub data_bytes_copied: u64,
+    /// From a put's first fragment to its durable acknowledgement (millisecond clock).
+    pub put_latency: LatencyHistogram,
 }
 
 impl Counters {

@@ -88,6 +88,7 @@ pub struct PutSlot {
     frag_count: u32,
     received: FragmentBitmap,
     reservation: PutReservation,
+    started_ms: u64,
     last_activity_ms: u64,
 }
 
@@ -104,6 +105,7 @@ impl Default for PutSlot {
             frag_count: 0,
             received: FragmentBitmap::new(),
             reservation: PutReservation(0),
+            started_ms: 0,
             last_activity_ms: 0,
         }
     }
@@ -125,6 +127,8 @@ pub struct Node<'s, S: ChunkStore, C: ControlHandler<S>> {
     deletes: heapless::Vec<PendingDelete, PENDING_DELETES_MAX>,
     next_delete_ticket: u64,
     counters: Counters,
+    /// Latest clock reading seen, for timing completions that arrive without one.
+    now_ms: u64,
 }
 
 /// What a put fragment asks the node to send back.
@@ -169,6 +173,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             deletes: heapless::Vec::new(),
             next_delete_ticket: 0,
             counters: Counters::default(),
+            now_ms: 0,
         }
     }
 
@@ -211,6 +216,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     /// here: payload is written to the store straight from it.
     pub fn handle(&mut self, now_ms: u64, arena: &mut Arena<'_>, rx: RxPacket, tx: &mut TxQueue) {
         self.counters.rx_packets += 1;
+        self.now_ms = self.now_ms.max(now_ms);
         let RxPacket { frame, offset, len, peer } = rx;
         let outcome = self.dispatch(now_ms, arena, &frame, offset, len, peer, tx);
         arena.free(frame);
@@ -441,6 +447,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 slot.frag_count = repr.count;
                 slot.received.clear();
                 slot.reservation = reservation;
+                slot.started_ms = now_ms;
                 index
             }
         };
@@ -653,7 +660,9 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         }
         let to = ReplyTo { peer: slot.peer, request_id: slot.request_id, chunk_id: slot.chunk_id };
         let total_len = slot.total_len;
+        let latency_us = self.now_ms.saturating_sub(slot.started_ms) * 1000;
         self.release_slot(index, false);
+        self.counters.put_latency.observe_us(latency_us);
         let outcome = match durable.result {
             Ok(()) => {
                 self.counters.chunks_stored += 1;
@@ -687,6 +696,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
 
     /// Abandons puts that have been idle too long, freeing their slots and reservations.
     pub fn expire(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
             if slot.state == SlotState::Receiving

@@ -47,8 +47,8 @@ impl<'m, 's, Io: PacketIo, S: ChunkStore, C: ControlHandler<S>> PollLoop<'m, 's,
             self.node.handle(now_ms, &mut self.arena, packet, &mut self.tx_queue);
         }
         self.rx = rx;
-        self.node.poll_store(&mut self.arena, &mut self.tx_queue);
         self.node.expire(now_ms);
+        self.node.poll_store(&mut self.arena, &mut self.tx_queue);
         turn.sent += self.flush()?;
         Ok(turn)
     }

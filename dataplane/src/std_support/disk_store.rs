@@ -117,6 +117,10 @@ use std::vec::Vec;
 use crate::store::{ChunkStore, Durable, PutReservation, StoreError};
 use crate::wire::ChunkId;
 
+/// Latency of each group commit (the directory and segment syncs of one batch), shared
+/// with whoever exports metrics. Locked once per batch, never on the packet path.
+pub type SyncLatency = Arc<std::sync::Mutex<crate::counters::LatencyHistogram>>;
+
 /// Size of a record header.
 pub const RECORD_HEADER_BYTES: u64 = 64;
 /// Records start at multiples of this.
@@ -276,6 +280,7 @@ pub struct CompactionReport {
 
 /// A durable, log-structured chunk store. See the module documentation.
 pub struct DiskStore {
+    sync_latency: SyncLatency,
     dir: PathBuf,
     config: DiskStoreConfig,
     /// Holds the `flock` on the data directory for the store's lifetime.
@@ -426,12 +431,17 @@ impl DiskStore {
         let (requests, request_rx) = mpsc::sync_channel(queue_len);
         let (completion_tx, completions) = mpsc::sync_channel(queue_len);
         let thread_dir = dir_file.try_clone().map_err(|source| DiskStoreError::io("opening", dir, source))?;
+        let sync_latency: SyncLatency = Arc::default();
         let committer = thread::Builder::new()
             .name("beeline-group-commit".to_string())
-            .spawn(move || run_group_commit(&request_rx, &completion_tx, &thread_dir, queue_len))
+            .spawn({
+                let sync_latency = sync_latency.clone();
+                move || run_group_commit(&request_rx, &completion_tx, &thread_dir, queue_len, &sync_latency)
+            })
             .map_err(|source| DiskStoreError::io("starting the group-commit thread for", dir, source))?;
 
         Ok(DiskStore {
+            sync_latency,
             dir: dir.to_path_buf(),
             config,
             _lock: lock,
@@ -459,6 +469,11 @@ impl DiskStore {
     }
 
     /// What `open` found on disk.
+    /// Latency of group commits so far, shared with the metrics exporter.
+    pub fn sync_latency(&self) -> SyncLatency {
+        self.sync_latency.clone()
+    }
+
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.recovery
     }
@@ -507,21 +522,27 @@ impl DiskStore {
     }
 
     /// Rewrites every sealed segment that holds dead bytes (and drops tombstones that are
-    /// no longer needed), then deletes it. Store maintenance: call it when idle.
+    /// no longer needed), then deletes it. Store maintenance: call it when idle; it copies
+    /// and syncs synchronously, so it can take a while.
     pub fn compact(&mut self) -> Result<CompactionReport, DiskStoreError> {
         let oldest = self.segments.keys().next().copied();
-        self.compact_where(|id, segment| {
+        self.compact_where(usize::MAX, |id, segment| {
             segment.len_bytes > segment.live_bytes || (Some(id) == oldest && segment.tombstones > 0)
         })
     }
 
     /// Like [`compact`](Self::compact) but only for sealed segments that are more than half
-    /// dead. Cheap when there is nothing to do.
+    /// dead, and at most one segment per call (the oldest such), so one call copies at most
+    /// half a segment. Cheap when there is nothing to do: call it whenever idle.
     pub fn maybe_compact(&mut self) -> Result<CompactionReport, DiskStoreError> {
-        self.compact_where(|_, segment| (segment.len_bytes - segment.live_bytes) * 2 > segment.len_bytes)
+        self.compact_where(1, |_, segment| (segment.len_bytes - segment.live_bytes) * 2 > segment.len_bytes)
     }
 
-    fn compact_where(&mut self, wanted: impl Fn(u32, &Segment) -> bool) -> Result<CompactionReport, DiskStoreError> {
+    fn compact_where(
+        &mut self,
+        segments_max: usize,
+        wanted: impl Fn(u32, &Segment) -> bool,
+    ) -> Result<CompactionReport, DiskStoreError> {
         let mut report = CompactionReport::default();
         let mut victims: BTreeMap<u32, VictimRecords> = self
             .segments
@@ -529,6 +550,7 @@ impl DiskStore {
             .filter(|&(&id, segment)| {
                 id != self.active && segment.puts_in_flight == 0 && (segment.len_bytes == 0 || wanted(id, segment))
             })
+            .take(segments_max)
             .map(|(&id, _)| (id, VictimRecords::default()))
             .collect();
         if victims.is_empty() {
@@ -1024,7 +1046,13 @@ impl fmt::Debug for DiskStore {
 
 /// The group-commit thread: one `fdatasync` per dirty segment per batch of requests.
 /// Runs until the store sends `Shutdown` (after everything queued before it) or goes away.
-fn run_group_commit(requests: &Receiver<Request>, completions: &SyncSender<Durable>, dir: &File, batch_max: usize) {
+fn run_group_commit(
+    requests: &Receiver<Request>,
+    completions: &SyncSender<Durable>,
+    dir: &File,
+    batch_max: usize,
+    sync_latency: &SyncLatency,
+) {
     let mut tickets: Vec<(u64, Option<usize>)> = Vec::with_capacity(batch_max);
     let mut files: Vec<Arc<SegmentFile>> = Vec::with_capacity(batch_max);
     let mut dir_pending = false;
@@ -1037,6 +1065,7 @@ fn run_group_commit(requests: &Receiver<Request>, completions: &SyncSender<Durab
                 Err(_) => break,
             }
         }
+        let sync_started = std::time::Instant::now();
         let dir_ok = !dir_pending || dir.sync_all().is_ok();
         if dir_ok {
             dir_pending = false;
@@ -1045,6 +1074,9 @@ fn run_group_commit(requests: &Receiver<Request>, completions: &SyncSender<Durab
             if file.file.sync_data().is_err() {
                 file.sync_failed.store(true, Ordering::Release);
             }
+        }
+        if let Ok(mut histogram) = sync_latency.lock() {
+            histogram.observe_us(sync_started.elapsed().as_micros() as u64);
         }
         for (ticket, file) in tickets.drain(..) {
             let file_ok = file.is_none_or(|index| !files[index].sync_failed.load(Ordering::Acquire));
@@ -2212,8 +2244,17 @@ mod tests {
         for id in store.segments.keys() {
             fs::copy(segment_path(dir.path(), *id), segment_path(backup.path(), *id)).unwrap();
         }
-        let report = store.maybe_compact().unwrap();
-        assert!(report.segments_removed >= 6, "{report:?}");
+        // One segment per call, until nothing is more than half dead.
+        let mut segments_removed = 0;
+        for _ in 0..store.segment_count() {
+            let report = store.maybe_compact().unwrap();
+            assert!(report.segments_removed <= 1, "{report:?}");
+            if report.segments_removed == 0 {
+                break;
+            }
+            segments_removed += report.segments_removed;
+        }
+        assert!(segments_removed >= 6, "{segments_removed} segments removed");
         // Damage the copy of one kept chunk: the intact original must win.
         let (victim_id, _) = kept[0];
         let copy = store.index[&victim_id];
