@@ -3,7 +3,7 @@
 # packages already present are not touched, and apt runs only when something is missing.
 set -euo pipefail
 
-packages=(build-essential pkg-config util-linux iproute2 procps)
+packages=(build-essential pkg-config util-linux iproute2 procps redis-server prometheus)
 
 missing=()
 for package in "${packages[@]}"; do

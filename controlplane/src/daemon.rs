@@ -230,6 +230,7 @@ pub struct NodeHandle {
     pub snapshot: SharedSnapshot,
     pub sync_latency: SyncLatency,
     pub backend: String,
+    pub capacity_bytes: u64,
     membership: Option<Membership>,
     shutdown: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), NodeError>>>,
@@ -289,7 +290,7 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     };
     match ready_rx.recv() {
         Ok((local_addr, sync_latency)) => {
-            let mut node = NodeHandle { local_addr, snapshot, sync_latency, membership: None, backend, shutdown, thread: Some(thread) };
+            let mut node = NodeHandle { local_addr, snapshot, sync_latency, membership: None, backend, capacity_bytes, shutdown, thread: Some(thread) };
             if let Some(cluster) = cluster {
                 let identity = Identity { id: node_id, backend: node.backend.clone(), capacity_bytes, metrics_address: metrics_listen.map(|addr| addr.to_string()) };
                 let membership = crate::membership::start(cluster, identity, membership_key, node.snapshot.clone()).map_err(|error| NodeError::Thread(error.to_string()))?;
@@ -323,6 +324,7 @@ pub async fn run(settings: NodeSettings, shutdown: impl std::future::Future<Outp
                 lease_up: node.membership.as_ref().map(|membership| membership.lease_up.clone()),
                 sync_latency: node.sync_latency.clone(),
                 backend: node.backend.clone(),
+                capacity_bytes: node.capacity_bytes,
             };
             Some(tokio::spawn(crate::metrics::serve(listener, sources)))
         }

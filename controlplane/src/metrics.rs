@@ -21,6 +21,8 @@ pub struct Sources {
     pub lease_up: Option<Arc<AtomicBool>>,
     pub sync_latency: SyncLatency,
     pub backend: String,
+    /// Capacity the node advertises (its `capacity_bytes`, or its file system's size).
+    pub capacity_bytes: u64,
 }
 
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
@@ -116,6 +118,7 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
         family("beeline_deletes_total", "Chunk deletions made durable.", COUNTER, vec![counter(c.chunks_deleted, &[])]),
         family("beeline_data_copied_bytes_total", "Chunk payload bytes copied by Beeline's own code on the node.", COUNTER, vec![counter(c.data_bytes_copied, &[])]),
         family("beeline_stored_bytes", "Bytes of live chunk data held.", GAUGE, vec![gauge(snapshot.used_bytes as f64, &[])]),
+        family("beeline_capacity_bytes", "Bytes the node may store (capacity_bytes, or the data file system's size).", GAUGE, vec![gauge(sources.capacity_bytes as f64, &[])]),
         family("beeline_stored_chunks", "Live chunks held.", GAUGE, vec![gauge(snapshot.chunks as f64, &[])]),
         family("beeline_arena_frames", "Frames in the buffer arena.", GAUGE, vec![gauge(f64::from(snapshot.arena_frames), &[])]),
         family(

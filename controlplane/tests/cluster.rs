@@ -1,0 +1,450 @@
+//! The replicated cluster for real: three nodes in three network namespaces joined by a
+//! bridge, a real redis-server, a real Prometheus, nodes killed with SIGKILL and Redis
+//! restarted under load. Needs root (namespaces); skips with a message otherwise.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_beeline");
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|out| out.status.success())
+}
+
+fn skip_unless_ready(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipping {test}: needs root to create network namespaces");
+        return true;
+    }
+    for program in ["ip", "redis-server"] {
+        if !have(program) {
+            eprintln!("skipping {test}: {program} is not installed (ci/setup.sh installs it)");
+            return true;
+        }
+    }
+    false
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().expect("spawn");
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn pattern(len: usize, salt: u64) -> Vec<u8> {
+    let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes()[..(len - out.len()).min(8)]);
+    }
+    out
+}
+
+/// A bridge in the root namespace with three node namespaces on it; always removed.
+struct Topology {
+    bridge: String,
+    namespaces: Vec<String>,
+    subnet: u8,
+}
+
+impl Topology {
+    fn new(subnet: u8) -> Self {
+        let tag = format!("{}{subnet}", std::process::id() % 10_000);
+        let topology = Topology { bridge: format!("blbr{tag}"), namespaces: (1..=3).map(|i| format!("blns{tag}n{i}")).collect(), subnet };
+        topology.cleanup();
+        run(Command::new("ip").args(["link", "add", &topology.bridge, "type", "bridge"]));
+        run(Command::new("ip").args(["addr", "add", &format!("10.77.{subnet}.1/24"), "dev", &topology.bridge]));
+        run(Command::new("ip").args(["link", "set", &topology.bridge, "up"]));
+        for (index, namespace) in topology.namespaces.iter().enumerate() {
+            let (outside, inside) = (format!("blv{tag}h{index}"), format!("blv{tag}n{index}"));
+            run(Command::new("ip").args(["netns", "add", namespace]));
+            run(Command::new("ip").args(["link", "add", &outside, "type", "veth", "peer", "name", &inside]));
+            run(Command::new("ip").args(["link", "set", &inside, "netns", namespace]));
+            run(Command::new("ip").args(["link", "set", &outside, "master", &topology.bridge, "up"]));
+            let address = format!("{}/24", topology.node_ip(index));
+            run(Command::new("ip").args(["-n", namespace, "addr", "add", &address, "dev", &inside]));
+            run(Command::new("ip").args(["-n", namespace, "link", "set", &inside, "up"]));
+            run(Command::new("ip").args(["-n", namespace, "link", "set", "lo", "up"]));
+            run(Command::new("ip").args(["-n", namespace, "route", "add", "default", "via", &format!("10.77.{subnet}.1")]));
+        }
+        topology
+    }
+
+    fn host_ip(&self) -> String {
+        format!("10.77.{}.1", self.subnet)
+    }
+
+    fn node_ip(&self, index: usize) -> String {
+        format!("10.77.{}.{}", self.subnet, 11 + index)
+    }
+
+    fn cleanup(&self) {
+        for namespace in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", namespace]).stderr(Stdio::null()).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+struct Process(Option<Child>);
+
+impl Process {
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Redis {
+    process: Process,
+    dir: PathBuf,
+    bind: String,
+    port: u16,
+}
+
+impl Redis {
+    fn start(dir: &Path, bind: &str, port: u16) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut redis = Redis { process: Process(None), dir: dir.to_owned(), bind: bind.to_owned(), port };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        // appendfsync always: an acknowledged write survives a restart.
+        let child = Command::new("redis-server")
+            .args(["--bind", &self.bind, "--port", &self.port.to_string(), "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.process = Process(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect((self.bind.as_str(), self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}:{}", self.bind, self.port)
+    }
+}
+
+struct Cluster {
+    topology: Topology,
+    dir: PathBuf,
+    redis: Redis,
+    nodes: Vec<Process>,
+}
+
+impl Cluster {
+    fn start(dir: &Path, subnet: u8) -> Self {
+        let topology = Topology::new(subnet);
+        let redis = Redis::start(&dir.join("redis"), &topology.host_ip(), 6400 + u16::from(subnet));
+        let mut cluster = Cluster { topology, dir: dir.to_owned(), redis, nodes: Vec::new() };
+        for index in 0..3 {
+            let node = cluster.spawn_node(index);
+            cluster.nodes.push(node);
+        }
+        cluster.wait_live(3);
+        cluster
+    }
+
+    fn spawn_node(&self, index: usize) -> Process {
+        let ip = self.topology.node_ip(index);
+        let log = std::fs::File::create(self.dir.join(format!("node{index}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.topology.namespaces[index], BIN, "node", "run", "--listen", &format!("{ip}:7777")])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("node{index}")))
+            .arg("--key-file")
+            .arg(self.dir.join("cluster.key"))
+            .args(["--metadata", &self.redis.url(), "--metrics-listen", &format!("{ip}:9777"), "--lease-ttl-ms", "1500", "--repair-interval-ms", "0"])
+            .args(["--hugepages", "off", "--arena-frames", "4096"])
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        Process(Some(child))
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).args(["--metadata", &self.redis.url(), "--key-file"]).arg(self.dir.join("cluster.key")).output().unwrap()
+    }
+
+    fn live_count(&self) -> Option<usize> {
+        let output = self.cli(&["cluster", "status"]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines().find(|line| line.starts_with("nodes:")).and_then(|line| line.split('(').nth(1)?.split(' ').next()?.parse().ok())
+    }
+
+    /// Waits (bounded) until `count` nodes hold a live lease.
+    fn wait_live(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.live_count() == Some(count) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster never reached {count} live nodes: {}", String::from_utf8_lossy(&self.cli(&["cluster", "status"]).stdout));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn put(&self, name: &str, data: &[u8]) -> bool {
+        let path = self.dir.join(format!("in-{name}"));
+        std::fs::write(&path, data).unwrap();
+        self.cli(&["put", path.to_str().unwrap(), "--as", name]).status.success()
+    }
+
+    fn get(&self, name: &str) -> Output {
+        self.cli(&["get", name, "-o", "-"])
+    }
+}
+
+fn ok(output: &Output) -> String {
+    assert!(output.status.success(), "beeline failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn key_file(dir: &Path) {
+    std::fs::write(dir.join("cluster.key"), format!("{}\n", "5a".repeat(32))).unwrap();
+}
+
+#[test]
+fn losing_a_node_loses_no_file_and_repair_restores_two_replicas() {
+    if skip_unless_ready("losing_a_node_loses_no_file_and_repair_restores_two_replicas") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    key_file(dir.path());
+    let mut cluster = Cluster::start(dir.path(), 1);
+    let files: Vec<(String, Vec<u8>)> = (0..8).map(|i| (format!("file-{i}"), pattern(200_000 + i * 1_500_000, i as u64))).collect();
+    for (name, data) in &files {
+        assert!(cluster.put(name, data), "put {name} failed");
+    }
+    let status = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(status.contains("replication:        healthy"), "{status}");
+
+    cluster.nodes[1].kill9();
+    cluster.wait_live(2);
+    for (name, data) in &files {
+        let output = cluster.get(name);
+        assert!(output.status.success(), "{name} unreadable with one node down: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(output.stdout == *data, "{name} differs with one node down");
+    }
+    let degraded = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(degraded.contains("expired"), "{degraded}");
+
+    // Repair while the node is down: every chunk gets two live replicas again.
+    let repaired = ok(&cluster.cli(&["cluster", "repair"]));
+    assert!(repaired.contains("added"), "{repaired}");
+    let status = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(status.contains("under-replicated:   0") && status.contains("replication:        healthy"), "{status}");
+    for (name, _) in &files {
+        let stat = ok(&cluster.cli(&["stat", name]));
+        for line in stat.lines().filter(|line| line.trim_start().starts_with("chunk ")) {
+            assert_eq!(line.split_whitespace().count(), 4, "chunk without two replicas: {line}");
+        }
+    }
+
+    // The node comes back as itself and shows as live again.
+    cluster.nodes[1] = cluster.spawn_node(1);
+    cluster.wait_live(3);
+    let back = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(!back.contains("expired"), "{back}");
+    for (name, data) in &files {
+        assert!(cluster.get(name).stdout == *data);
+    }
+    // Removing a file is one line, and its name is gone.
+    ok(&cluster.cli(&["rm", "file-0"]));
+    assert!(!ok(&cluster.cli(&["ls"])).contains("file-0\n"));
+    // Tags: the DisGraFS graph's edges.
+    ok(&cluster.cli(&["tag", "file-1", "report", "2026"]));
+    ok(&cluster.cli(&["tag", "file-2", "report"]));
+    assert_eq!(ok(&cluster.cli(&["search", "report"])), "file-1\nfile-2\n");
+    assert_eq!(ok(&cluster.cli(&["search", "report", "2026"])), "file-1\n");
+}
+
+#[test]
+fn redis_restart_under_load_loses_no_acknowledged_file() {
+    if skip_unless_ready("redis_restart_under_load_loses_no_acknowledged_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    key_file(dir.path());
+    let cluster = Arc::new(Mutex::new(Cluster::start(dir.path(), 2)));
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, key, work) = {
+        let cluster = cluster.lock().unwrap();
+        (cluster.redis.url(), cluster.dir.join("cluster.key"), cluster.dir.clone())
+    };
+    let writer = {
+        let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for index in 0..10_000u64 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let name = format!("load-{index}");
+                let data = pattern(100_000 + (index as usize % 7) * 300_000, index);
+                let path = work.join(&name);
+                std::fs::write(&path, &data).unwrap();
+                let output = Command::new(BIN).args(["put", path.to_str().unwrap(), "--metadata", &url, "--key-file"]).arg(&key).output().unwrap();
+                if output.status.success() {
+                    acknowledged.lock().unwrap().push((name, data));
+                }
+            }
+        })
+    };
+    let wait_for = |count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acknowledged.lock().unwrap().len() < count {
+            assert!(Instant::now() < deadline, "puts stalled at {}", acknowledged.lock().unwrap().len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(3);
+    {
+        let mut cluster = cluster.lock().unwrap();
+        cluster.redis.process.kill9();
+        cluster.redis.spawn();
+    }
+    let before_restart = acknowledged.lock().unwrap().len();
+    wait_for(before_restart + 3);
+    stop.store(true, Ordering::Release);
+    writer.join().unwrap();
+    let cluster = cluster.lock().unwrap();
+    // Nodes re-registered by themselves.
+    cluster.wait_live(3);
+    for (name, data) in acknowledged.lock().unwrap().iter() {
+        let output = cluster.get(name);
+        assert!(output.status.success(), "acknowledged {name} lost across the Redis restart: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(output.stdout == *data, "acknowledged {name} differs after the Redis restart");
+    }
+}
+
+/// A minimal HTTP GET against Prometheus's API; returns the body.
+fn http_get(address: &str, path_and_query: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path_and_query} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+fn dashboard_expressions() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("monitoring/grafana-dashboard.json")).unwrap();
+    let mut expressions = Vec::new();
+    fn walk(panels: &serde_json::Value, out: &mut Vec<String>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = target["expr"].as_str() {
+                    out.push(expr.replace("${instance}", ".*").replace("$instance", ".*"));
+                }
+            }
+            walk(&panel["panels"], out);
+        }
+    }
+    walk(&dashboard["panels"], &mut expressions);
+    assert!(!expressions.is_empty(), "the dashboard has no expressions");
+    expressions
+}
+
+#[test]
+fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() {
+    if skip_unless_ready("prometheus_scrapes_every_node_and_every_dashboard_query_has_data") {
+        return;
+    }
+    if !have("prometheus") {
+        eprintln!("skipping prometheus test: prometheus is not installed (ci/setup.sh installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    key_file(dir.path());
+    let cluster = Cluster::start(dir.path(), 3);
+    let targets: Vec<String> = (0..3).map(|i| format!("\"{}:9777\"", cluster.topology.node_ip(i))).collect();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: beeline\n    static_configs:\n      - targets: [{}]\n", targets.join(", "))).unwrap();
+    let web = format!("127.0.0.1:{}", 19090 + u16::from(cluster.topology.subnet));
+    let _prometheus = Process(Some(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    ));
+    // Traffic for the metrics to show: puts and gets on every node.
+    for i in 0..6 {
+        let data = pattern(3_000_000, i);
+        assert!(cluster.put(&format!("m{i}"), &data));
+        assert!(cluster.get(&format!("m{i}")).stdout == data);
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let body = http_get(&web, "/api/v1/targets").unwrap_or_default();
+        if body.matches("\"health\":\"up\"").count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus targets not all up: {body}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut missing: Vec<String> = dashboard_expressions();
+    // Rates need a few scrapes after the traffic: retry each until it has data (bounded).
+    while !missing.is_empty() {
+        missing.retain(|expr| {
+            let body = http_get(&web, &format!("/api/v1/query?query={}", url_encode(expr))).unwrap_or_default();
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            assert_ne!(value["status"], "error", "dashboard query {expr} is invalid: {body}");
+            value["data"]["result"].as_array().is_none_or(|result| result.is_empty())
+        });
+        if !missing.is_empty() {
+            assert!(Instant::now() < deadline, "dashboard queries without data: {missing:?}");
+            // Keep traffic flowing so that rates stay non-empty.
+            let _ = cluster.get("m0");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
