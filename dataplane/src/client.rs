@@ -459,7 +459,7 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
     /// Keeps about one window of fragments outstanding.
     fn request_more(&mut self, tx: &mut dyn Transmit) {
         let requested = self.requested_frontier - self.first_fragment;
-        let outstanding = requested - self.received.count();
+        let outstanding = requested.saturating_sub(self.received.count());
         if self.requested_frontier >= self.end_fragment || outstanding > self.window / 2 {
             return;
         }

@@ -23,6 +23,7 @@ pub mod client;
 pub mod counters;
 pub mod fuzzing;
 pub mod io;
+pub mod netstack;
 pub mod node;
 pub mod poll;
 pub mod sim;

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 
 use beeline_dataplane::fuzzing::{Seed, fuzz_client, fuzz_packet, seed_corpus};
 
-const TARGETS: [(&str, fn(&[u8])); 2] = [("packet", fuzz_packet), ("client_reply", fuzz_client)];
+/// A fuzz target's entry point.
+type Target = fn(&[u8]);
+
+const TARGETS: [(&str, Target); 2] = [("packet", fuzz_packet), ("client_reply", fuzz_client)];
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
@@ -30,7 +33,7 @@ fn corpus_files(target: &str) -> Vec<PathBuf> {
     files
 }
 
-fn replay(target: &str, run: fn(&[u8])) {
+fn replay(target: &str, run: Target) {
     let files = corpus_files(target);
     // An empty or missing corpus would make this test pass without checking anything.
     assert!(!files.is_empty(), "corpus {} is empty", corpus_dir(target).display());
