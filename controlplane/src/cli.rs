@@ -137,7 +137,7 @@ enum NodeCommand {
     /// Run a storage node until SIGINT/SIGTERM.
     Run {
         #[command(flatten)]
-        flags: NodeFlags,
+        flags: Box<NodeFlags>,
     },
     /// Show a running node's state and counters.
     Status {
@@ -191,7 +191,7 @@ fn init_logging() {
 
 fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Node { command: NodeCommand::Run { flags } } => run_node(flags),
+        Command::Node { command: NodeCommand::Run { flags } } => run_node(*flags),
         Command::Node { command: NodeCommand::Status { client } } => node_status(&client),
         Command::Node { command: NodeCommand::Ping { client } } => {
             let mut client = connect(&client)?;
@@ -211,8 +211,12 @@ fn run(cli: Cli) -> CliResult {
         Command::Tag { name, tags, client } => crate::cluster_cli::tag(&cluster_flags(&client)?, &name, &tags),
         Command::Search { tags, client } => crate::cluster_cli::search(&cluster_flags(&client)?, &tags),
         Command::Ls { client } if client.metadata.is_some() => crate::cluster_cli::ls(&cluster_flags(&client)?),
-        Command::Stat { name, client } if client.metadata.is_some() => crate::cluster_cli::stat(&cluster_flags(&client)?, &name),
-        Command::Rm { name, client } if client.metadata.is_some() => crate::cluster_cli::rm(&cluster_flags(&client)?, &name),
+        Command::Stat { name, client } if client.metadata.is_some() => {
+            crate::cluster_cli::stat(&cluster_flags(&client)?, &name)
+        }
+        Command::Rm { name, client } if client.metadata.is_some() => {
+            crate::cluster_cli::rm(&cluster_flags(&client)?, &name)
+        }
         Command::Ls { client } => {
             let mut client = connect(&client)?;
             let files = client.list().map_err(|e| e.to_string())?;
@@ -282,15 +286,24 @@ fn command_into(command: ClusterCommand) -> Result<crate::cluster_cli::Action, S
     Ok(match command {
         ClusterCommand::Status { client } => Action::Status(cluster_flags(&client)?),
         ClusterCommand::Repair { client } => Action::Repair(cluster_flags(&client)?),
-        ClusterCommand::Configure { replication_factor, client } => Action::Configure(cluster_flags(&client)?, replication_factor),
+        ClusterCommand::Configure { replication_factor, client } => {
+            Action::Configure(cluster_flags(&client)?, replication_factor)
+        }
     })
 }
 
 fn cluster_flags(flags: &ClientFlags) -> Result<crate::cluster_cli::Flags, String> {
-    let url = flags.metadata.clone().ok_or("this command needs the cluster's metadata: pass --metadata redis://HOST:PORT (or set BEELINE_METADATA)")?;
+    let url = flags.metadata.clone().ok_or(
+        "this command needs the cluster's metadata: pass --metadata redis://HOST:PORT (or set BEELINE_METADATA)",
+    )?;
     let key_path = flags.key_file.clone().unwrap_or_else(keyfile::default_key_path);
     let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
-    Ok(crate::cluster_cli::Flags { url, prefix: flags.metadata_prefix.clone(), key, fragment_bytes: flags.fragment_bytes })
+    Ok(crate::cluster_cli::Flags {
+        url,
+        prefix: flags.metadata_prefix.clone(),
+        key,
+        fragment_bytes: flags.fragment_bytes,
+    })
 }
 
 fn connect(flags: &ClientFlags) -> Result<Client, String> {

@@ -503,7 +503,16 @@ impl Client {
         };
         let mut ops = Vec::with_capacity(chunks.len());
         for (chunk_id, data) in chunks {
-            let mut put = PutChunk::new(self.options.key.clone(), *chunk_id, self.request_id(), ChunkBytes::Shared(data.clone()), frag_len, window, self.options.timing, self.now_ms());
+            let mut put = PutChunk::new(
+                self.options.key.clone(),
+                *chunk_id,
+                self.request_id(),
+                ChunkBytes::Shared(data.clone()),
+                frag_len,
+                window,
+                self.options.timing,
+                self.now_ms(),
+            );
             put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, node: self.options.node });
             ops.push(Op::Put(Box::new(put)));
         }
@@ -522,7 +531,18 @@ impl Client {
         };
         let mut ops = Vec::with_capacity(chunks.len());
         for (chunk_id, len) in chunks {
-            let mut get = GetChunk::new(self.options.key.clone(), *chunk_id, self.request_id(), *len, 0, vec![0u8; *len as usize], frag_len, window, self.options.timing, self.now_ms());
+            let mut get = GetChunk::new(
+                self.options.key.clone(),
+                *chunk_id,
+                self.request_id(),
+                *len,
+                0,
+                vec![0u8; *len as usize],
+                frag_len,
+                window,
+                self.options.timing,
+                self.now_ms(),
+            );
             get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
             ops.push(Op::Get(Box::new(get)));
         }
@@ -543,7 +563,14 @@ impl Client {
         let mut ops = Vec::with_capacity(chunk_ids.len());
         for chunk_id in chunk_ids {
             let request = Repr { request_id: self.request_id(), chunk_id: *chunk_id, ..Repr::new(Opcode::Delete) };
-            let mut exchange = Exchange::new(self.options.key.clone(), request, &[], Opcode::DeleteDone, self.options.timing, self.now_ms());
+            let mut exchange = Exchange::new(
+                self.options.key.clone(),
+                request,
+                &[],
+                Opcode::DeleteDone,
+                self.options.timing,
+                self.now_ms(),
+            );
             exchange.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
             ops.push(Op::Exchange(Box::new(exchange)));
         }

@@ -126,7 +126,12 @@ return 1";
 impl RedisMetadata {
     /// Connects to `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`).
     pub fn connect(url: &str, prefix: &str) -> Result<Self, MetadataError> {
-        let client = redis::Client::open(url).map_err(|error| MetadataError::Storage(format!("bad metadata URL {}: {error}; use redis://[USER:PASSWORD@]HOST:PORT", redact(url))))?;
+        let client = redis::Client::open(url).map_err(|error| {
+            MetadataError::Storage(format!(
+                "bad metadata URL {}: {error}; use redis://[USER:PASSWORD@]HOST:PORT",
+                redact(url)
+            ))
+        })?;
         let mut metadata = Self { url: url.to_owned(), client, connection: None, prefix: prefix.to_owned() };
         metadata.connection()?;
         Ok(metadata)
@@ -138,7 +143,10 @@ impl RedisMetadata {
 
     fn connection(&mut self) -> Result<&mut Connection, MetadataError> {
         if self.connection.is_none() {
-            let connection = self.client.get_connection_with_timeout(std::time::Duration::from_secs(3)).map_err(redis_error(&self.url))?;
+            let connection = self
+                .client
+                .get_connection_with_timeout(std::time::Duration::from_secs(3))
+                .map_err(redis_error(&self.url))?;
             connection.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(redis_error(&self.url))?;
             connection.set_write_timeout(Some(std::time::Duration::from_secs(5))).map_err(redis_error(&self.url))?;
             self.connection = Some(connection);
@@ -148,7 +156,10 @@ impl RedisMetadata {
 
     /// Runs one operation; a failed connection is dropped so the next call reconnects
     /// (after a Redis restart, say).
-    fn with<T>(&mut self, operation: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, MetadataError> {
+    fn with<T>(
+        &mut self,
+        operation: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, MetadataError> {
         let url = self.url.clone();
         let connection = self.connection()?;
         match operation(connection) {
@@ -179,7 +190,8 @@ impl RedisMetadata {
     }
 
     fn decode_layout(name: &str, bytes: &[u8]) -> Result<FileLayout, MetadataError> {
-        postcard::from_bytes(bytes).map_err(|error| MetadataError::Corrupt { name: name.to_owned(), reason: error.to_string() })
+        postcard::from_bytes(bytes)
+            .map_err(|error| MetadataError::Corrupt { name: name.to_owned(), reason: error.to_string() })
     }
 
     /// Records a file with its replicas atomically; returns the layout it replaced.
@@ -187,7 +199,8 @@ impl RedisMetadata {
         let bytes = Self::encode(layout)?;
         let (file_key, names_key) = (self.file_key(&layout.record.name), self.names_key());
         let name = layout.record.name.clone();
-        let old: Option<Vec<u8>> = self.with(|c| Script::new(PUT_FILE).key(&file_key).key(&names_key).arg(bytes).arg(&name).invoke(c))?;
+        let old: Option<Vec<u8>> =
+            self.with(|c| Script::new(PUT_FILE).key(&file_key).key(&names_key).arg(bytes).arg(&name).invoke(c))?;
         old.map(|old| Self::decode_layout(&name, &old)).transpose()
     }
 
@@ -209,7 +222,8 @@ impl RedisMetadata {
 
     pub fn remove_layout(&mut self, name: &str) -> Result<Option<FileLayout>, MetadataError> {
         let (file_key, names_key) = (self.file_key(name), self.names_key());
-        let old: Option<Vec<u8>> = self.with(|c| Script::new(REMOVE_FILE).key(&file_key).key(&names_key).arg(name).invoke(c))?;
+        let old: Option<Vec<u8>> =
+            self.with(|c| Script::new(REMOVE_FILE).key(&file_key).key(&names_key).arg(name).invoke(c))?;
         let removed = old.map(|old| Self::decode_layout(name, &old)).transpose()?;
         if removed.is_some() {
             self.untag_all(name)?;
@@ -243,7 +257,11 @@ impl RedisMetadata {
     /// unless refreshed. Idempotent, so it also re-registers after Redis lost its data.
     pub fn heartbeat(&mut self, record: &NodeRecord, ttl_ms: u64) -> Result<(), MetadataError> {
         let bytes = Self::encode(record)?;
-        let (node_key, lease_key, nodes_key) = (self.key(&format!("node:{:016x}", record.id)), self.key(&format!("lease:{:016x}", record.id)), self.key("nodes"));
+        let (node_key, lease_key, nodes_key) = (
+            self.key(&format!("node:{:016x}", record.id)),
+            self.key(&format!("lease:{:016x}", record.id)),
+            self.key("nodes"),
+        );
         let id = record.id;
         self.with(|c| {
             redis::pipe()
@@ -262,14 +280,28 @@ impl RedisMetadata {
     pub fn leave(&mut self, record: &NodeRecord) -> Result<(), MetadataError> {
         let left = NodeRecord { serving: false, heartbeat_unix_ms: now_unix_ms(), ..record.clone() };
         let bytes = Self::encode(&left)?;
-        let (node_key, lease_key) = (self.key(&format!("node:{:016x}", record.id)), self.key(&format!("lease:{:016x}", record.id)));
-        self.with(|c| redis::pipe().atomic().hset(&node_key, "record", bytes).ignore().del(&lease_key).ignore().query::<()>(c))
+        let (node_key, lease_key) =
+            (self.key(&format!("node:{:016x}", record.id)), self.key(&format!("lease:{:016x}", record.id)));
+        self.with(|c| {
+            redis::pipe().atomic().hset(&node_key, "record", bytes).ignore().del(&lease_key).ignore().query::<()>(c)
+        })
     }
 
     /// Removes a node from the membership entirely (an operator's decision).
     pub fn forget_node(&mut self, id: NodeId) -> Result<(), MetadataError> {
-        let (node_key, lease_key, nodes_key) = (self.key(&format!("node:{id:016x}")), self.key(&format!("lease:{id:016x}")), self.key("nodes"));
-        self.with(|c| redis::pipe().atomic().del(&node_key).ignore().del(&lease_key).ignore().srem(&nodes_key, format!("{id:016x}")).ignore().query::<()>(c))
+        let (node_key, lease_key, nodes_key) =
+            (self.key(&format!("node:{id:016x}")), self.key(&format!("lease:{id:016x}")), self.key("nodes"));
+        self.with(|c| {
+            redis::pipe()
+                .atomic()
+                .del(&node_key)
+                .ignore()
+                .del(&lease_key)
+                .ignore()
+                .srem(&nodes_key, format!("{id:016x}"))
+                .ignore()
+                .query::<()>(c)
+        })
     }
 
     pub fn members(&mut self) -> Result<Vec<Member>, MetadataError> {
@@ -279,9 +311,11 @@ impl RedisMetadata {
         let mut members = Vec::with_capacity(ids.len());
         for id in ids {
             let (node_key, lease_key) = (self.key(&format!("node:{id}")), self.key(&format!("lease:{id}")));
-            let (bytes, lease): (Option<Vec<u8>>, bool) = self.with(|c| redis::pipe().hget(&node_key, "record").exists(&lease_key).query(c))?;
+            let (bytes, lease): (Option<Vec<u8>>, bool) =
+                self.with(|c| redis::pipe().hget(&node_key, "record").exists(&lease_key).query(c))?;
             let Some(bytes) = bytes else { continue };
-            let record: NodeRecord = postcard::from_bytes(&bytes).map_err(|error| MetadataError::Corrupt { name: format!("node {id}"), reason: error.to_string() })?;
+            let record: NodeRecord = postcard::from_bytes(&bytes)
+                .map_err(|error| MetadataError::Corrupt { name: format!("node {id}"), reason: error.to_string() })?;
             let state = match (lease, record.serving) {
                 (true, _) => MemberState::Live,
                 (false, true) => MemberState::Expired,

@@ -23,7 +23,8 @@ pub enum Action {
 }
 
 fn connect(flags: &Flags) -> Result<ClusterClient, String> {
-    ClusterClient::connect(&flags.url, &flags.prefix, flags.key.clone(), flags.fragment_bytes).map_err(|e| e.to_string())
+    ClusterClient::connect(&flags.url, &flags.prefix, flags.key.clone(), flags.fragment_bytes)
+        .map_err(|e| e.to_string())
 }
 
 pub fn run(action: Action) -> Result<(), String> {
@@ -59,7 +60,10 @@ pub fn run(action: Action) -> Result<(), String> {
         Action::Repair(flags) => {
             let mut cluster = connect(&flags)?;
             let report = cluster.repair().map_err(|e| e.to_string())?;
-            println!("checked {} chunks, added {} replicas, updated {} files", report.chunks_checked, report.replicas_added, report.files_updated);
+            println!(
+                "checked {} chunks, added {} replicas, updated {} files",
+                report.chunks_checked, report.replicas_added, report.files_updated
+            );
             for failed in &report.failed {
                 println!("not repaired yet: {failed}");
             }
@@ -91,7 +95,10 @@ pub fn put(flags: &Flags, file: &Path, name: &str, chunk_bytes: u32) -> Result<(
     let mut reader: Box<dyn std::io::Read> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file).map_err(|e| format!("cannot read {source}: {e}"))?))
+        Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(file).map_err(|e| format!("cannot read {source}: {e}"))?,
+        ))
     };
     let layout = cluster.put_reader(name, &mut reader, &source, &mut |_| {}).map_err(|e| e.to_string())?;
     println!(
@@ -107,7 +114,9 @@ pub fn put(flags: &Flags, file: &Path, name: &str, chunk_bytes: u32) -> Result<(
 
 pub fn get(flags: &Flags, name: &str, output: Option<PathBuf>) -> Result<(), String> {
     let mut cluster = connect(flags)?;
-    let output = output.unwrap_or_else(|| PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into())));
+    let output = output.unwrap_or_else(|| {
+        PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into()))
+    });
     if output.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();

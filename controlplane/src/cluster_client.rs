@@ -25,11 +25,17 @@ pub enum ClusterError {
     Metadata(#[from] MetadataError),
     #[error("no file named {0:?} in the cluster: `beeline ls` lists the files")]
     NotFound(String),
-    #[error("only {live} live node(s) for a replication factor of {replicas}: start more nodes, or lower it with `beeline cluster configure --replication-factor`")]
+    #[error(
+        "only {live} live node(s) for a replication factor of {replicas}: start more nodes, or lower it with `beeline cluster configure --replication-factor`"
+    )]
     TooFewNodes { live: usize, replicas: usize },
-    #[error("chunk {index} of {name} could be stored on only {stored} of {replicas} nodes ({reason}); nothing was recorded, retry when the nodes are back")]
+    #[error(
+        "chunk {index} of {name} could be stored on only {stored} of {replicas} nodes ({reason}); nothing was recorded, retry when the nodes are back"
+    )]
     WriteQuorum { name: String, index: u64, stored: usize, replicas: usize, reason: String },
-    #[error("chunk {index} of {name} is unavailable: every replica ({nodes}) is down or lost it; restart one of those nodes")]
+    #[error(
+        "chunk {index} of {name} is unavailable: every replica ({nodes}) is down or lost it; restart one of those nodes"
+    )]
     ChunkUnavailable { name: String, index: u64, nodes: String },
     #[error("{name} came back with different content than was stored (BLAKE3 mismatch)")]
     Corrupt { name: String },
@@ -62,6 +68,11 @@ pub struct RepairReport {
     /// Chunks that could not be repaired this pass (source or target unreachable).
     pub failed: Vec<String>,
 }
+
+/// A chunk to store: its position in the batch, its id and its bytes.
+type PutItem = (usize, u128, Arc<[u8]>);
+/// Chunks bound for each node.
+type PutWork = BTreeMap<NodeId, Vec<(u128, Arc<[u8]>)>>;
 
 pub struct ClusterClient {
     metadata: RedisMetadata,
@@ -136,8 +147,13 @@ impl ClusterClient {
     }
 
     /// Runs one batch of per-node work on every node in parallel (one thread per node).
-    fn per_node<T: Send, R: Send>(&mut self, work: BTreeMap<NodeId, Vec<T>>, run: impl Fn(&mut Client, &[T]) -> Vec<R> + Sync) -> BTreeMap<NodeId, Vec<R>> {
-        let mut taken: Vec<(NodeId, Result<Client, ClientError>, Vec<T>)> = work.into_iter().map(|(node, items)| (node, self.take_client(node), items)).collect();
+    fn per_node<T: Send, R: Send>(
+        &mut self,
+        work: BTreeMap<NodeId, Vec<T>>,
+        run: impl Fn(&mut Client, &[T]) -> Vec<R> + Sync,
+    ) -> BTreeMap<NodeId, Vec<R>> {
+        let mut taken: Vec<(NodeId, Result<Client, ClientError>, Vec<T>)> =
+            work.into_iter().map(|(node, items)| (node, self.take_client(node), items)).collect();
         let results: Vec<(NodeId, Option<Client>, Vec<R>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = taken
                 .drain(..)
@@ -166,7 +182,12 @@ impl ClusterClient {
 
     /// Stores `chunks` with `replicas` copies each, trying further nodes in rank order when
     /// one fails; returns where each chunk landed.
-    fn store_chunks(&mut self, name: &str, first_index: u64, chunks: &[(u128, Arc<[u8]>)]) -> Result<Vec<Vec<NodeId>>, ClusterError> {
+    fn store_chunks(
+        &mut self,
+        name: &str,
+        first_index: u64,
+        chunks: &[(u128, Arc<[u8]>)],
+    ) -> Result<Vec<Vec<NodeId>>, ClusterError> {
         let live = self.live_ids();
         if live.len() < self.replicas {
             return Err(ClusterError::TooFewNodes { live: live.len(), replicas: self.replicas });
@@ -182,11 +203,11 @@ impl ClusterClient {
         }
         // Bounded: every round either stores or moves each pending chunk to a new node.
         while !pending.is_empty() {
-            let mut work: BTreeMap<NodeId, Vec<(usize, u128, Arc<[u8]>)>> = BTreeMap::new();
+            let mut work: BTreeMap<NodeId, Vec<PutItem>> = BTreeMap::new();
             for (index, node) in pending.drain(..) {
                 work.entry(node).or_default().push((index, chunks[index].0, chunks[index].1.clone()));
             }
-            let jobs: BTreeMap<NodeId, Vec<(usize, u128, Arc<[u8]>)>> = work;
+            let jobs = work;
             let results = self.per_node(jobs.clone(), |client, items| {
                 let batch: Vec<(u128, Arc<[u8]>)> = items.iter().map(|(_, id, data)| (*id, data.clone())).collect();
                 client.put_chunks(&batch)
@@ -230,7 +251,13 @@ impl ClusterClient {
         Ok(stored)
     }
 
-    pub fn put_reader(&mut self, name: &str, reader: &mut dyn Read, source: &str, on_progress: &mut dyn FnMut(u64)) -> Result<FileLayout, ClusterError> {
+    pub fn put_reader(
+        &mut self,
+        name: &str,
+        reader: &mut dyn Read,
+        source: &str,
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<FileLayout, ClusterError> {
         validate_name(name).map_err(ClusterError::BadName)?;
         self.refresh()?;
         let file_id = rand::random::<u64>() | 1;
@@ -243,7 +270,9 @@ impl ClusterClient {
             let mut batch: Vec<(u128, Arc<[u8]>)> = Vec::with_capacity(self.parallel_chunks);
             while batch.len() < self.parallel_chunks.max(1) {
                 let mut buffer = Vec::with_capacity(self.chunk_bytes as usize);
-                Read::take(&mut *reader, u64::from(self.chunk_bytes)).read_to_end(&mut buffer).map_err(|source_error| ClusterError::LocalIo { path: source.to_owned(), source: source_error })?;
+                Read::take(&mut *reader, u64::from(self.chunk_bytes))
+                    .read_to_end(&mut buffer)
+                    .map_err(|source_error| ClusterError::LocalIo { path: source.to_owned(), source: source_error })?;
                 if buffer.len() < self.chunk_bytes as usize {
                     eof = true;
                 }
@@ -265,7 +294,14 @@ impl ClusterClient {
             replicas.extend(placed);
             on_progress(size_bytes);
         }
-        let record = FileRecord { name: name.to_owned(), file_id, size_bytes, chunk_bytes: self.chunk_bytes, blake3: *hasher.finalize().as_bytes(), created_unix_ms: now_unix_ms() };
+        let record = FileRecord {
+            name: name.to_owned(),
+            file_id,
+            size_bytes,
+            chunk_bytes: self.chunk_bytes,
+            blake3: *hasher.finalize().as_bytes(),
+            created_unix_ms: now_unix_ms(),
+        };
         let layout = FileLayout { record, replicas };
         // Only now, with every replica acknowledged durable, does the file exist.
         if let Some(old) = self.metadata.put_layout(&layout)? {
@@ -280,7 +316,13 @@ impl ClusterClient {
         self.metadata.get_layout(name)?.ok_or_else(|| ClusterError::NotFound(name.to_owned()))
     }
 
-    pub fn get_writer(&mut self, name: &str, writer: &mut dyn Write, destination: &str, on_progress: &mut dyn FnMut(u64)) -> Result<FileLayout, ClusterError> {
+    pub fn get_writer(
+        &mut self,
+        name: &str,
+        writer: &mut dyn Write,
+        destination: &str,
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<FileLayout, ClusterError> {
         self.refresh()?;
         let layout = self.layout(name)?;
         let record = &layout.record;
@@ -308,7 +350,11 @@ impl ClusterClient {
                     }
                     let index = start + offset as u64;
                     let Some(node) = nodes.first() else {
-                        let recorded = layout.replicas.get(index as usize).map(|nodes| nodes.iter().map(|n| format!("{n:016x}")).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+                        let recorded = layout
+                            .replicas
+                            .get(index as usize)
+                            .map(|nodes| nodes.iter().map(|n| format!("{n:016x}")).collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default();
                         return Err(ClusterError::ChunkUnavailable { name: name.to_owned(), index, nodes: recorded });
                     };
                     work.entry(*node).or_default().push((offset, record.chunk_id(index), record.chunk_len(index)));
@@ -334,7 +380,9 @@ impl ClusterClient {
             }
             for bytes in data.into_iter().flatten() {
                 hasher.update(&bytes);
-                writer.write_all(&bytes).map_err(|source| ClusterError::LocalIo { path: destination.to_owned(), source })?;
+                writer
+                    .write_all(&bytes)
+                    .map_err(|source| ClusterError::LocalIo { path: destination.to_owned(), source })?;
                 written += bytes.len() as u64;
             }
             on_progress(written);
@@ -433,16 +481,23 @@ impl ClusterClient {
                 };
                 let chunk = record.chunk_id(index as u64);
                 let len = record.chunk_len(index as u64);
-                let targets: Vec<NodeId> = rank(chunk, &live_ids).into_iter().filter(|node| !up.contains(node)).take(self.replicas.saturating_sub(up.len())).collect();
+                let targets: Vec<NodeId> = rank(chunk, &live_ids)
+                    .into_iter()
+                    .filter(|node| !up.contains(node))
+                    .take(self.replicas.saturating_sub(up.len()))
+                    .collect();
                 let mut have = up.clone();
                 if !targets.is_empty() {
-                    let fetched = self.per_node(BTreeMap::from([(source, vec![(chunk, len)])]), |client, wants| client.get_chunks(wants));
-                    let Some(Some(Ok(bytes))) = fetched.get(&source).map(|results| results.first().map(clone_result)) else {
+                    let fetched = self.per_node(BTreeMap::from([(source, vec![(chunk, len)])]), |client, wants| {
+                        client.get_chunks(wants)
+                    });
+                    let Some(Some(Ok(bytes))) = fetched.get(&source).map(|results| results.first().map(clone_result))
+                    else {
                         report.failed.push(format!("{label}: could not read it from {source:016x}"));
                         continue;
                     };
                     let data: Arc<[u8]> = Arc::from(bytes);
-                    let work: BTreeMap<NodeId, Vec<(u128, Arc<[u8]>)>> = targets.iter().map(|node| (*node, vec![(chunk, data.clone())])).collect();
+                    let work: PutWork = targets.iter().map(|node| (*node, vec![(chunk, data.clone())])).collect();
                     let results = self.per_node(work, |client, items| client.put_chunks(items));
                     for target in &targets {
                         if matches!(results.get(target).and_then(|r| r.first()), Some(Ok(()))) {
@@ -468,7 +523,7 @@ impl ClusterClient {
 }
 
 fn clone_result(result: &Result<Vec<u8>, ClientError>) -> Result<Vec<u8>, ()> {
-    result.as_ref().map(Clone::clone).map_err(|_| ())
+    result.as_ref().cloned().map_err(|_| ())
 }
 
 trait ClonedResults {

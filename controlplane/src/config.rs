@@ -344,23 +344,41 @@ impl NodeFlags {
         let metrics_listen = if metrics_text.is_empty() {
             None
         } else {
-            Some(metrics_text.parse::<SocketAddr>().map_err(|_| origin.error(from_flag, "metrics_listen", &metrics_text, "use IP:PORT, e.g. 127.0.0.1:9777"))?)
+            Some(metrics_text.parse::<SocketAddr>().map_err(|_| {
+                origin.error(from_flag, "metrics_listen", &metrics_text, "use IP:PORT, e.g. 127.0.0.1:9777")
+            })?)
         };
         let cluster = match self.metadata.clone().or(file.metadata.clone()) {
             None => None,
             Some(url) => {
                 let from_flag = self.metadata.is_some();
                 if !url.starts_with("redis://") {
-                    return Err(origin.error(from_flag, "metadata", crate::cluster::redact(&url), "use redis://[USER:PASSWORD@]HOST:PORT (rediss:// TLS is not built in)"));
+                    return Err(origin.error(
+                        from_flag,
+                        "metadata",
+                        crate::cluster::redact(&url),
+                        "use redis://[USER:PASSWORD@]HOST:PORT (rediss:// TLS is not built in)",
+                    ));
                 }
-                let (prefix, from_flag) = pick(&self.metadata_prefix, &file.metadata_prefix, crate::cluster::DEFAULT_PREFIX.to_owned());
+                let (prefix, from_flag) =
+                    pick(&self.metadata_prefix, &file.metadata_prefix, crate::cluster::DEFAULT_PREFIX.to_owned());
                 if prefix.is_empty() || prefix.contains(['{', '}', ':', ' ']) {
-                    return Err(origin.error(from_flag, "metadata_prefix", &prefix, "use letters, digits, - and _ only"));
+                    return Err(origin.error(
+                        from_flag,
+                        "metadata_prefix",
+                        &prefix,
+                        "use letters, digits, - and _ only",
+                    ));
                 }
                 let (advertise, from_flag) = pick(&self.advertise, &file.advertise, listen.to_string());
                 let advertised: Option<SocketAddr> = advertise.parse().ok();
                 if advertised.is_some_and(|addr| addr.ip().is_unspecified()) {
-                    return Err(origin.error(from_flag, "advertise", &advertise, "a node listening on 0.0.0.0 must advertise a reachable IP:PORT"));
+                    return Err(origin.error(
+                        from_flag,
+                        "advertise",
+                        &advertise,
+                        "a node listening on 0.0.0.0 must advertise a reachable IP:PORT",
+                    ));
                 }
                 let (lease_ttl_ms, from_flag) = pick(&self.lease_ttl_ms, &file.lease_ttl_ms, 3000);
                 if !(300..=600_000).contains(&lease_ttl_ms) {

@@ -70,6 +70,8 @@ pub fn filesystem_bytes(path: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `stats`.
     let stats = unsafe { stats.assume_init() };
+    // The field types differ between libc targets; widen explicitly.
+    #[allow(clippy::unnecessary_cast)]
     Some(stats.f_blocks as u64 * stats.f_frsize as u64)
 }
 
@@ -96,17 +98,28 @@ pub struct Identity {
     pub metrics_address: Option<String>,
 }
 
-pub fn start(settings: ClusterSettings, identity: Identity, key: MacKey, snapshot: SharedSnapshot) -> std::io::Result<Membership> {
+pub fn start(
+    settings: ClusterSettings,
+    identity: Identity,
+    key: MacKey,
+    snapshot: SharedSnapshot,
+) -> std::io::Result<Membership> {
     let stop = Arc::new(Stop::default());
     let lease_up = Arc::new(AtomicBool::new(false));
     let heartbeat = {
         let (settings, stop, lease_up, snapshot) = (settings.clone(), stop.clone(), lease_up.clone(), snapshot.clone());
-        std::thread::Builder::new().name("beeline-heartbeat".into()).spawn(move || heartbeat_loop(&settings, &identity, &snapshot, &lease_up, &stop))?
+        std::thread::Builder::new()
+            .name("beeline-heartbeat".into())
+            .spawn(move || heartbeat_loop(&settings, &identity, &snapshot, &lease_up, &stop))?
     };
     let mut threads = vec![heartbeat];
     if settings.repair_interval_ms > 0 {
         let stop = stop.clone();
-        threads.push(std::thread::Builder::new().name("beeline-repair".into()).spawn(move || repair_loop(&settings, key, &stop))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("beeline-repair".into())
+                .spawn(move || repair_loop(&settings, key, &stop))?,
+        );
     }
     Ok(Membership { lease_up, stop, threads })
 }
@@ -126,7 +139,13 @@ fn record(identity: &Identity, settings: &ClusterSettings, snapshot: &SharedSnap
     }
 }
 
-fn heartbeat_loop(settings: &ClusterSettings, identity: &Identity, snapshot: &SharedSnapshot, lease_up: &AtomicBool, stop: &Stop) {
+fn heartbeat_loop(
+    settings: &ClusterSettings,
+    identity: &Identity,
+    snapshot: &SharedSnapshot,
+    lease_up: &AtomicBool,
+    stop: &Stop,
+) {
     let interval = Duration::from_millis((settings.lease_ttl_ms / 3).max(100));
     let mut metadata: Option<RedisMetadata> = None;
     loop {
@@ -135,11 +154,16 @@ fn heartbeat_loop(settings: &ClusterSettings, identity: &Identity, snapshot: &Sh
         }
         let outcome = match metadata.as_mut() {
             Some(metadata) => metadata.heartbeat(&record(identity, settings, snapshot, true), settings.lease_ttl_ms),
-            None => Err(crate::metadata::MetadataError::Storage(format!("cannot reach {}", crate::cluster::redact(&settings.metadata_url)))),
+            None => Err(crate::metadata::MetadataError::Storage(format!(
+                "cannot reach {}",
+                crate::cluster::redact(&settings.metadata_url)
+            ))),
         };
         let was_up = lease_up.swap(outcome.is_ok(), Ordering::AcqRel);
         match (&outcome, was_up) {
-            (Ok(()), false) => info!(node = format!("{:016x}", identity.id), address = %settings.advertise, "registered with the metadata cluster"),
+            (Ok(()), false) => {
+                info!(node = format!("{:016x}", identity.id), address = %settings.advertise, "registered with the metadata cluster")
+            }
             (Err(error), true) | (Err(error), false) if was_up || metadata.is_some() => {
                 warn!(%error, "heartbeat failed; retrying every {} ms", interval.as_millis());
             }
@@ -152,7 +176,9 @@ fn heartbeat_loop(settings: &ClusterSettings, identity: &Identity, snapshot: &Sh
             break;
         }
     }
-    if let Some(mut metadata) = metadata.or_else(|| RedisMetadata::connect(&settings.metadata_url, &settings.prefix).ok()) {
+    if let Some(mut metadata) =
+        metadata.or_else(|| RedisMetadata::connect(&settings.metadata_url, &settings.prefix).ok())
+    {
         match metadata.leave(&record(identity, settings, snapshot, false)) {
             Ok(()) => info!("left the metadata cluster"),
             Err(error) => warn!(%error, "could not deregister; the lease will expire by itself"),
@@ -165,9 +191,13 @@ fn repair_loop(settings: &ClusterSettings, key: MacKey, stop: &Stop) {
     let interval = Duration::from_millis(settings.repair_interval_ms);
     let mut me: Option<NodeId> = None;
     while !stop.wait(interval) {
-        let Ok(mut cluster) = ClusterClient::connect(&settings.metadata_url, &settings.prefix, key.clone(), None) else { continue };
+        let Ok(mut cluster) = ClusterClient::connect(&settings.metadata_url, &settings.prefix, key.clone(), None)
+        else {
+            continue;
+        };
         let Ok(members) = cluster.members() else { continue };
-        let live: Vec<&crate::cluster::Member> = members.iter().filter(|member| crate::cluster_client::is_live(member)).collect();
+        let live: Vec<&crate::cluster::Member> =
+            members.iter().filter(|member| crate::cluster_client::is_live(member)).collect();
         if me.is_none() {
             me = live.iter().find(|member| member.record.address == settings.advertise).map(|member| member.record.id);
         }

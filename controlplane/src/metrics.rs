@@ -90,49 +90,169 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
     let sync = sources.sync_latency.lock().map(|histogram| *histogram).unwrap_or_default();
     use MetricType::{COUNTER, GAUGE, HISTOGRAM};
     let mut families = vec![
-        family("beeline_up", "1 while the node's data plane runs.", GAUGE, vec![gauge(1.0, &[("backend", &sources.backend)])]),
-        family("beeline_rx_packets_total", "Datagrams received by the data plane.", COUNTER, vec![counter(c.rx_packets, &[])]),
-        family("beeline_tx_packets_total", "Datagrams sent by the data plane.", COUNTER, vec![counter(c.tx_packets, &[])]),
+        family(
+            "beeline_up",
+            "1 while the node's data plane runs.",
+            GAUGE,
+            vec![gauge(1.0, &[("backend", &sources.backend)])],
+        ),
+        family(
+            "beeline_rx_packets_total",
+            "Datagrams received by the data plane.",
+            COUNTER,
+            vec![counter(c.rx_packets, &[])],
+        ),
+        family(
+            "beeline_tx_packets_total",
+            "Datagrams sent by the data plane.",
+            COUNTER,
+            vec![counter(c.tx_packets, &[])],
+        ),
         family(
             "beeline_dropped_packets_total",
             "Received datagrams dropped without effect, by reason.",
             COUNTER,
-            beeline_dataplane::counters::DropReason::ALL.iter().map(|reason| counter(c.dropped(*reason), &[("reason", reason.name())])).collect(),
+            beeline_dataplane::counters::DropReason::ALL
+                .iter()
+                .map(|reason| counter(c.dropped(*reason), &[("reason", reason.name())]))
+                .collect(),
         ),
         family(
             "beeline_rejected_requests_total",
             "Requests answered with an error, by status.",
             COUNTER,
-            [("busy", c.rejected_busy), ("bad_request", c.rejected_bad_request), ("not_found", c.rejected_not_found), ("disk_full", c.rejected_disk_full), ("internal", c.rejected_internal)]
-                .iter()
-                .map(|(status, value)| counter(*value, &[("status", status)]))
-                .collect(),
+            [
+                ("busy", c.rejected_busy),
+                ("bad_request", c.rejected_bad_request),
+                ("not_found", c.rejected_not_found),
+                ("disk_full", c.rejected_disk_full),
+                ("internal", c.rejected_internal),
+            ]
+            .iter()
+            .map(|(status, value)| counter(*value, &[("status", status)]))
+            .collect(),
         ),
         family("beeline_puts_total", "Chunks stored durably.", COUNTER, vec![counter(c.chunks_stored, &[])]),
         family("beeline_put_bytes_total", "Chunk bytes stored durably.", COUNTER, vec![counter(c.bytes_stored, &[])]),
-        family("beeline_put_fragments_total", "Put fragments written to the store.", COUNTER, vec![counter(c.fragments_stored, &[])]),
-        family("beeline_put_fragments_duplicate_total", "Put fragments received again (retransmissions).", COUNTER, vec![counter(c.fragments_duplicate, &[])]),
-        family("beeline_puts_abandoned_total", "Puts abandoned after their idle timeout.", COUNTER, vec![counter(c.puts_abandoned, &[])]),
+        family(
+            "beeline_put_fragments_total",
+            "Put fragments written to the store.",
+            COUNTER,
+            vec![counter(c.fragments_stored, &[])],
+        ),
+        family(
+            "beeline_put_fragments_duplicate_total",
+            "Put fragments received again (retransmissions).",
+            COUNTER,
+            vec![counter(c.fragments_duplicate, &[])],
+        ),
+        family(
+            "beeline_puts_abandoned_total",
+            "Puts abandoned after their idle timeout.",
+            COUNTER,
+            vec![counter(c.puts_abandoned, &[])],
+        ),
         family("beeline_gets_total", "Get requests served.", COUNTER, vec![counter(c.gets, &[])]),
-        family("beeline_get_bytes_total", "Chunk bytes sent in get responses.", COUNTER, vec![counter(c.bytes_served, &[])]),
+        family(
+            "beeline_get_bytes_total",
+            "Chunk bytes sent in get responses.",
+            COUNTER,
+            vec![counter(c.bytes_served, &[])],
+        ),
         family("beeline_deletes_total", "Chunk deletions made durable.", COUNTER, vec![counter(c.chunks_deleted, &[])]),
-        family("beeline_data_copied_bytes_total", "Chunk payload bytes copied by Beeline's own code on the node.", COUNTER, vec![counter(c.data_bytes_copied, &[])]),
-        family("beeline_stored_bytes", "Bytes of live chunk data held.", GAUGE, vec![gauge(snapshot.used_bytes as f64, &[])]),
-        family("beeline_capacity_bytes", "Bytes the node may store (capacity_bytes, or the data file system's size).", GAUGE, vec![gauge(sources.capacity_bytes as f64, &[])]),
+        family(
+            "beeline_data_copied_bytes_total",
+            "Chunk payload bytes copied by Beeline's own code on the node.",
+            COUNTER,
+            vec![counter(c.data_bytes_copied, &[])],
+        ),
+        family(
+            "beeline_stored_bytes",
+            "Bytes of live chunk data held.",
+            GAUGE,
+            vec![gauge(snapshot.used_bytes as f64, &[])],
+        ),
+        family(
+            "beeline_capacity_bytes",
+            "Bytes the node may store (capacity_bytes, or the data file system's size).",
+            GAUGE,
+            vec![gauge(sources.capacity_bytes as f64, &[])],
+        ),
         family("beeline_stored_chunks", "Live chunks held.", GAUGE, vec![gauge(snapshot.chunks as f64, &[])]),
-        family("beeline_arena_frames", "Frames in the buffer arena.", GAUGE, vec![gauge(f64::from(snapshot.arena_frames), &[])]),
+        family(
+            "beeline_arena_frames",
+            "Frames in the buffer arena.",
+            GAUGE,
+            vec![gauge(f64::from(snapshot.arena_frames), &[])],
+        ),
         family(
             "beeline_arena_frames_in_use",
             "Arena frames currently owned by rings, requests or replies.",
             GAUGE,
             vec![gauge(f64::from(snapshot.arena_frames.saturating_sub(snapshot.arena_frames_free)), &[])],
         ),
-        family("beeline_puts_in_flight", "Puts receiving fragments or awaiting durability.", GAUGE, vec![gauge(f64::from(snapshot.puts_in_flight), &[])]),
-        family("beeline_put_latency_seconds", "From a put's first fragment to its durable acknowledgement.", HISTOGRAM, vec![histogram(&c.put_latency)]),
-        family("beeline_store_fsync_seconds", "Duration of one group commit (fdatasync of a batch).", HISTOGRAM, vec![histogram(&sync)]),
+        family(
+            "beeline_puts_in_flight",
+            "Puts receiving fragments or awaiting durability.",
+            GAUGE,
+            vec![gauge(f64::from(snapshot.puts_in_flight), &[])],
+        ),
+        family(
+            "beeline_put_latency_seconds",
+            "From a put's first fragment to its durable acknowledgement.",
+            HISTOGRAM,
+            vec![histogram(&c.put_latency)],
+        ),
+        family(
+            "beeline_store_fsync_seconds",
+            "Duration of one group commit (fdatasync of a batch).",
+            HISTOGRAM,
+            vec![histogram(&sync)],
+        ),
     ];
+    families.extend(backend_families(&snapshot.backend_counters));
     if let Some(lease_up) = &sources.lease_up {
-        families.push(family("beeline_lease_up", "1 while the node holds a current membership lease.", GAUGE, vec![gauge(f64::from(u8::from(lease_up.load(Ordering::Acquire))), &[])]));
+        families.push(family(
+            "beeline_lease_up",
+            "1 while the node holds a current membership lease.",
+            GAUGE,
+            vec![gauge(f64::from(u8::from(lease_up.load(Ordering::Acquire))), &[])],
+        ));
+    }
+    families
+}
+
+/// The packet-I/O backend's counters (`Snapshot::backend_counters`): the XDP classifier's
+/// verdicts as `beeline_xdp_{packets,bytes}_total{verdict}`, the AF_XDP bind mode as the
+/// gauge `beeline_afxdp_zero_copy` (1 zero-copy, 0 copy mode), every other one as
+/// `beeline_<name>_total`.
+fn backend_families(counters: &[(String, u64)]) -> Vec<MetricFamily> {
+    let mut xdp_packets = Vec::new();
+    let mut xdp_bytes = Vec::new();
+    let mut families = Vec::new();
+    for (name, value) in counters {
+        if let Some(verdict) = name.strip_prefix("xdp_").and_then(|rest| rest.strip_suffix("_packets")) {
+            xdp_packets.push(counter(*value, &[("verdict", verdict)]));
+        } else if let Some(verdict) = name.strip_prefix("xdp_").and_then(|rest| rest.strip_suffix("_bytes")) {
+            xdp_bytes.push(counter(*value, &[("verdict", verdict)]));
+        } else if name == "afxdp_zero_copy" {
+            let help = "1 when the AF_XDP socket runs zero-copy, 0 when it runs in copy mode.";
+            families.push(family("beeline_afxdp_zero_copy", help, MetricType::GAUGE, vec![gauge(*value as f64, &[])]));
+        } else {
+            let help = "Counted by the node's packet-I/O backend (see `beeline node status`).";
+            families.push(family(
+                &format!("beeline_{name}_total"),
+                help,
+                MetricType::COUNTER,
+                vec![counter(*value, &[])],
+            ));
+        }
+    }
+    if !xdp_packets.is_empty() {
+        let help = "Packets the XDP classifier handled, by verdict (pass, redirect, drop_*).";
+        families.push(family("beeline_xdp_packets_total", help, MetricType::COUNTER, xdp_packets));
+        let help = "Bytes of the packets the XDP classifier handled, by verdict.";
+        families.push(family("beeline_xdp_bytes_total", help, MetricType::COUNTER, xdp_bytes));
     }
     families
 }
@@ -152,7 +272,12 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
         tokio::spawn(async move {
             let mut request = [0u8; 2048];
             // One read is enough for a scrape's request line; anything else gets 404.
-            let Ok(read) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request)).await.unwrap_or(Ok(0)) else { return };
+            let Ok(read) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request))
+                .await
+                .unwrap_or(Ok(0))
+            else {
+                return;
+            };
             let line = std::str::from_utf8(&request[..read]).unwrap_or("").lines().next().unwrap_or("");
             let (status, content_type, body) = if line.starts_with("GET /metrics") {
                 ("200 OK", "text/plain; version=0.0.4", render(&sources))
@@ -161,7 +286,10 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
             } else {
                 ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
             };
-            let response = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
         });

@@ -63,7 +63,11 @@ struct Topology {
 impl Topology {
     fn new(subnet: u8) -> Self {
         let tag = format!("{}{subnet}", std::process::id() % 10_000);
-        let topology = Topology { bridge: format!("blbr{tag}"), namespaces: (1..=3).map(|i| format!("blns{tag}n{i}")).collect(), subnet };
+        let topology = Topology {
+            bridge: format!("blbr{tag}"),
+            namespaces: (1..=3).map(|i| format!("blns{tag}n{i}")).collect(),
+            subnet,
+        };
         topology.cleanup();
         run(Command::new("ip").args(["link", "add", &topology.bridge, "type", "bridge"]));
         run(Command::new("ip").args(["addr", "add", &format!("10.77.{subnet}.1/24"), "dev", &topology.bridge]));
@@ -78,7 +82,15 @@ impl Topology {
             run(Command::new("ip").args(["-n", namespace, "addr", "add", &address, "dev", &inside]));
             run(Command::new("ip").args(["-n", namespace, "link", "set", &inside, "up"]));
             run(Command::new("ip").args(["-n", namespace, "link", "set", "lo", "up"]));
-            run(Command::new("ip").args(["-n", namespace, "route", "add", "default", "via", &format!("10.77.{subnet}.1")]));
+            run(Command::new("ip").args([
+                "-n",
+                namespace,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.77.{subnet}.1"),
+            ]));
         }
         topology
     }
@@ -140,7 +152,20 @@ impl Redis {
     fn spawn(&mut self) {
         // appendfsync always: an acknowledged write survives a restart.
         let child = Command::new("redis-server")
-            .args(["--bind", &self.bind, "--port", &self.port.to_string(), "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"])
+            .args([
+                "--bind",
+                &self.bind,
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--protected-mode",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -183,12 +208,30 @@ impl Cluster {
         let ip = self.topology.node_ip(index);
         let log = std::fs::File::create(self.dir.join(format!("node{index}.log"))).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.topology.namespaces[index], BIN, "node", "run", "--listen", &format!("{ip}:7777")])
+            .args([
+                "netns",
+                "exec",
+                &self.topology.namespaces[index],
+                BIN,
+                "node",
+                "run",
+                "--listen",
+                &format!("{ip}:7777"),
+            ])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node{index}")))
             .arg("--key-file")
             .arg(self.dir.join("cluster.key"))
-            .args(["--metadata", &self.redis.url(), "--metrics-listen", &format!("{ip}:9777"), "--lease-ttl-ms", "1500", "--repair-interval-ms", "0"])
+            .args([
+                "--metadata",
+                &self.redis.url(),
+                "--metrics-listen",
+                &format!("{ip}:9777"),
+                "--lease-ttl-ms",
+                "1500",
+                "--repair-interval-ms",
+                "0",
+            ])
             .args(["--hugepages", "off", "--arena-frames", "4096"])
             .stderr(log)
             .spawn()
@@ -197,13 +240,20 @@ impl Cluster {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).args(["--metadata", &self.redis.url(), "--key-file"]).arg(self.dir.join("cluster.key")).output().unwrap()
+        Command::new(BIN)
+            .args(args)
+            .args(["--metadata", &self.redis.url(), "--key-file"])
+            .arg(self.dir.join("cluster.key"))
+            .output()
+            .unwrap()
     }
 
     fn live_count(&self) -> Option<usize> {
         let output = self.cli(&["cluster", "status"]);
         let text = String::from_utf8_lossy(&output.stdout);
-        text.lines().find(|line| line.starts_with("nodes:")).and_then(|line| line.split('(').nth(1)?.split(' ').next()?.parse().ok())
+        text.lines()
+            .find(|line| line.starts_with("nodes:"))
+            .and_then(|line| line.split('(').nth(1)?.split(' ').next()?.parse().ok())
     }
 
     /// Waits (bounded) until `count` nodes hold a live lease.
@@ -213,7 +263,11 @@ impl Cluster {
             if self.live_count() == Some(count) {
                 return;
             }
-            assert!(Instant::now() < deadline, "cluster never reached {count} live nodes: {}", String::from_utf8_lossy(&self.cli(&["cluster", "status"]).stdout));
+            assert!(
+                Instant::now() < deadline,
+                "cluster never reached {count} live nodes: {}",
+                String::from_utf8_lossy(&self.cli(&["cluster", "status"]).stdout)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -246,7 +300,8 @@ fn losing_a_node_loses_no_file_and_repair_restores_two_replicas() {
     let dir = tempfile::tempdir().unwrap();
     key_file(dir.path());
     let mut cluster = Cluster::start(dir.path(), 1);
-    let files: Vec<(String, Vec<u8>)> = (0..8).map(|i| (format!("file-{i}"), pattern(200_000 + i * 1_500_000, i as u64))).collect();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..8).map(|i| (format!("file-{i}"), pattern(200_000 + i * 1_500_000, i as u64))).collect();
     for (name, data) in &files {
         assert!(cluster.put(name, data), "put {name} failed");
     }
@@ -257,7 +312,11 @@ fn losing_a_node_loses_no_file_and_repair_restores_two_replicas() {
     cluster.wait_live(2);
     for (name, data) in &files {
         let output = cluster.get(name);
-        assert!(output.status.success(), "{name} unreadable with one node down: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{name} unreadable with one node down: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(output.stdout == *data, "{name} differs with one node down");
     }
     let degraded = ok(&cluster.cli(&["cluster", "status"]));
@@ -318,7 +377,11 @@ fn redis_restart_under_load_loses_no_acknowledged_file() {
                 let data = pattern(100_000 + (index as usize % 7) * 300_000, index);
                 let path = work.join(&name);
                 std::fs::write(&path, &data).unwrap();
-                let output = Command::new(BIN).args(["put", path.to_str().unwrap(), "--metadata", &url, "--key-file"]).arg(&key).output().unwrap();
+                let output = Command::new(BIN)
+                    .args(["put", path.to_str().unwrap(), "--metadata", &url, "--key-file"])
+                    .arg(&key)
+                    .output()
+                    .unwrap();
                 if output.status.success() {
                     acknowledged.lock().unwrap().push((name, data));
                 }
@@ -347,7 +410,11 @@ fn redis_restart_under_load_loses_no_acknowledged_file() {
     cluster.wait_live(3);
     for (name, data) in acknowledged.lock().unwrap().iter() {
         let output = cluster.get(name);
-        assert!(output.status.success(), "acknowledged {name} lost across the Redis restart: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "acknowledged {name} lost across the Redis restart: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(output.stdout == *data, "acknowledged {name} differs after the Redis restart");
     }
 }
@@ -373,7 +440,8 @@ fn url_encode(text: &str) -> String {
 
 fn dashboard_expressions() -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring/grafana-dashboard.json");
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("monitoring/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("monitoring/grafana-dashboard.json")).unwrap();
     let mut expressions = Vec::new();
     fn walk(panels: &serde_json::Value, out: &mut Vec<String>) {
         for panel in panels.as_array().into_iter().flatten() {
