@@ -350,6 +350,104 @@ fn losing_a_node_loses_no_file_and_repair_restores_two_replicas() {
     ok(&cluster.cli(&["tag", "file-2", "report"]));
     assert_eq!(ok(&cluster.cli(&["search", "report"])), "file-1\nfile-2\n");
     assert_eq!(ok(&cluster.cli(&["search", "report", "2026"])), "file-1\n");
+
+    // With two of three nodes gone, chunks whose replicas were all on them are reported
+    // by name, never returned as garbage.
+    cluster.nodes[0].kill9();
+    cluster.nodes[2].kill9();
+    cluster.wait_live(1);
+    let mut unavailable = 0;
+    for (name, data) in files.iter().skip(1) {
+        let output = cluster.get(name);
+        if output.status.success() {
+            assert!(output.stdout == *data, "{name} came back different");
+        } else {
+            let message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            assert_eq!(message.lines().count(), 1, "{message}");
+            assert!(message.contains("unavailable") && message.contains(name.as_str()), "{message}");
+            unavailable += 1;
+        }
+    }
+    assert!(unavailable > 0, "with two of three nodes down some chunk must be unavailable");
+    let repair = cluster.cli(&["cluster", "repair"]);
+    assert!(!repair.status.success());
+    assert!(
+        String::from_utf8_lossy(&repair.stdout).contains("LOST: file-"),
+        "{}",
+        String::from_utf8_lossy(&repair.stdout)
+    );
+    assert!(ok(&cluster.cli(&["cluster", "status"])).contains("DEGRADED"));
+}
+
+#[test]
+fn redis_acl_user_and_password() {
+    if skip_unless_ready("redis_acl_user_and_password") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    key_file(dir.path());
+    let port = 6480 + (std::process::id() % 100) as u16;
+    let _redis = Process(Some(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--user", "default", "off", "--user", "beeline", "on", ">s3cret", "~*", "&*", "+@all"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let node_port = 7900 + (std::process::id() % 90) as u16;
+    let good = format!("redis://beeline:s3cret@127.0.0.1:{port}");
+    let _node = Process(Some(
+        Command::new(BIN)
+            .args([
+                "node",
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{node_port}"),
+                "--metadata",
+                &good,
+                "--hugepages",
+                "off",
+                "--arena-frames",
+                "2048",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("node"))
+            .arg("--key-file")
+            .arg(dir.path().join("cluster.key"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let cli = |url: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--metadata", url, "--key-file"])
+            .arg(dir.path().join("cluster.key"))
+            .output()
+            .unwrap()
+    };
+    cli(&good, &["cluster", "configure", "--replication-factor", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&cli(&good, &["cluster", "status"]).stdout).contains("(1 live)") {
+        assert!(Instant::now() < deadline, "node never registered through the ACL user");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let path = dir.path().join("acl-file");
+    std::fs::write(&path, pattern(500_000, 1)).unwrap();
+    ok(&cli(&good, &["put", path.to_str().unwrap()]));
+    assert!(cli(&good, &["get", "acl-file", "-o", "-"]).stdout == pattern(500_000, 1));
+    let bad = cli(&format!("redis://beeline:wrong@127.0.0.1:{port}"), &["ls"]);
+    assert!(!bad.status.success());
+    let message = String::from_utf8_lossy(&bad.stderr).trim().to_owned();
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(!message.contains("wrong"), "the password leaked into the message: {message}");
+    assert!(message.contains("***"), "{message}");
 }
 
 #[test]
