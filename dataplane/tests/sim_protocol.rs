@@ -244,3 +244,36 @@ fn abandoned_put_is_expired_and_its_slot_reused() {
     assert_eq!(sim.poll.node.counters().puts_abandoned, 1);
     sim.put(2, &data, FRAG).unwrap();
 }
+
+mod reassembly {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Any chunk size and fragment size, any mix of loss, duplication and reordering:
+        /// the node reassembles exactly the bytes sent, and a get with another fragment
+        /// size returns them.
+        #[test]
+        fn any_shape_and_impairment_reassembles_exactly(
+            len in 0usize..300_000,
+            put_frag in 512u16..=1856,
+            get_frag in 256u16..=1856,
+            loss_ppm in 0u32..200_000,
+            duplicate_ppm in 0u32..200_000,
+            reorder_ppm in 0u32..300_000,
+            seed: u64,
+        ) {
+            let mut options = SimOptions::new(seed, KEY);
+            options.impairments = Impairments { loss_ppm, duplicate_ppm, reorder_ppm, corrupt_ppm: 0 };
+            let mut sim = harness(options);
+            let data = pattern(len, seed);
+            let put = sim.put(1, &data, put_frag);
+            prop_assert!(put.is_ok(), "put failed: {:?}", put);
+            prop_assert_eq!(sim.poll.node.store().chunk(1), Some(&data[..]));
+            let back = sim.get(1, len as u32, get_frag);
+            prop_assert!(back.as_ref().is_ok_and(|back| *back == data), "get differs or failed");
+        }
+    }
+}
