@@ -253,19 +253,24 @@ fn run_node(flags: NodeFlags) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(crate::daemon::run(settings, shutdown_signal())).map_err(|e| e.to_string())
+    runtime.block_on(async {
+        // Listen for signals before starting anything, so that a SIGTERM during start-up
+        // also stops the node gracefully rather than killing it.
+        let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for signals: {e}"))?;
+        crate::daemon::run(settings, shutdown).await.map_err(|e| e.to_string())
+    })
 }
 
-async fn shutdown_signal() {
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 fn resolve_node(text: &str) -> Result<SocketAddr, String> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use beeline_dataplane::bitmap::FRAGMENTS_MAX;
 use beeline_dataplane::client::{
@@ -151,6 +151,7 @@ impl Client {
             if node.is_ipv4() { "0.0.0.0:0".parse().expect("constant") } else { "[::]:0".parse().expect("constant") };
         let socket = UdpSocket::bind(bind).map_err(|source| ClientError::Socket { node, source })?;
         enlarge_receive_buffer(&socket, 8 << 20);
+        socket.set_nonblocking(true).map_err(|source| ClientError::Socket { node, source })?;
         Ok(Self {
             socket,
             options,
@@ -227,20 +228,11 @@ impl Client {
             let next_deadline =
                 ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
             let wait_ms = next_deadline.saturating_sub(now).max(1);
-            self.socket
-                .set_read_timeout(Some(Duration::from_millis(wait_ms)))
-                .map_err(|source| ClientError::Socket { node, source })?;
+            wait_readable(&self.socket, wait_ms);
             let mut transmit = SocketTransmit { socket: &self.socket, node };
-            // Read everything that is waiting, then run the timers.
-            let mut first = true;
+            // Read everything that is waiting (the socket is non-blocking), then run timers.
             loop {
-                let received = if first {
-                    self.socket.recv_from(&mut self.receive_buffer)
-                } else {
-                    nonblocking_recv(&self.socket, &mut self.receive_buffer)
-                };
-                first = false;
-                let Ok((len, from)) = received else { break };
+                let Ok((len, from)) = self.socket.recv_from(&mut self.receive_buffer) else { break };
                 if from != node {
                     continue;
                 }
@@ -690,11 +682,16 @@ fn clone_error(error: &ClientError) -> ClientError {
     }
 }
 
-fn nonblocking_recv(socket: &UdpSocket, buffer: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-    socket.set_nonblocking(true)?;
-    let result = socket.recv_from(buffer);
-    socket.set_nonblocking(false)?;
-    result
+/// Waits until the socket is readable or `timeout_ms` passes.
+fn wait_readable(socket: &UdpSocket, timeout_ms: u64) {
+    use std::os::fd::AsRawFd;
+    let mut poll_fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let timeout = timeout_ms.min(i32::MAX as u64) as libc::c_int;
+    // SAFETY: `poll_fd` is one valid pollfd for a live socket and outlives the call; the
+    // count passed is 1. Errors (EINTR) just end the wait early.
+    unsafe {
+        libc::poll(&raw mut poll_fd, 1, timeout);
+    }
 }
 
 fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) {

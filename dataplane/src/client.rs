@@ -118,6 +118,8 @@ pub struct PutChunk<D: AsRef<[u8]>> {
     sent_frontier: u32,
     credits: u32,
     sent_at_ms: [u32; FRAGMENTS_MAX as usize],
+    /// A `PutQuery` went out after a timeout; its answer starts loss recovery.
+    query_outstanding: bool,
     phase: PutPhase,
     timer: Timer,
     start_ms: u64,
@@ -159,6 +161,7 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
             sent_frontier: 0,
             credits: u32::from(credits.max(1)),
             sent_at_ms: [0; FRAGMENTS_MAX as usize],
+            query_outstanding: false,
             phase: PutPhase::Sending,
             timer: Timer::new(timing, now_ms),
             start_ms: now_ms,
@@ -303,13 +306,23 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
         if advanced {
             self.timer.progress(now_ms);
         }
-        // Resend holes that have had time to arrive: anything older than half an RTO.
+        // Which holes are lost? Those below the highest fragment the node reports having
+        // (sent before it, yet missing: lost or overtaken) that had a moment to arrive.
+        // Holes above it may still be in flight; they are resent only when this status
+        // answers a query sent after a timeout, when everything unacknowledged is lost.
+        let seen_frontier = (0..bitmap.len() as u32 * 8)
+            .rev()
+            .find(|offset| exported_bit(bitmap, *offset))
+            .map_or(first_missing, |offset| first_missing + offset + 1);
+        let recovering = core::mem::take(&mut self.query_outstanding);
         let now_rel = self.elapsed(now_ms);
-        let stale_ms = (self.timer.rto_ms / 2).max(1) as u32;
+        let overtaken_ms = (self.timer.timing.rto_initial_ms / 4).max(1) as u32;
         let mut resent = 0u32;
         let mut last_resent = None;
         for index in self.first_missing..self.sent_frontier.min(self.first_missing.saturating_add(self.credits)) {
-            if !self.acked.get(index) && now_rel.saturating_sub(self.sent_at_ms[index as usize]) >= stale_ms {
+            let age_ms = now_rel.saturating_sub(self.sent_at_ms[index as usize]);
+            let lost = recovering || (index < seen_frontier && age_ms >= overtaken_ms);
+            if !self.acked.get(index) && lost {
                 if let Some(previous) = last_resent {
                     self.send_fragment(previous, false, now_ms, tx);
                 }
@@ -337,6 +350,7 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
                 if self.sent_frontier == 0 {
                     self.send_new(now_ms, tx);
                 } else {
+                    self.query_outstanding = true;
                     self.send_control(Opcode::PutQuery, tx);
                 }
             }
