@@ -4,6 +4,9 @@
 set -euo pipefail
 
 packages=(build-essential pkg-config util-linux iproute2 procps redis-server prometheus)
+# The XDP classifier (ebpf/) is built with clang against the kernel's UAPI headers; the
+# AF_XDP tests use ethtool, ping and tc (iproute2) inside network namespaces.
+packages+=(clang llvm linux-libc-dev ethtool iputils-ping)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -26,6 +29,6 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "ci/setup.sh: no cargo found: install Rust >= 1.85 with rustup (https://rustup.rs) and re-run" >&2
+    echo "ci/setup.sh: no cargo found: install Rust >= 1.87 with rustup (https://rustup.rs) and re-run" >&2
     exit 1
 fi

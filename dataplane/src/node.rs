@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub window_fragments_max: u16,
     /// A put that receives nothing for this long is abandoned and its slot freed.
     pub put_idle_timeout_ms: u64,
+    /// Largest fragment payload the backend can carry in one datagram, when that is less
+    /// than a frame holds: a backend that writes its own IP headers (AF_XDP) cannot
+    /// fragment, so the link MTU bounds it. `u16::MAX` = only the frame size limits it.
+    pub fragment_bytes_cap: u16,
 }
 
 impl NodeConfig {
@@ -46,6 +50,7 @@ impl NodeConfig {
             chunk_bytes_max: 4 << 20,
             window_fragments_max: 256,
             put_idle_timeout_ms: 30_000,
+            fragment_bytes_cap: u16::MAX,
         }
     }
 }
@@ -212,6 +217,12 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         u16::try_from(room).unwrap_or(u16::MAX)
     }
 
+    /// Largest fragment payload this node sends or accepts: what fits a frame, capped by
+    /// what the backend can carry in one datagram.
+    fn fragment_max(&self, arena: &Arena<'_>) -> u16 {
+        Self::fragment_bytes_max(arena).min(self.config.fragment_bytes_cap)
+    }
+
     /// Handles one received datagram; replies are appended to `tx`. The frame is freed
     /// here: payload is written to the store straight from it.
     pub fn handle(&mut self, now_ms: u64, arena: &mut Arena<'_>, rx: RxPacket, tx: &mut TxQueue) {
@@ -254,14 +265,14 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 let pong = Repr {
                     credits: self.config.window_fragments_max,
                     total_len: self.config.chunk_bytes_max,
-                    frag_len: Self::fragment_bytes_max(arena),
+                    frag_len: self.fragment_max(arena),
                     count: FRAGMENTS_MAX,
                     ..Self::reply_header(Opcode::Pong, to)
                 };
                 self.reply(arena, tx, peer, pong, &[])
             }
             Opcode::PutFrag => {
-                let max_fragment = u32::from(Self::fragment_bytes_max(arena));
+                let max_fragment = u32::from(self.fragment_max(arena));
                 let reply = self.on_put_fragment(now_ms, max_fragment, to, &repr, packet.payload());
                 match reply {
                     PutReply::Nothing => Ok(()),
@@ -506,7 +517,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
 
     fn on_get(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo, repr: &Repr) -> Result<(), DropReason> {
         self.counters.gets += 1;
-        let max_fragment = Self::fragment_bytes_max(arena);
+        let max_fragment = self.fragment_max(arena);
         if repr.frag_len == 0 || repr.frag_len > max_fragment {
             return self.reply_error(arena, tx, to, Status::BadRequest);
         }

@@ -1,5 +1,7 @@
 //! Pieces of the data plane that need an operating system.
 
+#[cfg(target_os = "linux")]
+pub mod afxdp;
 pub mod arena_memory;
 pub mod disk_store;
 pub mod mem_store;

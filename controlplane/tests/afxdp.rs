@@ -1,0 +1,767 @@
+//! The `afxdp` backend end to end, on real kernel parts: a client network namespace and a
+//! node network namespace joined by a veth pair, the XDP classifier attached natively to
+//! the node's veth, the `beeline` binary run inside the namespaces with `ip netns exec`.
+//!
+//! Needs root, AF_XDP sockets and XDP on veth; each test checks and skips with a message
+//! when one is missing. Every topology gets unique names and is removed by a Drop guard,
+//! whatever the test's outcome.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use beeline_dataplane::wire::{MacKey, Opcode, Repr};
+
+const BIN: &str = env!("CARGO_BIN_EXE_beeline");
+const NODE_IP: &str = "10.77.0.1";
+const CLIENT_IP: &str = "10.77.0.2";
+/// A second address of the client, outside the node's allowlist.
+const OUTSIDER_IP: &str = "10.77.0.3";
+const PORT: u16 = 7777;
+
+fn node_addr() -> String {
+    format!("{NODE_IP}:{PORT}")
+}
+
+/// Why the machine cannot run these tests, if it cannot.
+fn missing_requirement() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, XDP, AF_XDP)".into());
+    }
+    // SAFETY: socket(2) takes no pointers; a valid descriptor is closed at once.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Some(format!("the kernel has no AF_XDP sockets ({})", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is the descriptor just opened, closed once.
+    unsafe { libc::close(fd) };
+    for tool in ["ip", "ethtool", "tc"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Some(format!("`{tool}` is not installed (ci/setup.sh installs it)"));
+        }
+    }
+    None
+}
+
+macro_rules! require_kernel_bypass {
+    ($name:literal) => {
+        if let Some(why) = missing_requirement() {
+            eprintln!("skipping {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn sh(args: &[&str]) -> Output {
+    run(Command::new(args[0]).args(&args[1..]))
+}
+
+/// Two namespaces joined by a veth pair, removed on drop.
+struct Topology {
+    node_ns: String,
+    client_ns: String,
+    node_if: String,
+    client_if: String,
+}
+
+impl Topology {
+    fn new() -> Topology {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let topology = Topology {
+            node_ns: format!("beeline-n{id}"),
+            client_ns: format!("beeline-c{id}"),
+            node_if: format!("bln{id}"),
+            client_if: format!("blc{id}"),
+        };
+        let (n, c) = (&topology.node_ns, &topology.client_ns);
+        sh(&["ip", "netns", "add", n]);
+        sh(&["ip", "netns", "add", c]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &topology.client_if,
+            "netns",
+            c,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &topology.node_if,
+            "netns",
+            n,
+        ]);
+        sh(&["ip", "-n", n, "addr", "add", &format!("{NODE_IP}/24"), "dev", &topology.node_if]);
+        sh(&["ip", "-n", c, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", &topology.client_if]);
+        sh(&["ip", "-n", c, "addr", "add", &format!("{OUTSIDER_IP}/24"), "dev", &topology.client_if]);
+        for (ns, interface) in [(n, &topology.node_if), (c, &topology.client_if)] {
+            sh(&["ip", "-n", ns, "link", "set", interface, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        // A kernel sender on veth leaves the UDP checksum to an offload that never runs
+        // (CHECKSUM_PARTIAL): the node does not need it (the Beeline MAC covers every
+        // byte), but real NICs deliver complete checksums, so make the test path do too.
+        sh(&["ip", "netns", "exec", c, "ethtool", "-K", &topology.client_if, "tx", "off"]);
+        topology
+    }
+
+    /// `ip netns exec NS ...` as a command to complete.
+    fn exec(&self, ns: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, program]);
+        command
+    }
+
+    /// What `ip link show` says about the node's veth.
+    fn node_link(&self) -> String {
+        String::from_utf8_lossy(&sh(&["ip", "-n", &self.node_ns, "-d", "link", "show", &self.node_if]).stdout)
+            .into_owned()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and with it the pair.
+        for ns in [&self.node_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`; sockets it creates stay
+/// in that namespace. The test's own threads never change namespace.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let handle = File::open(format!("/var/run/netns/{ns}")).expect("open the namespace");
+                // SAFETY: `handle` is an open namespace file; setns only changes this
+                // thread's network namespace, and the thread ends after `f`.
+                let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("netns thread")
+    })
+}
+
+fn pattern(len: usize, salt: u64) -> Vec<u8> {
+    let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes()[..(len - out.len()).min(8)]);
+    }
+    out
+}
+
+/// A node run with `ip netns exec` in the topology's node namespace.
+struct AfxdpNode<'t> {
+    topology: &'t Topology,
+    dir: PathBuf,
+    data: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// `node status` requests sent so far (each one is a storage-port datagram).
+    status_calls: std::cell::Cell<u64>,
+}
+
+impl<'t> AfxdpNode<'t> {
+    fn new(topology: &'t Topology, dir: &Path, extra: &[&str]) -> Self {
+        AfxdpNode {
+            topology,
+            dir: dir.to_owned(),
+            data: "data".to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: Arc::default(),
+            status_calls: std::cell::Cell::new(0),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = self.topology.exec(&self.topology.node_ns, BIN);
+        command
+            .args(["node", "run", "--backend", "afxdp", "--interface", &self.topology.node_if, "--listen"])
+            .arg(node_addr())
+            .arg("--data-dir")
+            .arg(self.dir.join(&self.data))
+            .arg("--key-file")
+            .arg(self.dir.join("cluster.key"))
+            .args(["--arena-frames", "4096", "--hugepages", "off"])
+            .args(&self.extra)
+            .env("BEELINE_LOG", "info");
+        command
+    }
+
+    /// Starts the node and waits (bounded) until it answers a ping through AF_XDP.
+    fn start(&mut self) {
+        self.log.lock().unwrap().clear();
+        let mut child = self.command().stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn node");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.cli(&["node", "ping"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node exited during start-up with {status}: {:#?}", self.log.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "node did not answer within 30 s: {:#?}", self.log.lock().unwrap());
+        }
+    }
+
+    /// Runs the node expecting it to fail at start-up; returns its stderr.
+    fn start_fails(&self) -> String {
+        let output = self.command().output().expect("run node");
+        assert!(!output.status.success(), "node started but should not have");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs the node in place).
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = self.topology.exec(&self.topology.client_ns, BIN);
+        command.args(args).arg("--node").arg(node_addr()).arg("--key-file").arg(self.dir.join("cluster.key"));
+        command
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command(args).output().expect("run beeline")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "beeline {args:?} failed: {}\nnode log: {:#?}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log.lock().unwrap()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `beeline node status`: the backend line and every counter.
+    fn status(&self) -> (String, std::collections::HashMap<String, u64>) {
+        self.status_calls.set(self.status_calls.get() + 1);
+        let text = self.ok(&["node", "status"]);
+        let backend = text.lines().find_map(|l| l.strip_prefix("backend:")).unwrap_or("").trim().to_owned();
+        let counters = text
+            .lines()
+            .filter_map(|line| {
+                let line = line.strip_prefix("  ")?;
+                let mut words = line.split_whitespace();
+                Some((words.next()?.to_owned(), words.next()?.parse().ok()?))
+            })
+            .collect();
+        (backend, counters)
+    }
+
+    /// Polls status until `condition` holds (bounded); returns the counters.
+    fn wait_counters(
+        &self,
+        what: &str,
+        condition: impl Fn(&std::collections::HashMap<String, u64>) -> bool,
+    ) -> std::collections::HashMap<String, u64> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, counters) = self.status();
+            if condition(&counters) {
+                return counters;
+            }
+            assert!(Instant::now() < deadline, "{what}: counters never got there: {counters:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn key(&self) -> MacKey {
+        beeline::keyfile::load(&self.dir.join("cluster.key")).expect("key")
+    }
+
+    fn put_and_get(&self, name: &str, data: &[u8]) {
+        let path = self.dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        self.ok(&["put", path.to_str().unwrap(), "--as", name]);
+        let back = self.dir.join(format!("{name}.back"));
+        self.ok(&["get", name, "-o", back.to_str().unwrap()]);
+        assert!(std::fs::read(&back).unwrap() == data, "{name} ({} bytes) came back different", data.len());
+    }
+}
+
+impl Drop for AfxdpNode<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn ping_datagram(key: &MacKey, request_id: u64) -> Vec<u8> {
+    let repr = Repr { request_id, ..Repr::new(Opcode::Ping) };
+    let mut buffer = vec![0u8; repr.buffer_len()];
+    repr.emit_with_payload(&mut buffer, &[], key);
+    buffer
+}
+
+/// Sends `count` pings from `socket` and counts the pongs that come back within a bound.
+fn ping_exchange(socket: &UdpSocket, key: &MacKey, count: u64) -> u64 {
+    let node: SocketAddr = node_addr().parse().unwrap();
+    for id in 0..count {
+        socket.send_to(&ping_datagram(key, 1000 + id), node).unwrap();
+    }
+    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut pongs = 0;
+    let mut buffer = [0u8; 2048];
+    while pongs < count {
+        match socket.recv_from(&mut buffer) {
+            Ok((len, from)) if from == node && len >= 64 && buffer[3] == Opcode::Pong as u8 => pongs += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    pongs
+}
+
+fn bound_udp(ns: &str, ip: &str) -> UdpSocket {
+    let ip = ip.to_owned();
+    in_netns(ns, move || UdpSocket::bind((ip.as_str(), 0)).expect("bind client socket"))
+}
+
+#[test]
+fn files_round_trip_through_af_xdp_and_counters_match() {
+    require_kernel_bypass!("files_round_trip_through_af_xdp_and_counters_match");
+    let topology = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = AfxdpNode::new(
+        &topology,
+        dir.path(),
+        &["--allow", &format!("{CLIENT_IP}/32"), "--metrics-listen", "127.0.0.1:9777"],
+    );
+    node.start();
+    // The classifier is attached natively (driver mode) on the node's veth.
+    assert!(topology.node_link().contains("xdp "), "{}", topology.node_link());
+
+    let (backend, counters) = node.status();
+    assert!(backend.starts_with("afxdp on") && backend.contains("copy mode"), "{backend}");
+    assert_eq!(counters["afxdp_zero_copy"], 0, "veth has no zero-copy support");
+    assert!(node.log.lock().unwrap().iter().any(|l| l.contains("COPY mode")), "the bind mode is logged");
+
+    for (index, size) in [0usize, 1, 1335, 1336, 4 << 20, (4 << 20) + 1, 9_000_000].into_iter().enumerate() {
+        node.put_and_get(&format!("file-{size}"), &pattern(size, index as u64));
+    }
+    let listing = node.ok(&["ls"]);
+    assert!(listing.contains("file-9000000"), "{listing}");
+
+    // Exactly counted traffic: pings from the allowed address, pings from an address
+    // outside the allowlist, and storage-port junk.
+    let key = node.key();
+    let before = node.wait_counters("settled", |c| c["xdp_redirect_packets"] == c["afxdp_rx_packets"]);
+    let calls_before = node.status_calls.get();
+    let allowed = bound_udp(&topology.client_ns, CLIENT_IP);
+    assert_eq!(ping_exchange(&allowed, &key, 50), 50, "every allowed ping is answered");
+    let outsider = bound_udp(&topology.client_ns, OUTSIDER_IP);
+    assert_eq!(ping_exchange(&outsider, &key, 20), 0, "no outsider ping is answered");
+    for _ in 0..7 {
+        allowed.send_to(&[0u8; 100], node_addr()).unwrap();
+    }
+    // Everything the classifier redirected reached the node, and nothing else did.
+    let after = node.wait_counters("counted", |c| {
+        c["xdp_drop_not_allowed_packets"] == before["xdp_drop_not_allowed_packets"] + 20
+            && c["xdp_drop_malformed_packets"] == before["xdp_drop_malformed_packets"] + 7
+            && c["rx_packets"] >= before["rx_packets"] + 50
+            && c["xdp_redirect_packets"] == c["afxdp_rx_packets"]
+            && c["afxdp_rx_packets"] == c["rx_packets"]
+    });
+    // 50 pings, plus at most the status traffic sent in between: each `node status` is a
+    // Ping and a Control request, and the one that read `before` was not in it yet (a
+    // snapshot may also lag the newest requests).
+    let redirected = after["xdp_redirect_packets"] - before["xdp_redirect_packets"];
+    let status_datagrams = 2 * (node.status_calls.get() - calls_before + 1);
+    assert!((50..=50 + status_datagrams).contains(&redirected), "{redirected} redirected: {after:#?}");
+    assert_eq!(after["dropped_not_allowed"], 0, "outsiders never reach user space");
+    assert_eq!(after["dropped_malformed"], 0, "junk never reaches user space");
+    assert_eq!(after["afxdp_rx_not_udp"] + after["afxdp_rx_wrong_port"], 0);
+    assert_eq!(after["data_bytes_copied"], 0, "Beeline's code copies no payload");
+    assert!(after["afxdp_kernel_copied_bytes"] > 9_000_000, "copy mode: the kernel copies every packet");
+    assert_eq!(after["xdp_drop_no_socket_packets"], 0);
+
+    // The bind mode and the classifier's verdicts are Prometheus metrics too.
+    let metrics = in_netns(&topology.node_ns, || {
+        let mut stream = TcpStream::connect("127.0.0.1:9777").expect("metrics endpoint");
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    });
+    assert!(metrics.lines().any(|l| l == "beeline_afxdp_zero_copy 0"), "{metrics}");
+    assert!(metrics.contains("beeline_xdp_packets_total{verdict=\"redirect\"}"), "{metrics}");
+    assert!(metrics.contains("beeline_xdp_packets_total{verdict=\"drop_not_allowed\"} 20"), "{metrics}");
+
+    let status = node.terminate();
+    assert!(status.success(), "node exited with {status}");
+    assert!(node.log.lock().unwrap().iter().any(|l| l.contains("XDP classifier detached")));
+    assert!(!topology.node_link().contains("xdp"), "SIGTERM leaves the interface clean: {}", topology.node_link());
+}
+
+#[test]
+fn arp_ping_and_tcp_still_work_while_the_node_runs() {
+    require_kernel_bypass!("arp_ping_and_tcp_still_work_while_the_node_runs");
+    let topology = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = AfxdpNode::new(&topology, dir.path(), &[]);
+    node.start();
+    let (_, before) = node.status();
+
+    // ARP: forget the node's MAC, then ping needs a fresh ARP exchange.
+    sh(&["ip", "-n", &topology.client_ns, "neigh", "flush", "dev", &topology.client_if]);
+    run(topology.exec(&topology.client_ns, "ping").args(["-c", "3", "-i", "0.2", "-W", "2", NODE_IP]));
+    let neighbours = String::from_utf8_lossy(
+        &sh(&["ip", "-n", &topology.client_ns, "neigh", "show", NODE_IP, "dev", &topology.client_if]).stdout,
+    )
+    .into_owned();
+    assert!(neighbours.contains("lladdr"), "ARP resolved the node: {neighbours}");
+
+    // TCP to a port the node's kernel serves, through the same interface.
+    let listener = in_netns(&topology.node_ns, || TcpListener::bind((NODE_IP, 9000)).expect("listen"));
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 5];
+        stream.read_exact(&mut request).unwrap();
+        stream.write_all(&request.map(|b| b.to_ascii_uppercase())).unwrap();
+    });
+    let mut stream = in_netns(&topology.client_ns, || TcpStream::connect((NODE_IP, 9000)).expect("connect"));
+    stream.write_all(b"hello").unwrap();
+    let mut reply = [0u8; 5];
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"HELLO");
+    server.join().unwrap();
+
+    // UDP to another port is the kernel's too.
+    let receiver = in_netns(&topology.node_ns, || UdpSocket::bind((NODE_IP, 9001)).unwrap());
+    receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    bound_udp(&topology.client_ns, CLIENT_IP).send_to(b"not storage", (NODE_IP, 9001)).unwrap();
+    let mut buffer = [0u8; 64];
+    let (len, _) = receiver.recv_from(&mut buffer).unwrap();
+    assert_eq!(&buffer[..len], b"not storage");
+
+    // And the node still serves, and counted all of that as passed to the kernel.
+    node.put_and_get("after-tcp", &pattern(2_000_000, 3));
+    let after = node.wait_counters("passes", |c| c["xdp_pass_packets"] >= before["xdp_pass_packets"] + 8);
+    assert_eq!(after["dropped_malformed"], 0);
+}
+
+#[test]
+fn allowlist_is_enforced_in_the_kernel_and_changes_at_runtime() {
+    require_kernel_bypass!("allowlist_is_enforced_in_the_kernel_and_changes_at_runtime");
+    let topology = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    let write_allow = |allow: &str| std::fs::write(&config, format!("allow = [{allow}]\n")).unwrap();
+    write_allow(&format!("\"{CLIENT_IP}/32\""));
+    let mut node = AfxdpNode::new(&topology, dir.path(), &["--config", config.to_str().unwrap()]);
+    node.start();
+    let key = node.key();
+    let outsider = bound_udp(&topology.client_ns, OUTSIDER_IP);
+    assert_eq!(ping_exchange(&outsider, &key, 10), 0);
+    let counters = node.wait_counters("dropped", |c| c["xdp_drop_not_allowed_packets"] >= 10);
+    assert_eq!(counters["dropped_not_allowed"], 0, "dropped in the kernel, never seen by the node");
+    let seen_by_node = counters["rx_packets"];
+
+    // Widen the allowlist at runtime: rewrite the config and send SIGHUP.
+    write_allow("\"10.77.0.0/24\"");
+    node.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ping_exchange(&outsider, &key, 1) == 0 {
+        assert!(Instant::now() < deadline, "the widened allowlist never took effect: {:#?}", node.log.lock().unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log.lock().unwrap().iter().any(|l| l.contains("allowlist updated")) {
+        assert!(Instant::now() < deadline, "the reload was not logged");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(node.status().1["rx_packets"] > seen_by_node);
+
+    // And narrow it again.
+    write_allow(&format!("\"{CLIENT_IP}/32\""));
+    node.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ping_exchange(&outsider, &key, 1) != 0 {
+        assert!(Instant::now() < deadline, "the narrowed allowlist never took effect");
+    }
+    let before = node.status().1["xdp_drop_not_allowed_packets"];
+    assert_eq!(ping_exchange(&outsider, &key, 5), 0);
+    node.wait_counters("dropped again", |c| c["xdp_drop_not_allowed_packets"] >= before + 5);
+    // The allowed client was never affected.
+    node.put_and_get("still-allowed", &pattern(1_000_000, 8));
+}
+
+#[test]
+fn sigkill_leaves_a_clean_interface_and_the_node_serves_again() {
+    require_kernel_bypass!("sigkill_leaves_a_clean_interface_and_the_node_serves_again");
+    let topology = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = AfxdpNode::new(&topology, dir.path(), &[]);
+    node.start();
+    node.put_and_get("before-kill", &pattern(3_000_000, 1));
+    node.kill9();
+    // Nothing is pinned: the kernel detaches the classifier when the process's link
+    // closes. Poll (bounded) rather than assume when that happens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while topology.node_link().contains("xdp") {
+        assert!(Instant::now() < deadline, "the classifier outlived the killed node: {}", topology.node_link());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.start();
+    let back = node.cli(&["get", "before-kill", "-o", "-"]);
+    assert!(back.status.success() && back.stdout == pattern(3_000_000, 1), "acknowledged data survives kill -9");
+    node.put_and_get("after-restart", &pattern(2_000_000, 2));
+}
+
+/// Compiles a one-line XDP program that is not Beeline's, for the foreign-program test.
+fn foreign_program(dir: &Path) -> Option<PathBuf> {
+    let source = dir.join("other.c");
+    std::fs::write(
+        &source,
+        "#include <linux/bpf.h>\n__attribute__((section(\"xdp\"), used)) int other_xdp(struct xdp_md *ctx) \
+         { return XDP_PASS; }\nchar LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let object = dir.join("other.o");
+    let status = Command::new("clang")
+        .args(["-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&object)
+        .status()
+        .ok()?;
+    status.success().then_some(object)
+}
+
+#[test]
+fn stale_classifier_is_replaced_and_foreign_programs_are_not() {
+    require_kernel_bypass!("stale_classifier_is_replaced_and_foreign_programs_are_not");
+    let topology = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (n, interface) = (&topology.node_ns, &topology.node_if);
+
+    // A stale Beeline classifier, attached through netlink as an older run (or a kernel
+    // without bpf links) would have left it.
+    let object = dir.path().join("beeline_xdp.o");
+    std::fs::write(&object, beeline_xdp::object()).unwrap();
+    sh(&["ip", "-n", n, "link", "set", "dev", interface, "xdpdrv", "obj", object.to_str().unwrap(), "sec", "xdp"]);
+    assert!(topology.node_link().contains("xdp"), "stale program attached");
+    let mut node = AfxdpNode::new(&topology, dir.path(), &[]);
+    node.start();
+    assert!(node.log.lock().unwrap().iter().any(|l| l.contains("replaced a stale Beeline XDP classifier")));
+    node.put_and_get("over-stale", &pattern(1_500_000, 4));
+
+    // A second node on the same interface finds the first one's live classifier.
+    let mut second = AfxdpNode::new(&topology, dir.path(), &[]);
+    second.data = "data2".to_owned();
+    let message = second.start_fails();
+    assert!(message.contains("another `beeline node run` serves this interface"), "{message}");
+    node.put_and_get("still-serving", &pattern(100_000, 5));
+    assert!(node.terminate().success());
+    assert!(!topology.node_link().contains("xdp"));
+
+    // A program that is not Beeline's is never replaced.
+    let Some(other) = foreign_program(dir.path()) else {
+        eprintln!("skipping the foreign-program half: clang cannot build a bpf object here");
+        return;
+    };
+    sh(&["ip", "-n", n, "link", "set", "dev", interface, "xdpdrv", "obj", other.to_str().unwrap(), "sec", "xdp"]);
+    let message = node.start_fails();
+    let line = message.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("beeline: ") && line.contains("other_xdp") && line.contains("xdp off"),
+        "one line naming the program and the fix: {message}"
+    );
+    assert!(topology.node_link().contains("xdp"), "the foreign program is still there");
+    sh(&["ip", "-n", n, "link", "set", "dev", interface, "xdpdrv", "off"]);
+}
+
+#[test]
+fn require_zero_copy_refuses_veth_and_generic_mode_serves() {
+    require_kernel_bypass!("require_zero_copy_refuses_veth_and_generic_mode_serves");
+    let topology = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = AfxdpNode::new(&topology, dir.path(), &["--require-zero-copy"]);
+    let message = node.start_fails();
+    let line = message.lines().last().unwrap_or_default();
+    assert!(line.contains("zero-copy") && line.contains("require_zero_copy"), "{message}");
+    assert!(!topology.node_link().contains("xdp"), "a failed start leaves the interface clean");
+
+    let mut generic = AfxdpNode::new(&topology, dir.path(), &["--xdp-mode", "generic"]);
+    generic.start();
+    assert!(topology.node_link().contains("xdpgeneric"), "{}", topology.node_link());
+    let (backend, _) = generic.status();
+    assert!(backend.contains("XDP classifier generic"), "{backend}");
+    generic.put_and_get("generic", &pattern(3_000_000, 6));
+}
+
+/// Loss (5%), delay and reordering with the kernel's own packet schedulers, both ways on
+/// the client's veth end (AF_XDP transmits bypass the node side's qdiscs in copy mode).
+/// Uses `tc netem` where the kernel has it. Kernels built without sch_netem (like this
+/// project's CI machine) get the same impairments from what they do have: a cls_bpf
+/// filter that drops 5% of IPv4 packets at random, and a second one that sends 30% of
+/// them through an ifb device with a token-bucket queue, which delays them (up to 20 ms
+/// under load) and so reorders them behind the rest. Returns what was set up.
+fn impair(topology: &Topology, dir: &Path) -> Option<String> {
+    let (c, vc) = (&topology.client_ns, &topology.client_if);
+    let ifb_out = format!("{}e", topology.client_if);
+    let ifb_in = format!("{}i", topology.client_if);
+    for ifb in [&ifb_out, &ifb_in] {
+        sh(&["ip", "-n", c, "link", "add", ifb, "type", "ifb"]);
+        sh(&["ip", "-n", c, "link", "set", ifb, "up"]);
+    }
+    let tc = |args: &[&str]| topology.exec(c, "tc").args(args).output().map(|o| o.status.success()).unwrap_or(false);
+    let netem = ["loss", "5%", "delay", "4ms", "2ms", "reorder", "25%", "50%"];
+    if tc(&[&["qdisc", "add", "dev", vc, "root", "netem"][..], &netem].concat()) {
+        sh(&["ip", "netns", "exec", c, "tc", "qdisc", "add", "dev", vc, "clsact"]);
+        let u32_all =
+            ["protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev"];
+        run(topology
+            .exec(c, "tc")
+            .args(["filter", "add", "dev", vc, "ingress", "prio", "1"])
+            .args(u32_all)
+            .arg(&ifb_in));
+        run(topology.exec(c, "tc").args(["qdisc", "add", "dev", &ifb_in, "root", "netem"]).args(netem));
+        return Some("tc netem: loss 5%, delay 4±2 ms, reorder 25% (both directions)".into());
+    }
+    eprintln!("this kernel has no sch_netem: impairing with cls_bpf random drop + ifb/tbf delay instead");
+    let source = dir.join("impair.c");
+    std::fs::write(
+        &source,
+        r#"#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#define SEC(n) __attribute__((section(n), used))
+static __u32 (*bpf_get_prandom_u32)(void) = (void *)BPF_FUNC_get_prandom_u32;
+SEC("tc/drop") int impair_drop(struct __sk_buff *skb) {
+	if (skb->protocol != __builtin_bswap16(0x0800)) return TC_ACT_UNSPEC;
+	return bpf_get_prandom_u32() % 1000 < 50 ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+SEC("tc/slow") int impair_slow(struct __sk_buff *skb) {
+	if (skb->protocol != __builtin_bswap16(0x0800)) return 0;
+	return bpf_get_prandom_u32() % 100 < 30 ? -1 : 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"#,
+    )
+    .unwrap();
+    let object = dir.join("impair.o");
+    let built = Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&object)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        return None;
+    }
+    let object = object.to_str().unwrap();
+    sh(&["ip", "netns", "exec", c, "tc", "qdisc", "add", "dev", vc, "clsact"]);
+    for (hook, ifb) in [("egress", &ifb_out), ("ingress", &ifb_in)] {
+        sh(&[
+            "ip", "netns", "exec", c, "tc", "filter", "add", "dev", vc, hook, "prio", "1", "bpf", "da", "obj", object,
+            "sec", "tc/drop",
+        ]);
+        sh(&[
+            "ip", "netns", "exec", c, "tc", "filter", "add", "dev", vc, hook, "prio", "2", "bpf", "obj", object, "sec",
+            "tc/slow", "action", "mirred", "egress", "redirect", "dev", ifb,
+        ]);
+        sh(&[
+            "ip", "netns", "exec", c, "tc", "qdisc", "add", "dev", ifb, "root", "tbf", "rate", "50mbit", "burst",
+            "16kb", "latency", "20ms",
+        ]);
+    }
+    Some("cls_bpf: drop 5%, 30% through ifb+tbf (delay <= 20 ms, reordering), both directions".into())
+}
+
+#[test]
+fn files_round_trip_under_loss_delay_and_reordering() {
+    require_kernel_bypass!("files_round_trip_under_loss_delay_and_reordering");
+    let topology = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = AfxdpNode::new(&topology, dir.path(), &[]);
+    node.start();
+    let Some(how) = impair(&topology, dir.path()) else {
+        eprintln!("skipping files_round_trip_under_loss_delay_and_reordering: neither sch_netem nor clang for cls_bpf");
+        return;
+    };
+    eprintln!("impairment: {how}");
+    // The path really loses packets: ~5% each way, so ~10% of pings go unanswered.
+    let ping = run(topology.exec(&topology.client_ns, "ping").args(["-c", "200", "-i", "0.005", "-q", NODE_IP]));
+    let summary = String::from_utf8_lossy(&ping.stdout).into_owned();
+    let received: u32 = summary
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot read ping's summary: {summary}"));
+    assert!(received <= 196, "at least 2% loss expected: {summary}");
+
+    for (index, size) in [1usize, 3_000_000, (4 << 20) + 7, 6_500_000].into_iter().enumerate() {
+        node.put_and_get(&format!("lossy-{size}"), &pattern(size, 40 + index as u64));
+    }
+    let (_, counters) = node.status();
+    assert_eq!(counters["data_bytes_copied"], 0);
+    assert_eq!(counters["dropped_malformed"] + counters["dropped_bad_mac"], 0);
+}
