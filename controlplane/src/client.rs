@@ -231,8 +231,7 @@ impl Client {
             wait_readable(&self.socket, wait_ms);
             let mut transmit = SocketTransmit { socket: &self.socket, node };
             // Read everything that is waiting (the socket is non-blocking), then run timers.
-            loop {
-                let Ok((len, from)) = self.socket.recv_from(&mut self.receive_buffer) else { break };
+            while let Ok((len, from)) = self.socket.recv_from(&mut self.receive_buffer) {
                 if from != node {
                     continue;
                 }

@@ -244,7 +244,7 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
             let index = self.sent_frontier;
             self.sent_frontier += 1;
             let last = self.sent_frontier == limit;
-            let ack = last || (index + 1) % ACK_EVERY_FRAGMENTS == 0;
+            let ack = last || (index + 1).is_multiple_of(ACK_EVERY_FRAGMENTS);
             self.send_fragment(index, ack, now_ms, tx);
             sent += 1;
         }
