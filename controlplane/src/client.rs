@@ -693,19 +693,27 @@ fn wait_readable(socket: &UdpSocket, timeout_ms: u64) {
     }
 }
 
+/// Asks for a large receive buffer, so a window of get replies is not dropped by the
+/// kernel: SO_RCVBUFFORCE (root may exceed `net.core.rmem_max`), else SO_RCVBUF.
 fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) {
     use std::os::fd::AsRawFd;
     let value = bytes as libc::c_int;
-    // SAFETY: the fd is a live socket owned by `socket`; `value` is a c_int that outlives
-    // the call and its size is passed exactly. A failure only leaves the default size.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: the fd is a live socket owned by `socket`; `value` is a c_int that
+        // outlives the call and its size is passed exactly. A failure only leaves the
+        // previous size.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            return;
+        }
     }
 }
 
