@@ -87,7 +87,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     validate(&args)?;
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut report = Report {
-        date: format_date(started_unix_ms),
+        date: crate::cli::format_time(started_unix_ms),
         command: command_line(),
         machine: machine_line(),
         load_average: std::fs::read_to_string("/proc/loadavg")
@@ -1224,23 +1224,6 @@ fn command_line() -> String {
         .join(" ")
 }
 
-/// `YYYY-MM-DD HH:MM:SSZ` from Unix milliseconds (civil-from-days, Howard Hinnant).
-fn format_date(unix_ms: u64) -> String {
-    let seconds = unix_ms / 1000;
-    let days = (seconds / 86_400) as i64;
-    let (hour, minute, second) = ((seconds % 86_400) / 3600, (seconds % 3600) / 60, seconds % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}Z")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1257,8 +1240,8 @@ mod tests {
 
     #[test]
     fn dates_and_numbers_format() {
-        assert_eq!(format_date(0), "1970-01-01 00:00:00Z");
-        assert_eq!(format_date(1_709_251_200_000), "2024-03-01 00:00:00Z");
+        assert_eq!(crate::cli::format_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(crate::cli::format_time(1_709_251_200_000), "2024-03-01 00:00:00Z");
         assert_eq!(group_digits(1234567.4), "1,234,567");
         assert_eq!(group_digits(999.0), "999");
         assert_eq!(human_bytes(4096), "4 KiB");

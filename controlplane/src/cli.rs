@@ -455,7 +455,8 @@ fn node_status(flags: &ClientFlags) -> CliResult {
     Ok(())
 }
 
-fn format_time(unix_ms: u64) -> String {
+/// `YYYY-MM-DD HH:MM:SSZ` from Unix milliseconds.
+pub(crate) fn format_time(unix_ms: u64) -> String {
     let seconds = unix_ms / 1000;
     let days = seconds / 86_400;
     let (hour, minute, second) = ((seconds % 86_400) / 3600, (seconds % 3600) / 60, seconds % 60);

@@ -483,12 +483,17 @@ impl Client {
         Ok(record)
     }
 
+    /// Fragment size and window for chunks of up to `chunk_bytes` on this node.
+    fn transfer_shape(&mut self, chunk_bytes: u32) -> Result<(u16, u16), ClientError> {
+        let frag_len = self.fragment_bytes(chunk_bytes)?;
+        Ok((frag_len, self.info()?.window_fragments))
+    }
+
     /// Puts several chunks on this node at once; one result per chunk, in order.
     pub fn put_chunks(&mut self, chunks: &[(u128, Arc<[u8]>)]) -> Vec<Result<(), ClientError>> {
         let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
         let largest = chunks.iter().map(|(_, data)| data.len() as u32).max().unwrap_or(0);
-        let setup = self.fragment_bytes(largest).and_then(|frag_len| Ok((frag_len, self.info()?.window_fragments)));
-        let (frag_len, window) = match setup {
+        let (frag_len, window) = match self.transfer_shape(largest) {
             Ok(setup) => setup,
             Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
         };
@@ -515,8 +520,7 @@ impl Client {
     pub fn get_chunks(&mut self, chunks: &[(u128, u32)]) -> Vec<Result<Vec<u8>, ClientError>> {
         let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
         let largest = chunks.iter().map(|(_, len)| *len).max().unwrap_or(0);
-        let setup = self.fragment_bytes(largest).and_then(|frag_len| Ok((frag_len, self.info()?.window_fragments)));
-        let (frag_len, window) = match setup {
+        let (frag_len, window) = match self.transfer_shape(largest) {
             Ok(setup) => setup,
             Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
         };

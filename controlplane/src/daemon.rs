@@ -200,6 +200,8 @@ pub fn counter_pairs(counters: &Counters) -> Vec<(String, u64)> {
         ("fragments_served", c.fragments_served),
         ("bytes_served", c.bytes_served),
         ("gets", c.gets),
+        ("pings", c.pings),
+        ("control_requests", c.control_requests),
         ("chunks_deleted", c.chunks_deleted),
         ("data_bytes_copied", c.data_bytes_copied),
     ]

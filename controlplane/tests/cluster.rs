@@ -2,6 +2,9 @@
 //! bridge, a real redis-server, a real Prometheus, nodes killed with SIGKILL and Redis
 //! restarted under load. Needs root (namespaces); skips with a message otherwise.
 
+mod common;
+use common::pattern;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -39,18 +42,6 @@ fn run(command: &mut Command) -> Output {
     let output = command.output().expect("spawn");
     assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     output
-}
-
-fn pattern(len: usize, salt: u64) -> Vec<u8> {
-    let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes()[..(len - out.len()).min(8)]);
-    }
-    out
 }
 
 /// A bridge in the root namespace with three node namespaces on it; always removed.
