@@ -45,6 +45,13 @@ pub struct FileConfig {
     pub lease_ttl_ms: Option<u64>,
     pub metrics_listen: Option<String>,
     pub repair_interval_ms: Option<u64>,
+    pub dpdk_devices: Option<Vec<String>>,
+    pub dpdk_cores: Option<String>,
+    pub dpdk_file_prefix: Option<String>,
+    pub dpdk_eal_args: Option<Vec<String>>,
+    pub rx_ring_size: Option<u16>,
+    pub tx_ring_size: Option<u16>,
+    pub mtu: Option<u16>,
 }
 
 /// The same keys as flags of `beeline node run`.
@@ -62,7 +69,7 @@ pub struct NodeFlags {
     /// Cluster key file (created if missing) [default: ~/.config/beeline/cluster.key].
     #[arg(long, env = "BEELINE_KEY_FILE")]
     pub key_file: Option<PathBuf>,
-    /// Packet I/O backend: udp or afxdp [default: udp].
+    /// Packet I/O backend: udp, afxdp or dpdk (built with the `dpdk` feature) [default: udp].
     #[arg(long)]
     pub backend: Option<String>,
     /// afxdp: the network interface to serve on (its XDP classifier and AF_XDP socket).
@@ -71,7 +78,7 @@ pub struct NodeFlags {
     /// afxdp: attach the XDP classifier natively in the driver or generically [default: native].
     #[arg(long)]
     pub xdp_mode: Option<String>,
-    /// afxdp: RX queues served, from queue 0 (only 1 so far) [default: 1].
+    /// afxdp: RX queues served, from queue 0 (only 1 so far); dpdk: RSS queues [default: 1].
     #[arg(long)]
     pub queues: Option<u32>,
     /// afxdp: refuse to start unless the AF_XDP socket binds zero-copy [default: false].
@@ -125,6 +132,28 @@ pub struct NodeFlags {
     /// Background repair of under-replicated chunks every this often; 0 = off [default: 5000].
     #[arg(long)]
     pub repair_interval_ms: Option<u64>,
+    /// dpdk: the port to serve, a PCI address (0000:00:06.0) or a virtual device
+    /// (net_af_xdp0,iface=eth1); repeatable, the first one is served.
+    #[arg(long)]
+    pub dpdk_devices: Vec<String>,
+    /// dpdk: the EAL's cores (`-l`), e.g. 1 or 2-3 [default: 0].
+    #[arg(long)]
+    pub dpdk_cores: Option<String>,
+    /// dpdk: the EAL's --file-prefix, unique per process on a host [default: beeline-PORT].
+    #[arg(long)]
+    pub dpdk_file_prefix: Option<String>,
+    /// dpdk: more EAL arguments, e.g. --single-file-segments (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    pub dpdk_eal_args: Vec<String>,
+    /// dpdk: RX descriptors per queue, a power of two from 64 to 16384 [default: 1024].
+    #[arg(long)]
+    pub rx_ring_size: Option<u16>,
+    /// dpdk: TX descriptors per queue, a power of two from 64 to 16384 [default: 1024].
+    #[arg(long)]
+    pub tx_ring_size: Option<u16>,
+    /// dpdk: the port's MTU, from 576 to 9000 [default: 1500].
+    #[arg(long)]
+    pub mtu: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +172,8 @@ pub struct NodeSettings {
     pub backend: String,
     /// The `afxdp` backend's settings (`None` for other backends).
     pub afxdp: Option<crate::afxdp_backend::AfxdpSettings>,
+    /// The `dpdk` backend's settings (`None` for other backends).
+    pub dpdk: Option<crate::dpdk_settings::DpdkSettings>,
     pub allow: Allowlist,
     pub arena_frames: u32,
     pub frame_bytes: u32,
@@ -243,8 +274,8 @@ impl NodeFlags {
         let (key_file, _) = pick(&self.key_file, &file.key_file, crate::keyfile::default_key_path());
 
         let (backend, from_flag) = pick(&self.backend, &file.backend, "udp".to_owned());
-        if backend != "udp" && backend != "afxdp" {
-            return Err(origin.error(from_flag, "backend", &backend, "use udp or afxdp (dpdk is not built yet)"));
+        if !["udp", "afxdp", "dpdk"].contains(&backend.as_str()) {
+            return Err(origin.error(from_flag, "backend", &backend, "use udp, afxdp or dpdk"));
         }
 
         let flag_allow = (!self.allow.is_empty()).then(|| self.allow.clone());
@@ -259,10 +290,10 @@ impl NodeFlags {
             })?;
         }
         let afxdp = crate::afxdp_backend::resolve_settings(
-            &backend,
+            if backend == "dpdk" { "udp" } else { &backend },
             self.interface.clone().or(file.interface.clone()),
             self.xdp_mode.clone().or(file.xdp_mode.clone()),
-            self.queues.or(file.queues),
+            self.queues.or(file.queues).filter(|_| backend != "dpdk"),
             self.require_zero_copy.or(file.require_zero_copy),
             self.config.clone().filter(|_| flag_allow.is_none()),
         )
@@ -274,6 +305,9 @@ impl NodeFlags {
             };
             origin.error(from_flag, key, value, fix)
         })?;
+
+        let dpdk = crate::dpdk_settings::resolve(&backend, self, &file, listen.port())
+            .map_err(|(key, value, fix, from_flag)| origin.error(from_flag, key, value, fix))?;
 
         let (frame_bytes, from_flag) = pick(&self.frame_bytes, &file.frame_bytes, 4096);
         if !frame_bytes.is_power_of_two() || !(2048..=65536).contains(&frame_bytes) {
@@ -394,6 +428,7 @@ impl NodeFlags {
             key_file,
             backend,
             afxdp,
+            dpdk,
             allow,
             arena_frames,
             frame_bytes,

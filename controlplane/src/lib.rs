@@ -12,6 +12,7 @@ pub mod cluster_client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dpdk_settings;
 pub mod keyfile;
 pub mod membership;
 pub mod metadata;
