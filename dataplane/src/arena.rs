@@ -42,6 +42,9 @@ pub struct Arena<'m> {
     free_len: usize,
     /// One bit per frame, set while the frame is allocated; catches double frees.
     allocated: &'m mut [u64],
+    /// Where a datagram starts in a frame: [`HEADROOM_BYTES`] unless the backend keeps
+    /// its own bookkeeping at the front of each frame (a DPDK mbuf header).
+    headroom: usize,
 }
 
 impl<'m> Arena<'m> {
@@ -69,7 +72,30 @@ impl<'m> Arena<'m> {
             *slot = index;
         }
         allocated.iter_mut().for_each(|word| *word = 0);
-        Ok(Self { memory, frame_size, frame_count, free, free_len: frame_count as usize, allocated })
+        Ok(Self {
+            memory,
+            frame_size,
+            frame_count,
+            free,
+            free_len: frame_count as usize,
+            allocated,
+            headroom: HEADROOM_BYTES,
+        })
+    }
+
+    /// Moves where datagrams start in every frame. A backend whose frames begin with its
+    /// own metadata (a DPDK mempool element: object header, mbuf, mbuf headroom) sets this
+    /// once, before any frame is handed out; the node never writes in front of it.
+    pub fn set_headroom(&mut self, headroom: usize) {
+        assert_eq!(self.free_len, self.frame_count as usize, "headroom set after frames were handed out");
+        assert!(headroom >= HEADROOM_BYTES && headroom + 512 <= self.frame_size, "headroom {headroom} leaves no room");
+        self.headroom = headroom;
+    }
+
+    /// Where a datagram starts in a frame; the bytes in front of it are lower-layer headers
+    /// and backend metadata.
+    pub fn headroom(&self) -> usize {
+        self.headroom
     }
 
     pub fn frame_size(&self) -> usize {

@@ -5,7 +5,7 @@
 use core::net::SocketAddr;
 
 use crate::allow::Allowlist;
-use crate::arena::{Arena, FrameId, HEADROOM_BYTES};
+use crate::arena::{Arena, FrameId};
 use crate::bitmap::{FRAGMENTS_MAX, FragmentBitmap};
 use crate::counters::{Counters, DropReason};
 use crate::io::{RxPacket, TxPacket};
@@ -213,7 +213,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
 
     /// Largest fragment payload that fits a frame of this arena.
     pub fn fragment_bytes_max(arena: &Arena<'_>) -> u16 {
-        let room = arena.frame_size() - HEADROOM_BYTES - HEADER_LEN;
+        let room = arena.frame_size() - arena.headroom() - HEADER_LEN;
         u16::try_from(room).unwrap_or(u16::MAX)
     }
 
@@ -343,10 +343,11 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
         repr.payload_len = payload.len() as u16;
         let len = repr.buffer_len();
-        let buffer = &mut arena.frame_mut(&frame)[HEADROOM_BYTES..];
+        let headroom = arena.headroom();
+        let buffer = &mut arena.frame_mut(&frame)[headroom..];
         assert!(len <= buffer.len(), "reply larger than a frame");
         repr.emit_with_payload(buffer, payload, &self.config.key);
-        let packet = TxPacket { frame, offset: HEADROOM_BYTES as u16, len: len as u16, peer };
+        let packet = TxPacket { frame, offset: headroom as u16, len: len as u16, peer };
         self.counters.tx_packets += 1;
         tx.push_back(packet).map_err(|_| DropReason::NoBuffer)
     }
@@ -530,13 +531,14 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         }
         let wanted = repr.count.clamp(1, u32::from(self.config.window_fragments_max));
         let end = repr.index.saturating_add(wanted).min(count);
+        let headroom = arena.headroom();
         for index in repr.index..end {
             if tx.is_full() {
                 return Err(DropReason::NoBuffer);
             }
             let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
             let payload_len = wire::fragment_len(total_len, repr.frag_len, index) as usize;
-            let data_start = HEADROOM_BYTES + HEADER_LEN;
+            let data_start = headroom + HEADER_LEN;
             let offset = index * u32::from(repr.frag_len);
             // The store reads straight into the frame, behind the header's space.
             let read = self.store.read_at(
@@ -561,14 +563,14 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 credits: self.config.window_fragments_max,
                 ..Self::reply_header(Opcode::GetData, to)
             };
-            let datagram = &mut arena.frame_mut(&frame)[HEADROOM_BYTES..data_start + payload_len];
+            let datagram = &mut arena.frame_mut(&frame)[headroom..data_start + payload_len];
             header.emit(datagram);
             Packet::new_unchecked(datagram).seal(&self.config.key);
             let len = header.buffer_len() as u16;
             self.counters.tx_packets += 1;
             self.counters.fragments_served += 1;
             self.counters.bytes_served += payload_len as u64;
-            if let Err(packet) = tx.push_back(TxPacket { frame, offset: HEADROOM_BYTES as u16, len, peer: to.peer }) {
+            if let Err(packet) = tx.push_back(TxPacket { frame, offset: headroom as u16, len, peer: to.peer }) {
                 arena.free(packet.frame);
                 return Err(DropReason::NoBuffer);
             }
@@ -611,7 +613,8 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             return Err(DropReason::NoBuffer);
         }
         let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
-        let data_start = HEADROOM_BYTES + HEADER_LEN;
+        let headroom = arena.headroom();
+        let data_start = headroom + HEADER_LEN;
         let response_max = (arena.frame_size() - data_start).min(wire::PAYLOAD_MAX);
         let (request_bytes, response_bytes) = arena.frame_pair(request_frame, &frame);
         let outcome = self.control.handle(
@@ -624,12 +627,12 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             Ok(len) => {
                 assert!(len <= response_max);
                 let header = Repr { payload_len: len as u16, ..Self::reply_header(Opcode::ControlReply, to) };
-                let datagram = &mut arena.frame_mut(&frame)[HEADROOM_BYTES..data_start + len];
+                let datagram = &mut arena.frame_mut(&frame)[headroom..data_start + len];
                 header.emit(datagram);
                 Packet::new_unchecked(datagram).seal(&self.config.key);
                 self.counters.tx_packets += 1;
                 let packet =
-                    TxPacket { frame, offset: HEADROOM_BYTES as u16, len: header.buffer_len() as u16, peer: to.peer };
+                    TxPacket { frame, offset: headroom as u16, len: header.buffer_len() as u16, peer: to.peer };
                 tx.push_back(packet).map_err(|packet| {
                     arena.free(packet.frame);
                     DropReason::NoBuffer

@@ -5,7 +5,7 @@
 use core::cell::RefCell;
 use core::net::SocketAddr;
 
-use crate::arena::{Arena, HEADROOM_BYTES};
+use crate::arena::Arena;
 use crate::io::{BATCH_MAX, PacketIo, Readiness, RxBatch, RxPacket, TxBatch};
 
 /// Largest datagram the simulated network carries.
@@ -237,14 +237,15 @@ impl PacketIo for SimNodeIo<'_, '_> {
             let datagram = net.to_node.pop().expect("checked len");
             let len = usize::from(datagram.len);
             let peer = datagram.from;
-            let room = arena.frame_size() - HEADROOM_BYTES;
+            let headroom = arena.headroom();
+            let room = arena.frame_size() - headroom;
             if len > room {
                 arena.free(frame);
                 continue;
             }
             // The simulated NIC's DMA into the frame.
-            arena.frame_mut(&frame)[HEADROOM_BYTES..HEADROOM_BYTES + len].copy_from_slice(datagram.data());
-            let packet = RxPacket { frame, offset: HEADROOM_BYTES as u16, len: len as u16, peer };
+            arena.frame_mut(&frame)[headroom..headroom + len].copy_from_slice(datagram.data());
+            let packet = RxPacket { frame, offset: headroom as u16, len: len as u16, peer };
             let pushed = out.push(packet);
             assert!(pushed.is_ok(), "checked is_full");
             received += 1;

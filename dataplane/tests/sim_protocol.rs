@@ -124,6 +124,37 @@ fn node_hands_the_store_arena_frames_not_copies() {
     assert_eq!(store.outside_bytes, 0, "the node copied payload into a buffer of its own");
 }
 
+/// A DPDK node keeps each frame's mbuf (and the mempool's object header) in front of the
+/// datagram: nothing the node or the store does may write there.
+#[test]
+fn nothing_writes_in_front_of_the_headroom() {
+    const HEADROOM: usize = 320;
+    const CANARY: u8 = 0xC3;
+    let mut options = SimOptions::new(12, KEY);
+    options.headroom_bytes = HEADROOM;
+    options.frame_count = 1024;
+    options.impairments = Impairments { loss_ppm: 50_000, duplicate_ppm: 20_000, reorder_ppm: 50_000, corrupt_ppm: 0 };
+    let mut sim = harness(options);
+    let paint = |arena: &mut beeline_dataplane::Arena<'_>, check: bool| {
+        let frames: Vec<_> = std::iter::from_fn(|| arena.alloc()).collect();
+        assert_eq!(frames.len(), arena.frame_count() as usize, "frames still held after the transfers");
+        for frame in frames {
+            let front = &mut arena.frame_mut(&frame)[..HEADROOM];
+            if check {
+                assert!(front.iter().all(|byte| *byte == CANARY), "frame {} was written in front", frame.index());
+            }
+            front.fill(CANARY);
+            arena.free(frame);
+        }
+    };
+    paint(&mut sim.poll.arena, false);
+    let data = pattern(300_000, 12);
+    sim.put(1, &data, 1400).unwrap();
+    assert_eq!(sim.get(1, data.len() as u32, 1400).unwrap(), data);
+    assert_eq!(sim.poll.arena.headroom(), HEADROOM);
+    paint(&mut sim.poll.arena, true);
+}
+
 #[test]
 fn lossy_reordering_duplicating_network_still_round_trips() {
     let impairments = Impairments { loss_ppm: 100_000, duplicate_ppm: 50_000, reorder_ppm: 100_000, corrupt_ppm: 0 };

@@ -24,6 +24,8 @@ pub struct SimOptions {
     pub impairments: Impairments,
     pub frame_count: u32,
     pub frame_bytes: usize,
+    /// Where datagrams start in a frame (a DPDK node keeps its mbuf in front).
+    pub headroom_bytes: usize,
     pub put_slots: usize,
     pub queue_datagrams: usize,
     pub timing: Timing,
@@ -37,6 +39,7 @@ impl SimOptions {
             impairments: Impairments::NONE,
             frame_count: 4096,
             frame_bytes: 2048,
+            headroom_bytes: crate::arena::HEADROOM_BYTES,
             put_slots: 16,
             queue_datagrams: 4096,
             timing: Timing { rto_initial_ms: 20, rto_max_ms: 400, timeouts_max: 10 },
@@ -113,7 +116,8 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
         let memory = leak_slice(0u8, frame_count * options.frame_bytes);
         let free = leak_slice(0u32, frame_count);
         let bits = leak_slice(0u64, frame_count.div_ceil(64));
-        let arena = Arena::new(memory, options.frame_bytes, free, bits).expect("valid arena options");
+        let mut arena = Arena::new(memory, options.frame_bytes, free, bits).expect("valid arena options");
+        arena.set_headroom(options.headroom_bytes);
         let slots = leak_slice(PutSlot::default(), options.put_slots);
         let key = options.node_config.key.clone();
         let node = Node::new(options.node_config, store, control, slots);
