@@ -7,6 +7,9 @@ packages=(build-essential pkg-config util-linux iproute2 procps redis-server pro
 # The XDP classifier (ebpf/) is built with clang against the kernel's UAPI headers; the
 # AF_XDP tests use ethtool, ping and tc (iproute2) inside network namespaces.
 packages+=(clang llvm linux-libc-dev ethtool iputils-ping)
+# ci/vagrant-validate.sh: `vagrant validate` for the libvirt (plugin, no daemon needed) and
+# VirtualBox providers, and shellcheck for the provisioning scripts.
+packages+=(vagrant vagrant-libvirt shellcheck)
 
 missing=()
 for package in "${packages[@]}"; do

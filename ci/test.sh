@@ -24,5 +24,8 @@ cargo test --workspace --locked
 step "bounded fuzz run"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" ci/fuzz.sh
 
+step "vagrant cluster: vagrant validate (libvirt, virtualbox), bash -n, shellcheck"
+ci/vagrant-validate.sh
+
 echo
 echo "all tests passed"

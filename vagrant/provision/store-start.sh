@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every `vagrant up`/`vagrant reload` of a storage VM (run: "always"), after Vagrant has set
+# up the NICs: (re)start beeline-node.service, whose ExecStartPre binds the data NIC to
+# vfio-pci, and wait until the node serves its health endpoint. Also the way to start the
+# node by hand after a reboot: `sudo bash /vagrant/vagrant/provision/store-start.sh`.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "${BEELINE_SRC:-/vagrant}/vagrant/provision/lib.sh"
+require_root
+
+log "starting beeline-node"
+systemctl restart beeline-node || true
+healthy() {
+    systemctl is-active --quiet beeline-node &&
+        [[ "$(curl -s --max-time 1 http://127.0.0.1:9777/health 2>/dev/null)" == ok* ]]
+}
+# Healthy twice, 2 s apart: a node whose EAL fails exits (and systemd restarts it) quickly.
+for _ in $(seq 1 30); do
+    if healthy && sleep 2 && healthy; then
+        log "node up; metrics on :9777, storage protocol on $(sed -n 's/^listen = //p' /etc/beeline/node.toml)"
+        exit 0
+    fi
+    sleep 1
+done
+journalctl -u beeline-node -n 40 --no-pager >&2 || true
+die "beeline-node did not come up in 90 s (journal above; see vagrant/README.md, Troubleshooting)"
