@@ -26,6 +26,7 @@ pub mod io;
 pub mod netstack;
 pub mod node;
 pub mod poll;
+pub mod responder;
 pub mod sim;
 pub mod store;
 pub mod wire;
