@@ -23,4 +23,8 @@ for _ in $(seq 1 30); do
     sleep 1
 done
 journalctl -u beeline-node -n 40 --no-pager >&2 || true
+# shellcheck source=/dev/null
+source "$BEELINE_NIC_RECORD"
+echo "--- beeline hw check --profile virtio --device $BEELINE_DPDK_PCI" >&2
+(cd "$BEELINE_SRC" && beeline hw check --profile virtio --device "$BEELINE_DPDK_PCI") >&2 || true
 die "beeline-node did not come up in 90 s (journal above; see vagrant/README.md, Troubleshooting)"

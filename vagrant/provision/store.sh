@@ -67,9 +67,11 @@ backend = "dpdk"
 dpdk_devices = ["$pci"]
 dpdk_cores = "1"
 dpdk_file_prefix = "beeline"
-dpdk_eal_args = []
-rx_ring_size = 1024
-tx_ring_size = 1024
+# As hw-configs/virtio.toml: no-IOMMU vfio cannot translate addresses, so DMA uses
+# physical ones; QEMU's and VirtualBox's virtqueues hold 256 descriptors.
+dpdk_eal_args = ["--iova-mode=pa"]
+rx_ring_size = 256
+tx_ring_size = 256
 mtu = 1500
 queues = 1
 hugepages = "require"
