@@ -27,7 +27,6 @@
 //! `beeline-xdp`) must direct that queue's storage traffic to it through its XSKMAP.
 
 use core::fmt;
-use core::net::SocketAddr;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::boxed::Box;
@@ -40,6 +39,7 @@ use libc::{c_int, c_void, socklen_t};
 use crate::arena::{Arena, FrameId};
 use crate::io::{PacketIo, Readiness, RxBatch, RxPacket, TxBatch};
 use crate::netstack::{self, Route};
+use crate::std_support::peers::{PEER_PROBES, PeerTable};
 
 /// Bytes in front of every received packet: the kernel's XDP headroom. The UMEM's own
 /// headroom is 0.
@@ -313,87 +313,6 @@ impl<T> Drop for Ring<T> {
         // SAFETY: exactly the mapping `map` created, unmapped once; no reference into it
         // outlives `self`.
         unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
-    }
-}
-
-/// One remembered route, keyed by the peer's address.
-#[derive(Debug, Clone, Copy)]
-struct PeerSlot {
-    route: Route,
-    last_used: u64,
-}
-
-/// Routes of recent peers: a fixed-size open-addressed table with short probes, the least
-/// recently used entry of a probe run evicted when it is full.
-struct PeerTable {
-    slots: Box<[Option<PeerSlot>]>,
-    tick: u64,
-}
-
-const PEER_PROBES: usize = 8;
-
-impl PeerTable {
-    fn new(capacity: usize) -> Self {
-        Self { slots: vec![None; capacity.next_power_of_two().max(PEER_PROBES)].into_boxed_slice(), tick: 0 }
-    }
-
-    fn home(&self, peer: &SocketAddr) -> usize {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut mix = |bytes: &[u8]| {
-            for byte in bytes {
-                hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        match peer {
-            SocketAddr::V4(v4) => mix(&v4.ip().octets()),
-            SocketAddr::V6(v6) => mix(&v6.ip().octets()),
-        }
-        mix(&peer.port().to_be_bytes());
-        (hash as usize) & (self.slots.len() - 1)
-    }
-
-    fn learn(&mut self, route: Route) {
-        self.tick += 1;
-        let home = self.home(&route.dst);
-        let mask = self.slots.len() - 1;
-        let mut victim = home;
-        let mut oldest = u64::MAX;
-        for probe in 0..PEER_PROBES {
-            let index = (home + probe) & mask;
-            match &mut self.slots[index] {
-                Some(slot) if slot.route.dst == route.dst => {
-                    slot.route = route;
-                    slot.last_used = self.tick;
-                    return;
-                }
-                Some(slot) => {
-                    if slot.last_used < oldest {
-                        oldest = slot.last_used;
-                        victim = index;
-                    }
-                }
-                None => {
-                    if oldest != 0 {
-                        oldest = 0;
-                        victim = index;
-                    }
-                }
-            }
-        }
-        self.slots[victim] = Some(PeerSlot { route, last_used: self.tick });
-    }
-
-    fn route(&mut self, peer: &SocketAddr) -> Option<Route> {
-        let home = self.home(peer);
-        let mask = self.slots.len() - 1;
-        for probe in 0..PEER_PROBES {
-            if let Some(slot) = &mut self.slots[(home + probe) & mask] {
-                if slot.route.dst == *peer {
-                    return Some(slot.route);
-                }
-            }
-        }
-        None
     }
 }
 
@@ -944,6 +863,7 @@ fn poll_fd(fd: &OwnedFd, events: libc::c_short, timeout_ms: c_int) {
 mod tests {
     use super::*;
     use crate::netstack::{ETHERTYPE_VLAN, Vlan};
+    use core::net::SocketAddr;
 
     fn route(port: u16, last: u8) -> Route {
         Route {

@@ -5,5 +5,6 @@ pub mod afxdp;
 pub mod arena_memory;
 pub mod disk_store;
 pub mod mem_store;
+pub mod peers;
 pub mod sim_harness;
 pub mod udp;
