@@ -18,7 +18,9 @@
 //   config         ARRAY[1] of struct beeline_config: storage UDP port (0 = pass everything)
 //   allow_v4       LPM_TRIE of IPv4 prefixes   (changed at runtime, no reload)
 //   allow_v6       LPM_TRIE of IPv6 prefixes   (IPv4 prefixes also appear here IPv4-mapped)
-//   xsks           XSKMAP: RX queue index -> AF_XDP socket
+//   xsks_map       XSKMAP: RX queue index -> AF_XDP socket. The name is fixed: DPDK's
+//                  net_af_xdp PMD (devarg xdp_prog=) looks this map up by name to insert
+//                  its sockets, keyed by RX queue.
 //   counters       PERCPU_ARRAY[COUNTER_MAX] of {packets, bytes}, one slot per verdict
 //
 // Self-contained on purpose: only the kernel's UAPI headers (Debian: linux-libc-dev), no
@@ -119,7 +121,7 @@ struct {
 	__uint(max_entries, XSKS_MAX);
 	__type(key, __u32);
 	__type(value, __u32);
-} xsks SEC(".maps");
+} xsks_map SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -221,10 +223,10 @@ int beeline_xdp(struct xdp_md *ctx)
 		return verdict(COUNTER_DROP_NOT_ALLOWED, bytes, XDP_DROP);
 
 	__u32 queue = ctx->rx_queue_index;
-	if (!bpf_map_lookup_elem(&xsks, &queue))
+	if (!bpf_map_lookup_elem(&xsks_map, &queue))
 		return verdict(COUNTER_DROP_NO_SOCKET, bytes, XDP_DROP);
 	verdict(COUNTER_REDIRECT, bytes, XDP_REDIRECT);
-	return bpf_redirect_map(&xsks, queue, XDP_DROP);
+	return bpf_redirect_map(&xsks_map, queue, XDP_DROP);
 }
 
 char LICENSE[] SEC("license") = "Apache-2.0";

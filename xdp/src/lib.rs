@@ -5,7 +5,9 @@
 //! to the AF_XDP socket of their RX queue, storage-port packets from anywhere else (and
 //! malformed ones) are dropped in the kernel, and all other traffic passes to the kernel
 //! stack. [`Classifier`] loads it with aya, fills its maps, attaches it, reads its per-CPU
-//! counters and detaches it.
+//! counters and detaches it. [`AdoptedClassifier`] configures and reads a copy that
+//! another loader attached: DPDK's `net_af_xdp` PMD, given `xdp_prog=` with this object,
+//! loads it with libbpf, attaches it and puts its own sockets into [`XSKS_MAP`].
 //!
 //! Lifecycle rules:
 //! - Attachment goes through a bpf link held by this process (kernels >= 5.9) and nothing
@@ -15,6 +17,7 @@
 //!   path or by hand with `ip link`) is stale: it is replaced.
 //! - A Beeline classifier held by a live bpf link belongs to a running node: refused.
 //! - Any other XDP program is never replaced: the error names it and says what to do.
+//! - An adopted classifier is never detached by this crate: its loader owns the attachment.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -22,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, LpmTrie, MapData, PerCpuArray, XskMap};
+use aya::maps::{Array, LpmTrie, Map, MapData, MapInfo, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader, Pod};
 
@@ -36,6 +39,25 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/be
 /// The program's name in the kernel (`bpftool prog` shows it); how a stale Beeline
 /// classifier is told apart from another program.
 pub const PROGRAM_NAME: &str = "beeline_xdp";
+
+/// The XSKMAP's name. Fixed by DPDK: its `net_af_xdp` PMD, loading a custom program
+/// (`xdp_prog=`), looks the map up by this name and inserts each RX queue's socket into it.
+pub const XSKS_MAP: &str = "xsks_map";
+
+/// The other maps of the classifier, by name (`ebpf/beeline_xdp.c`).
+const CONFIG_MAP: &str = "config";
+const ALLOW_V4_MAP: &str = "allow_v4";
+const ALLOW_V6_MAP: &str = "allow_v6";
+const COUNTERS_MAP: &str = "counters";
+
+/// Longest object name the kernel keeps: `BPF_OBJ_NAME_LEN` (16) less the NUL. Longer map
+/// and program names are cut to this by libbpf and aya, and are reported cut.
+const KERNEL_NAME_MAX: usize = 15;
+
+/// `name` as the kernel reports it once loaded.
+fn kernel_name(name: &str) -> &[u8] {
+    &name.as_bytes()[..name.len().min(KERNEL_NAME_MAX)]
+}
 
 /// Entries of the XSKMAP: the highest RX queue index a socket can serve, plus one.
 pub const QUEUES_MAX: u32 = 64;
@@ -189,6 +211,23 @@ pub enum XdpError {
     QueueOutOfRange { queue: u32 },
     #[error("cannot {op} the XDP programs of {interface} through netlink: {source}")]
     Netlink { op: &'static str, interface: String, source: std::io::Error },
+    #[error(
+        "no XDP program is attached to {interface}, so there is no Beeline classifier to configure: start the \
+         DPDK net_af_xdp port on it with xdp_prog=<path of Beeline's beeline_xdp.o> first (`ip -d link show dev \
+         {interface}` shows what is attached)"
+    )]
+    NotAttached { interface: String },
+    #[error(
+        "interface {interface} runs more than one Beeline classifier (program ids {ids}, one per XDP mode), so \
+         configuring one would leave the other unconfigured: detach the stray one (`ip link set dev {interface} \
+         xdpgeneric off` or `xdpdrv off`), then start again"
+    )]
+    SeveralPrograms { interface: String, ids: String },
+    #[error(
+        "cannot open the maps of the Beeline classifier on {interface} (program id {id}): {reason}; this needs \
+         root (CAP_SYS_ADMIN) and a program loaded from this build's beeline_xdp.o (beeline_xdp::object())"
+    )]
+    Adopt { interface: String, id: u32, reason: String },
 }
 
 /// Collapses a multi-line error (a verifier log, say) into one line of bounded length.
@@ -222,13 +261,8 @@ pub struct Classifier {
     mode: AttachMode,
     program_id: u32,
     replaced: Option<Replaced>,
-    config: Array<MapData, Config>,
-    allow_v4: LpmTrie<MapData, [u8; 4], u8>,
-    allow_v6: LpmTrie<MapData, [u8; 16], u8>,
-    keys_v4: KeySet<4>,
-    keys_v6: KeySet<16>,
-    xsks: XskMap<MapData>,
-    counters: PerCpuArray<MapData, CounterValue>,
+    maps: ClassifierMaps,
+    xsks_map: XskMap<MapData>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -251,22 +285,29 @@ pub fn interface_index(interface: &str) -> Result<u32, XdpError> {
     if index == 0 { Err(unknown()) } else { Ok(index) }
 }
 
+/// The kernel's information about the loaded BPF program with this id, if it still exists.
+fn program_info(id: u32) -> Option<aya::programs::ProgramInfo> {
+    aya::programs::loaded_programs().filter_map(Result::ok).find(|info| info.id() == id)
+}
+
 /// Name of the loaded BPF program with this id, if it still exists.
 fn program_name(id: u32) -> Option<String> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|info| info.id() == id)
-        .map(|info| String::from_utf8_lossy(info.name()).into_owned())
+    program_info(id).map(|info| String::from_utf8_lossy(info.name()).into_owned())
+}
+
+/// The XDP programs attached to the interface, through netlink.
+fn query_attached(interface: &str, ifindex: u32) -> Result<Vec<AttachedXdp>, XdpError> {
+    netlink::attached_programs(ifindex).map_err(|source| XdpError::Netlink {
+        op: "query",
+        interface: interface.to_owned(),
+        source,
+    })
 }
 
 /// The XDP programs on `interface`, as `(program id, mode, program name)`.
 pub fn attached(interface: &str) -> Result<Vec<(AttachedXdp, String)>, XdpError> {
     let ifindex = interface_index(interface)?;
-    let programs = netlink::attached_programs(ifindex).map_err(|source| XdpError::Netlink {
-        op: "query",
-        interface: interface.to_owned(),
-        source,
-    })?;
+    let programs = query_attached(interface, ifindex)?;
     Ok(programs
         .into_iter()
         .map(|program| (program, program_name(program.program_id).unwrap_or_else(|| "?".to_owned())))
@@ -320,6 +361,84 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
     move |error| XdpError::Map { map, reason: one_line(error) }
 }
 
+/// The keys an allowlist trie holds now.
+fn trie_keys_in<const N: usize>(
+    trie: &LpmTrie<MapData, [u8; N], u8>,
+    map: &'static str,
+) -> Result<KeySet<N>, XdpError> {
+    trie.keys().map(|key| key.map(|key| (key.prefix_len(), key.data())).map_err(map_error(map))).collect()
+}
+
+/// The maps through which the classifier is configured and observed, whoever loaded it:
+/// shared by [`Classifier`] (this crate loaded it) and [`AdoptedClassifier`] (another
+/// loader did), so both apply the same port and allowlist semantics.
+struct ClassifierMaps {
+    config: Array<MapData, Config>,
+    allow_v4: LpmTrie<MapData, [u8; 4], u8>,
+    allow_v6: LpmTrie<MapData, [u8; 16], u8>,
+    /// The keys in each trie, so that a new allowlist removes exactly what is stale.
+    keys_v4: KeySet<4>,
+    keys_v6: KeySet<16>,
+    counters: PerCpuArray<MapData, CounterValue>,
+}
+
+impl ClassifierMaps {
+    /// Typed handles on the maps `take` hands out by name. The tries' current keys are
+    /// read back: a fresh load has none, but an adopted classifier may have been
+    /// configured before, and its old prefixes must go when the allowlist is replaced.
+    fn open(mut take: impl FnMut(&'static str) -> Result<Map, XdpError>) -> Result<Self, XdpError> {
+        let config = Array::try_from(take(CONFIG_MAP)?).map_err(map_error(CONFIG_MAP))?;
+        let allow_v4 = LpmTrie::try_from(take(ALLOW_V4_MAP)?).map_err(map_error(ALLOW_V4_MAP))?;
+        let allow_v6 = LpmTrie::try_from(take(ALLOW_V6_MAP)?).map_err(map_error(ALLOW_V6_MAP))?;
+        let counters = PerCpuArray::try_from(take(COUNTERS_MAP)?).map_err(map_error(COUNTERS_MAP))?;
+        let keys_v4 = trie_keys_in(&allow_v4, ALLOW_V4_MAP)?;
+        let keys_v6 = trie_keys_in(&allow_v6, ALLOW_V6_MAP)?;
+        Ok(ClassifierMaps { config, allow_v4, allow_v6, keys_v4, keys_v6, counters })
+    }
+
+    /// See [`Classifier::set_allowlist`].
+    fn set_allowlist(&mut self, allow: &[(IpAddr, u8)]) -> Result<(), XdpError> {
+        let (v4, v6) = trie_keys(allow);
+        if v4.len() > PREFIXES_MAX || v6.len() > PREFIXES_MAX {
+            return Err(XdpError::TooManyPrefixes { count: v4.len().max(v6.len()) });
+        }
+        for &(len, net) in &v4 {
+            self.allow_v4.insert(&V4Key::new(len, net), 1, 0).map_err(map_error(ALLOW_V4_MAP))?;
+        }
+        for &(len, net) in &v6 {
+            self.allow_v6.insert(&V6Key::new(len, net), 1, 0).map_err(map_error(ALLOW_V6_MAP))?;
+        }
+        for &(len, net) in self.keys_v4.difference(&v4) {
+            self.allow_v4.remove(&V4Key::new(len, net)).map_err(map_error(ALLOW_V4_MAP))?;
+        }
+        for &(len, net) in self.keys_v6.difference(&v6) {
+            self.allow_v6.remove(&V6Key::new(len, net)).map_err(map_error(ALLOW_V6_MAP))?;
+        }
+        self.keys_v4 = v4;
+        self.keys_v6 = v6;
+        Ok(())
+    }
+
+    /// See [`Classifier::set_port`].
+    fn set_port(&mut self, port: u16) -> Result<(), XdpError> {
+        self.config.set(0, Config { port_be: port.to_be(), reserved: 0, flags: 0 }, 0).map_err(map_error(CONFIG_MAP))
+    }
+
+    /// See [`Classifier::counters`].
+    fn counters(&self) -> Result<ClassifierCounters, XdpError> {
+        let mut out = ClassifierCounters::default();
+        for verdict in Verdict::ALL {
+            let values = self.counters.get(&(verdict as u32), 0).map_err(map_error(COUNTERS_MAP))?;
+            let slot = &mut out.0[verdict as usize];
+            for value in values.iter() {
+                slot.packets += value.packets;
+                slot.bytes += value.bytes;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Classifier {
     /// Loads the classifier, configures it for storage `port` and `allow` (empty = every
     /// source), replaces a stale Beeline classifier, and attaches it to `interface`.
@@ -333,15 +452,11 @@ impl Classifier {
 
         let load_error = |error: &dyn std::fmt::Display| XdpError::Load { reason: one_line(error) };
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| load_error(&e))?;
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
+        let mut take = |name: &'static str| {
             ebpf.take_map(name).ok_or(XdpError::Map { map: name, reason: "missing from the object".into() })
         };
-        let config: Array<MapData, Config> =
-            Array::try_from(take(&mut ebpf, "config")?).map_err(map_error("config"))?;
-        let allow_v4 = LpmTrie::try_from(take(&mut ebpf, "allow_v4")?).map_err(map_error("allow_v4"))?;
-        let allow_v6 = LpmTrie::try_from(take(&mut ebpf, "allow_v6")?).map_err(map_error("allow_v6"))?;
-        let xsks = XskMap::try_from(take(&mut ebpf, "xsks")?).map_err(map_error("xsks"))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "counters")?).map_err(map_error("counters"))?;
+        let maps = ClassifierMaps::open(&mut take)?;
+        let xsks_map = XskMap::try_from(take(XSKS_MAP)?).map_err(map_error(XSKS_MAP))?;
 
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -358,13 +473,8 @@ impl Classifier {
             mode,
             program_id,
             replaced,
-            config,
-            allow_v4,
-            allow_v6,
-            keys_v4: BTreeSet::new(),
-            keys_v6: BTreeSet::new(),
-            xsks,
-            counters,
+            maps,
+            xsks_map,
             ebpf,
         };
         classifier.set_allowlist(allow)?;
@@ -393,11 +503,7 @@ impl Classifier {
 
     /// Detaches a stale Beeline classifier; refuses live or foreign programs.
     fn clear_stale(interface: &str, ifindex: u32) -> Result<Option<Replaced>, XdpError> {
-        let programs = netlink::attached_programs(ifindex).map_err(|source| XdpError::Netlink {
-            op: "query",
-            interface: interface.to_owned(),
-            source,
-        })?;
+        let programs = query_attached(interface, ifindex)?;
         let mut replaced = None;
         for program in programs {
             let name = program_name(program.program_id).unwrap_or_else(|| "?".to_owned());
@@ -430,30 +536,12 @@ impl Classifier {
     /// before old ones are removed, so a source in both lists is never dropped. An empty
     /// list admits every source.
     pub fn set_allowlist(&mut self, allow: &[(IpAddr, u8)]) -> Result<(), XdpError> {
-        let (v4, v6) = trie_keys(allow);
-        if v4.len() > PREFIXES_MAX || v6.len() > PREFIXES_MAX {
-            return Err(XdpError::TooManyPrefixes { count: v4.len().max(v6.len()) });
-        }
-        for &(len, net) in &v4 {
-            self.allow_v4.insert(&V4Key::new(len, net), 1, 0).map_err(map_error("allow_v4"))?;
-        }
-        for &(len, net) in &v6 {
-            self.allow_v6.insert(&V6Key::new(len, net), 1, 0).map_err(map_error("allow_v6"))?;
-        }
-        for &(len, net) in self.keys_v4.difference(&v4) {
-            self.allow_v4.remove(&V4Key::new(len, net)).map_err(map_error("allow_v4"))?;
-        }
-        for &(len, net) in self.keys_v6.difference(&v6) {
-            self.allow_v6.remove(&V6Key::new(len, net)).map_err(map_error("allow_v6"))?;
-        }
-        self.keys_v4 = v4;
-        self.keys_v6 = v6;
-        Ok(())
+        self.maps.set_allowlist(allow)
     }
 
     /// Sets the storage UDP port the classifier redirects; 0 makes it pass everything.
     pub fn set_port(&mut self, port: u16) -> Result<(), XdpError> {
-        self.config.set(0, Config { port_be: port.to_be(), reserved: 0, flags: 0 }, 0).map_err(map_error("config"))
+        self.maps.set_port(port)
     }
 
     /// Directs storage traffic arriving on RX `queue` to the AF_XDP socket `socket`.
@@ -461,7 +549,7 @@ impl Classifier {
         if queue >= QUEUES_MAX {
             return Err(XdpError::QueueOutOfRange { queue });
         }
-        self.xsks.set(queue, socket.as_raw_fd(), 0).map_err(map_error("xsks"))
+        self.xsks_map.set(queue, socket.as_raw_fd(), 0).map_err(map_error(XSKS_MAP))
     }
 
     /// Stops directing traffic of RX `queue` to a socket (it is then dropped and counted).
@@ -469,21 +557,12 @@ impl Classifier {
         if queue >= QUEUES_MAX {
             return Err(XdpError::QueueOutOfRange { queue });
         }
-        self.xsks.unset(queue).map_err(map_error("xsks"))
+        self.xsks_map.unset(queue).map_err(map_error(XSKS_MAP))
     }
 
     /// The per-verdict counters, summed over every CPU.
     pub fn counters(&self) -> Result<ClassifierCounters, XdpError> {
-        let mut out = ClassifierCounters::default();
-        for verdict in Verdict::ALL {
-            let values = self.counters.get(&(verdict as u32), 0).map_err(map_error("counters"))?;
-            let slot = &mut out.0[verdict as usize];
-            for value in values.iter() {
-                slot.packets += value.packets;
-                slot.bytes += value.bytes;
-            }
-        }
-        Ok(out)
+        self.maps.counters()
     }
 
     pub fn interface(&self) -> &str {
@@ -522,11 +601,7 @@ impl Classifier {
                 })?;
             }
         }
-        let still = netlink::attached_programs(self.ifindex).map_err(|source| XdpError::Netlink {
-            op: "query",
-            interface: self.interface.clone(),
-            source,
-        })?;
+        let still = query_attached(&self.interface, self.ifindex)?;
         if still.iter().any(|program| program.program_id == self.program_id && program.mode == self.mode.netlink()) {
             return Err(XdpError::Attach {
                 interface: self.interface.clone(),
@@ -535,6 +610,136 @@ impl Classifier {
             });
         }
         Ok(())
+    }
+}
+
+/// The classifier as another loader attached it, configured from here.
+///
+/// DPDK's `net_af_xdp` PMD, given `xdp_prog=<beeline_xdp.o>` (the bytes of [`object`]),
+/// loads the object with libbpf, attaches it to the port's interface through netlink and
+/// puts its own AF_XDP sockets into [`XSKS_MAP`]. What it cannot do is set the storage
+/// port and the allowlist: [`AdoptedClassifier::adopt`] finds that program through
+/// netlink and opens its maps by id, so the node configures and reads it the same way as
+/// a [`Classifier`] it loaded itself.
+///
+/// Dropping it only closes this process's map descriptors: the program stays attached,
+/// because the PMD owns the attachment and removes it when the port closes.
+pub struct AdoptedClassifier {
+    interface: String,
+    ifindex: u32,
+    program_id: u32,
+    mode: XdpAttachMode,
+    maps: ClassifierMaps,
+}
+
+impl std::fmt::Debug for AdoptedClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdoptedClassifier")
+            .field("interface", &self.interface)
+            .field("mode", &self.mode)
+            .field("program_id", &self.program_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdoptedClassifier {
+    /// Finds the Beeline classifier attached to `interface` and opens its maps. Changes
+    /// nothing: the port stays as the loader left it (0, passing everything, for a fresh
+    /// load) until [`AdoptedClassifier::set_port`].
+    ///
+    /// Fails when nothing is attached ([`XdpError::NotAttached`]), when the attached
+    /// program is not Beeline's ([`XdpError::ForeignProgram`]), or when its maps do not
+    /// match this build ([`XdpError::Adopt`], [`XdpError::Map`]).
+    pub fn adopt(interface: &str) -> Result<Self, XdpError> {
+        let ifindex = interface_index(interface)?;
+        let mut ours = Vec::new();
+        for program in query_attached(interface, ifindex)? {
+            let info = program_info(program.program_id);
+            let name = info.as_ref().map(|info| info.name().to_vec()).unwrap_or_else(|| b"?".to_vec());
+            if name != kernel_name(PROGRAM_NAME) {
+                return Err(XdpError::ForeignProgram {
+                    interface: interface.to_owned(),
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    id: program.program_id,
+                    mode: program.mode.name(),
+                });
+            }
+            // Checked above: a program whose info could not be read is named "?".
+            if let Some(info) = info {
+                ours.push((program, info));
+            }
+        }
+        let (program, info) = match ours.len() {
+            0 => return Err(XdpError::NotAttached { interface: interface.to_owned() }),
+            1 => ours.remove(0),
+            _ => {
+                let ids = ours.iter().map(|(program, _)| program.program_id.to_string()).collect::<Vec<_>>();
+                return Err(XdpError::SeveralPrograms { interface: interface.to_owned(), ids: ids.join(", ") });
+            }
+        };
+        let id = program.program_id;
+        let adopt_error = |reason: String| XdpError::Adopt { interface: interface.to_owned(), id, reason };
+
+        let map_ids = info
+            .map_ids()
+            .map_err(|error| adopt_error(format!("cannot list its maps: {}", one_line(error))))?
+            .ok_or_else(|| adopt_error("the kernel does not report a program's maps (needs 4.15 or newer)".into()))?;
+        // Open only the maps wanted, by the name the kernel reports (cut to 15 bytes).
+        let wanted = [CONFIG_MAP, ALLOW_V4_MAP, ALLOW_V6_MAP, COUNTERS_MAP];
+        let mut found: Vec<(&'static str, MapData)> = Vec::new();
+        for map_id in map_ids {
+            let map_info = MapInfo::from_id(map_id)
+                .map_err(|error| adopt_error(format!("cannot read map id {map_id}: {}", one_line(error))))?;
+            let Some(&name) = wanted.iter().find(|name| map_info.name() == kernel_name(name)) else {
+                continue;
+            };
+            let data = MapData::from_id(map_id)
+                .map_err(|error| adopt_error(format!("cannot open map `{name}` (id {map_id}): {}", one_line(error))))?;
+            found.push((name, data));
+        }
+        let maps = ClassifierMaps::open(|name| {
+            let index = found.iter().position(|(found, _)| *found == name).ok_or_else(|| {
+                adopt_error(format!(
+                    "it has no map named `{name}`, so it was built from another version of ebpf/beeline_xdp.c"
+                ))
+            })?;
+            Map::from_map_data(found.swap_remove(index).1).map_err(map_error(name))
+        })?;
+        Ok(AdoptedClassifier { interface: interface.to_owned(), ifindex, program_id: id, mode: program.mode, maps })
+    }
+
+    /// Replaces the allowlist, as [`Classifier::set_allowlist`] does.
+    pub fn set_allowlist(&mut self, allow: &[(IpAddr, u8)]) -> Result<(), XdpError> {
+        self.maps.set_allowlist(allow)
+    }
+
+    /// Sets the storage UDP port, as [`Classifier::set_port`] does; 0 passes everything.
+    pub fn set_port(&mut self, port: u16) -> Result<(), XdpError> {
+        self.maps.set_port(port)
+    }
+
+    /// The per-verdict counters, summed over every CPU.
+    pub fn counters(&self) -> Result<ClassifierCounters, XdpError> {
+        self.maps.counters()
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Where the loader attached the program (the PMD lets the kernel choose: native
+    /// when the driver supports XDP, generic otherwise).
+    pub fn mode(&self) -> XdpAttachMode {
+        self.mode
+    }
+
+    /// The kernel's id of the adopted program (`bpftool prog show id N`).
+    pub fn program_id(&self) -> u32 {
+        self.program_id
     }
 }
 
@@ -565,6 +770,19 @@ mod tests {
         let (v4, v6) = trie_keys(&[(IpAddr::V6("fd00::".parse().unwrap()), 8)]);
         assert!(v4.is_empty());
         assert_eq!(v6.len(), 1);
+    }
+
+    #[test]
+    fn map_names_survive_the_kernel_cut() {
+        // Names are matched as the kernel reports them; one longer than 15 bytes would be
+        // cut and could then collide with another.
+        for name in [PROGRAM_NAME, XSKS_MAP, CONFIG_MAP, ALLOW_V4_MAP, ALLOW_V6_MAP, COUNTERS_MAP] {
+            assert!(name.len() <= KERNEL_NAME_MAX, "{name}");
+            assert_eq!(kernel_name(name), name.as_bytes());
+        }
+        assert_eq!(kernel_name("a_name_longer_than_fifteen"), b"a_name_longer_t");
+        let needle = XSKS_MAP.as_bytes();
+        assert!(OBJECT.windows(needle.len()).any(|w| w == needle), "the object names its XSKMAP {XSKS_MAP}");
     }
 
     #[test]
