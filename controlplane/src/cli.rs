@@ -108,6 +108,11 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Check this host against a hardware profile (hw-configs/), or list the profiles.
+    Hw {
+        #[command(subcommand)]
+        command: crate::hw::HwCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +164,10 @@ pub fn main() -> ExitCode {
         restore_default_sigpipe();
     }
     init_logging();
+    if let Command::Hw { command } = cli.command {
+        // `hw check` has its own exit codes: 1 = the host is not ready, 2 = bad profile.
+        return crate::hw::run(command);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -237,6 +246,7 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Bench { args } => crate::bench::run(args),
+        Command::Hw { .. } => Err("`beeline hw` is dispatched before this point; this is a bug".into()),
         Command::Rm { name, client } => {
             let mut client = connect(&client)?;
             let record = client.remove(&name).map_err(|e| e.to_string())?;

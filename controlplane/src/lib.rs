@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dpdk_settings;
+pub mod hw;
 pub mod keyfile;
 pub mod membership;
 pub mod metadata;

@@ -1,0 +1,1339 @@
+//! Hardware profiles (`hw-configs/*.toml`) and `beeline hw check`: does this host have
+//! what a profile's node needs (hugepages, IOMMU and vfio-pci, the device on the right
+//! driver, the DPDK PMD, the interface's MTU and queues, the pinned cores), and what to
+//! run where it does not.
+//!
+//! Everything is read from procfs and sysfs directly, through [`Host`], whose roots a test
+//! can point at a fake tree. A profile's `[node]` table is validated by the node's own
+//! config code, so what `hw check` accepts is what `beeline node run` accepts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::Deserialize;
+
+use crate::config::NodeFlags;
+
+/// Where `--profile NAME` is looked for, after `./hw-configs`.
+pub const ETC_PROFILE_DIR: &str = "/etc/beeline/hw-configs";
+/// The source tree's profiles, for a binary run from (or built in) a checkout.
+pub const SOURCE_PROFILE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hw-configs");
+
+/// Exit code of `hw check` when a check failed (the node would not start).
+pub const EXIT_FAIL: u8 = 1;
+/// Exit code of `hw` when the profile itself is missing or bad.
+pub const EXIT_BAD_PROFILE: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("no hardware profile `{name}` in {searched}; run `beeline hw list`, or pass the path of a .toml file")]
+    NotFound { name: String, searched: String },
+    #[error("cannot read profile {path}: {reason}; check the path given to --profile")]
+    Read { path: PathBuf, reason: String },
+    #[error("bad profile {path}{line}: {reason}; fix that key (see hw-configs/README.md)")]
+    Syntax { path: PathBuf, line: String, reason: String },
+    #[error("bad profile {path}: key `{key}` = {value}: {fix}")]
+    Value { path: PathBuf, key: String, value: String, fix: String },
+}
+
+/// How a profile's device reaches DPDK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfioNeed {
+    /// Bound to vfio-pci behind a real IOMMU (bare metal).
+    Required,
+    /// Bound to vfio-pci; vfio's unsafe no-IOMMU mode will do (a VM without a vIOMMU).
+    NoIommuOk,
+    /// No vfio at all: mlx5's bifurcated driver, or the kernel's own (AF_XDP).
+    NotNeeded,
+}
+
+/// The hugepages a node on this profile needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HugepageNeed {
+    /// `2M` or `1G`.
+    pub page_size: String,
+    pub pages: u64,
+}
+
+/// One `hw-configs/*.toml` file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    /// `dpdk` or `afxdp`.
+    pub backend: String,
+    /// The machine the profile is for (`x86_64`, `aarch64`), when it is one in particular.
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// The kernel driver(s) of the device: what it is bound to before vfio-pci takes it,
+    /// or all along when vfio is not needed.
+    pub kernel_drivers: Vec<String>,
+    /// `vendor:device` IDs of the NIC, lower-case hex.
+    #[serde(default)]
+    pub pci_ids: Vec<String>,
+    pub vfio: VfioNeed,
+    /// The DPDK PMD library's base name, e.g. `librte_net_ice`.
+    #[serde(default)]
+    pub pmd: Option<String>,
+    /// Kernel modules that must be loaded (as `/sys/module/NAME`).
+    #[serde(default)]
+    pub kernel_modules: Vec<String>,
+    /// Shared libraries the PMD loads, file name → the Debian package that has it.
+    #[serde(default)]
+    pub libraries: BTreeMap<String, String>,
+    /// Firmware files under /lib/firmware, path → the Debian package that has it.
+    #[serde(default)]
+    pub firmware: BTreeMap<String, String>,
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+    pub queues: u32,
+    pub rx_ring_size: u32,
+    pub tx_ring_size: u32,
+    pub mtu: u32,
+    /// The EAL's `-l` core list.
+    #[serde(default)]
+    pub dpdk_cores: Option<String>,
+    /// The pinned cores should be isolated from the scheduler (`isolcpus=`).
+    #[serde(default)]
+    pub isolcpus: bool,
+    pub hugepages: HugepageNeed,
+    /// Node config keys, to copy into the node's TOML file.
+    pub node: toml::Table,
+}
+
+/// A profile and the file it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedProfile {
+    pub path: PathBuf,
+    pub profile: Profile,
+}
+
+impl HugepageNeed {
+    /// The page size in KiB, as the kernel names its `hugepages-<N>kB` directories.
+    pub fn page_kib(&self) -> Option<u64> {
+        match self.page_size.as_str() {
+            "2M" => Some(2048),
+            "1G" => Some(1 << 20),
+            _ => None,
+        }
+    }
+}
+
+/// Reads and checks one profile file (everything but its `[node]` keys, which are a
+/// check of their own).
+pub fn load_profile(path: &Path) -> Result<LoadedProfile, ProfileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ProfileError::Read { path: path.to_owned(), reason: error.to_string() })?;
+    let profile: Profile = toml::from_str(&text).map_err(|error| {
+        let line = error
+            .span()
+            .map(|span| format!(" line {}", text[..span.start.min(text.len())].matches('\n').count() + 1))
+            .unwrap_or_default();
+        ProfileError::Syntax { path: path.to_owned(), line, reason: error.message().replace('\n', " ") }
+    })?;
+    let bad = |key: &str, value: &dyn fmt::Display, fix: &str| ProfileError::Value {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        value: value.to_string(),
+        fix: fix.to_owned(),
+    };
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if profile.name != stem {
+        return Err(bad("name", &profile.name, &format!("must be the file's name without .toml, {stem:?}")));
+    }
+    if !["dpdk", "afxdp"].contains(&profile.backend.as_str()) {
+        return Err(bad("backend", &profile.backend, "use dpdk or afxdp"));
+    }
+    if profile.hugepages.page_kib().is_none() {
+        return Err(bad("hugepages.page_size", &profile.hugepages.page_size, "use \"2M\" or \"1G\""));
+    }
+    if profile.hugepages.pages == 0 {
+        return Err(bad("hugepages.pages", &0, "must be at least 1"));
+    }
+    if profile.backend == "dpdk" {
+        if profile.pmd.is_none() {
+            return Err(bad("pmd", &"(none)", "a dpdk profile names its PMD library, e.g. pmd = \"librte_net_ice\""));
+        }
+        if profile.dpdk_cores.is_none() {
+            return Err(bad("dpdk_cores", &"(none)", "a dpdk profile pins its data-plane thread, e.g. \"1\""));
+        }
+    } else if profile.vfio != VfioNeed::NotNeeded {
+        return Err(bad("vfio", &"(set)", "an afxdp profile uses the kernel's driver: use vfio = \"not-needed\""));
+    }
+    for id in &profile.pci_ids {
+        if parse_pci_id(id).is_none() {
+            return Err(bad("pci_ids", id, "use vendor:device in lower-case hex, e.g. \"8086:1592\""));
+        }
+    }
+    if let Some(cores) = profile.dpdk_cores.as_ref().filter(|cores| parse_cpu_list(cores).is_none()) {
+        return Err(bad("dpdk_cores", cores, "use a core list such as 1, 2-3 or 1,3"));
+    }
+    // The top-level values are what `hw check` checks the host against; the [node] table
+    // is what the operator copies. Where both name a setting they must agree.
+    let node_backend = profile.node.get("backend").and_then(|v| v.as_str()).unwrap_or("udp");
+    if node_backend != profile.backend {
+        return Err(bad(
+            "node.backend",
+            &node_backend,
+            &format!("must be \"{}\", the profile's backend", profile.backend),
+        ));
+    }
+    let mut same: Vec<(&str, toml::Value)> = vec![("queues", toml::Value::Integer(profile.queues.into()))];
+    if profile.backend == "dpdk" {
+        same.extend([
+            ("rx_ring_size", toml::Value::Integer(profile.rx_ring_size.into())),
+            ("tx_ring_size", toml::Value::Integer(profile.tx_ring_size.into())),
+            ("mtu", toml::Value::Integer(profile.mtu.into())),
+            ("dpdk_eal_args", toml::Value::Array(profile.eal_args.iter().cloned().map(toml::Value::String).collect())),
+        ]);
+        if let Some(cores) = &profile.dpdk_cores {
+            same.push(("dpdk_cores", toml::Value::String(cores.clone())));
+        }
+    }
+    for (key, value) in same {
+        if let Some(given) = profile.node.get(key).filter(|given| **given != value) {
+            return Err(bad(
+                &format!("node.{key}"),
+                given,
+                &format!("must equal the profile's own value {value} (or be left out of [node])"),
+            ));
+        }
+    }
+    Ok(LoadedProfile { path: path.to_owned(), profile })
+}
+
+/// The directories `--profile NAME` and `hw list` look in, in order.
+pub fn profile_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("hw-configs"), PathBuf::from(ETC_PROFILE_DIR), PathBuf::from(SOURCE_PROFILE_DIR)]
+}
+
+/// A profile by name (first match in `dirs`) or by path (anything with a `/` or `.toml`).
+pub fn find_profile(name_or_path: &str, dirs: &[PathBuf]) -> Result<LoadedProfile, ProfileError> {
+    if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
+        return load_profile(Path::new(name_or_path));
+    }
+    for dir in dirs {
+        let path = dir.join(format!("{name_or_path}.toml"));
+        if path.is_file() {
+            return load_profile(&path);
+        }
+    }
+    let searched = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    Err(ProfileError::NotFound { name: name_or_path.to_owned(), searched })
+}
+
+/// Every `*.toml` in `dirs` by profile name; the first directory that has a name wins.
+pub fn list_profiles(dirs: &[PathBuf]) -> BTreeMap<String, PathBuf> {
+    let mut found = BTreeMap::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Some(stem) = path.file_stem().filter(|_| path.extension().is_some_and(|e| e == "toml")) {
+                found.entry(stem.to_string_lossy().into_owned()).or_insert(path.clone());
+            }
+        }
+    }
+    found
+}
+
+/// The profile's `[node]` table run through the node's own config resolution, so it is
+/// accepted exactly when `beeline node run --config` would accept it.
+pub fn validate_node_table(loaded: &LoadedProfile) -> Result<crate::config::NodeSettings, String> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let text = toml::to_string(&loaded.profile.node).map_err(|e| format!("cannot serialize [node]: {e}"))?;
+    // `resolve` reads a file; a private temporary one, named per process and call so that
+    // parallel checks never share it.
+    let temp = std::env::temp_dir().join(format!(
+        "beeline-hw-{}-{}-{}.toml",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        loaded.profile.name
+    ));
+    std::fs::write(&temp, &text).map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+    let result = NodeFlags { config: Some(temp.clone()), ..NodeFlags::default() }.resolve();
+    let _ = std::fs::remove_file(&temp);
+    result.map_err(|error| {
+        error.to_string().replace(&temp.display().to_string(), &format!("{} [node]", loaded.path.display()))
+    })
+}
+
+/// The filesystem roots `hw check` reads; a fake tree in tests.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// `/sys`
+    pub sys: PathBuf,
+    /// `/proc`
+    pub proc: PathBuf,
+    /// `/lib/firmware`
+    pub firmware: PathBuf,
+    /// Library roots searched for DPDK's `dpdk/pmds-*` directories and shared libraries,
+    /// directly and under `<arch>-linux-gnu/`.
+    pub lib_dirs: Vec<PathBuf>,
+    /// This machine's architecture, as `std::env::consts::ARCH` names it.
+    pub arch: String,
+}
+
+impl Host {
+    /// The running machine.
+    pub fn real() -> Self {
+        Self::under(Path::new("/"))
+    }
+
+    /// A tree rooted at `root` laid out like a real one.
+    pub fn under(root: &Path) -> Self {
+        Host {
+            sys: root.join("sys"),
+            proc: root.join("proc"),
+            firmware: root.join("lib/firmware"),
+            // DOCA (BlueField) ships its DPDK under /opt/mellanox/dpdk.
+            lib_dirs: ["usr/lib", "usr/local/lib", "usr/lib64", "usr/local/lib64", "opt/mellanox/dpdk/lib"]
+                .iter()
+                .map(|dir| root.join(dir))
+                .collect(),
+            arch: std::env::consts::ARCH.to_owned(),
+        }
+    }
+
+    fn read(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok().map(|text| text.trim().to_owned())
+    }
+
+    fn read_u64(&self, path: &Path) -> Option<u64> {
+        self.read(path)?.parse().ok()
+    }
+
+    fn link_name(&self, path: &Path) -> Option<String> {
+        std::fs::read_link(path).ok()?.file_name().map(|name| name.to_string_lossy().into_owned())
+    }
+
+    /// Library roots plus their `<arch>-linux-gnu` multiarch directories.
+    fn lib_roots(&self) -> Vec<PathBuf> {
+        let triplet = format!("{}-linux-gnu", self.arch);
+        self.lib_dirs.iter().flat_map(|dir| [dir.clone(), dir.join(&triplet)]).collect()
+    }
+
+    /// Every `dpdk/pmds-*` directory, newest ABI last.
+    fn pmd_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for root in self.lib_roots() {
+            let Ok(entries) = std::fs::read_dir(root.join("dpdk")) else { continue };
+            let mut found: Vec<PathBuf> = entries
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    path.is_dir() && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pmds-"))
+                })
+                .collect();
+            found.sort();
+            dirs.extend(found);
+        }
+        dirs
+    }
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        })
+    }
+}
+
+/// One line of `hw check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub verdict: Verdict,
+    pub name: &'static str,
+    pub detail: String,
+    /// What to run (or change) to make it ok; set for every non-ok verdict.
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<4}  {:<12} {}", self.verdict, self.name, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "; fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+    Check { verdict: Verdict::Ok, name, detail: detail.into(), fix: None }
+}
+
+fn not_ok(verdict: Verdict, name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { verdict, name, detail: detail.into(), fix: Some(fix.into()) }
+}
+
+/// What `hw check` is pointed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A PCI address, for dpdk profiles.
+    Device(String),
+    /// A network interface, for afxdp profiles.
+    Interface(String),
+}
+
+/// `0000:3b:00.0` from `3b:00.0` or `0000:3b:00.0,devargs`.
+pub fn normalize_pci(address: &str) -> String {
+    let address = address.split(',').next().unwrap_or("").to_ascii_lowercase();
+    if address.matches(':').count() == 1 { format!("0000:{address}") } else { address }
+}
+
+fn parse_pci_id(id: &str) -> Option<(u16, u16)> {
+    let (vendor, device) = id.split_once(':')?;
+    let hex = |s: &str| {
+        if s.len() == 4 && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+            u16::from_str_radix(s, 16).ok()
+        } else {
+            None
+        }
+    };
+    Some((hex(vendor)?, hex(device)?))
+}
+
+/// The cores of a list such as `0-3,6`; `None` when it is not one.
+pub fn parse_cpu_list(text: &str) -> Option<BTreeSet<u32>> {
+    let mut cores = BTreeSet::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = match part.split_once('-') {
+            Some((first, last)) => (first.trim().parse::<u32>().ok()?, last.trim().parse::<u32>().ok()?),
+            None => {
+                let core = part.trim().parse::<u32>().ok()?;
+                (core, core)
+            }
+        };
+        // A bound on the range keeps a typo like 0-4000000000 from allocating forever.
+        if first > last || last > 65535 {
+            return None;
+        }
+        cores.extend(first..=last);
+    }
+    Some(cores)
+}
+
+fn format_cpu_list(cores: &BTreeSet<u32>) -> String {
+    let mut parts = Vec::new();
+    let mut iter = cores.iter().copied().peekable();
+    while let Some(first) = iter.next() {
+        let mut last = first;
+        while iter.peek() == Some(&(last + 1)) {
+            last += 1;
+            iter.next();
+        }
+        parts.push(if first == last { first.to_string() } else { format!("{first}-{last}") });
+    }
+    parts.join(",")
+}
+
+fn page_label(kib: u64) -> String {
+    if kib >= 1 << 20 { format!("{} GiB", kib >> 20) } else { format!("{} MiB", kib >> 10) }
+}
+
+/// The target a profile checks by default: its `[node]` device or interface.
+pub fn default_target(profile: &Profile) -> Option<Target> {
+    if profile.backend == "dpdk" {
+        let device = profile.node.get("dpdk_devices")?.as_array()?.first()?.as_str()?;
+        crate::dpdk_settings::is_pci_address(device).then(|| Target::Device(normalize_pci(device)))
+    } else {
+        Some(Target::Interface(profile.node.get("interface")?.as_str()?.to_owned()))
+    }
+}
+
+/// Runs every check of `loaded` against `host`, in the order they are printed.
+pub fn check(host: &Host, loaded: &LoadedProfile, target: Option<&Target>) -> Vec<Check> {
+    let profile = &loaded.profile;
+    let mut checks = Vec::new();
+    if let Some(arch) = &profile.arch {
+        checks.push(if *arch == host.arch {
+            ok("arch", arch.clone())
+        } else {
+            not_ok(
+                Verdict::Fail,
+                "arch",
+                format!("this profile is for {arch}, this host is {}", host.arch),
+                "run it on the machine it is for, or pick the profile for this one (`beeline hw list`)",
+            )
+        });
+    }
+    let device = match target {
+        Some(Target::Device(address)) => Some(normalize_pci(address)),
+        _ => None,
+    };
+    let numa_node = device
+        .as_ref()
+        .and_then(|address| host.read(&host.sys.join("bus/pci/devices").join(address).join("numa_node")))
+        .and_then(|text| text.parse::<u32>().ok());
+    checks.extend(check_hugepages(host, profile, numa_node));
+    if profile.vfio != VfioNeed::NotNeeded {
+        checks.push(check_iommu(host, profile.vfio));
+        checks.push(check_vfio_driver(host));
+    }
+    for module in &profile.kernel_modules {
+        checks.push(if host.sys.join("module").join(module).exists() {
+            ok("module", format!("{module} is loaded"))
+        } else {
+            not_ok(
+                Verdict::Fail,
+                "module",
+                format!("kernel module {module} is not loaded"),
+                format!("modprobe {module}"),
+            )
+        });
+    }
+    match target {
+        Some(Target::Device(_)) => {
+            if let Some(address) = &device {
+                checks.extend(check_device(host, profile, address));
+            }
+        }
+        Some(Target::Interface(interface)) => checks.extend(check_interface(host, profile, interface)),
+        None => checks.push(not_ok(
+            Verdict::Fail,
+            "device",
+            "no device to check: the profile's [node] names none",
+            if profile.backend == "dpdk" { "pass --device PCI_ADDRESS" } else { "pass --interface IF" },
+        )),
+    }
+    if let Some(pmd) = &profile.pmd {
+        checks.push(check_pmd(host, pmd));
+    }
+    for (file, package) in &profile.libraries {
+        let found = host.lib_roots().into_iter().map(|root| root.join(file)).find(|path| path.exists());
+        checks.push(match found {
+            Some(path) => ok("library", path.display().to_string()),
+            None => not_ok(
+                Verdict::Fail,
+                "library",
+                format!("{file} is not installed (the PMD loads it)"),
+                format!("apt-get install {package}"),
+            ),
+        });
+    }
+    for (file, package) in &profile.firmware {
+        let path = host.firmware.join(file);
+        checks.push(if path.exists() {
+            ok("firmware", path.display().to_string())
+        } else {
+            not_ok(
+                Verdict::Warn,
+                "firmware",
+                format!("{} is missing: the NIC runs with reduced features", path.display()),
+                format!("apt-get install {package}, then reload the driver or reboot"),
+            )
+        });
+    }
+    if let Some(cores) = &profile.dpdk_cores {
+        checks.extend(check_cores(host, profile, cores, device.as_deref()));
+    }
+    checks.push(match validate_node_table(loaded) {
+        Ok(_) => ok("node config", "the [node] keys resolve as a node config"),
+        Err(message) => not_ok(Verdict::Fail, "node config", message, "fix the [node] table of the profile"),
+    });
+    // The [node] table names a placeholder; say when the operator must change it.
+    if let (Some(target), Some(named)) = (target, default_target(profile).filter(|named| Some(named) != target)) {
+        checks.push(not_ok(
+            Verdict::Warn,
+            "node config",
+            format!("checked {} but the profile's [node] names {}", describe(target), describe(&named)),
+            match target {
+                Target::Device(address) => {
+                    // Keep the profile's devargs (mlx5 tuning) on the operator's address.
+                    let devargs = profile
+                        .node
+                        .get("dpdk_devices")
+                        .and_then(|v| v.as_array()?.first()?.as_str()?.split_once(',').map(|(_, args)| args.to_owned()))
+                        .map(|args| format!(",{args}"))
+                        .unwrap_or_default();
+                    format!("set dpdk_devices = [\"{address}{devargs}\"] in the node config")
+                }
+                Target::Interface(interface) => format!("set interface = \"{interface}\" in the node config"),
+            },
+        ));
+    }
+    checks
+}
+
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Device(address) => format!("device {address}"),
+        Target::Interface(interface) => format!("interface {interface}"),
+    }
+}
+
+fn check_hugepages(host: &Host, profile: &Profile, numa_node: Option<u32>) -> Vec<Check> {
+    let need = &profile.hugepages;
+    let Some(kib) = need.page_kib() else { return Vec::new() };
+    // AF_XDP falls back to normal pages (`hugepages = "prefer"`); DPDK's EAL does not.
+    let short = if profile.backend == "dpdk" { Verdict::Fail } else { Verdict::Warn };
+    let label = page_label(kib);
+    let dir = host.sys.join(format!("kernel/mm/hugepages/hugepages-{kib}kB"));
+    let mut checks = Vec::new();
+    let (Some(total), Some(free)) =
+        (host.read_u64(&dir.join("nr_hugepages")), host.read_u64(&dir.join("free_hugepages")))
+    else {
+        let size = if kib >= 1 << 20 { "1G" } else { "2M" };
+        checks.push(not_ok(
+            short,
+            "hugepages",
+            format!("this kernel offers no {label} pages ({} is missing)", dir.display()),
+            format!(
+                "add `hugepagesz={size} hugepages={}` to the kernel command line (GRUB_CMDLINE_LINUX in \
+                 /etc/default/grub, update-grub, reboot)",
+                need.pages
+            ),
+        ));
+        return checks;
+    };
+    if free >= need.pages {
+        checks.push(ok("hugepages", format!("{free} of {total} {label} pages free, {} needed", need.pages)));
+    } else {
+        let target = total + (need.pages - free);
+        let mut fix = format!(
+            "echo {target} > {}",
+            Path::new("/sys").join(dir.strip_prefix(&host.sys).unwrap_or(&dir)).join("nr_hugepages").display()
+        );
+        if kib >= 1 << 20 {
+            // 1 GiB pages rarely allocate once memory is fragmented.
+            fix.push_str(&format!(
+                " (or, reliably, boot with `default_hugepagesz=1G hugepagesz=1G hugepages={target}`)"
+            ));
+        }
+        checks.push(not_ok(
+            short,
+            "hugepages",
+            format!("{free} of {total} {label} pages free, {} needed", need.pages),
+            fix,
+        ));
+    }
+    // DPDK allocates a port's memory on the NIC's NUMA node: the pages must be there.
+    if let Some(node) = numa_node {
+        let node_dir = host.sys.join(format!("devices/system/node/node{node}/hugepages/hugepages-{kib}kB"));
+        if let (Some(node_total), Some(node_free)) =
+            (host.read_u64(&node_dir.join("nr_hugepages")), host.read_u64(&node_dir.join("free_hugepages")))
+        {
+            checks.push(if node_free >= need.pages {
+                ok("hugepages", format!("NUMA node {node}: {node_free} {label} pages free"))
+            } else {
+                not_ok(
+                    Verdict::Warn,
+                    "hugepages",
+                    format!("NUMA node {node} (the NIC's) has {node_free} {label} pages free, {} needed", need.pages),
+                    format!(
+                        "echo {} > /sys/devices/system/node/node{node}/hugepages/hugepages-{kib}kB/nr_hugepages",
+                        node_total + (need.pages - node_free)
+                    ),
+                )
+            });
+        }
+    }
+    if profile.backend == "dpdk" {
+        checks.push(check_hugetlbfs(host, kib));
+    }
+    checks
+}
+
+/// The EAL maps its pages from a hugetlbfs mount of the right page size.
+fn check_hugetlbfs(host: &Host, kib: u64) -> Check {
+    let default_kib = host.read(&host.proc.join("meminfo")).and_then(|meminfo| {
+        meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix("Hugepagesize:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+    });
+    let mounts = host.read(&host.proc.join("mounts")).unwrap_or_default();
+    let found = mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(2) != Some(&"hugetlbfs") {
+            return None;
+        }
+        let size = fields.get(3)?.split(',').find_map(|option| option.strip_prefix("pagesize=")).map(parse_size_kib);
+        let size = match size {
+            Some(size) => size,
+            None => default_kib,
+        };
+        (size == Some(kib)).then(|| fields[1].to_owned())
+    });
+    let size = if kib >= 1 << 20 { "1G" } else { "2M" };
+    match found {
+        Some(mount_point) => ok("hugetlbfs", format!("{} pages mounted at {mount_point}", page_label(kib))),
+        None => {
+            let dir = if kib >= 1 << 20 { "/dev/hugepages1G" } else { "/dev/hugepages" };
+            not_ok(
+                Verdict::Fail,
+                "hugetlbfs",
+                format!("no hugetlbfs mount with {} pages in /proc/mounts", page_label(kib)),
+                format!("mkdir -p {dir} && mount -t hugetlbfs -o pagesize={size} nodev {dir}"),
+            )
+        }
+    }
+}
+
+/// `2M`, `1024M`, `1G`, `2048k` as the kernel prints `pagesize=`, in KiB.
+fn parse_size_kib(text: &str) -> Option<u64> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u64 = number.parse().ok()?;
+    match unit.to_ascii_uppercase().as_str() {
+        "K" => Some(number),
+        "M" => Some(number << 10),
+        "G" => Some(number << 20),
+        _ => None,
+    }
+}
+
+fn check_iommu(host: &Host, need: VfioNeed) -> Check {
+    let groups = std::fs::read_dir(host.sys.join("kernel/iommu_groups")).map(|d| d.count()).unwrap_or(0);
+    if groups > 0 {
+        return ok("iommu", format!("{groups} IOMMU groups"));
+    }
+    let noiommu_param = host.sys.join("module/vfio/parameters/enable_unsafe_noiommu_mode");
+    let noiommu = host.read(&noiommu_param).is_some_and(|value| value == "Y" || value == "1");
+    match need {
+        VfioNeed::NoIommuOk if noiommu => ok("iommu", "no IOMMU; vfio's unsafe no-IOMMU mode is on (fine in a VM)"),
+        VfioNeed::NoIommuOk => not_ok(
+            Verdict::Fail,
+            "iommu",
+            "no IOMMU groups and vfio's no-IOMMU mode is off",
+            if noiommu_param.exists() {
+                "echo 1 > /sys/module/vfio/parameters/enable_unsafe_noiommu_mode".to_owned()
+            } else {
+                "modprobe vfio enable_unsafe_noiommu_mode=1 (or, when vfio is loaded, echo 1 > \
+                 /sys/module/vfio/parameters/enable_unsafe_noiommu_mode)"
+                    .to_owned()
+            },
+        ),
+        _ => not_ok(
+            Verdict::Fail,
+            "iommu",
+            if noiommu {
+                "no IOMMU groups (no-IOMMU mode is on, but this profile needs a real IOMMU)"
+            } else {
+                "no IOMMU groups: the IOMMU is off"
+            },
+            "enable VT-d / AMD-Vi in the firmware and add `intel_iommu=on iommu=pt` (Intel) or `amd_iommu=on \
+             iommu=pt` (AMD) to the kernel command line, then reboot",
+        ),
+    }
+}
+
+fn check_vfio_driver(host: &Host) -> Check {
+    if host.sys.join("bus/pci/drivers/vfio-pci").is_dir() {
+        ok("vfio-pci", "the vfio-pci driver is loaded")
+    } else {
+        not_ok(Verdict::Fail, "vfio-pci", "the vfio-pci driver is not loaded", "modprobe vfio-pci")
+    }
+}
+
+/// The kernel network interfaces of a PCI device (under `net/`, or `virtioN/net/`).
+fn device_interfaces(device_dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut dirs = vec![device_dir.join("net")];
+    if let Ok(entries) = std::fs::read_dir(device_dir) {
+        dirs.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+                .map(|e| e.path().join("net")),
+        );
+    }
+    for dir in dirs {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            names.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    names.sort();
+    names
+}
+
+fn check_device(host: &Host, profile: &Profile, address: &str) -> Vec<Check> {
+    let dir = host.sys.join("bus/pci/devices").join(address);
+    if !dir.exists() {
+        return vec![not_ok(
+            Verdict::Fail,
+            "device",
+            format!("device {address} is missing (no {})", dir.display()),
+            "find the NIC's PCI address with `dpdk-devbind.py -s` (or `readlink /sys/class/net/IF/device`) and \
+             pass --device ADDRESS",
+        )];
+    }
+    let mut checks = Vec::new();
+    let id = |file: &str| host.read(&dir.join(file)).map(|t| t.trim_start_matches("0x").to_owned()).unwrap_or_default();
+    let pci_id = format!("{}:{}", id("vendor"), id("device"));
+    checks.push(if profile.pci_ids.is_empty() || profile.pci_ids.contains(&pci_id) {
+        ok("device", format!("{address} is present ({pci_id})"))
+    } else {
+        not_ok(
+            Verdict::Warn,
+            "device",
+            format!("{address} is {pci_id}, not one of this profile's NICs ({})", profile.pci_ids.join(", ")),
+            "check --device, or pick the profile for this NIC (`beeline hw list`)",
+        )
+    });
+    let driver = host.link_name(&dir.join("driver"));
+    let interfaces = device_interfaces(&dir);
+    let bound = driver.clone().unwrap_or_else(|| "no driver".into());
+    if profile.vfio == VfioNeed::NotNeeded {
+        checks.push(match &driver {
+            Some(driver) if profile.kernel_drivers.contains(driver) => {
+                ok("driver", format!("{address} is bound to {driver} (bifurcated: no vfio-pci binding needed)"))
+            }
+            _ => not_ok(
+                Verdict::Fail,
+                "driver",
+                format!("{address} is bound to {bound}, expected {}", profile.kernel_drivers.join(" or ")),
+                format!("dpdk-devbind.py -b {} {address}", profile.kernel_drivers.first().map_or("", |d| d.as_str())),
+            ),
+        });
+    } else {
+        checks.push(match driver.as_deref() {
+            Some("vfio-pci") => ok("driver", format!("{address} is bound to vfio-pci")),
+            _ => {
+                let mut fix = format!("dpdk-devbind.py -b vfio-pci {address}");
+                if !interfaces.is_empty() {
+                    // Binding takes the interface from the kernel: make sure it is not the
+                    // one the operator is logged in through.
+                    fix.push_str(&format!(
+                        " (this takes {} away from the kernel: `ip link set dev {} down` first, and never bind the \
+                         NIC you are logged in through)",
+                        interfaces.join(", "),
+                        interfaces[0]
+                    ));
+                }
+                not_ok(Verdict::Fail, "driver", format!("{address} is bound to {bound}, DPDK needs vfio-pci"), fix)
+            }
+        });
+    }
+    checks
+}
+
+fn check_pmd(host: &Host, pmd: &str) -> Check {
+    let dirs = host.pmd_dirs();
+    for dir in dirs.iter().rev() {
+        let found = std::fs::read_dir(dir).ok().and_then(|entries| {
+            entries.flatten().map(|e| e.path()).find(|path| {
+                path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(&format!("{pmd}.so")))
+            })
+        });
+        if let Some(path) = found {
+            return ok("pmd", path.display().to_string());
+        }
+    }
+    // Debian names the package after the library and the ABI: librte_net_ice with ABI 23
+    // is librte-net-ice23, and a name ending in a digit gets a dash (librte-net-mlx5-23).
+    let abi = dirs
+        .last()
+        .and_then(|dir| dir.file_name()?.to_string_lossy().strip_prefix("pmds-")?.split('.').next().map(str::to_owned))
+        .unwrap_or_else(|| "23".into());
+    let base = pmd.replace('_', "-");
+    let package =
+        if base.ends_with(|c: char| c.is_ascii_digit()) { format!("{base}-{abi}") } else { format!("{base}{abi}") };
+    if dirs.is_empty() {
+        not_ok(
+            Verdict::Fail,
+            "pmd",
+            format!("{pmd}: no DPDK installed (no dpdk/pmds-* directory)"),
+            format!("apt-get install dpdk {package}"),
+        )
+    } else {
+        not_ok(
+            Verdict::Fail,
+            "pmd",
+            format!(
+                "{pmd}.so is in none of {}",
+                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            format!("apt-get install {package}"),
+        )
+    }
+}
+
+fn check_cores(host: &Host, profile: &Profile, cores: &str, device: Option<&str>) -> Vec<Check> {
+    let Some(wanted) = parse_cpu_list(cores) else {
+        return vec![not_ok(
+            Verdict::Fail,
+            "cores",
+            format!("dpdk_cores {cores:?} is not a core list"),
+            "use e.g. 1 or 2-3",
+        )];
+    };
+    let online = host
+        .read(&host.sys.join("devices/system/cpu/online"))
+        .and_then(|text| parse_cpu_list(&text))
+        .unwrap_or_default();
+    let missing: BTreeSet<u32> = wanted.difference(&online).copied().collect();
+    let mut checks = Vec::new();
+    if missing.is_empty() {
+        checks.push(ok("cores", format!("dpdk_cores {cores} are online (online: {})", format_cpu_list(&online))));
+    } else {
+        let spare: BTreeSet<u32> = online.iter().copied().filter(|core| *core != 0).take(wanted.len()).collect();
+        checks.push(not_ok(
+            Verdict::Fail,
+            "cores",
+            format!(
+                "dpdk_cores {cores}: core {} not online (online: {})",
+                format_cpu_list(&missing),
+                format_cpu_list(&online)
+            ),
+            if spare.len() == wanted.len() {
+                format!("set dpdk_cores = \"{}\" in the node config", format_cpu_list(&spare))
+            } else {
+                "run on a host with more cores, or set dpdk_cores to online cores".to_owned()
+            },
+        ));
+        return checks;
+    }
+    if profile.isolcpus {
+        let isolated = host
+            .read(&host.sys.join("devices/system/cpu/isolated"))
+            .and_then(|text| parse_cpu_list(&text))
+            .unwrap_or_default();
+        checks.push(if wanted.is_subset(&isolated) {
+            ok("cores", format!("dpdk_cores {cores} are isolated"))
+        } else {
+            let list = format_cpu_list(&wanted);
+            not_ok(
+                Verdict::Warn,
+                "cores",
+                format!("dpdk_cores {cores} are not isolated: the scheduler puts other work on them"),
+                format!(
+                    "add `isolcpus={list} nohz_full={list} rcu_nocbs={list}` to the kernel command line \
+                     (GRUB_CMDLINE_LINUX in /etc/default/grub, update-grub, reboot)"
+                ),
+            )
+        });
+    }
+    // A core on another NUMA node than the NIC pays a cross-socket hop per packet.
+    if let Some(local) = device
+        .and_then(|address| host.read(&host.sys.join("bus/pci/devices").join(address).join("local_cpulist")))
+        .and_then(|text| parse_cpu_list(&text))
+        .filter(|local| !local.is_empty() && !wanted.is_subset(local))
+    {
+        checks.push(not_ok(
+            Verdict::Warn,
+            "cores",
+            format!("dpdk_cores {cores} are not all local to the NIC (its cores: {})", format_cpu_list(&local)),
+            "set dpdk_cores to cores from that list",
+        ));
+    }
+    checks
+}
+
+fn check_interface(host: &Host, profile: &Profile, interface: &str) -> Vec<Check> {
+    let dir = host.sys.join("class/net").join(interface);
+    if interface.is_empty() || interface.contains('/') || !dir.exists() {
+        return vec![not_ok(
+            Verdict::Fail,
+            "interface",
+            format!("interface {interface} is missing (no {})", dir.display()),
+            "create it, or pass --interface IF naming an existing one (`ip -br link`)",
+        )];
+    }
+    let mut checks = Vec::new();
+    let driver = host.link_name(&dir.join("device/driver"));
+    checks.push(match driver {
+        Some(driver) if profile.kernel_drivers.contains(&driver) => ok("interface", format!("{interface}: {driver}")),
+        Some(driver) => not_ok(
+            Verdict::Warn,
+            "interface",
+            format!("{interface} is driven by {driver}, this profile is for {}", profile.kernel_drivers.join(", ")),
+            "pick the profile for this NIC (`beeline hw list`)",
+        ),
+        // A virtual interface has no device; a veth's link is its peer's index.
+        None => {
+            let ifindex = host.read(&dir.join("ifindex"));
+            let iflink = host.read(&dir.join("iflink"));
+            if profile.kernel_drivers.iter().any(|d| d == "veth") && ifindex.is_some() && ifindex != iflink {
+                ok("interface", format!("{interface}: virtual, peer ifindex {}", iflink.unwrap_or_default()))
+            } else {
+                not_ok(
+                    Verdict::Warn,
+                    "interface",
+                    format!(
+                        "{interface} has no device driver this profile expects ({})",
+                        profile.kernel_drivers.join(", ")
+                    ),
+                    "pick the profile for this interface (`beeline hw list`)",
+                )
+            }
+        }
+    });
+    match host.read_u64(&dir.join("mtu")) {
+        Some(mtu) => {
+            let frame_bytes = profile.node.get("frame_bytes").and_then(|v| v.as_integer()).unwrap_or(4096);
+            // What the afxdp backend itself refuses at start-up: a packet must fit a frame
+            // behind the XDP headroom.
+            let frame_max = usize::try_from(frame_bytes).unwrap_or(0).saturating_sub(
+                beeline_dataplane::std_support::afxdp::XDP_PACKET_HEADROOM
+                    + beeline_dataplane::netstack::ETHERNET_LEN
+                    + beeline_dataplane::netstack::VLAN_LEN,
+            );
+            checks.push(if mtu == u64::from(profile.mtu) && mtu <= frame_max as u64 {
+                ok("mtu", format!("{interface}: {mtu}"))
+            } else if mtu > frame_max as u64 && profile.backend == "afxdp" {
+                not_ok(
+                    Verdict::Fail,
+                    "mtu",
+                    format!("{interface}: {mtu}, but {frame_bytes}-byte frames hold at most {frame_max}"),
+                    format!("ip link set dev {interface} mtu {}", profile.mtu.min(frame_max as u32)),
+                )
+            } else {
+                not_ok(
+                    Verdict::Fail,
+                    "mtu",
+                    format!("{interface}: {mtu}, the profile's is {}", profile.mtu),
+                    format!("ip link set dev {interface} mtu {}", profile.mtu),
+                )
+            });
+        }
+        None => checks.push(not_ok(
+            Verdict::Fail,
+            "mtu",
+            format!("cannot read {}", dir.join("mtu").display()),
+            "check the interface",
+        )),
+    }
+    let rx_queues = std::fs::read_dir(dir.join("queues"))
+        .map(|entries| entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+        .unwrap_or(0) as u32;
+    checks.push(if rx_queues == profile.queues {
+        ok("queues", format!("{interface}: {rx_queues} RX queue(s)"))
+    } else if rx_queues > profile.queues {
+        // Traffic hashed to a queue the node does not serve never reaches it.
+        not_ok(
+            Verdict::Warn,
+            "queues",
+            format!("{interface}: {rx_queues} RX queues, the node serves {}", profile.queues),
+            format!(
+                "ethtool -L {interface} combined {} (or steer the storage port: ethtool -N {interface} flow-type \
+                 udp4 dst-port 7777 action 0)",
+                profile.queues
+            ),
+        )
+    } else {
+        not_ok(
+            Verdict::Fail,
+            "queues",
+            format!("{interface}: {rx_queues} RX queue(s), the profile needs {}", profile.queues),
+            format!("ethtool -L {interface} combined {}", profile.queues),
+        )
+    });
+    let state = host.read(&dir.join("operstate")).unwrap_or_default();
+    checks.push(if state == "up" || state == "unknown" {
+        ok("link", format!("{interface}: {state}"))
+    } else {
+        not_ok(
+            Verdict::Warn,
+            "link",
+            format!("{interface}: {state}"),
+            format!("ip link set dev {interface} up (and its peer, for a veth)"),
+        )
+    });
+    checks
+}
+
+/// `beeline hw ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum HwCommand {
+    /// Check this host against a hardware profile: one line per check (ok / warn / FAIL)
+    /// with what to run for each non-ok; exit 1 when any FAIL, 2 for a bad profile.
+    Check {
+        /// A profile name from `beeline hw list`, or the path of a .toml profile.
+        #[arg(long)]
+        profile: String,
+        /// The PCI address of the NIC (dpdk profiles) [default: the profile's dpdk_devices].
+        #[arg(long, conflicts_with = "interface")]
+        device: Option<String>,
+        /// The network interface (afxdp profiles) [default: the profile's interface].
+        #[arg(long)]
+        interface: Option<String>,
+    },
+    /// List the hardware profiles and where they are.
+    List,
+}
+
+/// Runs `beeline hw ...` and says how the process should exit.
+pub fn run(command: HwCommand) -> ExitCode {
+    let dirs = profile_dirs();
+    match command {
+        HwCommand::List => {
+            let profiles = list_profiles(&dirs);
+            if profiles.is_empty() {
+                let searched = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+                eprintln!("beeline: no hardware profiles in {searched}; copy hw-configs/ from the source tree there");
+                return ExitCode::from(EXIT_BAD_PROFILE);
+            }
+            for (name, path) in profiles {
+                match load_profile(&path) {
+                    Ok(loaded) => println!("{name:<16} {:<6} {}", loaded.profile.backend, loaded.profile.description),
+                    Err(error) => println!("{name:<16} (bad)   {error}"),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        HwCommand::Check { profile, device, interface } => {
+            let loaded = match find_profile(&profile, &dirs) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    eprintln!("beeline: {error}");
+                    return ExitCode::from(EXIT_BAD_PROFILE);
+                }
+            };
+            let target = match (device, interface) {
+                (Some(device), _) if !crate::dpdk_settings::is_pci_address(&device) => {
+                    eprintln!(
+                        "beeline: --device {device} is not a PCI address; use DOMAIN:BUS:DEVICE.FUNCTION, e.g. \
+                         0000:00:06.0"
+                    );
+                    return ExitCode::from(EXIT_BAD_PROFILE);
+                }
+                (Some(device), _) => Some(Target::Device(normalize_pci(&device))),
+                (_, Some(interface)) => Some(Target::Interface(interface)),
+                _ => default_target(&loaded.profile),
+            };
+            println!(
+                "profile {} ({}): backend {}, {}",
+                loaded.profile.name,
+                loaded.path.display(),
+                loaded.profile.backend,
+                target.as_ref().map(describe).unwrap_or_else(|| "no device".into())
+            );
+            let checks = check(&Host::real(), &loaded, target.as_ref());
+            for check in &checks {
+                println!("{check}");
+            }
+            let count = |verdict| checks.iter().filter(|c| c.verdict == verdict).count();
+            let failed = count(Verdict::Fail);
+            println!(
+                "summary: {} ok, {} warn, {failed} FAIL: {}",
+                count(Verdict::Ok),
+                count(Verdict::Warn),
+                if failed > 0 {
+                    "a node with this profile would not start here; fix the FAIL lines"
+                } else {
+                    "a node with this profile can start here"
+                }
+            );
+            if failed > 0 { ExitCode::from(EXIT_FAIL) } else { ExitCode::SUCCESS }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source_profiles() -> BTreeMap<String, PathBuf> {
+        let profiles = list_profiles(&[PathBuf::from(SOURCE_PROFILE_DIR)]);
+        assert!(profiles.len() >= 6, "expected the six shipped profiles in {SOURCE_PROFILE_DIR}: {profiles:?}");
+        profiles
+    }
+
+    fn loaded(name: &str) -> LoadedProfile {
+        find_profile(name, &[PathBuf::from(SOURCE_PROFILE_DIR)]).unwrap()
+    }
+
+    /// Every profile in hw-configs/ (a new one included) loads and its [node] resolves.
+    #[test]
+    fn every_profile_parses_and_its_node_table_validates() {
+        for (name, path) in source_profiles() {
+            let loaded = load_profile(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let settings = validate_node_table(&loaded).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(settings.backend, loaded.profile.backend, "{name}");
+            let profile = &loaded.profile;
+            if let Some(dpdk) = &settings.dpdk {
+                assert_eq!(dpdk.queues, profile.queues, "{name}");
+                assert_eq!(u32::from(dpdk.mtu), profile.mtu, "{name}");
+                assert_eq!(u32::from(dpdk.rx_ring_size), profile.rx_ring_size, "{name}");
+                assert_eq!(Some(&dpdk.cores), profile.dpdk_cores.as_ref(), "{name}");
+                // A frame must hold a whole packet at the profile's MTU.
+                assert!(settings.frame_bytes as usize >= profile.mtu as usize + 128 + 18, "{name}: frame_bytes");
+            }
+            // The hugepages reserved must at least hold the arena.
+            let arena = u64::from(settings.arena_frames) * u64::from(settings.frame_bytes);
+            let reserved = profile.hugepages.pages * profile.hugepages.page_kib().unwrap() * 1024;
+            assert!(reserved >= arena, "{name}: {reserved} bytes of hugepages for a {arena}-byte arena");
+            assert!(default_target(profile).is_some(), "{name}: [node] names no device or interface");
+        }
+    }
+
+    #[test]
+    fn broken_profiles_give_one_line_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(loaded("virtio").path).unwrap();
+        let cases = [
+            ("virtio", text.replace("isolcpus = false", "isolcpu = false"), "isolcpu"),
+            ("virtio", text.replace("vfio = \"no-iommu-ok\"", "vfio = \"maybe\""), "maybe"),
+            ("virtio", text.replace("page_size = \"2M\"", "page_size = \"4M\""), "hugepages.page_size"),
+            ("virtio", text.replace("mtu = 1500\nhugepages", "mtu = 9000\nhugepages"), "node.mtu"),
+            ("other", text.clone(), "`name`"),
+            ("virtio", text.replace("[node]\nbackend = \"dpdk\"", "[node]\nbackend = \"udp\""), "node.backend"),
+        ];
+        for (file, text, key) in cases {
+            let path = dir.path().join(format!("{file}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let message = load_profile(&path).unwrap_err().to_string();
+            assert!(message.contains(&path.display().to_string()) && message.contains(key), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        // A [node] key the node config does not know is a FAIL line naming it.
+        let path = dir.path().join("virtio.toml");
+        std::fs::write(&path, text.replace("arena_frames = 16384", "arena_frames = 16384\nbogus_key = 1")).unwrap();
+        let loaded = load_profile(&path).unwrap();
+        let message = validate_node_table(&loaded).unwrap_err();
+        assert!(message.contains("bogus_key") && message.contains("[node]"), "{message}");
+        assert!(!message.contains("beeline-hw-"), "the temporary file leaked into: {message}");
+    }
+
+    #[test]
+    fn cpu_lists_round_trip() {
+        assert_eq!(parse_cpu_list("0-3,6\n").unwrap(), BTreeSet::from([0, 1, 2, 3, 6]));
+        assert_eq!(format_cpu_list(&parse_cpu_list("0-3,6,7").unwrap()), "0-3,6-7");
+        assert!(parse_cpu_list("3-1").is_none() && parse_cpu_list("a").is_none());
+        assert_eq!(normalize_pci("3B:00.1,rxq_cqe_comp_en=1"), "0000:3b:00.1");
+        assert_eq!(parse_size_kib("1024M"), Some(1 << 20));
+    }
+
+    /// A fake sysfs/procfs tree with one virtio NIC.
+    struct Fake {
+        _dir: tempfile::TempDir,
+        host: Host,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let host = Host::under(dir.path());
+            let fake = Fake { _dir: dir, host };
+            fake.write("sys/devices/system/cpu/online", "0-3");
+            fake.write("sys/devices/system/cpu/isolated", "");
+            fake.write("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "0");
+            fake.write("sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "0");
+            fake.write("proc/meminfo", "MemTotal: 1 kB\nHugepagesize:       2048 kB\n");
+            fake.write("proc/mounts", "hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n");
+            fake.write("sys/bus/pci/devices/0000:00:06.0/vendor", "0x1af4");
+            fake.write("sys/bus/pci/devices/0000:00:06.0/device", "0x1041");
+            fake.write("sys/bus/pci/devices/0000:00:06.0/numa_node", "-1");
+            fake.write("sys/bus/pci/devices/0000:00:06.0/virtio3/net/eth1/mtu", "1500");
+            fake.bind("0000:00:06.0", "virtio-pci");
+            fake.write("usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/librte_net_virtio.so.23", "");
+            fake.write(&format!("usr/lib/{}-linux-gnu/dpdk/pmds-23.0/librte_net_virtio.so.23", fake.host.arch), "");
+            fake
+        }
+
+        fn path(&self, relative: &str) -> PathBuf {
+            self.host.sys.parent().unwrap().join(relative)
+        }
+
+        fn write(&self, relative: &str, text: &str) {
+            let path = self.path(relative);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+
+        fn bind(&self, address: &str, driver: &str) {
+            let driver_dir = self.path(&format!("sys/bus/pci/drivers/{driver}"));
+            std::fs::create_dir_all(&driver_dir).unwrap();
+            let link = self.path(&format!("sys/bus/pci/devices/{address}/driver"));
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(driver_dir, link).unwrap();
+        }
+
+        fn check(&self, profile: &str) -> Vec<Check> {
+            let loaded = loaded(profile);
+            let target = default_target(&loaded.profile);
+            check(&self.host, &loaded, target.as_ref())
+        }
+    }
+
+    fn line<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+        checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no {name} line in {checks:#?}"))
+    }
+
+    #[test]
+    fn fake_virtio_vm_goes_from_fail_to_ok_as_it_is_fixed() {
+        let fake = Fake::new();
+        let checks = fake.check("virtio");
+        let hugepages = line(&checks, "hugepages");
+        assert_eq!(hugepages.verdict, Verdict::Fail);
+        assert_eq!(hugepages.fix.as_deref(), Some("echo 256 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
+        let iommu = line(&checks, "iommu");
+        assert_eq!(iommu.verdict, Verdict::Fail);
+        assert!(iommu.fix.as_deref().unwrap().contains("enable_unsafe_noiommu_mode"), "{iommu}");
+        assert_eq!(line(&checks, "vfio-pci").fix.as_deref(), Some("modprobe vfio-pci"));
+        let driver = line(&checks, "driver");
+        assert_eq!(driver.verdict, Verdict::Fail);
+        assert!(driver.fix.as_deref().unwrap().starts_with("dpdk-devbind.py -b vfio-pci 0000:00:06.0"), "{driver}");
+        assert!(driver.fix.as_deref().unwrap().contains("eth1"), "{driver}");
+        assert!(checks.iter().all(|c| (c.verdict == Verdict::Ok) == c.fix.is_none()), "{checks:#?}");
+
+        fake.write("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "256");
+        fake.write("sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "256");
+        fake.write("sys/module/vfio/parameters/enable_unsafe_noiommu_mode", "Y");
+        fake.bind("0000:00:06.0", "vfio-pci");
+        let checks = fake.check("virtio");
+        assert!(checks.iter().all(|c| c.verdict == Verdict::Ok), "{checks:#?}");
+
+        // no-IOMMU mode is not enough for a profile that needs a real IOMMU.
+        assert_eq!(check_iommu(&fake.host, VfioNeed::Required).verdict, Verdict::Fail);
+        fake.write("sys/kernel/iommu_groups/0/type", "DMA");
+        assert_eq!(check_iommu(&fake.host, VfioNeed::Required).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn fake_host_reports_missing_pmd_mount_cores_and_device() {
+        let fake = Fake::new();
+        fake.write("proc/mounts", "proc /proc proc rw 0 0\n");
+        std::fs::remove_dir_all(fake.path("usr/lib")).unwrap();
+        fake.write("sys/devices/system/cpu/online", "0");
+        let checks = fake.check("virtio");
+        assert_eq!(line(&checks, "hugetlbfs").verdict, Verdict::Fail);
+        let pmd = line(&checks, "pmd");
+        assert_eq!(pmd.verdict, Verdict::Fail);
+        assert!(pmd.fix.as_deref().unwrap().contains("librte-net-virtio23"), "{pmd}");
+        assert_eq!(line(&checks, "cores").verdict, Verdict::Fail);
+
+        let checks = fake.check("e810");
+        let device = line(&checks, "device");
+        assert!(device.verdict == Verdict::Fail && device.detail.contains("missing"), "{device}");
+        assert_eq!(line(&checks, "firmware").verdict, Verdict::Warn);
+
+        let checks = fake.check("connectx6");
+        assert!(checks.iter().any(|c| c.fix.as_deref() == Some("modprobe mlx5_ib")), "{checks:#?}");
+    }
+
+    #[test]
+    fn fake_interface_mtu_and_queues() {
+        let fake = Fake::new();
+        fake.write("sys/class/net/veth-bee0/mtu", "9000");
+        fake.write("sys/class/net/veth-bee0/ifindex", "7");
+        fake.write("sys/class/net/veth-bee0/iflink", "8");
+        fake.write("sys/class/net/veth-bee0/operstate", "up");
+        fake.write("sys/class/net/veth-bee0/queues/rx-0/rps_cpus", "0");
+        fake.write("sys/class/net/veth-bee0/queues/rx-1/rps_cpus", "0");
+        let checks = fake.check("afxdp-veth");
+        assert_eq!(line(&checks, "interface").verdict, Verdict::Ok);
+        let mtu = line(&checks, "mtu");
+        assert_eq!((mtu.verdict, mtu.fix.as_deref()), (Verdict::Fail, Some("ip link set dev veth-bee0 mtu 1500")));
+        assert_eq!(line(&checks, "queues").verdict, Verdict::Warn);
+        // Hugepages are only preferred by afxdp.
+        assert_eq!(line(&checks, "hugepages").verdict, Verdict::Warn);
+    }
+}
