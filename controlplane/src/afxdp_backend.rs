@@ -106,8 +106,17 @@ pub enum BackendError {
     AfXdp(#[from] AfXdpError),
     #[error(transparent)]
     Xdp(#[from] XdpError),
-    #[error("backend = \"afxdp\" but no afxdp settings were resolved; this is a bug in the config code")]
+    #[error("the backend's settings were not resolved; this is a bug in the config code")]
     NoSettings,
+    #[error("{0}")]
+    Dpdk(String),
+    #[error("{0}")]
+    Io(String),
+    #[error(
+        "backend = \"dpdk\" but this beeline was built without DPDK: rebuild it with `cargo build --release -p \
+         beeline --features dpdk` (needs `apt-get install dpdk-dev libdpdk-dev libclang-dev`)"
+    )]
+    DpdkNotBuilt,
     #[error(
         "{interface} has MTU {mtu}, but {frame_bytes}-byte frames hold packets of at most {max} bytes in AF_XDP: \
          raise frame_bytes (a power of two) or lower the MTU (`ip link set dev {interface} mtu {max}`)"
@@ -355,13 +364,38 @@ impl Drop for AfxdpBackend {
 pub enum Backend {
     Udp(Box<UdpIo>),
     Afxdp(Box<AfxdpBackend>),
+    #[cfg(feature = "dpdk")]
+    Dpdk(Box<crate::dpdk_backend::DpdkBackend>),
 }
+
+/// Where a DPDK node's frames are (the pool that is its arena); `()` without DPDK.
+#[cfg(feature = "dpdk")]
+pub type DpdkLayout = beeline_dataplane::std_support::dpdk::PoolLayout;
+#[cfg(not(feature = "dpdk"))]
+pub type DpdkLayout = ();
 
 impl Backend {
     /// Opens the backend `settings.backend` names. `afxdp` registers `arena` as its UMEM,
     /// so the arena must be the one the poll loop then uses. Returns the address the node
     /// serves on.
-    pub fn open(settings: &NodeSettings, arena: &mut Arena<'_>) -> Result<(Backend, SocketAddr), BackendError> {
+    pub fn open(
+        settings: &NodeSettings,
+        dpdk: Option<DpdkLayout>,
+        arena: &mut Arena<'_>,
+    ) -> Result<(Backend, SocketAddr), BackendError> {
+        if settings.backend == "dpdk" {
+            #[cfg(feature = "dpdk")]
+            {
+                let layout = dpdk.ok_or(BackendError::NoSettings)?;
+                let backend = crate::dpdk_backend::DpdkBackend::open(settings, layout, arena)?;
+                return Ok((Backend::Dpdk(Box::new(backend)), settings.listen));
+            }
+            #[cfg(not(feature = "dpdk"))]
+            {
+                let _ = dpdk;
+                return Err(BackendError::DpdkNotBuilt);
+            }
+        }
         if settings.backend == "afxdp" {
             let afxdp = settings.afxdp.as_ref().ok_or(BackendError::NoSettings)?;
             let backend = AfxdpBackend::open(afxdp, settings.listen, &settings.allow, arena)?;
@@ -382,6 +416,9 @@ impl Backend {
         match self {
             Backend::Udp(_) => configured.clone(),
             Backend::Afxdp(_) => Allowlist::allow_all(),
+            // Only `net_af_xdp` has a classifier in front; the node filters for other ports.
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk(_) => configured.clone(),
         }
     }
 
@@ -391,6 +428,8 @@ impl Backend {
         match self {
             Backend::Udp(_) => u16::MAX,
             Backend::Afxdp(afxdp) => afxdp.fragment_bytes_cap,
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk(dpdk) => dpdk.fragment_bytes_cap,
         }
     }
 
@@ -399,6 +438,8 @@ impl Backend {
         match self {
             Backend::Udp(io) => format!("udp on {}", io.local_addr()),
             Backend::Afxdp(afxdp) => afxdp.describe(),
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk(dpdk) => dpdk.describe(),
         }
     }
 
@@ -415,6 +456,8 @@ impl Backend {
                 ]
             }
             Backend::Afxdp(afxdp) => afxdp.counters(),
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk(dpdk) => dpdk.counters(),
         }
     }
 }
@@ -431,6 +474,8 @@ impl PacketIo for Backend {
                 }
                 Ok(afxdp.io.recv_batch(arena, out)?)
             }
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk(dpdk) => Ok(dpdk.io.recv_batch(arena, out)?),
         }
     }
 
@@ -438,6 +483,8 @@ impl PacketIo for Backend {
         match self {
             Backend::Udp(io) => Ok(io.send_batch(arena, batch)?),
             Backend::Afxdp(afxdp) => Ok(afxdp.io.send_batch(arena, batch)?),
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk(dpdk) => Ok(dpdk.io.send_batch(arena, batch)?),
         }
     }
 
@@ -445,6 +492,8 @@ impl PacketIo for Backend {
         match self {
             Backend::Udp(io) => io.wait(timeout_us),
             Backend::Afxdp(afxdp) => afxdp.io.wait(timeout_us),
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk(dpdk) => dpdk.io.wait(timeout_us),
         }
     }
 
@@ -452,6 +501,8 @@ impl PacketIo for Backend {
         match self {
             Backend::Udp(io) => io.dropped(),
             Backend::Afxdp(afxdp) => afxdp.io.dropped(),
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk(dpdk) => dpdk.io.dropped(),
         }
     }
 }

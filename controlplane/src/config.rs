@@ -308,6 +308,15 @@ impl NodeFlags {
 
         let dpdk = crate::dpdk_settings::resolve(&backend, self, &file, listen.port())
             .map_err(|(key, value, fix, from_flag)| origin.error(from_flag, key, value, fix))?;
+        if dpdk.is_some() && (!listen.is_ipv4() || listen.ip().is_unspecified()) {
+            return Err(origin.error(
+                self.listen.is_some(),
+                "listen",
+                listen,
+                "backend = \"dpdk\" answers ARP for its address: listen on the port's own IPv4 address, e.g. \
+                 10.0.0.2:7777",
+            ));
+        }
 
         let (frame_bytes, from_flag) = pick(&self.frame_bytes, &file.frame_bytes, 4096);
         if !frame_bytes.is_power_of_two() || !(2048..=65536).contains(&frame_bytes) {

@@ -367,23 +367,49 @@ fn data_plane_thread(
     snapshot: SharedSnapshot,
     ready: std::sync::mpsc::SyncSender<(SocketAddr, SyncLatency)>,
 ) -> Result<(), NodeError> {
-    let policy = match settings.hugepages {
-        HugepagePolicy::Prefer => PagePolicy::PreferHuge,
-        HugepagePolicy::Require => PagePolicy::Huge,
-        HugepagePolicy::Off => PagePolicy::Normal,
+    // A DPDK node's arena is its mbuf pool, built inside the EAL; every other backend's is
+    // an mmap. Declared before the poll loop so the port drops first, then the pool, then
+    // the EAL.
+    #[cfg(feature = "dpdk")]
+    let mut dpdk_runtime = if settings.backend == "dpdk" {
+        Some(crate::dpdk_backend::DpdkRuntime::start(&settings).map_err(|error| NodeError::Socket(error.to_string()))?)
+    } else {
+        None
     };
-    let mut memory = ArenaMemory::allocate(settings.arena_frames, settings.frame_bytes as usize, policy)
-        .map_err(|error| NodeError::Arena(error.to_string()))?;
-    if let Some(warning) = memory.fallback_warning() {
-        warn!("{warning}");
-    }
-    let page_backing = match memory.backing() {
-        PageBacking::Huge2M => "hugepages-2M",
-        PageBacking::Normal => "normal-4K",
+    #[cfg(feature = "dpdk")]
+    let dpdk_layout = dpdk_runtime.as_ref().map(|runtime| runtime.layout());
+    #[cfg(not(feature = "dpdk"))]
+    let dpdk_layout: Option<crate::afxdp_backend::DpdkLayout> = None;
+    let mut memory = None;
+    #[cfg(feature = "dpdk")]
+    let dpdk_arena = match dpdk_runtime.as_mut() {
+        Some(runtime) => Some(runtime.arena().map_err(|error| NodeError::Arena(error.to_string()))?),
+        None => None,
     };
-    let mut arena = memory.arena();
+    #[cfg(not(feature = "dpdk"))]
+    let dpdk_arena: Option<beeline_dataplane::arena::Arena<'_>> = None;
+    let (mut arena, page_backing) = match dpdk_arena {
+        Some(arena) => (arena, "dpdk-mempool"),
+        None => {
+            let policy = match settings.hugepages {
+                HugepagePolicy::Prefer => PagePolicy::PreferHuge,
+                HugepagePolicy::Require => PagePolicy::Huge,
+                HugepagePolicy::Off => PagePolicy::Normal,
+            };
+            let allocated = ArenaMemory::allocate(settings.arena_frames, settings.frame_bytes as usize, policy)
+                .map_err(|error| NodeError::Arena(error.to_string()))?;
+            if let Some(warning) = allocated.fallback_warning() {
+                warn!("{warning}");
+            }
+            let page_backing = match allocated.backing() {
+                PageBacking::Huge2M => "hugepages-2M",
+                PageBacking::Normal => "normal-4K",
+            };
+            (memory.insert(allocated).arena(), page_backing)
+        }
+    };
     let (io, local_addr) =
-        Backend::open(&settings, &mut arena).map_err(|error| NodeError::Socket(error.to_string()))?;
+        Backend::open(&settings, dpdk_layout, &mut arena).map_err(|error| NodeError::Socket(error.to_string()))?;
     let store_config = DiskStoreConfig {
         segment_bytes: settings.segment_bytes,
         capacity_bytes: settings.capacity_bytes,

@@ -12,6 +12,8 @@ pub mod cluster_client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+#[cfg(feature = "dpdk")]
+pub mod dpdk_backend;
 pub mod dpdk_settings;
 pub mod hw;
 pub mod keyfile;

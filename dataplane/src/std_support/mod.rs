@@ -4,6 +4,8 @@
 pub mod afxdp;
 pub mod arena_memory;
 pub mod disk_store;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod mem_store;
 pub mod peers;
 pub mod sim_harness;
