@@ -54,8 +54,12 @@ pub fn eal_args(
         args.push((arena_bytes.div_ceil(1 << 20) + 256).to_string());
     }
     if !settings.devices.iter().any(|device| is_pci_address(device)) {
-        // Only virtual devices: do not probe (and grab) the host's PCI NICs.
+        // Only virtual devices: do not probe (and grab) the host's PCI NICs, and address
+        // memory by virtual address (what virtio_user and net_af_xdp want).
         args.push("--no-pci".to_owned());
+        if !settings.eal_args.iter().any(|arg| arg.starts_with("--iova-mode")) {
+            args.push("--iova-mode=va".to_owned());
+        }
     }
     for device in &settings.devices {
         if is_pci_address(device) {
