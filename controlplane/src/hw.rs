@@ -210,7 +210,9 @@ pub fn load_profile(path: &Path) -> Result<LoadedProfile, ProfileError> {
 
 /// The directories `--profile NAME` and `hw list` look in, in order.
 pub fn profile_dirs() -> Vec<PathBuf> {
-    vec![PathBuf::from("hw-configs"), PathBuf::from(ETC_PROFILE_DIR), PathBuf::from(SOURCE_PROFILE_DIR)]
+    // Canonical, so messages show /path/to/beeline/hw-configs rather than controlplane/../.
+    let source = std::fs::canonicalize(SOURCE_PROFILE_DIR).unwrap_or_else(|_| PathBuf::from(SOURCE_PROFILE_DIR));
+    vec![PathBuf::from("hw-configs"), PathBuf::from(ETC_PROFILE_DIR), source]
 }
 
 /// A profile by name (first match in `dirs`) or by path (anything with a `/` or `.toml`).
