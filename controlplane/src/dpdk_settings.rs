@@ -30,9 +30,13 @@ pub struct DpdkSettings {
 /// A rejected key: `(key, value, fix, came_from_a_flag)`.
 pub type SettingError = (&'static str, String, String, bool);
 
-/// True for a PCI address such as `0000:00:06.0` or `00:06.0`: the EAL gets it as `-a`,
-/// anything else is a virtual device (`--vdev`).
+/// True for a device the EAL gets with `-a`: a PCI address such as `0000:00:06.0` or
+/// `00:06.0`, or an auxiliary device (`auxiliary:mlx5_core.sf.2`, a BlueField scalable
+/// function); anything else is a virtual device (`--vdev`).
 pub fn is_pci_address(device: &str) -> bool {
+    if device.starts_with("auxiliary:") {
+        return true;
+    }
     let address = device.split(',').next().unwrap_or("");
     let parts: Vec<&str> = address.split([':', '.']).collect();
     let hex = |part: &str, len: usize| part.len() == len && part.chars().all(|c| c.is_ascii_hexdigit());
@@ -74,7 +78,9 @@ pub fn resolve(
             return Err((
                 "dpdk_devices",
                 device.clone(),
-                "use a PCI address (0000:00:06.0) or a DPDK virtual device whose name starts with net_".into(),
+                "use a PCI address (0000:00:06.0), an auxiliary device (auxiliary:mlx5_core.sf.2) or a DPDK \
+                 virtual device whose name starts with net_"
+                    .into(),
                 from_flag,
             ));
         }
@@ -149,6 +155,7 @@ mod tests {
         assert!(is_pci_address("0000:3b:00.1,rxq_cqe_comp_en=0"));
         assert!(!is_pci_address("net_af_xdp0,iface=veth0"));
         assert!(!is_pci_address("0000:00:6.0"));
+        assert!(is_pci_address("auxiliary:mlx5_core.sf.2"));
     }
 
     #[test]

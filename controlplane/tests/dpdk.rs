@@ -1,0 +1,455 @@
+//! The `dpdk` backend end to end on DPDK's virtual devices, on hugepages this test
+//! reserves: `net_af_xdp` on a veth with Beeline's classifier as its XDP program, and
+//! `net_virtio_user` against `net_vhost` (the virtio driver path of a VM) through
+//! `beeline-dpdk-forward`, which bridges the vhost-user socket to a tap. Clients are the
+//! `beeline` CLI on the kernel stack of another network namespace.
+//!
+//! Built only with `--features dpdk`. Needs root; skips with a message without it. Every
+//! namespace is removed by a Drop guard, whatever the outcome. Hugepages stay reserved
+//! (512 x 2 MiB) after the run: other DPDK users of the machine expect them.
+#![cfg(feature = "dpdk")]
+
+mod common;
+use common::pattern;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_beeline");
+const FORWARD_BIN: &str = env!("CARGO_BIN_EXE_beeline-dpdk-forward");
+const PORT: u16 = 7777;
+const HUGEPAGES_WANTED: u64 = 512;
+
+/// Tests that need hugepages hold it shared; the one that takes them away holds it alone.
+static HUGEPAGES: RwLock<()> = RwLock::new(());
+
+fn missing_requirement() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (hugepages, network namespaces, XDP)".into());
+    }
+    for tool in ["ip", "ethtool"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Some(format!("`{tool}` is not installed (ci/setup.sh installs it)"));
+        }
+    }
+    None
+}
+
+macro_rules! require_root {
+    ($name:literal) => {
+        if let Some(why) = missing_requirement() {
+            eprintln!("skipping {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn sh(args: &[&str]) -> Output {
+    run(Command::new(args[0]).args(&args[1..]))
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+fn read_number(path: &str) -> u64 {
+    std::fs::read_to_string(path).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Mounts hugetlbfs and reserves the 2 MiB pages the nodes and forwarders need.
+fn reserve_hugepages() {
+    let mounted = std::fs::read_to_string("/proc/mounts").unwrap().lines().any(|l| l.contains(" hugetlbfs "));
+    if !mounted {
+        std::fs::create_dir_all("/dev/hugepages").unwrap();
+        sh(&["mount", "-t", "hugetlbfs", "nodev", "/dev/hugepages"]);
+    }
+    if read_number(NR_HUGEPAGES) < HUGEPAGES_WANTED {
+        std::fs::write(NR_HUGEPAGES, HUGEPAGES_WANTED.to_string()).unwrap();
+    }
+    let free = read_number("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+    assert!(free >= 128, "only {free} free 2 MiB hugepages after reserving {HUGEPAGES_WANTED}");
+}
+
+fn unique_id() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{}{}", std::process::id() % 10_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Network namespaces, deleted on drop (with every interface inside them).
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn new(names: &[&str]) -> Self {
+        let namespaces = Namespaces(names.iter().map(|n| n.to_string()).collect());
+        for name in names {
+            sh(&["ip", "netns", "add", name]);
+            sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        }
+        namespaces
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn in_ns(ns: &str, program: &str) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, program]);
+    command
+}
+
+/// A background process whose stderr is collected; killed on drop.
+struct Process {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    fn spawn(mut command: Command) -> Self {
+        let mut child =
+            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let stderr = child.stderr.take().unwrap();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Process { child: Some(child), log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on our own child (`ip netns exec` execs the program in place).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A DPDK node and the namespace its clients run in.
+struct DpdkNode {
+    node_ns: String,
+    client_ns: String,
+    dir: PathBuf,
+    addr: String,
+    device: String,
+    file_prefix: String,
+    process: Option<Process>,
+}
+
+impl DpdkNode {
+    fn command(&self) -> Command {
+        let mut command = in_ns(&self.node_ns, BIN);
+        command
+            .args(["node", "run", "--backend", "dpdk", "--listen", &self.addr, "--dpdk-devices", &self.device])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--key-file")
+            .arg(self.dir.join("cluster.key"))
+            .args(["--dpdk-file-prefix", &self.file_prefix, "--arena-frames", "4096", "--hugepages", "require"])
+            .env("BEELINE_LOG", "info");
+        command
+    }
+
+    /// Starts the node and waits (bounded) until it answers a ping over the DPDK port.
+    fn start(&mut self) {
+        let mut process = Process::spawn(self.command());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.cli(&["node", "ping"]).status.success() {
+            if let Some(status) = process.exited() {
+                panic!("node exited during start-up with {status}:\n{}", process.log());
+            }
+            assert!(Instant::now() < deadline, "node did not answer within 30 s:\n{}", process.log());
+        }
+        self.process = Some(process);
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        in_ns(&self.client_ns, BIN)
+            .args(args)
+            .args(["--node", &self.addr, "--key-file"])
+            .arg(self.dir.join("cluster.key"))
+            .output()
+            .expect("run beeline")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        let log = self.process.as_ref().map(Process::log).unwrap_or_default();
+        assert!(
+            output.status.success(),
+            "beeline {args:?} failed: {}\nnode log:\n{log}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn status(&self) -> (String, HashMap<String, u64>) {
+        let text = self.ok(&["node", "status"]);
+        let backend = text.lines().find_map(|l| l.strip_prefix("backend:")).unwrap_or("").trim().to_owned();
+        let counters = text
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.strip_prefix("  ")?.split_whitespace();
+                Some((words.next()?.to_owned(), words.next()?.parse().ok()?))
+            })
+            .collect();
+        (backend, counters)
+    }
+
+    fn put(&self, name: &str, data: &[u8]) {
+        let path = self.dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        self.ok(&["put", path.to_str().unwrap(), "--as", name]);
+    }
+
+    fn get_matches(&self, name: &str, data: &[u8]) {
+        let back = self.dir.join(format!("{name}.back"));
+        self.ok(&["get", name, "-o", back.to_str().unwrap()]);
+        assert!(std::fs::read(&back).unwrap() == data, "{name} ({} bytes) came back different", data.len());
+    }
+}
+
+fn files(salt: u64) -> Vec<(String, Vec<u8>)> {
+    [0usize, 1, 1_000_001, 5 << 20]
+        .iter()
+        .map(|len| (format!("file-{len}"), pattern(*len, salt + *len as u64)))
+        .collect()
+}
+
+#[test]
+fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
+    require_root!("net_af_xdp_node_round_trips_files_behind_the_classifier");
+    let _hugepages = HUGEPAGES.read().unwrap();
+    reserve_hugepages();
+    let id = unique_id();
+    let (node_ns, client_ns) = (format!("bdn{id}"), format!("bdc{id}"));
+    let (node_if, client_if) = (format!("bdn{id}"), format!("bdc{id}"));
+    let _namespaces = Namespaces::new(&[&node_ns, &client_ns]);
+    sh(&[
+        "ip", "link", "add", &client_if, "netns", &client_ns, "type", "veth", "peer", "name", &node_if, "netns",
+        &node_ns,
+    ]);
+    sh(&["ip", "-n", &node_ns, "addr", "add", "10.81.0.1/24", "dev", &node_if]);
+    sh(&["ip", "-n", &client_ns, "addr", "add", "10.81.0.2/24", "dev", &client_if]);
+    sh(&["ip", "-n", &node_ns, "link", "set", &node_if, "up"]);
+    sh(&["ip", "-n", &client_ns, "link", "set", &client_if, "up"]);
+    // The kernel sender's veth leaves UDP checksums to an offload that never runs; real
+    // NICs deliver complete ones, so make the test path do too.
+    run(in_ns(&client_ns, "ethtool").args(["-K", &client_if, "tx", "off"]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = DpdkNode {
+        node_ns: node_ns.clone(),
+        client_ns: client_ns.clone(),
+        dir: dir.path().to_owned(),
+        addr: format!("10.81.0.1:{PORT}"),
+        device: format!("net_af_xdp0,iface={node_if}"),
+        file_prefix: format!("bd-afxdp-{id}"),
+        process: None,
+    };
+    node.start();
+    let link =
+        String::from_utf8_lossy(&sh(&["ip", "-n", &node_ns, "-d", "link", "show", &node_if]).stdout).into_owned();
+    assert!(link.contains("xdp"), "no XDP program on the node's veth: {link}");
+
+    let files = files(1);
+    for (name, data) in &files {
+        node.put(name, data);
+    }
+    for (name, data) in &files {
+        node.get_matches(name, data);
+    }
+    // ARP and ping are the kernel's on this path: the classifier passes them.
+    run(in_ns(&client_ns, "ping").args(["-c", "2", "-W", "2", "10.81.0.1"]));
+    let (backend, counters) = node.status();
+    assert!(backend.contains("net_af_xdp") && backend.contains("XDP classifier"), "{backend}");
+    assert!(counters["xdp_redirect_packets"] > 0, "{counters:#?}");
+    assert!(counters["xdp_pass_packets"] > 0, "ARP/ICMP never reached the kernel: {counters:#?}");
+    assert_eq!(counters["dpdk_arp_replies"], 0, "the node answered ARP the kernel owns");
+    assert!(counters["dpdk_rx_packets"] >= counters["fragments_stored"], "{counters:#?}");
+    // 0 B stores no chunk, 1 B and 1 MB one each, 5 MiB two (4 MiB chunks).
+    assert_eq!(counters["chunks_stored"], 4, "{counters:#?}");
+
+    // A graceful stop closes the port, and the PMD takes its program off the interface.
+    let status = node.process.as_mut().unwrap().terminate();
+    assert!(status.success(), "node exited with {status}");
+    let link =
+        String::from_utf8_lossy(&sh(&["ip", "-n", &node_ns, "-d", "link", "show", &node_if]).stdout).into_owned();
+    assert!(!link.contains("prog/xdp"), "XDP program left attached after the node stopped: {link}");
+}
+
+#[test]
+fn virtio_user_node_round_trips_files_through_vhost_user() {
+    require_root!("virtio_user_node_round_trips_files_through_vhost_user");
+    let _hugepages = HUGEPAGES.read().unwrap();
+    reserve_hugepages();
+    let id = unique_id();
+    let (node_ns, client_ns) = (format!("bdvn{id}"), format!("bdvc{id}"));
+    let _namespaces = Namespaces::new(&[&node_ns, &client_ns]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vhost.sock");
+    let tap = format!("bdt{id}");
+
+    // The hypervisor's side: vhost-user server on the socket, bridged to a tap in the
+    // client's namespace.
+    let mut forward = in_ns(&client_ns, FORWARD_BIN);
+    forward
+        .args(["-l", "1", "--in-memory", "--single-file-segments", "--no-pci", "--iova-mode=va"])
+        .args(["--file-prefix", &format!("bd-fwd-{id}")])
+        .arg("--vdev")
+        .arg(format!("net_vhost0,iface={}", socket.display()))
+        .arg("--vdev")
+        .arg(format!("net_tap0,iface={tap}"));
+    let mut forwarder = Process::spawn(forward);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(socket.exists()
+        && Path::new(&format!("/var/run/netns/{client_ns}")).exists()
+        && tap_exists(&client_ns, &tap))
+    {
+        if let Some(status) = forwarder.exited() {
+            panic!("forwarder exited with {status}:\n{}", forwarder.log());
+        }
+        assert!(Instant::now() < deadline, "forwarder never created its socket and tap:\n{}", forwarder.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sh(&["ip", "-n", &client_ns, "addr", "add", "10.82.0.1/24", "dev", &tap]);
+    sh(&["ip", "-n", &client_ns, "link", "set", &tap, "up"]);
+
+    let mut node = DpdkNode {
+        node_ns,
+        client_ns: client_ns.clone(),
+        dir: dir.path().to_owned(),
+        addr: format!("10.82.0.2:{PORT}"),
+        device: format!("net_virtio_user0,path={}", socket.display()),
+        file_prefix: format!("bd-virtio-{id}"),
+        process: None,
+    };
+    node.start();
+    // The kernel no longer sees this port: the node itself answers ARP and ping.
+    run(in_ns(&client_ns, "ping").args(["-c", "2", "-W", "2", "10.82.0.2"]));
+    let files = files(2);
+    for (name, data) in &files {
+        node.put(name, data);
+    }
+    for (name, data) in &files {
+        node.get_matches(name, data);
+    }
+    let (backend, counters) = node.status();
+    assert!(backend.contains("net_virtio_user"), "{backend}");
+    assert!(counters["dpdk_arp_replies"] >= 1, "{counters:#?}");
+    assert!(counters["dpdk_echo_replies"] >= 2, "{counters:#?}");
+    assert_eq!(counters["dpdk_port_rx_nombuf"], 0, "the pool ran dry: {counters:#?}");
+
+    // SIGKILL, restart on the same data: every acknowledged file is still there.
+    node.process.as_mut().unwrap().kill9();
+    node.start();
+    for (name, data) in &files {
+        node.get_matches(name, data);
+    }
+    let status = node.process.as_mut().unwrap().terminate();
+    assert!(status.success(), "node exited with {status}");
+    let status = forwarder.terminate();
+    assert!(status.success(), "forwarder exited with {status}:\n{}", forwarder.log());
+}
+
+fn tap_exists(ns: &str, tap: &str) -> bool {
+    Command::new("ip").args(["-n", ns, "link", "show", tap]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Runs a node expected to fail at start-up; returns its last stderr line.
+fn start_fails(extra: &[&str], dir: &Path) -> String {
+    let id = unique_id();
+    let output = Command::new(BIN)
+        .args(["node", "run", "--backend", "dpdk", "--listen", "10.83.0.1:7777", "--arena-frames", "4096"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--key-file")
+        .arg(dir.join("cluster.key"))
+        .args(["--dpdk-file-prefix", &format!("bd-fail-{id}")])
+        .args(extra)
+        .output()
+        .expect("run node");
+    assert!(!output.status.success(), "the node started but should not have");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let last = stderr.lines().last().unwrap_or_default().to_owned();
+    assert!(last.starts_with("beeline: "), "the last line is not beeline's error:\n{stderr}");
+    last
+}
+
+#[test]
+fn eal_refusals_are_one_clear_line() {
+    require_root!("eal_refusals_are_one_clear_line");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let _hugepages = HUGEPAGES.read().unwrap();
+        reserve_hugepages();
+        let line = start_fails(&["--dpdk-devices", "net_nosuchdriver0,iface=x", "--hugepages", "require"], dir.path());
+        assert!(line.contains("dpdk_devices") && line.contains("net_nosuchdriver0"), "{line}");
+    }
+    // No hugepages at all: this test alone holds the lock while the pages are gone.
+    let _alone = HUGEPAGES.write().unwrap();
+    let before = read_number(NR_HUGEPAGES);
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(NR_HUGEPAGES, self.0.to_string());
+        }
+    }
+    let _restore = Restore(before.max(HUGEPAGES_WANTED));
+    std::fs::write(NR_HUGEPAGES, "0").unwrap();
+    let line = start_fails(&["--dpdk-devices", "net_tap0,iface=bdfail0", "--hugepages", "require"], dir.path());
+    assert!(line.contains("no free hugepages") && line.contains("nr_hugepages"), "{line}");
+}
