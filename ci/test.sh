@@ -12,14 +12,17 @@ step() { echo; echo "=== $* ==="; }
 step "format"
 cargo fmt --all --check
 
-step "clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+step "clippy (with the dpdk backend)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "the workspace without DPDK still builds"
+cargo check --locked -p beeline --all-targets
 
 step "no_std: the data plane core links without std"
 cargo build --locked --manifest-path nostd-check/Cargo.toml
 
-step "tests"
-cargo test --workspace --locked
+step "tests (with the dpdk backend: its tests reserve 2 MiB hugepages)"
+cargo test --workspace --all-features --locked
 
 step "bounded fuzz run"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" ci/fuzz.sh
