@@ -724,6 +724,96 @@ pub struct Seed {
 /// Hand-made inputs that reach each protocol path on the preloaded node and each client
 /// reaction, sealed with [`FUZZ_KEY`], plus malformed variants. libFuzzer starts from
 /// these instead of having to discover the header layout and the preloaded ids.
+/// The node's own address on a kernel-bypass port, for [`fuzz_frame`].
+pub const FRAME_NODE_MAC: crate::netstack::MacAddr = [0x02, 0xbe, 0xe1, 0, 0, 1];
+pub const FRAME_NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+/// One untrusted Ethernet frame, as a DPDK port receives it: the ARP/ICMP responder may
+/// rewrite it into a reply (which must then be well formed and no longer than the frame)
+/// or must leave it untouched; then the UDP parser must not panic and must point inside
+/// the frame.
+pub fn fuzz_frame(data: &[u8]) {
+    use crate::netstack::{self, fold, sum_bytes};
+    use crate::responder::{Answer, answer_in_place};
+
+    let mut frame = data.to_vec();
+    match answer_in_place(&mut frame, FRAME_NODE_MAC, FRAME_NODE_IP) {
+        Answer::NotMine => assert_eq!(frame, data, "a frame the responder does not answer must stay as it was"),
+        Answer::ArpReply { len } => {
+            assert!(len <= frame.len());
+            assert_eq!(frame[6..12], FRAME_NODE_MAC, "an ARP reply comes from the node");
+            assert_eq!(frame[28..32], FRAME_NODE_IP.octets(), "an ARP reply announces the node's address");
+            assert_eq!(frame[20..22], [0, 2], "an ARP reply has opcode 2");
+        }
+        Answer::EchoReply { len } => {
+            assert!(len <= frame.len());
+            let header_len = usize::from(frame[14] & 0x0f) * 4;
+            assert_eq!(fold(sum_bytes(0, &frame[14..14 + header_len])), 0xffff, "IPv4 header checksum");
+            assert_eq!(fold(sum_bytes(0, &frame[14 + header_len..len])), 0xffff, "ICMP checksum");
+            assert_eq!(frame[26..30], FRAME_NODE_IP.octets(), "an echo reply comes from the node");
+        }
+    }
+    if let Ok(datagram) = netstack::parse(data) {
+        assert!(datagram.payload.start <= datagram.payload.end && datagram.payload.end <= data.len());
+    }
+}
+
+fn frame_seeds() -> Vec<(String, Vec<u8>)> {
+    use crate::netstack::{ETHERNET_LEN, Route, Vlan, fold, sum_bytes, write_headers};
+    let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
+    let peer_mac = [0x02, 0, 0, 0, 0, 2];
+    let peer_ip = Ipv4Addr::new(10, 0, 0, 2);
+    let mut arp = std::vec![0u8; 60];
+    arp[0..6].fill(0xff);
+    arp[6..12].copy_from_slice(&peer_mac);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    arp[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp[22..28].copy_from_slice(&peer_mac);
+    arp[28..32].copy_from_slice(&peer_ip.octets());
+    arp[38..42].copy_from_slice(&FRAME_NODE_IP.octets());
+    seeds.push(("arp-request".into(), arp.clone()));
+    arp[41] = 99;
+    seeds.push(("arp-request-other-ip".into(), arp));
+
+    let mut echo = std::vec![0u8; ETHERNET_LEN + 20 + 8 + 16];
+    echo[0..6].copy_from_slice(&FRAME_NODE_MAC);
+    echo[6..12].copy_from_slice(&peer_mac);
+    echo[12..14].copy_from_slice(&[0x08, 0x00]);
+    echo[14] = 0x45;
+    echo[16..18].copy_from_slice(&((20 + 8 + 16) as u16).to_be_bytes());
+    echo[22] = 64;
+    echo[23] = 1;
+    echo[26..30].copy_from_slice(&peer_ip.octets());
+    echo[30..34].copy_from_slice(&FRAME_NODE_IP.octets());
+    let checksum = !fold(sum_bytes(0, &echo[14..34]));
+    echo[24..26].copy_from_slice(&checksum.to_be_bytes());
+    echo[34] = 8;
+    let checksum = !fold(sum_bytes(0, &echo[34..]));
+    echo[36..38].copy_from_slice(&checksum.to_be_bytes());
+    seeds.push(("icmp-echo".into(), echo.clone()));
+    seeds.push(("icmp-echo-truncated".into(), echo[..40].to_vec()));
+
+    let datagram = sealed(request(Opcode::Ping, 0), &[]);
+    for (name, vlan, dst) in [
+        ("udp-v4", None, SocketAddr::from((FRAME_NODE_IP, 7777))),
+        ("udp-v4-vlan", Some(Vlan { tpid: 0x8100, tci: 7 }), SocketAddr::from((FRAME_NODE_IP, 7777))),
+        ("udp-v6", None, "[fd00::1]:7777".parse().expect("constant address")),
+    ] {
+        let src = if dst.is_ipv4() {
+            SocketAddr::from((peer_ip, 40000))
+        } else {
+            "[fd00::2]:40000".parse().expect("constant")
+        };
+        let route = Route { src_mac: peer_mac, dst_mac: FRAME_NODE_MAC, vlan, src, dst };
+        let header_len = route.header_len().expect("same family");
+        let mut frame = std::vec![0u8; header_len + datagram.len()];
+        frame[header_len..].copy_from_slice(&datagram);
+        write_headers(&route, 1, &mut frame).expect("fits");
+        seeds.push((name.into(), frame));
+    }
+    seeds
+}
+
 pub fn seed_corpus() -> Vec<Seed> {
     let mut seeds = Vec::new();
     let mut add = |target: &'static str, name: &str, bytes: Vec<u8>| {
@@ -734,6 +824,9 @@ pub fn seed_corpus() -> Vec<Seed> {
     }
     for (name, bytes) in client_seeds() {
         add("client_reply", &name, bytes);
+    }
+    for (name, bytes) in frame_seeds() {
+        add("frame", &name, bytes);
     }
     seeds
 }

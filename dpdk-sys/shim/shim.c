@@ -41,3 +41,5 @@ void *beeline_mbuf_buf_addr(const struct rte_mbuf *mbuf) { return mbuf->buf_addr
 unsigned int beeline_lcore_id(void) { return rte_lcore_id(); }
 
 const char *beeline_version(void) { return rte_version(); }
+
+uint64_t beeline_rss_hf_ip_udp(void) { return RTE_ETH_RSS_IP | RTE_ETH_RSS_UDP; }

@@ -28,6 +28,8 @@ uint32_t beeline_mbuf_pkt_len(const struct rte_mbuf *mbuf);
 uint16_t beeline_mbuf_nb_segs(const struct rte_mbuf *mbuf);
 void *beeline_mbuf_buf_addr(const struct rte_mbuf *mbuf);
 unsigned int beeline_lcore_id(void);
+/* RSS over IPv4/IPv6 addresses and UDP ports (a function-like macro for bindgen). */
+uint64_t beeline_rss_hf_ip_udp(void);
 const char *beeline_version(void);
 
 #endif

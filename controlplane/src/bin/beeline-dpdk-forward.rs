@@ -12,7 +12,9 @@ use beeline_dataplane::std_support::dpdk::{Eal, forward};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|arg| arg == "--help") {
-        println!("usage: beeline-dpdk-forward EAL-ARGS... (two ports, e.g. --vdev net_vhost0,iface=/tmp/v.sock --vdev net_tap0,iface=tap0)");
+        println!(
+            "usage: beeline-dpdk-forward EAL-ARGS... (two ports, e.g. --vdev net_vhost0,iface=/tmp/v.sock --vdev net_tap0,iface=tap0)"
+        );
         return;
     }
     let stop = Arc::new(AtomicBool::new(false));

@@ -977,7 +977,8 @@ pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats
     let pool = unsafe {
         sys::rte_pktmbuf_pool_create(c"beeline-forward".as_ptr(), mbufs, 256, 0, 2048 + MBUF_HEADROOM_BYTES as u16, -1)
     };
-    let pool = NonNull::new(pool).ok_or_else(|| DpdkError::Pool { frames: mbufs, frame_bytes: 2048, reason: last_error() })?;
+    let pool =
+        NonNull::new(pool).ok_or_else(|| DpdkError::Pool { frames: mbufs, frame_bytes: 2048, reason: last_error() })?;
     for port in ports {
         let port_error = |op: &'static str, rc: i32| DpdkError::Port { port, op, reason: errno_text(rc) };
         let conf = sys::rte_eth_conf::default();
