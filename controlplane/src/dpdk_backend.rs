@@ -236,11 +236,15 @@ impl DpdkBackend {
             ("dpdk_port_oerrors".to_owned(), port.oerrors),
             ("dpdk_port_rx_nombuf".to_owned(), port.rx_nombuf),
         ];
+        for queue in 0..usize::from(self.io.config().queues).min(port.queue_ipackets.len()) {
+            out.push((format!("dpdk_rxq{queue}_packets"), port.queue_ipackets[queue]));
+        }
         if let Some(classifier) = &self.classifier {
             match classifier.counters() {
                 Ok(counters) => {
                     for verdict in beeline_xdp::Verdict::ALL {
                         out.push((format!("xdp_{}_packets", verdict.name()), counters.get(verdict).packets));
+                        out.push((format!("xdp_{}_bytes", verdict.name()), counters.get(verdict).bytes));
                     }
                 }
                 Err(error) => warn!(%error, "reading the XDP classifier's counters failed"),

@@ -222,16 +222,26 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
     families
 }
 
+/// Backend values that are levels, not counts.
+const BACKEND_GAUGES: [&str; 2] = ["dpdk_frames_owned", "dpdk_frames_pooled"];
+
 /// The packet-I/O backend's counters (`Snapshot::backend_counters`): the XDP classifier's
 /// verdicts as `beeline_xdp_{packets,bytes}_total{verdict}`, the AF_XDP bind mode as the
-/// gauge `beeline_afxdp_zero_copy` (1 zero-copy, 0 copy mode), every other one as
-/// `beeline_<name>_total`.
+/// gauge `beeline_afxdp_zero_copy` (1 zero-copy, 0 copy mode), DPDK's per-queue receive
+/// counts as `beeline_dpdk_rx_queue_packets_total{queue}`, its frame levels as gauges
+/// `beeline_dpdk_frames_{owned,pooled}`, every other one as `beeline_<name>_total`.
 fn backend_families(counters: &[(String, u64)]) -> Vec<MetricFamily> {
     let mut xdp_packets = Vec::new();
     let mut xdp_bytes = Vec::new();
+    let mut queue_packets = Vec::new();
     let mut families = Vec::new();
     for (name, value) in counters {
-        if let Some(verdict) = name.strip_prefix("xdp_").and_then(|rest| rest.strip_suffix("_packets")) {
+        if let Some(queue) = name.strip_prefix("dpdk_rxq").and_then(|rest| rest.strip_suffix("_packets")) {
+            queue_packets.push(counter(*value, &[("queue", queue)]));
+        } else if BACKEND_GAUGES.contains(&name.as_str()) {
+            let help = "Arena frames DPDK holds (pool, RX and TX rings), and mbufs waiting in the pool.";
+            families.push(family(&format!("beeline_{name}"), help, MetricType::GAUGE, vec![gauge(*value as f64, &[])]));
+        } else if let Some(verdict) = name.strip_prefix("xdp_").and_then(|rest| rest.strip_suffix("_packets")) {
             xdp_packets.push(counter(*value, &[("verdict", verdict)]));
         } else if let Some(verdict) = name.strip_prefix("xdp_").and_then(|rest| rest.strip_suffix("_bytes")) {
             xdp_bytes.push(counter(*value, &[("verdict", verdict)]));
@@ -248,9 +258,16 @@ fn backend_families(counters: &[(String, u64)]) -> Vec<MetricFamily> {
             ));
         }
     }
+    if !queue_packets.is_empty() {
+        let help = "Packets the DPDK port received, by RX queue (RSS spreads flows over them).";
+        families.push(family("beeline_dpdk_rx_queue_packets_total", help, MetricType::COUNTER, queue_packets));
+    }
+    // An empty family fails the whole text encoding, so each is added only with samples.
     if !xdp_packets.is_empty() {
         let help = "Packets the XDP classifier handled, by verdict (pass, redirect, drop_*).";
         families.push(family("beeline_xdp_packets_total", help, MetricType::COUNTER, xdp_packets));
+    }
+    if !xdp_bytes.is_empty() {
         let help = "Bytes of the packets the XDP classifier handled, by verdict.";
         families.push(family("beeline_xdp_bytes_total", help, MetricType::COUNTER, xdp_bytes));
     }
@@ -293,5 +310,34 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpdk_backend_values_become_queue_labelled_counters_and_gauges() {
+        let counters: Vec<(String, u64)> = vec![
+            ("dpdk_rxq0_packets".into(), 5),
+            ("dpdk_rxq1_packets".into(), 7),
+            ("dpdk_frames_owned".into(), 100),
+            ("dpdk_arp_replies".into(), 2),
+            ("xdp_redirect_packets".into(), 9),
+        ];
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&backend_families(&counters), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for expected in [
+            "beeline_dpdk_rx_queue_packets_total{queue=\"0\"} 5",
+            "beeline_dpdk_rx_queue_packets_total{queue=\"1\"} 7",
+            "# TYPE beeline_dpdk_frames_owned gauge",
+            "beeline_dpdk_frames_owned 100",
+            "beeline_dpdk_arp_replies_total 2",
+            "beeline_xdp_packets_total{verdict=\"redirect\"} 9",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
     }
 }

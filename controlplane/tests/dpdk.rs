@@ -186,19 +186,24 @@ struct DpdkNode {
     addr: String,
     device: String,
     file_prefix: String,
+    extra: Vec<String>,
     process: Option<Process>,
 }
 
 impl DpdkNode {
     fn command(&self) -> Command {
         let mut command = in_ns(&self.node_ns, BIN);
+        command.args(["node", "run", "--backend", "dpdk", "--listen", &self.addr, "--dpdk-devices", &self.device]);
+        if !self.extra.iter().any(|arg| arg == "--arena-frames") {
+            command.args(["--arena-frames", "4096"]);
+        }
         command
-            .args(["node", "run", "--backend", "dpdk", "--listen", &self.addr, "--dpdk-devices", &self.device])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("--key-file")
             .arg(self.dir.join("cluster.key"))
-            .args(["--dpdk-file-prefix", &self.file_prefix, "--arena-frames", "4096", "--hugepages", "require"])
+            .args(["--dpdk-file-prefix", &self.file_prefix, "--hugepages", "require"])
+            .args(&self.extra)
             .env("BEELINE_LOG", "info");
         command
     }
@@ -278,10 +283,33 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
     let (node_ns, client_ns) = (format!("bdn{id}"), format!("bdc{id}"));
     let (node_if, client_if) = (format!("bdn{id}"), format!("bdc{id}"));
     let _namespaces = Namespaces::new(&[&node_ns, &client_ns]);
+    // Room for two queues each way (used below); one to start with, as a node serving
+    // queue 0 only needs (storage packets on other queues would find no socket).
     sh(&[
-        "ip", "link", "add", &client_if, "netns", &client_ns, "type", "veth", "peer", "name", &node_if, "netns",
+        "ip",
+        "link",
+        "add",
+        &client_if,
+        "netns",
+        &client_ns,
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &node_if,
+        "netns",
         &node_ns,
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
     ]);
+    run(in_ns(&node_ns, "ethtool").args(["-L", &node_if, "rx", "1", "tx", "1"]));
+    run(in_ns(&client_ns, "ethtool").args(["-L", &client_if, "rx", "1", "tx", "1"]));
     sh(&["ip", "-n", &node_ns, "addr", "add", "10.81.0.1/24", "dev", &node_if]);
     sh(&["ip", "-n", &client_ns, "addr", "add", "10.81.0.2/24", "dev", &client_if]);
     sh(&["ip", "-n", &node_ns, "link", "set", &node_if, "up"]);
@@ -298,6 +326,7 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
         addr: format!("10.81.0.1:{PORT}"),
         device: format!("net_af_xdp0,iface={node_if}"),
         file_prefix: format!("bd-afxdp-{id}"),
+        extra: Vec::new(),
         process: None,
     };
     node.start();
@@ -329,6 +358,27 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
     let link =
         String::from_utf8_lossy(&sh(&["ip", "-n", &node_ns, "-d", "link", "show", &node_if]).stdout).into_owned();
     assert!(!link.contains("prog/xdp"), "XDP program left attached after the node stopped: {link}");
+
+    // Restarted on the same data: every file is still there, and Prometheus sees the port.
+    node.extra = vec!["--metrics-listen".into(), "127.0.0.1:9777".into()];
+    node.start();
+    for (name, data) in &files {
+        node.get_matches(name, data);
+    }
+    // Prometheus sees the backend: per-queue counts, frame levels, classifier verdicts.
+    let scrape = run(in_ns(&node_ns, "bash")
+        .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/9777; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"]));
+    let metrics = String::from_utf8_lossy(&scrape.stdout);
+    for expected in [
+        "beeline_up{backend=\"dpdk\"} 1",
+        "beeline_dpdk_rx_queue_packets_total{queue=\"0\"}",
+        "# TYPE beeline_dpdk_frames_pooled gauge",
+        "beeline_xdp_packets_total{verdict=\"redirect\"}",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected:?} in /metrics:\n{metrics}");
+    }
+    let status = node.process.as_mut().unwrap().terminate();
+    assert!(status.success(), "node exited with {status}");
 }
 
 #[test]
@@ -350,7 +400,7 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
         .args(["-l", "1", "--in-memory", "--single-file-segments", "--no-pci", "--iova-mode=va"])
         .args(["--file-prefix", &format!("bd-fwd-{id}")])
         .arg("--vdev")
-        .arg(format!("net_vhost0,iface={}", socket.display()))
+        .arg(format!("net_vhost0,iface={},queues=2", socket.display()))
         .arg("--vdev")
         .arg(format!("net_tap0,iface={tap}"));
     let mut forwarder = Process::spawn(forward);
@@ -373,8 +423,10 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
         client_ns: client_ns.clone(),
         dir: dir.path().to_owned(),
         addr: format!("10.82.0.2:{PORT}"),
-        device: format!("net_virtio_user0,path={}", socket.display()),
+        device: format!("net_virtio_user0,path={},queues=2", socket.display()),
         file_prefix: format!("bd-virtio-{id}"),
+        // Two RX queues: the forwarder spreads flows over them as a NIC's RSS would.
+        extra: vec!["--queues".into(), "2".into(), "--arena-frames".into(), "8192".into()],
         process: None,
     };
     node.start();
@@ -392,6 +444,12 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
     assert!(counters["dpdk_arp_replies"] >= 1, "{counters:#?}");
     assert!(counters["dpdk_echo_replies"] >= 2, "{counters:#?}");
     assert_eq!(counters["dpdk_port_rx_nombuf"], 0, "the pool ran dry: {counters:#?}");
+    assert!(backend.contains("on 2 queue(s)"), "{backend}");
+    // Every received packet is counted on one of the two queues, and flows (the CLI's
+    // sockets, one per command) landed on both.
+    let (queue0, queue1) = (counters["dpdk_rxq0_packets"], counters["dpdk_rxq1_packets"]);
+    assert_eq!(queue0 + queue1, counters["dpdk_port_ipackets"], "{counters:#?}");
+    assert!(queue0 > 0 && queue1 > 0, "one queue got nothing: {queue0} / {queue1}");
 
     // SIGKILL, restart on the same data: every acknowledged file is still there.
     node.process.as_mut().unwrap().kill9();

@@ -81,6 +81,11 @@ pub enum DpdkError {
          (`echo N > /proc/sys/vm/nr_hugepages`) or lower arena_frames"
     )]
     Pool { frames: u32, frame_bytes: usize, reason: String },
+    #[error(
+        "arena_frames = {frames} is too few: the port's rings hold {in_rings} frames and the node needs 1024 more; \
+         raise arena_frames to at least {needed} or lower rx_ring_size / tx_ring_size / queues"
+    )]
+    TooFewFrames { frames: u32, in_rings: u32, needed: u32 },
     #[error("the DPDK arena is unusable ({0:?}); this is a bug in the pool layout code")]
     Arena(ArenaError),
     #[error(
@@ -467,6 +472,8 @@ pub struct PortStats {
     pub ierrors: u64,
     pub oerrors: u64,
     pub rx_nombuf: u64,
+    /// Packets received per RX queue (the first 16), where the PMD counts them.
+    pub queue_ipackets: [u64; 16],
 }
 
 /// One DPDK port serving the node, over the pool of a [`DpdkMemory`].
@@ -582,11 +589,7 @@ impl DpdkIo {
         }
         let needed = u32::from(rx_ring) * u32::from(queues) + u32::from(tx_ring) + 4 * BATCH_MAX as u32;
         if memory.frames < needed + 1024 {
-            return Err(DpdkError::Pool {
-                frames: memory.frames,
-                frame_bytes: memory.frame_bytes,
-                reason: format!("the rings need {needed} frames and the node 1024 more: raise arena_frames"),
-            });
+            return Err(DpdkError::TooFewFrames { frames: memory.frames, in_rings: needed, needed: needed + 1024 });
         }
         // SAFETY: valid port.
         let socket = unsafe { sys::rte_eth_dev_socket_id(port) }.max(0) as u32;
@@ -837,6 +840,7 @@ impl DpdkIo {
             ierrors: stats.ierrors,
             oerrors: stats.oerrors,
             rx_nombuf: stats.rx_nombuf,
+            queue_ipackets: core::array::from_fn(|queue| stats.q_ipackets.get(queue).copied().unwrap_or(0)),
         }
     }
 
@@ -959,10 +963,34 @@ pub struct ForwardStats {
     pub dropped: [u64; 2],
 }
 
+/// Queues the forwarder opens per port at most.
+const FORWARD_QUEUES_MAX: u16 = 8;
+
+/// Which of `queues` TX queues a frame goes out on: a hash of its IPv4 addresses and
+/// ports, so one flow stays on one queue and different flows spread, as RSS would.
+fn flow_queue(mbuf: *const sys::rte_mbuf, queues: u16) -> u16 {
+    if queues <= 1 {
+        return 0;
+    }
+    // SAFETY: a received, single-owner mbuf; its data spans `data_off..data_off + data_len`
+    // of its buffer and only bytes below `pkt_len` (checked) are read.
+    let bytes = unsafe {
+        let data = (sys::beeline_mbuf_buf_addr(mbuf) as *const u8).add(usize::from(sys::beeline_mbuf_data_off(mbuf)));
+        let len = (sys::beeline_mbuf_pkt_len(mbuf) as usize).min(38);
+        core::slice::from_raw_parts(data, len)
+    };
+    let Some(flow) = bytes.get(26..38).filter(|_| bytes[12..14] == [0x08, 0x00]) else { return 0 };
+    let hash = flow.iter().fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193));
+    (hash % u32::from(queues)) as u16
+}
+
 /// Forwards every frame between the EAL's first two ports, both ways, until `stop` is set:
 /// the far end of a vhost-user socket bridged to a tap, the way a hypervisor's switch
-/// sits between a VM's virtio NIC and the network. Idle turns back off to sleeping 1 ms,
-/// so a quiet forwarder leaves the core to others. Uses a pool of its own, not an arena.
+/// sits between a VM's virtio NIC and the network. A vhost-user port gets every queue its
+/// socket offers (up to 8): frames are read from all of them and sent on the queue their flow hashes
+/// to, so a multi-queue guest sees its flows spread over its RX queues. Idle turns back
+/// off to sleeping 1 ms, so a quiet forwarder leaves the core to others. Uses a pool of
+/// its own, not an arena.
 pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats, DpdkError> {
     // SAFETY: plain queries of the EAL's port table.
     let ports = unsafe {
@@ -979,23 +1007,46 @@ pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats
     };
     let pool =
         NonNull::new(pool).ok_or_else(|| DpdkError::Pool { frames: mbufs, frame_bytes: 2048, reason: last_error() })?;
-    for port in ports {
+    let mut queues = [1u16; 2];
+    for (slot, port) in ports.into_iter().enumerate() {
         let port_error = |op: &'static str, rc: i32| DpdkError::Port { port, op, reason: errno_text(rc) };
+        let mut info = sys::rte_eth_dev_info::default();
+        // SAFETY: valid port, writable info.
+        let rc = unsafe { sys::rte_eth_dev_info_get(port, &mut info) };
+        if rc != 0 {
+            return Err(port_error("reading device info", rc));
+        }
+        // Only vhost-user ports get several queues (as many as the socket was given with
+        // `queues=N`): DPDK's tap PMD breaks past 4 queue pairs (it passes one fd per queue
+        // in an 8-fd message), and a single kernel-facing queue is all a lab bridge needs.
+        let driver = if info.driver_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: DPDK's driver name is a static NUL-terminated string.
+            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+        };
+        let count = if driver == "net_vhost" {
+            info.max_rx_queues.min(info.max_tx_queues).clamp(1, FORWARD_QUEUES_MAX)
+        } else {
+            1
+        };
+        queues[slot] = count;
         let conf = sys::rte_eth_conf::default();
-        // SAFETY: valid port, zeroed (default) configuration, one queue each way, the pool
-        // above for RX buffers.
+        // SAFETY: valid port, zeroed (default) configuration, the pool above for RX buffers.
         unsafe {
-            let rc = sys::rte_eth_dev_configure(port, 1, 1, &conf);
+            let rc = sys::rte_eth_dev_configure(port, count, count, &conf);
             if rc != 0 {
                 return Err(port_error("configure", rc));
             }
-            let rc = sys::rte_eth_rx_queue_setup(port, 0, 512, 0, core::ptr::null(), pool.as_ptr());
-            if rc != 0 {
-                return Err(port_error("setting up the RX queue", rc));
-            }
-            let rc = sys::rte_eth_tx_queue_setup(port, 0, 512, 0, core::ptr::null());
-            if rc != 0 {
-                return Err(port_error("setting up the TX queue", rc));
+            for queue in 0..count {
+                let rc = sys::rte_eth_rx_queue_setup(port, queue, 512, 0, core::ptr::null(), pool.as_ptr());
+                if rc != 0 {
+                    return Err(port_error("setting up an RX queue", rc));
+                }
+                let rc = sys::rte_eth_tx_queue_setup(port, queue, 512, 0, core::ptr::null());
+                if rc != 0 {
+                    return Err(port_error("setting up a TX queue", rc));
+                }
             }
             let rc = sys::rte_eth_dev_start(port);
             if rc != 0 {
@@ -1009,18 +1060,23 @@ pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats
     let mut idle_turns = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let mut moved = 0;
-        for (direction, (from, to)) in [(ports[0], ports[1]), (ports[1], ports[0])].into_iter().enumerate() {
-            // SAFETY: `burst` has room for BATCH_MAX pointers; the mbufs received are ours
-            // until handed to TX or freed.
-            unsafe {
-                let received = sys::beeline_rx_burst(from, 0, burst.as_mut_ptr(), BATCH_MAX as u16);
-                let sent = sys::beeline_tx_burst(to, 0, burst.as_mut_ptr(), received);
-                for mbuf in &burst[usize::from(sent)..usize::from(received)] {
-                    sys::beeline_pktmbuf_free(*mbuf);
+        for (direction, (from, to)) in [(0usize, 1usize), (1, 0)].into_iter().enumerate() {
+            for queue in 0..queues[from] {
+                // SAFETY: `burst` has room for BATCH_MAX pointers; each received mbuf is
+                // ours until handed to TX or freed.
+                unsafe {
+                    let received = sys::beeline_rx_burst(ports[from], queue, burst.as_mut_ptr(), BATCH_MAX as u16);
+                    for mbuf in &mut burst[..usize::from(received)] {
+                        let tx_queue = flow_queue(*mbuf, queues[to]);
+                        if sys::beeline_tx_burst(ports[to], tx_queue, mbuf, 1) == 1 {
+                            stats.forwarded[direction] += 1;
+                        } else {
+                            sys::beeline_pktmbuf_free(*mbuf);
+                            stats.dropped[direction] += 1;
+                        }
+                    }
+                    moved += received;
                 }
-                stats.forwarded[direction] += u64::from(sent);
-                stats.dropped[direction] += u64::from(received - sent);
-                moved += received;
             }
         }
         if moved > 0 {
