@@ -165,6 +165,21 @@ impl DpdkBackend {
         let classifier = match dpdk.devices.first().and_then(|device| af_xdp_interface(device)) {
             None => None,
             Some(interface) => {
+                let rx_queues = std::fs::read_dir(format!("/sys/class/net/{interface}/queues"))
+                    .map(|dir| {
+                        dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count()
+                    })
+                    .unwrap_or(1);
+                if rx_queues > dpdk.queues as usize {
+                    warn!(
+                        interface,
+                        rx_queues,
+                        queues = dpdk.queues,
+                        "the interface has more RX queues than the node serves: storage packets arriving on the \
+                         others find no socket and are dropped (xdp_drop_no_socket); raise queues or steer them with \
+                         `ethtool -L {interface} combined N`"
+                    );
+                }
                 let mut classifier = AdoptedClassifier::adopt(interface)?;
                 let prefixes: Vec<(IpAddr, u8)> = settings.allow.prefixes().iter().map(|p| (p.addr, p.len)).collect();
                 classifier.set_allowlist(&prefixes)?;
