@@ -97,6 +97,13 @@ pub fn resolve_settings(
     }))
 }
 
+/// RX queues `interface` has, from sysfs (1 when it cannot be read).
+pub(crate) fn interface_rx_queues(interface: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{interface}/queues"))
+        .map(|dir| dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+        .unwrap_or(1)
+}
+
 /// Why the backend could not start or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -192,11 +199,7 @@ impl AfxdpBackend {
         let fragment_bytes_cap = mtu
             .saturating_sub(ip_header + beeline_dataplane::netstack::UDP_LEN + beeline_dataplane::wire::HEADER_LEN)
             .min(usize::from(u16::MAX)) as u16;
-        let rx_queues = std::fs::read_dir(format!("/sys/class/net/{interface}/queues"))
-            .map(|dir| {
-                dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count()
-            })
-            .unwrap_or(1);
+        let rx_queues = interface_rx_queues(interface);
         if rx_queues > settings.queues as usize {
             warn!(
                 interface = %interface,

@@ -165,11 +165,7 @@ impl DpdkBackend {
         let classifier = match dpdk.devices.first().and_then(|device| af_xdp_interface(device)) {
             None => None,
             Some(interface) => {
-                let rx_queues = std::fs::read_dir(format!("/sys/class/net/{interface}/queues"))
-                    .map(|dir| {
-                        dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count()
-                    })
-                    .unwrap_or(1);
+                let rx_queues = crate::afxdp_backend::interface_rx_queues(interface);
                 if rx_queues > dpdk.queues as usize {
                     warn!(
                         interface,

@@ -7,7 +7,7 @@
 //! whatever the test's outcome.
 
 mod common;
-use common::pattern;
+use common::{pattern, run, sh};
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -60,21 +60,6 @@ macro_rules! require_kernel_bypass {
             return;
         }
     };
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn sh(args: &[&str]) -> Output {
-    run(Command::new(args[0]).args(&args[1..]))
 }
 
 /// Two namespaces joined by a veth pair, removed on drop.
@@ -255,16 +240,7 @@ impl<'t> AfxdpNode<'t> {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        self.signal(libc::SIGTERM);
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "node did not stop within 20 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::terminate(self.child.take().unwrap())
     }
 
     fn cli_command(&self, args: &[&str]) -> Command {

@@ -3,7 +3,7 @@
 //! restarted under load. Needs root (namespaces); skips with a message otherwise.
 
 mod common;
-use common::pattern;
+use common::{pattern, run};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -36,12 +36,6 @@ fn skip_unless_ready(test: &str) -> bool {
         }
     }
     false
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command.output().expect("spawn");
-    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    output
 }
 
 /// A bridge in the root namespace with three node namespaces on it; always removed.

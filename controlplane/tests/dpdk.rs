@@ -10,7 +10,7 @@
 #![cfg(feature = "dpdk")]
 
 mod common;
-use common::pattern;
+use common::{pattern, run, sh};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -48,21 +48,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn sh(args: &[&str]) -> Output {
-    run(Command::new(args[0]).args(&args[1..]))
 }
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
@@ -155,17 +140,7 @@ impl Process {
 
     /// SIGTERM, then waits (bounded) for the exit.
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child (`ip netns exec` execs the program in place).
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "did not stop within 20 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::terminate(self.child.take().unwrap())
     }
 }
 

@@ -1044,6 +1044,7 @@ mod tests {
             match seed.target {
                 "packet" => fuzz_packet(&seed.bytes),
                 "client_reply" => fuzz_client(&seed.bytes),
+                "frame" => fuzz_frame(&seed.bytes),
                 other => panic!("seed for unknown target {other}"),
             }
         }

@@ -39,7 +39,7 @@ use libc::{c_int, c_void, socklen_t};
 use crate::arena::{Arena, FrameId};
 use crate::io::{PacketIo, Readiness, RxBatch, RxPacket, TxBatch};
 use crate::netstack::{self, Route};
-use crate::std_support::peers::{PEER_PROBES, PeerTable};
+use crate::std_support::peers::{AddressError, PEER_PROBES, PeerTable};
 
 /// Bytes in front of every received packet: the kernel's XDP headroom. The UMEM's own
 /// headroom is 0.
@@ -758,27 +758,18 @@ impl PacketIo for AfXdpIo {
         let mut stalls = 0;
         let mut fatal = None;
         for packet in batch.drain(..) {
-            let Some(route) = self.peers.route(&packet.peer) else {
-                self.counters.tx_no_route += 1;
-                arena.free(packet.frame);
-                continue;
-            };
-            let header_len = route.header_len().unwrap_or(usize::MAX);
-            let (offset, len) = (usize::from(packet.offset), usize::from(packet.len));
-            if header_len > offset || offset + len > self.frame_size {
-                self.counters.tx_bad_packet += 1;
-                arena.free(packet.frame);
-                continue;
-            }
-            let start = offset - header_len;
             self.ip_id = self.ip_id.wrapping_add(1);
-            let ip_id = self.ip_id;
-            if netstack::write_headers(&route, ip_id, &mut arena.frame_mut(&packet.frame)[start..offset + len]).is_err()
-            {
-                self.counters.tx_bad_packet += 1;
-                arena.free(packet.frame);
-                continue;
-            }
+            let (start, frame_len) = match self.peers.address(arena, &packet, 0, self.ip_id) {
+                Ok(span) => span,
+                Err(error) => {
+                    match error {
+                        AddressError::NoRoute => self.counters.tx_no_route += 1,
+                        AddressError::BadPacket => self.counters.tx_bad_packet += 1,
+                    }
+                    arena.free(packet.frame);
+                    continue;
+                }
+            };
             // Room in the TX ring: kick the kernel and take completions until there is.
             while self.tx.free() <= queued && fatal.is_none() && stalls < TX_STALLS_MAX {
                 stalls += 1;
@@ -797,7 +788,6 @@ impl PacketIo for AfXdpIo {
                 arena.free(packet.frame);
                 continue;
             }
-            let frame_len = header_len + len;
             let addr = self.give(arena, packet.frame) + start as u64;
             self.tx.write(queued, libc::xdp_desc { addr, len: frame_len as u32, options: 0 });
             queued += 1;

@@ -49,7 +49,7 @@ use crate::arena::{Arena, ArenaError, FrameId};
 use crate::io::{BATCH_MAX, PacketIo, Readiness, RxBatch, RxPacket, TxBatch};
 use crate::netstack::{self, MacAddr, Route};
 use crate::responder::{self, Answer};
-use crate::std_support::peers::PeerTable;
+use crate::std_support::peers::{AddressError, PeerTable};
 
 /// Bytes of `struct rte_mbuf` (two cache lines on every DPDK platform).
 const MBUF_BYTES: usize = 128;
@@ -593,26 +593,7 @@ impl DpdkIo {
         }
         // SAFETY: valid port.
         let socket = unsafe { sys::rte_eth_dev_socket_id(port) }.max(0) as u32;
-        for queue in 0..queues {
-            // SAFETY: configured port, queue in range, default queue configs (null), and a
-            // pool of pktmbufs that outlives the port (DpdkMemory drops after DpdkIo).
-            let rc = unsafe {
-                sys::rte_eth_rx_queue_setup(port, queue, rx_ring, socket, core::ptr::null(), memory.pool.as_ptr())
-            };
-            if rc != 0 {
-                return Err(port_error("setting up an RX queue", rc));
-            }
-            // SAFETY: as above, for the TX side.
-            let rc = unsafe { sys::rte_eth_tx_queue_setup(port, queue, tx_ring, socket, core::ptr::null()) };
-            if rc != 0 {
-                return Err(port_error("setting up a TX queue", rc));
-            }
-        }
-        // SAFETY: every queue is set up.
-        let rc = unsafe { sys::rte_eth_dev_start(port) };
-        if rc != 0 {
-            return Err(port_error("start", rc));
-        }
+        start_port(port, queues, rx_ring, tx_ring, socket, memory.pool)?;
         let mut mac = sys::rte_ether_addr::default();
         // SAFETY: started port, writable address.
         unsafe { sys::rte_eth_macaddr_get(port, &mut mac) };
@@ -908,31 +889,23 @@ impl PacketIo for DpdkIo {
 
     fn send_batch(&mut self, arena: &mut Arena<'_>, batch: &mut TxBatch) -> Result<(), DpdkError> {
         let mut count = 0;
+        // Headers go into the mbuf's headroom, never over the mbuf itself.
+        let floor = self.object_header_bytes + MBUF_BYTES;
         for packet in batch.drain(..) {
-            let Some(route) = self.peers.route(&packet.peer) else {
-                self.counters.tx_no_route += 1;
-                arena.free(packet.frame);
-                continue;
-            };
-            let header_len = route.header_len().unwrap_or(usize::MAX);
-            let (offset, len) = (usize::from(packet.offset), usize::from(packet.len));
-            let floor = self.object_header_bytes + MBUF_BYTES + header_len;
-            if header_len == usize::MAX || offset < floor || offset + len > self.frame_bytes {
-                self.counters.tx_bad_packet += 1;
-                arena.free(packet.frame);
-                continue;
-            }
-            let start = offset - header_len;
             self.ip_id = self.ip_id.wrapping_add(1);
-            let ip_id = self.ip_id;
-            if netstack::write_headers(&route, ip_id, &mut arena.frame_mut(&packet.frame)[start..offset + len]).is_err()
-            {
-                self.counters.tx_bad_packet += 1;
-                arena.free(packet.frame);
-                continue;
-            }
-            self.counters.tx_bytes += (header_len + len) as u64;
-            self.tx_mbufs[count] = self.prepare_tx(packet.frame, start, header_len + len);
+            let (start, frame_len) = match self.peers.address(arena, &packet, floor, self.ip_id) {
+                Ok(span) => span,
+                Err(error) => {
+                    match error {
+                        AddressError::NoRoute => self.counters.tx_no_route += 1,
+                        AddressError::BadPacket => self.counters.tx_bad_packet += 1,
+                    }
+                    arena.free(packet.frame);
+                    continue;
+                }
+            };
+            self.counters.tx_bytes += frame_len as u64;
+            self.tx_mbufs[count] = self.prepare_tx(packet.frame, start, frame_len);
             count += 1;
         }
         if count > 0 {
@@ -952,6 +925,39 @@ impl PacketIo for DpdkIo {
         let c = &self.counters;
         c.rx_not_udp + c.rx_not_ours + c.rx_multi_segment + c.tx_no_route + c.tx_ring_full + c.tx_bad_packet
     }
+}
+
+/// Sets up `queues` RX/TX queue pairs of a configured port, RX buffers from `pool`, and
+/// starts it.
+fn start_port(
+    port: u16,
+    queues: u16,
+    rx_ring: u16,
+    tx_ring: u16,
+    socket: u32,
+    pool: NonNull<sys::rte_mempool>,
+) -> Result<(), DpdkError> {
+    let port_error = |op: &'static str, rc: i32| DpdkError::Port { port, op, reason: errno_text(rc) };
+    for queue in 0..queues {
+        // SAFETY: a configured port with at least `queues` queues, default queue configs
+        // (null), and a pool of pktmbufs that outlives the port (callers drop the port
+        // first).
+        let rc = unsafe { sys::rte_eth_rx_queue_setup(port, queue, rx_ring, socket, core::ptr::null(), pool.as_ptr()) };
+        if rc != 0 {
+            return Err(port_error("setting up an RX queue", rc));
+        }
+        // SAFETY: as above, for the TX side.
+        let rc = unsafe { sys::rte_eth_tx_queue_setup(port, queue, tx_ring, socket, core::ptr::null()) };
+        if rc != 0 {
+            return Err(port_error("setting up a TX queue", rc));
+        }
+    }
+    // SAFETY: every queue is set up.
+    let rc = unsafe { sys::rte_eth_dev_start(port) };
+    if rc != 0 {
+        return Err(port_error("start", rc));
+    }
+    Ok(())
 }
 
 /// What [`forward`] moved.
@@ -1032,28 +1038,14 @@ pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats
         };
         queues[slot] = count;
         let conf = sys::rte_eth_conf::default();
-        // SAFETY: valid port, zeroed (default) configuration, the pool above for RX buffers.
-        unsafe {
-            let rc = sys::rte_eth_dev_configure(port, count, count, &conf);
-            if rc != 0 {
-                return Err(port_error("configure", rc));
-            }
-            for queue in 0..count {
-                let rc = sys::rte_eth_rx_queue_setup(port, queue, 512, 0, core::ptr::null(), pool.as_ptr());
-                if rc != 0 {
-                    return Err(port_error("setting up an RX queue", rc));
-                }
-                let rc = sys::rte_eth_tx_queue_setup(port, queue, 512, 0, core::ptr::null());
-                if rc != 0 {
-                    return Err(port_error("setting up a TX queue", rc));
-                }
-            }
-            let rc = sys::rte_eth_dev_start(port);
-            if rc != 0 {
-                return Err(port_error("start", rc));
-            }
-            sys::rte_eth_promiscuous_enable(port);
+        // SAFETY: valid port and a zeroed (default) configuration.
+        let rc = unsafe { sys::rte_eth_dev_configure(port, count, count, &conf) };
+        if rc != 0 {
+            return Err(port_error("configure", rc));
         }
+        start_port(port, count, 512, 512, 0, pool)?;
+        // SAFETY: a started port.
+        unsafe { sys::rte_eth_promiscuous_enable(port) };
     }
     let mut stats = ForwardStats::default();
     let mut burst = [core::ptr::null_mut::<sys::rte_mbuf>(); BATCH_MAX];

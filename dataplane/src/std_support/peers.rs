@@ -6,7 +6,18 @@ use core::net::SocketAddr;
 use std::boxed::Box;
 use std::vec;
 
-use crate::netstack::Route;
+use crate::arena::Arena;
+use crate::io::TxPacket;
+use crate::netstack::{self, Route};
+
+/// Why a datagram could not be given its lower-layer headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressError {
+    /// No datagram from this peer was seen, so the route back (MACs, VLAN) is unknown.
+    NoRoute,
+    /// The headers do not fit in front of the datagram, or it overruns its frame.
+    BadPacket,
+}
 
 /// One remembered route, keyed by the peer's address.
 #[derive(Debug, Clone, Copy)]
@@ -86,5 +97,29 @@ impl PeerTable {
             }
         }
         None
+    }
+}
+
+impl PeerTable {
+    /// Writes Ethernet (+ VLAN) + IP + UDP headers in front of `packet`'s datagram, on the
+    /// route back to its peer, using no frame byte below `floor`; returns the frame offset
+    /// the packet to send now starts at, and its length.
+    pub fn address(
+        &mut self,
+        arena: &mut Arena<'_>,
+        packet: &TxPacket,
+        floor: usize,
+        ip_id: u16,
+    ) -> Result<(usize, usize), AddressError> {
+        let route = self.route(&packet.peer).ok_or(AddressError::NoRoute)?;
+        let header_len = route.header_len().ok_or(AddressError::BadPacket)?;
+        let (offset, len) = (usize::from(packet.offset), usize::from(packet.len));
+        if offset < floor + header_len || offset + len > arena.frame_size() {
+            return Err(AddressError::BadPacket);
+        }
+        let start = offset - header_len;
+        netstack::write_headers(&route, ip_id, &mut arena.frame_mut(&packet.frame)[start..offset + len])
+            .map_err(|_| AddressError::BadPacket)?;
+        Ok((start, header_len + len))
     }
 }
