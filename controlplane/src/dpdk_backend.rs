@@ -67,7 +67,10 @@ pub fn eal_args(
             args.push(device.clone());
         } else {
             args.push("--vdev".to_owned());
-            args.push(af_xdp_devargs(device, settings.queues, xdp_program));
+            args.push(virtio_user_devargs(
+                &af_xdp_devargs(device, settings.queues, xdp_program),
+                settings.rx_ring_size,
+            ));
         }
     }
     args.extend(settings.eal_args.iter().cloned());
@@ -97,6 +100,16 @@ fn af_xdp_devargs(device: &str, queues: u32, xdp_program: Option<&Path>) -> Stri
         out.push_str(&format!(",start_queue=0,queue_count={queues}"));
     }
     out
+}
+
+/// A `net_virtio_user` device's vrings are `queue_size` long (DPDK's default is 256);
+/// unless the device string sets it, they get the node's RX ring size, as a VM's
+/// `rx_queue_size` would.
+fn virtio_user_devargs(device: &str, ring_size: u16) -> String {
+    if !device.starts_with("net_virtio_user") || device.contains("queue_size=") {
+        return device.to_owned();
+    }
+    format!("{device},queue_size={ring_size}")
 }
 
 /// The EAL and the pool whose memory is the arena. Fields drop in order: the pool before
@@ -315,7 +328,14 @@ mod tests {
         assert!(!line.contains("--no-pci"), "{line}");
 
         let args = eal_args(&settings(&["net_virtio_user0,path=/tmp/v.sock"]), HugepagePolicy::Require, 1, None);
-        assert!(args.join(" ").contains("--vdev net_virtio_user0,path=/tmp/v.sock --log"), "{args:?}");
+        assert!(args.join(" ").contains("--vdev net_virtio_user0,path=/tmp/v.sock,queue_size=1024 --log"), "{args:?}");
+        let args = eal_args(
+            &settings(&["net_virtio_user0,path=/tmp/v.sock,queue_size=256"]),
+            HugepagePolicy::Require,
+            1,
+            None,
+        );
+        assert!(args.join(" ").contains("queue_size=256 --log"), "{args:?}");
     }
 
     #[test]
