@@ -13,7 +13,7 @@
 #                         [--idle-seconds S] [--virtio] [--virtio-queue-size N] [--keep-logs DIR]
 #                         [--output FILE]
 #
-# --virtio-queue-size N passes queue_size=N to net_virtio_user (DPDK's default vring: 256).
+# --virtio-queue-size N passes queue_size=N to net_virtio_user (the node defaults it to its rx_ring_size).
 # --keep-logs DIR keeps the nodes' logs, the bench reports (JSON) and the nodes' status.
 #
 # Builds target/release/beeline and beeline-dpdk-forward with the dpdk feature (a no-op
