@@ -1035,9 +1035,9 @@ fn flow_queue(mbuf: *const sys::rte_mbuf, queues: u16) -> u16 {
 /// the far end of a vhost-user socket bridged to a tap, the way a hypervisor's switch
 /// sits between a VM's virtio NIC and the network. A vhost-user port gets every queue its
 /// socket offers (up to 8): frames are read from all of them and sent on the queue their flow hashes
-/// to, so a multi-queue guest sees its flows spread over its RX queues. Idle turns back
-/// off to sleeping 1 ms, so a quiet forwarder leaves the core to others. Uses a pool of
-/// its own, not an arena.
+/// to, so a multi-queue guest sees its flows spread over its RX queues. Idle, it steps
+/// down as a node does (yield, then sleeps of up to 1 ms, then up to 4 ms), so a quiet
+/// forwarder leaves the core to others. Uses a pool of its own, not an arena.
 pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats, DpdkError> {
     // SAFETY: plain queries of the EAL's port table.
     let ports = unsafe {
@@ -1090,7 +1090,11 @@ pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats
     }
     let mut stats = ForwardStats::default();
     let mut burst = [core::ptr::null_mut::<sys::rte_mbuf>(); BATCH_MAX];
-    let mut idle_turns = 0u32;
+    // The same idle steps as a node's `wait`, for the same reason: each packet of a
+    // request/reply exchange crosses the forwarder, so its sleeps add to every exchange.
+    let mut last_traffic = std::time::Instant::now();
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
     while !stop.load(Ordering::Relaxed) {
         let mut moved = 0;
         for (direction, (from, to)) in [(0usize, 1usize), (1, 0)].into_iter().enumerate() {
@@ -1113,13 +1117,16 @@ pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats
             }
         }
         if moved > 0 {
-            idle_turns = 0;
+            last_traffic = std::time::Instant::now();
             continue;
         }
-        // Spin briefly (a reply is usually right behind), then sleep longer and longer.
-        idle_turns = idle_turns.saturating_add(1);
-        if idle_turns > 64 {
-            std::thread::sleep(core::time::Duration::from_micros(u64::from((idle_turns - 64).min(1000))));
+        let idle = last_traffic.elapsed();
+        if idle.as_micros() < u128::from(IDLE_SPIN_US) {
+            std::thread::yield_now();
+        } else {
+            let cap =
+                if idle.as_millis() < u128::from(IDLE_LONG_AFTER_MS) { IDLE_SLEEP_US_MAX } else { IDLE_SLEEP_LONG_US };
+            std::thread::sleep(core::time::Duration::from_micros(u64::from(cap)));
         }
     }
     for port in ports {
