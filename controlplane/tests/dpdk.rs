@@ -426,6 +426,24 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
     assert_eq!(queue0 + queue1, counters["dpdk_port_ipackets"], "{counters:#?}");
     assert!(queue0 > 0 && queue1 > 0, "one queue got nothing: {queue0} / {queue1}");
 
+    // Garbage from the network is dropped and counted, never fatal: datagrams to the
+    // storage port that are not Beeline's, and UDP to a port the node does not serve.
+    let garbage = "for i in $(seq 20); do printf 'not a beeline datagram %s' $i > /dev/udp/10.82.0.2/7777; done; \
+                   for i in $(seq 5); do printf x > /dev/udp/10.82.0.2/9999; done";
+    run(in_ns(&client_ns, "bash").args(["-c", garbage]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, after) = node.status();
+        let malformed = after["dropped_malformed"] - counters["dropped_malformed"];
+        let not_ours = after["dpdk_rx_not_ours"] - counters["dpdk_rx_not_ours"];
+        if malformed >= 20 && not_ours >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "garbage not counted: malformed +{malformed}, not ours +{not_ours}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run(in_ns(&client_ns, "ping").args(["-c", "1", "-W", "2", "10.82.0.2"]));
+
     // SIGKILL, restart on the same data: every acknowledged file is still there.
     node.process.as_mut().unwrap().kill9();
     node.start();
