@@ -8,10 +8,13 @@ fn main() {
     println!("cargo:rerun-if-changed=shim/shim.c");
     println!("cargo:rerun-if-changed=shim/shim.h");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_LIBDIR");
     let dpdk = match pkg_config::Config::new().atleast_version("22.11").cargo_metadata(false).probe("libdpdk") {
         Ok(library) => library,
         Err(error) => {
-            let reason = error.to_string().lines().next().unwrap_or_default().to_owned();
+            let text = error.to_string();
+            let reason =
+                text.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("no libdpdk.pc").to_owned();
             eprintln!(
                 "error: DPDK >= 22.11 not found through pkg-config libdpdk ({reason}); install it with \
                  `apt-get install dpdk-dev libdpdk-dev libclang-dev`, or build without the `dpdk` feature"
