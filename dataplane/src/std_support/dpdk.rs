@@ -545,18 +545,7 @@ impl DpdkIo {
             return Err(DpdkError::NoPort { devices: devices.into() });
         }
         let port_error = |op: &'static str, rc: i32| DpdkError::Port { port, op, reason: errno_text(rc) };
-        let mut info = sys::rte_eth_dev_info::default();
-        // SAFETY: `port` is valid and `info` is writable.
-        let rc = unsafe { sys::rte_eth_dev_info_get(port, &mut info) };
-        if rc != 0 {
-            return Err(port_error("reading device info", rc));
-        }
-        let driver = if info.driver_name.is_null() {
-            "?".to_string()
-        } else {
-            // SAFETY: DPDK's driver name is a static NUL-terminated string.
-            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
-        };
+        let (info, driver) = device_info(port)?;
         let mut name_buf = [0 as c_char; 64];
         // SAFETY: the buffer is RTE_ETH_NAME_MAX_LEN (64) bytes, as the call requires.
         unsafe { sys::rte_eth_dev_get_name_by_port(port, name_buf.as_mut_ptr()) };
@@ -968,6 +957,23 @@ impl PacketIo for DpdkIo {
     }
 }
 
+/// A port's device info and its driver's name.
+fn device_info(port: u16) -> Result<(sys::rte_eth_dev_info, String), DpdkError> {
+    let mut info = sys::rte_eth_dev_info::default();
+    // SAFETY: a port id the EAL handed out; `info` is writable.
+    let rc = unsafe { sys::rte_eth_dev_info_get(port, &mut info) };
+    if rc != 0 {
+        return Err(DpdkError::Port { port, op: "reading device info", reason: errno_text(rc) });
+    }
+    let driver = if info.driver_name.is_null() {
+        "?".to_string()
+    } else {
+        // SAFETY: DPDK's driver name is a static NUL-terminated string.
+        unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+    };
+    Ok((info, driver))
+}
+
 /// Sets up `queues` RX/TX queue pairs of a configured port, RX buffers from `pool`, and
 /// starts it.
 fn start_port(
@@ -1057,21 +1063,10 @@ pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats
     let mut queues = [1u16; 2];
     for (slot, port) in ports.into_iter().enumerate() {
         let port_error = |op: &'static str, rc: i32| DpdkError::Port { port, op, reason: errno_text(rc) };
-        let mut info = sys::rte_eth_dev_info::default();
-        // SAFETY: valid port, writable info.
-        let rc = unsafe { sys::rte_eth_dev_info_get(port, &mut info) };
-        if rc != 0 {
-            return Err(port_error("reading device info", rc));
-        }
         // Only vhost-user ports get several queues (as many as the socket was given with
         // `queues=N`): DPDK's tap PMD breaks past 4 queue pairs (it passes one fd per queue
         // in an 8-fd message), and a single kernel-facing queue is all a lab bridge needs.
-        let driver = if info.driver_name.is_null() {
-            String::new()
-        } else {
-            // SAFETY: DPDK's driver name is a static NUL-terminated string.
-            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
-        };
+        let (info, driver) = device_info(port)?;
         let count = if driver == "net_vhost" {
             info.max_rx_queues.min(info.max_tx_queues).clamp(1, FORWARD_QUEUES_MAX)
         } else {
