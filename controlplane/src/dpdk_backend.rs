@@ -30,9 +30,6 @@ pub fn eal_args(
 ) -> Vec<String> {
     let mut args =
         vec!["-l".to_owned(), settings.cores.clone(), "--file-prefix".to_owned(), settings.file_prefix.clone()];
-    // Keep the EAL's files in memory: a killed node leaves no hugepage files or runtime
-    // directory behind, and two nodes never share state.
-    args.push("--in-memory".to_owned());
     let use_hugepages = match hugepages {
         HugepagePolicy::Off => false,
         HugepagePolicy::Require => true,
@@ -45,11 +42,17 @@ pub fn eal_args(
         }
     };
     if use_hugepages {
-        // One file per memseg list: vhost-user peers (virtio_user) map the memory by fd.
+        // Keep the EAL's files in memory: a killed node leaves no hugepage files or
+        // runtime directory behind, and two nodes never share state. One file per memseg
+        // list: vhost-user peers (virtio_user) map the memory by fd.
+        args.push("--in-memory".to_owned());
         args.push("--single-file-segments".to_owned());
     } else {
-        // Without hugepages the EAL preallocates `-m` MiB: the arena plus DPDK's own needs.
+        // Without hugepages the EAL preallocates `-m` MiB (the arena plus DPDK's own needs)
+        // in legacy mode, which --in-memory refuses; --no-shconf keeps its runtime files
+        // out of /var/run instead.
         args.push("--no-huge".to_owned());
+        args.push("--no-shconf".to_owned());
         args.push("-m".to_owned());
         args.push((arena_bytes.div_ceil(1 << 20) + 256).to_string());
     }
@@ -324,7 +327,8 @@ mod tests {
 
         let args = eal_args(&settings(&["0000:00:06.0"]), HugepagePolicy::Off, 64 << 20, None);
         let line = args.join(" ");
-        assert!(line.contains("--no-huge -m 320") && line.contains("-a 0000:00:06.0"), "{line}");
+        assert!(line.contains("--no-huge --no-shconf -m 320") && line.contains("-a 0000:00:06.0"), "{line}");
+        assert!(!line.contains("--in-memory"), "the EAL refuses --in-memory with --no-huge: {line}");
         assert!(!line.contains("--no-pci"), "{line}");
 
         let args = eal_args(&settings(&["net_virtio_user0,path=/tmp/v.sock"]), HugepagePolicy::Require, 1, None);

@@ -172,12 +172,15 @@ impl DpdkNode {
         if !self.extra.iter().any(|arg| arg == "--arena-frames") {
             command.args(["--arena-frames", "4096"]);
         }
+        if !self.extra.iter().any(|arg| arg == "--hugepages") {
+            command.args(["--hugepages", "require"]);
+        }
         command
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("--key-file")
             .arg(self.dir.join("cluster.key"))
-            .args(["--dpdk-file-prefix", &self.file_prefix, "--hugepages", "require"])
+            .args(["--dpdk-file-prefix", &self.file_prefix])
             .args(&self.extra)
             .env("BEELINE_LOG", "info");
         command
@@ -301,10 +304,13 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
         addr: format!("10.81.0.1:{PORT}"),
         device: format!("net_af_xdp0,iface={node_if}"),
         file_prefix: format!("bd-afxdp-{id}"),
-        extra: Vec::new(),
+        // First on normal pages (the EAL's --no-huge), restarted on hugepages below.
+        extra: vec!["--hugepages".into(), "off".into()],
         process: None,
     };
     node.start();
+    let log = node.process.as_ref().unwrap().log();
+    assert!(log.contains("--no-huge --no-shconf -m 272"), "hugepages = off did not reach the EAL as --no-huge:\n{log}");
     let link =
         String::from_utf8_lossy(&sh(&["ip", "-n", &node_ns, "-d", "link", "show", &node_if]).stdout).into_owned();
     assert!(link.contains("xdp"), "no XDP program on the node's veth: {link}");
@@ -334,9 +340,12 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
         String::from_utf8_lossy(&sh(&["ip", "-n", &node_ns, "-d", "link", "show", &node_if]).stdout).into_owned();
     assert!(!link.contains("prog/xdp"), "XDP program left attached after the node stopped: {link}");
 
-    // Restarted on the same data: every file is still there, and Prometheus sees the port.
+    // Restarted on the same data and on hugepages: every file is still there, and
+    // Prometheus sees the port.
     node.extra = vec!["--metrics-listen".into(), "127.0.0.1:9777".into()];
     node.start();
+    let log = node.process.as_ref().unwrap().log();
+    assert!(log.contains("--single-file-segments") && !log.contains("--no-huge"), "{log}");
     for (name, data) in &files {
         node.get_matches(name, data);
     }
