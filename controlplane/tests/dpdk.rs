@@ -313,7 +313,7 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
     assert!(log.contains("--no-huge --no-shconf -m 272"), "hugepages = off did not reach the EAL as --no-huge:\n{log}");
     let link =
         String::from_utf8_lossy(&sh(&["ip", "-n", &node_ns, "-d", "link", "show", &node_if]).stdout).into_owned();
-    assert!(link.contains("xdp"), "no XDP program on the node's veth: {link}");
+    assert!(link.contains("prog/xdp"), "no XDP program on the node's veth: {link}");
 
     let files = files(1);
     for (name, data) in &files {

@@ -37,8 +37,8 @@ use std::vec;
 use libc::{c_int, c_void, socklen_t};
 
 use crate::arena::{Arena, FrameId};
-use crate::io::{PacketIo, Readiness, RxBatch, RxPacket, TxBatch};
-use crate::netstack::{self, Route};
+use crate::io::{PacketIo, Readiness, RxBatch, TxBatch};
+use crate::netstack;
 use crate::std_support::peers::{AddressError, PEER_PROBES, PeerTable};
 
 /// Bytes in front of every received packet: the kernel's XDP headroom. The UMEM's own
@@ -731,15 +731,7 @@ impl PacketIo for AfXdpIo {
                 arena.free(frame);
                 continue;
             }
-            self.peers.learn(Route::reply_to(&datagram));
-            // Offsets fit u16: they lie inside a frame of at most 65536 bytes, and a UDP
-            // payload is shorter than 65536 bytes.
-            let packet = RxPacket {
-                frame,
-                offset: (start + datagram.payload.start) as u16,
-                len: datagram.payload.len() as u16,
-                peer: datagram.src,
-            };
+            let packet = self.peers.accept(frame, start, &datagram);
             match out.push(packet) {
                 Ok(()) => appended += 1,
                 Err(packet) => arena.free(packet.frame),
@@ -852,7 +844,7 @@ fn poll_fd(fd: &OwnedFd, events: libc::c_short, timeout_ms: c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netstack::{ETHERTYPE_VLAN, Vlan};
+    use crate::netstack::{ETHERTYPE_VLAN, Route, Vlan};
     use core::net::SocketAddr;
 
     fn route(port: u16, last: u8) -> Route {

@@ -1,6 +1,8 @@
 //! The DPDK backend: the mbuf pool's memory is the node's arena, so a port's RX rings DMA
-//! straight into arena frames, the chunk store keeps those frames (and with them their
-//! mbufs), and replies leave from the frames they were built in.
+//! straight into arena frames, the chunk store writes payload to disk straight from those
+//! frames (a store that kept chunks resident would keep the frames, and with them their
+//! mbufs; the disk store frees them once written), and replies leave from the frames they
+//! were built in.
 //!
 //! One mempool element is one arena frame. [`DpdkMemory`] reserves one virtually
 //! contiguous memzone of `frames × frame_bytes` and lays the pool's elements back to back
@@ -46,8 +48,8 @@ use std::vec::Vec;
 use beeline_dpdk_sys as sys;
 
 use crate::arena::{Arena, ArenaError, FrameId};
-use crate::io::{BATCH_MAX, PacketIo, Readiness, RxBatch, RxPacket, TxBatch};
-use crate::netstack::{self, MacAddr, Route};
+use crate::io::{BATCH_MAX, PacketIo, Readiness, RxBatch, TxBatch};
+use crate::netstack::{self, MacAddr};
 use crate::responder::{self, Answer};
 use crate::std_support::peers::{AddressError, PeerTable};
 
@@ -232,24 +234,37 @@ impl PoolLayout {
     pub fn headroom(&self) -> usize {
         self.object_header_bytes + MBUF_BYTES + MBUF_HEADROOM_BYTES
     }
+
+    /// Frame offset of an mbuf's buffer start (`buf_addr`): where its `data_off` counts from.
+    fn buffer_start(&self) -> usize {
+        self.object_header_bytes + MBUF_BYTES
+    }
+
+    fn mbuf_of(&self, index: u32) -> *mut sys::rte_mbuf {
+        debug_assert!(index < self.frames);
+        (self.base.as_ptr() as usize + index as usize * self.frame_bytes + self.object_header_bytes)
+            as *mut sys::rte_mbuf
+    }
+
+    /// The frame an mbuf of this pool lives in; `None` for any other pointer.
+    fn frame_index_of(&self, mbuf: *const sys::rte_mbuf) -> Option<u32> {
+        let offset = (mbuf as usize).checked_sub(self.base.as_ptr() as usize + self.object_header_bytes)?;
+        let index = offset / self.frame_bytes;
+        (offset % self.frame_bytes == 0 && index < self.frames as usize).then_some(index as u32)
+    }
 }
 
 /// The mbuf pool whose memory is the arena.
 pub struct DpdkMemory {
-    pool: NonNull<sys::rte_mempool>,
+    layout: PoolLayout,
     zone: NonNull<sys::rte_memzone>,
-    base: NonNull<u8>,
-    frame_bytes: usize,
-    frames: u32,
-    /// Bytes in front of each mbuf inside its element (the mempool's object header).
-    object_header_bytes: usize,
     free: Box<[u32]>,
     allocated: Box<[u64]>,
 }
 
 impl fmt::Debug for DpdkMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpdkMemory").field("frames", &self.frames).field("frame_bytes", &self.frame_bytes).finish()
+        f.debug_struct("DpdkMemory").field("layout", &self.layout).finish_non_exhaustive()
     }
 }
 
@@ -380,12 +395,8 @@ impl DpdkMemory {
         }
         let base = NonNull::new(zone_addr.cast::<u8>()).ok_or_else(|| pool_error("null memzone".into()))?;
         Ok(Self {
-            pool,
+            layout: PoolLayout { pool, base, frame_bytes, frames, object_header_bytes },
             zone,
-            base,
-            frame_bytes,
-            frames,
-            object_header_bytes,
             free: vec![0u32; frames as usize].into_boxed_slice(),
             allocated: vec![0u64; (frames as usize).div_ceil(64)].into_boxed_slice(),
         })
@@ -397,27 +408,22 @@ impl DpdkMemory {
     }
 
     pub fn layout(&self) -> PoolLayout {
-        PoolLayout {
-            pool: self.pool,
-            base: self.base,
-            frame_bytes: self.frame_bytes,
-            frames: self.frames,
-            object_header_bytes: self.object_header_bytes,
-        }
+        self.layout
     }
 
     /// The arena over the pool's memory, with its headroom moved behind the mbufs.
     pub fn arena(&mut self) -> Result<Arena<'_>, DpdkError> {
-        let len = self.frames as usize * self.frame_bytes;
+        let PoolLayout { base, frame_bytes, frames, .. } = self.layout;
+        let len = frames as usize * frame_bytes;
         // SAFETY: the memzone holds `len` bytes at `base`, alive until `self` drops (the
         // arena borrows `self`). DPDK writes into it only through mbufs whose frames the
         // backend has handed to it (the ownership bit of `DpdkIo`), and the node only
         // writes frames it owns, behind the headroom: the same sharing as a NIC DMAing
         // into an AF_XDP UMEM.
-        let memory = unsafe { core::slice::from_raw_parts_mut(self.base.as_ptr(), len) };
+        let memory = unsafe { core::slice::from_raw_parts_mut(base.as_ptr(), len) };
         let headroom = self.headroom();
         let mut arena =
-            Arena::new(memory, self.frame_bytes, &mut self.free, &mut self.allocated).map_err(DpdkError::Arena)?;
+            Arena::new(memory, frame_bytes, &mut self.free, &mut self.allocated).map_err(DpdkError::Arena)?;
         arena.set_headroom(headroom);
         Ok(arena)
     }
@@ -429,7 +435,7 @@ impl Drop for DpdkMemory {
         // nothing, so the caller drops it first: see the daemon); the memzone is freed
         // after the pool that lived in it.
         unsafe {
-            sys::rte_mempool_free(self.pool.as_ptr());
+            sys::rte_mempool_free(self.layout.pool.as_ptr());
             sys::rte_memzone_free(self.zone.as_ptr());
         }
     }
@@ -489,11 +495,7 @@ pub struct PortStats {
 /// One DPDK port serving the node, over the pool of a [`DpdkMemory`].
 pub struct DpdkIo {
     port: u16,
-    pool: NonNull<sys::rte_mempool>,
-    base: usize,
-    frame_bytes: usize,
-    frames: u32,
-    object_header_bytes: usize,
+    layout: PoolLayout,
     config: DpdkConfig,
     ip: Ipv4Addr,
     mac: MacAddr,
@@ -618,11 +620,7 @@ impl DpdkIo {
         let pool_low = 2 * BATCH_MAX as u32 + 64;
         let mut io = Self {
             port,
-            pool: memory.pool,
-            base: memory.base.as_ptr() as usize,
-            frame_bytes: memory.frame_bytes,
-            frames: memory.frames,
-            object_header_bytes: memory.object_header_bytes,
+            layout: memory,
             ip,
             mac: mac.addr_bytes,
             driver,
@@ -642,24 +640,12 @@ impl DpdkIo {
         };
         // Every frame starts out as DPDK's (the pool was created full and the RX rings took
         // their mbufs from it); frames beyond what the pool should keep come back out.
-        for _ in 0..io.frames {
+        for _ in 0..memory.frames {
             let frame = arena.alloc().expect("a fresh arena has every frame free");
             io.give(frame);
         }
         io.balance_pool(arena);
         Ok(io)
-    }
-
-    fn mbuf_of(&self, index: u32) -> *mut sys::rte_mbuf {
-        debug_assert!(index < self.frames);
-        (self.base + index as usize * self.frame_bytes + self.object_header_bytes) as *mut sys::rte_mbuf
-    }
-
-    /// The frame an mbuf of our pool lives in; `None` for any other pointer.
-    fn frame_index_of(&self, mbuf: *const sys::rte_mbuf) -> Option<u32> {
-        let offset = (mbuf as usize).checked_sub(self.base + self.object_header_bytes)?;
-        let index = offset / self.frame_bytes;
-        (offset % self.frame_bytes == 0 && index < self.frames as usize).then_some(index as u32)
     }
 
     /// Hands a frame to DPDK and returns its mbuf. The token is dropped: the frame stays
@@ -669,24 +655,24 @@ impl DpdkIo {
         let (word, bit) = (index as usize / 64, index % 64);
         assert!(self.dpdk_owned[word] & (1 << bit) == 0, "frame {index} given to DPDK twice");
         self.dpdk_owned[word] |= 1 << bit;
-        self.mbuf_of(index)
+        self.layout.mbuf_of(index)
     }
 
     /// Takes a frame back from DPDK by its mbuf.
     fn take(&mut self, arena: &mut Arena<'_>, mbuf: *const sys::rte_mbuf) -> Option<FrameId> {
-        let index = self.frame_index_of(mbuf)?;
+        let index = self.layout.frame_index_of(mbuf)?;
         let (word, bit) = (index as usize / 64, index % 64);
         if self.dpdk_owned[word] & (1 << bit) == 0 {
             return None;
         }
-        let frame = arena.reclaim_by_offset(u64::from(index) * self.frame_bytes as u64)?;
+        let frame = arena.reclaim_by_offset(u64::from(index) * self.layout.frame_bytes as u64)?;
         self.dpdk_owned[word] &= !(1 << bit);
         Some(frame)
     }
 
     fn pool_available(&self) -> u32 {
         // SAFETY: the pool outlives the port (see `DpdkMemory`).
-        unsafe { sys::beeline_mempool_avail(self.pool.as_ptr()) }
+        unsafe { sys::beeline_mempool_avail(self.layout.pool.as_ptr()) }
     }
 
     /// Keeps the pool between its watermarks: enough mbufs for the PMDs to refill their RX
@@ -707,7 +693,7 @@ impl DpdkIo {
         } else if available > self.pool_high {
             for _ in 0..available - self.pool_high {
                 // SAFETY: the pool outlives the port.
-                let mbuf = unsafe { sys::beeline_pktmbuf_alloc(self.pool.as_ptr()) };
+                let mbuf = unsafe { sys::beeline_pktmbuf_alloc(self.layout.pool.as_ptr()) };
                 if mbuf.is_null() {
                     break;
                 }
@@ -722,7 +708,7 @@ impl DpdkIo {
     /// Points a frame's mbuf at `len` bytes starting `start` bytes into the frame, and
     /// hands the frame to DPDK for sending.
     fn prepare_tx(&mut self, frame: FrameId, start: usize, len: usize) -> *mut sys::rte_mbuf {
-        let data_off = start - self.object_header_bytes - MBUF_BYTES;
+        let data_off = start - self.layout.buffer_start();
         let mbuf = self.give(frame);
         // SAFETY: the mbuf is ours (just given, not yet in any ring); `data_off + len` lies
         // inside its buffer (checked by the callers against the frame size).
@@ -761,23 +747,23 @@ impl DpdkIo {
     fn rx_span(&self, mbuf: *const sys::rte_mbuf) -> (usize, usize) {
         // SAFETY: the mbuf is one of ours, just returned by an RX burst.
         let (data_off, len) = unsafe { (sys::beeline_mbuf_data_off(mbuf), sys::beeline_mbuf_pkt_len(mbuf)) };
-        (self.object_header_bytes + MBUF_BYTES + usize::from(data_off), len as usize)
+        (self.layout.buffer_start() + usize::from(data_off), len as usize)
     }
 
-    fn receive_one(&mut self, arena: &mut Arena<'_>, mbuf: *mut sys::rte_mbuf, out: &mut RxBatch) -> Option<usize> {
+    fn receive_one(&mut self, arena: &mut Arena<'_>, mbuf: *mut sys::rte_mbuf, out: &mut RxBatch) -> bool {
         // SAFETY: an mbuf the RX burst just returned.
         if unsafe { sys::beeline_mbuf_nb_segs(mbuf) } != 1 {
             self.counters.rx_multi_segment += 1;
             // SAFETY: ours to free; every segment returns to the pool.
             unsafe { sys::beeline_pktmbuf_free(mbuf) };
-            return None;
+            return false;
         }
         let (start, len) = self.rx_span(mbuf);
         let frame = self.take(arena, mbuf).expect("an RX mbuf sits in a frame DPDK owned");
-        if start + len > self.frame_bytes {
+        if start + len > self.layout.frame_bytes {
             self.counters.rx_multi_segment += 1;
             arena.free(frame);
-            return None;
+            return false;
         }
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += len as u64;
@@ -787,13 +773,13 @@ impl DpdkIo {
                 self.counters.arp_replies += 1;
                 self.tx_mbufs[0] = self.prepare_tx(frame, start, len);
                 self.transmit(1);
-                return None;
+                return false;
             }
             Answer::EchoReply { len } => {
                 self.counters.echo_replies += 1;
                 self.tx_mbufs[0] = self.prepare_tx(frame, start, len);
                 self.transmit(1);
-                return None;
+                return false;
             }
             Answer::NotMine => {}
         }
@@ -802,7 +788,7 @@ impl DpdkIo {
             Err(_) => {
                 self.counters.rx_not_udp += 1;
                 arena.free(frame);
-                return None;
+                return false;
             }
         };
         let for_us =
@@ -810,21 +796,14 @@ impl DpdkIo {
         if !for_us {
             self.counters.rx_not_ours += 1;
             arena.free(frame);
-            return None;
+            return false;
         }
-        self.peers.learn(Route::reply_to(&datagram));
-        // Offsets fit u16: they lie inside a frame of at most 65536 bytes.
-        let packet = RxPacket {
-            frame,
-            offset: (start + datagram.payload.start) as u16,
-            len: datagram.payload.len() as u16,
-            peer: datagram.src,
-        };
+        let packet = self.peers.accept(frame, start, &datagram);
         match out.push(packet) {
-            Ok(()) => Some(1),
+            Ok(()) => true,
             Err(packet) => {
                 arena.free(packet.frame);
-                None
+                false
             }
         }
     }
@@ -903,7 +882,7 @@ impl PacketIo for DpdkIo {
             }
             for n in 0..usize::from(received) {
                 let mbuf = self.rx_mbufs[n];
-                appended += self.receive_one(arena, mbuf, out).unwrap_or(0);
+                appended += usize::from(self.receive_one(arena, mbuf, out));
             }
         }
         self.next_queue = (self.next_queue + 1) % self.config.queues;
@@ -913,7 +892,7 @@ impl PacketIo for DpdkIo {
     fn send_batch(&mut self, arena: &mut Arena<'_>, batch: &mut TxBatch) -> Result<(), DpdkError> {
         let mut count = 0;
         // Headers go into the mbuf's headroom, never over the mbuf itself.
-        let floor = self.object_header_bytes + MBUF_BYTES;
+        let floor = self.layout.buffer_start();
         for packet in batch.drain(..) {
             self.ip_id = self.ip_id.wrapping_add(1);
             let (start, frame_len) = match self.peers.address(arena, &packet, floor, self.ip_id) {

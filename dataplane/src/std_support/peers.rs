@@ -6,9 +6,9 @@ use core::net::SocketAddr;
 use std::boxed::Box;
 use std::vec;
 
-use crate::arena::Arena;
-use crate::io::TxPacket;
-use crate::netstack::{self, Route};
+use crate::arena::{Arena, FrameId};
+use crate::io::{RxPacket, TxPacket};
+use crate::netstack::{self, Datagram, Route};
 
 /// Why a datagram could not be given its lower-layer headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,20 @@ impl PeerTable {
 }
 
 impl PeerTable {
+    /// Learns the route back to `datagram`'s sender and makes the packet the node takes from
+    /// `frame`, whose Ethernet header starts `start` bytes in.
+    pub fn accept(&mut self, frame: FrameId, start: usize, datagram: &Datagram) -> RxPacket {
+        self.learn(Route::reply_to(datagram));
+        // Offsets fit u16: they lie inside a frame of at most 65536 bytes, and a UDP
+        // payload is shorter than 65536 bytes.
+        RxPacket {
+            frame,
+            offset: (start + datagram.payload.start) as u16,
+            len: datagram.payload.len() as u16,
+            peer: datagram.src,
+        }
+    }
+
     /// Writes Ethernet (+ VLAN) + IP + UDP headers in front of `packet`'s datagram, on the
     /// route back to its peer, using no frame byte below `floor`; returns the frame offset
     /// the packet to send now starts at, and its length.
