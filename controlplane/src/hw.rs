@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Deserialize;
 
-use crate::config::NodeFlags;
+use crate::config::{BackendKind, NodeFlags};
 
 /// Where `--profile NAME` is looked for, after `./hw-configs`.
 pub const ETC_PROFILE_DIR: &str = "/etc/beeline/hw-configs";
@@ -67,7 +67,7 @@ pub struct Profile {
     pub name: String,
     pub description: String,
     /// `dpdk` or `afxdp`.
-    pub backend: String,
+    pub backend: BackendKind,
     /// The machine the profile is for (`x86_64`, `aarch64`), when it is one in particular.
     #[serde(default)]
     pub arch: Option<String>,
@@ -147,7 +147,7 @@ pub fn load_profile(path: &Path) -> Result<LoadedProfile, ProfileError> {
     if profile.name != stem {
         return Err(bad("name", &profile.name, &format!("must be the file's name without .toml, {stem:?}")));
     }
-    if !["dpdk", "afxdp"].contains(&profile.backend.as_str()) {
+    if profile.backend == BackendKind::Udp {
         return Err(bad("backend", &profile.backend, "use dpdk or afxdp"));
     }
     if profile.hugepages.page_kib().is_none() {
@@ -156,7 +156,7 @@ pub fn load_profile(path: &Path) -> Result<LoadedProfile, ProfileError> {
     if profile.hugepages.pages == 0 {
         return Err(bad("hugepages.pages", &0, "must be at least 1"));
     }
-    if profile.backend == "dpdk" {
+    if profile.backend == BackendKind::Dpdk {
         if profile.pmd.is_none() {
             return Err(bad("pmd", &"(none)", "a dpdk profile names its PMD library, e.g. pmd = \"librte_net_ice\""));
         }
@@ -177,7 +177,7 @@ pub fn load_profile(path: &Path) -> Result<LoadedProfile, ProfileError> {
     // The top-level values are what `hw check` checks the host against; the [node] table
     // is what the operator copies. Where both name a setting they must agree.
     let node_backend = profile.node.get("backend").and_then(|v| v.as_str()).unwrap_or("udp");
-    if node_backend != profile.backend {
+    if node_backend != profile.backend.name() {
         return Err(bad(
             "node.backend",
             &node_backend,
@@ -185,7 +185,7 @@ pub fn load_profile(path: &Path) -> Result<LoadedProfile, ProfileError> {
         ));
     }
     let mut same: Vec<(&str, toml::Value)> = vec![("queues", toml::Value::Integer(profile.queues.into()))];
-    if profile.backend == "dpdk" {
+    if profile.backend == BackendKind::Dpdk {
         same.extend([
             ("rx_ring_size", toml::Value::Integer(profile.rx_ring_size.into())),
             ("tx_ring_size", toml::Value::Integer(profile.tx_ring_size.into())),
@@ -453,9 +453,9 @@ fn page_label(kib: u64) -> String {
 
 /// The target a profile checks by default: its `[node]` device or interface.
 pub fn default_target(profile: &Profile) -> Option<Target> {
-    if profile.backend == "dpdk" {
+    if profile.backend == BackendKind::Dpdk {
         let device = profile.node.get("dpdk_devices")?.as_array()?.first()?.as_str()?;
-        crate::dpdk_settings::is_pci_address(device).then(|| Target::Device(normalize_pci(device)))
+        crate::config::dpdk::is_pci_address(device).then(|| Target::Device(normalize_pci(device)))
     } else {
         Some(Target::Interface(profile.node.get("interface")?.as_str()?.to_owned()))
     }
@@ -513,7 +513,7 @@ pub fn check(host: &Host, loaded: &LoadedProfile, target: Option<&Target>) -> Ve
             Verdict::Fail,
             "device",
             "no device to check: the profile's [node] names none",
-            if profile.backend == "dpdk" { "pass --device PCI_ADDRESS" } else { "pass --interface IF" },
+            if profile.backend == BackendKind::Dpdk { "pass --device PCI_ADDRESS" } else { "pass --interface IF" },
         )),
     }
     if let Some(pmd) = &profile.pmd {
@@ -586,7 +586,7 @@ fn check_hugepages(host: &Host, profile: &Profile, numa_node: Option<u32>) -> Ve
     let need = &profile.hugepages;
     let Some(kib) = need.page_kib() else { return Vec::new() };
     // AF_XDP falls back to normal pages (`hugepages = "prefer"`); DPDK's EAL does not.
-    let short = if profile.backend == "dpdk" { Verdict::Fail } else { Verdict::Warn };
+    let short = if profile.backend == BackendKind::Dpdk { Verdict::Fail } else { Verdict::Warn };
     let label = page_label(kib);
     let dir = host.sys.join(format!("kernel/mm/hugepages/hugepages-{kib}kB"));
     let mut checks = Vec::new();
@@ -648,7 +648,7 @@ fn check_hugepages(host: &Host, profile: &Profile, numa_node: Option<u32>) -> Ve
             });
         }
     }
-    if profile.backend == "dpdk" {
+    if profile.backend == BackendKind::Dpdk {
         checks.push(check_hugetlbfs(host, kib));
     }
     checks
@@ -983,13 +983,13 @@ fn check_interface(host: &Host, profile: &Profile, interface: &str) -> Vec<Check
             // What the afxdp backend itself refuses at start-up: a packet must fit a frame
             // behind the XDP headroom.
             let frame_max = usize::try_from(frame_bytes).unwrap_or(0).saturating_sub(
-                beeline_dataplane::std_support::afxdp::XDP_PACKET_HEADROOM
-                    + beeline_dataplane::netstack::ETHERNET_LEN
-                    + beeline_dataplane::netstack::VLAN_LEN,
+                beeline_dataplane::io::afxdp::XDP_PACKET_HEADROOM
+                    + beeline_dataplane::io::netstack::ETHERNET_LEN
+                    + beeline_dataplane::io::netstack::VLAN_LEN,
             );
             checks.push(if mtu == u64::from(profile.mtu) && mtu <= frame_max as u64 {
                 ok("mtu", format!("{interface}: {mtu}"))
-            } else if mtu > frame_max as u64 && profile.backend == "afxdp" {
+            } else if mtu > frame_max as u64 && profile.backend == BackendKind::Afxdp {
                 not_ok(
                     Verdict::Fail,
                     "mtu",
@@ -1099,7 +1099,7 @@ pub fn run(command: HwCommand) -> ExitCode {
                 }
             };
             let target = match (device, interface) {
-                (Some(device), _) if !crate::dpdk_settings::is_pci_address(&device) => {
+                (Some(device), _) if !crate::config::dpdk::is_pci_address(&device) => {
                     eprintln!(
                         "beeline: --device {device} is not a PCI address; use DOMAIN:BUS:DEVICE.FUNCTION, e.g. \
                          0000:00:06.0"
@@ -1158,9 +1158,9 @@ mod tests {
         for (name, path) in source_profiles() {
             let loaded = load_profile(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
             let settings = validate_node_table(&loaded).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(settings.backend, loaded.profile.backend, "{name}");
+            assert_eq!(settings.backend.kind(), loaded.profile.backend, "{name}");
             let profile = &loaded.profile;
-            if let Some(dpdk) = &settings.dpdk {
+            if let Some(dpdk) = settings.backend.dpdk() {
                 assert_eq!(dpdk.queues, profile.queues, "{name}");
                 assert_eq!(u32::from(dpdk.mtu), profile.mtu, "{name}");
                 assert_eq!(u32::from(dpdk.rx_ring_size), profile.rx_ring_size, "{name}");

@@ -43,24 +43,44 @@ pub fn load(path: &Path) -> Result<MacKey, KeyError> {
 
 /// Loads the key, creating a fresh random one (mode 0600) when the file does not exist.
 /// Returns whether it was created.
+///
+/// Race-free: the key is written to a private temporary file beside `path` and linked into
+/// place with `link(2)`, which never replaces an existing file. Of several processes that
+/// start at once on one fresh path, exactly one link succeeds; the others see `EEXIST`
+/// and load the winner's key, which is complete on disk before its link exists.
 pub fn load_or_create(path: &Path) -> Result<(MacKey, bool), KeyError> {
     match load(path) {
         Ok(key) => Ok((key, false)),
-        Err(KeyError::Missing(_)) => {
-            let key: [u8; 32] = rand::random();
-            let write_error = |source| KeyError::Write { path: path.to_owned(), source };
-            if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).map_err(write_error)?;
-            }
-            let mut file =
-                fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_error)?;
-            writeln!(file, "{}", to_hex(&key)).map_err(write_error)?;
-            file.sync_all().map_err(write_error)?;
-            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(write_error)?;
-            Ok((MacKey::new(key), true))
-        }
+        Err(KeyError::Missing(_)) => create(path),
         Err(error) => Err(error),
     }
+}
+
+fn create(path: &Path) -> Result<(MacKey, bool), KeyError> {
+    let key: [u8; 32] = rand::random();
+    let write_error = |source| KeyError::Write { path: path.to_owned(), source };
+    let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(write_error)?;
+    let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = parent.join(format!(".{file_name}.{}.{:016x}.tmp", std::process::id(), rand::random::<u64>()));
+    let written = write_private(&temporary, &key).and_then(|()| fs::hard_link(&temporary, path));
+    // The temporary name is ours alone; whatever happened, it must not stay behind.
+    let _ = fs::remove_file(&temporary);
+    match written {
+        Ok(()) => {
+            fs::File::open(parent).and_then(|directory| directory.sync_all()).map_err(write_error)?;
+            Ok((MacKey::new(key), true))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok((load(path)?, false)),
+        Err(error) => Err(write_error(error)),
+    }
+}
+
+fn write_private(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    writeln!(file, "{}", to_hex(key))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    file.sync_all()
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {
@@ -98,5 +118,36 @@ mod tests {
         assert!(message.contains("64 hex digits"), "{message}");
         let missing = load(&dir.path().join("nope")).unwrap_err().to_string();
         assert!(missing.contains("beeline node run"), "{missing}");
+    }
+
+    /// Threads released by one barrier race to create one fresh key path, many rounds:
+    /// every one of them ends with the same key, exactly one reports creating it, and no
+    /// temporary file is left behind. (`tests/keyfile_race.rs` does the same with processes.)
+    #[test]
+    fn concurrent_creators_agree_on_one_key() {
+        const CREATORS: usize = 8;
+        const ROUNDS: usize = 50;
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..ROUNDS {
+            let path = dir.path().join(format!("round-{round}/cluster.key"));
+            let barrier = std::sync::Barrier::new(CREATORS);
+            let results: Vec<([u8; 32], bool)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..CREATORS)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            let (key, created) = load_or_create(&path).unwrap();
+                            (*key.bytes(), created)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+            });
+            assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1, "round {round}: {results:?}");
+            assert!(results.iter().all(|(key, _)| *key == results[0].0), "round {round}: keys differ");
+            let leftovers: Vec<_> =
+                fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(leftovers, vec![std::ffi::OsString::from("cluster.key")], "round {round}");
+        }
     }
 }

@@ -1,23 +1,20 @@
-//! Beeline's control plane: the node daemon ([`daemon`]), its configuration, the
-//! namespace ([`metadata`]), control messages and the client library ([`client`]) that
-//! the `beeline` CLI is a thin layer over.
+//! Beeline's control plane, folder by role: [`config`] (TOML + flags, validated into
+//! settings), [`backend`] (the packet I/O a node runs on and what surrounds it: the XDP
+//! classifier, the DPDK EAL), [`node`] (`beeline node run`: the data-plane thread, the
+//! snapshot it publishes, metrics and cluster membership), [`client`] (the client library:
+//! one node, and the replicated cluster client), [`cluster`] (the Redis metadata and
+//! placement), [`metadata`] (the namespace trait and the embedded store), [`control`]
+//! (control messages), [`keyfile`] and [`hw`]; [`cli`] is the `beeline` command line, a
+//! thin layer over the rest. Dependencies run one way: cli -> node -> backend -> config,
+//! and client -> cluster -> metadata -> control.
 
-pub mod afxdp_backend;
-pub mod bench;
+pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod cluster;
-pub mod cluster_cli;
-pub mod cluster_client;
 pub mod config;
 pub mod control;
-pub mod daemon;
-#[cfg(feature = "dpdk")]
-pub mod dpdk_backend;
-pub mod dpdk_settings;
 pub mod hw;
 pub mod keyfile;
-pub mod membership;
 pub mod metadata;
-pub mod metrics;
-pub mod placement;
+pub mod node;

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use beeline_dataplane::client::Progress;
 use beeline_dataplane::node::{BACKGROUND_TICKET, NoControl};
-use beeline_dataplane::std_support::mem_store::MemStore;
-use beeline_dataplane::std_support::sim_harness::{SimHarness, SimOptions};
 use beeline_dataplane::store::ChunkStore;
+use beeline_dataplane::store::mem::MemStore;
+use beeline_dataplane::testkit::harness::{SimHarness, SimOptions};
 use beeline_dataplane::wire::{self, ChunkId, MacKey, Opcode, Packet, Repr};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 

@@ -47,6 +47,20 @@ mod field {
     pub const MAC: Range<usize> = 48..64;
 }
 
+// The layout's constants must agree: fields tile the header without gaps or overlap, the
+// MAC covers exactly the bytes in front of it and ends the header.
+const _: () = {
+    assert!(field::MAGIC.end == field::VERSION && field::VERSION + 1 == field::OPCODE);
+    assert!(field::OPCODE + 1 == field::FLAGS && field::FLAGS + 1 == field::STATUS);
+    assert!(field::STATUS + 1 == field::CREDITS.start && field::CREDITS.end == field::REQUEST_ID.start);
+    assert!(field::REQUEST_ID.end == field::CHUNK_ID.start && field::CHUNK_ID.end == field::INDEX.start);
+    assert!(field::INDEX.end == field::COUNT.start && field::COUNT.end == field::TOTAL_LEN.start);
+    assert!(field::TOTAL_LEN.end == field::FRAG_LEN.start && field::FRAG_LEN.end == field::PAYLOAD_LEN.start);
+    assert!(field::PAYLOAD_LEN.end == field::MAC.start && field::MAC.start == MAC_COVERED_LEN);
+    assert!(field::MAC.end - field::MAC.start == MAC_LEN && field::MAC.end == HEADER_LEN);
+    assert!(PAYLOAD_MAX == u16::MAX as usize, "PAYLOAD_LEN is a u16");
+};
+
 /// Operation of a datagram. Requests go client → node, replies node → client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -2,7 +2,7 @@
 //! points the `cargo fuzz` targets call, so every input the fuzzer ever kept, crashes
 //! included once fixed, is re-checked by a plain `cargo test` without libFuzzer.
 //!
-//! The seed files (`seed-*`) are produced by `beeline_dataplane::fuzzing::seed_corpus`;
+//! The seed files (`seed-*`) are produced by `beeline_dataplane::testkit::fuzzing::seed_corpus`;
 //! after changing the wire format, the fuzz key or the fuzzed node's preloaded state,
 //! regenerate them with
 //! `cargo test -p beeline-dataplane --test fuzz_corpus -- --ignored write_seed_corpus`.
@@ -12,7 +12,7 @@ use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use beeline_dataplane::fuzzing::{Seed, fuzz_client, fuzz_frame, fuzz_packet, seed_corpus};
+use beeline_dataplane::testkit::fuzzing::{Seed, fuzz_client, fuzz_frame, fuzz_packet, seed_corpus};
 
 /// A fuzz target's entry point.
 type Target = fn(&[u8]);

@@ -1,13 +1,13 @@
 //! Deterministic protocol tests on the `sim` backend. Every run is seeded; a failure
 //! prints its seed, and `BEELINE_SIM_SEED=<seed>` replays exactly that run.
 
-use beeline_dataplane::allow::{Allowlist, Prefix};
 use beeline_dataplane::client::{ClientError, Progress, PutChunk, Transmit};
+use beeline_dataplane::io::sim::Impairments;
 use beeline_dataplane::node::NoControl;
-use beeline_dataplane::sim::Impairments;
-use beeline_dataplane::std_support::mem_store::MemStore;
-use beeline_dataplane::std_support::sim_harness::{SimHarness, SimOptions, outcome};
+use beeline_dataplane::node::allow::{Allowlist, Prefix};
+use beeline_dataplane::store::mem::MemStore;
 use beeline_dataplane::store::{ChunkStore, Durable, PutReservation, StoreError};
+use beeline_dataplane::testkit::harness::{SimHarness, SimOptions, outcome};
 use beeline_dataplane::wire::{MacKey, Opcode, Repr, Status};
 
 const KEY: MacKey = MacKey::new([0x42; 32]);
@@ -304,7 +304,7 @@ fn delete_and_stat() {
     let stat = Repr { chunk_id: 5, ..Repr::new(Opcode::Stat) };
     let mut machines = [sim.exchange(stat, &[], Opcode::StatReply)];
     sim.run(&mut machines, &KEY, 10_000);
-    let beeline_dataplane::std_support::sim_harness::Machine::Exchange(exchange) = &machines[0] else { unreachable!() };
+    let beeline_dataplane::testkit::harness::Machine::Exchange(exchange) = &machines[0] else { unreachable!() };
     assert_eq!(exchange.reply().unwrap().0.total_len, 3000);
     let delete = Repr { chunk_id: 5, ..Repr::new(Opcode::Delete) };
     let mut machines = [sim.exchange(delete, &[], Opcode::DeleteDone)];

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use beeline_dataplane::std_support::dpdk::{Eal, forward};
+use beeline_dataplane::io::dpdk::{Eal, forward};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

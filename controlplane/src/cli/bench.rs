@@ -1,0 +1,1260 @@
+//! `beeline bench`: throughput, latency and CPU cost of a node on the `udp` backend, with
+//! the in-run baselines that say what the numbers mean (raw kernel UDP on loopback, a
+//! plain file write + fdatasync). Every figure comes from one run on one machine; compare
+//! rows with each other, not with other machines. See `docs/benchmarks.md`.
+//!
+//! Without `--node`, a node is started in-process on 127.0.0.1 (random port) with a fresh
+//! data directory and key, and removed afterwards. With `--node ADDR --key-file F`, an
+//! existing node is measured: the bench stores one file there and removes it at the end.
+//!
+//! Everything is bounded: sizes come from the flags (capped), every protocol operation
+//! gives up after the client's retries, and the raw-UDP receiver stops once the sender is
+//! done and its socket is drained (or after a hard deadline).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use beeline_dataplane::io::udp::DEFAULT_SOCKET_BUFFER_BYTES;
+use beeline_dataplane::wire::{HEADER_LEN, MacKey};
+
+use crate::client::{Client, ClientOptions};
+use crate::config::NodeFlags;
+use crate::control::FileRecord;
+use crate::keyfile;
+
+const CHUNK_BYTES: u32 = 4 << 20;
+const CHUNKS_MAX: u32 = 4096;
+const OPS_MAX: u32 = 10_000_000;
+/// Generated content repeats with this period (a whole number of chunks).
+const POOL_CHUNKS_MAX: u32 = 16;
+/// The raw-UDP receiver gives up after this long whatever happens.
+const UDP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the raw-UDP receiver blocks before looking at the sender's flag again.
+const UDP_RECV_TIMEOUT: Duration = Duration::from_millis(100);
+const UDP_BATCH: usize = 64;
+/// Small gets done before the timed ones.
+const WARM_UP_OPS: u32 = 200;
+const GB: f64 = 1e9;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Node to measure (HOST:PORT) [default: start one in-process on 127.0.0.1].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Cluster key file of --node [default: $BEELINE_KEY_FILE or ~/.config/beeline/cluster.key].
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// 4 MiB chunks to put and then get (64 = 256 MiB).
+    #[arg(long, default_value_t = 64)]
+    pub chunks: u32,
+    /// Small gets to time, one after another.
+    #[arg(long, default_value_t = 20_000)]
+    pub ops: u32,
+    /// Bytes per small get; one fragment each when the node's frames allow it.
+    #[arg(long, default_value_t = 4096)]
+    pub op_bytes: u32,
+    /// Fragment payload per datagram for the bulk put/get [default: the node's largest on loopback, else 1400].
+    #[arg(long)]
+    pub fragment_bytes: Option<u16>,
+    /// Chunks in flight at once during the bulk put and get (the client's default).
+    #[arg(long, default_value_t = ClientOptions::new(SocketAddr::from(([127, 0, 0, 1], 0)), MacKey::new([0; 32])).parallel_chunks)]
+    pub parallel_chunks: usize,
+    /// Frame size of the in-process node: 8192 lets a 4 KiB read travel as one datagram.
+    #[arg(long, default_value_t = 8192)]
+    pub frame_bytes: u32,
+    /// Directory under which the in-process node's data and the file-write baseline go (a
+    /// fresh subdirectory, removed afterwards) [default: $TMPDIR or /tmp].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Skip the baselines (raw UDP, file write).
+    #[arg(long)]
+    pub no_baselines: bool,
+    /// Also write the report to this file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Print the report as JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    validate(&args)?;
+    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let mut report = Report {
+        date: crate::cli::format_time(started_unix_ms),
+        command: command_line(),
+        machine: machine_line(),
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+        target: String::new(),
+        settings: String::new(),
+        phases: Vec::new(),
+        node_counters: Vec::new(),
+    };
+    let workdir = WorkDir::create(args.dir.as_deref())?;
+    let outcome = measure(&args, &workdir, &mut report);
+    drop(workdir);
+    outcome?;
+    let text = if args.json { report.json() } else { report.markdown() };
+    print!("{text}");
+    std::io::stdout().flush().map_err(|e| format!("standard output: {e}"))?;
+    if let Some(path) = &args.output {
+        std::fs::write(path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn validate(args: &BenchArgs) -> Result<(), String> {
+    if !(1..=CHUNKS_MAX).contains(&args.chunks) {
+        return Err(format!("--chunks {} is out of range: use 1 to {CHUNKS_MAX}", args.chunks));
+    }
+    if args.ops > OPS_MAX {
+        return Err(format!("--ops {} is out of range: use 0 to {OPS_MAX}", args.ops));
+    }
+    if !(1..=CHUNK_BYTES).contains(&args.op_bytes) {
+        return Err(format!("--op-bytes {} is out of range: use 1 to {CHUNK_BYTES}", args.op_bytes));
+    }
+    if !(1..=64).contains(&args.parallel_chunks) {
+        return Err(format!("--parallel-chunks {} is out of range: use 1 to 64", args.parallel_chunks));
+    }
+    if args.fragment_bytes == Some(0) {
+        return Err("--fragment-bytes must be at least 1".into());
+    }
+    if args.key_file.is_some() && args.node.is_none() {
+        return Err("--key-file needs --node: without --node the bench starts its own node with a fresh key".into());
+    }
+    Ok(())
+}
+
+/// A fresh directory of ours, removed on drop.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn create(parent: Option<&Path>) -> Result<Self, String> {
+        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let path = parent.join(format!("beeline-bench-{}-{nanos:09}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}; pass --dir with a writable directory", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("beeline: could not remove {}: {error}", self.path.display());
+        }
+    }
+}
+
+fn measure(args: &BenchArgs, workdir: &WorkDir, report: &mut Report) -> Result<(), String> {
+    let pool = Pool::new(args.chunks);
+    let mut node = None;
+    let (addr, key) = match &args.node {
+        Some(text) => {
+            let addr = resolve_node(text)?;
+            let key_path = args.key_file.clone().unwrap_or_else(keyfile::default_key_path);
+            let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
+            (addr, key)
+        }
+        None => {
+            let key_path = workdir.path.join("cluster.key");
+            let flags = NodeFlags {
+                listen: Some("127.0.0.1:0".into()),
+                data_dir: Some(workdir.path.join("node")),
+                key_file: Some(key_path.clone()),
+                frame_bytes: Some(args.frame_bytes),
+                ..NodeFlags::default()
+            };
+            let settings = flags.resolve().map_err(|e| e.to_string())?;
+            let handle = crate::node::start(settings).map_err(|e| format!("cannot start the in-process node: {e}"))?;
+            let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
+            let addr = handle.local_addr;
+            node = Some(handle);
+            (addr, key)
+        }
+    };
+    let outcome = measure_node(args, addr, &key, &pool, node.is_some(), report);
+    let stopped = node.map(|handle| handle.stop().map_err(|e| format!("the in-process node failed to stop: {e}")));
+    outcome?;
+    stopped.transpose()?;
+    if !args.no_baselines {
+        let fragment = report.phases.first().map(|phase| phase.fragment_bytes).unwrap_or(1400);
+        measure_baselines(args, workdir, &pool, fragment, report)?;
+    }
+    Ok(())
+}
+
+fn resolve_node(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("bad --node {text}: not an address that resolves; use HOST:PORT, e.g. 127.0.0.1:7777"))
+}
+
+fn client(
+    addr: SocketAddr,
+    key: &MacKey,
+    fragment_bytes: Option<u16>,
+    parallel_chunks: usize,
+) -> Result<Client, String> {
+    let mut options = ClientOptions::new(addr, key.clone());
+    options.fragment_bytes = fragment_bytes;
+    options.parallel_chunks = parallel_chunks;
+    options.chunk_bytes = CHUNK_BYTES;
+    Client::new(options).map_err(|e| e.to_string())
+}
+
+/// The fragment length a client with these options will use (mirrors `Client`).
+fn bulk_fragment(addr: SocketAddr, requested: Option<u16>, node_max: u16) -> u16 {
+    let preferred = match requested {
+        Some(bytes) => bytes,
+        None if addr.ip().is_loopback() => node_max,
+        None => 1400,
+    };
+    let floor = CHUNK_BYTES.div_ceil(beeline_dataplane::bitmap::FRAGMENTS_MAX) as u16;
+    let cap = node_max.min((beeline_dataplane::client::DATAGRAM_BYTES_MAX - HEADER_LEN) as u16);
+    preferred.clamp(floor.min(cap), cap)
+}
+
+fn measure_node(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    key: &MacKey,
+    pool: &Pool,
+    in_process: bool,
+    report: &mut Report,
+) -> Result<(), String> {
+    let mut bulk = client(addr, key, args.fragment_bytes, args.parallel_chunks)?;
+    let info = bulk.ping().map_err(|e| e.to_string())?;
+    let fragment = bulk_fragment(addr, args.fragment_bytes, info.fragment_bytes_max);
+    let fragments_per_chunk = u64::from(CHUNK_BYTES.div_ceil(u32::from(fragment)));
+    report.settings = format!(
+        "{} × 4 MiB chunks = {} MiB per direction, {}-byte fragments ({}-byte datagrams), {} chunks in flight, window {} fragments; {} gets of {} bytes one at a time",
+        args.chunks,
+        u64::from(args.chunks) * 4,
+        fragment,
+        usize::from(fragment) + HEADER_LEN,
+        args.parallel_chunks,
+        info.window_fragments,
+        args.ops,
+        args.op_bytes,
+    );
+    let name = format!(
+        "beeline-bench-{}-{}",
+        std::process::id(),
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    );
+    let total = u64::from(args.chunks) * u64::from(CHUNK_BYTES);
+    let mut node = NodeCounters::read(&mut bulk)?;
+    let run_start = node.clone();
+
+    eprintln!("beeline bench: put {total} bytes as {name}");
+    let mut reader = pool.reader(total);
+    let mut record = None;
+    let phase = timed(&mut bulk, total, |client| {
+        record = Some(client.put_reader(&name, &mut reader, "generated data", &mut |_| {}).map_err(|e| e.to_string())?);
+        Ok(None)
+    })?;
+    let record = record.expect("set by the phase");
+    let delta = node.advance(&mut bulk)?;
+    let needed = u64::from(args.chunks) * fragments_per_chunk;
+    let note = format!(
+        "node received {} fragment copies for {needed} fragments ({} resent)",
+        delta.get("fragments_stored") + delta.get("fragments_duplicate"),
+        delta.get("fragments_duplicate")
+    );
+    report.phases.push(Phase {
+        name: "Put 4 MiB chunks (durable)".into(),
+        fragment_bytes: fragment,
+        notes: vec![note],
+        ..phase
+    });
+    // From here on the file exists on the node: remove it whatever happens next.
+    let measured = read_back(args, addr, key, pool, &mut bulk, &mut node, &record, fragment, needed, report);
+    let removed = bulk.remove(&name).map_err(|e| format!("could not remove the bench file {name} from the node: {e}"));
+    measured?;
+    removed?;
+    let end = NodeCounters::read(&mut bulk)?;
+    let status = bulk.node_status().map_err(|e| e.to_string())?;
+    report.target = if in_process {
+        format!(
+            "in-process node on {addr} (udp backend, frame_bytes {}, arena {} frames on {} pages), fresh data dir and key",
+            args.frame_bytes, status.arena_frames, status.page_backing
+        )
+    } else {
+        format!(
+            "node {addr} (beeline {}, {} backend, arena {} frames on {} pages)",
+            status.node_version, status.backend, status.arena_frames, status.page_backing
+        )
+    };
+    report.node_counters = end.since(&run_start).values.into_iter().collect();
+    Ok(())
+}
+
+/// The get phases, on the file the put phase stored.
+#[allow(clippy::too_many_arguments)]
+fn read_back(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    key: &MacKey,
+    pool: &Pool,
+    bulk: &mut Client,
+    node: &mut NodeCounters,
+    record: &FileRecord,
+    fragment: u16,
+    needed: u64,
+    report: &mut Report,
+) -> Result<(), String> {
+    let total = record.size_bytes;
+    let name = &record.name;
+    eprintln!("beeline bench: get {total} bytes");
+    let phase = timed(bulk, total, |client| {
+        client.get_writer(name, &mut std::io::sink(), "/dev/null", &mut |_| {}).map_err(|e| e.to_string())?;
+        Ok(None)
+    })?;
+    let delta = node.advance(bulk)?;
+    let note = format!(
+        "node sent {} fragments for {needed} ({} re-sent)",
+        delta.get("fragments_served"),
+        delta.get("fragments_served").saturating_sub(needed)
+    );
+    report.phases.push(Phase {
+        name: "Get 4 MiB chunks (page-cache warm)".into(),
+        fragment_bytes: fragment,
+        notes: vec![note],
+        ..phase
+    });
+
+    if args.ops > 0 {
+        eprintln!("beeline bench: {} gets of {} bytes", args.ops, args.op_bytes);
+        let fragment_max = bulk.ping().map_err(|e| e.to_string())?.fragment_bytes_max;
+        let mut phase = small_gets(args, addr, key, fragment_max, record, pool)?;
+        let delta = node.advance(bulk)?;
+        let warm_up = u64::from(args.ops.min(WARM_UP_OPS));
+        let requests = delta.get("gets").saturating_sub(warm_up);
+        if requests > u64::from(args.ops) {
+            phase.notes.push(format!("{} requests re-sent after a timeout", requests - u64::from(args.ops)));
+        }
+        report.phases.push(phase);
+    }
+
+    Ok(())
+}
+
+/// The node's data-path counters, as its status reports them.
+#[derive(Clone)]
+struct NodeCounters {
+    values: BTreeMap<String, u64>,
+}
+
+impl NodeCounters {
+    /// The node publishes its counters every 100 ms, so a status right after a phase may
+    /// predate its end. Every status request itself moves `rx_packets`, so the first
+    /// answer that differs from the first one comes from a snapshot taken after this call
+    /// began. Polled every 2 ms, for at most a second.
+    fn read(client: &mut Client) -> Result<Self, String> {
+        let first = counters(&client.node_status().map_err(|e| e.to_string())?.counters);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            std::thread::sleep(Duration::from_millis(2));
+            let values = counters(&client.node_status().map_err(|e| e.to_string())?.counters);
+            if values != first || Instant::now() >= deadline {
+                return Ok(Self { values });
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> u64 {
+        self.values.get(name).copied().unwrap_or(0)
+    }
+
+    fn since(&self, before: &NodeCounters) -> NodeCounters {
+        let values =
+            self.values.iter().map(|(name, value)| (name.clone(), value.saturating_sub(before.get(name)))).collect();
+        NodeCounters { values }
+    }
+
+    /// Reads the counters again; returns what changed since the last read.
+    fn advance(&mut self, client: &mut Client) -> Result<NodeCounters, String> {
+        let now = Self::read(client)?;
+        let delta = now.since(self);
+        *self = now;
+        Ok(delta)
+    }
+}
+
+fn counters(pairs: &[(String, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().cloned().collect()
+}
+
+/// Runs one measured phase: wall time, CPU of the machine, the process and its threads,
+/// and the kernel's UDP counters around `body`. `body` may return latency samples.
+fn timed<C>(
+    context: &mut C,
+    bytes: u64,
+    body: impl FnOnce(&mut C) -> Result<Option<Latencies>, String>,
+) -> Result<Phase, String> {
+    let before = CpuSnapshot::take();
+    let udp_before = udp_counters();
+    let start = Instant::now();
+    let latencies = body(context)?;
+    let wall = start.elapsed().as_secs_f64();
+    let after = CpuSnapshot::take();
+    let udp_after = udp_counters();
+    let udp = udp_after
+        .iter()
+        .map(|(name, value)| (name.clone(), value.saturating_sub(udp_before.get(name).copied().unwrap_or(0))))
+        .collect();
+    Ok(Phase {
+        name: String::new(),
+        fragment_bytes: 0,
+        bytes,
+        wall,
+        ops: None,
+        latencies,
+        cpu: after.since(&before),
+        udp,
+        notes: Vec::new(),
+    })
+}
+
+fn small_gets(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    key: &MacKey,
+    node_max: u16,
+    record: &FileRecord,
+    pool: &Pool,
+) -> Result<Phase, String> {
+    let op_bytes = args.op_bytes;
+    let fragment = op_bytes.min(u32::from(node_max)) as u16;
+    let mut client = client(addr, key, Some(fragment), 1)?;
+    let chunk_count = record.chunk_count();
+    let slots_per_chunk = CHUNK_BYTES / op_bytes;
+    let mut rng = pool.seed | 1;
+    let mut pick = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let chunk = rng % chunk_count;
+        let slot = (rng >> 32) % u64::from(slots_per_chunk);
+        (chunk, slot as u32 * op_bytes)
+    };
+    let check = |chunk: u64, offset: u32, data: &[u8]| -> Result<(), String> {
+        if data != pool.at(chunk * u64::from(CHUNK_BYTES) + u64::from(offset), op_bytes as usize) {
+            return Err(format!(
+                "a {op_bytes}-byte get of chunk {chunk} at {offset} came back different from what was put; the node or the protocol is broken"
+            ));
+        }
+        Ok(())
+    };
+    let get = |client: &mut Client, chunk: u64, offset: u32| {
+        client
+            .get_chunk_range(record.chunk_id(chunk), record.chunk_len(chunk), offset, op_bytes)
+            .map_err(|e| e.to_string())
+    };
+    // Warm-up, untimed: caches, the node's back-off state, the client's first ping.
+    for _ in 0..args.ops.min(WARM_UP_OPS) {
+        let (chunk, offset) = pick();
+        check(chunk, offset, &get(&mut client, chunk, offset)?)?;
+    }
+    let ops = args.ops;
+    let mut phase = timed(&mut client, u64::from(ops) * u64::from(op_bytes), |client| {
+        let mut samples = Vec::with_capacity(ops as usize);
+        for _ in 0..ops {
+            let (chunk, offset) = pick();
+            let start = Instant::now();
+            let data = get(client, chunk, offset);
+            samples.push(start.elapsed());
+            check(chunk, offset, &data?)?;
+        }
+        Ok(Some(Latencies::from_samples(samples)))
+    })?;
+    phase.name = format!("Get {} one at a time (page-cache warm)", human_bytes(u64::from(op_bytes)));
+    phase.fragment_bytes = fragment;
+    phase.ops = Some(u64::from(ops));
+    let fragments_per_op = op_bytes.div_ceil(u32::from(fragment));
+    if fragments_per_op > 1 {
+        phase.notes.push(format!(
+            "the node's frames hold at most {node_max}-byte fragments: each op is {fragments_per_op} fragments"
+        ));
+    }
+    Ok(phase)
+}
+
+fn measure_baselines(
+    args: &BenchArgs,
+    workdir: &WorkDir,
+    pool: &Pool,
+    fragment: u16,
+    report: &mut Report,
+) -> Result<(), String> {
+    let total = u64::from(args.chunks) * u64::from(CHUNK_BYTES);
+    for batch in [UDP_BATCH, 1] {
+        eprintln!("beeline bench: raw UDP on loopback, {total} bytes in batches of {batch}");
+        let mut outcome = None;
+        let mut phase = timed(&mut (), total, |_| {
+            outcome = Some(raw_udp(usize::from(fragment), total, batch)?);
+            Ok(None)
+        })?;
+        let outcome = outcome.expect("set by the phase");
+        phase.name = if batch == 1 {
+            "Baseline: raw UDP loopback, send → recv, one datagram per syscall".into()
+        } else {
+            format!("Baseline: raw UDP loopback, sendmmsg → recvmmsg, {batch} per syscall")
+        };
+        phase.fragment_bytes = fragment;
+        phase.cpu.threads.insert("udp receiver".into(), outcome.receiver_cpu);
+        // Throughput is what arrived, over the time until the last datagram arrived.
+        phase.bytes = outcome.received_bytes;
+        phase.wall = outcome.receive_seconds;
+        let loss = 1.0 - outcome.received_datagrams as f64 / outcome.sent_datagrams.max(1) as f64;
+        phase.notes.push(format!(
+            "sender {:.2} GB/s, {:.1}% lost (receiver overrun)",
+            outcome.sent_bytes as f64 / outcome.send_seconds / GB,
+            loss * 100.0
+        ));
+        report.phases.push(phase);
+    }
+    for sync_each_chunk in [false, true] {
+        eprintln!("beeline bench: file write of {total} bytes");
+        let path = workdir.path.join("baseline-write.dat");
+        let mut phase = timed(&mut (), total, |_| {
+            file_write(&path, pool, total, sync_each_chunk)?;
+            Ok(None)
+        })?;
+        let _ = std::fs::remove_file(&path);
+        phase.name = if sync_each_chunk {
+            "Baseline: file write + fdatasync per 4 MiB".into()
+        } else {
+            "Baseline: file write + one fdatasync (disk floor)".into()
+        };
+        phase.notes.push(format!("in {}", workdir.path.display()));
+        report.phases.push(phase);
+    }
+    Ok(())
+}
+
+/// Generated content: `pool` repeats every `POOL_CHUNKS_MAX` chunks at most.
+struct Pool {
+    bytes: Vec<u8>,
+    seed: u64,
+}
+
+impl Pool {
+    fn new(chunks: u32) -> Self {
+        let len = chunks.min(POOL_CHUNKS_MAX) as usize * CHUNK_BYTES as usize;
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+        let mut state = seed;
+        let mut bytes = Vec::with_capacity(len);
+        while bytes.len() < len {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            bytes.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        Self { bytes, seed }
+    }
+
+    /// `len` bytes at file offset `offset`; never wraps (the period is whole chunks).
+    fn at(&self, offset: u64, len: usize) -> &[u8] {
+        let start = (offset % self.bytes.len() as u64) as usize;
+        &self.bytes[start..start + len]
+    }
+
+    fn reader(&self, total: u64) -> PoolReader<'_> {
+        PoolReader { pool: &self.bytes, position: 0, total }
+    }
+}
+
+struct PoolReader<'a> {
+    pool: &'a [u8],
+    position: u64,
+    total: u64,
+}
+
+impl Read for PoolReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let start = (self.position % self.pool.len() as u64) as usize;
+        let len = buf.len().min((self.total - self.position) as usize).min(self.pool.len() - start);
+        buf[..len].copy_from_slice(&self.pool[start..start + len]);
+        self.position += len as u64;
+        Ok(len)
+    }
+}
+
+struct UdpOutcome {
+    sent_datagrams: u64,
+    sent_bytes: u64,
+    send_seconds: f64,
+    received_datagrams: u64,
+    received_bytes: u64,
+    receive_seconds: f64,
+    /// CPU-seconds of the receiver thread (gone before the phase's thread snapshot).
+    receiver_cpu: f64,
+}
+
+/// One thread blasts datagrams of Beeline's size (`fragment` + header) at another over
+/// loopback; no protocol, no MAC, no flow control. Bytes count the fragment payload, as
+/// for Beeline. Both sockets get the node's buffer sizes.
+fn raw_udp(fragment: usize, total: u64, batch: usize) -> Result<UdpOutcome, String> {
+    let datagram_len = fragment + HEADER_LEN;
+    let count = total.div_ceil(fragment as u64);
+    let socket_error = |what: &str, e: std::io::Error| format!("raw UDP baseline: {what}: {e}");
+    let receiver = UdpSocket::bind("127.0.0.1:0").map_err(|e| socket_error("bind", e))?;
+    let sender = UdpSocket::bind("127.0.0.1:0").map_err(|e| socket_error("bind", e))?;
+    sender
+        .connect(receiver.local_addr().map_err(|e| socket_error("local_addr", e))?)
+        .map_err(|e| socket_error("connect", e))?;
+    set_buffer(&receiver, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+    set_buffer(&sender, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+    receiver.set_read_timeout(Some(UDP_RECV_TIMEOUT)).map_err(|e| socket_error("set_read_timeout", e))?;
+    let sender_done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let receiving = {
+        let sender_done = sender_done.clone();
+        std::thread::Builder::new()
+            .name("bench-udp-rx".into())
+            .spawn(move || receive_all(&receiver, datagram_len, count, batch, &sender_done, start))
+            .map_err(|e| socket_error("spawn", e))?
+    };
+    let sent = send_all(&sender, datagram_len, count, batch);
+    let send_seconds = start.elapsed().as_secs_f64();
+    sender_done.store(true, Ordering::Release);
+    let received = receiving.join().map_err(|_| "raw UDP baseline: the receiver thread panicked".to_string())?;
+    let sent = sent.map_err(|e| socket_error("send", e))?;
+    let (received_datagrams, received_bytes, receive_seconds, receiver_cpu) =
+        received.map_err(|e| socket_error("receive", e))?;
+    let payload_per_byte = fragment as f64 / datagram_len as f64;
+    Ok(UdpOutcome {
+        sent_datagrams: sent,
+        sent_bytes: sent * fragment as u64,
+        send_seconds,
+        received_datagrams,
+        received_bytes: (received_bytes as f64 * payload_per_byte) as u64,
+        receive_seconds,
+        receiver_cpu,
+    })
+}
+
+fn set_buffer(socket: &UdpSocket, force: libc::c_int, plain: libc::c_int) {
+    let value = DEFAULT_SOCKET_BUFFER_BYTES as libc::c_int;
+    for option in [force, plain] {
+        // SAFETY: the fd is a live socket owned by `socket`; `value` is a c_int that
+        // outlives the call and its size is passed exactly. Failure leaves the default.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+/// `count` datagrams of `len` bytes (all from one buffer) in `sendmmsg` batches.
+fn send_all(socket: &UdpSocket, len: usize, count: u64, batch: usize) -> std::io::Result<u64> {
+    let buffer = vec![0xa5u8; len];
+    if batch == 1 {
+        for _ in 0..count {
+            socket.send(&buffer)?;
+        }
+        return Ok(count);
+    }
+    let mut iov = libc::iovec { iov_base: buffer.as_ptr().cast_mut().cast(), iov_len: len };
+    // SAFETY: all-zero bytes are a valid `mmsghdr` (null pointers, zero lengths).
+    let mut headers: Vec<libc::mmsghdr> = (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for header in &mut headers {
+        header.msg_hdr.msg_iov = &raw mut iov;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    let mut sent = 0u64;
+    while sent < count {
+        let want = (count - sent).min(batch as u64) as libc::c_uint;
+        // SAFETY: the first `want` headers each point at the one iovec, which points at
+        // `len` readable bytes of `buffer`; all outlive the call, the kernel only reads them
+        // (and writes `msg_len` into the headers). The socket is connected: no address.
+        let rc = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), want, 0) };
+        if rc < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        sent += rc as u64;
+    }
+    Ok(sent)
+}
+
+/// Receives until `count` datagrams arrived, or the sender is done and the socket is
+/// empty, or `UDP_DEADLINE` passed. Returns datagrams, bytes, and seconds from `start`
+/// to the last arrival.
+fn receive_all(
+    socket: &UdpSocket,
+    len: usize,
+    count: u64,
+    batch: usize,
+    sender_done: &AtomicBool,
+    start: Instant,
+) -> std::io::Result<(u64, u64, f64, f64)> {
+    let mut buffers = vec![0u8; len * batch];
+    let mut iovs: Vec<libc::iovec> =
+        buffers.chunks_mut(len).map(|slot| libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: len }).collect();
+    // SAFETY: all-zero bytes are a valid `mmsghdr` (null pointers, zero lengths).
+    let mut headers: Vec<libc::mmsghdr> = (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (header, iov) in headers.iter_mut().zip(iovs.iter_mut()) {
+        header.msg_hdr.msg_iov = iov;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    let (mut datagrams, mut bytes, mut last) = (0u64, 0u64, start);
+    let mut draining = false;
+    while datagrams < count && start.elapsed() < UDP_DEADLINE {
+        if !draining && sender_done.load(Ordering::Acquire) {
+            // Loopback delivery happens inside the sender's syscall: all that will ever
+            // arrive is queued now, so drain without blocking and stop.
+            draining = true;
+            socket.set_nonblocking(true)?;
+        }
+        let received: std::io::Result<(u64, u64)> = if batch == 1 {
+            socket.recv(&mut buffers[..len]).map(|n| (1, n as u64))
+        } else {
+            let flags = if draining { libc::MSG_DONTWAIT } else { libc::MSG_WAITFORONE };
+            // SAFETY: the `batch` headers each point at their own iovec, and each iovec at
+            // its own `len`-byte slot of `buffers`; all live across the call and nothing
+            // else touches them. No addresses are asked for; the timeout pointer is null.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    batch as libc::c_uint,
+                    flags as _,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok((rc as u64, headers[..rc as usize].iter().map(|h| u64::from(h.msg_len)).sum()))
+            }
+        };
+        match received {
+            Ok((n, b)) => {
+                datagrams += n;
+                bytes += b;
+                last = Instant::now();
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if draining {
+                    break;
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((datagrams, bytes, last.duration_since(start).as_secs_f64(), own_thread_cpu()))
+}
+
+/// CPU time of the calling thread so far.
+fn own_thread_cpu() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|nanos| nanos as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+/// Writes `total` bytes in 4 MiB writes to a new file, then `fdatasync`s it (after every
+/// chunk when `sync_each_chunk`).
+fn file_write(path: &Path, pool: &Pool, total: u64, sync_each_chunk: bool) -> Result<(), String> {
+    let error = |e: std::io::Error| format!("file-write baseline in {}: {e}", path.display());
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(error)?;
+    let mut written = 0u64;
+    while written < total {
+        let len = (total - written).min(u64::from(CHUNK_BYTES)) as usize;
+        file.write_all(pool.at(written, len)).map_err(error)?;
+        written += len as u64;
+        if sync_each_chunk {
+            file.sync_data().map_err(error)?;
+        }
+    }
+    file.sync_data().map_err(error)
+}
+
+struct Latencies {
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+    max: Duration,
+}
+
+impl Latencies {
+    fn from_samples(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        // Nearest rank: the smallest sample with at least q of all samples at or below it.
+        let rank = |q: f64| {
+            samples.get(((q * samples.len() as f64).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default()
+        };
+        Self { p50: rank(0.50), p99: rank(0.99), p999: rank(0.999), max: samples.last().copied().unwrap_or_default() }
+    }
+}
+
+/// CPU time seen from three places: the whole machine (`/proc/stat`), this process
+/// (`getrusage`), and each of its threads (`/proc/self/task/*/schedstat`).
+struct CpuSnapshot {
+    machine_busy_ticks: u64,
+    machine_steal_ticks: u64,
+    process: Duration,
+    threads: BTreeMap<String, Duration>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct CpuDelta {
+    machine_busy: f64,
+    machine_steal: f64,
+    process: f64,
+    threads: BTreeMap<String, f64>,
+}
+
+impl CpuSnapshot {
+    fn take() -> Self {
+        let (machine_busy_ticks, machine_steal_ticks) = machine_ticks();
+        Self { machine_busy_ticks, machine_steal_ticks, process: process_cpu(), threads: thread_cpu() }
+    }
+
+    fn since(&self, before: &CpuSnapshot) -> CpuDelta {
+        let tick = clock_tick_seconds();
+        let threads = self
+            .threads
+            .iter()
+            .map(|(name, after)| {
+                (
+                    name.clone(),
+                    after.saturating_sub(before.threads.get(name).copied().unwrap_or_default()).as_secs_f64(),
+                )
+            })
+            .filter(|(_, seconds)| *seconds > 0.0)
+            .collect();
+        CpuDelta {
+            machine_busy: self.machine_busy_ticks.saturating_sub(before.machine_busy_ticks) as f64 * tick,
+            machine_steal: self.machine_steal_ticks.saturating_sub(before.machine_steal_ticks) as f64 * tick,
+            process: self.process.saturating_sub(before.process).as_secs_f64(),
+            threads,
+        }
+    }
+}
+
+/// (user + nice + system + irq + softirq, steal) jiffies of all CPUs since boot.
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|line| line.starts_with("cpu ")) else { return (0, 0) };
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|field| field.parse().unwrap_or(0)).collect();
+    let field = |index: usize| fields.get(index).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    (field(0) + field(1) + field(2) + field(5) + field(6), field(7))
+}
+
+fn clock_tick_seconds() -> f64 {
+    // SAFETY: sysconf takes no pointers and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { 1.0 / ticks as f64 } else { 0.01 }
+}
+
+fn process_cpu() -> Duration {
+    // SAFETY: all-zero bytes are a valid `rusage` (plain integers).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage that outlives the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// CPU time per thread role, from the scheduler's nanosecond counters.
+fn thread_cpu() -> BTreeMap<String, Duration> {
+    let mut roles = BTreeMap::new();
+    let pid = std::process::id().to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return roles };
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let Some(nanos) = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|text| text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        else {
+            continue;
+        };
+        let role = match comm.trim() {
+            _ if tid == pid => "main thread (client, udp sender)",
+            "beeline-datapla" => "node poll loop",
+            "beeline-group-c" => "node group commit",
+            _ => "other threads",
+        };
+        *roles.entry(role.to_owned()).or_insert(Duration::ZERO) += Duration::from_nanos(nanos);
+    }
+    roles
+}
+
+/// The kernel's UDP counters of this network namespace (`/proc/net/snmp`).
+fn udp_counters() -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = text.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return BTreeMap::new() };
+    names
+        .split_whitespace()
+        .skip(1)
+        .zip(values.split_whitespace().skip(1))
+        .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+        .collect()
+}
+
+struct Phase {
+    name: String,
+    fragment_bytes: u16,
+    /// Payload bytes moved.
+    bytes: u64,
+    wall: f64,
+    ops: Option<u64>,
+    latencies: Option<Latencies>,
+    cpu: CpuDelta,
+    /// Deltas of the kernel's UDP counters.
+    udp: BTreeMap<String, u64>,
+    notes: Vec<String>,
+}
+
+impl Phase {
+    fn gb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.wall.max(1e-9) / GB
+    }
+
+    fn per_gb(&self, seconds: f64) -> f64 {
+        seconds / (self.bytes as f64 / GB).max(1e-12)
+    }
+
+    fn throughput(&self) -> String {
+        match self.ops {
+            Some(ops) => {
+                format!("{} ops/s ({:.3} GB/s)", group_digits(ops as f64 / self.wall.max(1e-9)), self.gb_per_s())
+            }
+            None if self.name.starts_with("Baseline") => format!("{:.3} GB/s", self.gb_per_s()),
+            None => format!(
+                "{:.3} GB/s ({:.0} chunks/s)",
+                self.gb_per_s(),
+                self.bytes as f64 / self.wall.max(1e-9) / f64::from(CHUNK_BYTES)
+            ),
+        }
+    }
+
+    fn latency(&self) -> String {
+        match &self.latencies {
+            Some(l) => format!(
+                "{:.1} / {:.1} / {:.1} µs (max {:.1})",
+                micros(l.p50),
+                micros(l.p99),
+                micros(l.p999),
+                micros(l.max)
+            ),
+            None => "–".into(),
+        }
+    }
+
+    fn all_notes(&self) -> String {
+        let mut notes = self.notes.clone();
+        if let Some(ops) = self.ops {
+            notes.push(format!("{:.1} µs process CPU per op", self.cpu.process / ops as f64 * 1e6));
+        }
+        let drops = self.udp.get("RcvbufErrors").copied().unwrap_or(0);
+        if drops > 0 && !self.name.starts_with("Baseline") {
+            notes.push(format!("kernel dropped {drops} datagrams (receive buffer full)"));
+        }
+        notes.join("; ")
+    }
+}
+
+struct Report {
+    date: String,
+    command: String,
+    machine: String,
+    load_average: String,
+    target: String,
+    settings: String,
+    phases: Vec<Phase>,
+    node_counters: Vec<(String, u64)>,
+}
+
+impl Report {
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        out.push_str("## beeline bench\n\n");
+        out.push_str(&format!("- Date: {}\n", self.date));
+        out.push_str(&format!("- Command: `{}`\n", self.command));
+        out.push_str(&format!("- Machine: {}; load average at start {}\n", self.machine, self.load_average));
+        out.push_str(&format!("- Target: {}\n", self.target));
+        out.push_str(&format!("- Workload: {}\n\n", self.settings));
+        out.push_str("GB = 10^9 bytes of chunk payload. CPU s/GB: CPU-seconds spent per GB moved, by this process (client + in-process node) and by the whole machine (`/proc/stat` user+nice+system+irq+softirq; includes anything else running).\n\n");
+        out.push_str("| Measurement | Throughput | Latency p50 / p99 / p999 | Wall s | Process CPU s/GB | Machine CPU s/GB | Notes |\n");
+        out.push_str("|---|---:|---|---:|---:|---:|---|\n");
+        for phase in &self.phases {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.3} | {:.2} | {:.2} | {} |\n",
+                phase.name,
+                phase.throughput(),
+                phase.latency(),
+                phase.wall,
+                phase.per_gb(phase.cpu.process),
+                phase.per_gb(phase.cpu.machine_busy),
+                phase.all_notes()
+            ));
+        }
+        let roles: Vec<&str> = [
+            "main thread (client, udp sender)",
+            "node poll loop",
+            "node group commit",
+            "udp receiver",
+            "other threads",
+        ]
+        .into_iter()
+        .filter(|role| self.phases.iter().any(|phase| phase.cpu.threads.contains_key(*role)))
+        .collect();
+        out.push_str(
+            "\nWhere the CPU went (CPU-seconds per phase; steal = time the hypervisor ran something else):\n\n",
+        );
+        out.push_str("| Phase | Wall s |");
+        for role in &roles {
+            out.push_str(&format!(" {role} |"));
+        }
+        out.push_str(" process | machine | steal |\n|---|---:|");
+        out.push_str(&"---:|".repeat(roles.len() + 3));
+        out.push('\n');
+        for phase in &self.phases {
+            out.push_str(&format!("| {} | {:.3} |", phase.name, phase.wall));
+            for role in &roles {
+                out.push_str(&format!(" {:.3} |", phase.cpu.threads.get(*role).copied().unwrap_or(0.0)));
+            }
+            out.push_str(&format!(
+                " {:.3} | {:.3} | {:.3} |\n",
+                phase.cpu.process, phase.cpu.machine_busy, phase.cpu.machine_steal
+            ));
+        }
+        if !self.node_counters.is_empty() {
+            let shown: Vec<String> = self
+                .node_counters
+                .iter()
+                .filter(|(_, value)| *value > 0)
+                .map(|(name, value)| format!("{name} {value}"))
+                .collect();
+            let copied = self
+                .node_counters
+                .iter()
+                .find(|(name, _)| name == "data_bytes_copied")
+                .map(|(_, value)| *value)
+                .unwrap_or(0);
+            out.push_str(&format!(
+                "\nNode counters over the run (non-zero): {}. data_bytes_copied = {copied}.\n",
+                shown.join(", ")
+            ));
+        }
+        out
+    }
+
+    fn json(&self) -> String {
+        let mut phases = Vec::new();
+        for phase in &self.phases {
+            let mut fields = vec![
+                format!("\"name\": {}", json_string(&phase.name)),
+                format!("\"fragment_bytes\": {}", phase.fragment_bytes),
+                format!("\"bytes\": {}", phase.bytes),
+                format!("\"wall_seconds\": {:.6}", phase.wall),
+                format!("\"gb_per_second\": {:.6}", phase.gb_per_s()),
+                format!("\"process_cpu_seconds\": {:.6}", phase.cpu.process),
+                format!("\"machine_cpu_seconds\": {:.6}", phase.cpu.machine_busy),
+                format!("\"machine_steal_seconds\": {:.6}", phase.cpu.machine_steal),
+                format!("\"process_cpu_seconds_per_gb\": {:.6}", phase.per_gb(phase.cpu.process)),
+                format!("\"machine_cpu_seconds_per_gb\": {:.6}", phase.per_gb(phase.cpu.machine_busy)),
+                format!(
+                    "\"thread_cpu_seconds\": {{{}}}",
+                    phase
+                        .cpu
+                        .threads
+                        .iter()
+                        .map(|(role, seconds)| format!("{}: {seconds:.6}", json_string(role)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!("\"notes\": {}", json_string(&phase.all_notes())),
+            ];
+            if let Some(ops) = phase.ops {
+                fields.push(format!("\"ops\": {ops}"));
+                fields.push(format!("\"ops_per_second\": {:.3}", ops as f64 / phase.wall.max(1e-9)));
+            }
+            if let Some(l) = &phase.latencies {
+                fields.push(format!(
+                    "\"latency_us\": {{\"p50\": {:.3}, \"p99\": {:.3}, \"p999\": {:.3}, \"max\": {:.3}}}",
+                    micros(l.p50),
+                    micros(l.p99),
+                    micros(l.p999),
+                    micros(l.max)
+                ));
+            }
+            phases.push(format!("    {{{}}}", fields.join(", ")));
+        }
+        let counters = self
+            .node_counters
+            .iter()
+            .map(|(name, value)| format!("{}: {value}", json_string(name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "{{\n  \"date\": {},\n  \"command\": {},\n  \"machine\": {},\n  \"load_average\": {},\n  \"target\": {},\n  \"workload\": {},\n  \"phases\": [\n{}\n  ],\n  \"node_counters\": {{{counters}}}\n}}\n",
+            json_string(&self.date),
+            json_string(&self.command),
+            json_string(&self.machine),
+            json_string(&self.load_average),
+            json_string(&self.target),
+            json_string(&self.settings),
+            phases.join(",\n"),
+        )
+    }
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+fn group_digits(value: f64) -> String {
+    let digits = format!("{:.0}", value);
+    let mut out = String::new();
+    for (index, c) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+/// CPU model, cores, memory, kernel, architecture.
+fn machine_line() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                line.strip_prefix("MemTotal:")
+                    .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .map(|kib| format!("{:.1} GiB RAM", kib as f64 / (1 << 20) as f64))
+        .unwrap_or_default();
+    let read = |path: &str| std::fs::read_to_string(path).map(|text| text.trim().to_owned()).unwrap_or_default();
+    format!(
+        "{model}, {cores} cores, {memory}, {} {} {}",
+        read("/proc/sys/kernel/ostype"),
+        read("/proc/sys/kernel/osrelease"),
+        std::env::consts::ARCH
+    )
+}
+
+fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c)) {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let samples: Vec<Duration> = (1..=1000).map(Duration::from_micros).collect();
+        let latencies = Latencies::from_samples(samples);
+        assert_eq!(latencies.p50, Duration::from_micros(500));
+        assert_eq!(latencies.p99, Duration::from_micros(990));
+        assert_eq!(latencies.p999, Duration::from_micros(999));
+        assert_eq!(latencies.max, Duration::from_micros(1000));
+    }
+
+    #[test]
+    fn dates_and_numbers_format() {
+        assert_eq!(crate::cli::format_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(crate::cli::format_time(1_709_251_200_000), "2024-03-01 00:00:00Z");
+        assert_eq!(group_digits(1234567.4), "1,234,567");
+        assert_eq!(group_digits(999.0), "999");
+        assert_eq!(human_bytes(4096), "4 KiB");
+        assert_eq!(json_string("a\"b\n"), "\"a\\\"b\\u000a\"");
+    }
+
+    #[test]
+    fn pool_reader_yields_the_pool_cyclically() {
+        let pool = Pool::new(1);
+        let mut reader = pool.reader(u64::from(CHUNK_BYTES) + 10);
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        assert_eq!(all.len(), CHUNK_BYTES as usize + 10);
+        assert_eq!(&all[CHUNK_BYTES as usize..], pool.at(u64::from(CHUNK_BYTES), 10));
+        assert_eq!(&all[..10], &pool.bytes[..10]);
+    }
+}

@@ -1,0 +1,190 @@
+//! The cluster-mode commands: `beeline --metadata redis://... put/get/ls/stat/rm`,
+//! `beeline cluster status/repair/configure`, `beeline tag`, `beeline search`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use beeline_dataplane::wire::MacKey;
+
+use crate::client::cluster::{ClusterClient, describe};
+use crate::keyfile;
+
+pub struct Flags {
+    pub url: String,
+    pub prefix: String,
+    pub key: MacKey,
+    pub fragment_bytes: Option<u16>,
+}
+
+pub enum Action {
+    Status(Flags),
+    Repair(Flags),
+    Configure(Flags, usize),
+}
+
+fn connect(flags: &Flags) -> Result<ClusterClient, String> {
+    ClusterClient::connect(&flags.url, &flags.prefix, flags.key.clone(), flags.fragment_bytes)
+        .map_err(|e| e.to_string())
+}
+
+pub fn run(action: Action) -> Result<(), String> {
+    match action {
+        Action::Status(flags) => {
+            let mut cluster = connect(&flags)?;
+            let members = cluster.members().map_err(|e| e.to_string())?;
+            let health = cluster.health().map_err(|e| e.to_string())?;
+            let live = members.iter().filter(|member| crate::client::cluster::is_live(member)).count();
+            println!("metadata:           {}", crate::cluster::redact(&flags.url));
+            println!("replication factor: {}", cluster.replication_factor());
+            println!("nodes:              {} ({} live)", members.len(), live);
+            for member in &members {
+                println!("  {}", describe(member));
+            }
+            println!("files:              {}", health.files);
+            println!("chunks:             {}", health.chunks);
+            println!("under-replicated:   {}", health.under_replicated);
+            println!("unavailable:        {}", health.unavailable.len());
+            for chunk in &health.unavailable {
+                println!("  {chunk}");
+            }
+            let state = if !health.unavailable.is_empty() {
+                "DEGRADED: some chunks have no live replica"
+            } else if health.under_replicated > 0 {
+                "under-replicated: run `beeline cluster repair`"
+            } else {
+                "healthy"
+            };
+            println!("replication:        {state}");
+            Ok(())
+        }
+        Action::Repair(flags) => {
+            let mut cluster = connect(&flags)?;
+            let report = cluster.repair().map_err(|e| e.to_string())?;
+            println!(
+                "checked {} chunks, added {} replicas, updated {} files",
+                report.chunks_checked, report.replicas_added, report.files_updated
+            );
+            for failed in &report.failed {
+                println!("not repaired yet: {failed}");
+            }
+            for lost in &report.lost {
+                println!("LOST: {lost}");
+            }
+            if report.lost.is_empty() && report.failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} chunk(s) lost and {} not repaired: see above", report.lost.len(), report.failed.len()))
+            }
+        }
+        Action::Configure(flags, factor) => {
+            if factor == 0 {
+                return Err("--replication-factor must be at least 1".into());
+            }
+            let mut cluster = connect(&flags)?;
+            cluster.metadata().set_replication_factor(factor).map_err(|e| e.to_string())?;
+            println!("replication factor set to {factor}; run `beeline cluster repair` to apply it to stored chunks");
+            Ok(())
+        }
+    }
+}
+
+pub fn put(flags: &Flags, file: &Path, name: &str, chunk_bytes: u32) -> Result<(), String> {
+    let mut cluster = connect(flags)?;
+    cluster.chunk_bytes = chunk_bytes;
+    let source = file.display().to_string();
+    let mut reader: Box<dyn std::io::Read> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(file).map_err(|e| format!("cannot read {source}: {e}"))?,
+        ))
+    };
+    let layout = cluster.put_reader(name, &mut reader, &source, &mut |_| {}).map_err(|e| e.to_string())?;
+    println!(
+        "stored {} ({} bytes, {} chunks x {} replicas, blake3 {})",
+        layout.record.name,
+        layout.record.size_bytes,
+        layout.record.chunk_count(),
+        cluster.replication_factor(),
+        &keyfile::to_hex(&layout.record.blake3)[..16]
+    );
+    Ok(())
+}
+
+pub fn get(flags: &Flags, name: &str, output: Option<PathBuf>) -> Result<(), String> {
+    let mut cluster = connect(flags)?;
+    let output = output.unwrap_or_else(|| {
+        PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into()))
+    });
+    if output.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        cluster.get_writer(name, &mut lock, "standard output", &mut |_| {}).map_err(|e| e.to_string())?;
+        return lock.flush().map_err(|e| format!("standard output: {e}"));
+    }
+    let partial = output.with_extension("beeline-partial");
+    let destination = output.display().to_string();
+    let file = std::fs::File::create(&partial).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    match cluster.get_writer(name, &mut writer, &destination, &mut |_| {}) {
+        Ok(layout) => {
+            let file = writer.into_inner().map_err(|e| format!("cannot write {destination}: {}", e.error()))?;
+            file.sync_all().map_err(|e| format!("cannot write {destination}: {e}"))?;
+            std::fs::rename(&partial, &output).map_err(|e| format!("cannot move to {destination}: {e}"))?;
+            println!("wrote {destination} ({} bytes)", layout.record.size_bytes);
+            Ok(())
+        }
+        Err(error) => {
+            drop(writer);
+            let _ = std::fs::remove_file(&partial);
+            Err(error.to_string())
+        }
+    }
+}
+
+pub fn ls(flags: &Flags) -> Result<(), String> {
+    let mut cluster = connect(flags)?;
+    for file in cluster.list().map_err(|e| e.to_string())? {
+        println!("{:>14}  {}", file.size_bytes, file.name);
+    }
+    Ok(())
+}
+
+pub fn stat(flags: &Flags, name: &str) -> Result<(), String> {
+    let mut cluster = connect(flags)?;
+    let layout = cluster.layout(name).map_err(|e| e.to_string())?;
+    let tags = cluster.metadata().tags_of(name).map_err(|e| e.to_string())?;
+    println!("name:        {}", layout.record.name);
+    println!("size_bytes:  {}", layout.record.size_bytes);
+    println!("chunks:      {} x {} bytes", layout.record.chunk_count(), layout.record.chunk_bytes);
+    println!("blake3:      {}", keyfile::to_hex(&layout.record.blake3));
+    println!("tags:        {}", tags.join(", "));
+    for (index, nodes) in layout.replicas.iter().enumerate() {
+        println!("  chunk {index}: {}", nodes.iter().map(|n| format!("{n:016x}")).collect::<Vec<_>>().join(" "));
+    }
+    Ok(())
+}
+
+pub fn rm(flags: &Flags, name: &str) -> Result<(), String> {
+    let mut cluster = connect(flags)?;
+    let layout = cluster.remove(name).map_err(|e| e.to_string())?;
+    println!("removed {} ({} bytes)", layout.record.name, layout.record.size_bytes);
+    Ok(())
+}
+
+pub fn tag(flags: &Flags, name: &str, tags: &[String]) -> Result<(), String> {
+    let mut cluster = connect(flags)?;
+    cluster.layout(name).map_err(|e| e.to_string())?;
+    cluster.metadata().tag(name, tags).map_err(|e| e.to_string())?;
+    println!("tagged {name}: {}", tags.join(", "));
+    Ok(())
+}
+
+pub fn search(flags: &Flags, tags: &[String]) -> Result<(), String> {
+    let mut cluster = connect(flags)?;
+    for name in cluster.metadata().files_with_all(tags).map_err(|e| e.to_string())? {
+        println!("{name}");
+    }
+    Ok(())
+}

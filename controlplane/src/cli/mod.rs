@@ -1,0 +1,472 @@
+//! Command-line interface: `beeline node run`, `beeline put/get/ls/stat/rm`, ...
+//! Every failure ends in one line on stderr saying what to do, and a non-zero exit code.
+
+pub mod bench;
+pub mod cluster;
+mod format;
+
+pub(crate) use format::format_time;
+
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{Client, ClientOptions};
+use crate::config::NodeFlags;
+use crate::keyfile;
+
+#[derive(Debug, Parser)]
+#[command(name = "beeline", version, about = "Beeline: the storage data plane of DisGraFS")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct ClientFlags {
+    /// Node to talk to (HOST:PORT).
+    #[arg(long, env = "BEELINE_NODE", default_value = "127.0.0.1:7777", global = true)]
+    node: String,
+    /// Cluster key file [default: $BEELINE_KEY_FILE or ~/.config/beeline/cluster.key].
+    #[arg(long, global = true)]
+    key_file: Option<PathBuf>,
+    /// Fragment payload bytes per datagram [default: node's max on loopback, else 1400].
+    #[arg(long, global = true)]
+    fragment_bytes: Option<u16>,
+    /// Use the replicated cluster whose metadata is at this Redis URL instead of one node.
+    #[arg(long, env = "BEELINE_METADATA", global = true)]
+    metadata: Option<String>,
+    /// Prefix of the cluster's metadata keys.
+    #[arg(long, default_value = crate::cluster::DEFAULT_PREFIX, global = true)]
+    metadata_prefix: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run or inspect a storage node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Store a file (`-` reads standard input and needs --as).
+    Put {
+        file: PathBuf,
+        /// Name to store it under [default: the file's base name].
+        #[arg(long = "as")]
+        name: Option<String>,
+        /// Chunk size in bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        chunk_bytes: u32,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Fetch a file.
+    Get {
+        name: String,
+        /// Where to write it (`-` for standard output) [default: ./NAME].
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// List the stored files.
+    Ls {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Show one file's record.
+    Stat {
+        name: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Measure throughput, latency and CPU cost (see docs/benchmarks.md).
+    Bench {
+        #[command(flatten)]
+        args: crate::cli::bench::BenchArgs,
+    },
+    /// Inspect and maintain the replicated cluster (needs --metadata).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Tag a file (cluster only): the edges of the DisGraFS file-tag graph.
+    Tag {
+        name: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Find the files carrying every given tag (cluster only).
+    Search {
+        #[arg(required = true)]
+        tags: Vec<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Remove a file and free its chunks.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Check this host against a hardware profile (hw-configs/), or list the profiles.
+    Hw {
+        #[command(subcommand)]
+        command: crate::hw::HwCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Every node with its state and last heartbeat, and the replication health.
+    Status {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Restore the replication factor of every chunk that still has a live replica.
+    Repair {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Set cluster-wide settings.
+    Configure {
+        /// Copies of every chunk (default 2).
+        #[arg(long)]
+        replication_factor: usize,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Run a storage node until SIGINT/SIGTERM.
+    Run {
+        #[command(flatten)]
+        flags: Box<NodeFlags>,
+    },
+    /// Show a running node's state and counters.
+    Status {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Check that a node answers (exit code 0 when it does).
+    Ping {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+}
+
+type CliResult = Result<(), String>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Node { command: NodeCommand::Run { .. } }) {
+        restore_default_sigpipe();
+    }
+    init_logging();
+    if let Command::Hw { command } = cli.command {
+        // `hw check` has its own exit codes: 1 = the host is not ready, 2 = bad profile.
+        return crate::hw::run(command);
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("beeline: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lets `beeline ls | head` end quietly, as command-line tools do, instead of failing on
+/// a closed pipe.
+fn restore_default_sigpipe() {
+    // SAFETY: called once at start-up before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE and no Rust code relies on SIGPIPE being ignored.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BEELINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Node { command: NodeCommand::Run { flags } } => run_node(*flags),
+        Command::Node { command: NodeCommand::Status { client } } => node_status(&client),
+        Command::Node { command: NodeCommand::Ping { client } } => {
+            let mut client = connect(&client)?;
+            let info = client.ping().map_err(|e| e.to_string())?;
+            println!(
+                "node {} answers: fragment_bytes_max={} window_fragments={} chunk_bytes_max={}",
+                client.node(),
+                info.fragment_bytes_max,
+                info.window_fragments,
+                info.chunk_bytes_max
+            );
+            Ok(())
+        }
+        Command::Put { file, name, chunk_bytes, client } => put(&file, name, chunk_bytes, &client),
+        Command::Get { name, output, client } => get(&name, output, &client),
+        Command::Cluster { command } => crate::cli::cluster::run(command_into(command)?),
+        Command::Tag { name, tags, client } => crate::cli::cluster::tag(&cluster_flags(&client)?, &name, &tags),
+        Command::Search { tags, client } => crate::cli::cluster::search(&cluster_flags(&client)?, &tags),
+        Command::Ls { client } if client.metadata.is_some() => crate::cli::cluster::ls(&cluster_flags(&client)?),
+        Command::Stat { name, client } if client.metadata.is_some() => {
+            crate::cli::cluster::stat(&cluster_flags(&client)?, &name)
+        }
+        Command::Rm { name, client } if client.metadata.is_some() => {
+            crate::cli::cluster::rm(&cluster_flags(&client)?, &name)
+        }
+        Command::Ls { client } => {
+            let mut client = connect(&client)?;
+            let files = client.list().map_err(|e| e.to_string())?;
+            for file in &files {
+                println!("{:>14}  {}  {}", file.size_bytes, format_time(file.created_unix_ms), file.name);
+            }
+            Ok(())
+        }
+        Command::Stat { name, client } => {
+            let mut client = connect(&client)?;
+            let record = client.lookup(&name).map_err(|e| e.to_string())?;
+            println!("name:        {}", record.name);
+            println!("size_bytes:  {}", record.size_bytes);
+            println!("chunks:      {} x {} bytes", record.chunk_count(), record.chunk_bytes);
+            println!("file_id:     {:016x}", record.file_id);
+            println!("blake3:      {}", keyfile::to_hex(&record.blake3));
+            println!("created:     {}", format_time(record.created_unix_ms));
+            Ok(())
+        }
+        Command::Bench { args } => crate::cli::bench::run(args),
+        Command::Hw { .. } => Err("`beeline hw` is dispatched before this point; this is a bug".into()),
+        Command::Rm { name, client } => {
+            let mut client = connect(&client)?;
+            let record = client.remove(&name).map_err(|e| e.to_string())?;
+            println!("removed {} ({} bytes)", record.name, record.size_bytes);
+            Ok(())
+        }
+    }
+}
+
+fn run_node(flags: NodeFlags) -> CliResult {
+    let settings = flags.resolve().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        // Listen for signals before starting anything, so that a SIGTERM during start-up
+        // also stops the node gracefully rather than killing it.
+        let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for signals: {e}"))?;
+        crate::node::run(settings, shutdown).await.map_err(|e| e.to_string())
+    })
+}
+
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+fn resolve_node(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    // A bare host name or address gets the default port.
+    for candidate in [text.to_owned(), format!("{text}:7777")] {
+        if let Some(addr) = candidate.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()) {
+            return Ok(addr);
+        }
+    }
+    Err(format!("bad --node {text}: not an address that resolves; use HOST:PORT, e.g. 127.0.0.1:7777"))
+}
+
+fn command_into(command: ClusterCommand) -> Result<crate::cli::cluster::Action, String> {
+    use crate::cli::cluster::Action;
+    Ok(match command {
+        ClusterCommand::Status { client } => Action::Status(cluster_flags(&client)?),
+        ClusterCommand::Repair { client } => Action::Repair(cluster_flags(&client)?),
+        ClusterCommand::Configure { replication_factor, client } => {
+            Action::Configure(cluster_flags(&client)?, replication_factor)
+        }
+    })
+}
+
+fn cluster_flags(flags: &ClientFlags) -> Result<crate::cli::cluster::Flags, String> {
+    let url = flags.metadata.clone().ok_or(
+        "this command needs the cluster's metadata: pass --metadata redis://HOST:PORT (or set BEELINE_METADATA)",
+    )?;
+    let key_path = flags.key_file.clone().unwrap_or_else(keyfile::default_key_path);
+    let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
+    Ok(crate::cli::cluster::Flags {
+        url,
+        prefix: flags.metadata_prefix.clone(),
+        key,
+        fragment_bytes: flags.fragment_bytes,
+    })
+}
+
+fn connect(flags: &ClientFlags) -> Result<Client, String> {
+    let node = resolve_node(&flags.node)?;
+    let key_path = flags.key_file.clone().unwrap_or_else(keyfile::default_key_path);
+    let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
+    let mut options = ClientOptions::new(node, key);
+    options.fragment_bytes = flags.fragment_bytes;
+    Client::new(options).map_err(|e| e.to_string())
+}
+
+fn progress_bar(total: Option<u64>, verb: &str, name: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || total.is_some_and(|total| total < 8 << 20) {
+        return None;
+    }
+    let bar = match total {
+        Some(total) => indicatif::ProgressBar::new(total),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    let style =
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(format!("{verb} {name}"));
+    Some(bar)
+}
+
+fn put(file: &Path, name: Option<String>, chunk_bytes: u32, flags: &ClientFlags) -> CliResult {
+    let from_stdin = file.as_os_str() == "-";
+    let name = match name {
+        Some(name) => name,
+        None if from_stdin => return Err("reading standard input needs a name: add --as NAME".into()),
+        None => file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{} has no file name: add --as NAME", file.display()))?,
+    };
+    if chunk_bytes == 0 {
+        return Err("--chunk-bytes must be at least 1".into());
+    }
+    if flags.metadata.is_some() {
+        return crate::cli::cluster::put(&cluster_flags(flags)?, file, &name, chunk_bytes);
+    }
+    let mut client = connect(flags)?;
+    client.set_chunk_bytes(chunk_bytes);
+    let source = file.display().to_string();
+    let (mut reader, total): (Box<dyn std::io::Read>, Option<u64>) = if from_stdin {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let handle = std::fs::File::open(file).map_err(|e| format!("cannot read {source}: {e}"))?;
+        if handle.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(format!("{source} is a directory: put files one at a time"));
+        }
+        let size = handle.metadata().map(|m| m.len()).ok();
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, handle)), size)
+    };
+    let bar = progress_bar(total, "put", &name);
+    let mut on_progress = |done: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+    };
+    let record = client.put_reader(&name, &mut reader, &source, &mut on_progress).map_err(|e| e.to_string())?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    println!(
+        "stored {} ({} bytes, {} chunks, blake3 {})",
+        record.name,
+        record.size_bytes,
+        record.chunk_count(),
+        &keyfile::to_hex(&record.blake3)[..16]
+    );
+    Ok(())
+}
+
+fn get(name: &str, output: Option<PathBuf>, flags: &ClientFlags) -> CliResult {
+    if flags.metadata.is_some() {
+        return crate::cli::cluster::get(&cluster_flags(flags)?, name, output);
+    }
+    let mut client = connect(flags)?;
+    let output = output.unwrap_or_else(|| {
+        PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into()))
+    });
+    if output.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        client.get_writer(name, &mut lock, "standard output", &mut |_| {}).map_err(|e| e.to_string())?;
+        return lock.flush().map_err(|e| format!("standard output: {e}"));
+    }
+    // Write beside the destination and rename at the end, so a failed get never leaves a
+    // truncated file under the real name.
+    let partial = output.with_extension(match output.extension() {
+        Some(ext) => format!("{}.beeline-partial", ext.to_string_lossy()),
+        None => "beeline-partial".into(),
+    });
+    let destination = output.display().to_string();
+    let file = std::fs::File::create(&partial).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    let size_hint = client.lookup(name).map(|r| r.size_bytes).ok();
+    let bar = progress_bar(size_hint, "get", name);
+    let mut on_progress = |done: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+    };
+    let result = client.get_writer(name, &mut writer, &destination, &mut on_progress);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let record = match result {
+        Ok(record) => record,
+        Err(error) => {
+            drop(writer);
+            let _ = std::fs::remove_file(&partial);
+            return Err(error.to_string());
+        }
+    };
+    let file = writer.into_inner().map_err(|e| format!("cannot write {destination}: {}", e.error()))?;
+    file.sync_all().map_err(|e| format!("cannot write {destination}: {e}"))?;
+    std::fs::rename(&partial, &output)
+        .map_err(|e| format!("cannot move {} to {destination}: {e}", partial.display()))?;
+    println!("wrote {destination} ({} bytes)", record.size_bytes);
+    Ok(())
+}
+
+fn node_status(flags: &ClientFlags) -> CliResult {
+    let mut client = connect(flags)?;
+    let status = client.node_status().map_err(|e| e.to_string())?;
+    println!("node:          {} (beeline {})", status.listen, status.node_version);
+    println!("backend:       {}", status.backend);
+    println!("uptime:        {:.1} s", status.uptime_ms as f64 / 1000.0);
+    println!("files:         {}", status.files);
+    println!("chunks:        {}", status.chunks);
+    println!("used_bytes:    {}", status.used_bytes);
+    println!(
+        "arena:         {} frames, {} free, {}",
+        status.arena_frames, status.arena_frames_free, status.page_backing
+    );
+    println!("puts_in_flight: {}", status.puts_in_flight);
+    for (name, value) in &status.counters {
+        println!("  {name:<22} {value}");
+    }
+    Ok(())
+}

@@ -1,0 +1,726 @@
+//! The client library under the CLI: talks to one node over the storage protocol,
+//! streaming files chunk by chunk (never the whole file in memory) with several chunks
+//! in flight, and runs control requests for the namespace.
+
+pub mod cluster;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use beeline_dataplane::bitmap::FRAGMENTS_MAX;
+use beeline_dataplane::client::{
+    self, ClientError as MachineError, DATAGRAM_BYTES_MAX, Exchange, GetChunk, Progress, PutChunk, Timing, Transmit,
+    accept,
+};
+use beeline_dataplane::wire::{HEADER_LEN, MacKey, Opcode, Repr, Status};
+
+use crate::control::{ControlRequest, ControlResponse, FileRecord, NodeStatus, validate_name};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "node {node} did not answer after {retries} retries: is `beeline node run` running there, is --node right, and does this machine have the node's cluster key?"
+    )]
+    Unreachable { node: SocketAddr, retries: u32 },
+    #[error("no file named {name:?} on node {node}: `beeline ls` lists the files")]
+    NotFound { name: String, node: SocketAddr },
+    #[error("node {node}'s disk is full: remove files with `beeline rm` or give the node more space")]
+    DiskFull { node: SocketAddr },
+    #[error("node {node} is busy and stayed busy: retry later")]
+    Busy { node: SocketAddr },
+    #[error("node {node} refused the request ({status:?}): {hint}")]
+    Rejected { node: SocketAddr, status: Status, hint: &'static str },
+    #[error("node {node} answered inconsistently: {what}; the node may run a different version")]
+    Protocol { node: SocketAddr, what: String },
+    #[error("node {node} could not do it: {reason}")]
+    Failed { node: SocketAddr, reason: String },
+    #[error("{path}: {source}")]
+    LocalIo { path: String, source: std::io::Error },
+    #[error("cannot open a UDP socket to talk to {node}: {source}")]
+    Socket { node: SocketAddr, source: std::io::Error },
+    #[error(
+        "{name} came back with different content than was stored (BLAKE3 mismatch); the copy on the node is damaged"
+    )]
+    Corrupt { name: String },
+    #[error("{0}")]
+    BadName(String),
+}
+
+/// What a node told us about itself in its Pong.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeInfo {
+    pub fragment_bytes_max: u16,
+    pub window_fragments: u16,
+    pub chunk_bytes_max: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub node: SocketAddr,
+    pub key: MacKey,
+    pub timing: Timing,
+    /// Fragment payload per datagram; `None` picks the node's maximum on loopback and
+    /// 1400 bytes (fits a 1500-byte MTU) elsewhere.
+    pub fragment_bytes: Option<u16>,
+    /// Chunks in flight at once per file.
+    pub parallel_chunks: usize,
+    pub chunk_bytes: u32,
+}
+
+impl ClientOptions {
+    pub fn new(node: SocketAddr, key: MacKey) -> Self {
+        Self {
+            node,
+            key,
+            timing: Timing { rto_initial_ms: 40, rto_max_ms: 1000, timeouts_max: 8 },
+            fragment_bytes: None,
+            parallel_chunks: 4,
+            chunk_bytes: 4 << 20,
+        }
+    }
+}
+
+struct SocketTransmit<'a> {
+    socket: &'a UdpSocket,
+    node: SocketAddr,
+}
+
+impl Transmit for SocketTransmit<'_> {
+    fn transmit(&mut self, datagram: &[u8]) {
+        // A failed send is a lost datagram: the protocol's retransmission covers it.
+        let _ = self.socket.send_to(datagram, self.node);
+    }
+}
+
+/// Chunk bytes a put sends: a reusable buffer, or one shared by several replicas.
+pub enum ChunkBytes {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl AsRef<[u8]> for ChunkBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Owned(bytes) => bytes,
+            ChunkBytes::Shared(bytes) => bytes,
+        }
+    }
+}
+
+enum Op {
+    Put(Box<PutChunk<ChunkBytes>>),
+    Get(Box<GetChunk<Vec<u8>>>),
+    Exchange(Box<Exchange>),
+}
+
+impl Op {
+    fn progress(&self) -> Progress {
+        match self {
+            Op::Put(put) => put.progress(),
+            Op::Get(get) => get.progress(),
+            Op::Exchange(exchange) => exchange.progress(),
+        }
+    }
+
+    fn deadline_ms(&self) -> u64 {
+        match self {
+            Op::Put(put) => put.deadline_ms(),
+            Op::Get(get) => get.deadline_ms(),
+            Op::Exchange(exchange) => exchange.deadline_ms(),
+        }
+    }
+}
+
+pub struct Client {
+    socket: UdpSocket,
+    options: ClientOptions,
+    started: Instant,
+    next_request_id: u64,
+    info: Option<NodeInfo>,
+    receive_buffer: Vec<u8>,
+}
+
+/// Progress callback: bytes done so far.
+pub type OnProgress<'a> = &'a mut dyn FnMut(u64);
+
+impl Client {
+    pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
+        let node = options.node;
+        let bind: SocketAddr =
+            if node.is_ipv4() { "0.0.0.0:0".parse().expect("constant") } else { "[::]:0".parse().expect("constant") };
+        let socket = UdpSocket::bind(bind).map_err(|source| ClientError::Socket { node, source })?;
+        enlarge_receive_buffer(&socket, 8 << 20);
+        socket.set_nonblocking(true).map_err(|source| ClientError::Socket { node, source })?;
+        Ok(Self {
+            socket,
+            options,
+            started: Instant::now(),
+            next_request_id: rand::random::<u64>() >> 1,
+            info: None,
+            receive_buffer: vec![0; DATAGRAM_BYTES_MAX + 64],
+        })
+    }
+
+    pub fn set_chunk_bytes(&mut self, chunk_bytes: u32) {
+        assert!(chunk_bytes > 0);
+        self.options.chunk_bytes = chunk_bytes;
+    }
+
+    pub fn node(&self) -> SocketAddr {
+        self.options.node
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn request_id(&mut self) -> u64 {
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.next_request_id
+    }
+
+    fn error(&self, error: MachineError) -> ClientError {
+        let node = self.options.node;
+        match error {
+            MachineError::Unreachable => ClientError::Unreachable { node, retries: self.options.timing.timeouts_max },
+            MachineError::Rejected(Status::DiskFull) => ClientError::DiskFull { node },
+            MachineError::Rejected(Status::Busy) => ClientError::Busy { node },
+            MachineError::Rejected(Status::TooLarge) => ClientError::Rejected {
+                node,
+                status: Status::TooLarge,
+                hint: "the chunk is larger than the node accepts; use a smaller --chunk-bytes",
+            },
+            MachineError::Rejected(status) => ClientError::Rejected {
+                node,
+                status,
+                hint: "this is a bug or a version mismatch between client and node",
+            },
+            MachineError::Inconsistent => {
+                ClientError::Protocol { node, what: "a reply did not match its request".into() }
+            }
+        }
+    }
+
+    /// Runs machines until at least one of them settles (or none is pending); returns the
+    /// index of every machine that settled during this call. With `fail_fast`, a machine
+    /// that failed is returned as an error instead.
+    fn drive(&mut self, ops: &mut [Op], fail_fast: bool) -> Result<Vec<usize>, ClientError> {
+        let node = self.options.node;
+        let key = self.options.key.clone();
+        let mut finished = Vec::new();
+        let mut was_pending: Vec<bool> = ops.iter().map(|op| op.progress() == Progress::Pending).collect();
+        // Bounded: every machine fails by itself after its retries run out.
+        loop {
+            for (index, op) in ops.iter().enumerate() {
+                if was_pending[index] && op.progress() != Progress::Pending {
+                    was_pending[index] = false;
+                    finished.push(index);
+                    if let (true, Progress::Failed(error)) = (fail_fast, op.progress()) {
+                        return Err(self.error(error));
+                    }
+                }
+            }
+            if !finished.is_empty() || !was_pending.iter().any(|pending| *pending) {
+                return Ok(finished);
+            }
+            let now = self.now_ms();
+            let next_deadline =
+                ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
+            let wait_ms = next_deadline.saturating_sub(now).max(1);
+            wait_readable(&self.socket, wait_ms);
+            let mut transmit = SocketTransmit { socket: &self.socket, node };
+            // Read everything that is waiting (the socket is non-blocking), then run timers.
+            while let Ok((len, from)) = self.socket.recv_from(&mut self.receive_buffer) {
+                if from != node {
+                    continue;
+                }
+                let Some((repr, payload)) = accept(&self.receive_buffer[..len], &key) else { continue };
+                let now = self.now_ms();
+                for op in ops.iter_mut() {
+                    match op {
+                        Op::Put(put) => put.on_packet(&repr, payload, now, &mut transmit),
+                        Op::Get(get) => get.on_packet(&repr, payload, now, &mut transmit),
+                        Op::Exchange(exchange) => exchange.on_packet(&repr, payload, now),
+                    }
+                }
+            }
+            let now = self.now_ms();
+            for op in ops.iter_mut() {
+                if now >= op.deadline_ms() {
+                    match op {
+                        Op::Put(put) => put.on_timer(now, &mut transmit),
+                        Op::Get(get) => get.on_timer(now, &mut transmit),
+                        Op::Exchange(exchange) => exchange.on_timer(now, &mut transmit),
+                    }
+                }
+            }
+        }
+    }
+
+    fn exchange(&mut self, request: Repr, payload: &[u8], expect: Opcode) -> Result<(Repr, Vec<u8>), ClientError> {
+        let request = Repr { request_id: self.request_id(), ..request };
+        let mut exchange =
+            Exchange::new(self.options.key.clone(), request, payload, expect, self.options.timing, self.now_ms());
+        exchange.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+        let mut ops = [Op::Exchange(Box::new(exchange))];
+        self.drive(&mut ops, true)?;
+        let Op::Exchange(exchange) = &ops[0] else { unreachable!("built above") };
+        let (repr, payload) = exchange.reply().ok_or_else(|| self.error(MachineError::Inconsistent))?;
+        Ok((*repr, payload.to_vec()))
+    }
+
+    /// Checks the node answers, and learns its limits.
+    pub fn ping(&mut self) -> Result<NodeInfo, ClientError> {
+        let (pong, _) = self.exchange(Repr::new(Opcode::Ping), &[], Opcode::Pong)?;
+        let info = NodeInfo {
+            fragment_bytes_max: pong.frag_len,
+            window_fragments: pong.credits.max(1),
+            chunk_bytes_max: pong.total_len,
+        };
+        self.info = Some(info);
+        Ok(info)
+    }
+
+    fn info(&mut self) -> Result<NodeInfo, ClientError> {
+        match self.info {
+            Some(info) => Ok(info),
+            None => self.ping(),
+        }
+    }
+
+    fn fragment_bytes(&mut self, chunk_bytes: u32) -> Result<u16, ClientError> {
+        let info = self.info()?;
+        let preferred = match self.options.fragment_bytes {
+            Some(bytes) => bytes,
+            None if self.options.node.ip().is_loopback() => info.fragment_bytes_max,
+            None => 1400,
+        };
+        let cap = (DATAGRAM_BYTES_MAX - HEADER_LEN).min(usize::from(info.fragment_bytes_max)) as u16;
+        let floor = chunk_bytes.div_ceil(FRAGMENTS_MAX).min(u32::from(cap)) as u16;
+        Ok(preferred.clamp(floor.max(1), cap))
+    }
+
+    pub fn control(&mut self, request: &ControlRequest) -> Result<ControlResponse, ClientError> {
+        let payload = postcard::to_stdvec(request)
+            .map_err(|error| ClientError::Protocol { node: self.options.node, what: error.to_string() })?;
+        let (_, reply) = self.exchange(Repr::new(Opcode::Control), &payload, Opcode::ControlReply)?;
+        let response: ControlResponse = postcard::from_bytes(&reply).map_err(|error| ClientError::Protocol {
+            node: self.options.node,
+            what: format!("undecodable control reply: {error}"),
+        })?;
+        if let ControlResponse::Failed(reason) = response {
+            return Err(ClientError::Failed { node: self.options.node, reason });
+        }
+        Ok(response)
+    }
+
+    /// Stores everything `reader` yields as file `name`, chunk by chunk.
+    pub fn put_reader(
+        &mut self,
+        name: &str,
+        reader: &mut dyn Read,
+        source: &str,
+        on_progress: OnProgress<'_>,
+    ) -> Result<FileRecord, ClientError> {
+        validate_name(name).map_err(ClientError::BadName)?;
+        let chunk_bytes = self.options.chunk_bytes.min(self.info()?.chunk_bytes_max);
+        let frag_len = self.fragment_bytes(chunk_bytes)?;
+        let window = self.info()?.window_fragments;
+        let file_id = rand::random::<u64>() | 1;
+        let mut hasher = blake3::Hasher::new();
+        let mut spare: Vec<Vec<u8>> =
+            (0..self.options.parallel_chunks.max(1)).map(|_| Vec::with_capacity(chunk_bytes as usize)).collect();
+        let mut ops: Vec<Op> = Vec::new();
+        let mut size_bytes = 0u64;
+        let mut next_index = 0u64;
+        let mut done_bytes = 0u64;
+        let mut eof = false;
+        loop {
+            while !eof && !spare.is_empty() {
+                let mut buffer = spare.pop().expect("checked non-empty");
+                buffer.clear();
+                Read::take(&mut *reader, u64::from(chunk_bytes))
+                    .read_to_end(&mut buffer)
+                    .map_err(|error| ClientError::LocalIo { path: source.to_owned(), source: error })?;
+                if buffer.is_empty() {
+                    eof = true;
+                    spare.push(buffer);
+                    break;
+                }
+                if buffer.len() < chunk_bytes as usize {
+                    eof = true;
+                }
+                hasher.update(&buffer);
+                size_bytes += buffer.len() as u64;
+                let chunk_id = crate::control::chunk_id(file_id, next_index);
+                next_index += 1;
+                let mut put = PutChunk::new(
+                    self.options.key.clone(),
+                    chunk_id,
+                    self.request_id(),
+                    ChunkBytes::Owned(buffer),
+                    frag_len,
+                    window,
+                    self.options.timing,
+                    self.now_ms(),
+                );
+                put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, node: self.options.node });
+                ops.push(Op::Put(Box::new(put)));
+            }
+            if ops.is_empty() {
+                break;
+            }
+            let mut finished = self.drive(&mut ops, true)?;
+            finished.sort_unstable();
+            for index in finished.into_iter().rev() {
+                if let Op::Put(put) = ops.swap_remove(index) {
+                    done_bytes += put.acked_bytes().min(u64::from(chunk_bytes));
+                    if let ChunkBytes::Owned(buffer) = put.into_data() {
+                        spare.push(buffer);
+                    }
+                }
+            }
+            on_progress(done_bytes.min(size_bytes));
+        }
+        let record = FileRecord {
+            name: name.to_owned(),
+            file_id,
+            size_bytes,
+            chunk_bytes,
+            blake3: *hasher.finalize().as_bytes(),
+            created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        };
+        match self.control(&ControlRequest::CommitFile(record.clone()))? {
+            ControlResponse::Committed { .. } => Ok(record),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to commit: {other:?}"),
+            }),
+        }
+    }
+
+    pub fn lookup(&mut self, name: &str) -> Result<FileRecord, ClientError> {
+        match self.control(&ControlRequest::Lookup { name: name.to_owned() })? {
+            ControlResponse::File(record) => Ok(record),
+            ControlResponse::NotFound => Err(ClientError::NotFound { name: name.to_owned(), node: self.options.node }),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to lookup: {other:?}"),
+            }),
+        }
+    }
+
+    /// Writes file `name` to `writer` in order, checking its BLAKE3 at the end.
+    pub fn get_writer(
+        &mut self,
+        name: &str,
+        writer: &mut dyn Write,
+        destination: &str,
+        on_progress: OnProgress<'_>,
+    ) -> Result<FileRecord, ClientError> {
+        let record = self.lookup(name)?;
+        let frag_len = self.fragment_bytes(record.chunk_bytes)?;
+        let window = self.info()?.window_fragments;
+        let chunk_count = record.chunk_count();
+        let parallel = self.options.parallel_chunks.max(1) as u64;
+        let mut hasher = blake3::Hasher::new();
+        let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut ops: Vec<Op> = Vec::new();
+        let mut op_chunks: Vec<u64> = Vec::new();
+        let mut next_start = 0u64;
+        let mut next_write = 0u64;
+        let mut written = 0u64;
+        let write_error = |source| ClientError::LocalIo { path: destination.to_owned(), source };
+        while next_write < chunk_count {
+            // At most `parallel` chunks fetched ahead of the one to write next.
+            while next_start < chunk_count && next_start < next_write + parallel {
+                let len = record.chunk_len(next_start);
+                let mut get = GetChunk::new(
+                    self.options.key.clone(),
+                    record.chunk_id(next_start),
+                    self.request_id(),
+                    len,
+                    0,
+                    vec![0u8; len as usize],
+                    frag_len,
+                    window,
+                    self.options.timing,
+                    self.now_ms(),
+                );
+                get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+                ops.push(Op::Get(Box::new(get)));
+                op_chunks.push(next_start);
+                next_start += 1;
+            }
+            let finished = self.drive(&mut ops, true).map_err(|error| match error {
+                ClientError::Rejected { status: Status::NotFound, .. } => ClientError::Failed {
+                    node: self.options.node,
+                    reason: format!("a chunk of {name} is missing on the node; the file cannot be read back whole"),
+                },
+                other => other,
+            })?;
+            let mut finished = finished;
+            finished.sort_unstable();
+            for index in finished.into_iter().rev() {
+                let chunk_index = op_chunks.swap_remove(index);
+                if let Op::Get(get) = ops.swap_remove(index) {
+                    ready.insert(chunk_index, get.into_output());
+                }
+            }
+            while let Some(data) = ready.remove(&next_write) {
+                hasher.update(&data);
+                writer.write_all(&data).map_err(write_error)?;
+                written += data.len() as u64;
+                next_write += 1;
+                on_progress(written);
+            }
+        }
+        writer.flush().map_err(write_error)?;
+        if *hasher.finalize().as_bytes() != record.blake3 {
+            return Err(ClientError::Corrupt { name: name.to_owned() });
+        }
+        Ok(record)
+    }
+
+    /// Fragment size and window for chunks of up to `chunk_bytes` on this node.
+    fn transfer_shape(&mut self, chunk_bytes: u32) -> Result<(u16, u16), ClientError> {
+        let frag_len = self.fragment_bytes(chunk_bytes)?;
+        Ok((frag_len, self.info()?.window_fragments))
+    }
+
+    /// Puts several chunks on this node at once; one result per chunk, in order.
+    pub fn put_chunks(&mut self, chunks: &[(u128, Arc<[u8]>)]) -> Vec<Result<(), ClientError>> {
+        let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
+        let largest = chunks.iter().map(|(_, data)| data.len() as u32).max().unwrap_or(0);
+        let (frag_len, window) = match self.transfer_shape(largest) {
+            Ok(setup) => setup,
+            Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
+        };
+        let mut ops = Vec::with_capacity(chunks.len());
+        for (chunk_id, data) in chunks {
+            let mut put = PutChunk::new(
+                self.options.key.clone(),
+                *chunk_id,
+                self.request_id(),
+                ChunkBytes::Shared(data.clone()),
+                frag_len,
+                window,
+                self.options.timing,
+                self.now_ms(),
+            );
+            put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            ops.push(Op::Put(Box::new(put)));
+        }
+        self.drive_all(&mut ops, &mut results);
+        results.into_iter().map(|result| result.expect("drive_all settles every machine")).collect()
+    }
+
+    /// Gets several whole chunks `(id, length)` from this node; one result per chunk.
+    pub fn get_chunks(&mut self, chunks: &[(u128, u32)]) -> Vec<Result<Vec<u8>, ClientError>> {
+        let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
+        let largest = chunks.iter().map(|(_, len)| *len).max().unwrap_or(0);
+        let (frag_len, window) = match self.transfer_shape(largest) {
+            Ok(setup) => setup,
+            Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
+        };
+        let mut ops = Vec::with_capacity(chunks.len());
+        for (chunk_id, len) in chunks {
+            let mut get = GetChunk::new(
+                self.options.key.clone(),
+                *chunk_id,
+                self.request_id(),
+                *len,
+                0,
+                vec![0u8; *len as usize],
+                frag_len,
+                window,
+                self.options.timing,
+                self.now_ms(),
+            );
+            get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            ops.push(Op::Get(Box::new(get)));
+        }
+        self.drive_all(&mut ops, &mut results);
+        ops.into_iter()
+            .zip(results)
+            .map(|(op, result)| match (op, result.expect("drive_all settles every machine")) {
+                (Op::Get(get), Ok(())) => Ok(get.into_output()),
+                (_, Err(error)) => Err(error),
+                (_, Ok(())) => unreachable!("only gets were queued"),
+            })
+            .collect()
+    }
+
+    /// Deletes chunks on this node (durably); deleting an absent chunk succeeds.
+    pub fn delete_chunks(&mut self, chunk_ids: &[u128]) -> Vec<Result<(), ClientError>> {
+        let mut results: Vec<Option<Result<(), ClientError>>> = chunk_ids.iter().map(|_| None).collect();
+        let mut ops = Vec::with_capacity(chunk_ids.len());
+        for chunk_id in chunk_ids {
+            let request = Repr { request_id: self.request_id(), chunk_id: *chunk_id, ..Repr::new(Opcode::Delete) };
+            let mut exchange = Exchange::new(
+                self.options.key.clone(),
+                request,
+                &[],
+                Opcode::DeleteDone,
+                self.options.timing,
+                self.now_ms(),
+            );
+            exchange.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            ops.push(Op::Exchange(Box::new(exchange)));
+        }
+        self.drive_all(&mut ops, &mut results);
+        results.into_iter().map(|result| result.expect("drive_all settles every machine")).collect()
+    }
+
+    /// Drives every machine to its end, recording each one's outcome.
+    fn drive_all(&mut self, ops: &mut [Op], results: &mut [Option<Result<(), ClientError>>]) {
+        assert_eq!(ops.len(), results.len());
+        // Bounded: each call to drive settles at least one machine or fails them all.
+        while results.iter().any(Option::is_none) {
+            match self.drive(ops, false) {
+                Ok(_) => {}
+                Err(error) => {
+                    for slot in results.iter_mut().filter(|slot| slot.is_none()) {
+                        *slot = Some(Err(clone_error(&error)));
+                    }
+                    return;
+                }
+            }
+            for (op, slot) in ops.iter().zip(results.iter_mut()) {
+                if slot.is_none() {
+                    match op.progress() {
+                        Progress::Pending => {}
+                        Progress::Done => *slot = Some(Ok(())),
+                        Progress::Failed(error) => *slot = Some(Err(self.error(error))),
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn list(&mut self) -> Result<Vec<FileRecord>, ClientError> {
+        let mut files = Vec::new();
+        let mut after = None;
+        // Bounded by the namespace size: every page moves `after` forward.
+        loop {
+            match self.control(&ControlRequest::List { after: after.clone(), limit: 256 })? {
+                ControlResponse::Listing { files: page, more } => {
+                    after = page.last().map(|record| record.name.clone());
+                    let empty = page.is_empty();
+                    files.extend(page);
+                    if !more || empty {
+                        return Ok(files);
+                    }
+                }
+                other => {
+                    return Err(ClientError::Protocol {
+                        node: self.options.node,
+                        what: format!("unexpected answer to list: {other:?}"),
+                    });
+                }
+            }
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<FileRecord, ClientError> {
+        match self.control(&ControlRequest::Remove { name: name.to_owned() })? {
+            ControlResponse::Removed(record) => Ok(record),
+            ControlResponse::NotFound => Err(ClientError::NotFound { name: name.to_owned(), node: self.options.node }),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to remove: {other:?}"),
+            }),
+        }
+    }
+
+    pub fn node_status(&mut self) -> Result<NodeStatus, ClientError> {
+        match self.control(&ControlRequest::NodeStatus)? {
+            ControlResponse::Status(status) => Ok(status),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to status: {other:?}"),
+            }),
+        }
+    }
+
+    /// Gets one chunk range (used by benchmarks): `len` bytes from `offset`.
+    pub fn get_chunk_range(
+        &mut self,
+        chunk_id: u128,
+        total_len: u32,
+        offset: u32,
+        len: u32,
+    ) -> Result<Vec<u8>, ClientError> {
+        let frag_len = self.fragment_bytes(total_len)?;
+        let window = self.info()?.window_fragments;
+        let mut get = GetChunk::new(
+            self.options.key.clone(),
+            chunk_id,
+            self.request_id(),
+            total_len,
+            offset,
+            vec![0u8; len as usize],
+            frag_len,
+            window,
+            self.options.timing,
+            self.now_ms(),
+        );
+        get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+        let mut ops = [Op::Get(Box::new(get))];
+        self.drive(&mut ops, true)?;
+        let [Op::Get(get)] = ops else { unreachable!("built above") };
+        Ok(get.into_output())
+    }
+}
+
+/// A copy of an error for every chunk it applies to (errors own non-Clone sources).
+fn clone_error(error: &ClientError) -> ClientError {
+    match error {
+        ClientError::Unreachable { node, retries } => ClientError::Unreachable { node: *node, retries: *retries },
+        ClientError::DiskFull { node } => ClientError::DiskFull { node: *node },
+        ClientError::Busy { node } => ClientError::Busy { node: *node },
+        ClientError::Rejected { node, status, hint } => ClientError::Rejected { node: *node, status: *status, hint },
+        other => ClientError::Failed { node: "0.0.0.0:0".parse().expect("constant"), reason: other.to_string() },
+    }
+}
+
+/// Waits until the socket is readable or `timeout_ms` passes.
+fn wait_readable(socket: &UdpSocket, timeout_ms: u64) {
+    use std::os::fd::AsRawFd;
+    let mut poll_fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let timeout = timeout_ms.min(i32::MAX as u64) as libc::c_int;
+    // SAFETY: `poll_fd` is one valid pollfd for a live socket and outlives the call; the
+    // count passed is 1. Errors (EINTR) just end the wait early.
+    unsafe {
+        libc::poll(&raw mut poll_fd, 1, timeout);
+    }
+}
+
+/// Asks for a large receive buffer, so a window of get replies is not dropped by the
+/// kernel: SO_RCVBUFFORCE (root may exceed `net.core.rmem_max`), else SO_RCVBUF.
+fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = bytes as libc::c_int;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: the fd is a live socket owned by `socket`; `value` is a c_int that
+        // outlives the call and its size is passed exactly. A failure only leaves the
+        // previous size.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            return;
+        }
+    }
+}
+
+pub use client::Timing as ClientTiming;

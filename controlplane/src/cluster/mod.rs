@@ -1,0 +1,410 @@
+//! The DisGraFS metadata cluster on Redis: the namespace (files, their chunks and
+//! replicas, tags), node membership with leases, and the cluster's configuration.
+//! The key schema is in `docs/metadata.md`. Every key carries the same hash tag, so the
+//! whole schema lives in one hash slot and the multi-key writes that must agree (a
+//! file's record, its replicas and the name index) run in one Lua script, on a single
+//! Redis or on Redis Cluster alike.
+
+pub mod placement;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redis::{Commands, Connection, Script};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::placement::NodeId;
+use crate::control::FileRecord;
+use crate::metadata::{Metadata, MetadataError};
+
+/// Default key prefix (also the hash tag).
+pub const DEFAULT_PREFIX: &str = "beeline";
+pub const DEFAULT_REPLICATION_FACTOR: usize = 2;
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn redis_error(url: &str) -> impl Fn(redis::RedisError) -> MetadataError + '_ {
+    move |error| {
+        let hint = if error.kind() == redis::ErrorKind::AuthenticationFailed {
+            "check the user and password in the URL (redis://USER:PASSWORD@HOST:PORT)"
+        } else if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
+            "is redis-server running there and reachable?"
+        } else {
+            "see the Redis server's log"
+        };
+        MetadataError::Storage(format!("Redis at {}: {error}; {hint}", redact(url)))
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// What a node publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// Address clients reach its storage port at.
+    pub address: String,
+    pub backend: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub health: String,
+    pub heartbeat_unix_ms: u64,
+    /// `false` once it left cleanly.
+    pub serving: bool,
+    pub metrics_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    /// Its lease is current.
+    Live,
+    /// Its lease expired: presumed dead.
+    Expired,
+    /// It deregistered on shutdown.
+    Left,
+}
+
+impl MemberState {
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Live => "live",
+            MemberState::Expired => "expired",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub record: NodeRecord,
+    pub state: MemberState,
+}
+
+/// A file's record plus where each of its chunks is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLayout {
+    pub record: FileRecord,
+    /// `replicas[i]`: the nodes holding chunk `i`.
+    pub replicas: Vec<Vec<NodeId>>,
+}
+
+pub struct RedisMetadata {
+    url: String,
+    client: redis::Client,
+    connection: Option<Connection>,
+    prefix: String,
+}
+
+const PUT_FILE: &str = r"
+local old = redis.call('HGET', KEYS[1], 'layout')
+redis.call('HSET', KEYS[1], 'layout', ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+return old";
+
+const REMOVE_FILE: &str = r"
+local old = redis.call('HGET', KEYS[1], 'layout')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return old";
+
+/// Replaces a file's layout only if it still is the version the caller read.
+const SWAP_LAYOUT: &str = r"
+local current = redis.call('HGET', KEYS[1], 'layout')
+if current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'layout', ARGV[2])
+return 1";
+
+impl RedisMetadata {
+    /// Connects to `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`).
+    pub fn connect(url: &str, prefix: &str) -> Result<Self, MetadataError> {
+        let client = redis::Client::open(url).map_err(|error| {
+            MetadataError::Storage(format!(
+                "bad metadata URL {}: {error}; use redis://[USER:PASSWORD@]HOST:PORT",
+                redact(url)
+            ))
+        })?;
+        let mut metadata = Self { url: url.to_owned(), client, connection: None, prefix: prefix.to_owned() };
+        metadata.connection()?;
+        Ok(metadata)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn connection(&mut self) -> Result<&mut Connection, MetadataError> {
+        if self.connection.is_none() {
+            let connection = self
+                .client
+                .get_connection_with_timeout(std::time::Duration::from_secs(3))
+                .map_err(redis_error(&self.url))?;
+            connection.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(redis_error(&self.url))?;
+            connection.set_write_timeout(Some(std::time::Duration::from_secs(5))).map_err(redis_error(&self.url))?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("just set"))
+    }
+
+    /// Runs one operation; a failed connection is dropped so the next call reconnects
+    /// (after a Redis restart, say).
+    fn with<T>(
+        &mut self,
+        operation: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, MetadataError> {
+        let url = self.url.clone();
+        let connection = self.connection()?;
+        match operation(connection) {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
+                    self.connection = None;
+                }
+                Err(redis_error(&url)(error))
+            }
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{{{}}}:{rest}", self.prefix)
+    }
+
+    fn file_key(&self, name: &str) -> String {
+        self.key(&format!("file:{name}"))
+    }
+
+    fn names_key(&self) -> String {
+        self.key("names")
+    }
+
+    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, MetadataError> {
+        postcard::to_stdvec(value).map_err(|error| MetadataError::Storage(error.to_string()))
+    }
+
+    fn decode_layout(name: &str, bytes: &[u8]) -> Result<FileLayout, MetadataError> {
+        postcard::from_bytes(bytes)
+            .map_err(|error| MetadataError::Corrupt { name: name.to_owned(), reason: error.to_string() })
+    }
+
+    /// Records a file with its replicas atomically; returns the layout it replaced.
+    pub fn put_layout(&mut self, layout: &FileLayout) -> Result<Option<FileLayout>, MetadataError> {
+        let bytes = Self::encode(layout)?;
+        let (file_key, names_key) = (self.file_key(&layout.record.name), self.names_key());
+        let name = layout.record.name.clone();
+        let old: Option<Vec<u8>> =
+            self.with(|c| Script::new(PUT_FILE).key(&file_key).key(&names_key).arg(bytes).arg(&name).invoke(c))?;
+        old.map(|old| Self::decode_layout(&name, &old)).transpose()
+    }
+
+    pub fn get_layout(&mut self, name: &str) -> Result<Option<FileLayout>, MetadataError> {
+        let key = self.file_key(name);
+        let bytes: Option<Vec<u8>> = self.with(|c| c.hget(&key, "layout"))?;
+        bytes.map(|bytes| Self::decode_layout(name, &bytes)).transpose()
+    }
+
+    /// Replaces `old` with `new` unless someone changed the file meanwhile; returns
+    /// whether it was replaced.
+    pub fn swap_layout(&mut self, old: &FileLayout, new: &FileLayout) -> Result<bool, MetadataError> {
+        assert_eq!(old.record.name, new.record.name);
+        let (old_bytes, new_bytes) = (Self::encode(old)?, Self::encode(new)?);
+        let key = self.file_key(&new.record.name);
+        let swapped: i64 = self.with(|c| Script::new(SWAP_LAYOUT).key(&key).arg(old_bytes).arg(new_bytes).invoke(c))?;
+        Ok(swapped == 1)
+    }
+
+    pub fn remove_layout(&mut self, name: &str) -> Result<Option<FileLayout>, MetadataError> {
+        let (file_key, names_key) = (self.file_key(name), self.names_key());
+        let old: Option<Vec<u8>> =
+            self.with(|c| Script::new(REMOVE_FILE).key(&file_key).key(&names_key).arg(name).invoke(c))?;
+        let removed = old.map(|old| Self::decode_layout(name, &old)).transpose()?;
+        if removed.is_some() {
+            self.untag_all(name)?;
+        }
+        Ok(removed)
+    }
+
+    /// Names in order after `after`, at most `limit`.
+    pub fn list_names(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<String>, MetadataError> {
+        let key = self.names_key();
+        let min = match after {
+            Some(after) => format!("({after}"),
+            None => "-".to_owned(),
+        };
+        self.with(|c| c.zrangebylex_limit(&key, &min, "+", 0, limit as isize))
+    }
+
+    pub fn replication_factor(&mut self) -> Result<usize, MetadataError> {
+        let key = self.key("config");
+        let value: Option<usize> = self.with(|c| c.hget(&key, "replication_factor"))?;
+        Ok(value.unwrap_or(DEFAULT_REPLICATION_FACTOR).max(1))
+    }
+
+    pub fn set_replication_factor(&mut self, factor: usize) -> Result<(), MetadataError> {
+        assert!(factor >= 1);
+        let key = self.key("config");
+        self.with(|c| c.hset(&key, "replication_factor", factor))
+    }
+
+    /// Registers or refreshes a node: its record, and a lease that expires after `ttl_ms`
+    /// unless refreshed. Idempotent, so it also re-registers after Redis lost its data.
+    pub fn heartbeat(&mut self, record: &NodeRecord, ttl_ms: u64) -> Result<(), MetadataError> {
+        let bytes = Self::encode(record)?;
+        let (node_key, lease_key, nodes_key) = (
+            self.key(&format!("node:{:016x}", record.id)),
+            self.key(&format!("lease:{:016x}", record.id)),
+            self.key("nodes"),
+        );
+        let id = record.id;
+        self.with(|c| {
+            redis::pipe()
+                .atomic()
+                .hset(&node_key, "record", bytes)
+                .ignore()
+                .set_options(&lease_key, 1, redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ttl_ms)))
+                .ignore()
+                .sadd(&nodes_key, format!("{id:016x}"))
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// Deregisters cleanly: the lease goes, the record says it left.
+    pub fn leave(&mut self, record: &NodeRecord) -> Result<(), MetadataError> {
+        let left = NodeRecord { serving: false, heartbeat_unix_ms: now_unix_ms(), ..record.clone() };
+        let bytes = Self::encode(&left)?;
+        let (node_key, lease_key) =
+            (self.key(&format!("node:{:016x}", record.id)), self.key(&format!("lease:{:016x}", record.id)));
+        self.with(|c| {
+            redis::pipe().atomic().hset(&node_key, "record", bytes).ignore().del(&lease_key).ignore().query::<()>(c)
+        })
+    }
+
+    /// Removes a node from the membership entirely (an operator's decision).
+    pub fn forget_node(&mut self, id: NodeId) -> Result<(), MetadataError> {
+        let (node_key, lease_key, nodes_key) =
+            (self.key(&format!("node:{id:016x}")), self.key(&format!("lease:{id:016x}")), self.key("nodes"));
+        self.with(|c| {
+            redis::pipe()
+                .atomic()
+                .del(&node_key)
+                .ignore()
+                .del(&lease_key)
+                .ignore()
+                .srem(&nodes_key, format!("{id:016x}"))
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    pub fn members(&mut self) -> Result<Vec<Member>, MetadataError> {
+        let nodes_key = self.key("nodes");
+        let mut ids: Vec<String> = self.with(|c| c.smembers(&nodes_key))?;
+        ids.sort();
+        let mut members = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (node_key, lease_key) = (self.key(&format!("node:{id}")), self.key(&format!("lease:{id}")));
+            let (bytes, lease): (Option<Vec<u8>>, bool) =
+                self.with(|c| redis::pipe().hget(&node_key, "record").exists(&lease_key).query(c))?;
+            let Some(bytes) = bytes else { continue };
+            let record: NodeRecord = postcard::from_bytes(&bytes)
+                .map_err(|error| MetadataError::Corrupt { name: format!("node {id}"), reason: error.to_string() })?;
+            let state = match (lease, record.serving) {
+                (true, _) => MemberState::Live,
+                (false, true) => MemberState::Expired,
+                (false, false) => MemberState::Left,
+            };
+            members.push(Member { record, state });
+        }
+        Ok(members)
+    }
+
+    pub fn live_nodes(&mut self) -> Result<Vec<NodeRecord>, MetadataError> {
+        Ok(self.members()?.into_iter().filter(|m| m.state == MemberState::Live).map(|m| m.record).collect())
+    }
+
+    /// Adds tags to a file (the DisGraFS file-tag graph).
+    pub fn tag(&mut self, name: &str, tags: &[String]) -> Result<(), MetadataError> {
+        let tags_key = self.key(&format!("tags:{name}"));
+        let tag_keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
+        self.with(|c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (tag, tag_key) in tags.iter().zip(&tag_keys) {
+                pipe.sadd(&tags_key, tag).ignore().sadd(tag_key, name).ignore();
+            }
+            pipe.query::<()>(c)
+        })
+    }
+
+    pub fn tags_of(&mut self, name: &str) -> Result<Vec<String>, MetadataError> {
+        let key = self.key(&format!("tags:{name}"));
+        let mut tags: Vec<String> = self.with(|c| c.smembers(&key))?;
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// Files carrying every one of `tags`.
+    pub fn files_with_all(&mut self, tags: &[String]) -> Result<Vec<String>, MetadataError> {
+        let keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
+        let mut names: Vec<String> = self.with(|c| c.sinter(&keys))?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Drops a removed file's tag edges.
+    fn untag_all(&mut self, name: &str) -> Result<(), MetadataError> {
+        let tags = self.tags_of(name)?;
+        let tags_key = self.key(&format!("tags:{name}"));
+        let tag_keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
+        self.with(|c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic().del(&tags_key).ignore();
+            for tag_key in &tag_keys {
+                pipe.srem(tag_key, name).ignore();
+            }
+            pipe.query::<()>(c)
+        })
+    }
+}
+
+impl Metadata for RedisMetadata {
+    fn put_file(&mut self, record: &FileRecord) -> Result<Option<FileRecord>, MetadataError> {
+        let layout = FileLayout { record: record.clone(), replicas: Vec::new() };
+        Ok(self.put_layout(&layout)?.map(|old| old.record))
+    }
+
+    fn get_file(&mut self, name: &str) -> Result<Option<FileRecord>, MetadataError> {
+        Ok(self.get_layout(name)?.map(|layout| layout.record))
+    }
+
+    fn list(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<FileRecord>, MetadataError> {
+        let names = self.list_names(after, limit)?;
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            // A name removed between the two reads is simply skipped.
+            if let Some(layout) = self.get_layout(&name)? {
+                files.push(layout.record);
+            }
+        }
+        Ok(files)
+    }
+
+    fn remove_file(&mut self, name: &str) -> Result<Option<FileRecord>, MetadataError> {
+        Ok(self.remove_layout(name)?.map(|layout| layout.record))
+    }
+
+    fn file_count(&mut self) -> Result<u64, MetadataError> {
+        let key = self.names_key();
+        self.with(|c| c.zcard(&key))
+    }
+}

@@ -1,0 +1,343 @@
+//! `/metrics` for Prometheus: the data path's counters and histograms, store and arena
+//! occupancy, lease state and the store's group-commit latency, in the text exposition
+//! format (encoded by the `prometheus` crate) over a small HTTP server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use beeline_dataplane::counters::{LATENCY_BOUNDS_US, LatencyHistogram};
+use beeline_dataplane::store::disk::SyncLatency;
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::node::snapshot::SharedSnapshot;
+
+/// Everything the exporter reads.
+#[derive(Clone)]
+pub struct Sources {
+    pub snapshot: SharedSnapshot,
+    pub lease_up: Option<Arc<AtomicBool>>,
+    pub sync_latency: SyncLatency,
+    pub backend: String,
+    /// Capacity the node advertises (its `capacity_bytes`, or its file system's size).
+    pub capacity_bytes: u64,
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name((*name).to_owned());
+            pair.set_value((*value).to_owned());
+            pair
+        })
+        .collect()
+}
+
+fn counter(value: u64, label_pairs: &[(&str, &str)]) -> Metric {
+    let mut metric = Metric::default();
+    let mut counter = Counter::default();
+    counter.set_value(value as f64);
+    metric.set_counter(counter);
+    metric.set_label(labels(label_pairs));
+    metric
+}
+
+fn gauge(value: f64, label_pairs: &[(&str, &str)]) -> Metric {
+    let mut metric = Metric::default();
+    let mut gauge = Gauge::default();
+    gauge.set_value(value);
+    metric.set_gauge(gauge);
+    metric.set_label(labels(label_pairs));
+    metric
+}
+
+fn histogram(source: &LatencyHistogram) -> Metric {
+    let mut histogram = Histogram::default();
+    let mut cumulative = 0;
+    let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_US.len());
+    for (bound, count) in LATENCY_BOUNDS_US.iter().zip(source.buckets) {
+        cumulative += count;
+        let mut bucket = Bucket::default();
+        bucket.set_upper_bound(*bound as f64 / 1e6);
+        bucket.set_cumulative_count(cumulative);
+        buckets.push(bucket);
+    }
+    histogram.set_bucket(buckets);
+    histogram.set_sample_count(source.count);
+    histogram.set_sample_sum(source.sum_us as f64 / 1e6);
+    let mut metric = Metric::default();
+    metric.set_histogram(histogram);
+    metric
+}
+
+/// Builds every metric family from the current snapshot.
+pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
+    let snapshot = sources.snapshot.lock().map(|snapshot| snapshot.clone()).unwrap_or_default();
+    let c = &snapshot.counters;
+    let sync = sources.sync_latency.lock().map(|histogram| *histogram).unwrap_or_default();
+    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+    let mut families = vec![
+        family(
+            "beeline_up",
+            "1 while the node's data plane runs.",
+            GAUGE,
+            vec![gauge(1.0, &[("backend", &sources.backend)])],
+        ),
+        family(
+            "beeline_rx_packets_total",
+            "Datagrams received by the data plane.",
+            COUNTER,
+            vec![counter(c.rx_packets, &[])],
+        ),
+        family(
+            "beeline_tx_packets_total",
+            "Datagrams sent by the data plane.",
+            COUNTER,
+            vec![counter(c.tx_packets, &[])],
+        ),
+        family(
+            "beeline_dropped_packets_total",
+            "Received datagrams dropped without effect, by reason.",
+            COUNTER,
+            beeline_dataplane::counters::DropReason::ALL
+                .iter()
+                .map(|reason| counter(c.dropped(*reason), &[("reason", reason.name())]))
+                .collect(),
+        ),
+        family(
+            "beeline_rejected_requests_total",
+            "Requests answered with an error, by status.",
+            COUNTER,
+            [
+                ("busy", c.rejected_busy),
+                ("bad_request", c.rejected_bad_request),
+                ("not_found", c.rejected_not_found),
+                ("disk_full", c.rejected_disk_full),
+                ("internal", c.rejected_internal),
+            ]
+            .iter()
+            .map(|(status, value)| counter(*value, &[("status", status)]))
+            .collect(),
+        ),
+        family("beeline_puts_total", "Chunks stored durably.", COUNTER, vec![counter(c.chunks_stored, &[])]),
+        family("beeline_put_bytes_total", "Chunk bytes stored durably.", COUNTER, vec![counter(c.bytes_stored, &[])]),
+        family(
+            "beeline_put_fragments_total",
+            "Put fragments written to the store.",
+            COUNTER,
+            vec![counter(c.fragments_stored, &[])],
+        ),
+        family(
+            "beeline_put_fragments_duplicate_total",
+            "Put fragments received again (retransmissions).",
+            COUNTER,
+            vec![counter(c.fragments_duplicate, &[])],
+        ),
+        family(
+            "beeline_puts_abandoned_total",
+            "Puts abandoned after their idle timeout.",
+            COUNTER,
+            vec![counter(c.puts_abandoned, &[])],
+        ),
+        family("beeline_gets_total", "Get requests served.", COUNTER, vec![counter(c.gets, &[])]),
+        family(
+            "beeline_get_bytes_total",
+            "Chunk bytes sent in get responses.",
+            COUNTER,
+            vec![counter(c.bytes_served, &[])],
+        ),
+        family("beeline_deletes_total", "Chunk deletions made durable.", COUNTER, vec![counter(c.chunks_deleted, &[])]),
+        family(
+            "beeline_data_copied_bytes_total",
+            "Chunk payload bytes copied by Beeline's own code on the node.",
+            COUNTER,
+            vec![counter(c.data_bytes_copied, &[])],
+        ),
+        family(
+            "beeline_stored_bytes",
+            "Bytes of live chunk data held.",
+            GAUGE,
+            vec![gauge(snapshot.used_bytes as f64, &[])],
+        ),
+        family(
+            "beeline_capacity_bytes",
+            "Bytes the node may store (capacity_bytes, or the data file system's size).",
+            GAUGE,
+            vec![gauge(sources.capacity_bytes as f64, &[])],
+        ),
+        family("beeline_stored_chunks", "Live chunks held.", GAUGE, vec![gauge(snapshot.chunks as f64, &[])]),
+        family(
+            "beeline_arena_frames",
+            "Frames in the buffer arena.",
+            GAUGE,
+            vec![gauge(f64::from(snapshot.arena_frames), &[])],
+        ),
+        family(
+            "beeline_arena_frames_in_use",
+            "Arena frames currently owned by rings, requests or replies.",
+            GAUGE,
+            vec![gauge(f64::from(snapshot.arena_frames.saturating_sub(snapshot.arena_frames_free)), &[])],
+        ),
+        family(
+            "beeline_puts_in_flight",
+            "Puts receiving fragments or awaiting durability.",
+            GAUGE,
+            vec![gauge(f64::from(snapshot.puts_in_flight), &[])],
+        ),
+        family(
+            "beeline_put_latency_seconds",
+            "From a put's first fragment to its durable acknowledgement.",
+            HISTOGRAM,
+            vec![histogram(&c.put_latency)],
+        ),
+        family(
+            "beeline_store_fsync_seconds",
+            "Duration of one group commit (fdatasync of a batch).",
+            HISTOGRAM,
+            vec![histogram(&sync)],
+        ),
+    ];
+    families.extend(backend_families(&snapshot.backend_counters));
+    if let Some(lease_up) = &sources.lease_up {
+        families.push(family(
+            "beeline_lease_up",
+            "1 while the node holds a current membership lease.",
+            GAUGE,
+            vec![gauge(f64::from(u8::from(lease_up.load(Ordering::Acquire))), &[])],
+        ));
+    }
+    families
+}
+
+/// Backend values that are levels, not counts.
+const BACKEND_GAUGES: [&str; 2] = ["dpdk_frames_owned", "dpdk_frames_pooled"];
+
+/// The packet-I/O backend's counters (`Snapshot::backend_counters`): the XDP classifier's
+/// verdicts as `beeline_xdp_{packets,bytes}_total{verdict}`, the AF_XDP bind mode as the
+/// gauge `beeline_afxdp_zero_copy` (1 zero-copy, 0 copy mode), DPDK's per-queue receive
+/// counts as `beeline_dpdk_rx_queue_packets_total{queue}`, its frame levels as gauges
+/// `beeline_dpdk_frames_{owned,pooled}`, every other one as `beeline_<name>_total`.
+fn backend_families(counters: &[(String, u64)]) -> Vec<MetricFamily> {
+    let mut xdp_packets = Vec::new();
+    let mut xdp_bytes = Vec::new();
+    let mut queue_packets = Vec::new();
+    let mut families = Vec::new();
+    for (name, value) in counters {
+        if let Some(queue) = name.strip_prefix("dpdk_rxq").and_then(|rest| rest.strip_suffix("_packets")) {
+            queue_packets.push(counter(*value, &[("queue", queue)]));
+        } else if BACKEND_GAUGES.contains(&name.as_str()) {
+            let help = "Arena frames DPDK holds (pool, RX and TX rings), and mbufs waiting in the pool.";
+            families.push(family(&format!("beeline_{name}"), help, MetricType::GAUGE, vec![gauge(*value as f64, &[])]));
+        } else if let Some(verdict) = name.strip_prefix("xdp_").and_then(|rest| rest.strip_suffix("_packets")) {
+            xdp_packets.push(counter(*value, &[("verdict", verdict)]));
+        } else if let Some(verdict) = name.strip_prefix("xdp_").and_then(|rest| rest.strip_suffix("_bytes")) {
+            xdp_bytes.push(counter(*value, &[("verdict", verdict)]));
+        } else if name == "afxdp_zero_copy" {
+            let help = "1 when the AF_XDP socket runs zero-copy, 0 when it runs in copy mode.";
+            families.push(family("beeline_afxdp_zero_copy", help, MetricType::GAUGE, vec![gauge(*value as f64, &[])]));
+        } else {
+            let help = "Counted by the node's packet-I/O backend (see `beeline node status`).";
+            families.push(family(
+                &format!("beeline_{name}_total"),
+                help,
+                MetricType::COUNTER,
+                vec![counter(*value, &[])],
+            ));
+        }
+    }
+    if !queue_packets.is_empty() {
+        let help = "Packets the DPDK port received, by RX queue (RSS spreads flows over them).";
+        families.push(family("beeline_dpdk_rx_queue_packets_total", help, MetricType::COUNTER, queue_packets));
+    }
+    // An empty family fails the whole text encoding, so each is added only with samples.
+    if !xdp_packets.is_empty() {
+        let help = "Packets the XDP classifier handled, by verdict (pass, redirect, drop_*).";
+        families.push(family("beeline_xdp_packets_total", help, MetricType::COUNTER, xdp_packets));
+    }
+    if !xdp_bytes.is_empty() {
+        let help = "Bytes of the packets the XDP classifier handled, by verdict.";
+        families.push(family("beeline_xdp_bytes_total", help, MetricType::COUNTER, xdp_bytes));
+    }
+    families
+}
+
+pub fn render(sources: &Sources) -> String {
+    let mut out = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed families.
+    let _ = TextEncoder::new().encode(&gather(sources), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Serves `GET /metrics` (and `GET /health`) until the task is dropped.
+pub async fn serve(listener: TcpListener, sources: Sources) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let mut request = [0u8; 2048];
+            // One read is enough for a scrape's request line; anything else gets 404.
+            let Ok(read) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request))
+                .await
+                .unwrap_or(Ok(0))
+            else {
+                return;
+            };
+            let line = std::str::from_utf8(&request[..read]).unwrap_or("").lines().next().unwrap_or("");
+            let (status, content_type, body) = if line.starts_with("GET /metrics") {
+                ("200 OK", "text/plain; version=0.0.4", render(&sources))
+            } else if line.starts_with("GET /health") {
+                ("200 OK", "text/plain", "ok\n".to_owned())
+            } else {
+                ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpdk_backend_values_become_queue_labelled_counters_and_gauges() {
+        let counters: Vec<(String, u64)> = vec![
+            ("dpdk_rxq0_packets".into(), 5),
+            ("dpdk_rxq1_packets".into(), 7),
+            ("dpdk_frames_owned".into(), 100),
+            ("dpdk_arp_replies".into(), 2),
+            ("xdp_redirect_packets".into(), 9),
+        ];
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&backend_families(&counters), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for expected in [
+            "beeline_dpdk_rx_queue_packets_total{queue=\"0\"} 5",
+            "beeline_dpdk_rx_queue_packets_total{queue=\"1\"} 7",
+            "# TYPE beeline_dpdk_frames_owned gauge",
+            "beeline_dpdk_frames_owned 100",
+            "beeline_dpdk_arp_replies_total 2",
+            "beeline_xdp_packets_total{verdict=\"redirect\"} 9",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! `beeline node run`: the storage node. The data plane runs on its own thread (a
+//! run-to-completion poll loop that backs off when idle); this module sets it up from the
+//! settings, answers control requests from it, and shuts it down gracefully: on a signal
+//! it stops taking requests, finishes every ack whose data is already on its way to disk,
+//! and exits.
+
+pub mod membership;
+pub mod metrics;
+pub mod snapshot;
+
+pub use snapshot::{SharedSnapshot, Snapshot};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use beeline_dataplane::arena::memory::{ArenaMemory, PageBacking, PagePolicy};
+use beeline_dataplane::counters::Counters;
+use beeline_dataplane::io::PacketIo;
+use beeline_dataplane::node::poll::{Backoff, PollLoop};
+use beeline_dataplane::node::{BACKGROUND_TICKET, ControlHandler, Node, NodeConfig, PutSlot};
+use beeline_dataplane::store::ChunkStore;
+use beeline_dataplane::store::disk::{DiskStore, DiskStoreConfig, SyncLatency};
+use beeline_dataplane::wire::Status;
+use tracing::{info, warn};
+
+use crate::backend::Backend;
+use crate::config::{HugepagePolicy, NodeSettings};
+use crate::control::{ControlRequest, ControlResponse, NodeStatus, validate_name};
+use crate::keyfile;
+use crate::metadata::{EmbeddedMetadata, Metadata};
+use crate::node::membership::{Identity, Membership};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyError),
+    #[error("cannot create data directory {path}: {source}; pass --data-dir with a writable directory")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Arena(String),
+    #[error("{0}")]
+    Socket(String),
+    #[error("{0}")]
+    Store(String),
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
+    #[error("the data plane thread failed: {0}")]
+    Thread(String),
+}
+
+/// Answers control requests from the embedded metadata store.
+struct NodeControl<M: Metadata> {
+    metadata: M,
+    snapshot: SharedSnapshot,
+    started: Instant,
+    listen: String,
+}
+
+fn encode(response: &ControlResponse, out: &mut [u8]) -> Result<usize, Status> {
+    postcard::to_slice(response, out).map(|written| written.len()).map_err(|_| Status::TooLarge)
+}
+
+impl<M: Metadata> NodeControl<M> {
+    fn delete_chunks<S: ChunkStore>(store: &mut S, record: &crate::control::FileRecord) {
+        for index in 0..record.chunk_count() {
+            // Failure here leaves an orphan chunk: space, not correctness.
+            if let Err(error) = store.delete(record.chunk_id(index), BACKGROUND_TICKET) {
+                warn!(file = %record.name, ?error, "could not delete a chunk of a replaced or removed file");
+            }
+        }
+    }
+
+    fn respond<S: ChunkStore>(
+        &mut self,
+        request: ControlRequest,
+        response_max: usize,
+        store: &mut S,
+    ) -> ControlResponse {
+        let failed = |error: crate::metadata::MetadataError| ControlResponse::Failed(error.to_string());
+        match request {
+            ControlRequest::CommitFile(record) => {
+                if let Err(reason) = validate_name(&record.name) {
+                    return ControlResponse::Failed(reason);
+                }
+                for index in 0..record.chunk_count() {
+                    if store.chunk_len(record.chunk_id(index)) != Some(record.chunk_len(index)) {
+                        return ControlResponse::Failed(format!(
+                            "chunk {index} of {} is not stored on this node; put the file again",
+                            record.name
+                        ));
+                    }
+                }
+                match self.metadata.put_file(&record) {
+                    Ok(replaced) => {
+                        if let Some(old) = &replaced {
+                            if old.file_id != record.file_id {
+                                Self::delete_chunks(store, old);
+                            }
+                        }
+                        ControlResponse::Committed { replaced }
+                    }
+                    Err(error) => failed(error),
+                }
+            }
+            ControlRequest::Lookup { name } => match self.metadata.get_file(&name) {
+                Ok(Some(record)) => ControlResponse::File(record),
+                Ok(None) => ControlResponse::NotFound,
+                Err(error) => failed(error),
+            },
+            ControlRequest::List { after, limit } => {
+                let limit = usize::from(limit.clamp(1, 256));
+                match self.metadata.list(after.as_deref(), limit) {
+                    Ok(mut files) => {
+                        // Keep only what fits one datagram; the client asks for the rest.
+                        let mut more = files.len() == limit;
+                        while !files.is_empty()
+                            && postcard::experimental::serialized_size(&ControlResponse::Listing {
+                                files: files.clone(),
+                                more: true,
+                            })
+                            .unwrap_or(usize::MAX)
+                                > response_max
+                        {
+                            files.pop();
+                            more = true;
+                        }
+                        ControlResponse::Listing { files, more }
+                    }
+                    Err(error) => failed(error),
+                }
+            }
+            ControlRequest::Remove { name } => match self.metadata.remove_file(&name) {
+                Ok(Some(record)) => {
+                    Self::delete_chunks(store, &record);
+                    ControlResponse::Removed(record)
+                }
+                Ok(None) => ControlResponse::NotFound,
+                Err(error) => failed(error),
+            },
+            ControlRequest::NodeStatus => {
+                let snapshot = self.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+                let mut counters = counter_pairs(&snapshot.counters);
+                counters.extend(snapshot.backend_counters.iter().cloned());
+                ControlResponse::Status(NodeStatus {
+                    node_version: env!("CARGO_PKG_VERSION").into(),
+                    backend: snapshot.backend.clone(),
+                    listen: self.listen.clone(),
+                    uptime_ms: self.started.elapsed().as_millis() as u64,
+                    files: self.metadata.file_count().unwrap_or(0),
+                    chunks: snapshot.chunks,
+                    used_bytes: store.used_bytes(),
+                    arena_frames: snapshot.arena_frames,
+                    arena_frames_free: snapshot.arena_frames_free,
+                    puts_in_flight: snapshot.puts_in_flight,
+                    page_backing: snapshot.page_backing,
+                    counters,
+                })
+            }
+        }
+    }
+}
+
+/// Every data-path counter with its name, for status output and metrics.
+pub fn counter_pairs(counters: &Counters) -> Vec<(String, u64)> {
+    let c = counters;
+    [
+        ("rx_packets", c.rx_packets),
+        ("tx_packets", c.tx_packets),
+        ("dropped_malformed", c.dropped_malformed),
+        ("dropped_bad_mac", c.dropped_bad_mac),
+        ("dropped_not_allowed", c.dropped_not_allowed),
+        ("dropped_unexpected", c.dropped_unexpected),
+        ("dropped_no_buffer", c.dropped_no_buffer),
+        ("rejected_busy", c.rejected_busy),
+        ("rejected_bad_request", c.rejected_bad_request),
+        ("rejected_not_found", c.rejected_not_found),
+        ("rejected_disk_full", c.rejected_disk_full),
+        ("rejected_internal", c.rejected_internal),
+        ("fragments_stored", c.fragments_stored),
+        ("fragments_duplicate", c.fragments_duplicate),
+        ("chunks_stored", c.chunks_stored),
+        ("bytes_stored", c.bytes_stored),
+        ("puts_abandoned", c.puts_abandoned),
+        ("fragments_served", c.fragments_served),
+        ("bytes_served", c.bytes_served),
+        ("gets", c.gets),
+        ("pings", c.pings),
+        ("control_requests", c.control_requests),
+        ("chunks_deleted", c.chunks_deleted),
+        ("data_bytes_copied", c.data_bytes_copied),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
+}
+
+impl<M: Metadata, S: ChunkStore> ControlHandler<S> for NodeControl<M> {
+    fn handle(
+        &mut self,
+        _peer: SocketAddr,
+        request: &[u8],
+        response: &mut [u8],
+        store: &mut S,
+    ) -> Result<usize, Status> {
+        let Ok(request) = postcard::from_bytes::<ControlRequest>(request) else {
+            return Err(Status::BadRequest);
+        };
+        let answer = self.respond(request, response.len(), store);
+        encode(&answer, response)
+    }
+}
+
+/// A running node: its address, and the way to stop it.
+pub struct NodeHandle {
+    pub local_addr: SocketAddr,
+    pub snapshot: SharedSnapshot,
+    pub sync_latency: SyncLatency,
+    pub backend: String,
+    pub capacity_bytes: u64,
+    membership: Option<Membership>,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl NodeHandle {
+    /// Asks the node to stop and waits until it has finished its in-flight acks.
+    pub fn stop(mut self) -> Result<(), NodeError> {
+        // Leave the cluster first, so clients stop choosing this node.
+        if let Some(membership) = self.membership.take() {
+            membership.stop();
+        }
+        self.shutdown.store(true, Ordering::Release);
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), NodeError> {
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| NodeError::Thread("panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        if let Some(membership) = self.membership.take() {
+            membership.stop();
+        }
+        self.shutdown.store(true, Ordering::Release);
+        let _ = self.join();
+    }
+}
+
+/// Starts a node; returns once it is serving (or failed to start).
+pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| NodeError::DataDir { path: settings.data_dir.clone(), source })?;
+    let (key, created) = keyfile::load_or_create(&settings.key_file)?;
+    if created {
+        info!(path = %settings.key_file.display(), "created a new cluster key; copy this file to every client and node of the cluster (see README)");
+    }
+    let node_id = crate::node::membership::node_id(&settings.data_dir)
+        .map_err(|source| NodeError::DataDir { path: settings.data_dir.clone(), source })?;
+    let capacity_bytes =
+        settings.capacity_bytes.or_else(|| crate::node::membership::filesystem_bytes(&settings.data_dir)).unwrap_or(0);
+    let (cluster, metrics_listen, backend) =
+        (settings.cluster.clone(), settings.metrics_listen, settings.backend.kind().name().to_owned());
+    let membership_key = key.clone();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let snapshot = SharedSnapshot::default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = {
+        let shutdown = shutdown.clone();
+        let snapshot = snapshot.clone();
+        std::thread::Builder::new()
+            .name("beeline-dataplane".into())
+            .spawn(move || data_plane_thread(settings, key, shutdown, snapshot, ready_tx))
+            .map_err(|error| NodeError::Thread(error.to_string()))?
+    };
+    match ready_rx.recv() {
+        Ok((local_addr, sync_latency)) => {
+            let mut node = NodeHandle {
+                local_addr,
+                snapshot,
+                sync_latency,
+                membership: None,
+                backend,
+                capacity_bytes,
+                shutdown,
+                thread: Some(thread),
+            };
+            if let Some(cluster) = cluster {
+                let identity = Identity {
+                    id: node_id,
+                    backend: node.backend.clone(),
+                    capacity_bytes,
+                    metrics_address: metrics_listen.map(|addr| addr.to_string()),
+                };
+                let membership =
+                    crate::node::membership::start(cluster, identity, membership_key, node.snapshot.clone())
+                        .map_err(|error| NodeError::Thread(error.to_string()))?;
+                node.membership = Some(membership);
+            }
+            Ok(node)
+        }
+        // The thread exits before signalling readiness only on a start-up error.
+        Err(_) => Err(thread
+            .join()
+            .map_err(|_| NodeError::Thread("panicked during start-up".into()))?
+            .err()
+            .unwrap_or_else(|| NodeError::Thread("exited during start-up".into()))),
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then stops it gracefully.
+pub async fn run(settings: NodeSettings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+    let listen = settings.listen;
+    let metrics_listen = settings.metrics_listen;
+    let node = tokio::task::spawn_blocking(move || start(settings))
+        .await
+        .map_err(|error| NodeError::Thread(error.to_string()))??;
+    info!(%listen, local = %node.local_addr, "node serving");
+    let metrics = match metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(|error| {
+                NodeError::Socket(format!("cannot serve metrics on {address}: {error}; pick another --metrics-listen"))
+            })?;
+            info!(%address, "serving Prometheus metrics at /metrics");
+            let sources = crate::node::metrics::Sources {
+                snapshot: node.snapshot.clone(),
+                lease_up: node.membership.as_ref().map(|membership| membership.lease_up.clone()),
+                sync_latency: node.sync_latency.clone(),
+                backend: node.backend.clone(),
+                capacity_bytes: node.capacity_bytes,
+            };
+            Some(tokio::spawn(crate::node::metrics::serve(listener, sources)))
+        }
+        None => None,
+    };
+    shutdown.await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    info!("shutting down: finishing in-flight acks");
+    tokio::task::spawn_blocking(move || node.stop()).await.map_err(|error| NodeError::Thread(error.to_string()))?
+}
+
+fn data_plane_thread(
+    settings: NodeSettings,
+    key: beeline_dataplane::wire::MacKey,
+    shutdown: Arc<AtomicBool>,
+    snapshot: SharedSnapshot,
+    ready: std::sync::mpsc::SyncSender<(SocketAddr, SyncLatency)>,
+) -> Result<(), NodeError> {
+    // A DPDK node's arena is its mbuf pool, built inside the EAL; every other backend's is
+    // an mmap. Declared before the poll loop so the port drops first, then the pool, then
+    // the EAL.
+    #[cfg(feature = "dpdk")]
+    let mut dpdk_runtime = if settings.backend.kind() == crate::config::BackendKind::Dpdk {
+        Some(
+            crate::backend::dpdk::DpdkRuntime::start(&settings)
+                .map_err(|error| NodeError::Socket(error.to_string()))?,
+        )
+    } else {
+        None
+    };
+    #[cfg(feature = "dpdk")]
+    let dpdk_layout = dpdk_runtime.as_ref().map(|runtime| runtime.layout());
+    #[cfg(not(feature = "dpdk"))]
+    let dpdk_layout: Option<crate::backend::DpdkLayout> = None;
+    let mut memory = None;
+    #[cfg(feature = "dpdk")]
+    let dpdk_arena = match dpdk_runtime.as_mut() {
+        Some(runtime) => Some(runtime.arena().map_err(|error| NodeError::Arena(error.to_string()))?),
+        None => None,
+    };
+    #[cfg(not(feature = "dpdk"))]
+    let dpdk_arena: Option<beeline_dataplane::arena::Arena<'_>> = None;
+    let (mut arena, page_backing) = match dpdk_arena {
+        Some(arena) => (arena, "dpdk-mempool"),
+        None => {
+            let policy = match settings.hugepages {
+                HugepagePolicy::Prefer => PagePolicy::PreferHuge,
+                HugepagePolicy::Require => PagePolicy::Huge,
+                HugepagePolicy::Off => PagePolicy::Normal,
+            };
+            let allocated = ArenaMemory::allocate(settings.arena_frames, settings.frame_bytes as usize, policy)
+                .map_err(|error| NodeError::Arena(error.to_string()))?;
+            if let Some(warning) = allocated.fallback_warning() {
+                warn!("{warning}");
+            }
+            let page_backing = match allocated.backing() {
+                PageBacking::Huge2M => "hugepages-2M",
+                PageBacking::Normal => "normal-4K",
+            };
+            (memory.insert(allocated).arena(), page_backing)
+        }
+    };
+    let (io, local_addr) =
+        Backend::open(&settings, dpdk_layout, &mut arena).map_err(|error| NodeError::Socket(error.to_string()))?;
+    let store_config = DiskStoreConfig {
+        segment_bytes: settings.segment_bytes,
+        capacity_bytes: settings.capacity_bytes,
+        max_chunk_bytes: settings.chunk_bytes_max,
+        max_puts_in_flight: settings.put_slots as usize,
+        ..DiskStoreConfig::default()
+    };
+    let store = DiskStore::open(&settings.data_dir.join("chunks"), store_config)
+        .map_err(|error| NodeError::Store(error.to_string()))?;
+    info!(report = ?store.recovery_report(), "chunk store open");
+    let metadata = EmbeddedMetadata::open(&settings.data_dir.join("metadata.redb"))?;
+    let control =
+        NodeControl { metadata, snapshot: snapshot.clone(), started: Instant::now(), listen: local_addr.to_string() };
+    let config = NodeConfig {
+        key,
+        allow: io.node_allowlist(&settings.allow),
+        chunk_bytes_max: settings.chunk_bytes_max,
+        window_fragments_max: settings.window_fragments,
+        put_idle_timeout_ms: settings.put_idle_timeout_ms,
+        fragment_bytes_cap: io.fragment_bytes_cap(),
+    };
+    let mut slots = vec![PutSlot::default(); settings.put_slots as usize];
+    let node = Node::new(config, store, control, &mut slots);
+    let mut poll = PollLoop::new(io, arena, node);
+    info!(frames = settings.arena_frames, frame_bytes = settings.frame_bytes, page_backing, "arena ready");
+    // Status asked for right after start-up already sees the backend and its counters.
+    publish(&snapshot, &poll, page_backing);
+    let _ = ready.send((local_addr, poll.node.store().sync_latency()));
+
+    let started = Instant::now();
+    let now_ms = || started.elapsed().as_millis() as u64;
+    // Idle waits grow to 20 ms: traffic wakes the backend's wait at once (ppoll on the
+    // socket), so the cap only bounds housekeeping delay, and keeps an idle node at ~50
+    // wake-ups per second instead of 1000.
+    let mut backoff = Backoff::new(20_000);
+    let mut last_publish_ms = 0;
+    let mut last_compaction_ms = 0;
+    let socket_error = |error| NodeError::Socket(format!("{error:?}"));
+    while !shutdown.load(Ordering::Acquire) {
+        let now = now_ms();
+        let turn = poll.run_once(now).map_err(socket_error)?;
+        if now >= last_publish_ms + 100 {
+            publish(&snapshot, &poll, page_backing);
+            last_publish_ms = now;
+        }
+        if !turn.idle() {
+            backoff.reset();
+            continue;
+        }
+        let wait_us = backoff.next_wait_us();
+        if wait_us == 0 {
+            continue;
+        }
+        // Reclaim space from deleted and replaced chunks while nothing else is going on.
+        if now >= last_compaction_ms + 1000 && poll.node.puts_in_flight() == 0 {
+            last_compaction_ms = now;
+            match poll.node.store_mut().maybe_compact() {
+                Ok(report) if report != Default::default() => info!(?report, "compacted the chunk store"),
+                Ok(_) => {}
+                Err(error) => warn!(%error, "compaction failed; it will be retried"),
+            }
+        }
+        if poll.node.store().pending_durable() > 0 {
+            // A group commit is in flight: come back soon to send its acks.
+            poll.node.store_mut().wait_durable(Duration::from_micros(u64::from(wait_us.min(200))));
+        } else {
+            poll.io.wait(wait_us);
+        }
+    }
+    // Graceful stop: no new requests; acknowledge everything already going to disk.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while poll.node.store().pending_durable() > 0 && Instant::now() < deadline {
+        poll.node.store_mut().wait_durable(Duration::from_millis(10));
+        poll.finish_acks().map_err(socket_error)?;
+    }
+    poll.finish_acks().map_err(socket_error)?;
+    publish(&snapshot, &poll, page_backing);
+    info!("node stopped");
+    Ok(())
+}
+
+fn publish<C: ControlHandler<DiskStore>>(
+    snapshot: &SharedSnapshot,
+    poll: &PollLoop<'_, '_, Backend, DiskStore, C>,
+    page_backing: &str,
+) {
+    let Ok(mut snapshot) = snapshot.lock() else { return };
+    snapshot.counters = *poll.node.counters();
+    snapshot.arena_frames = poll.arena.frame_count();
+    snapshot.arena_frames_free = poll.arena.free_frames() as u32;
+    snapshot.puts_in_flight = poll.node.puts_in_flight() as u32;
+    snapshot.used_bytes = poll.node.store().used_bytes();
+    snapshot.chunks = poll.node.store().chunk_count() as u64;
+    snapshot.page_backing = page_backing.to_owned();
+    snapshot.backend = poll.io.describe();
+    snapshot.backend_counters = poll.io.counters();
+}

@@ -1,0 +1,89 @@
+//! Several `beeline node run` processes released at one instant on one fresh key path:
+//! every one of them must come up with the same cluster key (the first session's
+//! `./ci/demo.sh` lost a node to `cannot write cluster key file …: File exists`).
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_beeline");
+const NODES: usize = 4;
+const ROUNDS: usize = 6;
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Spawns a node that first blocks reading its standard input, a pipe shared by every node
+/// of the round: closing the pipe's one write end releases them all at once (a barrier).
+fn spawn_held(dir: &Path, index: usize, port: u16, key: &Path, gate: &std::io::PipeReader) -> Child {
+    Command::new("sh")
+        .args(["-c", "read _ignored; exec \"$@\"", "held-node", BIN, "node", "run", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join(format!("data-{index}")))
+        .arg("--key-file")
+        .arg(key)
+        .args(["--arena-frames", "256", "--hugepages", "off"])
+        .stdin(Stdio::from(gate.try_clone().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh")
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+#[test]
+fn nodes_released_together_share_one_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..ROUNDS {
+        let round_dir = dir.path().join(format!("round-{round}"));
+        let key = round_dir.join("keys/cluster.key");
+        let (gate, release) = std::io::pipe().unwrap();
+        let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        let mut children: Vec<Child> =
+            ports.iter().enumerate().map(|(index, port)| spawn_held(&round_dir, index, *port, &key, &gate)).collect();
+        drop(gate);
+        drop(release); // every node reads end-of-file now, together
+
+        // Every node must answer a ping made with the one key on disk: a node that lost the
+        // race and failed would exit, and one holding another key would never answer.
+        for (index, port) in ports.iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = children[index].try_wait().unwrap() {
+                    let log = stderr_of(&mut children[index]);
+                    panic!("round {round}: node {index} exited with {status}: {log}");
+                }
+                let ping = Command::new(BIN)
+                    .args(["node", "ping", "--node", &format!("127.0.0.1:{port}"), "--key-file"])
+                    .arg(&key)
+                    .output()
+                    .unwrap();
+                if ping.status.success() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "round {round}: node {index} did not answer within 30 s");
+            }
+        }
+        let leftovers: Vec<_> =
+            std::fs::read_dir(key.parent().unwrap()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("cluster.key")], "round {round}: temporary files left");
+        for mut child in children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The packet-I/O boundary every backend implements (`sim`, `udp`, `afxdp`, `dpdk`), the
+//! backends themselves, and the L2–L4 framing the kernel-bypass backends write and parse.
+//!
+//! Backends move whole frames: a received datagram lands in an arena frame at
+//! [`HEADROOM_BYTES`](crate::arena::HEADROOM_BYTES) (or wherever the NIC put it, given by
+//! `offset`), and a datagram to send is a frame whose bytes `offset..offset + len` are the
+//! Beeline datagram. Lower-layer headers, if the backend needs them, go in the headroom.
+
+pub mod netstack;
+pub mod responder;
+pub mod sim;
+
+#[cfg(feature = "std")]
+pub mod peers;
+
+#[cfg(all(feature = "std", target_os = "linux"))]
+#[allow(unsafe_code)] // the AF_XDP socket, its ring mmaps and the shared ring indices
+pub mod afxdp;
+#[cfg(feature = "dpdk")]
+#[allow(unsafe_code)] // every DPDK call, and the mbuf <-> frame arithmetic
+pub mod dpdk;
+#[cfg(feature = "std")]
+#[allow(unsafe_code)] // socket syscalls (recvmmsg/sendmmsg, setsockopt)
+pub mod udp;
+
+use core::net::SocketAddr;
+
+use crate::arena::{Arena, FrameId};
+
+/// Replies queued between two flushes of the poll loop (the node's TX queue), which also
+/// bounds how many TX descriptors a kernel-bypass backend needs in flight.
+pub const TX_QUEUE_MAX: usize = 1024;
+
+/// Most packets moved in one `recv_batch`/`send_batch` call.
+pub const BATCH_MAX: usize = 64;
+
+/// A received datagram, owned by whoever holds it until its frame is freed or stored.
+#[derive(Debug)]
+pub struct RxPacket {
+    pub frame: FrameId,
+    /// Where the Beeline datagram starts inside the frame.
+    pub offset: u16,
+    /// Length of the Beeline datagram in bytes.
+    pub len: u16,
+    pub peer: SocketAddr,
+}
+
+/// A datagram to send. The backend returns the frame to the arena once the NIC or the
+/// kernel no longer needs it.
+#[derive(Debug)]
+pub struct TxPacket {
+    pub frame: FrameId,
+    pub offset: u16,
+    pub len: u16,
+    pub peer: SocketAddr,
+}
+
+pub type RxBatch = heapless::Vec<RxPacket, BATCH_MAX>;
+pub type TxBatch = heapless::Vec<TxPacket, BATCH_MAX>;
+
+/// Outcome of asking a backend to wait for traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    TimedOut,
+}
+
+/// A packet-I/O backend.
+pub trait PacketIo {
+    type Error: core::fmt::Debug;
+
+    /// Receives up to `out`'s spare capacity into frames taken from `arena`; returns how
+    /// many were appended. Stops early (without error) when the arena runs out of frames.
+    fn recv_batch(&mut self, arena: &mut Arena<'_>, out: &mut RxBatch) -> Result<usize, Self::Error>;
+
+    /// Sends every packet in `batch`, draining it. Frames of packets that could not be sent
+    /// are freed and counted by the backend; sending never blocks for long.
+    fn send_batch(&mut self, arena: &mut Arena<'_>, batch: &mut TxBatch) -> Result<(), Self::Error>;
+
+    /// Waits until a datagram may be ready or `timeout_us` passes. This is the idle
+    /// back-off of the poll loop; backends without a kernel to sleep in return at once.
+    fn wait(&mut self, timeout_us: u32) -> Readiness;
+
+    /// Packets the backend itself dropped (socket errors, oversized datagrams, ...).
+    fn dropped(&self) -> u64 {
+        0
+    }
+}

@@ -1,0 +1,1067 @@
+//! The kernel-socket backend: one non-blocking UDP socket (IPv4 or IPv6), moved in batches
+//! with `recvmmsg(2)` and `sendmmsg(2)`.
+//!
+//! The kernel copies each received datagram straight into an arena frame at
+//! [`HEADROOM_BYTES`] and reads each datagram to send straight out of its frame; Beeline
+//! copies nothing. The `mmsghdr`/`iovec`/`sockaddr_storage` arrays the system calls need
+//! are allocated once, at [`UdpIo::bind`], so the packet path never allocates.
+//!
+//! Peers that reach an IPv6 socket over IPv4 (`::ffff:a.b.c.d`) are reported as IPv4
+//! addresses, and IPv4 peers are sent to through their mapped IPv6 address, so the rest
+//! of Beeline sees one address per peer whichever socket family it listens on.
+
+use core::fmt;
+use core::mem;
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::boxed::Box;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::string::String;
+use std::vec;
+
+use libc::{c_int, c_uint, socklen_t};
+
+use crate::arena::{Arena, FrameId, HEADROOM_BYTES};
+use crate::io::{BATCH_MAX, PacketIo, Readiness, RxBatch, RxPacket, TxBatch};
+
+/// Default size asked for the socket's receive and send buffers.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Largest UDP payload over IPv4 (65535 - 20 byte IP header - 8 byte UDP header).
+pub const UDP_PAYLOAD_MAX: usize = 65_507;
+
+/// How many times `send_batch` waits for the socket to drain before dropping the rest.
+const SEND_STALLS_MAX: u32 = 4;
+/// How long each of those waits may take, in milliseconds.
+const SEND_STALL_POLL_MS: c_int = 1;
+
+/// Socket settings for [`UdpIo::bind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// Receive buffer asked for with `SO_RCVBUF` (`SO_RCVBUFFORCE` when the process has
+    /// CAP_NET_ADMIN, which lifts the `net.core.rmem_max` cap). 0 keeps the kernel default.
+    pub recv_buffer_bytes: usize,
+    /// Send buffer asked for with `SO_SNDBUF` (`SO_SNDBUFFORCE` with CAP_NET_ADMIN).
+    /// 0 keeps the kernel default.
+    pub send_buffer_bytes: usize,
+    /// Largest datagram received or sent. Longer datagrams are dropped and counted. The
+    /// receive limit is also capped by the frame: `frame_size - HEADROOM_BYTES`.
+    pub datagram_bytes_max: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        Self {
+            recv_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+            send_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+            datagram_bytes_max: UDP_PAYLOAD_MAX,
+        }
+    }
+}
+
+/// What the backend has counted since it was bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams dropped on receive because they did not fit the frame (or were longer
+    /// than `datagram_bytes_max`).
+    pub recv_truncated: u64,
+    /// Datagrams dropped on receive because the kernel gave no usable sender address.
+    pub recv_bad_peer: u64,
+    /// Packets handed to `send_batch` that were not sent: refused by the kernel, still
+    /// unsent when the socket stayed full, addressed to the wrong family or malformed.
+    pub send_failed: u64,
+    /// `recvmmsg` calls made.
+    pub syscalls_recv: u64,
+    /// `sendmmsg` calls made.
+    pub syscalls_send: u64,
+}
+
+/// Why the UDP backend could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpIoError {
+    #[error(
+        "cannot listen on {addr}: another node (or another program) is already listening \
+         there; stop it or pick a different address with --listen"
+    )]
+    AddrInUse { addr: SocketAddr },
+    #[error(
+        "not allowed to listen on {addr} ({os_error}): ports below 1024 need root or \
+         CAP_NET_BIND_SERVICE; pick a port of 1024 or above with --listen, or grant the \
+         capability (`setcap cap_net_bind_service=+ep` on the binary)"
+    )]
+    PermissionDenied { addr: SocketAddr, os_error: io::Error },
+    #[error(
+        "cannot listen on {addr}: that address belongs to no interface of this host; pick \
+         one of its addresses (or 0.0.0.0 / [::] for all of them) with --listen"
+    )]
+    AddrNotAvailable { addr: SocketAddr },
+    #[error(
+        "cannot open an {family} UDP socket ({os_error}): {family} is not enabled on this \
+         host; enable it or pick an address of the other family with --listen"
+    )]
+    FamilyUnsupported { family: &'static str, os_error: io::Error },
+    #[error("invalid UDP configuration: {0}")]
+    InvalidConfig(&'static str),
+    #[error("setting up the UDP socket for {addr} failed in {op}: {os_error}")]
+    Setup { op: &'static str, addr: SocketAddr, os_error: io::Error },
+    #[error("receiving from the UDP socket failed: {0}")]
+    Recv(io::Error),
+    #[error("sending on the UDP socket failed: {0}; the socket is unusable, restart the node")]
+    Send(io::Error),
+}
+
+/// The header, buffer-descriptor and address arrays of one direction, allocated once.
+struct MsgArrays {
+    hdrs: Box<[libc::mmsghdr]>,
+    iovs: Box<[libc::iovec]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+}
+
+impl MsgArrays {
+    fn new() -> Self {
+        // SAFETY: `mmsghdr`, `iovec` and `sockaddr_storage` are plain C structs of integers
+        // and raw pointers, for which all-zero bytes is a valid value (null pointers, zero
+        // lengths, AF_UNSPEC).
+        let (hdr, iov, addr) = unsafe {
+            (mem::zeroed::<libc::mmsghdr>(), mem::zeroed::<libc::iovec>(), mem::zeroed::<libc::sockaddr_storage>())
+        };
+        Self {
+            hdrs: vec![hdr; BATCH_MAX].into_boxed_slice(),
+            iovs: vec![iov; BATCH_MAX].into_boxed_slice(),
+            addrs: vec![addr; BATCH_MAX].into_boxed_slice(),
+        }
+    }
+
+    /// Points header `i` at `iovs[i]` and `addrs[i]` for the first `count` entries. The
+    /// iovecs must already be filled in; `name_len` sets every header's address length
+    /// (receive), `None` keeps the lengths already written (send).
+    fn link(&mut self, count: usize, name_len: Option<socklen_t>) {
+        // One base pointer per array, taken after the arrays were last written through
+        // references, so the pointers stay valid until the system call.
+        let iovs = self.iovs.as_mut_ptr();
+        let addrs = self.addrs.as_mut_ptr();
+        for (i, hdr) in self.hdrs[..count].iter_mut().enumerate() {
+            let msg = &mut hdr.msg_hdr;
+            msg.msg_name = addrs.wrapping_add(i).cast();
+            if let Some(len) = name_len {
+                msg.msg_namelen = len;
+            }
+            msg.msg_iov = iovs.wrapping_add(i);
+            msg.msg_iovlen = 1;
+            msg.msg_control = core::ptr::null_mut();
+            msg.msg_controllen = 0;
+            msg.msg_flags = 0;
+            hdr.msg_len = 0;
+        }
+    }
+}
+
+/// A UDP socket moving datagrams between the network and arena frames.
+pub struct UdpIo {
+    fd: OwnedFd,
+    local: SocketAddr,
+    ipv6: bool,
+    datagram_bytes_max: usize,
+    recv_buffer_bytes: usize,
+    send_buffer_bytes: usize,
+    buffer_warning: Option<String>,
+    counters: UdpCounters,
+    rx: MsgArrays,
+    tx: MsgArrays,
+}
+
+// SAFETY: the only non-`Send` parts are the raw pointers inside the `mmsghdr`/`iovec`
+// arrays. They point into this value's own boxed arrays or into the arena lent to the
+// current call, are rewritten before every system call and are never dereferenced by Rust
+// code, so moving the backend to another thread cannot create shared access to anything.
+unsafe impl Send for UdpIo {}
+
+impl UdpIo {
+    /// Opens a non-blocking UDP socket bound to `addr` (port 0 picks a free port).
+    pub fn bind(addr: SocketAddr, config: UdpConfig) -> Result<UdpIo, UdpIoError> {
+        if config.datagram_bytes_max == 0 {
+            return Err(UdpIoError::InvalidConfig("datagram_bytes_max must be at least 1 byte"));
+        }
+        let ipv6 = addr.is_ipv6();
+        let (domain, family) = if ipv6 { (libc::AF_INET6, "IPv6") } else { (libc::AF_INET, "IPv4") };
+        let setup = |op: &'static str, os_error: io::Error| UdpIoError::Setup { op, addr, os_error };
+
+        // SAFETY: socket(2) takes no pointers; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::IPPROTO_UDP)
+        };
+        if raw < 0 {
+            let os_error = io::Error::last_os_error();
+            return Err(match os_error.raw_os_error() {
+                Some(libc::EAFNOSUPPORT) => UdpIoError::FamilyUnsupported { family, os_error },
+                Some(libc::EACCES | libc::EPERM) => UdpIoError::PermissionDenied { addr, os_error },
+                _ => setup("socket", os_error),
+            });
+        }
+        // SAFETY: `raw` is a freshly created descriptor that nothing else owns; the
+        // `OwnedFd` becomes its only owner and closes it on drop.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        if config.recv_buffer_bytes > 0 {
+            set_buffer(&fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, config.recv_buffer_bytes)
+                .map_err(|e| setup("setsockopt(SO_RCVBUF)", e))?;
+        }
+        if config.send_buffer_bytes > 0 {
+            set_buffer(&fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, config.send_buffer_bytes)
+                .map_err(|e| setup("setsockopt(SO_SNDBUF)", e))?;
+        }
+        let recv_buffer_bytes = get_int_option(&fd, libc::SO_RCVBUF).map_err(|e| setup("getsockopt(SO_RCVBUF)", e))?;
+        let send_buffer_bytes = get_int_option(&fd, libc::SO_SNDBUF).map_err(|e| setup("getsockopt(SO_SNDBUF)", e))?;
+        let buffer_warning = buffer_warning(&config, recv_buffer_bytes, send_buffer_bytes);
+
+        // SAFETY: all-zero bytes is a valid `sockaddr_storage` (AF_UNSPEC).
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let Some(len) = write_sockaddr(addr, ipv6, &mut storage) else {
+            unreachable!("the socket family follows the bind address");
+        };
+        // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the socket's family
+        // and lives across the call; bind(2) only reads it.
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) };
+        if rc < 0 {
+            let os_error = io::Error::last_os_error();
+            return Err(match os_error.raw_os_error() {
+                Some(libc::EADDRINUSE) => UdpIoError::AddrInUse { addr },
+                Some(libc::EACCES | libc::EPERM) => UdpIoError::PermissionDenied { addr, os_error },
+                Some(libc::EADDRNOTAVAIL) => UdpIoError::AddrNotAvailable { addr },
+                Some(libc::EAFNOSUPPORT) => UdpIoError::FamilyUnsupported { family, os_error },
+                _ => setup("bind", os_error),
+            });
+        }
+
+        // SAFETY: as above, zero is a valid `sockaddr_storage`.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+        // SAFETY: `storage` is writable for `len` bytes and `len` is a valid in/out length;
+        // the kernel writes at most `len` bytes and updates `len`.
+        let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut storage).cast(), &mut len) };
+        if rc < 0 {
+            return Err(setup("getsockname", io::Error::last_os_error()));
+        }
+        let local = read_sockaddr(&storage, len, false)
+            .ok_or_else(|| setup("getsockname", io::Error::other("unexpected address family")))?;
+
+        Ok(UdpIo {
+            fd,
+            local,
+            ipv6,
+            datagram_bytes_max: config.datagram_bytes_max,
+            recv_buffer_bytes,
+            send_buffer_bytes,
+            buffer_warning,
+            counters: UdpCounters::default(),
+            rx: MsgArrays::new(),
+            tx: MsgArrays::new(),
+        })
+    }
+
+    /// The address the socket is bound to (with the port the kernel picked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Everything counted since `bind`.
+    pub fn counters(&self) -> UdpCounters {
+        self.counters
+    }
+
+    /// The receive buffer the kernel granted, as it reports it (twice the usable payload
+    /// room; the other half covers its bookkeeping).
+    pub fn recv_buffer_bytes(&self) -> usize {
+        self.recv_buffer_bytes
+    }
+
+    /// The send buffer the kernel granted, as it reports it.
+    pub fn send_buffer_bytes(&self) -> usize {
+        self.send_buffer_bytes
+    }
+
+    /// Set when the kernel capped the socket buffers below what [`UdpConfig`] asked for:
+    /// a message for the operator saying how to lift the cap.
+    pub fn buffer_warning(&self) -> Option<&str> {
+        self.buffer_warning.as_deref()
+    }
+
+    /// Longest datagram a frame of `frame_size` bytes can receive.
+    fn rx_payload_max(&self, frame_size: usize) -> usize {
+        (frame_size - HEADROOM_BYTES).min(self.datagram_bytes_max).min(usize::from(u16::MAX))
+    }
+}
+
+impl AsFd for UdpIo {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl fmt::Debug for UdpIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UdpIo")
+            .field("fd", &self.fd)
+            .field("local", &self.local)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PacketIo for UdpIo {
+    type Error = UdpIoError;
+
+    fn recv_batch(&mut self, arena: &mut Arena<'_>, out: &mut RxBatch) -> Result<usize, UdpIoError> {
+        let want = out.capacity() - out.len();
+        let mut frames: heapless::Vec<FrameId, BATCH_MAX> = heapless::Vec::new();
+        while frames.len() < want {
+            let Some(frame) = arena.alloc() else { break };
+            if let Err(frame) = frames.push(frame) {
+                arena.free(frame);
+                break;
+            }
+        }
+        if frames.is_empty() {
+            return Ok(0);
+        }
+
+        let payload_max = self.rx_payload_max(arena.frame_size());
+        let region = arena.region_ptr();
+        for (iov, frame) in self.rx.iovs.iter_mut().zip(&frames) {
+            // In bounds: the frame lies inside the region and HEADROOM_BYTES + payload_max
+            // <= frame_size.
+            let start = arena.offset_of(frame) as usize + HEADROOM_BYTES;
+            iov.iov_base = region.wrapping_add(start).cast();
+            iov.iov_len = payload_max;
+        }
+        self.rx.link(frames.len(), Some(mem::size_of::<libc::sockaddr_storage>() as socklen_t));
+
+        // SAFETY: the first `frames.len()` headers each point at one iovec and one
+        // `sockaddr_storage` of `self.rx` (with `msg_namelen` its full size), and each iovec
+        // at `payload_max` bytes inside a distinct frame this call allocated from `arena`,
+        // which stays mutably borrowed (so unaliased) for the whole call. The kernel writes
+        // only within those buffers and the headers. MSG_DONTWAIT keeps it from blocking
+        // and the null timeout is allowed.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                self.rx.hdrs.as_mut_ptr(),
+                frames.len() as c_uint,
+                libc::MSG_DONTWAIT as _,
+                core::ptr::null_mut(),
+            )
+        };
+        self.counters.syscalls_recv += 1;
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            for frame in frames {
+                arena.free(frame);
+            }
+            return match error.raw_os_error() {
+                // EAGAIN == EWOULDBLOCK on Linux.
+                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+                _ => Err(UdpIoError::Recv(error)),
+            };
+        }
+
+        let received = rc as usize;
+        let mut appended = 0;
+        for (i, frame) in frames.into_iter().enumerate() {
+            if i >= received {
+                arena.free(frame);
+                continue;
+            }
+            let hdr = &self.rx.hdrs[i];
+            if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                self.counters.recv_truncated += 1;
+                arena.free(frame);
+                continue;
+            }
+            let Some(peer) = read_sockaddr(&self.rx.addrs[i], hdr.msg_hdr.msg_namelen, self.ipv6) else {
+                self.counters.recv_bad_peer += 1;
+                arena.free(frame);
+                continue;
+            };
+            // Not truncated, so the length is at most `payload_max`, which fits a u16.
+            let len = hdr.msg_len.min(payload_max as c_uint) as u16;
+            let packet = RxPacket { frame, offset: HEADROOM_BYTES as u16, len, peer };
+            match out.push(packet) {
+                Ok(()) => appended += 1,
+                // Cannot happen: no more frames were taken than `out` had room for.
+                Err(packet) => arena.free(packet.frame),
+            }
+        }
+        Ok(appended)
+    }
+
+    fn send_batch(&mut self, arena: &mut Arena<'_>, batch: &mut TxBatch) -> Result<(), UdpIoError> {
+        let frame_size = arena.frame_size();
+        let region = arena.region_ptr();
+        let mut frames: heapless::Vec<FrameId, BATCH_MAX> = heapless::Vec::new();
+        let mut failed = 0u64;
+
+        for packet in batch.drain(..) {
+            let (start, len) = (usize::from(packet.offset), usize::from(packet.len));
+            let slot = frames.len();
+            let name_len = if start + len > frame_size || len > self.datagram_bytes_max {
+                None
+            } else {
+                write_sockaddr(packet.peer, self.ipv6, &mut self.tx.addrs[slot])
+            };
+            let Some(name_len) = name_len else {
+                failed += 1;
+                arena.free(packet.frame);
+                continue;
+            };
+            // In bounds: the frame lies inside the region and start + len <= frame_size.
+            let base = region.wrapping_add(arena.offset_of(&packet.frame) as usize + start);
+            self.tx.iovs[slot] = libc::iovec { iov_base: base.cast(), iov_len: len };
+            self.tx.hdrs[slot].msg_hdr.msg_namelen = name_len;
+            if let Err(frame) = frames.push(packet.frame) {
+                // Cannot happen: a TxBatch holds at most BATCH_MAX packets.
+                failed += 1;
+                arena.free(frame);
+            }
+        }
+        let count = frames.len();
+        self.tx.link(count, None);
+
+        let mut next = 0;
+        let mut stalls = 0;
+        let mut fatal = None;
+        while next < count {
+            // SAFETY: headers `next..count` each point at one iovec and one sockaddr of
+            // `self.tx` holding a valid address of `msg_namelen` bytes, and each iovec at
+            // `len` bytes inside a frame of `arena` (checked `start + len <= frame_size`
+            // above), which stays borrowed for the whole call. The kernel only reads the
+            // buffers and writes `msg_len`. MSG_DONTWAIT keeps it from blocking.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    self.tx.hdrs.as_mut_ptr().wrapping_add(next),
+                    (count - next) as c_uint,
+                    libc::MSG_DONTWAIT as _,
+                )
+            };
+            self.counters.syscalls_send += 1;
+            if rc > 0 {
+                next += rc as usize;
+                continue;
+            }
+            // rc == 0 (nothing sent, no error; not expected with count > next) is treated
+            // like a full socket, without reading a stale errno.
+            let error = (rc < 0).then(io::Error::last_os_error);
+            match error.as_ref().and_then(io::Error::raw_os_error) {
+                // Interrupted before anything was sent: try again (still bounded).
+                Some(libc::EINTR) => {
+                    stalls += 1;
+                    if stalls > SEND_STALLS_MAX {
+                        break;
+                    }
+                }
+                // The socket buffer (or the device queue) is full: wait briefly for room.
+                Some(libc::EAGAIN | libc::ENOBUFS) | None => {
+                    stalls += 1;
+                    if stalls > SEND_STALLS_MAX {
+                        break;
+                    }
+                    poll_fd(&self.fd, libc::POLLOUT, SEND_STALL_POLL_MS);
+                }
+                // The socket itself is broken: nothing more can be sent.
+                Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => {
+                    fatal = error;
+                    break;
+                }
+                // The kernel refused message `next` (unreachable destination, too large,
+                // filtered, ...): drop it and go on with the rest.
+                Some(_) => {
+                    failed += 1;
+                    next += 1;
+                }
+            }
+        }
+        failed += (count - next) as u64;
+        self.counters.send_failed += failed;
+        // The kernel copied everything it accepted; every frame goes back.
+        for frame in frames {
+            arena.free(frame);
+        }
+        match fatal {
+            Some(error) => Err(UdpIoError::Send(error)),
+            None => Ok(()),
+        }
+    }
+
+    fn wait(&mut self, timeout_us: u32) -> Readiness {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let timeout = libc::timespec {
+            tv_sec: (timeout_us / 1_000_000) as libc::time_t,
+            tv_nsec: ((timeout_us % 1_000_000) * 1000) as libc::c_long,
+        };
+        // SAFETY: `pfd` is one valid, writable pollfd and `timeout` a valid timespec, both
+        // alive across the call; a null signal mask leaves the mask unchanged.
+        let rc = unsafe { libc::ppoll(&mut pfd, 1, &timeout, core::ptr::null()) };
+        // rc < 0 is EINTR (or a transient ENOMEM): report Ready so the loop polls the
+        // socket, where a real error surfaces.
+        if rc == 0 { Readiness::TimedOut } else { Readiness::Ready }
+    }
+
+    fn dropped(&self) -> u64 {
+        let c = &self.counters;
+        c.recv_truncated + c.recv_bad_peer + c.send_failed
+    }
+}
+
+/// The operator message for socket buffers the kernel granted smaller than asked for.
+/// The kernel reports twice the size it was given (the other half covers its
+/// bookkeeping), so a grant below twice the request means `net.core.{r,w}mem_max` capped it.
+fn buffer_warning(config: &UdpConfig, recv_granted: usize, send_granted: usize) -> Option<String> {
+    let capped = |asked: usize, granted: usize| {
+        let asked = asked.min(c_int::MAX as usize / 2);
+        asked > 0 && granted < asked * 2
+    };
+    let mut sysctls = std::vec::Vec::new();
+    let mut what = std::vec::Vec::new();
+    if capped(config.recv_buffer_bytes, recv_granted) {
+        what.push(std::format!("receive {} of {}", recv_granted / 2, config.recv_buffer_bytes));
+        sysctls.push(std::format!("net.core.rmem_max={}", config.recv_buffer_bytes));
+    }
+    if capped(config.send_buffer_bytes, send_granted) {
+        what.push(std::format!("send {} of {}", send_granted / 2, config.send_buffer_bytes));
+        sysctls.push(std::format!("net.core.wmem_max={}", config.send_buffer_bytes));
+    }
+    if what.is_empty() {
+        return None;
+    }
+    Some(std::format!(
+        "the kernel capped the UDP socket buffers (bytes granted of bytes asked: {}), so \
+         bursts may be dropped; run with CAP_NET_ADMIN or raise the caps with `sysctl -w {}`",
+        what.join(", "),
+        sysctls.join(" ")
+    ))
+}
+
+/// Sets a socket buffer size, with the `*FORCE` option (which ignores the sysctl cap)
+/// when the process is allowed to, the plain one otherwise.
+fn set_buffer(fd: &OwnedFd, force: c_int, plain: c_int, bytes: usize) -> io::Result<()> {
+    let value = c_int::try_from(bytes).unwrap_or(c_int::MAX / 2);
+    match set_int_option(fd, force, value) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => set_int_option(fd, plain, value),
+        other => other,
+    }
+}
+
+fn set_int_option(fd: &OwnedFd, option: c_int, value: c_int) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and the length passed is exactly its size;
+    // setsockopt(2) only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const value).cast(),
+            mem::size_of::<c_int>() as socklen_t,
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn get_int_option(fd: &OwnedFd, option: c_int) -> io::Result<usize> {
+    let mut value: c_int = 0;
+    let mut len = mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: `value` is a writable c_int and `len` its size; getsockopt(2) writes at most
+    // `len` bytes into it and updates `len`.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, (&raw mut value).cast(), &mut len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(value).unwrap_or(0))
+}
+
+/// Waits up to `timeout_ms` for `events` on `fd`; errors and timeouts are both just "go on".
+fn poll_fd(fd: &OwnedFd, events: libc::c_short, timeout_ms: c_int) {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+    // SAFETY: `pfd` is one valid, writable pollfd alive across the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+}
+
+// `sockaddr_storage` can hold, suitably aligned, either address form read or written here.
+const _: () = {
+    use libc::{sockaddr_in, sockaddr_in6, sockaddr_storage};
+    assert!(mem::size_of::<sockaddr_in>() <= mem::size_of::<sockaddr_storage>());
+    assert!(mem::align_of::<sockaddr_in>() <= mem::align_of::<sockaddr_storage>());
+    assert!(mem::size_of::<sockaddr_in6>() <= mem::size_of::<sockaddr_storage>());
+    assert!(mem::align_of::<sockaddr_in6>() <= mem::align_of::<sockaddr_storage>());
+};
+
+/// Writes `addr` into `storage` in the form a socket of the given family takes, returning
+/// its length: an IPv4 address on an IPv6 socket becomes its mapped form `::ffff:a.b.c.d`.
+/// `None` for an IPv6 address on an IPv4 socket.
+fn write_sockaddr(addr: SocketAddr, ipv6_socket: bool, storage: &mut libc::sockaddr_storage) -> Option<socklen_t> {
+    let v6 = match (addr, ipv6_socket) {
+        (SocketAddr::V4(v4), false) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `storage` is a valid, exclusive `sockaddr_storage`, at least as large
+            // and as aligned as `sockaddr_in` (checked at compile time above this function),
+            // so the cast pointer is valid for one write; `sockaddr_in` has no padding, so
+            // every byte of `storage` stays initialised.
+            unsafe { core::ptr::write((storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(), sin) };
+            return Some(mem::size_of::<libc::sockaddr_in>() as socklen_t);
+        }
+        (SocketAddr::V6(_), false) => return None,
+        (SocketAddr::V4(v4), true) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
+        (SocketAddr::V6(v6), true) => v6,
+    };
+    let sin6 = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: v6.port().to_be(),
+        sin6_flowinfo: v6.flowinfo(),
+        sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+        sin6_scope_id: v6.scope_id(),
+    };
+    // SAFETY: as for `sockaddr_in` above: `storage` is exclusive, large and aligned enough
+    // (checked at compile time above this function) and `sockaddr_in6` has no padding.
+    unsafe { core::ptr::write((storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>(), sin6) };
+    Some(mem::size_of::<libc::sockaddr_in6>() as socklen_t)
+}
+
+/// Reads the address of `len` bytes in `storage`. With `canonical`, an IPv4-mapped IPv6
+/// address (`::ffff:a.b.c.d`) comes back as the IPv4 address. `None` for another family
+/// or a length too short for the family.
+fn read_sockaddr(storage: &libc::sockaddr_storage, len: socklen_t, canonical: bool) -> Option<SocketAddr> {
+    let len = len as usize;
+    match c_int::from(storage.ss_family) {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: `storage` is an initialised `sockaddr_storage`, at least as large and
+            // as aligned as `sockaddr_in` (checked at compile time above `write_sockaddr`),
+            // and any bytes are a valid `sockaddr_in` (integers only); the read copies them.
+            let sin =
+                unsafe { core::ptr::read((storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for `sockaddr_in6` (integers and a byte array only).
+            let sin6 =
+                unsafe { core::ptr::read((storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            match ip.to_ipv4_mapped() {
+                Some(v4) if canonical => Some(SocketAddr::V4(SocketAddrV4::new(v4, port))),
+                _ => Some(SocketAddr::V6(SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id))),
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arena::memory::{ArenaMemory, PagePolicy};
+    use crate::io::TxPacket;
+    use std::eprintln;
+    use std::vec::Vec;
+
+    /// Upper bound on wait/recv rounds before a test gives up.
+    const ROUNDS_MAX: usize = 1000;
+    const WAIT_US: u32 = 100_000;
+
+    fn memory(frames: u32, frame_size: usize) -> ArenaMemory {
+        ArenaMemory::allocate(frames, frame_size, PagePolicy::Normal).unwrap()
+    }
+
+    fn pattern(seq: usize, i: usize) -> u8 {
+        (seq.wrapping_mul(31) ^ i.wrapping_mul(7) ^ (i >> 8)) as u8
+    }
+
+    /// Fills a frame with datagram `seq` of `len` bytes at `offset` and queues it for `peer`.
+    fn queue(arena: &mut Arena<'_>, batch: &mut TxBatch, seq: usize, offset: usize, len: usize, peer: SocketAddr) {
+        let frame = arena.alloc().expect("sender arena has room");
+        let bytes = &mut arena.frame_mut(&frame)[offset..offset + len];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = pattern(seq, i);
+        }
+        if len >= 2 {
+            bytes[..2].copy_from_slice(&(seq as u16).to_be_bytes());
+        }
+        batch.push(TxPacket { frame, offset: offset as u16, len: len as u16, peer }).unwrap();
+    }
+
+    fn check(arena: &Arena<'_>, packet: &RxPacket, seq: usize, len: usize) {
+        assert_eq!(usize::from(packet.offset), HEADROOM_BYTES);
+        assert_eq!(usize::from(packet.len), len, "datagram {seq}");
+        let start = usize::from(packet.offset);
+        let bytes = &arena.frame(&packet.frame)[start..start + len];
+        assert_eq!(&bytes[..2], &(seq as u16).to_be_bytes());
+        for (i, byte) in bytes.iter().enumerate().skip(2) {
+            assert_eq!(*byte, pattern(seq, i), "datagram {seq} byte {i}");
+        }
+    }
+
+    /// Receives until `count` datagrams arrived, passing each to `each` and freeing it.
+    fn receive(io: &mut UdpIo, arena: &mut Arena<'_>, count: usize, mut each: impl FnMut(&Arena<'_>, &RxPacket)) {
+        let mut got = 0;
+        let mut out = RxBatch::new();
+        for _ in 0..ROUNDS_MAX {
+            if got == count {
+                break;
+            }
+            if io.wait(WAIT_US) == Readiness::TimedOut {
+                continue;
+            }
+            let n = io.recv_batch(arena, &mut out).unwrap();
+            assert_eq!(n, out.len());
+            for packet in out.drain(..) {
+                each(arena, &packet);
+                arena.free(packet.frame);
+                got += 1;
+            }
+        }
+        assert_eq!(got, count, "datagrams received");
+    }
+
+    /// Sends 64 datagrams of varied sizes and offsets from `a` to `b` and checks them.
+    fn exchange(a: &mut UdpIo, b: &mut UdpIo) {
+        let mut mem_a = memory(128, 2048);
+        let mut mem_b = memory(128, 2048);
+        let mut arena_a = mem_a.arena();
+        let mut arena_b = mem_b.arena();
+        let payload_max = 2048 - HEADROOM_BYTES;
+        let sizes: Vec<usize> = (0..BATCH_MAX)
+            .map(|seq| match seq {
+                0 => 2,
+                1 => payload_max,
+                _ => 2 + (seq * 211) % (payload_max - 1),
+            })
+            .collect();
+        let mut batch = TxBatch::new();
+        for (seq, &len) in sizes.iter().enumerate() {
+            // Some datagrams start elsewhere in the frame: the backend sends frame[offset..].
+            let offset = if seq % 3 == 0 && len <= 2048 - 300 { 300 } else { HEADROOM_BYTES };
+            queue(&mut arena_a, &mut batch, seq, offset, len, b.local_addr());
+        }
+        a.send_batch(&mut arena_a, &mut batch).unwrap();
+        assert!(batch.is_empty(), "send_batch drains the batch");
+        assert_eq!(arena_a.free_frames(), 128, "every sent frame went back to the arena");
+        assert_eq!(a.counters().send_failed, 0);
+        assert_eq!(a.dropped(), 0);
+        assert!(a.counters().syscalls_send >= 1);
+
+        let mut next = 0;
+        let from = a.local_addr();
+        receive(b, &mut arena_b, BATCH_MAX, |arena, packet| {
+            assert_eq!(packet.peer, from);
+            check(arena, packet, next, sizes[next]);
+            next += 1;
+        });
+        assert_eq!(arena_b.free_frames(), 128);
+        assert_eq!(b.dropped(), 0);
+        assert!(b.counters().syscalls_recv >= 1);
+    }
+
+    fn loopback_v4() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    #[test]
+    fn ipv4_batch_of_64_varied_datagrams_arrives_intact() {
+        let mut a = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        let mut b = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        assert!(b.local_addr().port() != 0);
+        assert!(b.recv_buffer_bytes() > 0 && b.send_buffer_bytes() > 0);
+        exchange(&mut a, &mut b);
+        exchange(&mut b, &mut a);
+    }
+
+    #[test]
+    fn ipv6_loopback_exchange() {
+        let addr: SocketAddr = "[::1]:0".parse().unwrap();
+        let mut a = match UdpIo::bind(addr, UdpConfig::default()) {
+            Ok(io) => io,
+            Err(e @ (UdpIoError::FamilyUnsupported { .. } | UdpIoError::AddrNotAvailable { .. })) => {
+                eprintln!("skipping the IPv6 test: IPv6 loopback is unavailable here: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let mut b = UdpIo::bind(addr, UdpConfig::default()).unwrap();
+        assert!(b.local_addr().is_ipv6());
+        exchange(&mut a, &mut b);
+    }
+
+    #[test]
+    fn dual_stack_socket_reports_and_answers_ipv4_peers_as_ipv4() {
+        let any6: SocketAddr = "[::]:0".parse().unwrap();
+        let mut server = match UdpIo::bind(any6, UdpConfig::default()) {
+            Ok(io) => io,
+            Err(e) => {
+                eprintln!("skipping the dual-stack test: cannot bind [::]: {e}");
+                return;
+            }
+        };
+        let client = std::net::UdpSocket::bind(loopback_v4()).unwrap();
+        let server_v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, server.local_addr().port()));
+        if client.send_to(b"ping", server_v4).is_err() {
+            eprintln!("skipping the dual-stack test: [::] does not accept IPv4 here");
+            return;
+        }
+        let mut mem = memory(16, 1024);
+        let mut arena = mem.arena();
+        let mut peer = None;
+        receive(&mut server, &mut arena, 1, |arena, packet| {
+            let start = usize::from(packet.offset);
+            assert_eq!(&arena.frame(&packet.frame)[start..start + 4], b"ping");
+            peer = Some(packet.peer);
+        });
+        let peer = peer.unwrap();
+        if peer.is_ipv6() {
+            eprintln!("skipping the dual-stack test: net.ipv6.bindv6only makes [::] IPv6-only");
+            return;
+        }
+        assert_eq!(peer, client.local_addr().unwrap());
+
+        let mut batch = TxBatch::new();
+        let frame = arena.alloc().unwrap();
+        arena.frame_mut(&frame)[HEADROOM_BYTES..HEADROOM_BYTES + 4].copy_from_slice(b"pong");
+        batch.push(TxPacket { frame, offset: HEADROOM_BYTES as u16, len: 4, peer }).unwrap();
+        server.send_batch(&mut arena, &mut batch).unwrap();
+        assert_eq!(server.counters().send_failed, 0);
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"pong");
+        assert_eq!(from.port(), server.local_addr().port());
+        assert_eq!(arena.free_frames(), 16);
+    }
+
+    #[test]
+    fn oversized_datagrams_are_counted_as_truncated_and_dropped() {
+        // 512-byte frames hold 384-byte datagrams; a second socket caps them at 100 bytes.
+        let mut io = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        let config = UdpConfig { datagram_bytes_max: 100, ..UdpConfig::default() };
+        let mut capped = UdpIo::bind(loopback_v4(), config).unwrap();
+        let sender = std::net::UdpSocket::bind(loopback_v4()).unwrap();
+        let mut mem = memory(16, 512);
+        let mut arena = mem.arena();
+        let big = [0xEEu8; 1000];
+        let fits = [0x11u8; 384];
+        sender.send_to(&big, io.local_addr()).unwrap();
+        sender.send_to(&fits, io.local_addr()).unwrap();
+        sender.send_to(&fits[..101], capped.local_addr()).unwrap();
+        sender.send_to(&fits[..100], capped.local_addr()).unwrap();
+
+        for (io, len) in [(&mut io, 384), (&mut capped, 100)] {
+            receive(io, &mut arena, 1, |arena, packet| {
+                assert_eq!(usize::from(packet.len), len);
+                assert_eq!(packet.peer, sender.local_addr().unwrap());
+                let start = usize::from(packet.offset);
+                assert!(arena.frame(&packet.frame)[start..start + len].iter().all(|&b| b == 0x11));
+            });
+            // Nothing else is delivered later either.
+            let mut out = RxBatch::new();
+            assert_eq!(io.recv_batch(&mut arena, &mut out).unwrap(), 0);
+            assert_eq!(io.counters().recv_truncated, 1);
+            assert_eq!(io.dropped(), 1);
+            assert_eq!(arena.free_frames(), 16);
+        }
+    }
+
+    #[test]
+    fn arena_exhaustion_stops_recv_early_without_losing_datagrams() {
+        const FRAMES: u32 = 8;
+        const SENT: usize = 20;
+        let mut tx = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        let mut rx = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        let mut tx_mem = memory(64, 1024);
+        let mut tx_arena = tx_mem.arena();
+        let mut batch = TxBatch::new();
+        for seq in 0..SENT {
+            queue(&mut tx_arena, &mut batch, seq, HEADROOM_BYTES, 50 + seq, rx.local_addr());
+        }
+        tx.send_batch(&mut tx_arena, &mut batch).unwrap();
+        assert_eq!(tx.dropped(), 0);
+
+        let mut mem = memory(FRAMES, 1024);
+        let mut arena = mem.arena();
+        // Hold three frames elsewhere: only five are left for the first receives.
+        let held: Vec<FrameId> = (0..3).map(|_| arena.alloc().unwrap()).collect();
+        let mut out = RxBatch::new();
+        let mut next = 0;
+        let mut exhausted = false;
+        for _ in 0..ROUNDS_MAX {
+            if next == SENT {
+                break;
+            }
+            if rx.wait(WAIT_US) == Readiness::TimedOut {
+                continue;
+            }
+            let free_before = arena.free_frames();
+            let n = rx.recv_batch(&mut arena, &mut out).unwrap();
+            assert!(n <= free_before, "took {n} frames with {free_before} free");
+            if arena.free_frames() == 0 {
+                // The arena is empty: recv must return nothing and consume nothing.
+                exhausted = true;
+                assert_eq!(rx.recv_batch(&mut arena, &mut out).unwrap(), 0);
+            }
+            for packet in out.drain(..) {
+                check(&arena, &packet, next, 50 + next);
+                arena.free(packet.frame);
+                next += 1;
+            }
+        }
+        assert_eq!(next, SENT, "every datagram arrives despite the small arena");
+        assert!(exhausted, "the arena ran out at least once");
+        for frame in held {
+            arena.free(frame);
+        }
+        assert_eq!(arena.free_frames(), FRAMES as usize);
+        assert_eq!(rx.dropped(), 0);
+    }
+
+    #[test]
+    fn wait_times_out_without_traffic_and_is_ready_with_a_pending_datagram() {
+        let mut io = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        assert_eq!(io.wait(0), Readiness::TimedOut);
+        let started = std::time::Instant::now();
+        assert_eq!(io.wait(20_000), Readiness::TimedOut);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(19));
+
+        let sender = std::net::UdpSocket::bind(loopback_v4()).unwrap();
+        sender.send_to(b"hello", io.local_addr()).unwrap();
+        let ready = (0..ROUNDS_MAX).any(|_| io.wait(WAIT_US) == Readiness::Ready);
+        assert!(ready);
+        // Still ready until received, then idle again.
+        assert_eq!(io.wait(0), Readiness::Ready);
+        let mut mem = memory(4, 512);
+        let mut arena = mem.arena();
+        let mut out = RxBatch::new();
+        assert_eq!(io.recv_batch(&mut arena, &mut out).unwrap(), 1);
+        let packet = out.pop().unwrap();
+        assert_eq!(packet.len, 5);
+        arena.free(packet.frame);
+        assert_eq!(io.wait(0), Readiness::TimedOut);
+        // Nothing pending: recv returns 0 and keeps no frames.
+        assert_eq!(io.recv_batch(&mut arena, &mut out).unwrap(), 0);
+        assert_eq!(arena.free_frames(), 4);
+    }
+
+    #[test]
+    fn unsendable_packets_are_dropped_counted_and_freed() {
+        let mut io = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        let target = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        let mut mem = memory(8, 512);
+        let mut arena = mem.arena();
+        let mut batch = TxBatch::new();
+        // An IPv6 peer on an IPv4 socket.
+        queue(&mut arena, &mut batch, 0, HEADROOM_BYTES, 10, "[::1]:9".parse().unwrap());
+        // Bytes past the end of the frame.
+        let frame = arena.alloc().unwrap();
+        batch.push(TxPacket { frame, offset: 500, len: 20, peer: target.local_addr() }).unwrap();
+        // A good one in between the bad ones still goes out.
+        queue(&mut arena, &mut batch, 1, HEADROOM_BYTES, 10, target.local_addr());
+        // Port 0 is refused by the kernel (EINVAL) for this message only.
+        queue(&mut arena, &mut batch, 2, HEADROOM_BYTES, 10, "127.0.0.1:0".parse().unwrap());
+        queue(&mut arena, &mut batch, 3, HEADROOM_BYTES, 10, target.local_addr());
+        io.send_batch(&mut arena, &mut batch).unwrap();
+        assert!(batch.is_empty());
+        assert_eq!(arena.free_frames(), 8);
+        assert_eq!(io.counters().send_failed, 3);
+        assert_eq!(io.dropped(), 3);
+
+        let mut target = target;
+        let mut seqs = Vec::new();
+        receive(&mut target, &mut arena, 2, |arena, packet| {
+            let seq = usize::from(arena.frame(&packet.frame)[HEADROOM_BYTES + 1]);
+            check(arena, packet, seq, 10);
+            seqs.push(seq);
+        });
+        assert_eq!(seqs, [1, 3]);
+    }
+
+    #[test]
+    fn bind_errors_say_what_to_do() {
+        let first = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        let err = UdpIo::bind(first.local_addr(), UdpConfig::default()).unwrap_err();
+        assert!(matches!(err, UdpIoError::AddrInUse { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("already listening") && message.contains("--listen"), "{message}");
+
+        let err = UdpIo::bind("192.0.2.1:0".parse().unwrap(), UdpConfig::default()).unwrap_err();
+        assert!(matches!(err, UdpIoError::AddrNotAvailable { .. }), "{err:?}");
+
+        let config = UdpConfig { datagram_bytes_max: 0, ..UdpConfig::default() };
+        assert!(matches!(UdpIo::bind(loopback_v4(), config), Err(UdpIoError::InvalidConfig(_))));
+
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            eprintln!("skipping the privileged-port check: running as root");
+        } else {
+            match UdpIo::bind("127.0.0.1:1".parse().unwrap(), UdpConfig::default()) {
+                Err(err @ UdpIoError::PermissionDenied { .. }) => {
+                    assert!(err.to_string().contains("CAP_NET_BIND_SERVICE"));
+                }
+                Err(err) => panic!("unexpected error: {err}"),
+                // net.ipv4.ip_unprivileged_port_start may allow it.
+                Ok(_) => eprintln!("skipping the privileged-port check: low ports are open to all"),
+            }
+        }
+    }
+
+    #[test]
+    fn capped_socket_buffers_produce_advice() {
+        let config = UdpConfig::default();
+        let asked = DEFAULT_SOCKET_BUFFER_BYTES;
+        assert_eq!(buffer_warning(&config, 2 * asked, 2 * asked), None);
+        // Capped by net.core.rmem_max = 4 MiB: the kernel reports 8 MiB.
+        let warning = buffer_warning(&config, asked, 2 * asked).unwrap();
+        assert!(warning.contains("net.core.rmem_max=8388608"), "{warning}");
+        assert!(!warning.contains("wmem_max"), "{warning}");
+        let warning = buffer_warning(&config, asked, asked).unwrap();
+        assert!(warning.contains("rmem_max") && warning.contains("wmem_max"), "{warning}");
+        let default_buffers = UdpConfig { recv_buffer_bytes: 0, send_buffer_bytes: 0, ..config };
+        assert_eq!(buffer_warning(&default_buffers, 4096, 4096), None);
+        // Whatever this machine grants, the backend says so consistently.
+        let io = UdpIo::bind(loopback_v4(), config).unwrap();
+        let capped = io.recv_buffer_bytes() < 2 * asked || io.send_buffer_bytes() < 2 * asked;
+        assert_eq!(io.buffer_warning().is_some(), capped);
+    }
+
+    #[test]
+    fn socket_addresses_round_trip() {
+        // SAFETY: all-zero bytes is a valid `sockaddr_storage`.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let v4: SocketAddr = "192.0.2.7:4242".parse().unwrap();
+        let len = write_sockaddr(v4, false, &mut storage).unwrap();
+        assert_eq!(read_sockaddr(&storage, len, false), Some(v4));
+        assert_eq!(read_sockaddr(&storage, len - 1, false), None);
+
+        let v6 = SocketAddr::V6(SocketAddrV6::new("fe80::1:2".parse().unwrap(), 65535, 7, 3));
+        let len = write_sockaddr(v6, true, &mut storage).unwrap();
+        assert_eq!(read_sockaddr(&storage, len, true), Some(v6));
+        assert_eq!(write_sockaddr(v6, false, &mut storage), None);
+
+        // IPv4 on an IPv6 socket: mapped on the way out, canonical on the way in.
+        let len = write_sockaddr(v4, true, &mut storage).unwrap();
+        assert_eq!(c_int::from(storage.ss_family), libc::AF_INET6);
+        let mapped = SocketAddr::V6(SocketAddrV6::new("::ffff:192.0.2.7".parse().unwrap(), 4242, 0, 0));
+        assert_eq!(read_sockaddr(&storage, len, false), Some(mapped));
+        assert_eq!(read_sockaddr(&storage, len, true), Some(v4));
+
+        storage.ss_family = libc::AF_UNIX as libc::sa_family_t;
+        assert_eq!(read_sockaddr(&storage, len, true), None);
+    }
+
+    #[test]
+    fn backend_moves_to_another_thread() {
+        let io = UdpIo::bind(loopback_v4(), UdpConfig::default()).unwrap();
+        let addr = io.local_addr();
+        let io = std::thread::spawn(move || io).join().unwrap();
+        assert_eq!(io.local_addr(), addr);
+    }
+}

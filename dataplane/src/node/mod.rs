@@ -1,0 +1,726 @@
+//! The storage node's protocol engine: a sans-I/O state machine that turns received
+//! frames into store operations and replies. It never allocates: put slots come from a
+//! caller-provided slice and every table has a fixed capacity.
+
+pub mod allow;
+pub mod poll;
+
+use core::net::SocketAddr;
+
+use crate::arena::{Arena, FrameId};
+use crate::bitmap::{FRAGMENTS_MAX, FragmentBitmap};
+use crate::counters::{Counters, DropReason};
+use crate::io::{RxPacket, TxPacket};
+use crate::node::allow::Allowlist;
+use crate::store::{ChunkStore, Durable, POLL_DURABLE_BATCH_MAX, PutReservation, StoreError};
+use crate::wire::{self, ChunkId, HEADER_LEN, MacKey, Opcode, Packet, Repr, Status, flags};
+
+/// Fragments a `PutStatus` bitmap covers after its first missing index.
+pub const STATUS_BITMAP_BITS: u32 = 1024;
+const STATUS_BITMAP_BYTES: usize = (STATUS_BITMAP_BITS / 8) as usize;
+/// Deletes awaiting durability at once.
+pub const PENDING_DELETES_MAX: usize = 64;
+pub use crate::io::TX_QUEUE_MAX;
+pub type TxQueue = heapless::Deque<TxPacket, TX_QUEUE_MAX>;
+
+const DELETE_TICKET_BIT: u64 = 1 << 63;
+/// Ticket for store changes nobody waits for (chunks of a removed file).
+pub const BACKGROUND_TICKET: u64 = DELETE_TICKET_BIT;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub key: MacKey,
+    pub allow: Allowlist,
+    /// Largest chunk accepted, in bytes.
+    pub chunk_bytes_max: u32,
+    /// Most fragments a client may have outstanding per chunk (put) or request at once
+    /// (get); advertised as credits.
+    pub window_fragments_max: u16,
+    /// A put that receives nothing for this long is abandoned and its slot freed.
+    pub put_idle_timeout_ms: u64,
+    /// Largest fragment payload the backend can carry in one datagram, when that is less
+    /// than a frame holds: a backend that writes its own IP headers (AF_XDP) cannot
+    /// fragment, so the link MTU bounds it. `u16::MAX` = only the frame size limits it.
+    pub fragment_bytes_cap: u16,
+}
+
+impl NodeConfig {
+    pub fn new(key: MacKey) -> Self {
+        Self {
+            key,
+            allow: Allowlist::allow_all(),
+            chunk_bytes_max: 4 << 20,
+            window_fragments_max: 256,
+            put_idle_timeout_ms: 30_000,
+            fragment_bytes_cap: u16::MAX,
+        }
+    }
+}
+
+/// Handles `Control` requests (namespace and admin operations) on behalf of the control
+/// plane. The response is written in place into the reply frame.
+pub trait ControlHandler<S: ChunkStore> {
+    /// Returns the response length, or a status for an `Error` reply.
+    fn handle(&mut self, peer: SocketAddr, request: &[u8], response: &mut [u8], store: &mut S)
+    -> Result<usize, Status>;
+}
+
+/// A node without a control plane: every control request is refused.
+pub struct NoControl;
+
+impl<S: ChunkStore> ControlHandler<S> for NoControl {
+    fn handle(&mut self, _: SocketAddr, _: &[u8], _: &mut [u8], _: &mut S) -> Result<usize, Status> {
+        Err(Status::BadRequest)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Receiving,
+    /// Every fragment is in; waiting for the store to report it durable.
+    Committing,
+}
+
+/// State of one put in flight.
+#[derive(Clone)]
+pub struct PutSlot {
+    state: SlotState,
+    generation: u32,
+    chunk_id: ChunkId,
+    request_id: u64,
+    peer: SocketAddr,
+    total_len: u32,
+    frag_len: u16,
+    frag_count: u32,
+    received: FragmentBitmap,
+    reservation: PutReservation,
+    started_ms: u64,
+    last_activity_ms: u64,
+}
+
+impl Default for PutSlot {
+    fn default() -> Self {
+        Self {
+            state: SlotState::Free,
+            generation: 0,
+            chunk_id: 0,
+            request_id: 0,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            total_len: 0,
+            frag_len: 0,
+            frag_count: 0,
+            received: FragmentBitmap::new(),
+            reservation: PutReservation(0),
+            started_ms: 0,
+            last_activity_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingDelete {
+    ticket: u64,
+    peer: SocketAddr,
+    request_id: u64,
+    chunk_id: ChunkId,
+}
+
+pub struct Node<'s, S: ChunkStore, C: ControlHandler<S>> {
+    config: NodeConfig,
+    store: S,
+    control: C,
+    slots: &'s mut [PutSlot],
+    deletes: heapless::Vec<PendingDelete, PENDING_DELETES_MAX>,
+    next_delete_ticket: u64,
+    counters: Counters,
+    /// Latest clock reading seen, for timing completions that arrive without one.
+    now_ms: u64,
+}
+
+/// What a put fragment asks the node to send back.
+enum PutReply {
+    Nothing,
+    Status(usize),
+    Done(u32),
+    Error(Status),
+}
+
+/// Where a reply goes and which request it answers.
+#[derive(Clone, Copy)]
+struct ReplyTo {
+    peer: SocketAddr,
+    request_id: u64,
+    chunk_id: ChunkId,
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound => Status::NotFound,
+        StoreError::DiskFull => Status::DiskFull,
+        StoreError::TooLarge => Status::TooLarge,
+        StoreError::Busy => Status::Busy,
+        StoreError::Io => Status::Internal,
+    }
+}
+
+impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
+    pub fn new(config: NodeConfig, store: S, control: C, slots: &'s mut [PutSlot]) -> Self {
+        assert!(!slots.is_empty(), "a node needs at least one put slot");
+        assert!(config.window_fragments_max > 0);
+        assert!(usize::from(config.window_fragments_max) <= TX_QUEUE_MAX / 2);
+        for slot in slots.iter_mut() {
+            slot.state = SlotState::Free;
+        }
+        Self {
+            config,
+            store,
+            control,
+            slots,
+            deletes: heapless::Vec::new(),
+            next_delete_ticket: 0,
+            counters: Counters::default(),
+            now_ms: 0,
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    pub fn control_mut(&mut self) -> &mut C {
+        &mut self.control
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Replaces the allowlist at runtime.
+    pub fn set_allowlist(&mut self, allow: Allowlist) {
+        self.config.allow = allow;
+    }
+
+    pub fn puts_in_flight(&self) -> usize {
+        self.slots.iter().filter(|slot| slot.state != SlotState::Free).count()
+    }
+
+    /// Largest fragment payload that fits a frame of this arena.
+    pub fn fragment_bytes_max(arena: &Arena<'_>) -> u16 {
+        let room = arena.frame_size() - arena.headroom() - HEADER_LEN;
+        u16::try_from(room).unwrap_or(u16::MAX)
+    }
+
+    /// Largest fragment payload this node sends or accepts: what fits a frame, capped by
+    /// what the backend can carry in one datagram.
+    fn fragment_max(&self, arena: &Arena<'_>) -> u16 {
+        Self::fragment_bytes_max(arena).min(self.config.fragment_bytes_cap)
+    }
+
+    /// Handles one received datagram; replies are appended to `tx`. The frame is freed
+    /// here: payload is written to the store straight from it.
+    pub fn handle(&mut self, now_ms: u64, arena: &mut Arena<'_>, rx: RxPacket, tx: &mut TxQueue) {
+        self.counters.rx_packets += 1;
+        self.now_ms = self.now_ms.max(now_ms);
+        let RxPacket { frame, offset, len, peer } = rx;
+        let outcome = self.dispatch(now_ms, arena, &frame, offset, len, peer, tx);
+        arena.free(frame);
+        if let Err(reason) = outcome {
+            self.counters.count_drop(reason);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        now_ms: u64,
+        arena: &mut Arena<'_>,
+        frame: &FrameId,
+        offset: u16,
+        len: u16,
+        peer: SocketAddr,
+        tx: &mut TxQueue,
+    ) -> Result<(), DropReason> {
+        let start = usize::from(offset);
+        let end = start + usize::from(len);
+        let bytes = arena.frame(frame).get(start..end).ok_or(DropReason::Malformed)?;
+        let packet = Packet::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+        if !self.config.allow.allows(peer.ip()) {
+            return Err(DropReason::NotAllowed);
+        }
+        if !packet.verify_mac(&self.config.key) {
+            return Err(DropReason::BadMac);
+        }
+        let repr = Repr::parse(&packet);
+        let to = ReplyTo { peer, request_id: repr.request_id, chunk_id: repr.chunk_id };
+        match repr.opcode {
+            Opcode::Ping => {
+                self.counters.pings += 1;
+                let pong = Repr {
+                    credits: self.config.window_fragments_max,
+                    total_len: self.config.chunk_bytes_max,
+                    frag_len: self.fragment_max(arena),
+                    count: FRAGMENTS_MAX,
+                    ..Self::reply_header(Opcode::Pong, to)
+                };
+                self.reply(arena, tx, peer, pong, &[])
+            }
+            Opcode::PutFrag => {
+                let max_fragment = u32::from(self.fragment_max(arena));
+                let reply = self.on_put_fragment(now_ms, max_fragment, to, &repr, packet.payload());
+                match reply {
+                    PutReply::Nothing => Ok(()),
+                    PutReply::Status(index) => self.send_status(arena, tx, index),
+                    PutReply::Done(total_len) => {
+                        let done = Repr { total_len, ..Self::reply_header(Opcode::PutDone, to) };
+                        self.reply(arena, tx, peer, done, &[])
+                    }
+                    PutReply::Error(status) => self.reply_error(arena, tx, to, status),
+                }
+            }
+            Opcode::PutQuery => self.on_put_query(arena, tx, to),
+            Opcode::Get => self.on_get(arena, tx, to, &repr),
+            Opcode::Delete => self.on_delete(arena, tx, to),
+            Opcode::Stat => {
+                self.counters.stats += 1;
+                match self.store.chunk_len(repr.chunk_id) {
+                    Some(total_len) => {
+                        let reply = Repr { total_len, ..Self::reply_header(Opcode::StatReply, to) };
+                        self.reply(arena, tx, peer, reply, &[])
+                    }
+                    None => self.reply_error(arena, tx, to, Status::NotFound),
+                }
+            }
+            Opcode::Control => {
+                self.counters.control_requests += 1;
+                let request_start = start + HEADER_LEN;
+                let request_end = request_start + usize::from(repr.payload_len);
+                self.on_control(arena, tx, to, frame, request_start..request_end)
+            }
+            Opcode::Pong
+            | Opcode::PutStatus
+            | Opcode::PutDone
+            | Opcode::GetData
+            | Opcode::DeleteDone
+            | Opcode::StatReply
+            | Opcode::ControlReply
+            | Opcode::Error => Err(DropReason::Unexpected),
+        }
+    }
+
+    fn reply_header(opcode: Opcode, to: ReplyTo) -> Repr {
+        Repr { request_id: to.request_id, chunk_id: to.chunk_id, ..Repr::new(opcode) }
+    }
+
+    fn credits(&self) -> u16 {
+        let free = self.slots.iter().filter(|slot| slot.state == SlotState::Free).count();
+        // Fewer free slots means more senders at once: shrink each one's window.
+        if free * 4 < self.slots.len() {
+            (self.config.window_fragments_max / 4).max(1)
+        } else {
+            self.config.window_fragments_max
+        }
+    }
+
+    /// Queues a reply whose small payload (a bitmap, a control response) is copied in.
+    fn reply(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        peer: SocketAddr,
+        mut repr: Repr,
+        payload: &[u8],
+    ) -> Result<(), DropReason> {
+        if tx.is_full() {
+            return Err(DropReason::NoBuffer);
+        }
+        let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
+        repr.payload_len = payload.len() as u16;
+        let len = repr.buffer_len();
+        let headroom = arena.headroom();
+        let buffer = &mut arena.frame_mut(&frame)[headroom..];
+        assert!(len <= buffer.len(), "reply larger than a frame");
+        repr.emit_with_payload(buffer, payload, &self.config.key);
+        let packet = TxPacket { frame, offset: headroom as u16, len: len as u16, peer };
+        self.counters.tx_packets += 1;
+        tx.push_back(packet).map_err(|_| DropReason::NoBuffer)
+    }
+
+    fn reply_error(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        to: ReplyTo,
+        status: Status,
+    ) -> Result<(), DropReason> {
+        match status {
+            Status::Busy => self.counters.rejected_busy += 1,
+            Status::NotFound => self.counters.rejected_not_found += 1,
+            Status::DiskFull => self.counters.rejected_disk_full += 1,
+            Status::BadRequest | Status::TooLarge | Status::Conflict => self.counters.rejected_bad_request += 1,
+            Status::Internal | Status::Ok => self.counters.rejected_internal += 1,
+        }
+        let repr = Repr { status, credits: self.credits(), ..Self::reply_header(Opcode::Error, to) };
+        self.reply(arena, tx, to.peer, repr, &[])
+    }
+
+    fn find_slot(&self, chunk_id: ChunkId) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.state != SlotState::Free && slot.chunk_id == chunk_id)
+    }
+
+    fn put_ticket(&self, index: usize) -> u64 {
+        (u64::from(self.slots[index].generation) << 32) | index as u64
+    }
+
+    fn send_status(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, index: usize) -> Result<(), DropReason> {
+        let slot = &self.slots[index];
+        let to = ReplyTo { peer: slot.peer, request_id: slot.request_id, chunk_id: slot.chunk_id };
+        let mut bitmap = [0u8; STATUS_BITMAP_BYTES];
+        let (first_missing, complete) = match slot.state {
+            SlotState::Committing => (slot.frag_count, flags::COMPLETE),
+            _ => {
+                let first = slot.received.first_clear(slot.frag_count);
+                slot.received.export(first, slot.frag_count, &mut bitmap);
+                (first, 0)
+            }
+        };
+        let repr = Repr {
+            flags: complete,
+            credits: self.credits(),
+            index: first_missing,
+            count: slot.frag_count,
+            total_len: slot.total_len,
+            frag_len: slot.frag_len,
+            ..Self::reply_header(Opcode::PutStatus, to)
+        };
+        // Send only as much of the bitmap as covers fragments that exist.
+        let bits = slot.frag_count.saturating_sub(first_missing).min(STATUS_BITMAP_BITS);
+        let bytes = bits.div_ceil(8) as usize;
+        self.reply(arena, tx, to.peer, repr, &bitmap[..bytes])
+    }
+
+    fn on_put_fragment(
+        &mut self,
+        now_ms: u64,
+        max_fragment: u32,
+        to: ReplyTo,
+        repr: &Repr,
+        payload: &[u8],
+    ) -> PutReply {
+        let shape_ok = repr.frag_len > 0
+            && u32::from(repr.frag_len) <= max_fragment
+            && repr.total_len <= self.config.chunk_bytes_max
+            && repr.count == wire::fragment_count(repr.total_len, repr.frag_len.max(1))
+            && repr.count <= FRAGMENTS_MAX
+            && repr.index < repr.count
+            && u32::from(repr.payload_len) == wire::fragment_len(repr.total_len, repr.frag_len.max(1), repr.index);
+        if !shape_ok {
+            let status =
+                if repr.total_len > self.config.chunk_bytes_max { Status::TooLarge } else { Status::BadRequest };
+            return PutReply::Error(status);
+        }
+        let wants_ack = repr.flags & flags::ACK_REQUEST != 0;
+        let index = match self.find_slot(repr.chunk_id) {
+            Some(index) => {
+                let slot = &self.slots[index];
+                if slot.total_len != repr.total_len || slot.frag_len != repr.frag_len {
+                    return PutReply::Error(Status::Conflict);
+                }
+                index
+            }
+            None => {
+                if let Some(len) = self.store.chunk_len(repr.chunk_id) {
+                    // Already durable: a retried put. Chunk ids are write-once.
+                    if len != repr.total_len {
+                        return PutReply::Error(Status::Conflict);
+                    }
+                    self.counters.fragments_duplicate += 1;
+                    return PutReply::Done(len);
+                }
+                let Some(index) = self.slots.iter().position(|slot| slot.state == SlotState::Free) else {
+                    return PutReply::Error(Status::Busy);
+                };
+                let reservation = match self.store.begin_put(repr.chunk_id, repr.total_len) {
+                    Ok(reservation) => reservation,
+                    Err(error) => return PutReply::Error(store_status(error)),
+                };
+                let slot = &mut self.slots[index];
+                slot.state = SlotState::Receiving;
+                slot.generation = slot.generation.wrapping_add(1);
+                slot.chunk_id = repr.chunk_id;
+                slot.total_len = repr.total_len;
+                slot.frag_len = repr.frag_len;
+                slot.frag_count = repr.count;
+                slot.received.clear();
+                slot.reservation = reservation;
+                slot.started_ms = now_ms;
+                index
+            }
+        };
+        let ack = if wants_ack { PutReply::Status(index) } else { PutReply::Nothing };
+        let slot = &mut self.slots[index];
+        slot.peer = to.peer;
+        slot.request_id = to.request_id;
+        slot.last_activity_ms = now_ms;
+        if slot.state == SlotState::Committing || slot.received.get(repr.index) {
+            self.counters.fragments_duplicate += 1;
+            return ack;
+        }
+        let offset = repr.index * u32::from(repr.frag_len);
+        // The payload goes to the store straight from the receive frame.
+        if let Err(error) = self.store.write_at(slot.reservation, offset, payload) {
+            self.release_slot(index, true);
+            return PutReply::Error(store_status(error));
+        }
+        let slot = &mut self.slots[index];
+        slot.received.set(repr.index);
+        self.counters.fragments_stored += 1;
+        if slot.received.count() == slot.frag_count {
+            let ticket = self.put_ticket(index);
+            let reservation = self.slots[index].reservation;
+            if let Err(error) = self.store.commit_put(reservation, ticket) {
+                self.release_slot(index, true);
+                return PutReply::Error(store_status(error));
+            }
+            self.slots[index].state = SlotState::Committing;
+        }
+        ack
+    }
+
+    fn release_slot(&mut self, index: usize, abort: bool) {
+        let slot = &mut self.slots[index];
+        if abort && slot.state == SlotState::Receiving {
+            self.store.abort_put(slot.reservation);
+        }
+        slot.state = SlotState::Free;
+    }
+
+    fn on_put_query(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo) -> Result<(), DropReason> {
+        if let Some(index) = self.find_slot(to.chunk_id) {
+            self.slots[index].peer = to.peer;
+            self.slots[index].request_id = to.request_id;
+            return self.send_status(arena, tx, index);
+        }
+        if let Some(total_len) = self.store.chunk_len(to.chunk_id) {
+            let done = Repr { total_len, ..Self::reply_header(Opcode::PutDone, to) };
+            return self.reply(arena, tx, to.peer, done, &[]);
+        }
+        // Nothing known of this put (never started, or abandoned): nothing received.
+        let repr = Repr { credits: self.credits(), ..Self::reply_header(Opcode::PutStatus, to) };
+        self.reply(arena, tx, to.peer, repr, &[])
+    }
+
+    fn on_get(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo, repr: &Repr) -> Result<(), DropReason> {
+        self.counters.gets += 1;
+        let max_fragment = self.fragment_max(arena);
+        if repr.frag_len == 0 || repr.frag_len > max_fragment {
+            return self.reply_error(arena, tx, to, Status::BadRequest);
+        }
+        let Some(total_len) = self.store.chunk_len(to.chunk_id) else {
+            return self.reply_error(arena, tx, to, Status::NotFound);
+        };
+        let count = wire::fragment_count(total_len, repr.frag_len);
+        if repr.index >= count {
+            return self.reply_error(arena, tx, to, Status::BadRequest);
+        }
+        let wanted = repr.count.clamp(1, u32::from(self.config.window_fragments_max));
+        let end = repr.index.saturating_add(wanted).min(count);
+        let headroom = arena.headroom();
+        for index in repr.index..end {
+            if tx.is_full() {
+                return Err(DropReason::NoBuffer);
+            }
+            let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
+            let payload_len = wire::fragment_len(total_len, repr.frag_len, index) as usize;
+            let data_start = headroom + HEADER_LEN;
+            let offset = index * u32::from(repr.frag_len);
+            // The store reads straight into the frame, behind the header's space.
+            let read = self.store.read_at(
+                to.chunk_id,
+                offset,
+                &mut arena.frame_mut(&frame)[data_start..data_start + payload_len],
+            );
+            if read != Ok(payload_len) {
+                arena.free(frame);
+                let status = match read {
+                    Err(error) => store_status(error),
+                    Ok(_) => Status::Internal,
+                };
+                return self.reply_error(arena, tx, to, status);
+            }
+            let header = Repr {
+                index,
+                count,
+                total_len,
+                frag_len: repr.frag_len,
+                payload_len: payload_len as u16,
+                credits: self.config.window_fragments_max,
+                ..Self::reply_header(Opcode::GetData, to)
+            };
+            let datagram = &mut arena.frame_mut(&frame)[headroom..data_start + payload_len];
+            header.emit(datagram);
+            Packet::new_unchecked(datagram).seal(&self.config.key);
+            let len = header.buffer_len() as u16;
+            self.counters.tx_packets += 1;
+            self.counters.fragments_served += 1;
+            self.counters.bytes_served += payload_len as u64;
+            if let Err(packet) = tx.push_back(TxPacket { frame, offset: headroom as u16, len, peer: to.peer }) {
+                arena.free(packet.frame);
+                return Err(DropReason::NoBuffer);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_delete(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo) -> Result<(), DropReason> {
+        if self.deletes.is_full() {
+            return self.reply_error(arena, tx, to, Status::Busy);
+        }
+        if let Some(index) = self.find_slot(to.chunk_id) {
+            if self.slots[index].state == SlotState::Receiving {
+                self.release_slot(index, true);
+            }
+        }
+        // Counter value 0 is BACKGROUND_TICKET, never used for a delete someone awaits.
+        self.next_delete_ticket = self.next_delete_ticket.wrapping_add(1).max(1);
+        let ticket = DELETE_TICKET_BIT | (self.next_delete_ticket & !DELETE_TICKET_BIT);
+        match self.store.delete(to.chunk_id, ticket) {
+            Ok(()) => {
+                let pending = PendingDelete { ticket, peer: to.peer, request_id: to.request_id, chunk_id: to.chunk_id };
+                let pushed = self.deletes.push(pending);
+                assert!(pushed.is_ok(), "checked is_full above");
+                Ok(())
+            }
+            Err(error) => self.reply_error(arena, tx, to, store_status(error)),
+        }
+    }
+
+    fn on_control(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        to: ReplyTo,
+        request_frame: &FrameId,
+        request: core::ops::Range<usize>,
+    ) -> Result<(), DropReason> {
+        if tx.is_full() {
+            return Err(DropReason::NoBuffer);
+        }
+        let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
+        let headroom = arena.headroom();
+        let data_start = headroom + HEADER_LEN;
+        let response_max = (arena.frame_size() - data_start).min(wire::PAYLOAD_MAX);
+        let (request_bytes, response_bytes) = arena.frame_pair(request_frame, &frame);
+        let outcome = self.control.handle(
+            to.peer,
+            &request_bytes[request],
+            &mut response_bytes[data_start..data_start + response_max],
+            &mut self.store,
+        );
+        match outcome {
+            Ok(len) => {
+                assert!(len <= response_max);
+                let header = Repr { payload_len: len as u16, ..Self::reply_header(Opcode::ControlReply, to) };
+                let datagram = &mut arena.frame_mut(&frame)[headroom..data_start + len];
+                header.emit(datagram);
+                Packet::new_unchecked(datagram).seal(&self.config.key);
+                self.counters.tx_packets += 1;
+                let packet =
+                    TxPacket { frame, offset: headroom as u16, len: header.buffer_len() as u16, peer: to.peer };
+                tx.push_back(packet).map_err(|packet| {
+                    arena.free(packet.frame);
+                    DropReason::NoBuffer
+                })
+            }
+            Err(status) => {
+                arena.free(frame);
+                self.reply_error(arena, tx, to, status)
+            }
+        }
+    }
+
+    /// Acknowledges every change the store made durable since the last call.
+    pub fn poll_store(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue) {
+        let mut done: heapless::Vec<Durable, POLL_DURABLE_BATCH_MAX> = heapless::Vec::new();
+        // Bounded by the store's contract; the rest wait for the next call.
+        let mut overflow = false;
+        self.store.poll_durable(&mut |durable| {
+            if done.push(durable).is_err() {
+                overflow = true;
+            }
+        });
+        assert!(!overflow, "store reported more than POLL_DURABLE_BATCH_MAX completions in one poll");
+        for durable in done {
+            if durable.ticket & DELETE_TICKET_BIT != 0 {
+                self.on_delete_durable(arena, tx, durable);
+            } else {
+                self.on_put_durable(arena, tx, durable);
+            }
+        }
+    }
+
+    fn on_put_durable(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, durable: Durable) {
+        let index = (durable.ticket & 0xffff_ffff) as usize;
+        let generation = (durable.ticket >> 32) as u32;
+        let Some(slot) = self.slots.get(index) else { return };
+        if slot.state != SlotState::Committing || slot.generation != generation {
+            return;
+        }
+        let to = ReplyTo { peer: slot.peer, request_id: slot.request_id, chunk_id: slot.chunk_id };
+        let total_len = slot.total_len;
+        let latency_us = self.now_ms.saturating_sub(slot.started_ms) * 1000;
+        self.release_slot(index, false);
+        self.counters.put_latency.observe_us(latency_us);
+        let outcome = match durable.result {
+            Ok(()) => {
+                self.counters.chunks_stored += 1;
+                self.counters.bytes_stored += u64::from(total_len);
+                let done = Repr { total_len, ..Self::reply_header(Opcode::PutDone, to) };
+                self.reply(arena, tx, to.peer, done, &[])
+            }
+            Err(error) => self.reply_error(arena, tx, to, store_status(error)),
+        };
+        // A lost PutDone is recovered by the client's PutQuery.
+        if let Err(reason) = outcome {
+            self.counters.count_drop(reason);
+        }
+    }
+
+    fn on_delete_durable(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, durable: Durable) {
+        let Some(position) = self.deletes.iter().position(|pending| pending.ticket == durable.ticket) else { return };
+        let pending = self.deletes.swap_remove(position);
+        let to = ReplyTo { peer: pending.peer, request_id: pending.request_id, chunk_id: pending.chunk_id };
+        let outcome = match durable.result {
+            Ok(()) => {
+                self.counters.chunks_deleted += 1;
+                self.reply(arena, tx, to.peer, Self::reply_header(Opcode::DeleteDone, to), &[])
+            }
+            Err(error) => self.reply_error(arena, tx, to, store_status(error)),
+        };
+        if let Err(reason) = outcome {
+            self.counters.count_drop(reason);
+        }
+    }
+
+    /// Abandons puts that have been idle too long, freeing their slots and reservations.
+    pub fn expire(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if slot.state == SlotState::Receiving
+                && now_ms.saturating_sub(slot.last_activity_ms) > self.config.put_idle_timeout_ms
+            {
+                self.release_slot(index, true);
+                self.counters.puts_abandoned += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Segment files, space allocation and the directory lock: the store's few syscalls
+//! that std does not wrap.
+
+use super::*;
+
+pub(super) fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{SEGMENT_PREFIX}{id:06}{SEGMENT_SUFFIX}"))
+}
+
+pub(super) fn parse_segment_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() < 6 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&id| id > 0)
+}
+
+pub(super) fn create_segment(dir: &Path, id: u32) -> Result<Segment, DiskStoreError> {
+    let path = segment_path(dir, id);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|source| DiskStoreError::io("creating", &path, source))?;
+    let file = Arc::new(SegmentFile { id, file, sync_failed: AtomicBool::new(false) });
+    Ok(Segment { file, len_bytes: 0, live_bytes: 0, puts_in_flight: 0, tombstones: 0 })
+}
+
+/// Allocates `len_bytes` at `offset`, extending the file, so that a full disk shows up
+/// here rather than in a later write.
+pub(super) fn allocate(file: &File, offset: u64, len_bytes: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "file offset too large");
+        let start = libc::off_t::try_from(offset).map_err(|_| too_large())?;
+        let len = libc::off_t::try_from(len_bytes).map_err(|_| too_large())?;
+        for _ in 0..FALLOCATE_EINTR_RETRIES {
+            // SAFETY: `file` is an open descriptor borrowed for the whole call, and
+            // fallocate takes no pointers, so it cannot touch memory owned by Rust.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, start, len) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The filesystem cannot preallocate: extend the file instead.
+                Some(libc::EOPNOTSUPP | libc::ENOSYS) => break,
+                _ => return Err(error),
+            }
+        }
+    }
+    let end = offset.checked_add(len_bytes).ok_or_else(|| io::Error::other("file offset overflow"))?;
+    if file.metadata()?.len() < end {
+        file.set_len(end)?;
+    }
+    Ok(())
+}
+
+/// Takes the exclusive `flock` on `file`, retrying for a second; `false` when another open
+/// file description still holds it.
+pub(super) fn lock_exclusive(file: &File) -> io::Result<bool> {
+    for attempt in 0..LOCK_ATTEMPTS {
+        if attempt > 0 {
+            thread::sleep(Duration::from_millis(LOCK_RETRY_INTERVAL_MS));
+        }
+        if try_lock_exclusive(file)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Takes the exclusive `flock` on `file` without waiting; `false` when another open file
+/// description holds it.
+pub(super) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: `file` is an open descriptor borrowed for the whole call; flock takes no
+    // pointers.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(error) }
+}
+
+pub(super) fn is_no_space(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+pub(super) fn io_store_error(error: &io::Error) -> StoreError {
+    if is_no_space(error) { StoreError::DiskFull } else { StoreError::Io }
+}
+
+pub(super) fn store_error(error: &DiskStoreError) -> StoreError {
+    match error {
+        DiskStoreError::DiskFull { .. } => StoreError::DiskFull,
+        _ => StoreError::Io,
+    }
+}

@@ -1,0 +1,842 @@
+use super::*;
+use proptest::prelude::*;
+use std::collections::HashSet;
+use std::process::Command;
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+fn small_config() -> DiskStoreConfig {
+    DiskStoreConfig {
+        segment_bytes: 64 << 10,
+        capacity_bytes: None,
+        max_chunk_bytes: 64 << 10,
+        max_puts_in_flight: 8,
+        max_pending_durable: 1024,
+        expected_chunks: 1024,
+    }
+}
+
+fn pattern(id: ChunkId, len: usize) -> Vec<u8> {
+    let seed = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len as u64).map(|i| (seed.wrapping_add(i.wrapping_mul(0x2545_F491)) >> 13) as u8).collect()
+}
+
+/// Writes `data` in `frag_bytes` fragments, odd ones backwards, then even ones.
+fn write_scrambled(store: &mut DiskStore, put: PutReservation, data: &[u8], frag_bytes: usize) {
+    let count = data.len().div_ceil(frag_bytes);
+    let odd = (0..count).rev().filter(|index| index % 2 == 1);
+    let even = (0..count).filter(|index| index % 2 == 0);
+    for index in odd.chain(even) {
+        let start = index * frag_bytes;
+        let end = (start + frag_bytes).min(data.len());
+        store.write_at(put, start as u32, &data[start..end]).unwrap();
+    }
+}
+
+fn put(store: &mut DiskStore, id: ChunkId, data: &[u8], ticket: u64) {
+    let reservation = store.begin_put(id, data.len() as u32).unwrap();
+    write_scrambled(store, reservation, data, 1000);
+    store.commit_put(reservation, ticket).unwrap();
+}
+
+fn read_all(store: &mut DiskStore, id: ChunkId) -> Result<Vec<u8>, StoreError> {
+    let len = store.chunk_len(id).ok_or(StoreError::NotFound)?;
+    let mut buf = vec![0u8; len as usize + 10];
+    let read = store.read_at(id, 0, &mut buf)?;
+    assert_eq!(read, len as usize);
+    buf.truncate(read);
+    Ok(buf)
+}
+
+/// Waits, boundedly, until `count` reports have arrived.
+fn drain_durable(store: &mut DiskStore, count: usize) -> Vec<Durable> {
+    let mut reports = Vec::new();
+    for _ in 0..1000 {
+        if reports.len() >= count {
+            break;
+        }
+        store.wait_durable(TIMEOUT);
+        let mut batch = 0;
+        store.poll_durable(&mut |durable| {
+            reports.push(durable);
+            batch += 1;
+        });
+        assert!(batch <= POLL_DURABLE_BATCH_MAX);
+    }
+    assert_eq!(reports.len(), count, "durability reports missing");
+    assert_eq!(store.pending_durable(), 0);
+    reports
+}
+
+fn drain_all(store: &mut DiskStore) {
+    let pending = store.pending_durable();
+    for report in drain_durable(store, pending) {
+        assert_eq!(report.result, Ok(()), "ticket {}", report.ticket);
+    }
+}
+
+fn open(dir: &Path, config: DiskStoreConfig) -> DiskStore {
+    DiskStore::open(dir, config).unwrap()
+}
+
+fn damage(path: &Path, offset: u64, bytes: &[u8]) {
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
+}
+
+proptest! {
+    #[test]
+    fn payload_crc_is_crc32c_for_any_split_and_order(
+        data in proptest::collection::vec(any::<u8>(), 0..3000),
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        rotate in any::<usize>(),
+    ) {
+        let mut bounds: Vec<usize> = cuts.iter().map(|cut| cut % (data.len() + 1)).collect();
+        bounds.push(0);
+        bounds.push(data.len());
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut fragments: Vec<(usize, usize)> =
+            bounds.windows(2).map(|pair| (pair[0], pair[1])).collect();
+        if !fragments.is_empty() {
+            let by = rotate % fragments.len();
+            fragments.rotate_left(by);
+            fragments.reverse();
+        }
+        let len = data.len() as u64;
+        let mut crc = crc::PayloadCrc::default();
+        for &(start, end) in &fragments {
+            crc.add(start as u64, &data[start..end], len);
+        }
+        prop_assert_eq!(crc.finish(len), crc32c::crc32c(&data));
+        // In order, as one run.
+        let mut in_order = crc::PayloadCrc::default();
+        for (start, end) in bounds.windows(2).map(|pair| (pair[0], pair[1])) {
+            in_order.add(start as u64, &data[start..end], len);
+        }
+        prop_assert_eq!(in_order.finish(len), crc32c::crc32c(&data));
+    }
+}
+
+#[test]
+#[ignore]
+fn bench_fragment_terms() {
+    let data = pattern(1, 4 << 20);
+    let len = data.len() as u64;
+    for (name, reversed) in [("in order", false), ("reversed", true)] {
+        let mut fragments: Vec<(usize, &[u8])> =
+            data.chunks(1400).enumerate().map(|(index, fragment)| (index * 1400, fragment)).collect();
+        if reversed {
+            fragments.reverse();
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..20 {
+            let mut crc = crc::PayloadCrc::default();
+            for &(offset, fragment) in &fragments {
+                crc.add(offset as u64, fragment, len);
+            }
+            assert_eq!(crc.finish(len), crc32c::crc32c(&data));
+        }
+        eprintln!("{name}: {:?} per 4 MiB chunk", start.elapsed() / 20);
+    }
+    let start = std::time::Instant::now();
+    for _ in 0..20 {
+        std::hint::black_box(crc32c::crc32c(&data));
+    }
+    eprintln!("plain crc32c: {:?}", start.elapsed() / 20);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { id: u8, len: u16, frag_bytes: u16, reversed: bool },
+    Abort { id: u8, len: u16 },
+    Delete { id: u8 },
+    Compact,
+    MaybeCompact,
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..8u8, 0..3000u16, 1..1500u16, any::<bool>())
+            .prop_map(|(id, len, frag_bytes, reversed)| {
+                Op::Put { id, len, frag_bytes, reversed }
+            }),
+        1 => (0..8u8, 0..3000u16).prop_map(|(id, len)| Op::Abort { id, len }),
+        3 => (0..10u8).prop_map(|id| Op::Delete { id }),
+        1 => Just(Op::Compact),
+        1 => Just(Op::MaybeCompact),
+        1 => Just(Op::Restart),
+    ]
+}
+
+fn check_model(store: &mut DiskStore, model: &HashMap<ChunkId, Vec<u8>>) {
+    for id in 0..10u128 {
+        assert_eq!(read_all(store, id).ok().as_ref(), model.get(&id), "chunk {id}");
+    }
+    let used: usize = model.values().map(Vec::len).sum();
+    assert_eq!(store.used_bytes(), used as u64);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn random_operations_match_a_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DiskStoreConfig { segment_bytes: 4096, ..small_config() };
+        let mut store = open(dir.path(), config);
+        let mut model: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Put { id, len, frag_bytes, reversed } => {
+                    let id = ChunkId::from(id);
+                    let data = pattern(id * 1000 + step as u128, usize::from(len));
+                    let put = store.begin_put(id, u32::from(len)).unwrap();
+                    let mut fragments: Vec<usize> =
+                        (0..data.len().div_ceil(usize::from(frag_bytes))).collect();
+                    if reversed {
+                        fragments.reverse();
+                    }
+                    for index in fragments {
+                        let start = index * usize::from(frag_bytes);
+                        let end = (start + usize::from(frag_bytes)).min(data.len());
+                        store.write_at(put, start as u32, &data[start..end]).unwrap();
+                    }
+                    store.commit_put(put, step as u64).unwrap();
+                    model.insert(id, data);
+                }
+                Op::Abort { id, len } => {
+                    let put = store.begin_put(ChunkId::from(id), u32::from(len)).unwrap();
+                    store.write_at(put, 0, &vec![0xEE; usize::from(len / 2)]).unwrap();
+                    store.abort_put(put);
+                }
+                Op::Delete { id } => {
+                    store.delete(ChunkId::from(id), step as u64).unwrap();
+                    model.remove(&ChunkId::from(id));
+                }
+                Op::Compact => {
+                    drain_all(&mut store);
+                    store.compact().unwrap();
+                }
+                Op::MaybeCompact => {
+                    drain_all(&mut store);
+                    store.maybe_compact().unwrap();
+                }
+                Op::Restart => {
+                    drain_all(&mut store);
+                    drop(store);
+                    store = open(dir.path(), config);
+                    let report = *store.recovery_report();
+                    prop_assert_eq!(report.torn_tail_bytes_truncated, 0);
+                    prop_assert_eq!(report.corrupt_records_skipped, 0);
+                    prop_assert_eq!(report.checksum_mismatches_discarded, 0);
+                    prop_assert_eq!(report.chunks_live, model.len() as u64);
+                }
+            }
+            check_model(&mut store, &model);
+            let live: u64 = store.segments.values().map(|segment| segment.live_bytes).sum();
+            let index_bytes: u64 =
+                store.index.values().map(|location| record_bytes(location.len)).sum();
+            let tombstone_bytes: u64 =
+                store.tombstones.values().map(|entry| entry.record_bytes).sum();
+            let expected_live = index_bytes + tombstone_bytes;
+            prop_assert_eq!(live, expected_live);
+            let disk: u64 = store.segments.values().map(|segment| segment.len_bytes).sum();
+            prop_assert_eq!(disk, store.disk_bytes());
+        }
+        drain_all(&mut store);
+        drop(store);
+        let mut store = open(dir.path(), config);
+        check_model(&mut store, &model);
+    }
+}
+
+#[test]
+fn shift_feeds_zero_bytes() {
+    let data = b"beeline chunk payload";
+    for zeros in [0usize, 1, 7, 64, 1000, 4097] {
+        let mut padded = data.to_vec();
+        padded.resize(data.len() + zeros, 0);
+        assert_eq!(crc::shift(crc::raw(data), zeros as u64), crc::raw(&padded));
+    }
+    assert_eq!(crc::PayloadCrc::default().finish(0), crc32c::crc32c(&[]));
+    // Unwritten bytes count as the zeros the file holds there.
+    let mut crc = crc::PayloadCrc::default();
+    crc.add(5, b"abc", 20);
+    let mut expected = [0u8; 20];
+    expected[5..8].copy_from_slice(b"abc");
+    assert_eq!(crc.finish(20), crc32c::crc32c(&expected));
+}
+
+#[test]
+fn header_round_trip_and_damage_detected() {
+    let id: ChunkId = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+    let pending = encode_header(KIND_PUT, id, 5000, None);
+    let decoded = decode_header(&pending).unwrap();
+    assert_eq!(decoded, DecodedHeader { kind: KIND_PUT, id, len: 5000, commit: CommitState::Pending });
+
+    let commit = encode_commit(frame_crc(KIND_PUT, id, 5000), 77, 0xdead_beef);
+    let committed = encode_header(KIND_PUT, id, 5000, Some(commit));
+    let expected = CommitState::Committed { seq: 77, payload_crc: 0xdead_beef };
+    assert_eq!(decode_header(&committed).unwrap().commit, expected);
+
+    for byte in 0..32 {
+        let mut damaged = committed;
+        damaged[byte] ^= 0x10;
+        assert!(decode_header(&damaged).is_none(), "frame byte {byte}");
+    }
+    for byte in 32..64 {
+        let mut damaged = committed;
+        damaged[byte] ^= 0x10;
+        assert_eq!(decode_header(&damaged).unwrap().commit, CommitState::Pending, "commit byte {byte}");
+    }
+    // A commit block belongs to its own frame only.
+    let mut other = encode_header(KIND_PUT, id + 1, 5000, None);
+    other[32..64].copy_from_slice(&commit);
+    assert_eq!(decode_header(&other).unwrap().commit, CommitState::Pending);
+    assert!(decode_header(&[0u8; 64]).is_none());
+
+    let tombstone = encode_header(KIND_TOMBSTONE, id, 0, Some(encode_commit(frame_crc(KIND_TOMBSTONE, id, 0), 78, 0)));
+    let decoded = decode_header(&tombstone).unwrap();
+    assert_eq!(decoded.kind, KIND_TOMBSTONE);
+    assert_eq!(decoded.commit, CommitState::Committed { seq: 78, payload_crc: 0 });
+    assert_eq!(record_bytes(0), 64);
+    assert_eq!(record_bytes(1), 128);
+    assert_eq!(record_bytes(64), 128);
+    assert_eq!(record_bytes(65), 192);
+}
+
+#[test]
+fn segment_names() {
+    assert_eq!(segment_path(Path::new("/d"), 1), Path::new("/d/seg-000001.log"));
+    assert_eq!(parse_segment_name("seg-000001.log"), Some(1));
+    assert_eq!(parse_segment_name("seg-1234567.log"), Some(1_234_567));
+    assert_eq!(parse_segment_name("seg-000000.log"), None);
+    assert_eq!(parse_segment_name("seg-00001.log"), None);
+    assert_eq!(parse_segment_name("seg-00000x.log"), None);
+    assert_eq!(parse_segment_name("LOCK"), None);
+}
+
+#[test]
+fn round_trip_with_out_of_order_fragments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), small_config());
+    let data = pattern(1, 10_000);
+    put(&mut store, 1, &data, 7);
+    assert_eq!(store.chunk_len(1), Some(10_000));
+    assert_eq!(store.used_bytes(), 10_000);
+    assert_eq!(read_all(&mut store, 1).unwrap(), data);
+
+    let mut buf = [0u8; 100];
+    assert_eq!(store.read_at(1, 1234, &mut buf), Ok(100));
+    assert_eq!(buf[..], data[1234..1334]);
+    assert_eq!(store.read_at(1, 9950, &mut buf), Ok(50));
+    assert_eq!(buf[..50], data[9950..]);
+    assert_eq!(store.read_at(1, 10_000, &mut buf), Ok(0));
+    assert_eq!(store.read_at(1, 20_000, &mut buf), Ok(0));
+    assert_eq!(store.read_at(2, 0, &mut buf), Err(StoreError::NotFound));
+    assert_eq!(store.chunk_len(2), None);
+
+    // Fragments of one byte, and an empty chunk.
+    let small = pattern(3, 300);
+    let reservation = store.begin_put(3, 300).unwrap();
+    write_scrambled(&mut store, reservation, &small, 1);
+    store.commit_put(reservation, 8).unwrap();
+    assert_eq!(read_all(&mut store, 3).unwrap(), small);
+    put(&mut store, 4, &[], 9);
+    assert_eq!(store.chunk_len(4), Some(0));
+
+    let reports = drain_durable(&mut store, 3);
+    let tickets: Vec<u64> = reports.iter().map(|report| report.ticket).collect();
+    assert_eq!(tickets, [7, 8, 9]);
+    assert!(reports.iter().all(|report| report.result.is_ok()));
+    assert!(!store.wait_durable(TIMEOUT), "nothing pending: returns at once");
+}
+
+#[test]
+fn restart_recovers_committed_skips_uncommitted_and_keeps_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config();
+    let (a1, a2, b, c) = (pattern(10, 3000), pattern(11, 7000), pattern(12, 2500), pattern(13, 1));
+    let mut store = open(dir.path(), config);
+    put(&mut store, 1, &a1, 1);
+    put(&mut store, 2, &b, 2);
+    put(&mut store, 3, &c, 3);
+    let unfinished = store.begin_put(4, 4000).unwrap();
+    store.write_at(unfinished, 0, &pattern(14, 2000)).unwrap();
+    let aborted = store.begin_put(5, 100).unwrap();
+    store.write_at(aborted, 0, &pattern(15, 100)).unwrap();
+    store.abort_put(aborted);
+    store.delete(2, 4).unwrap();
+    put(&mut store, 1, &a2, 5);
+    assert_eq!(read_all(&mut store, 1).unwrap(), a2);
+    assert_eq!(read_all(&mut store, 2), Err(StoreError::NotFound));
+    drain_all(&mut store);
+    drop(store);
+
+    let mut store = open(dir.path(), config);
+    let report = *store.recovery_report();
+    assert_eq!(report.pending_reservations_skipped, 2, "{report:?}");
+    assert_eq!(report.chunks_live, 2, "{report:?}");
+    assert_eq!(report.torn_tail_bytes_truncated, 0);
+    assert_eq!(read_all(&mut store, 1).unwrap(), a2);
+    assert_eq!(read_all(&mut store, 2), Err(StoreError::NotFound));
+    assert_eq!(read_all(&mut store, 3).unwrap(), c);
+    assert_eq!(store.chunk_len(4), None);
+    assert_eq!(store.chunk_len(5), None);
+    assert_eq!(store.used_bytes(), (a2.len() + c.len()) as u64);
+
+    // New records append after the recovered ones and survive another restart.
+    let f = pattern(16, 4444);
+    put(&mut store, 6, &f, 6);
+    drain_all(&mut store);
+    drop(store);
+    let mut store = open(dir.path(), config);
+    assert_eq!(read_all(&mut store, 6).unwrap(), f);
+    assert_eq!(read_all(&mut store, 1).unwrap(), a2);
+    assert_eq!(read_all(&mut store, 3).unwrap(), c);
+    assert_eq!(read_all(&mut store, 2), Err(StoreError::NotFound));
+}
+
+fn torn_tail_case(tear: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config();
+    let (a, b, c) = (pattern(1, 5000), pattern(2, 5000), pattern(3, 3000));
+    let mut store = open(dir.path(), config);
+    put(&mut store, 1, &a, 1);
+    put(&mut store, 2, &b, 2);
+    assert_eq!(store.index[&2].record_offset, record_bytes(5000));
+    drain_all(&mut store);
+    drop(store);
+    tear(&segment_path(dir.path(), 1));
+
+    let mut store = open(dir.path(), config);
+    let report = *store.recovery_report();
+    assert!(report.torn_tail_bytes_truncated > 0, "{report:?}");
+    assert_eq!(report.corrupt_records_skipped, 0);
+    assert_eq!(read_all(&mut store, 1).unwrap(), a);
+    assert_eq!(read_all(&mut store, 2), Err(StoreError::NotFound));
+    assert_eq!(store.disk_bytes(), record_bytes(5000));
+    put(&mut store, 3, &c, 3);
+    drain_all(&mut store);
+    drop(store);
+
+    let mut store = open(dir.path(), config);
+    assert_eq!(store.recovery_report().torn_tail_bytes_truncated, 0);
+    assert_eq!(read_all(&mut store, 1).unwrap(), a);
+    assert_eq!(read_all(&mut store, 2), Err(StoreError::NotFound));
+    assert_eq!(read_all(&mut store, 3).unwrap(), c);
+}
+
+#[test]
+fn torn_tail_in_the_middle_of_a_payload_is_truncated() {
+    torn_tail_case(|path| {
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.set_len(record_bytes(5000) + RECORD_HEADER_BYTES + 1000).unwrap();
+    });
+}
+
+#[test]
+fn torn_tail_with_a_garbled_header_is_truncated() {
+    torn_tail_case(|path| damage(path, record_bytes(5000) + 10, &[0xff, 0x00, 0x55]));
+}
+
+#[test]
+fn corrupt_payload_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config();
+    let mut store = open(dir.path(), config);
+    let (a, b, x1, x2) = (pattern(1, 3000), pattern(2, 3000), pattern(3, 2000), pattern(4, 2000));
+    put(&mut store, 1, &a, 1);
+    put(&mut store, 2, &b, 2);
+    put(&mut store, 3, &x1, 3);
+    put(&mut store, 3, &x2, 4);
+    let a_payload = store.index[&1].record_offset + RECORD_HEADER_BYTES;
+    let x2_payload = store.index[&3].record_offset + RECORD_HEADER_BYTES;
+    drain_all(&mut store);
+    drop(store);
+    let path = segment_path(dir.path(), 1);
+    damage(&path, a_payload + 100, &[a[100] ^ 1]);
+    damage(&path, x2_payload + 1999, &[x2[1999] ^ 0x80]);
+
+    for _ in 0..2 {
+        let mut store = open(dir.path(), config);
+        let report = *store.recovery_report();
+        assert_eq!(report.checksum_mismatches_discarded, 2, "{report:?}");
+        assert_eq!(store.chunk_len(1), None);
+        assert_eq!(read_all(&mut store, 1), Err(StoreError::NotFound));
+        assert_eq!(read_all(&mut store, 2).unwrap(), b);
+        // The older, intact version of chunk 3 is not served instead of the newer one.
+        assert_eq!(read_all(&mut store, 3), Err(StoreError::NotFound));
+        assert_eq!(store.used_bytes(), 3000);
+    }
+    let mut store = open(dir.path(), config);
+    put(&mut store, 3, &x1, 5);
+    drain_all(&mut store);
+    drop(store);
+    let mut store = open(dir.path(), config);
+    assert_eq!(read_all(&mut store, 3).unwrap(), x1);
+}
+
+#[test]
+fn corrupt_header_in_an_earlier_segment_skips_the_rest_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskStoreConfig { segment_bytes: 16 << 10, ..small_config() };
+    let mut store = open(dir.path(), config);
+    // 4032-byte payloads make 4096-byte records: four per segment.
+    let chunks: Vec<Vec<u8>> = (0..10).map(|id| pattern(id, 4032)).collect();
+    for (id, data) in chunks.iter().enumerate() {
+        put(&mut store, id as ChunkId, data, id as u64);
+    }
+    drain_all(&mut store);
+    assert_eq!(store.segment_count(), 3);
+    drop(store);
+    damage(&segment_path(dir.path(), 1), 4096 + 3, &[0xAA]);
+
+    let mut store = open(dir.path(), config);
+    let report = *store.recovery_report();
+    assert_eq!(report.corrupt_records_skipped, 1, "{report:?}");
+    assert_eq!(report.corrupt_bytes_skipped, 3 * 4096);
+    assert_eq!(report.torn_tail_bytes_truncated, 0);
+    for (id, data) in chunks.iter().enumerate() {
+        let expected = if (1..=3).contains(&id) { Err(StoreError::NotFound) } else { Ok(data.clone()) };
+        assert_eq!(read_all(&mut store, id as ChunkId), expected, "chunk {id}");
+    }
+    // The damaged segment is mostly dead: compaction keeps what it could read.
+    let compaction = store.maybe_compact().unwrap();
+    assert_eq!(compaction.segments_removed, 1, "{compaction:?}");
+    drop(store);
+    let mut store = open(dir.path(), config);
+    assert_eq!(store.recovery_report().corrupt_records_skipped, 0);
+    assert_eq!(store.segment_count(), 2);
+    assert_eq!(read_all(&mut store, 0).unwrap(), chunks[0]);
+    assert_eq!(read_all(&mut store, 4).unwrap(), chunks[4]);
+    assert_eq!(read_all(&mut store, 1), Err(StoreError::NotFound));
+}
+
+#[test]
+fn chunk_larger_than_a_segment_gets_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskStoreConfig { segment_bytes: 4096, ..small_config() };
+    let mut store = open(dir.path(), config);
+    let (small, big) = (pattern(1, 100), pattern(2, 20_000));
+    put(&mut store, 1, &small, 1);
+    put(&mut store, 2, &big, 2);
+    put(&mut store, 3, &small, 3);
+    assert_eq!(store.segment_count(), 3);
+    drain_all(&mut store);
+    drop(store);
+    let mut store = open(dir.path(), config);
+    assert_eq!(read_all(&mut store, 2).unwrap(), big);
+    assert_eq!(read_all(&mut store, 3).unwrap(), small);
+}
+
+fn fill_and_delete(dir: &Path, config: DiskStoreConfig) -> (DiskStore, Vec<(ChunkId, Vec<u8>)>) {
+    let mut store = open(dir, config);
+    let mut kept = Vec::new();
+    for id in 0..100u128 {
+        let data = pattern(id, 4000);
+        put(&mut store, id, &data, id as u64);
+        if id % 10 == 3 {
+            kept.push((id, data));
+        }
+    }
+    drain_all(&mut store);
+    for id in (0..100u128).filter(|id| id % 10 != 3) {
+        store.delete(id, 1000 + id as u64).unwrap();
+    }
+    drain_all(&mut store);
+    (store, kept)
+}
+
+fn check_kept(store: &mut DiskStore, kept: &[(ChunkId, Vec<u8>)]) {
+    for id in 0..100u128 {
+        let expected = kept.iter().find(|(kept_id, _)| *kept_id == id).map(|(_, data)| data.clone());
+        assert_eq!(read_all(store, id).ok(), expected, "chunk {id}");
+    }
+    assert_eq!(store.used_bytes(), kept.len() as u64 * 4000);
+}
+
+#[test]
+fn compaction_reclaims_space_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config();
+    let (mut store, kept) = fill_and_delete(dir.path(), config);
+    let segments_before = store.segment_count();
+    let disk_before = store.disk_bytes();
+    assert!(segments_before >= 7, "{segments_before} segments");
+
+    let report = store.compact().unwrap();
+    assert!(report.segments_removed >= 6, "{report:?}");
+    assert_eq!(report.records_copied, kept.len() as u64, "{report:?}");
+    assert!(store.disk_bytes() < disk_before / 3, "{} of {disk_before}", store.disk_bytes());
+    check_kept(&mut store, &kept);
+    // Nothing left that is worth it.
+    assert_eq!(store.maybe_compact().unwrap().segments_removed, 0);
+    let disk_after = store.disk_bytes();
+    drop(store);
+
+    let mut store = open(dir.path(), config);
+    assert_eq!(store.disk_bytes(), disk_after);
+    assert_eq!(store.recovery_report().chunks_live, kept.len() as u64);
+    check_kept(&mut store, &kept);
+
+    // Keep compacting: tombstones whose targets are gone are dropped in the end.
+    let kept_record_bytes = kept.len() as u64 * record_bytes(4000);
+    for _ in 0..10 {
+        // Seal the active segment so it can be compacted too.
+        store.roll_requested = true;
+        let data = pattern(500, 10);
+        put(&mut store, 500, &data, 1);
+        store.delete(500, 2).unwrap();
+        drain_all(&mut store);
+        store.compact().unwrap();
+    }
+    assert!(store.tombstones.len() <= 1, "{} tombstones", store.tombstones.len());
+    assert!(store.disk_bytes() <= kept_record_bytes + 4 * RECORD_HEADER_BYTES + record_bytes(10));
+    check_kept(&mut store, &kept);
+    drop(store);
+    let mut store = open(dir.path(), config);
+    check_kept(&mut store, &kept);
+    assert_eq!(store.chunk_len(500), None);
+}
+
+#[test]
+fn compaction_interrupted_before_the_old_segment_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let config = small_config();
+    let (mut store, kept) = fill_and_delete(dir.path(), config);
+    for id in store.segments.keys() {
+        fs::copy(segment_path(dir.path(), *id), segment_path(backup.path(), *id)).unwrap();
+    }
+    // One segment per call, until nothing is more than half dead.
+    let mut segments_removed = 0;
+    for _ in 0..store.segment_count() {
+        let report = store.maybe_compact().unwrap();
+        assert!(report.segments_removed <= 1, "{report:?}");
+        if report.segments_removed == 0 {
+            break;
+        }
+        segments_removed += report.segments_removed;
+    }
+    assert!(segments_removed >= 6, "{segments_removed} segments removed");
+    // Damage the copy of one kept chunk: the intact original must win.
+    let (victim_id, _) = kept[0];
+    let copy = store.index[&victim_id];
+    drop(store);
+    damage(&segment_path(dir.path(), copy.segment), copy.record_offset + RECORD_HEADER_BYTES, &[0x5A, 0xA5]);
+    // As if the crash came before the old segment files were deleted.
+    for entry in fs::read_dir(backup.path()).unwrap() {
+        let entry = entry.unwrap();
+        let restored = dir.path().join(entry.file_name());
+        if !restored.exists() {
+            fs::copy(entry.path(), restored).unwrap();
+        }
+    }
+    let mut store = open(dir.path(), config);
+    assert_eq!(store.recovery_report().checksum_mismatches_discarded, 1);
+    check_kept(&mut store, &kept);
+    // And compaction sorts it all out again.
+    store.compact().unwrap();
+    check_kept(&mut store, &kept);
+    drop(store);
+    let mut store = open(dir.path(), config);
+    check_kept(&mut store, &kept);
+}
+
+#[test]
+fn capacity_cap_gives_disk_full_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskStoreConfig { capacity_bytes: Some(64 << 10), ..small_config() };
+    let mut store = open(dir.path(), config);
+    let mut stored = Vec::new();
+    let mut full = false;
+    for id in 0..100u128 {
+        let data = pattern(id, 4000);
+        match store.begin_put(id, 4000) {
+            Ok(reservation) => {
+                write_scrambled(&mut store, reservation, &data, 1000);
+                store.commit_put(reservation, id as u64).unwrap();
+                stored.push((id, data));
+            }
+            Err(error) => {
+                assert_eq!(error, StoreError::DiskFull);
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full);
+    assert_eq!(stored.len(), 16);
+    assert!(store.disk_bytes() <= 64 << 10);
+    // Deletes still work at the cap.
+    store.delete(0, 500).unwrap();
+    drain_all(&mut store);
+    for (id, data) in &stored[1..] {
+        assert_eq!(&read_all(&mut store, *id).unwrap(), data);
+    }
+    drop(store);
+    let mut store = open(dir.path(), config);
+    assert_eq!(store.begin_put(1000, 4000), Err(StoreError::DiskFull));
+    assert_eq!(store.chunk_len(0), None);
+    for (id, data) in &stored[1..] {
+        assert_eq!(&read_all(&mut store, *id).unwrap(), data);
+    }
+}
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn real_enospc_on_a_small_tmpfs() {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping real_enospc_on_a_small_tmpfs: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(dir.path()).status();
+    if !mounted.is_ok_and(|status| status.success()) {
+        eprintln!("skipping real_enospc_on_a_small_tmpfs: mount -t tmpfs failed (no CAP_SYS_ADMIN?)");
+        return;
+    }
+    let mount = Mount(dir.path().to_path_buf());
+    let config = DiskStoreConfig { segment_bytes: 256 << 10, ..small_config() };
+    let mut store = open(&mount.0, config);
+    let mut stored = Vec::new();
+    let mut full = false;
+    for id in 0..200u128 {
+        let data = pattern(id, 16_000);
+        match store.begin_put(id, 16_000) {
+            Ok(reservation) => {
+                write_scrambled(&mut store, reservation, &data, 1400);
+                store.commit_put(reservation, id as u64).unwrap();
+                stored.push((id, data));
+            }
+            Err(error) => {
+                assert_eq!(error, StoreError::DiskFull);
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "a 1 MiB tmpfs never filled up");
+    assert!(stored.len() > 30, "only {} chunks fit", stored.len());
+    drain_all(&mut store);
+    for (id, data) in &stored {
+        assert_eq!(&read_all(&mut store, *id).unwrap(), data);
+    }
+    drop(store);
+    let mut store = open(&mount.0, config);
+    assert_eq!(store.recovery_report().chunks_live, stored.len() as u64);
+    for (id, data) in &stored {
+        assert_eq!(&read_all(&mut store, *id).unwrap(), data);
+    }
+    drop(store);
+    drop(mount);
+}
+
+#[test]
+fn group_commit_reports_every_ticket_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), small_config());
+    let mut issued = Vec::new();
+    for id in 0..400u128 {
+        let ticket = 10_000 + id as u64;
+        if id % 5 == 4 {
+            // Deleting an absent chunk is a durability barrier.
+            store.delete(1_000_000 + id, ticket).unwrap();
+        } else {
+            put(&mut store, id, &pattern(id, 200), ticket);
+        }
+        issued.push(ticket);
+    }
+    assert!(store.pending_durable() <= issued.len());
+    let reports = drain_durable(&mut store, issued.len());
+    let tickets: Vec<u64> = reports.iter().map(|report| report.ticket).collect();
+    assert_eq!(tickets, issued, "reported in order, each once");
+    assert_eq!(tickets.iter().collect::<HashSet<_>>().len(), issued.len());
+    assert!(reports.iter().all(|report| report.result.is_ok()));
+    store.poll_durable(&mut |durable| panic!("unexpected report {durable:?}"));
+}
+
+#[test]
+fn bounds_busy_and_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskStoreConfig { max_puts_in_flight: 2, max_pending_durable: 4, ..small_config() };
+    let mut store = open(dir.path(), config);
+    assert_eq!(store.begin_put(1, config.max_chunk_bytes + 1), Err(StoreError::TooLarge));
+    let first = store.begin_put(1, 10).unwrap();
+    let second = store.begin_put(2, 10).unwrap();
+    assert_eq!(store.begin_put(3, 10), Err(StoreError::Busy));
+    store.abort_put(first);
+    let third = store.begin_put(3, 10).unwrap();
+    assert_ne!(third, first, "a reused slot gets a new handle");
+    for put in [second, third] {
+        store.write_at(put, 0, &[7; 10]).unwrap();
+        store.commit_put(put, 1).unwrap();
+    }
+    store.delete(2, 2).unwrap();
+    store.delete(9, 3).unwrap();
+    // Four changes await poll_durable: the bound is reached.
+    assert_eq!(store.begin_put(4, 10), Err(StoreError::Busy));
+    assert_eq!(store.delete(3, 4), Err(StoreError::Busy));
+    drain_all(&mut store);
+    let fourth = store.begin_put(4, 10).unwrap();
+    store.abort_put(fourth);
+    assert_eq!(store.used_bytes(), 10);
+}
+
+#[test]
+#[should_panic(expected = "past a 10-byte chunk")]
+fn write_past_the_reservation_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), small_config());
+    let put = store.begin_put(1, 10).unwrap();
+    let _ = store.write_at(put, 5, &[0; 6]);
+}
+
+#[test]
+#[should_panic(expected = "not in flight")]
+fn stale_reservation_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), small_config());
+    let put = store.begin_put(1, 0).unwrap();
+    store.commit_put(put, 1).unwrap();
+    store.abort_put(put);
+}
+
+#[test]
+fn a_data_directory_is_opened_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), small_config());
+    let error = DiskStore::open(dir.path(), small_config()).unwrap_err();
+    assert!(matches!(error, DiskStoreError::Locked { .. }), "{error}");
+    assert!(error.to_string().contains("--data-dir"), "{error}");
+    drop(store);
+    drop(open(dir.path(), small_config()));
+}
+
+#[test]
+fn invalid_config_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskStoreConfig { max_chunk_bytes: MAX_CHUNK_LIMIT_BYTES + 1, ..small_config() };
+    let error = DiskStore::open(dir.path(), config).unwrap_err();
+    assert!(error.to_string().contains("max_chunk_bytes"), "{error}");
+    let config = DiskStoreConfig { max_pending_durable: 0, ..small_config() };
+    let error = DiskStore::open(dir.path(), config).unwrap_err();
+    assert!(error.to_string().contains("max_pending_durable"), "{error}");
+    let config = DiskStoreConfig { max_chunk_bytes: MAX_CHUNK_LIMIT_BYTES, ..DiskStoreConfig::default() };
+    drop(open(dir.path(), config));
+    // Room for every put slot's commit, whatever max_pending_durable says.
+    let config = DiskStoreConfig { max_puts_in_flight: 8192, ..DiskStoreConfig::default() };
+    let store = open(dir.path(), config);
+    assert_eq!(store.config().max_pending_durable, 8192);
+}

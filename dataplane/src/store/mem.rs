@@ -1,0 +1,113 @@
+//! An in-memory chunk store: the store for `sim` tests and for benchmarks of the poll
+//! loop without disk I/O. Changes become "durable" on the next `poll_durable`.
+
+use std::collections::HashMap;
+use std::vec::Vec;
+
+use crate::store::{ChunkStore, Durable, POLL_DURABLE_BATCH_MAX, PutReservation, StoreError};
+use crate::wire::ChunkId;
+
+#[derive(Default)]
+pub struct MemStore {
+    chunks: HashMap<ChunkId, Vec<u8>>,
+    reservations: HashMap<u32, (ChunkId, Vec<u8>)>,
+    next_reservation: u32,
+    pending: Vec<Durable>,
+    capacity_bytes: Option<u64>,
+    used_bytes: u64,
+    puts_in_flight_max: usize,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self { puts_in_flight_max: 1024, ..Self::default() }
+    }
+
+    /// A store that reports `DiskFull` once `capacity_bytes` of data (committed plus
+    /// reserved) would be exceeded.
+    pub fn with_capacity_bytes(capacity_bytes: u64) -> Self {
+        Self { capacity_bytes: Some(capacity_bytes), ..Self::new() }
+    }
+
+    pub fn chunk(&self, id: ChunkId) -> Option<&[u8]> {
+        self.chunks.get(&id).map(Vec::as_slice)
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+impl ChunkStore for MemStore {
+    fn chunk_len(&self, id: ChunkId) -> Option<u32> {
+        self.chunks.get(&id).map(|data| data.len() as u32)
+    }
+
+    fn begin_put(&mut self, id: ChunkId, len: u32) -> Result<PutReservation, StoreError> {
+        if self.reservations.len() >= self.puts_in_flight_max {
+            return Err(StoreError::Busy);
+        }
+        let reserved: u64 = self.reservations.values().map(|(_, data)| data.len() as u64).sum();
+        if let Some(capacity) = self.capacity_bytes {
+            if self.used_bytes + reserved + u64::from(len) > capacity {
+                return Err(StoreError::DiskFull);
+            }
+        }
+        self.next_reservation = self.next_reservation.wrapping_add(1);
+        self.reservations.insert(self.next_reservation, (id, vec![0; len as usize]));
+        Ok(PutReservation(self.next_reservation))
+    }
+
+    fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError> {
+        let (_, buffer) = self.reservations.get_mut(&put.0).expect("write to an unknown reservation");
+        let start = offset as usize;
+        assert!(start + data.len() <= buffer.len(), "write beyond the reservation");
+        buffer[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn commit_put(&mut self, put: PutReservation, ticket: u64) -> Result<(), StoreError> {
+        let (id, data) = self.reservations.remove(&put.0).expect("commit of an unknown reservation");
+        self.used_bytes += data.len() as u64;
+        if let Some(old) = self.chunks.insert(id, data) {
+            self.used_bytes -= old.len() as u64;
+        }
+        self.pending.push(Durable { ticket, result: Ok(()) });
+        Ok(())
+    }
+
+    fn abort_put(&mut self, put: PutReservation) {
+        self.reservations.remove(&put.0);
+    }
+
+    fn delete(&mut self, id: ChunkId, ticket: u64) -> Result<(), StoreError> {
+        if let Some(old) = self.chunks.remove(&id) {
+            self.used_bytes -= old.len() as u64;
+        }
+        self.pending.push(Durable { ticket, result: Ok(()) });
+        Ok(())
+    }
+
+    fn read_at(&mut self, id: ChunkId, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let data = self.chunks.get(&id).ok_or(StoreError::NotFound)?;
+        let start = (offset as usize).min(data.len());
+        let len = buf.len().min(data.len() - start);
+        buf[..len].copy_from_slice(&data[start..start + len]);
+        Ok(len)
+    }
+
+    fn poll_durable(&mut self, done: &mut dyn FnMut(Durable)) {
+        let batch = self.pending.len().min(POLL_DURABLE_BATCH_MAX);
+        for durable in self.pending.drain(..batch) {
+            done(durable);
+        }
+    }
+
+    fn pending_durable(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+}

@@ -1,0 +1,83 @@
+//! The chunk store boundary. The node hands received payload slices (views into arena
+//! frames) straight to the store and reads GET payload from the store straight into a
+//! frame; the store is the only place bytes are persisted.
+//!
+//! Durability is asynchronous: `commit_put` and `delete` only queue the change, and the
+//! store reports it through [`ChunkStore::poll_durable`] once it is on disk. The node
+//! acknowledges to the client only then. Stores are expected to group-commit: one
+//! `fdatasync` for every change queued since the last one.
+
+#[cfg(feature = "std")]
+pub mod disk;
+#[cfg(feature = "std")]
+pub mod mem;
+
+use crate::wire::ChunkId;
+
+/// Most completions one [`ChunkStore::poll_durable`] call may report: stores stop there
+/// (asserted in each store) and the node sizes its completion buffer by it (asserted in
+/// `Node::poll_store`), so neither side can overrun the other.
+pub const POLL_DURABLE_BATCH_MAX: usize = 256;
+
+/// Why a store operation failed. Each maps to a wire [`Status`](crate::wire::Status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// No durable chunk with that id.
+    NotFound,
+    /// The disk (or the store's configured capacity) is full.
+    DiskFull,
+    /// The chunk is larger than the store accepts.
+    TooLarge,
+    /// Too many puts in flight in the store; try later.
+    Busy,
+    /// An I/O error other than a full disk.
+    Io,
+}
+
+/// A put in progress inside the store (space reserved, fragments being written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutReservation(pub u32);
+
+/// A change that became durable (or failed to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// The ticket given to `commit_put` or `delete`.
+    pub ticket: u64,
+    pub result: Result<(), StoreError>,
+}
+
+pub trait ChunkStore {
+    /// Length of a durable (committed) chunk, `None` when absent or deleted.
+    fn chunk_len(&self, id: ChunkId) -> Option<u32>;
+
+    /// Reserves space for a chunk of `len` bytes. Space errors surface here, so a client
+    /// learns of a full disk before it sends the whole chunk.
+    fn begin_put(&mut self, id: ChunkId, len: u32) -> Result<PutReservation, StoreError>;
+
+    /// Writes `data` at byte `offset` of a reserved chunk. Each byte range is written once.
+    fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Seals a fully written chunk. It becomes visible to `chunk_len`/`read_at` and is
+    /// reported by `poll_durable` with `ticket` once it is on disk.
+    fn commit_put(&mut self, put: PutReservation, ticket: u64) -> Result<(), StoreError>;
+
+    /// Gives up a reservation (the client went away); its space is reclaimed later.
+    fn abort_put(&mut self, put: PutReservation);
+
+    /// Deletes a chunk; reported by `poll_durable` with `ticket` once durable. Deleting an
+    /// absent chunk succeeds (deletes are idempotent).
+    fn delete(&mut self, id: ChunkId, ticket: u64) -> Result<(), StoreError>;
+
+    /// Reads up to `buf.len()` bytes of a committed chunk from byte `offset`.
+    fn read_at(&mut self, id: ChunkId, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError>;
+
+    /// Calls `done` for the changes that became durable since the last call, oldest first
+    /// and at most [`POLL_DURABLE_BATCH_MAX`] of them; the rest wait for the next call.
+    fn poll_durable(&mut self, done: &mut dyn FnMut(Durable));
+
+    /// Changes queued but not yet reported durable.
+    fn pending_durable(&self) -> usize;
+
+    /// Bytes of live chunk data held.
+    fn used_bytes(&self) -> u64;
+}

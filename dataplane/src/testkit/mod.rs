@@ -1,0 +1,7 @@
+//! What tests, benchmarks and fuzz targets drive the data plane with: the fuzzing entry
+//! points over untrusted bytes (shared by `fuzz/` and the corpus replay) and a
+//! node plus clients on the seeded `sim` network under virtual time.
+
+pub mod fuzzing;
+#[cfg(feature = "std")]
+pub mod harness;
