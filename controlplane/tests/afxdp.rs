@@ -56,7 +56,7 @@ fn missing_requirement() -> Option<String> {
 macro_rules! require_kernel_bypass {
     ($name:literal) => {
         if let Some(why) = missing_requirement() {
-            eprintln!("skipping {}: {why}", $name);
+            beeline_dataplane::testkit::skip($name, &why);
             return;
         }
     };
@@ -596,7 +596,10 @@ fn stale_classifier_is_replaced_and_foreign_programs_are_not() {
 
     // A program that is not Beeline's is never replaced.
     let Some(other) = foreign_program(dir.path()) else {
-        eprintln!("skipping the foreign-program half: clang cannot build a bpf object here");
+        beeline_dataplane::testkit::skip(
+            "stale_classifier_is_replaced_and_foreign_programs_are_not (the foreign-program half)",
+            "clang cannot build a bpf object here",
+        );
         return;
     };
     sh(&["ip", "-n", n, "link", "set", "dev", interface, "xdpdrv", "obj", other.to_str().unwrap(), "sec", "xdp"]);
@@ -716,7 +719,10 @@ fn files_round_trip_under_loss_delay_and_reordering() {
     let mut node = AfxdpNode::new(&topology, dir.path(), &[]);
     node.start();
     let Some(how) = impair(&topology, dir.path()) else {
-        eprintln!("skipping files_round_trip_under_loss_delay_and_reordering: neither sch_netem nor clang for cls_bpf");
+        beeline_dataplane::testkit::skip(
+            "files_round_trip_under_loss_delay_and_reordering",
+            "neither sch_netem nor clang for cls_bpf",
+        );
         return;
     };
     eprintln!("impairment: {how}");

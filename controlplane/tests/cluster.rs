@@ -26,12 +26,12 @@ fn have(program: &str) -> bool {
 
 fn skip_unless_ready(test: &str) -> bool {
     if !is_root() {
-        eprintln!("skipping {test}: needs root to create network namespaces");
+        beeline_dataplane::testkit::skip(test, "needs root to create network namespaces");
         return true;
     }
     for program in ["ip", "redis-server"] {
         if !have(program) {
-            eprintln!("skipping {test}: {program} is not installed (ci/setup.sh installs it)");
+            beeline_dataplane::testkit::skip(test, &format!("{program} is not installed (ci/setup.sh installs it)"));
             return true;
         }
     }
@@ -547,7 +547,10 @@ fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() {
         return;
     }
     if !have("prometheus") {
-        eprintln!("skipping prometheus test: prometheus is not installed (ci/setup.sh installs it)");
+        beeline_dataplane::testkit::skip(
+            "prometheus_scrapes_every_node_and_every_dashboard_query_has_data",
+            "prometheus is not installed (ci/setup.sh installs it)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -44,7 +44,7 @@ fn missing_requirement() -> Option<String> {
 macro_rules! require_root {
     ($name:literal) => {
         if let Some(why) = missing_requirement() {
-            eprintln!("skipping {}: {why}", $name);
+            beeline_dataplane::testkit::skip($name, &why);
             return;
         }
     };

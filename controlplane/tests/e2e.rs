@@ -298,7 +298,7 @@ fn full_disk_is_an_error_the_client_sees_not_a_crash() {
 fn real_enospc_on_a_tiny_tmpfs() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping real_enospc_on_a_tiny_tmpfs: needs root to mount a tmpfs");
+        beeline_dataplane::testkit::skip("real_enospc_on_a_tiny_tmpfs", "needs root to mount a tmpfs");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

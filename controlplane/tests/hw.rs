@@ -60,7 +60,7 @@ fn is_root() -> bool {
 macro_rules! require_root {
     ($name:literal) => {
         if !is_root() {
-            eprintln!("skipping {}: needs root (it changes the host and restores it)", $name);
+            beeline_dataplane::testkit::skip($name, "needs root (it changes the host and restores it)");
             return;
         }
     };
@@ -126,7 +126,10 @@ fn virtio_profile_against_this_machines_virtio_nic() {
         read("vendor").trim() == "0x1af4" && read("class").trim() == "0x020000"
     });
     let Some(entry) = found else {
-        eprintln!("skipping virtio_profile_against_this_machines_virtio_nic: no virtio-net PCI device here");
+        beeline_dataplane::testkit::skip(
+            "virtio_profile_against_this_machines_virtio_nic",
+            "no virtio-net PCI device here",
+        );
         return;
     };
     let address = entry.file_name().to_string_lossy().into_owned();
@@ -279,7 +282,10 @@ fn hugepage_verdict_follows_nr_hugepages() {
     require_root!("hugepage_verdict_follows_nr_hugepages");
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
     if !meminfo.lines().any(|l| l.starts_with("Hugepagesize:") && l.contains(" 2048 kB")) {
-        eprintln!("skipping hugepage_verdict_follows_nr_hugepages: the default hugepage size is not 2 MiB");
+        beeline_dataplane::testkit::skip(
+            "hugepage_verdict_follows_nr_hugepages",
+            "the default hugepage size is not 2 MiB",
+        );
         return;
     }
     let needed = 256; // virtio.toml's [hugepages] pages
@@ -294,7 +300,10 @@ fn hugepage_verdict_follows_nr_hugepages() {
     guard.set(in_use + needed);
     let free = read_number(&format!("{HUGEPAGES_2M}/free_hugepages"));
     if free < needed {
-        eprintln!("skipping hugepage_verdict_follows_nr_hugepages: the kernel reserved only {free} free pages");
+        beeline_dataplane::testkit::skip(
+            "hugepage_verdict_follows_nr_hugepages",
+            &format!("the kernel reserved only {free} free pages"),
+        );
         return;
     }
     let enough = hugepages_line("virtio");

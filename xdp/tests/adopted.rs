@@ -187,7 +187,7 @@ fn foreign_program(dir: &Path) -> Option<PathBuf> {
 #[test]
 fn adopts_a_classifier_another_loader_attached() {
     if let Some(why) = missing_requirement() {
-        eprintln!("skipping adopts_a_classifier_another_loader_attached: {why}");
+        beeline_dataplane::testkit::skip("adopts_a_classifier_another_loader_attached", &why);
         return;
     }
     let topology = Topology::new();
@@ -273,7 +273,10 @@ fn adopts_a_classifier_another_loader_attached() {
 
     // A program that is not Beeline's is never configured.
     let Some(other) = foreign_program(&topology.dir) else {
-        eprintln!("skipping the foreign-program half: clang cannot build a bpf object here");
+        beeline_dataplane::testkit::skip(
+            "adopts_a_classifier_another_loader_attached (the foreign-program half)",
+            "clang cannot build a bpf object here",
+        );
         return;
     };
     in_netns(&topology.node_ns, || {

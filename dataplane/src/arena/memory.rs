@@ -416,7 +416,10 @@ mod tests {
                 assert!(memory.fallback_warning().is_none());
                 write_every_frame(&mut memory);
             }
-            Err(why) => eprintln!("skipping the reserved-hugepage half of this test: {why}"),
+            Err(why) => crate::testkit::skip(
+                "prefer_huge_works_with_or_without_reserved_hugepages (the reserved-hugepage half of this test)",
+                &why,
+            ),
         }
     }
 
@@ -449,7 +452,10 @@ mod tests {
                 assert_eq!(memory.backing(), PageBacking::Huge2M);
                 write_every_frame(&mut memory);
             }
-            Err(why) => eprintln!("skipping the reserved-hugepage half of this test: {why}"),
+            Err(why) => crate::testkit::skip(
+                "huge_policy_fails_with_advice_or_gets_hugepages (the reserved-hugepage half of this test)",
+                &why,
+            ),
         }
     }
 }

@@ -665,7 +665,6 @@ mod tests {
     use super::*;
     use crate::arena::memory::{ArenaMemory, PagePolicy};
     use crate::io::TxPacket;
-    use std::eprintln;
     use std::vec::Vec;
 
     /// Upper bound on wait/recv rounds before a test gives up.
@@ -785,7 +784,7 @@ mod tests {
         let mut a = match UdpIo::bind(addr, UdpConfig::default()) {
             Ok(io) => io,
             Err(e @ (UdpIoError::FamilyUnsupported { .. } | UdpIoError::AddrNotAvailable { .. })) => {
-                eprintln!("skipping the IPv6 test: IPv6 loopback is unavailable here: {e}");
+                crate::testkit::skip("ipv6_loopback_exchange", &format!("IPv6 loopback is unavailable here: {e}"));
                 return;
             }
             Err(e) => panic!("{e}"),
@@ -801,14 +800,20 @@ mod tests {
         let mut server = match UdpIo::bind(any6, UdpConfig::default()) {
             Ok(io) => io,
             Err(e) => {
-                eprintln!("skipping the dual-stack test: cannot bind [::]: {e}");
+                crate::testkit::skip(
+                    "dual_stack_socket_reports_and_answers_ipv4_peers_as_ipv4",
+                    &format!("cannot bind [::]: {e}"),
+                );
                 return;
             }
         };
         let client = std::net::UdpSocket::bind(loopback_v4()).unwrap();
         let server_v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, server.local_addr().port()));
         if client.send_to(b"ping", server_v4).is_err() {
-            eprintln!("skipping the dual-stack test: [::] does not accept IPv4 here");
+            crate::testkit::skip(
+                "dual_stack_socket_reports_and_answers_ipv4_peers_as_ipv4",
+                "[::] does not accept IPv4 here",
+            );
             return;
         }
         let mut mem = memory(16, 1024);
@@ -821,7 +826,10 @@ mod tests {
         });
         let peer = peer.unwrap();
         if peer.is_ipv6() {
-            eprintln!("skipping the dual-stack test: net.ipv6.bindv6only makes [::] IPv6-only");
+            crate::testkit::skip(
+                "dual_stack_socket_reports_and_answers_ipv4_peers_as_ipv4",
+                "net.ipv6.bindv6only makes [::] IPv6-only",
+            );
             return;
         }
         assert_eq!(peer, client.local_addr().unwrap());
@@ -1000,7 +1008,7 @@ mod tests {
 
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {
-            eprintln!("skipping the privileged-port check: running as root");
+            crate::testkit::skip("bind_errors_say_what_to_do (the privileged-port check)", "running as root");
         } else {
             match UdpIo::bind("127.0.0.1:1".parse().unwrap(), UdpConfig::default()) {
                 Err(err @ UdpIoError::PermissionDenied { .. }) => {
@@ -1008,7 +1016,10 @@ mod tests {
                 }
                 Err(err) => panic!("unexpected error: {err}"),
                 // net.ipv4.ip_unprivileged_port_start may allow it.
-                Ok(_) => eprintln!("skipping the privileged-port check: low ports are open to all"),
+                Ok(_) => crate::testkit::skip(
+                    "bind_errors_say_what_to_do (the privileged-port check)",
+                    "low ports are open to all",
+                ),
             }
         }
     }

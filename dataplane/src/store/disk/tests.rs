@@ -698,13 +698,13 @@ impl Drop for Mount {
 fn real_enospc_on_a_small_tmpfs() {
     // SAFETY: geteuid has no preconditions and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping real_enospc_on_a_small_tmpfs: mounting a tmpfs needs root");
+        crate::testkit::skip("real_enospc_on_a_small_tmpfs", "mounting a tmpfs needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(dir.path()).status();
     if !mounted.is_ok_and(|status| status.success()) {
-        eprintln!("skipping real_enospc_on_a_small_tmpfs: mount -t tmpfs failed (no CAP_SYS_ADMIN?)");
+        crate::testkit::skip("real_enospc_on_a_small_tmpfs", "mount -t tmpfs failed (no CAP_SYS_ADMIN?)");
         return;
     }
     let mount = Mount(dir.path().to_path_buf());
