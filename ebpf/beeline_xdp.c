@@ -48,7 +48,8 @@
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
 static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *)BPF_FUNC_redirect_map;
 
-// Keep in sync with xdp/src/lib.rs (`Counter`, `CONFIG_*`).
+// Keep in sync with xdp/src/lib.rs: `Verdict` (the counter slots, same order and values),
+// `Config` (struct beeline_config) and the map names (`CONFIG_MAP`, ...).
 enum counter {
 	COUNTER_PASS = 0,
 	COUNTER_REDIRECT = 1,

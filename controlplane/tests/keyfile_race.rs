@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 const NODES: usize = 4;
-const ROUNDS: usize = 6;
+const ROUNDS: usize = 12;
 
 fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -26,7 +26,7 @@ fn spawn_held(dir: &Path, index: usize, port: u16, key: &Path, gate: &std::io::P
         .arg(dir.join(format!("data-{index}")))
         .arg("--key-file")
         .arg(key)
-        .args(["--arena-frames", "256", "--hugepages", "off"])
+        .args(["--arena-frames", "1024", "--hugepages", "off"])
         .stdin(Stdio::from(gate.try_clone().unwrap()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
