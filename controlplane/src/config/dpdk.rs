@@ -57,6 +57,49 @@ pub fn resolve(
     if backend != BackendKind::Dpdk {
         return Ok(None);
     }
+    let devices = resolve_devices(flags, file)?;
+    let from_flag = flags.dpdk_cores.is_some();
+    let cores = flags.dpdk_cores.clone().or(file.dpdk_cores.clone()).unwrap_or_else(|| "0".into());
+    if cores.is_empty() || !cores.chars().all(|c| c.is_ascii_digit() || c == ',' || c == '-') {
+        return Err(("dpdk_cores", cores, "use a core list such as 1, 2-3 or 1,3".into(), from_flag));
+    }
+    let from_flag = flags.dpdk_file_prefix.is_some();
+    let file_prefix = flags
+        .dpdk_file_prefix
+        .clone()
+        .or(file.dpdk_file_prefix.clone())
+        .unwrap_or_else(|| format!("beeline-{listen_port}"));
+    if file_prefix.is_empty() || !file_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(("dpdk_file_prefix", file_prefix, "use letters, digits, - and _ only".into(), from_flag));
+    }
+    let eal_args = resolve_eal_args(flags, file)?;
+    let ring = |key: &'static str, flag: Option<u16>, file: Option<u16>| {
+        let size = flag.or(file).unwrap_or(1024);
+        if !size.is_power_of_two() || !(64..=RING_SIZE_MAX).contains(&size) {
+            return Err((
+                key,
+                size.to_string(),
+                format!("must be a power of two from 64 to {RING_SIZE_MAX}"),
+                flag.is_some(),
+            ));
+        }
+        Ok(size)
+    };
+    let rx_ring_size = ring("rx_ring_size", flags.rx_ring_size, file.rx_ring_size)?;
+    let tx_ring_size = ring("tx_ring_size", flags.tx_ring_size, file.tx_ring_size)?;
+    let mtu = flags.mtu.or(file.mtu).unwrap_or(1500);
+    if !(576..=9000).contains(&mtu) {
+        return Err(("mtu", mtu.to_string(), "must be from 576 to 9000".into(), flags.mtu.is_some()));
+    }
+    let queues = flags.queues.or(file.queues).unwrap_or(1);
+    if !(1..=QUEUES_MAX).contains(&queues) {
+        return Err(("queues", queues.to_string(), format!("must be from 1 to {QUEUES_MAX}"), flags.queues.is_some()));
+    }
+    Ok(Some(DpdkSettings { devices, cores, file_prefix, eal_args, rx_ring_size, tx_ring_size, mtu, queues }))
+}
+
+/// The devices the EAL gets, the served port first.
+fn resolve_devices(flags: &NodeFlags, file: &FileConfig) -> Result<Vec<String>, SettingError> {
     let (devices, from_flag) = match (&flags.dpdk_devices, &file.dpdk_devices) {
         (flag, _) if !flag.is_empty() => (flag.clone(), true),
         (_, Some(file)) => (file.clone(), false),
@@ -85,20 +128,11 @@ pub fn resolve(
             ));
         }
     }
-    let from_flag = flags.dpdk_cores.is_some();
-    let cores = flags.dpdk_cores.clone().or(file.dpdk_cores.clone()).unwrap_or_else(|| "0".into());
-    if cores.is_empty() || !cores.chars().all(|c| c.is_ascii_digit() || c == ',' || c == '-') {
-        return Err(("dpdk_cores", cores, "use a core list such as 1, 2-3 or 1,3".into(), from_flag));
-    }
-    let from_flag = flags.dpdk_file_prefix.is_some();
-    let file_prefix = flags
-        .dpdk_file_prefix
-        .clone()
-        .or(file.dpdk_file_prefix.clone())
-        .unwrap_or_else(|| format!("beeline-{listen_port}"));
-    if file_prefix.is_empty() || !file_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(("dpdk_file_prefix", file_prefix, "use letters, digits, - and _ only".into(), from_flag));
-    }
+    Ok(devices)
+}
+
+/// Extra EAL arguments, refusing those another key owns.
+fn resolve_eal_args(flags: &NodeFlags, file: &FileConfig) -> Result<Vec<String>, SettingError> {
     let eal_args = if flags.dpdk_eal_args.is_empty() {
         file.dpdk_eal_args.clone().unwrap_or_default()
     } else {
@@ -119,29 +153,7 @@ pub fn resolve(
             ));
         }
     }
-    let ring = |key: &'static str, flag: Option<u16>, file: Option<u16>| {
-        let size = flag.or(file).unwrap_or(1024);
-        if !size.is_power_of_two() || !(64..=RING_SIZE_MAX).contains(&size) {
-            return Err((
-                key,
-                size.to_string(),
-                format!("must be a power of two from 64 to {RING_SIZE_MAX}"),
-                flag.is_some(),
-            ));
-        }
-        Ok(size)
-    };
-    let rx_ring_size = ring("rx_ring_size", flags.rx_ring_size, file.rx_ring_size)?;
-    let tx_ring_size = ring("tx_ring_size", flags.tx_ring_size, file.tx_ring_size)?;
-    let mtu = flags.mtu.or(file.mtu).unwrap_or(1500);
-    if !(576..=9000).contains(&mtu) {
-        return Err(("mtu", mtu.to_string(), "must be from 576 to 9000".into(), flags.mtu.is_some()));
-    }
-    let queues = flags.queues.or(file.queues).unwrap_or(1);
-    if !(1..=QUEUES_MAX).contains(&queues) {
-        return Err(("queues", queues.to_string(), format!("must be from 1 to {QUEUES_MAX}"), flags.queues.is_some()));
-    }
-    Ok(Some(DpdkSettings { devices, cores, file_prefix, eal_args, rx_ring_size, tx_ring_size, mtu, queues }))
+    Ok(eal_args)
 }
 
 #[cfg(test)]

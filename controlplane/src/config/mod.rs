@@ -256,6 +256,18 @@ pub fn parse_prefix(text: &str) -> Option<Prefix> {
     Some(Prefix { addr, len })
 }
 
+/// The sizes and limits of a node's arena, put slots and store, validated together.
+struct Limits {
+    arena_frames: u32,
+    frame_bytes: u32,
+    hugepages: HugepagePolicy,
+    put_slots: u32,
+    window_fragments: u16,
+    chunk_bytes_max: u32,
+    put_idle_timeout_ms: u64,
+    segment_bytes: u64,
+}
+
 impl NodeFlags {
     /// Merges flags over the config file over defaults, and validates the result.
     pub fn resolve(&self) -> Result<NodeSettings, ConfigError> {
@@ -274,11 +286,52 @@ impl NodeFlags {
 
         let (data_dir, _) = pick(&self.data_dir, &file.data_dir, PathBuf::from("beeline-data"));
         let (key_file, _) = pick(&self.key_file, &file.key_file, crate::keyfile::default_key_path());
+        let (allow, allow_from_flags) = self.resolve_allow(&file, &origin)?;
+        let backend = self.resolve_backend(&file, &origin, listen, allow_from_flags)?;
+        let limits = self.resolve_limits(&file, &origin)?;
+        let capacity_bytes = self.capacity_bytes.or(file.capacity_bytes);
+        let (metrics_text, from_flag) = pick(&self.metrics_listen, &file.metrics_listen, String::new());
+        let metrics_listen = if metrics_text.is_empty() {
+            None
+        } else {
+            Some(metrics_text.parse::<SocketAddr>().map_err(|_| {
+                origin.error(from_flag, "metrics_listen", &metrics_text, "use IP:PORT, e.g. 127.0.0.1:9777")
+            })?)
+        };
+        let cluster = self.resolve_cluster(&file, &origin, listen)?;
+        let Limits {
+            arena_frames,
+            frame_bytes,
+            hugepages,
+            put_slots,
+            window_fragments,
+            chunk_bytes_max,
+            put_idle_timeout_ms,
+            segment_bytes,
+        } = limits;
+        Ok(NodeSettings {
+            listen,
+            data_dir,
+            key_file,
+            backend,
+            allow,
+            arena_frames,
+            frame_bytes,
+            hugepages,
+            put_slots,
+            window_fragments,
+            chunk_bytes_max,
+            put_idle_timeout_ms,
+            segment_bytes,
+            capacity_bytes,
+            cluster,
+            metrics_listen,
+        })
+    }
 
-        let (backend_name, from_flag) = pick(&self.backend, &file.backend, "udp".to_owned());
-        let backend = BackendKind::parse(&backend_name)
-            .ok_or_else(|| origin.error(from_flag, "backend", &backend_name, "use udp, afxdp or dpdk"))?;
-
+    /// The source allowlist, and whether it came from flags (a SIGHUP reload then cannot
+    /// change it).
+    fn resolve_allow(&self, file: &FileConfig, origin: &Origin<'_>) -> Result<(Allowlist, bool), ConfigError> {
         let flag_allow = (!self.allow.is_empty()).then(|| self.allow.clone());
         let (allow_texts, from_flag) = pick(&flag_allow, &file.allow, Vec::new());
         let mut allow = Allowlist::allow_all();
@@ -290,13 +343,26 @@ impl NodeFlags {
                 origin.error(from_flag, "allow", allow_texts.len(), format!("at most {PREFIXES_MAX} prefixes"))
             })?;
         }
+        Ok((allow, flag_allow.is_some()))
+    }
+
+    fn resolve_backend(
+        &self,
+        file: &FileConfig,
+        origin: &Origin<'_>,
+        listen: SocketAddr,
+        allow_from_flags: bool,
+    ) -> Result<BackendSettings, ConfigError> {
+        let (backend_name, from_flag) = pick(&self.backend, &file.backend, "udp".to_owned());
+        let backend = BackendKind::parse(&backend_name)
+            .ok_or_else(|| origin.error(from_flag, "backend", &backend_name, "use udp, afxdp or dpdk"))?;
         let afxdp = afxdp::resolve_settings(
             if backend == BackendKind::Dpdk { BackendKind::Udp } else { backend },
             self.interface.clone().or(file.interface.clone()),
             self.xdp_mode.clone().or(file.xdp_mode.clone()),
             self.queues.or(file.queues).filter(|_| backend != BackendKind::Dpdk),
             self.require_zero_copy.or(file.require_zero_copy),
-            self.config.clone().filter(|_| flag_allow.is_none()),
+            self.config.clone().filter(|_| !allow_from_flags),
         )
         .map_err(|(key, value, fix)| {
             let from_flag = match key {
@@ -307,7 +373,7 @@ impl NodeFlags {
             origin.error(from_flag, key, value, fix)
         })?;
 
-        let dpdk = dpdk::resolve(backend, self, &file, listen.port())
+        let dpdk = dpdk::resolve(backend, self, file, listen.port())
             .map_err(|(key, value, fix, from_flag)| origin.error(from_flag, key, value, fix))?;
         if dpdk.is_some() && (!listen.is_ipv4() || listen.ip().is_unspecified()) {
             return Err(origin.error(
@@ -319,6 +385,14 @@ impl NodeFlags {
             ));
         }
 
+        Ok(match (afxdp, dpdk) {
+            (Some(afxdp), _) => BackendSettings::Afxdp(afxdp),
+            (None, Some(dpdk)) => BackendSettings::Dpdk(dpdk),
+            (None, None) => BackendSettings::Udp,
+        })
+    }
+
+    fn resolve_limits(&self, file: &FileConfig, origin: &Origin<'_>) -> Result<Limits, ConfigError> {
         let (frame_bytes, from_flag) = pick(&self.frame_bytes, &file.frame_bytes, 4096);
         if !frame_bytes.is_power_of_two() || !(2048..=65536).contains(&frame_bytes) {
             return Err(origin.error(
@@ -383,16 +457,25 @@ impl NodeFlags {
                 "must hold at least two chunks (2 x chunk_bytes_max) and be at most 1 TiB",
             ));
         }
-        let capacity_bytes = self.capacity_bytes.or(file.capacity_bytes);
-        let (metrics_text, from_flag) = pick(&self.metrics_listen, &file.metrics_listen, String::new());
-        let metrics_listen = if metrics_text.is_empty() {
-            None
-        } else {
-            Some(metrics_text.parse::<SocketAddr>().map_err(|_| {
-                origin.error(from_flag, "metrics_listen", &metrics_text, "use IP:PORT, e.g. 127.0.0.1:9777")
-            })?)
-        };
-        let cluster = match self.metadata.clone().or(file.metadata.clone()) {
+        Ok(Limits {
+            arena_frames,
+            frame_bytes,
+            hugepages,
+            put_slots,
+            window_fragments,
+            chunk_bytes_max,
+            put_idle_timeout_ms,
+            segment_bytes,
+        })
+    }
+
+    fn resolve_cluster(
+        &self,
+        file: &FileConfig,
+        origin: &Origin<'_>,
+        listen: SocketAddr,
+    ) -> Result<Option<ClusterSettings>, ConfigError> {
+        Ok(match self.metadata.clone().or(file.metadata.clone()) {
             None => None,
             Some(url) => {
                 let from_flag = self.metadata.is_some();
@@ -431,28 +514,6 @@ impl NodeFlags {
                 let (repair_interval_ms, _) = pick(&self.repair_interval_ms, &file.repair_interval_ms, 5000);
                 Some(ClusterSettings { metadata_url: url, prefix, advertise, lease_ttl_ms, repair_interval_ms })
             }
-        };
-        Ok(NodeSettings {
-            listen,
-            data_dir,
-            key_file,
-            backend: match (afxdp, dpdk) {
-                (Some(afxdp), _) => BackendSettings::Afxdp(afxdp),
-                (None, Some(dpdk)) => BackendSettings::Dpdk(dpdk),
-                (None, None) => BackendSettings::Udp,
-            },
-            allow,
-            arena_frames,
-            frame_bytes,
-            hugepages,
-            put_slots,
-            window_fragments,
-            chunk_bytes_max,
-            put_idle_timeout_ms,
-            segment_bytes,
-            capacity_bytes,
-            cluster,
-            metrics_listen,
         })
     }
 }

@@ -382,23 +382,7 @@ fn data_plane_thread(
     let dpdk_arena: Option<beeline_dataplane::arena::Arena<'_>> = None;
     let (mut arena, page_backing) = match dpdk_arena {
         Some(arena) => (arena, "dpdk-mempool"),
-        None => {
-            let policy = match settings.hugepages {
-                HugepagePolicy::Prefer => PagePolicy::PreferHuge,
-                HugepagePolicy::Require => PagePolicy::Huge,
-                HugepagePolicy::Off => PagePolicy::Normal,
-            };
-            let allocated = ArenaMemory::allocate(settings.arena_frames, settings.frame_bytes as usize, policy)
-                .map_err(|error| NodeError::Arena(error.to_string()))?;
-            if let Some(warning) = allocated.fallback_warning() {
-                warn!("{warning}");
-            }
-            let page_backing = match allocated.backing() {
-                PageBacking::Huge2M => "hugepages-2M",
-                PageBacking::Normal => "normal-4K",
-            };
-            (memory.insert(allocated).arena(), page_backing)
-        }
+        None => mmap_arena(&settings, &mut memory)?,
     };
     let (io, local_addr) =
         Backend::open(&settings, dpdk_layout, &mut arena).map_err(|error| NodeError::Socket(error.to_string()))?;
@@ -431,6 +415,17 @@ fn data_plane_thread(
     publish(&snapshot, &poll, page_backing);
     let _ = ready.send((local_addr, poll.node.store().sync_latency()));
 
+    serve_until_shutdown(&mut poll, &shutdown, &snapshot, page_backing)
+}
+
+/// The poll loop with its idle back-off and housekeeping (snapshot, compaction), then a
+/// graceful stop that acknowledges everything already going to disk.
+fn serve_until_shutdown<C: ControlHandler<DiskStore>>(
+    poll: &mut PollLoop<'_, '_, Backend, DiskStore, C>,
+    shutdown: &AtomicBool,
+    snapshot: &SharedSnapshot,
+    page_backing: &str,
+) -> Result<(), NodeError> {
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
     // Idle waits grow to 20 ms: traffic wakes the backend's wait at once (ppoll on the
@@ -444,7 +439,7 @@ fn data_plane_thread(
         let now = now_ms();
         let turn = poll.run_once(now).map_err(socket_error)?;
         if now >= last_publish_ms + 100 {
-            publish(&snapshot, &poll, page_backing);
+            publish(snapshot, poll, page_backing);
             last_publish_ms = now;
         }
         if !turn.idle() {
@@ -478,9 +473,31 @@ fn data_plane_thread(
         poll.finish_acks().map_err(socket_error)?;
     }
     poll.finish_acks().map_err(socket_error)?;
-    publish(&snapshot, &poll, page_backing);
+    publish(snapshot, poll, page_backing);
     info!("node stopped");
     Ok(())
+}
+
+/// The arena of every backend but DPDK: an mmap, on hugepages as the policy allows.
+fn mmap_arena<'m>(
+    settings: &NodeSettings,
+    memory: &'m mut Option<ArenaMemory>,
+) -> Result<(beeline_dataplane::arena::Arena<'m>, &'static str), NodeError> {
+    let policy = match settings.hugepages {
+        HugepagePolicy::Prefer => PagePolicy::PreferHuge,
+        HugepagePolicy::Require => PagePolicy::Huge,
+        HugepagePolicy::Off => PagePolicy::Normal,
+    };
+    let allocated = ArenaMemory::allocate(settings.arena_frames, settings.frame_bytes as usize, policy)
+        .map_err(|error| NodeError::Arena(error.to_string()))?;
+    if let Some(warning) = allocated.fallback_warning() {
+        warn!("{warning}");
+    }
+    let page_backing = match allocated.backing() {
+        PageBacking::Huge2M => "hugepages-2M",
+        PageBacking::Normal => "normal-4K",
+    };
+    Ok((memory.insert(allocated).arena(), page_backing))
 }
 
 fn publish<C: ControlHandler<DiskStore>>(
