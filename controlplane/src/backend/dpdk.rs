@@ -225,10 +225,11 @@ impl DpdkBackend {
             None => String::new(),
         };
         format!(
-            "dpdk port {} ({}), mac {}, {} on {} queue(s), rings {}/{}{classifier}",
+            "dpdk port {} ({}), mac {}, link-local {}, {} on {} queue(s), rings {}/{}{classifier}",
             self.io.port_name(),
             self.io.driver(),
             format_mac(&self.io.mac()),
+            self.io.ipv6_link_local(),
             self.listen,
             config.queues,
             config.rx_ring_size,
