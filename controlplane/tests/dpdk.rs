@@ -400,6 +400,12 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
         std::thread::sleep(Duration::from_millis(20));
     }
     sh(&["ip", "-n", &client_ns, "addr", "add", "10.82.0.1/24", "dev", &tap]);
+    // IPv6 on the tap, without duplicate address detection: its link-local is usable at
+    // once, not tentative for a second, when the ping6 below needs it.
+    for setting in ["disable_ipv6=0", "accept_dad=0"] {
+        run(in_ns(&client_ns, "sysctl").args(["-qw", &format!("net.ipv6.conf.{tap}.{setting}")]));
+    }
+    sh(&["ip", "-n", &client_ns, "link", "set", &tap, "down"]);
     sh(&["ip", "-n", &client_ns, "link", "set", &tap, "up"]);
 
     let mut node = DpdkNode {
@@ -416,6 +422,7 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
     node.start();
     // The kernel no longer sees this port: the node itself answers ARP and ping.
     run(in_ns(&client_ns, "ping").args(["-c", "2", "-W", "2", "10.82.0.2"]));
+    ping6_link_local(&node, &tap);
     let files = files(2);
     for (name, data) in &files {
         node.put(name, data);
@@ -427,6 +434,8 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
     assert!(backend.contains("net_virtio_user"), "{backend}");
     assert!(counters["dpdk_arp_replies"] >= 1, "{counters:#?}");
     assert!(counters["dpdk_echo_replies"] >= 2, "{counters:#?}");
+    assert!(counters["dpdk_nd_replies"] >= 1, "{counters:#?}");
+    assert!(counters["dpdk_echo6_replies"] >= 3, "{counters:#?}");
     assert_eq!(counters["dpdk_port_rx_nombuf"], 0, "the pool ran dry: {counters:#?}");
     assert!(backend.contains("on 2 queue(s)"), "{backend}");
     // Every received packet is counted on one of the two queues, and flows (the CLI's
@@ -463,6 +472,23 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
     assert!(status.success(), "node exited with {status}");
     let status = forwarder.terminate();
     assert!(status.success(), "forwarder exited with {status}:\n{}", forwarder.log());
+}
+
+/// The node answers neighbour discovery and ping6 for the link-local address of its port
+/// MAC: the peer resolves it (its neighbour table then holds the port MAC) and pings it.
+fn ping6_link_local(node: &DpdkNode, tap: &str) {
+    let (backend, _) = node.status();
+    let word_after = |label: &str| {
+        let at = backend.find(label).unwrap_or_else(|| panic!("no {label:?} in {backend}")) + label.len();
+        backend[at..].split([',', ' ']).next().unwrap().to_owned()
+    };
+    let (mac, link_local) = (word_after("mac "), word_after("link-local "));
+    assert!(link_local.starts_with("fe80::"), "{backend}");
+    let target = format!("{link_local}%{tap}");
+    run(in_ns(&node.client_ns, "ping").args(["-6", "-c", "3", "-W", "2", &target]));
+    let neighbours = run(in_ns(&node.client_ns, "ip").args(["-6", "neigh", "show", &link_local, "dev", tap]));
+    let neighbours = String::from_utf8_lossy(&neighbours.stdout);
+    assert!(neighbours.contains(&format!("lladdr {mac}")), "no neighbour entry {link_local} -> {mac}: {neighbours}");
 }
 
 fn tap_exists(ns: &str, tap: &str) -> bool {

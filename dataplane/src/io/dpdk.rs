@@ -26,7 +26,8 @@
 //! AF_XDP calls the fill ring: [`DpdkIo`] keeps it between two watermarks, handing free
 //! arena frames to it ([`rte_pktmbuf_free`]) or taking frames back out of it.
 //!
-//! The node answers ARP and ICMP echo itself ([`crate::io::responder`]), since the kernel no
+//! The node answers ARP, IPv6 neighbour discovery (for the link-local address derived from
+//! the port MAC) and ICMP / ICMPv6 echo itself ([`crate::io::responder`]), since the kernel no
 //! longer sees the port (with `net_af_xdp` the XDP classifier passes those to the kernel
 //! instead, and they never arrive here).
 //!
@@ -35,7 +36,7 @@
 
 use core::ffi::{CStr, c_char, c_void};
 use core::fmt;
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::{IpAddr, Ipv6Addr};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 use std::boxed::Box;
@@ -50,7 +51,7 @@ use beeline_dpdk_sys as sys;
 use crate::arena::{Arena, ArenaError, FrameId};
 use crate::io::netstack::{self, MacAddr};
 use crate::io::peers::{AddressError, PeerTable};
-use crate::io::responder::{self, Answer};
+use crate::io::responder::{self, Answer, LocalAddrs};
 use crate::io::{BATCH_MAX, PacketIo, Readiness, RxBatch, TxBatch};
 
 /// Bytes of `struct rte_mbuf` (two cache lines on every DPDK platform).
@@ -465,7 +466,11 @@ pub struct DpdkCounters {
     pub tx_bytes: u64,
     pub arp_replies: u64,
     pub echo_replies: u64,
-    /// Frames that were neither ARP, ping nor UDP (IPv6 ND, LLDP, ...): dropped.
+    /// IPv6 Neighbor Advertisements sent in answer to solicitations for the link-local.
+    pub nd_replies: u64,
+    pub echo6_replies: u64,
+    /// Frames that were neither ARP, ND, ping nor UDP (LLDP, router solicitations, ...):
+    /// dropped.
     pub rx_not_udp: u64,
     /// UDP to another port or address: dropped.
     pub rx_not_ours: u64,
@@ -497,8 +502,8 @@ pub struct DpdkIo {
     port: u16,
     layout: PoolLayout,
     config: DpdkConfig,
-    ip: Ipv4Addr,
-    mac: MacAddr,
+    /// The port's MAC and the addresses ARP, ND and pings are answered for.
+    local: LocalAddrs,
     driver: String,
     name: String,
     /// One bit per frame, set while DPDK owns it (pool, RX ring or TX ring).
@@ -621,8 +626,7 @@ impl DpdkIo {
         let mut io = Self {
             port,
             layout: memory,
-            ip,
-            mac: mac.addr_bytes,
+            local: LocalAddrs::new(mac.addr_bytes, ip),
             driver,
             name,
             dpdk_owned: vec![0u64; (memory.frames as usize).div_ceil(64)].into_boxed_slice(),
@@ -767,22 +771,21 @@ impl DpdkIo {
         }
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += len as u64;
-        let (mac, ip) = (self.mac, self.ip);
-        match responder::answer_in_place(&mut arena.frame_mut(&frame)[start..start + len], mac, ip) {
-            Answer::ArpReply { len } => {
-                self.counters.arp_replies += 1;
-                self.tx_mbufs[0] = self.prepare_tx(frame, start, len);
-                self.transmit(1);
-                return false;
-            }
-            Answer::EchoReply { len } => {
-                self.counters.echo_replies += 1;
-                self.tx_mbufs[0] = self.prepare_tx(frame, start, len);
-                self.transmit(1);
-                return false;
-            }
-            Answer::NotMine => {}
+        let local = self.local;
+        let answered = match responder::answer_in_place(&mut arena.frame_mut(&frame)[start..start + len], &local) {
+            Answer::ArpReply { len } => Some((&mut self.counters.arp_replies, len)),
+            Answer::EchoReply { len } => Some((&mut self.counters.echo_replies, len)),
+            Answer::NeighborAdvert { len } => Some((&mut self.counters.nd_replies, len)),
+            Answer::Echo6Reply { len } => Some((&mut self.counters.echo6_replies, len)),
+            Answer::NotMine => None,
+        };
+        if let Some((counter, len)) = answered {
+            *counter += 1;
+            self.tx_mbufs[0] = self.prepare_tx(frame, start, len);
+            self.transmit(1);
+            return false;
         }
+        let ip = local.ipv4;
         let datagram = match netstack::parse(&arena.frame(&frame)[start..start + len]) {
             Ok(datagram) => datagram,
             Err(_) => {
@@ -835,7 +838,12 @@ impl DpdkIo {
     }
 
     pub fn mac(&self) -> MacAddr {
-        self.mac
+        self.local.mac
+    }
+
+    /// The port's IPv6 link-local address, answered for ND and ping6.
+    pub fn ipv6_link_local(&self) -> Ipv6Addr {
+        self.local.ipv6_link_local
     }
 
     pub fn driver(&self) -> &str {
