@@ -462,6 +462,7 @@ pub fn default_target(profile: &Profile) -> Option<Target> {
 }
 
 /// Runs every check of `loaded` against `host`, in the order they are printed.
+// Long on purpose: a checklist: one verdict per host property, printed in this order.
 pub fn check(host: &Host, loaded: &LoadedProfile, target: Option<&Target>) -> Vec<Check> {
     let profile = &loaded.profile;
     let mut checks = Vec::new();
@@ -938,6 +939,7 @@ fn check_cores(host: &Host, profile: &Profile, cores: &str, device: Option<&str>
     checks
 }
 
+// Long on purpose: a checklist: one verdict per interface property, printed in this order.
 fn check_interface(host: &Host, profile: &Profile, interface: &str) -> Vec<Check> {
     let dir = host.sys.join("class/net").join(interface);
     if interface.is_empty() || interface.contains('/') || !dir.exists() {

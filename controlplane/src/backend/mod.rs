@@ -96,6 +96,9 @@ pub struct AfxdpBackend {
 }
 
 impl AfxdpBackend {
+    // Long on purpose: one classifier + AF_XDP socket bring-up in the order the kernel
+    // requires (attach, open the socket on the arena, register it in the XSKMAP), with the
+    // checks between the steps.
     fn open(
         settings: &AfxdpSettings,
         listen: SocketAddr,

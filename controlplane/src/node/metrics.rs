@@ -84,6 +84,7 @@ fn histogram(source: &LatencyHistogram) -> Metric {
 }
 
 /// Builds every metric family from the current snapshot.
+// Long on purpose: one table with an entry per metric family, read top to bottom like the /metrics page it builds.
 pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
     let snapshot = sources.snapshot.lock().map(|snapshot| snapshot.clone()).unwrap_or_default();
     let c = &snapshot.counters;

@@ -74,6 +74,7 @@ impl<M: Metadata> NodeControl<M> {
         }
     }
 
+    // Long on purpose: one match arm per control request.
     fn respond<S: ChunkStore>(
         &mut self,
         request: ControlRequest,

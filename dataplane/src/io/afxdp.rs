@@ -368,6 +368,7 @@ impl AfXdpIo {
     /// The arena's memory must stay mapped (and the arena in use by the caller) for as long
     /// as the returned socket lives: the kernel reads and writes frames behind Beeline's
     /// back. Drop the socket first.
+    // Long on purpose: one AF_XDP socket bring-up (UMEM registration, ring sizes, ring mmaps, bind, fill) in the kernel's required order, each step with its SAFETY invariants next to it.
     pub fn open(arena: &mut Arena<'_>, config: AfXdpConfig) -> Result<Self, AfXdpError> {
         if !config.ring_size.is_power_of_two() || !(64..=16384).contains(&config.ring_size) {
             return Err(AfXdpError::InvalidConfig("ring_size must be a power of two from 64 to 16384"));

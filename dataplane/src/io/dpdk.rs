@@ -283,6 +283,7 @@ unsafe extern "C" fn collect_object(
 
 impl DpdkMemory {
     /// Builds the pool: `frames` mbufs, each exactly `frame_bytes` apart in one memzone.
+    // Long on purpose: one pool build sequence (empty pool, memzone, populate, layout checks) in which every failure frees what the steps before it made; split up, that unwinding would span functions.
     pub fn create(_eal: &Eal, name: &str, frames: u32, frame_bytes: usize) -> Result<Self, DpdkError> {
         let pool_error = |reason: String| DpdkError::Pool { frames, frame_bytes, reason };
         let name_pool = CString::new(format!("{name}-pool")).map_err(|_| pool_error("bad name".into()))?;
@@ -537,6 +538,8 @@ fn c_text(bytes: &[c_char]) -> String {
 impl DpdkIo {
     /// Configures and starts the first port the EAL brought up, over `memory`'s pool, and
     /// hands every frame not needed by the RX rings back to `arena`.
+    // Long on purpose: one port bring-up sequence (configure, ring sizes, frame budget,
+    // start, MAC and link) in the order DPDK requires, kept together so the order is visible.
     pub fn open(
         memory: PoolLayout,
         arena: &mut Arena<'_>,
@@ -1031,6 +1034,7 @@ fn flow_queue(mbuf: *const sys::rte_mbuf, queues: u16) -> u16 {
 /// to, so a multi-queue guest sees its flows spread over its RX queues. Idle, it steps
 /// down as a node does (yield, then sleeps of up to 1 ms, then up to 4 ms), so a quiet
 /// forwarder leaves the core to others. Uses a pool of its own, not an arena.
+// Long on purpose: the forwarder's whole poll loop (read every queue, hash, send, back off) in one place, like the node's.
 pub fn forward(_eal: &Eal, stop: &AtomicBool, mbufs: u32) -> Result<ForwardStats, DpdkError> {
     // SAFETY: plain queries of the EAL's port table.
     let ports = unsafe {

@@ -395,9 +395,55 @@ impl PacketIo for UdpIo {
     }
 
     fn send_batch(&mut self, arena: &mut Arena<'_>, batch: &mut TxBatch) -> Result<(), UdpIoError> {
+        let mut frames: heapless::Vec<FrameId, BATCH_MAX> = heapless::Vec::new();
+        let mut failed = self.stage_tx(arena, batch, &mut frames);
+        let count = frames.len();
+        self.tx.link(count, None);
+        let (sent, refused, fatal) = self.transmit(count);
+        failed += refused + (count - sent) as u64;
+        self.counters.send_failed += failed;
+        // The kernel copied everything it accepted; every frame goes back.
+        for frame in frames {
+            arena.free(frame);
+        }
+        match fatal {
+            Some(error) => Err(UdpIoError::Send(error)),
+            None => Ok(()),
+        }
+    }
+
+    fn wait(&mut self, timeout_us: u32) -> Readiness {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let timeout = libc::timespec {
+            tv_sec: (timeout_us / 1_000_000) as libc::time_t,
+            tv_nsec: ((timeout_us % 1_000_000) * 1000) as libc::c_long,
+        };
+        // SAFETY: `pfd` is one valid, writable pollfd and `timeout` a valid timespec, both
+        // alive across the call; a null signal mask leaves the mask unchanged.
+        let rc = unsafe { libc::ppoll(&mut pfd, 1, &timeout, core::ptr::null()) };
+        // rc < 0 is EINTR (or a transient ENOMEM): report Ready so the loop polls the
+        // socket, where a real error surfaces.
+        if rc == 0 { Readiness::TimedOut } else { Readiness::Ready }
+    }
+
+    fn dropped(&self) -> u64 {
+        let c = &self.counters;
+        c.recv_truncated + c.recv_bad_peer + c.send_failed
+    }
+}
+
+impl UdpIo {
+    /// Points one `sendmmsg` header per packet at its frame and peer; the frames move into
+    /// `frames` (kept borrowed until the kernel has read them). Returns the packets that
+    /// could not be staged (freed at once).
+    fn stage_tx(
+        &mut self,
+        arena: &mut Arena<'_>,
+        batch: &mut TxBatch,
+        frames: &mut heapless::Vec<FrameId, BATCH_MAX>,
+    ) -> u64 {
         let frame_size = arena.frame_size();
         let region = arena.region_ptr();
-        let mut frames: heapless::Vec<FrameId, BATCH_MAX> = heapless::Vec::new();
         let mut failed = 0u64;
 
         for packet in batch.drain(..) {
@@ -423,9 +469,14 @@ impl PacketIo for UdpIo {
                 arena.free(frame);
             }
         }
-        let count = frames.len();
-        self.tx.link(count, None);
+        failed
+    }
 
+    /// Sends staged headers `0..count`, bounded retries on a full socket. Returns how many
+    /// the kernel took or refused one by one (`next`), how many of those it refused, and a
+    /// fatal socket error if one stopped it.
+    fn transmit(&mut self, count: usize) -> (usize, u64, Option<io::Error>) {
+        let mut failed = 0u64;
         let mut next = 0;
         let mut stalls = 0;
         let mut fatal = None;
@@ -480,35 +531,7 @@ impl PacketIo for UdpIo {
                 }
             }
         }
-        failed += (count - next) as u64;
-        self.counters.send_failed += failed;
-        // The kernel copied everything it accepted; every frame goes back.
-        for frame in frames {
-            arena.free(frame);
-        }
-        match fatal {
-            Some(error) => Err(UdpIoError::Send(error)),
-            None => Ok(()),
-        }
-    }
-
-    fn wait(&mut self, timeout_us: u32) -> Readiness {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let timeout = libc::timespec {
-            tv_sec: (timeout_us / 1_000_000) as libc::time_t,
-            tv_nsec: ((timeout_us % 1_000_000) * 1000) as libc::c_long,
-        };
-        // SAFETY: `pfd` is one valid, writable pollfd and `timeout` a valid timespec, both
-        // alive across the call; a null signal mask leaves the mask unchanged.
-        let rc = unsafe { libc::ppoll(&mut pfd, 1, &timeout, core::ptr::null()) };
-        // rc < 0 is EINTR (or a transient ENOMEM): report Ready so the loop polls the
-        // socket, where a real error surfaces.
-        if rc == 0 { Readiness::TimedOut } else { Readiness::Ready }
-    }
-
-    fn dropped(&self) -> u64 {
-        let c = &self.counters;
-        c.recv_truncated + c.recv_bad_peer + c.send_failed
+        (next, failed, fatal)
     }
 }
 

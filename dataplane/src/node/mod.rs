@@ -407,14 +407,8 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         self.reply(arena, tx, to.peer, repr, &bitmap[..bytes])
     }
 
-    fn on_put_fragment(
-        &mut self,
-        now_ms: u64,
-        max_fragment: u32,
-        to: ReplyTo,
-        repr: &Repr,
-        payload: &[u8],
-    ) -> PutReply {
+    /// Why a fragment's header cannot describe a fragment of a chunk this node takes.
+    fn fragment_shape_error(&self, max_fragment: u32, repr: &Repr) -> Option<Status> {
         let shape_ok = repr.frag_len > 0
             && u32::from(repr.frag_len) <= max_fragment
             && repr.total_len <= self.config.chunk_bytes_max
@@ -422,35 +416,42 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             && repr.count <= FRAGMENTS_MAX
             && repr.index < repr.count
             && u32::from(repr.payload_len) == wire::fragment_len(repr.total_len, repr.frag_len.max(1), repr.index);
-        if !shape_ok {
-            let status =
-                if repr.total_len > self.config.chunk_bytes_max { Status::TooLarge } else { Status::BadRequest };
-            return PutReply::Error(status);
+        if shape_ok {
+            None
+        } else if repr.total_len > self.config.chunk_bytes_max {
+            Some(Status::TooLarge)
+        } else {
+            Some(Status::BadRequest)
         }
-        let wants_ack = repr.flags & flags::ACK_REQUEST != 0;
-        let index = match self.find_slot(repr.chunk_id) {
+    }
+
+    /// The put slot a fragment belongs to, claiming a free one (and the store's space) for
+    /// the first fragment of a chunk; `Err` is the reply instead (a retried put of a chunk
+    /// already durable gets `Done`).
+    fn slot_for_fragment(&mut self, now_ms: u64, repr: &Repr) -> Result<usize, PutReply> {
+        match self.find_slot(repr.chunk_id) {
             Some(index) => {
                 let slot = &self.slots[index];
                 if slot.total_len != repr.total_len || slot.frag_len != repr.frag_len {
-                    return PutReply::Error(Status::Conflict);
+                    return Err(PutReply::Error(Status::Conflict));
                 }
-                index
+                Ok(index)
             }
             None => {
                 if let Some(len) = self.store.chunk_len(repr.chunk_id) {
                     // Already durable: a retried put. Chunk ids are write-once.
                     if len != repr.total_len {
-                        return PutReply::Error(Status::Conflict);
+                        return Err(PutReply::Error(Status::Conflict));
                     }
                     self.counters.fragments_duplicate += 1;
-                    return PutReply::Done(len);
+                    return Err(PutReply::Done(len));
                 }
                 let Some(index) = self.slots.iter().position(|slot| slot.state == SlotState::Free) else {
-                    return PutReply::Error(Status::Busy);
+                    return Err(PutReply::Error(Status::Busy));
                 };
                 let reservation = match self.store.begin_put(repr.chunk_id, repr.total_len) {
                     Ok(reservation) => reservation,
-                    Err(error) => return PutReply::Error(store_status(error)),
+                    Err(error) => return Err(PutReply::Error(store_status(error))),
                 };
                 let slot = &mut self.slots[index];
                 slot.state = SlotState::Receiving;
@@ -462,8 +463,26 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 slot.received.clear();
                 slot.reservation = reservation;
                 slot.started_ms = now_ms;
-                index
+                Ok(index)
             }
+        }
+    }
+
+    fn on_put_fragment(
+        &mut self,
+        now_ms: u64,
+        max_fragment: u32,
+        to: ReplyTo,
+        repr: &Repr,
+        payload: &[u8],
+    ) -> PutReply {
+        if let Some(status) = self.fragment_shape_error(max_fragment, repr) {
+            return PutReply::Error(status);
+        }
+        let wants_ack = repr.flags & flags::ACK_REQUEST != 0;
+        let index = match self.slot_for_fragment(now_ms, repr) {
+            Ok(index) => index,
+            Err(reply) => return reply,
         };
         let ack = if wants_ack { PutReply::Status(index) } else { PutReply::Nothing };
         let slot = &mut self.slots[index];

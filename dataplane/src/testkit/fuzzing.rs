@@ -374,6 +374,7 @@ impl<'b> NodeRig<'b> {
     }
 
     /// Replies must answer the request they were sent for, in the shape its opcode allows.
+    // Long on purpose: one assertion block per reply opcode the node can send.
     fn check_answer(
         &self,
         request: &Repr,
@@ -942,6 +943,7 @@ fn request(opcode: Opcode, chunk_id: ChunkId) -> Repr {
     Repr { request_id: 0x77, chunk_id, ..Repr::new(opcode) }
 }
 
+// Long on purpose: a list of seed datagrams, one per protocol path.
 fn packet_seeds() -> Vec<(String, Vec<u8>)> {
     use ids::*;
     let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();

@@ -309,6 +309,7 @@ enum Request {
 
 impl DiskStore {
     /// Opens (creating if needed) the store in `dir`, recovering whatever is on disk.
+    // Long on purpose: the store's start-up in order: lock, recover, start the group-commit thread, open the tail segment; each needs the previous one's result.
     pub fn open(dir: &Path, config: DiskStoreConfig) -> Result<DiskStore, DiskStoreError> {
         config.validate()?;
         let config = DiskStoreConfig {
