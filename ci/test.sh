@@ -23,6 +23,9 @@ no_dpdk="$(mktemp -d)"
 PKG_CONFIG_LIBDIR="$no_dpdk" PKG_CONFIG_PATH="" cargo build --release --locked
 rmdir "$no_dpdk"
 
+step "layout: no import cycles between top-level modules"
+python3 ci/module-cycles.py
+
 step "no_std: the data plane core links without std"
 cargo build --locked --manifest-path nostd-check/Cargo.toml
 
