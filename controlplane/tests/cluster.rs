@@ -111,11 +111,15 @@ impl Redis {
     }
 }
 
+/// Dropped in field order: the nodes first, while Redis and the bridge are still there to
+/// close their connections cleanly, then Redis, then the namespaces and the bridge. (With
+/// the topology gone first, a killed node's FIN to Redis never got through, and the orphan
+/// socket kept the namespace, and its veth on the host, alive for minutes.)
 struct Cluster {
+    nodes: Vec<Process>,
+    redis: Redis,
     topology: Topology,
     dir: PathBuf,
-    redis: Redis,
-    nodes: Vec<Process>,
 }
 
 impl Cluster {
