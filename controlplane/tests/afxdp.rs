@@ -7,16 +7,12 @@
 //! whatever the test's outcome.
 
 mod common;
-use common::{pattern, run, sh};
+use common::{End, Namespaces, Process, have, in_netns, is_root, ns_command, pattern, run, sh, unique_id, veth_pair};
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use beeline_dataplane::wire::{MacKey, Opcode, Repr};
@@ -34,8 +30,7 @@ fn node_addr() -> String {
 
 /// Why the machine cannot run these tests, if it cannot.
 fn missing_requirement() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Some("needs root (network namespaces, XDP, AF_XDP)".into());
     }
     // SAFETY: socket(2) takes no pointers; a valid descriptor is closed at once.
@@ -46,7 +41,7 @@ fn missing_requirement() -> Option<String> {
     // SAFETY: `fd` is the descriptor just opened, closed once.
     unsafe { libc::close(fd) };
     for tool in ["ip", "ethtool", "tc"] {
-        if Command::new(tool).arg("-V").output().is_err() {
+        if !have(tool) {
             return Some(format!("`{tool}` is not installed (ci/setup.sh installs it)"));
         }
     }
@@ -64,6 +59,7 @@ macro_rules! require_kernel_bypass {
 
 /// Two namespaces joined by a veth pair, removed on drop.
 struct Topology {
+    _namespaces: Namespaces,
     node_ns: String,
     client_ns: String,
     node_if: String,
@@ -72,51 +68,29 @@ struct Topology {
 
 impl Topology {
     fn new() -> Topology {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = unique_id();
+        let (node_ns, client_ns) = (format!("beeline-n{id}"), format!("beeline-c{id}"));
         let topology = Topology {
-            node_ns: format!("beeline-n{id}"),
-            client_ns: format!("beeline-c{id}"),
+            _namespaces: Namespaces::new(&[&node_ns, &client_ns]),
             node_if: format!("bln{id}"),
             client_if: format!("blc{id}"),
+            node_ns,
+            client_ns,
         };
-        let (n, c) = (&topology.node_ns, &topology.client_ns);
-        sh(&["ip", "netns", "add", n]);
-        sh(&["ip", "netns", "add", c]);
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &topology.client_if,
-            "netns",
-            c,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &topology.node_if,
-            "netns",
-            n,
-        ]);
-        sh(&["ip", "-n", n, "addr", "add", &format!("{NODE_IP}/24"), "dev", &topology.node_if]);
-        sh(&["ip", "-n", c, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", &topology.client_if]);
-        sh(&["ip", "-n", c, "addr", "add", &format!("{OUTSIDER_IP}/24"), "dev", &topology.client_if]);
-        for (ns, interface) in [(n, &topology.node_if), (c, &topology.client_if)] {
-            sh(&["ip", "-n", ns, "link", "set", interface, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
+        veth_pair(
+            &End {
+                ns: &topology.client_ns,
+                name: &topology.client_if,
+                addresses: &[&format!("{CLIENT_IP}/24"), &format!("{OUTSIDER_IP}/24")],
+            },
+            &End { ns: &topology.node_ns, name: &topology.node_if, addresses: &[&format!("{NODE_IP}/24")] },
+            None,
+        );
         // A kernel sender on veth leaves the UDP checksum to an offload that never runs
         // (CHECKSUM_PARTIAL): the node does not need it (the Beeline MAC covers every
         // byte), but real NICs deliver complete checksums, so make the test path do too.
-        sh(&["ip", "netns", "exec", c, "ethtool", "-K", &topology.client_if, "tx", "off"]);
+        run(ns_command(&topology.client_ns, "ethtool").args(["-K", &topology.client_if, "tx", "off"]));
         topology
-    }
-
-    /// `ip netns exec NS ...` as a command to complete.
-    fn exec(&self, ns: &str, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns, program]);
-        command
     }
 
     /// What `ip link show` says about the node's veth.
@@ -126,41 +100,13 @@ impl Topology {
     }
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes the veth end inside it, and with it the pair.
-        for ns in [&self.node_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns`; sockets it creates stay
-/// in that namespace. The test's own threads never change namespace.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let handle = File::open(format!("/var/run/netns/{ns}")).expect("open the namespace");
-                // SAFETY: `handle` is an open namespace file; setns only changes this
-                // thread's network namespace, and the thread ends after `f`.
-                let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("netns thread")
-    })
-}
-
 /// A node run with `ip netns exec` in the topology's node namespace.
 struct AfxdpNode<'t> {
     topology: &'t Topology,
     dir: PathBuf,
     data: String,
     extra: Vec<String>,
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
+    process: Option<Process>,
     /// `node status` requests sent so far (each one is a storage-port datagram).
     status_calls: std::cell::Cell<u64>,
 }
@@ -172,14 +118,13 @@ impl<'t> AfxdpNode<'t> {
             dir: dir.to_owned(),
             data: "data".to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            log: Arc::default(),
+            process: None,
             status_calls: std::cell::Cell::new(0),
         }
     }
 
     fn command(&self) -> Command {
-        let mut command = self.topology.exec(&self.topology.node_ns, BIN);
+        let mut command = ns_command(&self.topology.node_ns, BIN);
         command
             .args(["node", "run", "--backend", "afxdp", "--interface", &self.topology.node_if, "--listen"])
             .arg(node_addr())
@@ -195,25 +140,17 @@ impl<'t> AfxdpNode<'t> {
 
     /// Starts the node and waits (bounded) until it answers a ping through AF_XDP.
     fn start(&mut self) {
-        self.log.lock().unwrap().clear();
-        let mut child = self.command().stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn node");
-        let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        });
-        self.child = Some(child);
+        self.process = Some(Process::spawn(self.command()));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.cli(&["node", "ping"]).status.success() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node exited during start-up with {status}: {:#?}", self.log.lock().unwrap());
+            let process = self.process();
+            if let Some(status) = process.exited() {
+                panic!("node exited during start-up with {status}:\n{}", process.log());
             }
-            assert!(Instant::now() < deadline, "node did not answer within 30 s: {:#?}", self.log.lock().unwrap());
+            assert!(Instant::now() < deadline, "node did not answer within 30 s:\n{}", process.log());
         }
     }
 
@@ -224,27 +161,21 @@ impl<'t> AfxdpNode<'t> {
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
-    fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+    fn process(&mut self) -> &mut Process {
+        self.process.as_mut().expect("started")
     }
 
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs the node in place).
-        unsafe { libc::kill(self.pid(), signal) };
+    /// Its log so far (of the latest start).
+    fn log(&self) -> String {
+        self.process.as_ref().map(Process::log).unwrap_or_default()
     }
 
-    fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        common::terminate(self.child.take().unwrap())
+    fn logged(&self, text: &str) -> bool {
+        self.process.as_ref().is_some_and(|process| process.logged(text))
     }
 
     fn cli_command(&self, args: &[&str]) -> Command {
-        let mut command = self.topology.exec(&self.topology.client_ns, BIN);
+        let mut command = ns_command(&self.topology.client_ns, BIN);
         command.args(args).arg("--node").arg(node_addr()).arg("--key-file").arg(self.dir.join("cluster.key"));
         command
     }
@@ -257,9 +188,9 @@ impl<'t> AfxdpNode<'t> {
         let output = self.cli(args);
         assert!(
             output.status.success(),
-            "beeline {args:?} failed: {}\nnode log: {:#?}",
+            "beeline {args:?} failed: {}\nnode log:\n{}",
             String::from_utf8_lossy(&output.stderr),
-            self.log.lock().unwrap()
+            self.log()
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
@@ -311,15 +242,6 @@ impl<'t> AfxdpNode<'t> {
     }
 }
 
-impl Drop for AfxdpNode<'_> {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn ping_datagram(key: &MacKey, request_id: u64) -> Vec<u8> {
     let repr = Repr { request_id, ..Repr::new(Opcode::Ping) };
     let mut buffer = vec![0u8; repr.buffer_len()];
@@ -368,7 +290,7 @@ fn files_round_trip_through_af_xdp_and_counters_match() {
     let (backend, counters) = node.status();
     assert!(backend.starts_with("afxdp on") && backend.contains("copy mode"), "{backend}");
     assert_eq!(counters["afxdp_zero_copy"], 0, "veth has no zero-copy support");
-    assert!(node.log.lock().unwrap().iter().any(|l| l.contains("COPY mode")), "the bind mode is logged");
+    assert!(node.logged("COPY mode"), "the bind mode is logged");
 
     for (index, size) in [0usize, 1, 1335, 1336, 4 << 20, (4 << 20) + 1, 9_000_000].into_iter().enumerate() {
         node.put_and_get(&format!("file-{size}"), &pattern(size, index as u64));
@@ -426,9 +348,9 @@ fn files_round_trip_through_af_xdp_and_counters_match() {
     assert!(metrics.contains("beeline_xdp_packets_total{verdict=\"redirect\"}"), "{metrics}");
     assert!(metrics.contains("beeline_xdp_packets_total{verdict=\"drop_not_allowed\"} 20"), "{metrics}");
 
-    let status = node.terminate();
+    let status = node.process().terminate();
     assert!(status.success(), "node exited with {status}");
-    assert!(node.log.lock().unwrap().iter().any(|l| l.contains("XDP classifier detached")));
+    assert!(node.logged("XDP classifier detached"));
     assert!(!topology.node_link().contains("xdp"), "SIGTERM leaves the interface clean: {}", topology.node_link());
 }
 
@@ -443,7 +365,7 @@ fn arp_ping_and_tcp_still_work_while_the_node_runs() {
 
     // ARP: forget the node's MAC, then ping needs a fresh ARP exchange.
     sh(&["ip", "-n", &topology.client_ns, "neigh", "flush", "dev", &topology.client_if]);
-    run(topology.exec(&topology.client_ns, "ping").args(["-c", "3", "-i", "0.2", "-W", "2", NODE_IP]));
+    run(ns_command(&topology.client_ns, "ping").args(["-c", "3", "-i", "0.2", "-W", "2", NODE_IP]));
     let neighbours = String::from_utf8_lossy(
         &sh(&["ip", "-n", &topology.client_ns, "neigh", "show", NODE_IP, "dev", &topology.client_if]).stdout,
     )
@@ -499,13 +421,13 @@ fn allowlist_is_enforced_in_the_kernel_and_changes_at_runtime() {
 
     // Widen the allowlist at runtime: rewrite the config and send SIGHUP.
     write_allow("\"10.77.0.0/24\"");
-    node.signal(libc::SIGHUP);
+    node.process().signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ping_exchange(&outsider, &key, 1) == 0 {
-        assert!(Instant::now() < deadline, "the widened allowlist never took effect: {:#?}", node.log.lock().unwrap());
+        assert!(Instant::now() < deadline, "the widened allowlist never took effect:\n{}", node.log());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !node.log.lock().unwrap().iter().any(|l| l.contains("allowlist updated")) {
+    while !node.logged("allowlist updated") {
         assert!(Instant::now() < deadline, "the reload was not logged");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -513,7 +435,7 @@ fn allowlist_is_enforced_in_the_kernel_and_changes_at_runtime() {
 
     // And narrow it again.
     write_allow(&format!("\"{CLIENT_IP}/32\""));
-    node.signal(libc::SIGHUP);
+    node.process().signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ping_exchange(&outsider, &key, 1) != 0 {
         assert!(Instant::now() < deadline, "the narrowed allowlist never took effect");
@@ -533,7 +455,7 @@ fn sigkill_leaves_a_clean_interface_and_the_node_serves_again() {
     let mut node = AfxdpNode::new(&topology, dir.path(), &[]);
     node.start();
     node.put_and_get("before-kill", &pattern(3_000_000, 1));
-    node.kill9();
+    node.process().kill9();
     // Nothing is pinned: the kernel detaches the classifier when the process's link
     // closes. Poll (bounded) rather than assume when that happens.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -582,7 +504,7 @@ fn stale_classifier_is_replaced_and_foreign_programs_are_not() {
     assert!(topology.node_link().contains("xdp"), "stale program attached");
     let mut node = AfxdpNode::new(&topology, dir.path(), &[]);
     node.start();
-    assert!(node.log.lock().unwrap().iter().any(|l| l.contains("replaced a stale Beeline XDP classifier")));
+    assert!(node.logged("replaced a stale Beeline XDP classifier"));
     node.put_and_get("over-stale", &pattern(1_500_000, 4));
 
     // A second node on the same interface finds the first one's live classifier.
@@ -591,7 +513,7 @@ fn stale_classifier_is_replaced_and_foreign_programs_are_not() {
     let message = second.start_fails();
     assert!(message.contains("another `beeline node run` serves this interface"), "{message}");
     node.put_and_get("still-serving", &pattern(100_000, 5));
-    assert!(node.terminate().success());
+    assert!(node.process().terminate().success());
     assert!(!topology.node_link().contains("xdp"));
 
     // A program that is not Beeline's is never replaced.
@@ -647,18 +569,14 @@ fn impair(topology: &Topology, dir: &Path) -> Option<String> {
         sh(&["ip", "-n", c, "link", "add", ifb, "type", "ifb"]);
         sh(&["ip", "-n", c, "link", "set", ifb, "up"]);
     }
-    let tc = |args: &[&str]| topology.exec(c, "tc").args(args).output().map(|o| o.status.success()).unwrap_or(false);
+    let tc = |args: &[&str]| ns_command(c, "tc").args(args).output().map(|o| o.status.success()).unwrap_or(false);
     let netem = ["loss", "5%", "delay", "4ms", "2ms", "reorder", "25%", "50%"];
     if tc(&[&["qdisc", "add", "dev", vc, "root", "netem"][..], &netem].concat()) {
         sh(&["ip", "netns", "exec", c, "tc", "qdisc", "add", "dev", vc, "clsact"]);
         let u32_all =
             ["protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev"];
-        run(topology
-            .exec(c, "tc")
-            .args(["filter", "add", "dev", vc, "ingress", "prio", "1"])
-            .args(u32_all)
-            .arg(&ifb_in));
-        run(topology.exec(c, "tc").args(["qdisc", "add", "dev", &ifb_in, "root", "netem"]).args(netem));
+        run(ns_command(c, "tc").args(["filter", "add", "dev", vc, "ingress", "prio", "1"]).args(u32_all).arg(&ifb_in));
+        run(ns_command(c, "tc").args(["qdisc", "add", "dev", &ifb_in, "root", "netem"]).args(netem));
         return Some("tc netem: loss 5%, delay 4±2 ms, reorder 25% (both directions)".into());
     }
     eprintln!("this kernel has no sch_netem: impairing with cls_bpf random drop + ifb/tbf delay instead");
@@ -727,7 +645,7 @@ fn files_round_trip_under_loss_delay_and_reordering() {
     };
     eprintln!("impairment: {how}");
     // The path really loses packets: ~5% each way, so ~10% of pings go unanswered.
-    let ping = run(topology.exec(&topology.client_ns, "ping").args(["-c", "200", "-i", "0.005", "-q", NODE_IP]));
+    let ping = run(ns_command(&topology.client_ns, "ping").args(["-c", "200", "-i", "0.005", "-q", NODE_IP]));
     let summary = String::from_utf8_lossy(&ping.stdout).into_owned();
     let received: u32 = summary
         .split(", ")

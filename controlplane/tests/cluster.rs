@@ -3,26 +3,17 @@
 //! restarted under load. Needs root (namespaces); skips with a message otherwise.
 
 mod common;
-use common::{pattern, run};
+use common::{Bridge, End, Namespaces, Process, have, is_root, ns_command, pattern, sh, unique_id, veth_to_bridge};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().is_ok_and(|out| out.status.success())
-}
 
 fn skip_unless_ready(test: &str) -> bool {
     if !is_root() {
@@ -40,42 +31,25 @@ fn skip_unless_ready(test: &str) -> bool {
 
 /// A bridge in the root namespace with three node namespaces on it; always removed.
 struct Topology {
-    bridge: String,
-    namespaces: Vec<String>,
+    // Dropped first: deleting the namespaces deletes their veth pairs, then the bridge goes.
+    namespaces: Namespaces,
+    bridge: Bridge,
     subnet: u8,
 }
 
 impl Topology {
     fn new(subnet: u8) -> Self {
-        let tag = format!("{}{subnet}", std::process::id() % 10_000);
-        let topology = Topology {
-            bridge: format!("blbr{tag}"),
-            namespaces: (1..=3).map(|i| format!("blns{tag}n{i}")).collect(),
-            subnet,
-        };
-        topology.cleanup();
-        run(Command::new("ip").args(["link", "add", &topology.bridge, "type", "bridge"]));
-        run(Command::new("ip").args(["addr", "add", &format!("10.77.{subnet}.1/24"), "dev", &topology.bridge]));
-        run(Command::new("ip").args(["link", "set", &topology.bridge, "up"]));
-        for (index, namespace) in topology.namespaces.iter().enumerate() {
-            let (outside, inside) = (format!("blv{tag}h{index}"), format!("blv{tag}n{index}"));
-            run(Command::new("ip").args(["netns", "add", namespace]));
-            run(Command::new("ip").args(["link", "add", &outside, "type", "veth", "peer", "name", &inside]));
-            run(Command::new("ip").args(["link", "set", &inside, "netns", namespace]));
-            run(Command::new("ip").args(["link", "set", &outside, "master", &topology.bridge, "up"]));
+        let id = unique_id();
+        let bridge = Bridge::new(&format!("blbr{id}"), &format!("10.77.{subnet}.1/24"));
+        let names: Vec<String> = (1..=3).map(|i| format!("blns{id}n{i}")).collect();
+        let namespaces = Namespaces::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let topology = Topology { namespaces, bridge, subnet };
+        for index in 0..3 {
+            let namespace = &topology.namespaces[index];
             let address = format!("{}/24", topology.node_ip(index));
-            run(Command::new("ip").args(["-n", namespace, "addr", "add", &address, "dev", &inside]));
-            run(Command::new("ip").args(["-n", namespace, "link", "set", &inside, "up"]));
-            run(Command::new("ip").args(["-n", namespace, "link", "set", "lo", "up"]));
-            run(Command::new("ip").args([
-                "-n",
-                namespace,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.77.{subnet}.1"),
-            ]));
+            let inside = End { ns: namespace, name: &format!("blv{id}n{index}"), addresses: &[&address] };
+            veth_to_bridge(&topology.bridge, &format!("blv{id}h{index}"), &inside);
+            sh(&["ip", "-n", namespace, "route", "add", "default", "via", &topology.host_ip()]);
         }
         topology
     }
@@ -87,40 +61,10 @@ impl Topology {
     fn node_ip(&self, index: usize) -> String {
         format!("10.77.{}.{}", self.subnet, 11 + index)
     }
-
-    fn cleanup(&self) {
-        for namespace in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", namespace]).stderr(Stdio::null()).status();
-        }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
-
-struct Process(Option<Child>);
-
-impl Process {
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 struct Redis {
-    process: Process,
+    process: Option<Process>,
     dir: PathBuf,
     bind: String,
     port: u16,
@@ -129,14 +73,15 @@ struct Redis {
 impl Redis {
     fn start(dir: &Path, bind: &str, port: u16) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let mut redis = Redis { process: Process(None), dir: dir.to_owned(), bind: bind.to_owned(), port };
+        let mut redis = Redis { process: None, dir: dir.to_owned(), bind: bind.to_owned(), port };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
         // appendfsync always: an acknowledged write survives a restart.
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args([
                 "--bind",
                 &self.bind,
@@ -152,11 +97,8 @@ impl Redis {
                 "no",
             ])
             .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.process = Process(Some(child));
+            .arg(&self.dir);
+        self.process = Some(Process::spawn(command));
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect((self.bind.as_str(), self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
@@ -169,11 +111,15 @@ impl Redis {
     }
 }
 
+/// Dropped in field order: the nodes first, while Redis and the bridge are still there to
+/// close their connections cleanly, then Redis, then the namespaces and the bridge. (With
+/// the topology gone first, a killed node's FIN to Redis never got through, and the orphan
+/// socket kept the namespace, and its veth on the host, alive for minutes.)
 struct Cluster {
+    nodes: Vec<Process>,
+    redis: Redis,
     topology: Topology,
     dir: PathBuf,
-    redis: Redis,
-    nodes: Vec<Process>,
 }
 
 impl Cluster {
@@ -191,18 +137,9 @@ impl Cluster {
 
     fn spawn_node(&self, index: usize) -> Process {
         let ip = self.topology.node_ip(index);
-        let log = std::fs::File::create(self.dir.join(format!("node{index}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.topology.namespaces[index],
-                BIN,
-                "node",
-                "run",
-                "--listen",
-                &format!("{ip}:7777"),
-            ])
+        let mut command = ns_command(&self.topology.namespaces[index], BIN);
+        command
+            .args(["node", "run", "--listen", &format!("{ip}:7777")])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node{index}")))
             .arg("--key-file")
@@ -217,11 +154,8 @@ impl Cluster {
                 "--repair-interval-ms",
                 "0",
             ])
-            .args(["--hugepages", "off", "--arena-frames", "4096"])
-            .stderr(log)
-            .spawn()
-            .expect("start node");
-        Process(Some(child))
+            .args(["--hugepages", "off", "--arena-frames", "4096"]);
+        Process::spawn(command)
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -372,14 +306,11 @@ fn redis_acl_user_and_password() {
     let dir = tempfile::tempdir().unwrap();
     key_file(dir.path());
     let port = 6480 + (std::process::id() % 100) as u16;
-    let _redis = Process(Some(
-        Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .args(["--user", "default", "off", "--user", "beeline", "on", ">s3cret", "~*", "&*", "+@all"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut redis = Command::new("redis-server");
+    redis
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args(["--user", "default", "off", "--user", "beeline", "on", ">s3cret", "~*", "&*", "+@all"]);
+    let _redis = Process::spawn(redis);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "redis-server did not start");
@@ -387,28 +318,24 @@ fn redis_acl_user_and_password() {
     }
     let node_port = 7900 + (std::process::id() % 90) as u16;
     let good = format!("redis://beeline:s3cret@127.0.0.1:{port}");
-    let _node = Process(Some(
-        Command::new(BIN)
-            .args([
-                "node",
-                "run",
-                "--listen",
-                &format!("127.0.0.1:{node_port}"),
-                "--metadata",
-                &good,
-                "--hugepages",
-                "off",
-                "--arena-frames",
-                "2048",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("node"))
-            .arg("--key-file")
-            .arg(dir.path().join("cluster.key"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut node = Command::new(BIN);
+    node.args([
+        "node",
+        "run",
+        "--listen",
+        &format!("127.0.0.1:{node_port}"),
+        "--metadata",
+        &good,
+        "--hugepages",
+        "off",
+        "--arena-frames",
+        "2048",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("node"))
+    .arg("--key-file")
+    .arg(dir.path().join("cluster.key"));
+    let _node = Process::spawn(node);
     let cli = |url: &str, args: &[&str]| {
         Command::new(BIN)
             .args(args)
@@ -481,7 +408,7 @@ fn redis_restart_under_load_loses_no_acknowledged_file() {
     wait_for(3);
     {
         let mut cluster = cluster.lock().unwrap();
-        cluster.redis.process.kill9();
+        cluster.redis.process.as_mut().expect("running").kill9();
         cluster.redis.spawn();
     }
     let before_restart = acknowledged.lock().unwrap().len();
@@ -560,16 +487,12 @@ fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() {
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: beeline\n    static_configs:\n      - targets: [{}]\n", targets.join(", "))).unwrap();
     let web = format!("127.0.0.1:{}", 19090 + u16::from(cluster.topology.subnet));
-    let _prometheus = Process(Some(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
-    ));
+    let mut prometheus = Command::new("prometheus");
+    prometheus
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address={web}"));
+    let _prometheus = Process::spawn(prometheus);
     // Traffic for the metrics to show: puts and gets on every node.
     for i in 0..6 {
         let data = pattern(3_000_000, i);

@@ -10,14 +10,12 @@
 #![cfg(feature = "dpdk")]
 
 mod common;
-use common::{pattern, run, sh};
+use common::{End, Namespaces, Process, have, is_root, ns_command, pattern, run, sh, unique_id, veth_pair};
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::process::{Command, Output};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
@@ -29,12 +27,11 @@ const HUGEPAGES_WANTED: u64 = 512;
 static HUGEPAGES: RwLock<()> = RwLock::new(());
 
 fn missing_requirement() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Some("needs root (hugepages, network namespaces, XDP)".into());
     }
     for tool in ["ip", "ethtool"] {
-        if Command::new(tool).arg("-V").output().is_err() {
+        if !have(tool) {
             return Some(format!("`{tool}` is not installed (ci/setup.sh installs it)"));
         }
     }
@@ -70,89 +67,6 @@ fn reserve_hugepages() {
     assert!(free >= 128, "only {free} free 2 MiB hugepages after reserving {HUGEPAGES_WANTED}");
 }
 
-fn unique_id() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{}{}", std::process::id() % 10_000, NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Network namespaces, deleted on drop (with every interface inside them).
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn new(names: &[&str]) -> Self {
-        let namespaces = Namespaces(names.iter().map(|n| n.to_string()).collect());
-        for name in names {
-            sh(&["ip", "netns", "add", name]);
-            sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
-        }
-        namespaces
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn in_ns(ns: &str, program: &str) -> Command {
-    let mut command = Command::new("ip");
-    command.args(["netns", "exec", ns, program]);
-    command
-}
-
-/// A background process whose stderr is collected; killed on drop.
-struct Process {
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Process {
-    fn spawn(mut command: Command) -> Self {
-        let mut child =
-            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
-        let stderr = child.stderr.take().unwrap();
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Process { child: Some(child), log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut()?.try_wait().unwrap()
-    }
-
-    fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        common::terminate(self.child.take().unwrap())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A DPDK node and the namespace its clients run in.
 struct DpdkNode {
     node_ns: String,
@@ -167,7 +81,7 @@ struct DpdkNode {
 
 impl DpdkNode {
     fn command(&self) -> Command {
-        let mut command = in_ns(&self.node_ns, BIN);
+        let mut command = ns_command(&self.node_ns, BIN);
         command.args(["node", "run", "--backend", "dpdk", "--listen", &self.addr, "--dpdk-devices", &self.device]);
         if !self.extra.iter().any(|arg| arg == "--arena-frames") {
             command.args(["--arena-frames", "4096"]);
@@ -200,7 +114,7 @@ impl DpdkNode {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        in_ns(&self.client_ns, BIN)
+        ns_command(&self.client_ns, BIN)
             .args(args)
             .args(["--node", &self.addr, "--key-file"])
             .arg(self.dir.join("cluster.key"))
@@ -263,38 +177,16 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
     let _namespaces = Namespaces::new(&[&node_ns, &client_ns]);
     // Room for two queues each way (used below); one to start with, as a node serving
     // queue 0 only needs (storage packets on other queues would find no socket).
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        &client_if,
-        "netns",
-        &client_ns,
-        "numtxqueues",
-        "2",
-        "numrxqueues",
-        "2",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &node_if,
-        "netns",
-        &node_ns,
-        "numtxqueues",
-        "2",
-        "numrxqueues",
-        "2",
-    ]);
-    run(in_ns(&node_ns, "ethtool").args(["-L", &node_if, "rx", "1", "tx", "1"]));
-    run(in_ns(&client_ns, "ethtool").args(["-L", &client_if, "rx", "1", "tx", "1"]));
-    sh(&["ip", "-n", &node_ns, "addr", "add", "10.81.0.1/24", "dev", &node_if]);
-    sh(&["ip", "-n", &client_ns, "addr", "add", "10.81.0.2/24", "dev", &client_if]);
-    sh(&["ip", "-n", &node_ns, "link", "set", &node_if, "up"]);
-    sh(&["ip", "-n", &client_ns, "link", "set", &client_if, "up"]);
+    veth_pair(
+        &End { ns: &client_ns, name: &client_if, addresses: &["10.81.0.2/24"] },
+        &End { ns: &node_ns, name: &node_if, addresses: &["10.81.0.1/24"] },
+        Some(2),
+    );
+    run(ns_command(&node_ns, "ethtool").args(["-L", &node_if, "rx", "1", "tx", "1"]));
+    run(ns_command(&client_ns, "ethtool").args(["-L", &client_if, "rx", "1", "tx", "1"]));
     // The kernel sender's veth leaves UDP checksums to an offload that never runs; real
     // NICs deliver complete ones, so make the test path do too.
-    run(in_ns(&client_ns, "ethtool").args(["-K", &client_if, "tx", "off"]));
+    run(ns_command(&client_ns, "ethtool").args(["-K", &client_if, "tx", "off"]));
 
     let dir = tempfile::tempdir().unwrap();
     let mut node = DpdkNode {
@@ -323,7 +215,7 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
         node.get_matches(name, data);
     }
     // ARP and ping are the kernel's on this path: the classifier passes them.
-    run(in_ns(&client_ns, "ping").args(["-c", "2", "-W", "2", "10.81.0.1"]));
+    run(ns_command(&client_ns, "ping").args(["-c", "2", "-W", "2", "10.81.0.1"]));
     let (backend, counters) = node.status();
     assert!(backend.contains("net_af_xdp") && backend.contains("XDP classifier"), "{backend}");
     assert!(counters["xdp_redirect_packets"] > 0, "{counters:#?}");
@@ -350,7 +242,7 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
         node.get_matches(name, data);
     }
     // Prometheus sees the backend: per-queue counts, frame levels, classifier verdicts.
-    let scrape = run(in_ns(&node_ns, "bash")
+    let scrape = run(ns_command(&node_ns, "bash")
         .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/9777; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"]));
     let metrics = String::from_utf8_lossy(&scrape.stdout);
     for expected in [
@@ -379,7 +271,7 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
 
     // The hypervisor's side: vhost-user server on the socket, bridged to a tap in the
     // client's namespace.
-    let mut forward = in_ns(&client_ns, FORWARD_BIN);
+    let mut forward = ns_command(&client_ns, FORWARD_BIN);
     forward
         .args(["-l", "1", "--in-memory", "--single-file-segments", "--no-pci", "--iova-mode=va"])
         .args(["--file-prefix", &format!("bd-fwd-{id}")])
@@ -403,7 +295,7 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
     // IPv6 on the tap, without duplicate address detection: its link-local is usable at
     // once, not tentative for a second, when the ping6 below needs it.
     for setting in ["disable_ipv6=0", "accept_dad=0"] {
-        run(in_ns(&client_ns, "sysctl").args(["-qw", &format!("net.ipv6.conf.{tap}.{setting}")]));
+        run(ns_command(&client_ns, "sysctl").args(["-qw", &format!("net.ipv6.conf.{tap}.{setting}")]));
     }
     sh(&["ip", "-n", &client_ns, "link", "set", &tap, "down"]);
     sh(&["ip", "-n", &client_ns, "link", "set", &tap, "up"]);
@@ -421,7 +313,7 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
     };
     node.start();
     // The kernel no longer sees this port: the node itself answers ARP and ping.
-    run(in_ns(&client_ns, "ping").args(["-c", "2", "-W", "2", "10.82.0.2"]));
+    run(ns_command(&client_ns, "ping").args(["-c", "2", "-W", "2", "10.82.0.2"]));
     ping6_link_local(&node, &tap);
     let files = files(2);
     for (name, data) in &files {
@@ -448,7 +340,7 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
     // storage port that are not Beeline's, and UDP to a port the node does not serve.
     let garbage = "for i in $(seq 20); do printf 'not a beeline datagram %s' $i > /dev/udp/10.82.0.2/7777; done; \
                    for i in $(seq 5); do printf x > /dev/udp/10.82.0.2/9999; done";
-    run(in_ns(&client_ns, "bash").args(["-c", garbage]));
+    run(ns_command(&client_ns, "bash").args(["-c", garbage]));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, after) = node.status();
@@ -460,7 +352,7 @@ fn virtio_user_node_round_trips_files_through_vhost_user() {
         assert!(Instant::now() < deadline, "garbage not counted: malformed +{malformed}, not ours +{not_ours}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    run(in_ns(&client_ns, "ping").args(["-c", "1", "-W", "2", "10.82.0.2"]));
+    run(ns_command(&client_ns, "ping").args(["-c", "1", "-W", "2", "10.82.0.2"]));
 
     // SIGKILL, restart on the same data: every acknowledged file is still there.
     node.process.as_mut().unwrap().kill9();
@@ -485,8 +377,8 @@ fn ping6_link_local(node: &DpdkNode, tap: &str) {
     let (mac, link_local) = (word_after("mac "), word_after("link-local "));
     assert!(link_local.starts_with("fe80::"), "{backend}");
     let target = format!("{link_local}%{tap}");
-    run(in_ns(&node.client_ns, "ping").args(["-6", "-c", "3", "-W", "2", &target]));
-    let neighbours = run(in_ns(&node.client_ns, "ip").args(["-6", "neigh", "show", &link_local, "dev", tap]));
+    run(ns_command(&node.client_ns, "ping").args(["-6", "-c", "3", "-W", "2", &target]));
+    let neighbours = run(ns_command(&node.client_ns, "ip").args(["-6", "neigh", "show", &link_local, "dev", tap]));
     let neighbours = String::from_utf8_lossy(&neighbours.stdout);
     assert!(neighbours.contains(&format!("lladdr {mac}")), "no neighbour entry {link_local} -> {mac}: {neighbours}");
 }

@@ -2,64 +2,47 @@
 //! sockets, real disks, and nodes that really die.
 
 mod common;
-use common::pattern;
+use common::{Process, free_port, is_root, pattern};
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::UdpSocket;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct TestNode {
-    child: Option<Child>,
+    process: Option<Process>,
     dir: PathBuf,
     port: u16,
     extra: Vec<String>,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestNode {
     fn start(dir: &Path, extra: &[&str]) -> Self {
         let mut node = TestNode {
-            child: None,
+            process: None,
             dir: dir.to_owned(),
             port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            log: Arc::default(),
         };
         node.spawn();
         node
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["node", "run", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
             .arg(self.dir.join("data"))
             .arg("--key-file")
             .arg(self.dir.join("cluster.key"))
             .args(["--arena-frames", "4096", "--hugepages", "off"])
             .args(&self.extra)
-            .env("BEELINE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn beeline node run");
-        let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        });
-        self.child = Some(child);
+            .env("BEELINE_LOG", "info");
+        self.process = Some(Process::spawn(command));
         // Ready when it answers a ping (bounded).
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -67,10 +50,11 @@ impl TestNode {
             if out.status.success() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node exited during start-up with {status}: {:?}", self.log.lock().unwrap());
+            let process = self.process();
+            if let Some(status) = process.exited() {
+                panic!("node exited during start-up with {status}:\n{}", process.log());
             }
-            assert!(Instant::now() < deadline, "node did not answer within 30 s: {:?}", self.log.lock().unwrap());
+            assert!(Instant::now() < deadline, "node did not answer within 30 s:\n{}", process.log());
         }
     }
 
@@ -89,23 +73,8 @@ impl TestNode {
         self.cli_command(args).output().expect("run beeline")
     }
 
-    fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        common::terminate(self.child.take().unwrap())
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    fn process(&mut self) -> &mut Process {
+        self.process.as_mut().expect("running")
     }
 }
 
@@ -208,7 +177,7 @@ fn killed_node_keeps_every_acknowledged_file() {
         assert!(Instant::now() < deadline, "puts were not acknowledged");
         std::thread::sleep(Duration::from_millis(10));
     }
-    node.kill9();
+    node.process().kill9();
     stop.store(true, Ordering::Release);
     writer.join().unwrap();
     node.spawn();
@@ -236,9 +205,9 @@ fn sigterm_stops_the_node_cleanly_and_data_survives() {
     let path = dir.path().join("kept");
     std::fs::write(&path, pattern(3_000_000, 5)).unwrap();
     ok(&node.cli(&["put", path.to_str().unwrap()]));
-    let status = node.terminate();
+    let status = node.process().terminate();
     assert!(status.success(), "node exited with {status} on SIGTERM");
-    assert!(node.log.lock().unwrap().iter().any(|line| line.contains("node stopped")));
+    assert!(node.process().logged("node stopped"));
     node.spawn();
     assert!(node.cli(&["get", "kept", "-o", "-"]).stdout == pattern(3_000_000, 5));
 }
@@ -296,8 +265,7 @@ fn full_disk_is_an_error_the_client_sees_not_a_crash() {
 
 #[test]
 fn real_enospc_on_a_tiny_tmpfs() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         beeline_dataplane::testkit::skip("real_enospc_on_a_tiny_tmpfs", "needs root to mount a tmpfs");
         return;
     }

@@ -5,9 +5,11 @@
 //! Tests that change the host (veth pairs, hugepages) need root; they check and skip with
 //! a message otherwise, and undo their changes with a Drop guard whatever the outcome.
 
+mod common;
+use common::{Veth, is_root, sh, unique_id};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 
@@ -50,11 +52,6 @@ fn line<'a>(out: &'a str, name: &str) -> &'a str {
 
 fn verdict(line: &str) -> &str {
     line.split_whitespace().next().unwrap_or("")
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 macro_rules! require_root {
@@ -175,40 +172,11 @@ fn broken_or_missing_profile_is_one_line_and_exit_2() {
     assert!(err.contains("no-such-nic") && err.contains("beeline hw list"), "{err}");
 }
 
-/// A veth pair with unique names, deleted on drop.
-struct Veth {
-    name: String,
-}
-
-impl Veth {
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
-        let (name, peer) = (format!("bhw{id}a"), format!("bhw{id}b"));
-        let veth = Veth { name: name.clone() };
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-        ip(&["link", "set", "dev", &name, "up"]);
-        ip(&["link", "set", "dev", &peer, "up"]);
-        veth
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        // Deleting one end deletes the pair.
-        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().unwrap();
-    assert!(output.status.success(), "ip {args:?}: {}", stderr(&output));
-}
-
 #[test]
 fn afxdp_veth_right_mtu_passes_and_wrong_mtu_fails_with_the_fix() {
     require_root!("afxdp_veth_right_mtu_passes_and_wrong_mtu_fails_with_the_fix");
-    let veth = Veth::new();
+    let id = unique_id();
+    let veth = Veth::new(&format!("bhw{id}a"), &format!("bhw{id}b"));
     let check = || beeline(&["hw", "check", "--profile", "afxdp-veth", "--interface", &veth.name]);
 
     let output = check();
@@ -220,7 +188,7 @@ fn afxdp_veth_right_mtu_passes_and_wrong_mtu_fails_with_the_fix() {
     assert!(out.contains(&format!("set interface = \"{}\"", veth.name)), "{out}");
 
     // Smaller than the profile's: the cluster's 1500-byte frames would not arrive.
-    ip(&["link", "set", "dev", &veth.name, "mtu", "1400"]);
+    sh(&["ip", "link", "set", "dev", &veth.name, "mtu", "1400"]);
     let output = check();
     let out = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
@@ -229,7 +197,7 @@ fn afxdp_veth_right_mtu_passes_and_wrong_mtu_fails_with_the_fix() {
     assert!(mtu.contains(&format!("fix: ip link set dev {} mtu 1500", veth.name)), "{mtu}");
 
     // Larger than a 4 KiB frame holds behind the XDP headroom: the node would refuse it.
-    ip(&["link", "set", "dev", &veth.name, "mtu", "9000"]);
+    sh(&["ip", "link", "set", "dev", &veth.name, "mtu", "9000"]);
     let output = check();
     let out = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");

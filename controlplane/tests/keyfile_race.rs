@@ -2,8 +2,10 @@
 //! every one of them must come up with the same cluster key (the first session's
 //! `./ci/demo.sh` lost a node to `cannot write cluster key file …: File exists`).
 
+mod common;
+use common::free_port;
+
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,10 +13,6 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 const NODES: usize = 4;
 const ROUNDS: usize = 12;
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Spawns a node that first blocks reading its standard input, a pipe shared by every node
 /// of the round: closing the pipe's one write end releases them all at once (a barrier).
