@@ -4,10 +4,10 @@
 
 mod common;
 use common::free_port;
+use common::process::Process;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
@@ -16,31 +16,18 @@ const ROUNDS: usize = 12;
 
 /// Spawns a node that first blocks reading its standard input, a pipe shared by every node
 /// of the round: closing the pipe's one write end releases them all at once (a barrier).
-fn spawn_held(dir: &Path, index: usize, port: u16, key: &Path, gate: &std::io::PipeReader) -> Child {
-    Command::new("sh")
+fn spawn_held(dir: &Path, index: usize, port: u16, key: &Path, gate: &std::io::PipeReader) -> Process {
+    let mut command = Command::new("sh");
+    command
         .args(["-c", "read _ignored; exec \"$@\"", "held-node", BIN, "node", "run", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.join(format!("data-{index}")))
         .arg("--key-file")
         .arg(key)
-        .args(["--arena-frames", "1024", "--hugepages", "off"])
-        .stdin(Stdio::from(gate.try_clone().unwrap()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sh")
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            text.push_str(&line);
-            text.push('\n');
-        }
-    }
-    text
+        .args(["--arena-frames", "1024", "--hugepages", "off"]);
+    // Killed on drop, so a failed round leaves no node behind.
+    Process::spawn_with_stdin(command, Stdio::from(gate.try_clone().unwrap()))
 }
 
 #[test]
@@ -51,7 +38,7 @@ fn nodes_released_together_share_one_new_key() {
         let key = round_dir.join("keys/cluster.key");
         let (gate, release) = std::io::pipe().unwrap();
         let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-        let mut children: Vec<Child> =
+        let mut children: Vec<Process> =
             ports.iter().enumerate().map(|(index, port)| spawn_held(&round_dir, index, *port, &key, &gate)).collect();
         drop(gate);
         drop(release); // every node reads end-of-file now, together
@@ -61,8 +48,8 @@ fn nodes_released_together_share_one_new_key() {
         for (index, port) in ports.iter().enumerate() {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if let Some(status) = children[index].try_wait().unwrap() {
-                    let log = stderr_of(&mut children[index]);
+                if let Some(status) = children[index].exited() {
+                    let log = children[index].log();
                     panic!("round {round}: node {index} exited with {status}: {log}");
                 }
                 let ping = Command::new(BIN)
@@ -79,9 +66,6 @@ fn nodes_released_together_share_one_new_key() {
         let leftovers: Vec<_> =
             std::fs::read_dir(key.parent().unwrap()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("cluster.key")], "round {round}: temporary files left");
-        for mut child in children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(children);
     }
 }

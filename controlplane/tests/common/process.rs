@@ -12,9 +12,14 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn spawn(mut command: Command) -> Self {
+    pub fn spawn(command: Command) -> Self {
+        Self::spawn_with_stdin(command, Stdio::null())
+    }
+
+    /// [`Process::spawn`] with the given standard input (a barrier pipe, for example).
+    pub fn spawn_with_stdin(mut command: Command, stdin: Stdio) -> Self {
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
