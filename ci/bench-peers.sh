@@ -157,7 +157,10 @@ head -c $((4 << 20)) /dev/urandom > "$work/www/obj4m"
 head -c 4096 /dev/urandom > "$work/www/obj4k"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
     -keyout "$work/key.pem" -out "$work/cert.pem" 2> /dev/null
+# The worker runs as whoever runs this script (the user directive is ignored, with a
+# warning, unless that is root), so it can read and write the 0700 temporary directory.
 cat > "$work/nginx.conf" << EOF
+user $(id -un) $(id -gn);
 worker_processes 1;
 daemon off;
 error_log $work/nginx-error.log;
