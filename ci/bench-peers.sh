@@ -98,9 +98,10 @@ ticks() {
     echo $((fields[11] + fields[12]))
 }
 # wait_port PORT PID: until something listens on 127.0.0.1:PORT (TCP), or PID is gone.
+# Asks ss rather than connecting: a probe connection would be iperf3 -1's one client.
 wait_port() {
     local deadline=$((SECONDS + 30))
-    until (exec 3<> "/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+    until [[ -n $(ss -Hltn "sport = :$1") ]]; do
         kill -0 "$2" 2>/dev/null || { log "the server on port $1 exited during start-up"; return 1; }
         ((SECONDS < deadline)) || { log "nothing listens on port $1 after 30 s"; return 1; }
         sleep 0.1
