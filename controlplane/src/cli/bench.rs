@@ -6,6 +6,8 @@
 //! Without `--node`, a node is started in-process on 127.0.0.1 (random port) with a fresh
 //! data directory and key, and removed afterwards. With `--node ADDR --key-file F`, an
 //! existing node is measured: the bench stores one file there and removes it at the end.
+//! With `--node-pid`, the CPU time of that node process (all threads, from
+//! `/proc/PID/stat`) is read around every phase as well.
 //!
 //! Everything is bounded: sizes come from the flags (capped), every protocol operation
 //! gives up after the client's retries, and the raw-UDP receiver stops once the sender is
@@ -81,6 +83,13 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of Markdown.
     #[arg(long)]
     pub json: bool,
+    /// Also put and then get --ops small chunks of --op-bytes with this many in flight at
+    /// once (batches of this many; 0 = skip; the chunks are deleted afterwards).
+    #[arg(long, default_value_t = 0)]
+    pub in_flight: usize,
+    /// Process id of --node on this machine: its CPU time is read around every phase.
+    #[arg(long)]
+    pub node_pid: Option<u32>,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -123,6 +132,17 @@ fn validate(args: &BenchArgs) -> Result<(), String> {
     }
     if !(1..=64).contains(&args.parallel_chunks) {
         return Err(format!("--parallel-chunks {} is out of range: use 1 to 64", args.parallel_chunks));
+    }
+    if args.in_flight > 64 {
+        return Err(format!("--in-flight {} is out of range: use 0 to 64", args.in_flight));
+    }
+    if args.node_pid.is_some() && args.node.is_none() {
+        return Err("--node-pid needs --node: the in-process node's CPU is the bench's own".into());
+    }
+    if let Some(pid) = args.node_pid {
+        if process_cpu_ticks(pid).is_none() {
+            return Err(format!("--node-pid {pid}: cannot read /proc/{pid}/stat; pass the pid of the running node"));
+        }
     }
     if args.fragment_bytes == Some(0) {
         return Err("--fragment-bytes must be at least 1".into());
@@ -262,7 +282,7 @@ fn measure_node(
     eprintln!("beeline bench: put {total} bytes as {name}");
     let mut reader = pool.reader(total);
     let mut record = None;
-    let phase = timed(&mut bulk, total, |client| {
+    let phase = timed(&mut bulk, total, args.node_pid, |client| {
         record = Some(client.put_reader(&name, &mut reader, "generated data", &mut |_| {}).map_err(|e| e.to_string())?);
         Ok(None)
     })?;
@@ -319,7 +339,7 @@ fn read_back(
     let total = record.size_bytes;
     let name = &record.name;
     eprintln!("beeline bench: get {total} bytes");
-    let phase = timed(bulk, total, |client| {
+    let phase = timed(bulk, total, args.node_pid, |client| {
         client.get_writer(name, &mut std::io::sink(), "/dev/null", &mut |_| {}).map_err(|e| e.to_string())?;
         Ok(None)
     })?;
@@ -349,7 +369,88 @@ fn read_back(
         report.phases.push(phase);
     }
 
+    if args.in_flight > 0 && args.ops > 0 {
+        eprintln!("beeline bench: {} puts and gets of {} bytes, {} in flight", args.ops, args.op_bytes, args.in_flight);
+        let fragment_max = bulk.ping().map_err(|e| e.to_string())?.fragment_bytes_max;
+        let phases = small_ops_in_flight(args, addr, key, fragment_max, pool)?;
+        node.advance(bulk)?;
+        report.phases.extend(phases);
+    }
+
     Ok(())
+}
+
+/// `--ops` puts, then `--ops` gets, of distinct `--op-bytes` chunks, `--in-flight` at a
+/// time: each batch starts that many on one client and waits for all of them, so between
+/// batches fewer are in flight. The chunks are deleted afterwards (untimed).
+fn small_ops_in_flight(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    key: &MacKey,
+    node_max: u16,
+    pool: &Pool,
+) -> Result<Vec<Phase>, String> {
+    let op_bytes = args.op_bytes;
+    let fragment = op_bytes.min(u32::from(node_max)) as u16;
+    let mut client = client(addr, key, Some(fragment), 1)?;
+    client.set_chunk_bytes(op_bytes);
+    let file_id = rand::random::<u64>();
+    let ids: Vec<u128> = (0..u64::from(args.ops)).map(|index| crate::control::chunk_id(file_id, index)).collect();
+    // A few distinct contents, built before the clock starts; chunk i holds contents[i % n].
+    let contents: Vec<Arc<[u8]>> = (0..u64::from(args.ops.min(1024)))
+        .map(|index| Arc::from(pool.at(index * u64::from(op_bytes), op_bytes as usize)))
+        .collect();
+    let content = |index: usize| contents[index % contents.len()].clone();
+    let batches = || ids.chunks(args.in_flight).enumerate().map(|(batch, ids)| (batch * args.in_flight, ids));
+    let bytes = u64::from(args.ops) * u64::from(op_bytes);
+    let size = human_bytes(u64::from(op_bytes));
+
+    let put = timed(&mut client, bytes, args.node_pid, |client| {
+        for (first, ids) in batches() {
+            let chunks: Vec<(u128, Arc<[u8]>)> =
+                ids.iter().enumerate().map(|(i, id)| (*id, content(first + i))).collect();
+            for result in client.put_chunks(&chunks) {
+                result.map_err(|e| format!("a {size} put with {} in flight failed: {e}", args.in_flight))?;
+            }
+        }
+        Ok(None)
+    });
+    let mut get = Err(String::new());
+    if put.is_ok() {
+        get = timed(&mut client, bytes, args.node_pid, |client| {
+            for (first, ids) in batches() {
+                let wanted: Vec<(u128, u32)> = ids.iter().map(|id| (*id, op_bytes)).collect();
+                for (i, result) in client.get_chunks(&wanted).into_iter().enumerate() {
+                    let data =
+                        result.map_err(|e| format!("a {size} get with {} in flight failed: {e}", args.in_flight))?;
+                    if *data != *content(first + i) {
+                        return Err(format!(
+                            "a {size} chunk came back different from what was put; the node or the protocol is broken"
+                        ));
+                    }
+                }
+            }
+            Ok(None)
+        });
+    }
+    // Whatever happened, remove what may have been stored.
+    let mut deleted = Ok(());
+    for ids in ids.chunks(64) {
+        for result in client.delete_chunks(ids) {
+            if let Err(error) = result {
+                deleted = Err(format!("could not delete a bench chunk from the node: {error}"));
+            }
+        }
+    }
+    let (mut put, mut get) = (put?, get?);
+    deleted?;
+    put.name = format!("Put {size} chunks, {} in flight (durable)", args.in_flight);
+    get.name = format!("Get {size} chunks, {} in flight (page-cache warm)", args.in_flight);
+    for phase in [&mut put, &mut get] {
+        phase.fragment_bytes = fragment;
+        phase.ops = Some(u64::from(args.ops));
+    }
+    Ok(vec![put, get])
 }
 
 /// The node's data-path counters, as its status reports them.
@@ -403,14 +504,15 @@ fn counters(pairs: &[(String, u64)]) -> BTreeMap<String, u64> {
 fn timed<C>(
     context: &mut C,
     bytes: u64,
+    node_pid: Option<u32>,
     body: impl FnOnce(&mut C) -> Result<Option<Latencies>, String>,
 ) -> Result<Phase, String> {
-    let before = CpuSnapshot::take();
+    let before = CpuSnapshot::take(node_pid);
     let udp_before = udp_counters();
     let start = Instant::now();
     let latencies = body(context)?;
     let wall = start.elapsed().as_secs_f64();
-    let after = CpuSnapshot::take();
+    let after = CpuSnapshot::take(node_pid);
     let udp_after = udp_counters();
     let udp = udp_after
         .iter()
@@ -470,7 +572,7 @@ fn small_gets(
         check(chunk, offset, &get(&mut client, chunk, offset)?)?;
     }
     let ops = args.ops;
-    let mut phase = timed(&mut client, u64::from(ops) * u64::from(op_bytes), |client| {
+    let mut phase = timed(&mut client, u64::from(ops) * u64::from(op_bytes), args.node_pid, |client| {
         let mut samples = Vec::with_capacity(ops as usize);
         for _ in 0..ops {
             let (chunk, offset) = pick();
@@ -504,7 +606,7 @@ fn measure_baselines(
     for batch in [UDP_BATCH, 1] {
         eprintln!("beeline bench: raw UDP on loopback, {total} bytes in batches of {batch}");
         let mut outcome = None;
-        let mut phase = timed(&mut (), total, |_| {
+        let mut phase = timed(&mut (), total, None, |_| {
             outcome = Some(raw_udp(usize::from(fragment), total, batch)?);
             Ok(None)
         })?;
@@ -530,7 +632,7 @@ fn measure_baselines(
     for sync_each_chunk in [false, true] {
         eprintln!("beeline bench: file write of {total} bytes");
         let path = workdir.path.join("baseline-write.dat");
-        let mut phase = timed(&mut (), total, |_| {
+        let mut phase = timed(&mut (), total, None, |_| {
             file_write(&path, pool, total, sync_each_chunk)?;
             Ok(None)
         })?;
@@ -827,6 +929,8 @@ struct CpuSnapshot {
     machine_steal_ticks: u64,
     process: Duration,
     threads: BTreeMap<String, Duration>,
+    /// utime + stime of `--node-pid`, in clock ticks.
+    node_ticks: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -835,12 +939,20 @@ struct CpuDelta {
     machine_steal: f64,
     process: f64,
     threads: BTreeMap<String, f64>,
+    /// CPU-seconds of the `--node-pid` process.
+    node: Option<f64>,
 }
 
 impl CpuSnapshot {
-    fn take() -> Self {
+    fn take(node_pid: Option<u32>) -> Self {
         let (machine_busy_ticks, machine_steal_ticks) = machine_ticks();
-        Self { machine_busy_ticks, machine_steal_ticks, process: process_cpu(), threads: thread_cpu() }
+        Self {
+            machine_busy_ticks,
+            machine_steal_ticks,
+            process: process_cpu(),
+            threads: thread_cpu(),
+            node_ticks: node_pid.and_then(process_cpu_ticks),
+        }
     }
 
     fn since(&self, before: &CpuSnapshot) -> CpuDelta {
@@ -861,6 +973,10 @@ impl CpuSnapshot {
             machine_steal: self.machine_steal_ticks.saturating_sub(before.machine_steal_ticks) as f64 * tick,
             process: self.process.saturating_sub(before.process).as_secs_f64(),
             threads,
+            node: match (before.node_ticks, self.node_ticks) {
+                (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 * tick),
+                _ => None,
+            },
         }
     }
 }
@@ -873,6 +989,19 @@ fn machine_ticks() -> (u64, u64) {
     let field = |index: usize| fields.get(index).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal
     (field(0) + field(1) + field(2) + field(5) + field(6), field(7))
+}
+
+/// utime + stime (clock ticks, all threads) of process `pid`, from `/proc/PID/stat`.
+fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    parse_stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Fields 14 and 15 of a `/proc/PID/stat` line; the command name (field 2) may hold
+/// spaces and parentheses, so counting starts after its last `)`.
+fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
+    let fields: Vec<&str> = text.get(text.rfind(')')? + 1..)?.split_whitespace().collect();
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn clock_tick_seconds() -> f64 {
@@ -985,6 +1114,9 @@ impl Phase {
         let mut notes = self.notes.clone();
         if let Some(ops) = self.ops {
             notes.push(format!("{:.1} µs process CPU per op", self.cpu.process / ops as f64 * 1e6));
+        }
+        if let Some(node) = self.cpu.node {
+            notes.push(format!("node process {:.3} CPU s ({:.2} s/GB)", node, self.per_gb(node)));
         }
         let drops = self.udp.get("RcvbufErrors").copied().unwrap_or(0);
         if drops > 0 && !self.name.starts_with("Baseline") {
@@ -1106,6 +1238,10 @@ impl Report {
                 ),
                 format!("\"notes\": {}", json_string(&phase.all_notes())),
             ];
+            if let Some(node) = phase.cpu.node {
+                fields.push(format!("\"node_cpu_seconds\": {node:.6}"));
+                fields.push(format!("\"node_cpu_seconds_per_gb\": {:.6}", phase.per_gb(node)));
+            }
             if let Some(ops) = phase.ops {
                 fields.push(format!("\"ops\": {ops}"));
                 fields.push(format!("\"ops_per_second\": {:.3}", ops as f64 / phase.wall.max(1e-9)));
@@ -1245,6 +1381,30 @@ mod tests {
         assert_eq!(group_digits(999.0), "999");
         assert_eq!(human_bytes(4096), "4 KiB");
         assert_eq!(json_string("a\"b\n"), "\"a\\\"b\\u000a\"");
+    }
+
+    #[test]
+    fn stat_cpu_ticks_skip_the_command_name() {
+        let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 3 0 99 0 0\n";
+        assert_eq!(parse_stat_cpu_ticks(line), Some(1234 + 567));
+        assert_eq!(parse_stat_cpu_ticks("4242 (x) S 1 2"), None);
+        assert!(process_cpu_ticks(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn node_flags_need_a_node() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from([&["bench"], args].concat()).unwrap().bench;
+        let own = std::process::id().to_string();
+        assert!(validate(&parse(&["--node-pid", &own])).unwrap_err().contains("--node-pid needs --node"));
+        assert!(validate(&parse(&["--node", "127.0.0.1:1", "--node-pid", &own, "--in-flight", "32"])).is_ok());
+        assert!(validate(&parse(&["--node", "127.0.0.1:1", "--node-pid", "4294967295"])).is_err());
+        assert!(validate(&parse(&["--in-flight", "65"])).unwrap_err().contains("--in-flight"));
     }
 
     #[test]
