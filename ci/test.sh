@@ -26,8 +26,13 @@ rmdir "$no_dpdk"
 step "layout: no import cycles between top-level modules"
 python3 ci/module-cycles.py
 
-step "no_std: the data plane core links without std"
+step "no_std: the data plane core links without std, and without allocating"
 cargo build --locked --manifest-path nostd-check/Cargo.toml
+nostd_bin="$(mktemp)"
+cc -o "$nostd_bin" nostd-check/link-check.c nostd-check/target/debug/libbeeline_nostd_check.a \
+    -Wl,--gc-sections
+"$nostd_bin"
+rm -f "$nostd_bin"
 
 step "tests (with the dpdk backend: its tests reserve 2 MiB hugepages)"
 # A test that cannot run here records why (beeline_dataplane::testkit::skip); the summary

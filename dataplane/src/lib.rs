@@ -25,6 +25,7 @@ pub mod client;
 pub mod counters;
 pub mod io;
 pub mod node;
+pub mod session;
 pub mod store;
 pub mod testkit;
 pub mod wire;

@@ -1,0 +1,19 @@
+//! Foundations of protocol v2's sessions (issue #10): the per-datagram AEAD and the
+//! receive-side replay window. Both are `no_std`, allocation-free and without `unsafe`.
+//!
+//! - [`aead::SessionCipher`]: AES-128-GCM (over `ring`) for one direction of a session,
+//!   sealing a datagram's payload in place in its arena frame with the header as AAD and
+//!   a nonce built from the explicit packet number (`00000000 ‖ pn` big-endian).
+//! - [`replay::ReplayWindow`]: an RFC 6479 sliding window over packet numbers (2048-bit
+//!   ring, 1984 numbers of guaranteed history) refusing duplicates and numbers too old.
+//!
+//! Not here yet, and not wired into anything: the handshake that derives the two
+//! direction keys, the header fields that carry the packet number and the tag (protocol
+//! v1's wire format with its keyed-BLAKE3 MAC in `wire` is unchanged), and the node's and
+//! client's use of a session: all of that is issue #10's remaining work.
+
+pub mod aead;
+pub mod replay;
+
+pub use aead::{AeadError, SessionCipher};
+pub use replay::{Replay, ReplayWindow};
