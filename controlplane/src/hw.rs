@@ -127,6 +127,7 @@ impl HugepageNeed {
 
 /// Reads and checks one profile file (everything but its `[node]` keys, which are a
 /// check of their own).
+// Long on purpose: a checklist of profile fields, one refusal each, in file order.
 pub fn load_profile(path: &Path) -> Result<LoadedProfile, ProfileError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| ProfileError::Read { path: path.to_owned(), reason: error.to_string() })?;
@@ -583,6 +584,7 @@ fn describe(target: &Target) -> String {
     }
 }
 
+// Long on purpose: one verdict built from the pool sizes, the mounts and the profile, with the fix for each case.
 fn check_hugepages(host: &Host, profile: &Profile, numa_node: Option<u32>) -> Vec<Check> {
     let need = &profile.hugepages;
     let Some(kib) = need.page_kib() else { return Vec::new() };

@@ -247,6 +247,8 @@ fn bulk_fragment(addr: SocketAddr, requested: Option<u16>, node_max: u16) -> u16
     preferred.clamp(floor.min(cap), cap)
 }
 
+// Long on purpose: the benchmark against one node in the order it runs (ping, the durable
+// put, the phases that need the file, then its removal whatever happened).
 fn measure_node(
     args: &BenchArgs,
     addr: SocketAddr,
@@ -1138,6 +1140,7 @@ struct Report {
 }
 
 impl Report {
+    // Long on purpose: a report template, one table row per measurement.
     fn markdown(&self) -> String {
         let mut out = String::new();
         out.push_str("## beeline bench\n\n");

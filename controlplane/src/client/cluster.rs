@@ -316,6 +316,7 @@ impl ClusterClient {
         self.metadata.get_layout(name)?.ok_or_else(|| ClusterError::NotFound(name.to_owned()))
     }
 
+    // Long on purpose: one streaming loop (fetch chunks from a live replica, fail over, verify, write in order) whose local state every step shares.
     pub fn get_writer(
         &mut self,
         name: &str,

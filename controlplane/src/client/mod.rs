@@ -318,6 +318,7 @@ impl Client {
     }
 
     /// Stores everything `reader` yields as file `name`, chunk by chunk.
+    // Long on purpose: one streaming loop (read, start chunk puts up to the parallel limit, drive them, record the file) whose local state every step shares.
     pub fn put_reader(
         &mut self,
         name: &str,

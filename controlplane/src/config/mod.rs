@@ -222,6 +222,17 @@ struct Origin<'a> {
 }
 
 impl Origin<'_> {
+    /// The picked value when `accept` takes it, else the error naming its key and the fix.
+    fn checked<T: std::fmt::Display + Copy>(
+        &self,
+        (value, from_flag): (T, bool),
+        key: &'static str,
+        accept: impl FnOnce(T) -> bool,
+        fix: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        if accept(value) { Ok(value) } else { Err(self.error(from_flag, key, value, fix)) }
+    }
+
     fn error(
         &self,
         from_flag: bool,
@@ -393,19 +404,18 @@ impl NodeFlags {
     }
 
     fn resolve_limits(&self, file: &FileConfig, origin: &Origin<'_>) -> Result<Limits, ConfigError> {
-        let (frame_bytes, from_flag) = pick(&self.frame_bytes, &file.frame_bytes, 4096);
-        if !frame_bytes.is_power_of_two() || !(2048..=65536).contains(&frame_bytes) {
-            return Err(origin.error(
-                from_flag,
-                "frame_bytes",
-                frame_bytes,
-                "must be a power of two from 2048 to 65536",
-            ));
-        }
-        let (arena_frames, from_flag) = pick(&self.arena_frames, &file.arena_frames, 16384);
-        if !(1024..=1 << 22).contains(&arena_frames) {
-            return Err(origin.error(from_flag, "arena_frames", arena_frames, "must be from 1024 to 4194304"));
-        }
+        let frame_bytes = origin.checked(
+            pick(&self.frame_bytes, &file.frame_bytes, 4096),
+            "frame_bytes",
+            |bytes: u32| bytes.is_power_of_two() && (2048..=65536).contains(&bytes),
+            "must be a power of two from 2048 to 65536",
+        )?;
+        let arena_frames = origin.checked(
+            pick(&self.arena_frames, &file.arena_frames, 16384),
+            "arena_frames",
+            |frames| (1024..=1 << 22).contains(&frames),
+            "must be from 1024 to 4194304",
+        )?;
         let (hugepages_text, from_flag) = pick(&self.hugepages, &file.hugepages, "prefer".to_owned());
         let hugepages = match hugepages_text.as_str() {
             "prefer" => HugepagePolicy::Prefer,
@@ -413,50 +423,40 @@ impl NodeFlags {
             "off" => HugepagePolicy::Off,
             _ => return Err(origin.error(from_flag, "hugepages", &hugepages_text, "use prefer, require or off")),
         };
-        let (put_slots, from_flag) = pick(&self.put_slots, &file.put_slots, 64);
-        if !(1..=4096).contains(&put_slots) {
-            return Err(origin.error(from_flag, "put_slots", put_slots, "must be from 1 to 4096"));
-        }
-        let (window_fragments, from_flag) = pick(&self.window_fragments, &file.window_fragments, 256);
+        let put_slots = origin.checked(
+            pick(&self.put_slots, &file.put_slots, 64),
+            "put_slots",
+            |slots| (1..=4096).contains(&slots),
+            "must be from 1 to 4096",
+        )?;
         let window_max = (beeline_dataplane::node::TX_QUEUE_MAX / 2) as u16;
-        if !(1..=window_max).contains(&window_fragments) {
-            return Err(origin.error(
-                from_flag,
-                "window_fragments",
-                window_fragments,
-                format!("must be from 1 to {window_max}"),
-            ));
-        }
-        let (chunk_bytes_max, from_flag) = pick(&self.chunk_bytes_max, &file.chunk_bytes_max, 4 << 20);
+        let window_fragments = origin.checked(
+            pick(&self.window_fragments, &file.window_fragments, 256),
+            "window_fragments",
+            |window| (1..=window_max).contains(&window),
+            format!("must be from 1 to {window_max}"),
+        )?;
         let fragment_max =
             frame_bytes as usize - beeline_dataplane::arena::HEADROOM_BYTES - beeline_dataplane::wire::HEADER_LEN;
         let chunk_limit = (fragment_max * beeline_dataplane::bitmap::FRAGMENTS_MAX as usize).min(64 << 20) as u32;
-        if !(1..=chunk_limit).contains(&chunk_bytes_max) {
-            return Err(origin.error(
-                from_flag,
-                "chunk_bytes_max",
-                chunk_bytes_max,
-                format!("must be from 1 to {chunk_limit} with frame_bytes = {frame_bytes}"),
-            ));
-        }
-        let (put_idle_timeout_ms, from_flag) = pick(&self.put_idle_timeout_ms, &file.put_idle_timeout_ms, 30_000);
-        if !(100..=3_600_000).contains(&put_idle_timeout_ms) {
-            return Err(origin.error(
-                from_flag,
-                "put_idle_timeout_ms",
-                put_idle_timeout_ms,
-                "must be from 100 to 3600000",
-            ));
-        }
-        let (segment_bytes, from_flag) = pick(&self.segment_bytes, &file.segment_bytes, 64 << 20);
-        if segment_bytes < 2 * u64::from(chunk_bytes_max) || segment_bytes > 1 << 40 {
-            return Err(origin.error(
-                from_flag,
-                "segment_bytes",
-                segment_bytes,
-                "must hold at least two chunks (2 x chunk_bytes_max) and be at most 1 TiB",
-            ));
-        }
+        let chunk_bytes_max = origin.checked(
+            pick(&self.chunk_bytes_max, &file.chunk_bytes_max, 4 << 20),
+            "chunk_bytes_max",
+            |bytes| (1..=chunk_limit).contains(&bytes),
+            format!("must be from 1 to {chunk_limit} with frame_bytes = {frame_bytes}"),
+        )?;
+        let put_idle_timeout_ms = origin.checked(
+            pick(&self.put_idle_timeout_ms, &file.put_idle_timeout_ms, 30_000),
+            "put_idle_timeout_ms",
+            |timeout_ms| (100..=3_600_000).contains(&timeout_ms),
+            "must be from 100 to 3600000",
+        )?;
+        let segment_bytes = origin.checked(
+            pick(&self.segment_bytes, &file.segment_bytes, 64 << 20),
+            "segment_bytes",
+            |bytes| bytes >= 2 * u64::from(chunk_bytes_max) && bytes <= 1 << 40,
+            "must hold at least two chunks (2 x chunk_bytes_max) and be at most 1 TiB",
+        )?;
         Ok(Limits {
             arena_frames,
             frame_bytes,

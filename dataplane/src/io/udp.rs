@@ -178,6 +178,7 @@ unsafe impl Send for UdpIo {}
 
 impl UdpIo {
     /// Opens a non-blocking UDP socket bound to `addr` (port 0 picks a free port).
+    // Long on purpose: the socket's set-up steps in order, each failure with its own one-line error.
     pub fn bind(addr: SocketAddr, config: UdpConfig) -> Result<UdpIo, UdpIoError> {
         if config.datagram_bytes_max == 0 {
             return Err(UdpIoError::InvalidConfig("datagram_bytes_max must be at least 1 byte"));
@@ -311,6 +312,7 @@ impl fmt::Debug for UdpIo {
 impl PacketIo for UdpIo {
     type Error = UdpIoError;
 
+    // Long on purpose: one recvmmsg call with its per-message bookkeeping next to the SAFETY invariants it relies on.
     fn recv_batch(&mut self, arena: &mut Arena<'_>, out: &mut RxBatch) -> Result<usize, UdpIoError> {
         let want = out.capacity() - out.len();
         let mut frames: heapless::Vec<FrameId, BATCH_MAX> = heapless::Vec::new();

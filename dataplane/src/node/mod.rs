@@ -238,6 +238,29 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         }
     }
 
+    fn on_ping(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo) -> Result<(), DropReason> {
+        self.counters.pings += 1;
+        let pong = Repr {
+            credits: self.config.window_fragments_max,
+            total_len: self.config.chunk_bytes_max,
+            frag_len: self.fragment_max(arena),
+            count: FRAGMENTS_MAX,
+            ..Self::reply_header(Opcode::Pong, to)
+        };
+        self.reply(arena, tx, to.peer, pong, &[])
+    }
+
+    fn on_stat(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo) -> Result<(), DropReason> {
+        self.counters.stats += 1;
+        match self.store.chunk_len(to.chunk_id) {
+            Some(total_len) => {
+                let reply = Repr { total_len, ..Self::reply_header(Opcode::StatReply, to) };
+                self.reply(arena, tx, to.peer, reply, &[])
+            }
+            None => self.reply_error(arena, tx, to, Status::NotFound),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
@@ -262,17 +285,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         let repr = Repr::parse(&packet);
         let to = ReplyTo { peer, request_id: repr.request_id, chunk_id: repr.chunk_id };
         match repr.opcode {
-            Opcode::Ping => {
-                self.counters.pings += 1;
-                let pong = Repr {
-                    credits: self.config.window_fragments_max,
-                    total_len: self.config.chunk_bytes_max,
-                    frag_len: self.fragment_max(arena),
-                    count: FRAGMENTS_MAX,
-                    ..Self::reply_header(Opcode::Pong, to)
-                };
-                self.reply(arena, tx, peer, pong, &[])
-            }
+            Opcode::Ping => self.on_ping(arena, tx, to),
             Opcode::PutFrag => {
                 let max_fragment = u32::from(self.fragment_max(arena));
                 let reply = self.on_put_fragment(now_ms, max_fragment, to, &repr, packet.payload());
@@ -289,16 +302,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             Opcode::PutQuery => self.on_put_query(arena, tx, to),
             Opcode::Get => self.on_get(arena, tx, to, &repr),
             Opcode::Delete => self.on_delete(arena, tx, to),
-            Opcode::Stat => {
-                self.counters.stats += 1;
-                match self.store.chunk_len(repr.chunk_id) {
-                    Some(total_len) => {
-                        let reply = Repr { total_len, ..Self::reply_header(Opcode::StatReply, to) };
-                        self.reply(arena, tx, peer, reply, &[])
-                    }
-                    None => self.reply_error(arena, tx, to, Status::NotFound),
-                }
-            }
+            Opcode::Stat => self.on_stat(arena, tx, to),
             Opcode::Control => {
                 self.counters.control_requests += 1;
                 let request_start = start + HEADER_LEN;
