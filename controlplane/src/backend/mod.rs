@@ -393,6 +393,8 @@ impl Backend {
                     ("udp_send_failed".to_owned(), c.send_failed),
                     ("udp_syscalls_recv".to_owned(), c.syscalls_recv),
                     ("udp_syscalls_send".to_owned(), c.syscalls_send),
+                    ("udp_gso_sends".to_owned(), c.gso_sends),
+                    ("udp_gso_disabled".to_owned(), c.gso_disabled),
                 ]
             }
             Backend::Afxdp(afxdp) => afxdp.counters(),

@@ -35,6 +35,39 @@ const SEND_STALLS_MAX: u32 = 4;
 /// How long each of those waits may take, in milliseconds.
 const SEND_STALL_POLL_MS: c_int = 1;
 
+// UDP generic segmentation offload (Linux 4.18+): one `sendmsg` carries many datagrams of
+// one size to one peer, cut by the kernel (or the NIC) after the stack has been walked
+// once. The libc crate exports these for uclibc only.
+const SOL_UDP: c_int = 17;
+const UDP_SEGMENT: c_int = 103;
+/// Most datagrams in one segmented send (the kernel allows 64 on older releases).
+const GSO_SEGMENTS_MAX: usize = 64;
+/// Most payload bytes in one segmented send: it must fit one IPv4 or IPv6 datagram.
+const GSO_BYTES_MAX: usize = 65_000;
+
+/// The control message of a segmented send: a `cmsghdr` and the segment size.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GsoControl {
+    header: libc::cmsghdr,
+    segment_bytes: u16,
+    _pad: [u8; 6],
+}
+
+// SAFETY: CMSG_LEN and CMSG_SPACE are arithmetic on their argument; nothing is read.
+const GSO_CMSG_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
+// SAFETY: as above.
+const GSO_CMSG_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
+// SAFETY: as above.
+const CMSG_HEADER_BYTES: usize = unsafe { libc::CMSG_LEN(0) } as usize;
+
+const _: () = {
+    // The kernel reads CMSG_LEN(2) bytes and steps by CMSG_SPACE(2): both within the struct,
+    // with the segment size where the kernel's CMSG_DATA looks for it.
+    assert!(core::mem::size_of::<GsoControl>() >= GSO_CMSG_SPACE);
+    assert!(core::mem::offset_of!(GsoControl, segment_bytes) == CMSG_HEADER_BYTES);
+};
+
 /// Socket settings for [`UdpIo::bind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpConfig {
@@ -47,6 +80,9 @@ pub struct UdpConfig {
     /// Largest datagram received or sent. Longer datagrams are dropped and counted. The
     /// receive limit is also capped by the frame: `frame_size - HEADROOM_BYTES`.
     pub datagram_bytes_max: usize,
+    /// Send runs of same-size datagrams to one peer as one segmented send (`UDP_SEGMENT`).
+    /// Turned off by itself, for good, the first time the kernel refuses one.
+    pub segmentation_offload: bool,
 }
 
 impl Default for UdpConfig {
@@ -55,6 +91,7 @@ impl Default for UdpConfig {
             recv_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
             send_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
             datagram_bytes_max: UDP_PAYLOAD_MAX,
+            segmentation_offload: true,
         }
     }
 }
@@ -74,6 +111,11 @@ pub struct UdpCounters {
     pub syscalls_recv: u64,
     /// `sendmmsg` calls made.
     pub syscalls_send: u64,
+    /// Segmented sends (`UDP_SEGMENT`) of more than one datagram that the kernel took.
+    pub gso_sends: u64,
+    /// 1 once the kernel refused a segmented send and the socket went back to one
+    /// datagram per message (a device without checksum offload, a small MTU).
+    pub gso_disabled: u64,
 }
 
 /// Why the UDP backend could not be set up or used.
@@ -115,6 +157,13 @@ struct MsgArrays {
     hdrs: Box<[libc::mmsghdr]>,
     iovs: Box<[libc::iovec]>,
     addrs: Box<[libc::sockaddr_storage]>,
+    /// Send only: per datagram, its address length and peer; per message, its first
+    /// datagram, its datagram count and its segmentation control message.
+    name_lens: Box<[socklen_t]>,
+    peers: Box<[Option<SocketAddr>]>,
+    first_datagram: Box<[usize]>,
+    datagrams: Box<[usize]>,
+    controls: Box<[GsoControl]>,
 }
 
 impl MsgArrays {
@@ -125,10 +174,18 @@ impl MsgArrays {
         let (hdr, iov, addr) = unsafe {
             (mem::zeroed::<libc::mmsghdr>(), mem::zeroed::<libc::iovec>(), mem::zeroed::<libc::sockaddr_storage>())
         };
+        // SAFETY: as above, `cmsghdr` is integers only.
+        let control_header = unsafe { mem::zeroed::<libc::cmsghdr>() };
+        let control = GsoControl { header: control_header, segment_bytes: 0, _pad: [0; 6] };
         Self {
             hdrs: vec![hdr; BATCH_MAX].into_boxed_slice(),
             iovs: vec![iov; BATCH_MAX].into_boxed_slice(),
             addrs: vec![addr; BATCH_MAX].into_boxed_slice(),
+            name_lens: vec![0; BATCH_MAX].into_boxed_slice(),
+            peers: vec![None; BATCH_MAX].into_boxed_slice(),
+            first_datagram: vec![0; BATCH_MAX].into_boxed_slice(),
+            datagrams: vec![0; BATCH_MAX].into_boxed_slice(),
+            controls: vec![control; BATCH_MAX].into_boxed_slice(),
         }
     }
 
@@ -166,6 +223,7 @@ pub struct UdpIo {
     send_buffer_bytes: usize,
     buffer_warning: Option<String>,
     counters: UdpCounters,
+    segmentation_offload: bool,
     rx: MsgArrays,
     tx: MsgArrays,
 }
@@ -255,6 +313,7 @@ impl UdpIo {
             send_buffer_bytes,
             buffer_warning,
             counters: UdpCounters::default(),
+            segmentation_offload: config.segmentation_offload,
             rx: MsgArrays::new(),
             tx: MsgArrays::new(),
         })
@@ -400,9 +459,9 @@ impl PacketIo for UdpIo {
         let mut frames: heapless::Vec<FrameId, BATCH_MAX> = heapless::Vec::new();
         let mut failed = self.stage_tx(arena, batch, &mut frames);
         let count = frames.len();
-        self.tx.link(count, None);
-        let (sent, refused, fatal) = self.transmit(count);
-        failed += refused + (count - sent) as u64;
+        let messages = self.group_tx(0, 0, count);
+        let (done, refused, fatal) = self.transmit(messages, count);
+        failed += refused + (count - done) as u64;
         self.counters.send_failed += failed;
         // The kernel copied everything it accepted; every frame goes back.
         for frame in frames {
@@ -464,7 +523,8 @@ impl UdpIo {
             // In bounds: the frame lies inside the region and start + len <= frame_size.
             let base = region.wrapping_add(arena.offset_of(&packet.frame) as usize + start);
             self.tx.iovs[slot] = libc::iovec { iov_base: base.cast(), iov_len: len };
-            self.tx.hdrs[slot].msg_hdr.msg_namelen = name_len;
+            self.tx.name_lens[slot] = name_len;
+            self.tx.peers[slot] = Some(packet.peer);
             if let Err(frame) = frames.push(packet.frame) {
                 // Cannot happen: a TxBatch holds at most BATCH_MAX packets.
                 failed += 1;
@@ -474,34 +534,102 @@ impl UdpIo {
         failed
     }
 
-    /// Sends staged headers `0..count`, bounded retries on a full socket. Returns how many
-    /// the kernel took or refused one by one (`next`), how many of those it refused, and a
-    /// fatal socket error if one stopped it.
-    fn transmit(&mut self, count: usize) -> (usize, u64, Option<io::Error>) {
+    /// Builds send messages from staged datagrams `first..count`, from message `message`
+    /// on: a run of datagrams to one peer, all of one size but a shorter last one, becomes
+    /// one segmented message while segmentation offload is on. Returns the message count.
+    fn group_tx(&mut self, mut message: usize, first: usize, count: usize) -> usize {
+        // One base pointer per array, taken after the arrays were last written through
+        // references, so the pointers stay valid until the system call.
+        let iovs = self.tx.iovs.as_mut_ptr();
+        let addrs = self.tx.addrs.as_mut_ptr();
+        let controls = self.tx.controls.as_mut_ptr();
+        let mut datagram = first;
+        while datagram < count {
+            let run = self.segment_run(datagram, count);
+            let msg = &mut self.tx.hdrs[message].msg_hdr;
+            msg.msg_name = addrs.wrapping_add(datagram).cast();
+            msg.msg_namelen = self.tx.name_lens[datagram];
+            msg.msg_iov = iovs.wrapping_add(datagram);
+            msg.msg_iovlen = run as _;
+            msg.msg_flags = 0;
+            if run > 1 {
+                let control = &mut self.tx.controls[message];
+                control.header.cmsg_len = GSO_CMSG_LEN as _;
+                control.header.cmsg_level = SOL_UDP;
+                control.header.cmsg_type = UDP_SEGMENT;
+                control.segment_bytes = self.tx.iovs[datagram].iov_len as u16;
+                msg.msg_control = controls.wrapping_add(message).cast();
+                msg.msg_controllen = GSO_CMSG_SPACE as _;
+            } else {
+                msg.msg_control = core::ptr::null_mut();
+                msg.msg_controllen = 0;
+            }
+            self.tx.hdrs[message].msg_len = 0;
+            self.tx.first_datagram[message] = datagram;
+            self.tx.datagrams[message] = run;
+            datagram += run;
+            message += 1;
+        }
+        message
+    }
+
+    /// How many staged datagrams from `first` one segmented send can carry: same peer, same
+    /// size (the last may be shorter), within the kernel's segment and byte limits.
+    fn segment_run(&self, first: usize, count: usize) -> usize {
+        let segment_bytes = self.tx.iovs[first].iov_len;
+        if !self.segmentation_offload || segment_bytes == 0 || segment_bytes > usize::from(u16::MAX) {
+            return 1;
+        }
+        let mut run = 1;
+        let mut total_bytes = segment_bytes;
+        while first + run < count && run < GSO_SEGMENTS_MAX {
+            let next_bytes = self.tx.iovs[first + run].iov_len;
+            let same_peer = self.tx.peers[first + run] == self.tx.peers[first];
+            if !same_peer || next_bytes == 0 || next_bytes > segment_bytes || total_bytes + next_bytes > GSO_BYTES_MAX {
+                break;
+            }
+            total_bytes += next_bytes;
+            run += 1;
+            if next_bytes < segment_bytes {
+                break;
+            }
+        }
+        run
+    }
+
+    /// Sends messages `0..messages` (built over `count` datagrams), bounded retries on a
+    /// full socket. Returns how many datagrams the kernel took or refused (all before the
+    /// first message still unsent), how many of those it refused, and a fatal socket error
+    /// if one stopped it.
+    fn transmit(&mut self, mut messages: usize, count: usize) -> (usize, u64, Option<io::Error>) {
         let mut failed = 0u64;
         let mut next = 0;
         let mut stalls = 0;
         let mut fatal = None;
-        while next < count {
-            // SAFETY: headers `next..count` each point at one iovec and one sockaddr of
-            // `self.tx` holding a valid address of `msg_namelen` bytes, and each iovec at
-            // `len` bytes inside a frame of `arena` (checked `start + len <= frame_size`
-            // above), which stays borrowed for the whole call. The kernel only reads the
-            // buffers and writes `msg_len`. MSG_DONTWAIT keeps it from blocking.
+        while next < messages {
+            // SAFETY: headers `next..messages` each point at `msg_iovlen` consecutive iovecs
+            // and one sockaddr of `self.tx` holding a valid address of `msg_namelen` bytes,
+            // and at its own `GsoControl` (or none); each iovec covers `len` bytes inside a
+            // frame of `arena` (checked `start + len <= frame_size` when staged), which stays
+            // borrowed for the whole call. The kernel only reads the buffers and writes
+            // `msg_len`. MSG_DONTWAIT keeps it from blocking.
             let rc = unsafe {
                 libc::sendmmsg(
                     self.fd.as_raw_fd(),
                     self.tx.hdrs.as_mut_ptr().wrapping_add(next),
-                    (count - next) as c_uint,
+                    (messages - next) as c_uint,
                     libc::MSG_DONTWAIT as _,
                 )
             };
             self.counters.syscalls_send += 1;
             if rc > 0 {
-                next += rc as usize;
+                let sent = rc as usize;
+                self.counters.gso_sends +=
+                    self.tx.datagrams[next..next + sent].iter().filter(|n| **n > 1).count() as u64;
+                next += sent;
                 continue;
             }
-            // rc == 0 (nothing sent, no error; not expected with count > next) is treated
+            // rc == 0 (nothing sent, no error; not expected with messages > next) is treated
             // like a full socket, without reading a stale errno.
             let error = (rc < 0).then(io::Error::last_os_error);
             match error.as_ref().and_then(io::Error::raw_os_error) {
@@ -525,15 +653,24 @@ impl UdpIo {
                     fatal = error;
                     break;
                 }
+                // The path cannot take a segmented send (no checksum offload: EIO; a segment
+                // over the MTU: EINVAL): stop segmenting for good and resend the rest one
+                // datagram per message.
+                Some(libc::EIO | libc::EINVAL) if self.tx.datagrams[next] > 1 => {
+                    self.segmentation_offload = false;
+                    self.counters.gso_disabled = 1;
+                    messages = self.group_tx(next, self.tx.first_datagram[next], count);
+                }
                 // The kernel refused message `next` (unreachable destination, too large,
                 // filtered, ...): drop it and go on with the rest.
                 Some(_) => {
-                    failed += 1;
+                    failed += self.tx.datagrams[next] as u64;
                     next += 1;
                 }
             }
         }
-        (next, failed, fatal)
+        let done = if next < messages { self.tx.first_datagram[next] } else { count };
+        (done, failed, fatal)
     }
 }
 
@@ -748,6 +885,97 @@ mod tests {
             }
         }
         assert_eq!(got, count, "datagrams received");
+    }
+
+    /// Runs of same-size datagrams to one peer leave as segmented sends and arrive as the
+    /// same separate datagrams, in order, as with segmentation off; a shorter datagram ends
+    /// a run, and so does a change of peer.
+    #[test]
+    fn segmented_sends_arrive_as_the_same_datagrams() {
+        for offload in [true, false] {
+            let config = UdpConfig { segmentation_offload: offload, ..UdpConfig::default() };
+            let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let mut sender = UdpIo::bind(loopback, config).unwrap();
+            let mut to_a = UdpIo::bind(loopback, UdpConfig::default()).unwrap();
+            let mut to_b = UdpIo::bind(loopback, UdpConfig::default()).unwrap();
+            let (a, b) = (to_a.local_addr(), to_b.local_addr());
+            let mut mem_sender = memory(128, 2048);
+            let mut arena_sender = mem_sender.arena();
+            // seq, length, peer: a run of 20 to A ended by a shorter one, 5 to B, 3 to A.
+            let mut plan: Vec<(usize, usize, SocketAddr)> = (0..20).map(|seq| (seq, 1400, a)).collect();
+            plan.push((20, 300, a));
+            plan.extend((21..26).map(|seq| (seq, 1400, b)));
+            plan.extend((26..29).map(|seq| (seq, 1400, a)));
+            let mut batch = TxBatch::new();
+            for (seq, len, peer) in &plan {
+                queue(&mut arena_sender, &mut batch, *seq, HEADROOM_BYTES, *len, *peer);
+            }
+            sender.send_batch(&mut arena_sender, &mut batch).unwrap();
+            assert_eq!(arena_sender.free_frames(), 128, "every frame is back after the send");
+            for (receiver, peer) in [(&mut to_a, a), (&mut to_b, b)] {
+                let expected: Vec<(usize, usize)> =
+                    plan.iter().filter(|(_, _, p)| *p == peer).map(|(seq, len, _)| (*seq, *len)).collect();
+                let mut mem = memory(128, 2048);
+                let mut arena = mem.arena();
+                let mut next = 0;
+                receive(receiver, &mut arena, expected.len(), |arena, packet| {
+                    let (seq, len) = expected[next];
+                    check(arena, packet, seq, len);
+                    next += 1;
+                });
+            }
+            let counters = sender.counters();
+            assert_eq!(counters.send_failed, 0);
+            assert_eq!(counters.gso_disabled, 0, "loopback takes segmented sends");
+            if offload {
+                assert_eq!(counters.gso_sends, 3, "three runs: 21 to A, 5 to B, 3 to A");
+            } else {
+                assert_eq!(counters.gso_sends, 0);
+            }
+        }
+    }
+
+    /// A path that refuses segmented sends (here: a socket with UDP checksums off, which
+    /// the kernel never segments, EINVAL) turns segmentation off for good, and every
+    /// datagram still arrives, in order.
+    #[test]
+    fn a_refused_segmented_send_falls_back_to_one_datagram_per_message() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut sender = UdpIo::bind(loopback, UdpConfig::default()).unwrap();
+        let mut receiver = UdpIo::bind(loopback, UdpConfig::default()).unwrap();
+        let no_check: c_int = 1;
+        // SAFETY: setsockopt(2) on our open socket with a pointer to a live c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sender.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&raw const no_check).cast(),
+                mem::size_of::<c_int>() as socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        let mut mem_sender = memory(128, 2048);
+        let mut arena_sender = mem_sender.arena();
+        let peer = receiver.local_addr();
+        for round in 0..2 {
+            let mut batch = TxBatch::new();
+            for seq in 0..10 {
+                queue(&mut arena_sender, &mut batch, round * 10 + seq, HEADROOM_BYTES, 1200, peer);
+            }
+            sender.send_batch(&mut arena_sender, &mut batch).unwrap();
+            let mut mem = memory(128, 2048);
+            let mut arena = mem.arena();
+            let mut next = round * 10;
+            receive(&mut receiver, &mut arena, 10, |arena, packet| {
+                check(arena, packet, next, 1200);
+                next += 1;
+            });
+        }
+        let counters = sender.counters();
+        assert_eq!(counters.gso_disabled, 1);
+        assert_eq!(counters.gso_sends, 0);
+        assert_eq!(counters.send_failed, 0);
     }
 
     /// Sends 64 datagrams of varied sizes and offsets from `a` to `b` and checks them.
