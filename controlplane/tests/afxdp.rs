@@ -431,7 +431,8 @@ fn allowlist_is_enforced_in_the_kernel_and_changes_at_runtime() {
         assert!(Instant::now() < deadline, "the reload was not logged");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(node.status().1["rx_packets"] > seen_by_node);
+    // The status snapshot is published every 100 ms: wait for it to show the new packets.
+    node.wait_counters("the widened allowlist lets packets reach the node", |c| c["rx_packets"] > seen_by_node);
 
     // And narrow it again.
     write_allow(&format!("\"{CLIENT_IP}/32\""));

@@ -3,6 +3,7 @@
 //! in flight, and runs control requests for the namespace.
 
 pub mod cluster;
+mod socket;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -18,6 +19,7 @@ use beeline_dataplane::client::{
 use beeline_dataplane::wire::{HEADER_LEN, MacKey, Opcode, Repr, Status};
 
 use crate::control::{ControlRequest, ControlResponse, FileRecord, NodeStatus, validate_name};
+use socket::{Receiver, SendBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -83,15 +85,23 @@ impl ClientOptions {
     }
 }
 
+/// Hands the machines' datagrams to the send batch; whatever is still queued goes out when
+/// it is dropped, so every call that may transmit ends with its datagrams sent.
 struct SocketTransmit<'a> {
     socket: &'a UdpSocket,
-    node: SocketAddr,
+    batch: &'a mut SendBatch,
 }
 
 impl Transmit for SocketTransmit<'_> {
     fn transmit(&mut self, datagram: &[u8]) {
         // A failed send is a lost datagram: the protocol's retransmission covers it.
-        let _ = self.socket.send_to(datagram, self.node);
+        self.batch.push(self.socket, datagram);
+    }
+}
+
+impl Drop for SocketTransmit<'_> {
+    fn drop(&mut self) {
+        self.batch.flush(self.socket);
     }
 }
 
@@ -140,7 +150,8 @@ pub struct Client {
     started: Instant,
     next_request_id: u64,
     info: Option<NodeInfo>,
-    receive_buffer: Vec<u8>,
+    batch: SendBatch,
+    receiver: Receiver,
 }
 
 /// Progress callback: bytes done so far.
@@ -154,13 +165,16 @@ impl Client {
         let socket = UdpSocket::bind(bind).map_err(|source| ClientError::Socket { node, source })?;
         enlarge_receive_buffer(&socket, 8 << 20);
         socket.set_nonblocking(true).map_err(|source| ClientError::Socket { node, source })?;
+        socket::connect(&socket, node).map_err(|source| ClientError::Socket { node, source })?;
+        let receiver = Receiver::new(&socket);
         Ok(Self {
             socket,
             options,
             started: Instant::now(),
             next_request_id: rand::random::<u64>() >> 1,
             info: None,
-            receive_buffer: vec![0; DATAGRAM_BYTES_MAX + 64],
+            batch: SendBatch::new(),
+            receiver,
         })
     }
 
@@ -208,7 +222,6 @@ impl Client {
     /// index of every machine that settled during this call. With `fail_fast`, a machine
     /// that failed is returned as an error instead.
     fn drive(&mut self, ops: &mut [Op], fail_fast: bool) -> Result<Vec<usize>, ClientError> {
-        let node = self.options.node;
         let key = self.options.key.clone();
         let mut finished = Vec::new();
         let mut was_pending: Vec<bool> = ops.iter().map(|op| op.progress() == Progress::Pending).collect();
@@ -231,23 +244,23 @@ impl Client {
                 ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
             let wait_ms = next_deadline.saturating_sub(now).max(1);
             wait_readable(&self.socket, wait_ms);
-            let mut transmit = SocketTransmit { socket: &self.socket, node };
-            // Read everything that is waiting (the socket is non-blocking), then run timers.
-            while let Ok((len, from)) = self.socket.recv_from(&mut self.receive_buffer) {
-                if from != node {
-                    continue;
-                }
-                let Some((repr, payload)) = accept(&self.receive_buffer[..len], &key) else { continue };
-                let now = self.now_ms();
-                for op in ops.iter_mut() {
-                    match op {
-                        Op::Put(put) => put.on_packet(&repr, payload, now, &mut transmit),
-                        Op::Get(get) => get.on_packet(&repr, payload, now, &mut transmit),
-                        Op::Exchange(exchange) => exchange.on_packet(&repr, payload, now),
+            let mut transmit = SocketTransmit { socket: &self.socket, batch: &mut self.batch };
+            // Read everything that is waiting (the socket is non-blocking and connected to the
+            // node, so nothing else arrives), then run timers.
+            while let Some((bytes, datagram_bytes)) = self.receiver.recv(&self.socket) {
+                let now = self.started.elapsed().as_millis() as u64;
+                for datagram in bytes.chunks(datagram_bytes) {
+                    let Some((repr, payload)) = accept(datagram, &key) else { continue };
+                    for op in ops.iter_mut() {
+                        match op {
+                            Op::Put(put) => put.on_packet(&repr, payload, now, &mut transmit),
+                            Op::Get(get) => get.on_packet(&repr, payload, now, &mut transmit),
+                            Op::Exchange(exchange) => exchange.on_packet(&repr, payload, now),
+                        }
                     }
                 }
             }
-            let now = self.now_ms();
+            let now = self.started.elapsed().as_millis() as u64;
             for op in ops.iter_mut() {
                 if now >= op.deadline_ms() {
                     match op {
@@ -264,7 +277,7 @@ impl Client {
         let request = Repr { request_id: self.request_id(), ..request };
         let mut exchange =
             Exchange::new(self.options.key.clone(), request, payload, expect, self.options.timing, self.now_ms());
-        exchange.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+        exchange.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
         let mut ops = [Op::Exchange(Box::new(exchange))];
         self.drive(&mut ops, true)?;
         let Op::Exchange(exchange) = &ops[0] else { unreachable!("built above") };
@@ -368,7 +381,7 @@ impl Client {
                     self.options.timing,
                     self.now_ms(),
                 );
-                put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, node: self.options.node });
+                put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
                 ops.push(Op::Put(Box::new(put)));
             }
             if ops.is_empty() {
@@ -451,7 +464,7 @@ impl Client {
                     self.options.timing,
                     self.now_ms(),
                 );
-                get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+                get.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
                 ops.push(Op::Get(Box::new(get)));
                 op_chunks.push(next_start);
                 next_start += 1;
@@ -512,7 +525,7 @@ impl Client {
                 self.options.timing,
                 self.now_ms(),
             );
-            put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
             ops.push(Op::Put(Box::new(put)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -541,7 +554,7 @@ impl Client {
                 self.options.timing,
                 self.now_ms(),
             );
-            get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            get.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
             ops.push(Op::Get(Box::new(get)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -569,7 +582,7 @@ impl Client {
                 self.options.timing,
                 self.now_ms(),
             );
-            exchange.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+            exchange.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
             ops.push(Op::Exchange(Box::new(exchange)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -669,7 +682,7 @@ impl Client {
             self.options.timing,
             self.now_ms(),
         );
-        get.start(&mut SocketTransmit { socket: &self.socket, node: self.options.node });
+        get.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
         let mut ops = [Op::Get(Box::new(get))];
         self.drive(&mut ops, true)?;
         let [Op::Get(get)] = ops else { unreachable!("built above") };

@@ -1,0 +1,267 @@
+//! The client's UDP socket, connected to its node, with the kernel's offloads where it
+//! has them: runs of same-size datagrams leave as one segmented send (`UDP_SEGMENT`), and
+//! datagrams from the node arrive coalesced (`UDP_GRO`), so a 4 MiB put or get pays the
+//! kernel's per-call cost once per run of up to 64 datagrams instead of once per datagram.
+//! Either offload turns itself off when the kernel refuses it, and everything still works
+//! one datagram per call.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+// The libc crate exports these for uclibc only.
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Most datagrams in one segmented send (the kernel allows 64 on older releases).
+const SEGMENTS_MAX: usize = 64;
+/// Most bytes in one segmented send or coalesced receive: one IP datagram's worth.
+pub(super) const COALESCED_BYTES_MAX: usize = 65_535;
+/// Bytes of ancillary data room: one `cmsghdr` and an int, twice over.
+const CONTROL_WORDS: usize = 8;
+
+/// Datagrams queued for one segmented send: all of `segment_bytes` but the last.
+pub(super) struct SendBatch {
+    buffer: Vec<u8>,
+    segment_bytes: usize,
+    segments: usize,
+    /// The last datagram was shorter than `segment_bytes`: the run cannot grow.
+    closed: bool,
+    offload: bool,
+    /// Segmented sends of more than one datagram the kernel took.
+    pub(super) segmented_sends: u64,
+}
+
+impl SendBatch {
+    pub(super) fn new() -> Self {
+        Self {
+            buffer: Vec::with_capacity(COALESCED_BYTES_MAX),
+            segment_bytes: 0,
+            segments: 0,
+            closed: false,
+            offload: true,
+            segmented_sends: 0,
+        }
+    }
+
+    /// Queues `datagram`, sending what is queued first when it cannot join the run.
+    pub(super) fn push(&mut self, socket: &UdpSocket, datagram: &[u8]) {
+        let joins = self.segments > 0
+            && self.offload
+            && !self.closed
+            && !datagram.is_empty()
+            && datagram.len() <= self.segment_bytes
+            && self.segments < SEGMENTS_MAX
+            && self.buffer.len() + datagram.len() <= COALESCED_BYTES_MAX;
+        if !joins {
+            self.flush(socket);
+            self.segment_bytes = datagram.len();
+        }
+        self.buffer.extend_from_slice(datagram);
+        self.segments += 1;
+        self.closed = datagram.len() < self.segment_bytes;
+        if !self.offload || datagram.is_empty() {
+            self.flush(socket);
+        }
+    }
+
+    /// Sends what is queued. A failed send is lost datagrams: the protocol resends them.
+    pub(super) fn flush(&mut self, socket: &UdpSocket) {
+        if self.segments > 1 {
+            match send_segmented(socket, &self.buffer, self.segment_bytes) {
+                Ok(()) => self.segmented_sends += 1,
+                // The path cannot take segmented sends (no checksum offload: EIO; a
+                // segment over the MTU: EINVAL): stop for good, send these one by one.
+                Err(error) if matches!(error.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                    self.offload = false;
+                    for datagram in self.buffer.chunks(self.segment_bytes) {
+                        let _ = socket.send(datagram);
+                    }
+                }
+                Err(_) => {}
+            }
+        } else if self.segments == 1 {
+            let _ = socket.send(&self.buffer);
+        }
+        self.buffer.clear();
+        self.segments = 0;
+        self.closed = false;
+    }
+}
+
+fn send_segmented(socket: &UdpSocket, bytes: &[u8], segment_bytes: usize) -> io::Result<()> {
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+    // SAFETY: `msg` points at `control`, 8-byte aligned and larger than CMSG_SPACE(2), so
+    // the first header and its data lie inside it; the segment size is written unaligned.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&msg);
+        (*header).cmsg_level = SOL_UDP;
+        (*header).cmsg_type = UDP_SEGMENT;
+        (*header).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        libc::CMSG_DATA(header).cast::<u16>().write_unaligned(segment_bytes as u16);
+    }
+    // SAFETY: the socket is open and connected (no address needed); `msg` points at
+    // `iov` (covering `bytes`, only read) and at `control`, all alive for the call.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+    if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Receives datagrams from the node, coalesced by the kernel when it can.
+pub(super) struct Receiver {
+    buffer: Vec<u8>,
+    offload: bool,
+}
+
+impl Receiver {
+    /// Asks the kernel to coalesce; without it every receive is one datagram.
+    pub(super) fn new(socket: &UdpSocket) -> Self {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt(2) on an open socket with a pointer to a live c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                SOL_UDP,
+                UDP_GRO,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        Self { buffer: vec![0; COALESCED_BYTES_MAX], offload: rc == 0 }
+    }
+
+    /// Whether the kernel coalesces received datagrams for this socket.
+    #[cfg(test)]
+    pub(super) fn coalescing(&self) -> bool {
+        self.offload
+    }
+
+    /// The next receive without waiting: its bytes and the size of each datagram in them
+    /// (all but the last are that long); `None` when nothing is waiting.
+    pub(super) fn recv(&mut self, socket: &UdpSocket) -> Option<(&[u8], usize)> {
+        if !self.offload {
+            let len = socket.recv(&mut self.buffer).ok()?;
+            return Some((&self.buffer[..len], len.max(1)));
+        }
+        let mut control = [0u64; CONTROL_WORDS];
+        let mut iov = libc::iovec { iov_base: self.buffer.as_mut_ptr().cast(), iov_len: self.buffer.len() };
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control) as _;
+        // SAFETY: the socket is open; `msg` points at `iov` (covering `self.buffer`, which
+        // the kernel writes at most `iov_len` bytes of) and at `control`, both alive.
+        let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        if received < 0 {
+            return None;
+        }
+        let len = received as usize;
+        let segment_bytes = coalesced_segment_bytes(&msg).unwrap_or(len).max(1);
+        Some((&self.buffer[..len], segment_bytes))
+    }
+}
+
+/// The datagram size the kernel reports for a coalesced receive (`UDP_GRO`), if any.
+fn coalesced_segment_bytes(msg: &libc::msghdr) -> Option<usize> {
+    // SAFETY: `msg` was filled by recvmsg(2): `msg_control`/`msg_controllen` describe the
+    // control data it wrote into our aligned buffer, which CMSG_FIRSTHDR/CMSG_NXTHDR walk
+    // without leaving it; the int behind a UDP_GRO header is read unaligned.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(msg);
+        while !header.is_null() {
+            if (*header).cmsg_level == SOL_UDP && (*header).cmsg_type == UDP_GRO {
+                let segment = libc::CMSG_DATA(header).cast::<libc::c_int>().read_unaligned();
+                return usize::try_from(segment).ok().filter(|segment| *segment > 0);
+            }
+            header = libc::CMSG_NXTHDR(msg, header);
+        }
+    }
+    None
+}
+
+/// Connects `socket` to `node`, so that the kernel drops datagrams from anyone else and
+/// sends need no address.
+pub(super) fn connect(socket: &UdpSocket, node: SocketAddr) -> io::Result<()> {
+    socket.connect(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagram(seq: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (seq * 31 + i * 7) as u8).collect()
+    }
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        connect(&a, b.local_addr().unwrap()).unwrap();
+        connect(&b, a.local_addr().unwrap()).unwrap();
+        for socket in [&a, &b] {
+            socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        }
+        (a, b)
+    }
+
+    /// 30 datagrams of 1000 bytes and a 200-byte one, queued in one batch, arrive as the
+    /// same 31 datagrams at a plain socket, after one segmented send.
+    #[test]
+    fn a_batch_leaves_as_one_segmented_send_and_arrives_datagram_by_datagram() {
+        let (client, node) = pair();
+        let mut batch = SendBatch::new();
+        let sent: Vec<Vec<u8>> = (0..31).map(|seq| datagram(seq, if seq == 30 { 200 } else { 1000 })).collect();
+        for bytes in &sent {
+            batch.push(&client, bytes);
+        }
+        batch.flush(&client);
+        assert_eq!(batch.segmented_sends, 1);
+        let mut buffer = vec![0; COALESCED_BYTES_MAX];
+        for bytes in &sent {
+            let len = node.recv(&mut buffer).unwrap();
+            assert_eq!(&buffer[..len], &bytes[..]);
+        }
+    }
+
+    /// A shorter datagram ends a run, a longer one starts the next: three sends for
+    /// 10 x 1000, 1 x 500, 10 x 1200; every datagram arrives, in order, coalesced or not.
+    #[test]
+    fn runs_break_at_size_changes_and_a_coalescing_receiver_splits_them_back() {
+        let (client, node) = pair();
+        let mut receiver = Receiver::new(&client);
+        assert!(receiver.coalescing(), "Linux >= 5.0 coalesces UDP for a socket that asks");
+        let mut batch = SendBatch::new();
+        let mut sent: Vec<Vec<u8>> = (0..10).map(|seq| datagram(seq, 1000)).collect();
+        sent.push(datagram(10, 500));
+        sent.extend((11..21).map(|seq| datagram(seq, 1200)));
+        for bytes in &sent {
+            batch.push(&node, bytes);
+        }
+        batch.flush(&node);
+        assert_eq!(batch.segmented_sends, 2, "the 500-byte datagram closes the first run");
+        let mut received: Vec<Vec<u8>> = Vec::new();
+        let mut coalesced_receives = 0;
+        for _ in 0..1000 {
+            if received.len() == sent.len() {
+                break;
+            }
+            let Some((bytes, datagram_bytes)) = receiver.recv(&client) else {
+                crate::client::wait_readable(&client, 100);
+                continue;
+            };
+            coalesced_receives += usize::from(bytes.len() > datagram_bytes);
+            received.extend(bytes.chunks(datagram_bytes).map(<[u8]>::to_vec));
+        }
+        assert_eq!(received, sent);
+        assert!(coalesced_receives >= 1, "loopback hands a segmented send over whole");
+    }
+}
