@@ -43,7 +43,7 @@ cargo test --workspace --all-features --locked
 skipped="$(sort -u "$BEELINE_SKIP_LOG")"
 if [[ -n $skipped ]]; then
     echo "$(wc -l <<<"$skipped") tests (or parts of tests) skipped:"
-    sed 's/^/  /' <<<"$skipped"
+    while IFS= read -r line; do echo "  $line"; done <<<"$skipped"
 else
     echo "0 tests skipped"
 fi

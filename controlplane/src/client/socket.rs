@@ -9,13 +9,11 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-// The libc crate exports these for uclibc only.
-const SOL_UDP: libc::c_int = 17;
-const UDP_SEGMENT: libc::c_int = 103;
-const UDP_GRO: libc::c_int = 104;
-/// Most datagrams in one segmented send (the kernel allows 64 on older releases).
-const SEGMENTS_MAX: usize = 64;
-/// Most bytes in one segmented send or coalesced receive: one IP datagram's worth.
+use beeline_dataplane::io::udp::{
+    GSO_BYTES_MAX as SEGMENTED_BYTES_MAX, GSO_SEGMENTS_MAX as SEGMENTS_MAX, SOL_UDP, UDP_GRO, UDP_SEGMENT,
+};
+
+/// Most bytes one coalesced receive can hold: one IP datagram's worth.
 pub(super) const COALESCED_BYTES_MAX: usize = 65_535;
 /// Bytes of ancillary data room: one `cmsghdr` and an int, twice over.
 const CONTROL_WORDS: usize = 8;
@@ -35,7 +33,7 @@ pub(super) struct SendBatch {
 impl SendBatch {
     pub(super) fn new() -> Self {
         Self {
-            buffer: Vec::with_capacity(COALESCED_BYTES_MAX),
+            buffer: Vec::with_capacity(SEGMENTED_BYTES_MAX),
             segment_bytes: 0,
             segments: 0,
             closed: false,
@@ -52,7 +50,7 @@ impl SendBatch {
             && !datagram.is_empty()
             && datagram.len() <= self.segment_bytes
             && self.segments < SEGMENTS_MAX
-            && self.buffer.len() + datagram.len() <= COALESCED_BYTES_MAX;
+            && self.buffer.len() + datagram.len() <= SEGMENTED_BYTES_MAX;
         if !joins {
             self.flush(socket);
             self.segment_bytes = datagram.len();
@@ -225,6 +223,26 @@ mod tests {
         }
         batch.flush(&client);
         assert_eq!(batch.segmented_sends, 1);
+        let mut buffer = vec![0; COALESCED_BYTES_MAX];
+        for bytes in &sent {
+            let len = node.recv(&mut buffer).unwrap();
+            assert_eq!(&buffer[..len], &bytes[..]);
+        }
+    }
+
+    /// A run never grows past one IP datagram's worth: 20 datagrams of 4681 bytes (14 of
+    /// them would be 65,534 bytes, over IPv4's 65,507) leave as runs of 13 and 7.
+    #[test]
+    fn runs_stay_within_one_ip_datagram() {
+        let (client, node) = pair();
+        let mut batch = SendBatch::new();
+        let sent: Vec<Vec<u8>> = (0..20).map(|seq| datagram(seq, 4681)).collect();
+        for bytes in &sent {
+            batch.push(&client, bytes);
+        }
+        batch.flush(&client);
+        assert_eq!(batch.segmented_sends, 2);
+        assert!(batch.offload, "no send was refused");
         let mut buffer = vec![0; COALESCED_BYTES_MAX];
         for bytes in &sent {
             let len = node.recv(&mut buffer).unwrap();

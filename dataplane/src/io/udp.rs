@@ -38,12 +38,13 @@ const SEND_STALL_POLL_MS: c_int = 1;
 // UDP generic segmentation offload (Linux 4.18+): one `sendmsg` carries many datagrams of
 // one size to one peer, cut by the kernel (or the NIC) after the stack has been walked
 // once. The libc crate exports these for uclibc only.
-const SOL_UDP: c_int = 17;
-const UDP_SEGMENT: c_int = 103;
+pub const SOL_UDP: c_int = 17;
+pub const UDP_SEGMENT: c_int = 103;
+pub const UDP_GRO: c_int = 104;
 /// Most datagrams in one segmented send (the kernel allows 64 on older releases).
-const GSO_SEGMENTS_MAX: usize = 64;
+pub const GSO_SEGMENTS_MAX: usize = 64;
 /// Most payload bytes in one segmented send: it must fit one IPv4 or IPv6 datagram.
-const GSO_BYTES_MAX: usize = 65_000;
+pub const GSO_BYTES_MAX: usize = 65_000;
 
 /// The control message of a segmented send: a `cmsghdr` and the segment size.
 #[repr(C)]
