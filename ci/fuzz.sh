@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-60}"
-read -r -a targets <<<"${FUZZ_TARGETS:-packet client_reply frame}"
+read -r -a targets <<<"${FUZZ_TARGETS:-packet client_reply frame handshake}"
 target_dir="${FUZZ_TARGET_DIR:-fuzz/target}"
 cargo_fuzz_version="${CARGO_FUZZ_VERSION:-0.13.2}"
 export RUSTC_BOOTSTRAP=1

@@ -12,12 +12,13 @@ use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use beeline_dataplane::testkit::fuzzing::{Seed, fuzz_client, fuzz_frame, fuzz_packet, seed_corpus};
+use beeline_dataplane::testkit::fuzzing::{Seed, fuzz_client, fuzz_frame, fuzz_handshake, fuzz_packet, seed_corpus};
 
 /// A fuzz target's entry point.
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 3] = [("packet", fuzz_packet), ("client_reply", fuzz_client), ("frame", fuzz_frame)];
+const TARGETS: [(&str, Target); 4] =
+    [("packet", fuzz_packet), ("client_reply", fuzz_client), ("frame", fuzz_frame), ("handshake", fuzz_handshake)];
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
@@ -67,6 +68,11 @@ fn client_reply_corpus_replays() {
 #[test]
 fn frame_corpus_replays() {
     replay(TARGETS[2].0, TARGETS[2].1);
+}
+
+#[test]
+fn handshake_corpus_replays() {
+    replay(TARGETS[3].0, TARGETS[3].1);
 }
 
 /// Stale seeds silently stop reaching the paths they were made for (a changed key makes

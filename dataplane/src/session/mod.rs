@@ -7,12 +7,16 @@
 //! - [`replay::ReplayWindow`]: an RFC 6479 sliding window over packet numbers (2048-bit
 //!   ring, 1984 numbers of guaranteed history) refusing duplicates and numbers too old.
 //!
-//! Not here yet, and not wired into anything: the handshake that derives the two
-//! direction keys, the header fields that carry the packet number and the tag (protocol
-//! v1's wire format with its keyed-BLAKE3 MAC in `wire` is unchanged), and the node's and
-//! client's use of a session: all of that is issue #10's remaining work.
+//! - [`handshake`]: the four handshake messages as checked views and builders, the key
+//!   schedule from the cluster key and both randoms, and the node's stateless cookie.
+//!
+//! Not here yet, and not wired into anything: the header fields that carry the packet
+//! number and the tag (protocol v1's wire format with its keyed-BLAKE3 MAC in `wire` is
+//! unchanged), the node's session table and the node's and client's use of a session:
+//! all of that is issue #10's remaining work.
 
 pub mod aead;
+pub mod handshake;
 pub mod replay;
 
 pub use aead::{AeadError, SessionCipher};
