@@ -1193,6 +1193,7 @@ mod tests {
                 "packet" => fuzz_packet(&seed.bytes),
                 "client_reply" => fuzz_client(&seed.bytes),
                 "frame" => fuzz_frame(&seed.bytes),
+                "handshake" => fuzz_handshake(&seed.bytes),
                 other => panic!("seed for unknown target {other}"),
             }
         }
