@@ -165,7 +165,9 @@ impl Client {
         let socket = UdpSocket::bind(bind).map_err(|source| ClientError::Socket { node, source })?;
         enlarge_receive_buffer(&socket, 8 << 20);
         socket.set_nonblocking(true).map_err(|source| ClientError::Socket { node, source })?;
-        socket::connect(&socket, node).map_err(|source| ClientError::Socket { node, source })?;
+        // Connected: the kernel drops datagrams from anyone but the node, and sends need no
+        // address (the segmented sends of `socket::SendBatch` rely on that).
+        socket.connect(node).map_err(|source| ClientError::Socket { node, source })?;
         let receiver = Receiver::new(&socket);
         Ok(Self {
             socket,

@@ -6,7 +6,7 @@
 //! one datagram per call.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
 use beeline_dataplane::io::udp::{
@@ -186,12 +186,6 @@ fn coalesced_segment_bytes(msg: &libc::msghdr) -> Option<usize> {
     None
 }
 
-/// Connects `socket` to `node`, so that the kernel drops datagrams from anyone else and
-/// sends need no address.
-pub(super) fn connect(socket: &UdpSocket, node: SocketAddr) -> io::Result<()> {
-    socket.connect(node)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,8 +197,8 @@ mod tests {
     fn pair() -> (UdpSocket, UdpSocket) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-        connect(&a, b.local_addr().unwrap()).unwrap();
-        connect(&b, a.local_addr().unwrap()).unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        b.connect(a.local_addr().unwrap()).unwrap();
         for socket in [&a, &b] {
             socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         }

@@ -190,10 +190,11 @@ impl MsgArrays {
         }
     }
 
-    /// Points header `i` at `iovs[i]` and `addrs[i]` for the first `count` entries. The
-    /// iovecs must already be filled in; `name_len` sets every header's address length
-    /// (receive), `None` keeps the lengths already written (send).
-    fn link(&mut self, count: usize, name_len: Option<socklen_t>) {
+    /// Receive only: points header `i` at `iovs[i]` and at `addrs[i]`, a whole
+    /// `sockaddr_storage` for the kernel to fill, for the first `count` entries. The iovecs
+    /// must already be filled in. (Sends build their headers in `UdpIo::group_tx`.)
+    fn link_rx(&mut self, count: usize) {
+        let name_len = mem::size_of::<libc::sockaddr_storage>() as socklen_t;
         // One base pointer per array, taken after the arrays were last written through
         // references, so the pointers stay valid until the system call.
         let iovs = self.iovs.as_mut_ptr();
@@ -201,9 +202,7 @@ impl MsgArrays {
         for (i, hdr) in self.hdrs[..count].iter_mut().enumerate() {
             let msg = &mut hdr.msg_hdr;
             msg.msg_name = addrs.wrapping_add(i).cast();
-            if let Some(len) = name_len {
-                msg.msg_namelen = len;
-            }
+            msg.msg_namelen = name_len;
             msg.msg_iov = iovs.wrapping_add(i);
             msg.msg_iovlen = 1;
             msg.msg_control = core::ptr::null_mut();
@@ -396,7 +395,7 @@ impl PacketIo for UdpIo {
             iov.iov_base = region.wrapping_add(start).cast();
             iov.iov_len = payload_max;
         }
-        self.rx.link(frames.len(), Some(mem::size_of::<libc::sockaddr_storage>() as socklen_t));
+        self.rx.link_rx(frames.len());
 
         // SAFETY: the first `frames.len()` headers each point at one iovec and one
         // `sockaddr_storage` of `self.rx` (with `msg_namelen` its full size), and each iovec

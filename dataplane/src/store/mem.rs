@@ -111,3 +111,25 @@ impl ChunkStore for MemStore {
         self.used_bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store trait's batch bound holds for the in-memory store too: 300 changes come
+    /// back as 256, then 44, oldest first.
+    #[test]
+    fn poll_durable_reports_at_most_the_batch_bound_oldest_first() {
+        let mut store = MemStore::new();
+        for ticket in 0..300u64 {
+            store.delete(u128::from(ticket), ticket).unwrap();
+        }
+        let mut first = Vec::new();
+        store.poll_durable(&mut |durable| first.push(durable.ticket));
+        assert_eq!(first, (0..POLL_DURABLE_BATCH_MAX as u64).collect::<Vec<_>>());
+        let mut second = Vec::new();
+        store.poll_durable(&mut |durable| second.push(durable.ticket));
+        assert_eq!(second, (POLL_DURABLE_BATCH_MAX as u64..300).collect::<Vec<_>>());
+        assert_eq!(store.pending_durable(), 0);
+    }
+}
