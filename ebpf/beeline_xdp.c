@@ -85,11 +85,15 @@ struct vlan_hdr {
 	__be16 encapsulated_proto;
 };
 
-// Beeline datagram header: magic 0xBEE1, version 1 (docs/protocol.md).
+// Beeline datagram header: magic 0xBEE1, then the version (docs/protocol.md). Version 2
+// is the protocol; version 1 still goes to the node, which tells old clients to upgrade.
+// The shortest datagram a node acts on is a version-1 header (64 bytes); version-2 data
+// headers are 80, handshake messages a node receives 104 (Confirm) and 1200 (Initiate).
 #define BEELINE_MAGIC_0 0xBE
 #define BEELINE_MAGIC_1 0xE1
-#define BEELINE_VERSION 1
-#define BEELINE_HEADER_LEN 64
+#define BEELINE_VERSION 2
+#define BEELINE_VERSION_OLD 1
+#define BEELINE_DATAGRAM_MIN 64
 
 #define XSKS_MAX 64
 #define ALLOW_PREFIXES_MAX 1024
@@ -214,11 +218,11 @@ int beeline_xdp(struct xdp_md *ctx)
 	}
 
 	__u32 udp_len = be16(udp->len);
-	if (udp_len < sizeof(*udp) + BEELINE_HEADER_LEN || udp_len > l4_room)
+	if (udp_len < sizeof(*udp) + BEELINE_DATAGRAM_MIN || udp_len > l4_room)
 		return verdict(COUNTER_DROP_MALFORMED, bytes, XDP_DROP);
 	__u8 *beeline = (void *)(udp + 1);
 	if ((void *)(beeline + 3) > data_end || beeline[0] != BEELINE_MAGIC_0 || beeline[1] != BEELINE_MAGIC_1 ||
-	    beeline[2] != BEELINE_VERSION)
+	    (beeline[2] != BEELINE_VERSION && beeline[2] != BEELINE_VERSION_OLD))
 		return verdict(COUNTER_DROP_MALFORMED, bytes, XDP_DROP);
 	if (!allowed)
 		return verdict(COUNTER_DROP_NOT_ALLOWED, bytes, XDP_DROP);

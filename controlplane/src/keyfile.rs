@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use beeline_dataplane::wire::MacKey;
+use beeline_dataplane::wire::ClusterKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -32,13 +32,15 @@ pub fn default_key_path() -> PathBuf {
     home.join(".config/beeline/cluster.key")
 }
 
-pub fn load(path: &Path) -> Result<MacKey, KeyError> {
+pub fn load(path: &Path) -> Result<ClusterKey, KeyError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(KeyError::Missing(path.to_owned())),
         Err(error) => return Err(KeyError::Invalid { path: path.to_owned(), reason: error.to_string() }),
     };
-    parse_hex_key(text.trim()).map(MacKey::new).map_err(|reason| KeyError::Invalid { path: path.to_owned(), reason })
+    parse_hex_key(text.trim())
+        .map(ClusterKey::new)
+        .map_err(|reason| KeyError::Invalid { path: path.to_owned(), reason })
 }
 
 /// Loads the key, creating a fresh random one (mode 0600) when the file does not exist.
@@ -48,7 +50,7 @@ pub fn load(path: &Path) -> Result<MacKey, KeyError> {
 /// place with `link(2)`, which never replaces an existing file. Of several processes that
 /// start at once on one fresh path, exactly one link succeeds; the others see `EEXIST`
 /// and load the winner's key, which is complete on disk before its link exists.
-pub fn load_or_create(path: &Path) -> Result<(MacKey, bool), KeyError> {
+pub fn load_or_create(path: &Path) -> Result<(ClusterKey, bool), KeyError> {
     match load(path) {
         Ok(key) => Ok((key, false)),
         Err(KeyError::Missing(_)) => create(path),
@@ -56,7 +58,7 @@ pub fn load_or_create(path: &Path) -> Result<(MacKey, bool), KeyError> {
     }
 }
 
-fn create(path: &Path) -> Result<(MacKey, bool), KeyError> {
+fn create(path: &Path) -> Result<(ClusterKey, bool), KeyError> {
     let key: [u8; 32] = rand::random();
     let write_error = |source| KeyError::Write { path: path.to_owned(), source };
     let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -69,7 +71,7 @@ fn create(path: &Path) -> Result<(MacKey, bool), KeyError> {
     match written {
         Ok(()) => {
             fs::File::open(parent).and_then(|directory| directory.sync_all()).map_err(write_error)?;
-            Ok((MacKey::new(key), true))
+            Ok((ClusterKey::new(key), true))
         }
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok((load(path)?, false)),
         Err(error) => Err(write_error(error)),

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use beeline_dataplane::wire::{MacKey, Opcode, Repr};
+use beeline_dataplane::session::handshake::{CHALLENGE_LEN, ClusterKeys, INITIATE_LEN, Kind, write_initiate};
+use beeline_dataplane::wire::ClusterKey;
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 const NODE_IP: &str = "10.77.0.1";
@@ -228,7 +229,7 @@ impl<'t> AfxdpNode<'t> {
         }
     }
 
-    fn key(&self) -> MacKey {
+    fn key(&self) -> ClusterKey {
         beeline::keyfile::load(&self.dir.join("cluster.key")).expect("key")
     }
 
@@ -242,25 +243,28 @@ impl<'t> AfxdpNode<'t> {
     }
 }
 
-fn ping_datagram(key: &MacKey, request_id: u64) -> Vec<u8> {
-    let repr = Repr { request_id, ..Repr::new(Opcode::Ping) };
-    let mut buffer = vec![0u8; repr.buffer_len()];
-    repr.emit_with_payload(&mut buffer, &[], key);
-    buffer
+/// A protocol-v2 `Initiate`: the one request a node answers (with a `Challenge`) before
+/// any session exists, so it probes the path and the allowlist without a handshake.
+fn initiate_datagram(key: &ClusterKey, client_index: u32) -> Vec<u8> {
+    let keys = ClusterKeys::new(*key.bytes());
+    let mut buffer = [0u8; INITIATE_LEN];
+    write_initiate(&mut buffer, &keys, client_index, &[client_index as u8; 32]);
+    buffer.to_vec()
 }
 
-/// Sends `count` pings from `socket` and counts the pongs that come back within a bound.
-fn ping_exchange(socket: &UdpSocket, key: &MacKey, count: u64) -> u64 {
+/// Sends `count` Initiates from `socket` and counts the Challenges that come back within a
+/// bound.
+fn ping_exchange(socket: &UdpSocket, key: &ClusterKey, count: u64) -> u64 {
     let node: SocketAddr = node_addr().parse().unwrap();
     for id in 0..count {
-        socket.send_to(&ping_datagram(key, 1000 + id), node).unwrap();
+        socket.send_to(&initiate_datagram(key, 1000 + id as u32), node).unwrap();
     }
     socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut pongs = 0;
     let mut buffer = [0u8; 2048];
     while pongs < count {
         match socket.recv_from(&mut buffer) {
-            Ok((len, from)) if from == node && len >= 64 && buffer[3] == Opcode::Pong as u8 => pongs += 1,
+            Ok((len, from)) if from == node && len == CHALLENGE_LEN && buffer[3] == Kind::Challenge as u8 => pongs += 1,
             Ok(_) => {}
             Err(_) => break,
         }

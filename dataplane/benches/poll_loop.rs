@@ -3,9 +3,9 @@
 //! through a node's `PollLoop`, both driven by the `sim_harness` in virtual time.
 //!
 //! Beside them, the in-run baselines that say what the numbers mean: a plain `memcpy` of
-//! 4 MiB (the cost floor of touching the bytes once) and the keyed BLAKE3 MAC over 4 MiB
-//! cut into 1400-byte fragments, exactly as the node verifies it (what authentication
-//! costs), plus the same MAC over 4 MiB in one piece (what BLAKE3 does given long input).
+//! 4 MiB (the cost floor of touching the bytes once) and protocol v2's AES-128-GCM over
+//! 4 MiB cut into 1400-byte fragments, sealed by one end and opened by the other exactly
+//! as sessions do (what encryption and authentication cost, both ends together).
 //!
 //! Everything is reported as bytes/s of chunk payload; at 4 MiB per chunk, chunks/s is
 //! bytes/s / 4194304. Compare the rows with each other, within one run: see
@@ -21,22 +21,24 @@ use std::time::{Duration, Instant};
 
 use beeline_dataplane::client::Progress;
 use beeline_dataplane::node::{BACKGROUND_TICKET, NoControl};
+use beeline_dataplane::session::handshake::ClusterKeys;
+use beeline_dataplane::session::peer::{SessionRx, SessionTx};
 use beeline_dataplane::store::ChunkStore;
 use beeline_dataplane::store::mem::MemStore;
 use beeline_dataplane::testkit::harness::{SimHarness, SimOptions};
-use beeline_dataplane::wire::{self, ChunkId, MacKey, Opcode, Packet, Repr};
+use beeline_dataplane::wire::{self, ChunkId, ClusterKey, Opcode, Repr};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const CHUNK_BYTES: usize = 4 << 20;
 /// Fits a 1500-byte MTU with IP, UDP and Beeline headers.
 const FRAG_MTU: u16 = 1400;
-/// The largest fragment a 2048-byte sim frame holds (2048 - 128 headroom - 64 header).
-const FRAG_SIM_MAX: u16 = 1856;
+/// The largest fragment a 2048-byte sim frame holds (2048 - 128 headroom - 80 header).
+const FRAG_SIM_MAX: u16 = 1840;
 /// Virtual milliseconds one chunk may take; without impairments it needs a handful.
 const STEPS_MAX: u64 = 100_000;
 
-fn key() -> MacKey {
-    MacKey::new([0x5a; 32])
+fn key() -> ClusterKey {
+    ClusterKey::new([0x5a; 32])
 }
 
 /// Deterministic, incompressible-looking chunk content (xorshift64*).
@@ -98,13 +100,12 @@ fn bench_get(c: &mut Criterion) {
     for frag_len in [FRAG_MTU, FRAG_SIM_MAX] {
         let mut harness = harness();
         harness.put(id, &data, frag_len).expect("storing the chunk to get");
-        let key = key();
         let mut out = vec![0u8; CHUNK_BYTES];
         let mut checked = false;
         group.bench_function(format!("frag_{frag_len}"), |b| {
             b.iter(|| {
                 let mut machines = [harness.get_machine(id, CHUNK_BYTES as u32, 0, &mut out, frag_len)];
-                let progress = harness.run(&mut machines, &key, STEPS_MAX);
+                let progress = harness.run(&mut machines, STEPS_MAX);
                 assert_eq!(progress[0], Progress::Done, "get failed");
             });
             if !checked {
@@ -129,13 +130,14 @@ fn bench_memcpy(c: &mut Criterion) {
         });
     });
 
-    // What authentication costs: the node's `verify_mac` on every 1400-byte fragment of a
-    // 4 MiB chunk (header fields + payload under the keyed BLAKE3), then the same bytes
-    // hashed in one piece, where BLAKE3 can use its full SIMD width.
-    let key = key();
+    // What the session's AEAD costs: every 1400-byte fragment of a 4 MiB chunk sealed in
+    // place by the sending half and opened in place by the receiving half.
+    let keys = ClusterKeys::new(*key().bytes()).session(&[1; 32], &[2; 32]);
+    let mut tx = SessionTx::new(7, keys.client_to_node);
+    let mut rx = SessionRx::new(7, ClusterKeys::new(*key().bytes()).session(&[1; 32], &[2; 32]).client_to_node);
     let data = chunk_data(4);
     let count = wire::fragment_count(CHUNK_BYTES as u32, FRAG_MTU);
-    let datagrams: Vec<Vec<u8>> = (0..count)
+    let mut datagrams: Vec<Vec<u8>> = (0..count)
         .map(|index| {
             let start = index as usize * usize::from(FRAG_MTU);
             let len = wire::fragment_len(CHUNK_BYTES as u32, FRAG_MTU, index) as usize;
@@ -150,21 +152,19 @@ fn bench_memcpy(c: &mut Criterion) {
                 ..Repr::new(Opcode::PutFrag)
             };
             let mut datagram = vec![0u8; repr.buffer_len()];
-            repr.emit_with_payload(&mut datagram, &data[start..start + len], &key);
+            repr.emit_with_payload(&mut datagram, &data[start..start + len]);
             datagram
         })
         .collect();
-    group.bench_function("mac_verify_4MiB_in_1400B_fragments", |b| {
+    group.bench_function("aead_seal_open_4MiB_in_1400B_fragments", |b| {
         b.iter(|| {
-            let mut valid = 0u32;
-            for datagram in &datagrams {
-                valid += u32::from(Packet::new_unchecked(black_box(datagram.as_slice())).verify_mac(&key));
+            let mut opened = 0u32;
+            for datagram in &mut datagrams {
+                tx.seal(black_box(datagram.as_mut_slice())).expect("far from the packet limit");
+                opened += u32::from(rx.open(black_box(datagram.as_mut_slice())).is_ok());
             }
-            assert_eq!(valid, count);
+            assert_eq!(opened, count);
         });
-    });
-    group.bench_function("blake3_keyed_4MiB_one_piece", |b| {
-        b.iter(|| black_box(blake3::keyed_hash(key.bytes(), black_box(&data))));
     });
     group.finish();
 }

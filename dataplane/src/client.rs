@@ -4,12 +4,14 @@
 //! `sim` tests and the std UDP driver run the very same code.
 
 use crate::bitmap::{FRAGMENTS_MAX, FragmentBitmap, exported_bit};
-use crate::wire::{self, ChunkId, HEADER_LEN, MacKey, Opcode, Packet, Repr, Status, flags};
+use crate::wire::{self, ChunkId, HEADER_LEN, Opcode, Repr, Status, flags};
 
 /// Largest datagram a client builds: header plus a 9000-byte jumbo fragment.
 pub const DATAGRAM_BYTES_MAX: usize = HEADER_LEN + 9000;
 
-/// Where a state machine sends datagrams.
+/// Where a state machine sends datagrams. They are handed over unsealed: the driver
+/// seals each with its session where it lays them out for sending, so no state machine
+/// holds a key and no datagram is copied twice.
 pub trait Transmit {
     fn transmit(&mut self, datagram: &[u8]);
 }
@@ -84,17 +86,6 @@ impl Timer {
     }
 }
 
-/// Parses and authenticates a datagram meant for a client.
-pub fn accept<'a>(datagram: &'a [u8], key: &MacKey) -> Option<(Repr, &'a [u8])> {
-    let packet = Packet::new_checked(datagram).ok()?;
-    if !packet.verify_mac(key) {
-        return None;
-    }
-    let repr = Repr::parse(&packet);
-    let payload = &datagram[HEADER_LEN..HEADER_LEN + usize::from(repr.payload_len)];
-    Some((repr, payload))
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PutPhase {
     Sending,
@@ -107,7 +98,6 @@ enum PutPhase {
 /// Puts one chunk: sends fragments within the node's credit window, resends what the
 /// node reports missing, and finishes when the node says the chunk is durable.
 pub struct PutChunk<D: AsRef<[u8]>> {
-    key: MacKey,
     chunk_id: ChunkId,
     request_id: u64,
     data: D,
@@ -136,7 +126,6 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
     /// `FRAGMENTS_MAX` fragments.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        key: MacKey,
         chunk_id: ChunkId,
         request_id: u64,
         data: D,
@@ -150,7 +139,6 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
         let count = wire::fragment_count(total_len, frag_len);
         assert!(count <= FRAGMENTS_MAX, "chunk needs more than FRAGMENTS_MAX fragments");
         Self {
-            key,
             chunk_id,
             request_id,
             data,
@@ -224,7 +212,7 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
             payload_len: len as u16,
             ..Repr::new(Opcode::PutFrag)
         };
-        let datagram_len = repr.emit_with_payload(&mut self.scratch, &data[start..start + len], &self.key);
+        let datagram_len = repr.emit_with_payload(&mut self.scratch, &data[start..start + len]);
         tx.transmit(&self.scratch[..datagram_len]);
         self.sent_at_ms[index as usize] = self.elapsed(now_ms);
         self.fragments_sent += 1;
@@ -232,7 +220,7 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
 
     fn send_control(&mut self, opcode: Opcode, tx: &mut dyn Transmit) {
         let repr = Repr { request_id: self.request_id, chunk_id: self.chunk_id, ..Repr::new(opcode) };
-        let len = repr.emit_with_payload(&mut self.scratch, &[], &self.key);
+        let len = repr.emit_with_payload(&mut self.scratch, &[]);
         tx.transmit(&self.scratch[..len]);
     }
 
@@ -361,7 +349,6 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
 /// Gets a byte range of one chunk into `out`, keeping about a window of fragments
 /// requested and asking again for the ones that do not arrive.
 pub struct GetChunk<B: AsMut<[u8]>> {
-    key: MacKey,
     chunk_id: ChunkId,
     request_id: u64,
     total_len: u32,
@@ -384,7 +371,6 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
     /// Reads `out.len()` bytes from byte `range_start` of a chunk of `total_len` bytes.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        key: MacKey,
         chunk_id: ChunkId,
         request_id: u64,
         total_len: u32,
@@ -405,7 +391,6 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
         assert!(count <= FRAGMENTS_MAX);
         let progress = if out_len == 0 { Progress::Done } else { Progress::Pending };
         Self {
-            key,
             chunk_id,
             request_id,
             total_len,
@@ -465,7 +450,7 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
             frag_len: self.frag_len,
             ..Repr::new(Opcode::Get)
         };
-        let len = repr.emit_with_payload(&mut self.scratch, &[], &self.key);
+        let len = repr.emit_with_payload(&mut self.scratch, &[]);
         tx.transmit(&self.scratch[..len]);
         self.requests_sent += 1;
     }
@@ -570,7 +555,6 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
 
 /// A single request answered by a single reply: ping, stat, delete, control.
 pub struct Exchange {
-    key: MacKey,
     request: Repr,
     expect: Opcode,
     payload_len: usize,
@@ -582,12 +566,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(key: MacKey, request: Repr, payload: &[u8], expect: Opcode, timing: Timing, now_ms: u64) -> Self {
+    pub fn new(request: Repr, payload: &[u8], expect: Opcode, timing: Timing, now_ms: u64) -> Self {
         let mut datagram = [0u8; DATAGRAM_BYTES_MAX];
         let request = Repr { payload_len: payload.len() as u16, ..request };
-        let payload_len = request.emit_with_payload(&mut datagram, payload, &key);
+        let payload_len = request.emit_with_payload(&mut datagram, payload);
         Self {
-            key,
             request,
             expect,
             payload_len,
@@ -657,9 +640,5 @@ impl Exchange {
             Some(false) => self.progress = Progress::Failed(ClientError::Unreachable),
             Some(true) => tx.transmit(&self.datagram[..self.payload_len]),
         }
-    }
-
-    pub fn key(&self) -> &MacKey {
-        &self.key
     }
 }

@@ -6,8 +6,21 @@
 pub enum DropReason {
     /// Failed `Packet::new_checked`: too short, wrong magic/version, unknown opcode.
     Malformed,
-    /// The MAC did not verify under the cluster key.
+    /// Did not authenticate: a datagram's AEAD tag, a handshake message's mac1 or seal, or
+    /// a version-1 datagram's MAC.
     BadMac,
+    /// A data datagram for a session the node does not have (never made, expired, or
+    /// from before a restart): the client runs a new handshake.
+    NoSession,
+    /// A packet number the session has already accepted, or one older than its replay
+    /// window; or a `Confirm` whose client random was already accepted.
+    Replayed,
+    /// A `Confirm` whose cookie is not this address's from this or the last epoch.
+    BadCookie,
+    /// A session's datagram from an address other than the one that made the session.
+    WrongAddress,
+    /// No room to remember another client random this epoch: the client retries.
+    HandshakeBusy,
     /// The source address is outside the allowlist.
     NotAllowed,
     /// A reply opcode sent to the node, or a request the node does not serve.
@@ -17,9 +30,14 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::BadMac,
+        DropReason::NoSession,
+        DropReason::Replayed,
+        DropReason::BadCookie,
+        DropReason::WrongAddress,
+        DropReason::HandshakeBusy,
         DropReason::NotAllowed,
         DropReason::Unexpected,
         DropReason::NoBuffer,
@@ -29,6 +47,11 @@ impl DropReason {
         match self {
             DropReason::Malformed => "malformed",
             DropReason::BadMac => "bad_mac",
+            DropReason::NoSession => "no_session",
+            DropReason::Replayed => "replayed",
+            DropReason::BadCookie => "bad_cookie",
+            DropReason::WrongAddress => "wrong_address",
+            DropReason::HandshakeBusy => "handshake_busy",
             DropReason::NotAllowed => "not_allowed",
             DropReason::Unexpected => "unexpected",
             DropReason::NoBuffer => "no_buffer",
@@ -65,6 +88,11 @@ pub struct Counters {
     pub tx_packets: u64,
     pub dropped_malformed: u64,
     pub dropped_bad_mac: u64,
+    pub dropped_no_session: u64,
+    pub dropped_replayed: u64,
+    pub dropped_bad_cookie: u64,
+    pub dropped_wrong_address: u64,
+    pub dropped_handshake_busy: u64,
     pub dropped_not_allowed: u64,
     pub dropped_unexpected: u64,
     pub dropped_no_buffer: u64,
@@ -86,6 +114,12 @@ pub struct Counters {
     pub stats: u64,
     pub pings: u64,
     pub control_requests: u64,
+    /// Challenges sent in answer to an `Initiate` (stateless).
+    pub handshake_challenges: u64,
+    /// Sessions made by a `Confirm` that authenticated.
+    pub sessions_established: u64,
+    /// Version-1 requests told to upgrade.
+    pub upgrade_replies: u64,
     /// Payload bytes of chunk data copied by Beeline's own code (not the kernel's or the
     /// NIC's). The data path is built to keep this at zero.
     pub data_bytes_copied: u64,
@@ -102,6 +136,11 @@ impl Counters {
         match reason {
             DropReason::Malformed => self.dropped_malformed,
             DropReason::BadMac => self.dropped_bad_mac,
+            DropReason::NoSession => self.dropped_no_session,
+            DropReason::Replayed => self.dropped_replayed,
+            DropReason::BadCookie => self.dropped_bad_cookie,
+            DropReason::WrongAddress => self.dropped_wrong_address,
+            DropReason::HandshakeBusy => self.dropped_handshake_busy,
             DropReason::NotAllowed => self.dropped_not_allowed,
             DropReason::Unexpected => self.dropped_unexpected,
             DropReason::NoBuffer => self.dropped_no_buffer,
@@ -112,6 +151,11 @@ impl Counters {
         match reason {
             DropReason::Malformed => &mut self.dropped_malformed,
             DropReason::BadMac => &mut self.dropped_bad_mac,
+            DropReason::NoSession => &mut self.dropped_no_session,
+            DropReason::Replayed => &mut self.dropped_replayed,
+            DropReason::BadCookie => &mut self.dropped_bad_cookie,
+            DropReason::WrongAddress => &mut self.dropped_wrong_address,
+            DropReason::HandshakeBusy => &mut self.dropped_handshake_busy,
             DropReason::NotAllowed => &mut self.dropped_not_allowed,
             DropReason::Unexpected => &mut self.dropped_unexpected,
             DropReason::NoBuffer => &mut self.dropped_no_buffer,

@@ -1,31 +1,40 @@
-//! The Beeline datagram: a fixed 64-byte header followed by the payload.
+//! The Beeline data datagram, protocol version 2: a fixed 80-byte header followed by the
+//! payload, sealed with the session's AES-128-GCM key.
 //!
 //! Layout (all integers big-endian), specified in `docs/protocol.md`:
 //!
 //! ```text
-//!  0  magic u16 = 0xBEE1     2  version u8 = 1      3  opcode u8
+//!  0  magic u16 = 0xBEE1     2  version u8 = 2      3  opcode u8 (high bit clear)
 //!  4  flags u8               5  status u8           6  credits u16
 //!  8  request_id u64
 //! 16  chunk_id u128
 //! 32  index u32              36  count u32
 //! 40  total_len u32          44  frag_len u16       46  payload_len u16
-//! 48  mac [u8; 16]  keyed BLAKE3 over bytes 0..48 and the payload, truncated
-//! 64  payload
+//! 48  receiver_index u32     52  reserved u32 = 0
+//! 56  packet_number u64
+//! 64  tag [u8; 16]  AES-128-GCM over the payload, bytes 0..64 as associated data
+//! 80  payload (encrypted)
 //! ```
 //!
 //! As in smoltcp's `wire`, [`Packet`] is a view over untrusted bytes: `new_checked`
 //! validates lengths, magic, version and opcode, after which no accessor can panic.
-//! [`Repr`] is the parsed, owned form used to build packets.
+//! [`Repr`] is the parsed, owned form used to build packets. Sealing and opening, which
+//! need a session's keys, live in [`crate::session::peer`]; [`v1`] recognises the
+//! previous version's datagrams so that a node can tell an old client to upgrade.
+//! Handshake messages share the magic and version and set the opcode byte's high bit
+//! ([`is_handshake`]).
 
 /// Identifies a chunk cluster-wide. Beeline clients use `(file id << 64) | chunk index`.
 pub type ChunkId = u128;
 
 pub const MAGIC: u16 = 0xBEE1;
-pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 64;
-pub const MAC_LEN: usize = 16;
-/// Bytes of the header covered by the MAC (everything before the MAC field).
-const MAC_COVERED_LEN: usize = 48;
+pub const VERSION: u8 = 2;
+pub const HEADER_LEN: usize = 80;
+pub const TAG_LEN: usize = 16;
+/// Bytes of the header authenticated as the AEAD's associated data (all before the tag).
+pub const AAD_LEN: usize = 64;
+/// The opcode byte's bit that marks a handshake message instead of a data datagram.
+pub const HANDSHAKE_BIT: u8 = 0x80;
 /// Largest payload a datagram may declare. Real limits are lower (frame size, MTU).
 pub const PAYLOAD_MAX: usize = u16::MAX as usize;
 
@@ -44,11 +53,15 @@ mod field {
     pub const TOTAL_LEN: Range<usize> = 40..44;
     pub const FRAG_LEN: Range<usize> = 44..46;
     pub const PAYLOAD_LEN: Range<usize> = 46..48;
-    pub const MAC: Range<usize> = 48..64;
+    pub const RECEIVER_INDEX: Range<usize> = 48..52;
+    pub const RESERVED: Range<usize> = 52..56;
+    pub const PACKET_NUMBER: Range<usize> = 56..64;
+    pub const TAG: Range<usize> = 64..80;
 }
 
 // The layout's constants must agree: fields tile the header without gaps or overlap, the
-// MAC covers exactly the bytes in front of it and ends the header.
+// tag follows exactly the associated data and ends the header, which is a whole number of
+// AES blocks.
 const _: () = {
     assert!(field::MAGIC.end == field::VERSION && field::VERSION + 1 == field::OPCODE);
     assert!(field::OPCODE + 1 == field::FLAGS && field::FLAGS + 1 == field::STATUS);
@@ -56,8 +69,11 @@ const _: () = {
     assert!(field::REQUEST_ID.end == field::CHUNK_ID.start && field::CHUNK_ID.end == field::INDEX.start);
     assert!(field::INDEX.end == field::COUNT.start && field::COUNT.end == field::TOTAL_LEN.start);
     assert!(field::TOTAL_LEN.end == field::FRAG_LEN.start && field::FRAG_LEN.end == field::PAYLOAD_LEN.start);
-    assert!(field::PAYLOAD_LEN.end == field::MAC.start && field::MAC.start == MAC_COVERED_LEN);
-    assert!(field::MAC.end - field::MAC.start == MAC_LEN && field::MAC.end == HEADER_LEN);
+    assert!(field::PAYLOAD_LEN.end == field::RECEIVER_INDEX.start);
+    assert!(field::RECEIVER_INDEX.end == field::RESERVED.start && field::RESERVED.end == field::PACKET_NUMBER.start);
+    assert!(field::PACKET_NUMBER.end == field::TAG.start && field::TAG.start == AAD_LEN);
+    assert!(field::TAG.end - field::TAG.start == TAG_LEN && field::TAG.end == HEADER_LEN);
+    assert!(HEADER_LEN.is_multiple_of(16));
     assert!(PAYLOAD_MAX == u16::MAX as usize, "PAYLOAD_LEN is a u16");
 };
 
@@ -169,6 +185,14 @@ pub enum WireError {
     UnknownFlags,
 }
 
+/// Whether `datagram` is a protocol-v2 handshake message rather than a data datagram.
+pub fn is_handshake(datagram: &[u8]) -> bool {
+    datagram.len() >= 4
+        && be_u16(&datagram[field::MAGIC]) == MAGIC
+        && datagram[field::VERSION] == VERSION
+        && datagram[field::OPCODE] & HANDSHAKE_BIT != 0
+}
+
 /// A read/write view of a Beeline datagram over any buffer.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
@@ -213,7 +237,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if Status::from_u8(data[field::STATUS]).is_none() {
             return Err(WireError::UnknownStatus);
         }
-        if data[field::FLAGS] & !flags::KNOWN != 0 {
+        if data[field::FLAGS] & !flags::KNOWN != 0 || data[field::RESERVED] != [0; 4] {
             return Err(WireError::UnknownFlags);
         }
         if data.len() < HEADER_LEN + usize::from(be_u16(&data[field::PAYLOAD_LEN])) {
@@ -275,10 +299,21 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be_u16(&self.buffer.as_ref()[field::PAYLOAD_LEN])
     }
 
-    pub fn mac(&self) -> [u8; MAC_LEN] {
-        let mut mac = [0u8; MAC_LEN];
-        mac.copy_from_slice(&self.buffer.as_ref()[field::MAC]);
-        mac
+    /// The index the receiver gave this session (its slot in the receiver's table).
+    pub fn receiver_index(&self) -> u32 {
+        be_u32(&self.buffer.as_ref()[field::RECEIVER_INDEX])
+    }
+
+    pub fn packet_number(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&self.buffer.as_ref()[field::PACKET_NUMBER]);
+        u64::from_be_bytes(bytes)
+    }
+
+    pub fn tag(&self) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&self.buffer.as_ref()[field::TAG]);
+        tag
     }
 
     pub fn payload(&self) -> &[u8] {
@@ -290,23 +325,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn datagram(&self) -> &[u8] {
         &self.buffer.as_ref()[..HEADER_LEN + usize::from(self.payload_len())]
     }
-
-    /// The MAC this packet should carry under `key`.
-    pub fn compute_mac(&self, key: &MacKey) -> [u8; MAC_LEN] {
-        let data = self.buffer.as_ref();
-        key.mac(&data[..MAC_COVERED_LEN], self.payload())
-    }
-
-    /// Constant-time comparison of the carried MAC against the expected one.
-    pub fn verify_mac(&self, key: &MacKey) -> bool {
-        let expected = self.compute_mac(key);
-        let carried = &self.buffer.as_ref()[field::MAC];
-        let mut difference = 0u8;
-        for (a, b) in expected.iter().zip(carried) {
-            difference |= a ^ b;
-        }
-        difference == 0
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
@@ -315,18 +333,34 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         &mut self.buffer.as_mut()[HEADER_LEN..end]
     }
 
-    /// Computes and stores the MAC; call after the header and payload are final.
-    pub fn seal(&mut self, key: &MacKey) {
-        let mac = self.compute_mac(key);
-        self.buffer.as_mut()[field::MAC].copy_from_slice(&mac);
+    /// Writes the session fields, then splits the datagram into what the AEAD needs:
+    /// the associated data, the tag's place and the payload (sealed or opened in place).
+    pub fn seal_parts(&mut self, receiver_index: u32, packet_number: u64) -> (&[u8], &mut [u8; TAG_LEN], &mut [u8]) {
+        let end = HEADER_LEN + usize::from(self.payload_len());
+        let data = self.buffer.as_mut();
+        data[field::RECEIVER_INDEX].copy_from_slice(&receiver_index.to_be_bytes());
+        data[field::PACKET_NUMBER].copy_from_slice(&packet_number.to_be_bytes());
+        let (header, rest) = data[..end].split_at_mut(HEADER_LEN);
+        let (aad, tag) = header.split_at_mut(AAD_LEN);
+        let tag: &mut [u8; TAG_LEN] = tag.try_into().expect("the header ends with the tag");
+        (aad, tag, rest)
+    }
+
+    /// The associated data and the payload, for opening in place.
+    pub fn open_parts(&mut self) -> (&[u8], &mut [u8]) {
+        let end = HEADER_LEN + usize::from(self.payload_len());
+        let (header, rest) = self.buffer.as_mut()[..end].split_at_mut(HEADER_LEN);
+        (&header[..AAD_LEN], rest)
     }
 }
 
-/// The cluster key used for packet MACs.
+/// The cluster key every node and client of a cluster shares. Protocol v2 never uses it
+/// on a data datagram: the handshake derives per-session keys from it
+/// ([`crate::session::handshake::ClusterKeys`]).
 #[derive(Clone)]
-pub struct MacKey([u8; 32]);
+pub struct ClusterKey([u8; 32]);
 
-impl MacKey {
+impl ClusterKey {
     pub const fn new(key: [u8; 32]) -> Self {
         Self(key)
     }
@@ -334,20 +368,11 @@ impl MacKey {
     pub fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
-
-    fn mac(&self, header: &[u8], payload: &[u8]) -> [u8; MAC_LEN] {
-        let mut hasher = blake3::Hasher::new_keyed(&self.0);
-        hasher.update(header);
-        hasher.update(payload);
-        let mut mac = [0u8; MAC_LEN];
-        hasher.finalize_xof().fill(&mut mac);
-        mac
-    }
 }
 
-impl core::fmt::Debug for MacKey {
+impl core::fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("MacKey(..)")
+        f.write_str("ClusterKey(..)")
     }
 }
 
@@ -406,7 +431,7 @@ impl Repr {
         HEADER_LEN + usize::from(self.payload_len)
     }
 
-    /// Writes the header into `buffer`, zeroing the MAC. Panics if `buffer` is shorter
+    /// Writes the header into `buffer`, zeroing the session fields and the tag. Panics if `buffer` is shorter
     /// than the header: callers size their buffers (a contract, not untrusted input).
     pub fn emit(&self, buffer: &mut [u8]) {
         assert!(buffer.len() >= HEADER_LEN, "header buffer too small");
@@ -423,20 +448,89 @@ impl Repr {
         buffer[field::TOTAL_LEN].copy_from_slice(&self.total_len.to_be_bytes());
         buffer[field::FRAG_LEN].copy_from_slice(&self.frag_len.to_be_bytes());
         buffer[field::PAYLOAD_LEN].copy_from_slice(&self.payload_len.to_be_bytes());
-        buffer[field::MAC].fill(0);
+        buffer[field::RECEIVER_INDEX.start..field::TAG.end].fill(0);
     }
 
-    /// Builds a sealed datagram in `buffer` with `payload` copied behind the header;
-    /// returns its length. For client-side and small control packets only: the node's
-    /// bulk paths write payload in place instead.
-    pub fn emit_with_payload(&self, buffer: &mut [u8], payload: &[u8], key: &MacKey) -> usize {
+    /// Builds an unsealed datagram in `buffer` with `payload` copied behind the header;
+    /// returns its length. A session seals it before it leaves. For client-side and small
+    /// control packets only: the node's bulk paths write payload in place instead.
+    pub fn emit_with_payload(&self, buffer: &mut [u8], payload: &[u8]) -> usize {
         assert_eq!(usize::from(self.payload_len), payload.len());
         let len = self.buffer_len();
         assert!(buffer.len() >= len, "datagram buffer too small");
         self.emit(buffer);
         buffer[HEADER_LEN..len].copy_from_slice(payload);
-        Packet::new_unchecked(&mut buffer[..len]).seal(key);
         len
+    }
+}
+
+/// Protocol version 1, kept only to recognise old clients and tell them to upgrade: a
+/// 64-byte header with the same fields up to byte 48, then a keyed-BLAKE3 MAC under the
+/// cluster key over bytes 0..48 and the payload. Nothing else of version 1 is served.
+pub mod v1 {
+    use super::{ClusterKey, MAGIC, Opcode, Status, be_u16, field};
+
+    pub const VERSION: u8 = 1;
+    pub const HEADER_LEN: usize = 64;
+    const MAC_COVERED_LEN: usize = 48;
+    const MAC_LEN: usize = 16;
+    /// What an old client is sent back, as the payload of a `BadRequest` error: old clients
+    /// report it as "a version mismatch between client and node".
+    pub const UPGRADE_MESSAGE: &[u8] = b"upgrade: this node speaks Beeline protocol v2";
+    /// Largest reply to a version-1 datagram: under 3x the smallest one (no amplifier).
+    pub const REPLY_LEN: usize = HEADER_LEN + UPGRADE_MESSAGE.len();
+    const _: () = assert!(REPLY_LEN <= 3 * HEADER_LEN);
+
+    fn mac(key: &ClusterKey, header: &[u8], payload: &[u8]) -> [u8; MAC_LEN] {
+        let mut hasher = blake3::Hasher::new_keyed(key.bytes());
+        hasher.update(header).update(payload);
+        let mut out = [0u8; MAC_LEN];
+        hasher.finalize_xof().fill(&mut out);
+        out
+    }
+
+    /// Whether `datagram` is a version-1 datagram whose MAC verifies under `key`.
+    pub fn authentic(datagram: &[u8], key: &ClusterKey) -> bool {
+        if datagram.len() < HEADER_LEN
+            || be_u16(&datagram[field::MAGIC]) != MAGIC
+            || datagram[field::VERSION] != VERSION
+        {
+            return false;
+        }
+        let end = HEADER_LEN + usize::from(be_u16(&datagram[field::PAYLOAD_LEN]));
+        let Some(payload) = datagram.get(HEADER_LEN..end) else { return false };
+        let expected = mac(key, &datagram[..MAC_COVERED_LEN], payload);
+        let carried = &datagram[MAC_COVERED_LEN..HEADER_LEN];
+        expected.iter().zip(carried).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// Writes into `out` the version-1 `Error` answering an [`authentic`] `request`, and
+    /// returns its length ([`REPLY_LEN`]).
+    pub fn write_upgrade_reply(request: &[u8], key: &ClusterKey, out: &mut [u8; REPLY_LEN]) -> usize {
+        assert!(request.len() >= HEADER_LEN, "only authentic requests are answered");
+        out.fill(0);
+        out[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
+        out[field::VERSION] = VERSION;
+        out[field::OPCODE] = Opcode::Error as u8;
+        out[field::STATUS] = Status::BadRequest as u8;
+        out[field::REQUEST_ID.start..field::CHUNK_ID.end]
+            .copy_from_slice(&request[field::REQUEST_ID.start..field::CHUNK_ID.end]);
+        out[field::PAYLOAD_LEN].copy_from_slice(&(UPGRADE_MESSAGE.len() as u16).to_be_bytes());
+        out[HEADER_LEN..].copy_from_slice(UPGRADE_MESSAGE);
+        let mac = mac(key, &out[..MAC_COVERED_LEN], UPGRADE_MESSAGE);
+        out[MAC_COVERED_LEN..HEADER_LEN].copy_from_slice(&mac);
+        REPLY_LEN
+    }
+
+    /// A version-1 request as an old client built it (for tests of the upgrade path).
+    pub fn write_request(opcode: Opcode, request_id: u64, key: &ClusterKey, out: &mut [u8; HEADER_LEN]) {
+        out.fill(0);
+        out[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
+        out[field::VERSION] = VERSION;
+        out[field::OPCODE] = opcode as u8;
+        out[field::REQUEST_ID].copy_from_slice(&request_id.to_be_bytes());
+        let mac = mac(key, &out[..MAC_COVERED_LEN], &[]);
+        out[MAC_COVERED_LEN..].copy_from_slice(&mac);
     }
 }
 
@@ -459,10 +553,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn key() -> MacKey {
-        MacKey::new([7; 32])
-    }
-
     fn arb_opcode() -> impl Strategy<Value = Opcode> {
         (1u8..=15).prop_map(|v| Opcode::from_u8(v).unwrap())
     }
@@ -482,36 +572,33 @@ mod tests {
 
     proptest! {
         #[test]
-        fn repr_roundtrips(repr in arb_repr(), fill: u8) {
+        fn repr_roundtrips(repr in arb_repr(), fill: u8, receiver: u32, pn: u64) {
             let payload = std::vec![fill; usize::from(repr.payload_len)];
             let mut buffer = std::vec![0u8; repr.buffer_len()];
-            let len = repr.emit_with_payload(&mut buffer, &payload, &key());
+            let len = repr.emit_with_payload(&mut buffer, &payload);
+            let _ = Packet::new_unchecked(&mut buffer[..len]).seal_parts(receiver, pn);
             let packet = Packet::new_checked(&buffer[..len]).unwrap();
             prop_assert_eq!(Repr::parse(&packet), repr);
             prop_assert_eq!(packet.payload(), &payload[..]);
-            prop_assert!(packet.verify_mac(&key()));
-            prop_assert!(!packet.verify_mac(&MacKey::new([8; 32])));
+            prop_assert_eq!(packet.receiver_index(), receiver);
+            prop_assert_eq!(packet.packet_number(), pn);
+            prop_assert!(!is_handshake(&buffer));
         }
 
         #[test]
         fn any_bytes_parse_or_reject_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut bytes = bytes;
             if let Ok(packet) = Packet::new_checked(&bytes[..]) {
                 let repr = Repr::parse(&packet);
                 prop_assert!(packet.payload().len() == usize::from(repr.payload_len));
-                let _ = packet.verify_mac(&key());
+                let _ = (packet.receiver_index(), packet.packet_number(), packet.tag(), packet.datagram());
+                let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+                let (aad, payload) = packet.open_parts();
+                prop_assert_eq!(aad.len(), AAD_LEN);
+                prop_assert_eq!(payload.len(), usize::from(repr.payload_len));
             }
-        }
-
-        #[test]
-        fn single_bit_flip_breaks_mac(repr in arb_repr(), bit in 0usize..(64 * 8)) {
-            let payload = std::vec![0x5a; usize::from(repr.payload_len)];
-            let mut buffer = std::vec![0u8; repr.buffer_len()];
-            let len = repr.emit_with_payload(&mut buffer, &payload, &key());
-            let bit = bit % (len * 8);
-            buffer[bit / 8] ^= 1 << (bit % 8);
-            if let Ok(packet) = Packet::new_checked(&buffer[..len]) {
-                prop_assert!(!packet.verify_mac(&key()));
-            }
+            let _ = v1::authentic(&bytes, &ClusterKey::new([7; 32]));
+            let _ = is_handshake(&bytes);
         }
 
         #[test]
@@ -523,14 +610,45 @@ mod tests {
     }
 
     #[test]
-    fn rejects_short_and_foreign_packets() {
+    fn rejects_short_foreign_and_reserved_packets() {
         assert_eq!(Packet::new_checked(&[0u8; 10][..]).unwrap_err(), WireError::Truncated);
-        assert_eq!(Packet::new_checked(&[0u8; 64][..]).unwrap_err(), WireError::BadMagic);
-        let mut buffer = [0u8; 64];
+        assert_eq!(Packet::new_checked(&[0u8; HEADER_LEN][..]).unwrap_err(), WireError::BadMagic);
+        let mut buffer = [0u8; HEADER_LEN];
         Repr::new(Opcode::Ping).emit(&mut buffer);
-        buffer[2] = 9;
+        assert!(Packet::new_checked(&buffer[..]).is_ok());
+        buffer[2] = 1;
         assert_eq!(Packet::new_checked(&buffer[..]).unwrap_err(), WireError::UnsupportedVersion);
+        Repr::new(Opcode::Ping).emit(&mut buffer);
+        buffer[field::RESERVED.start] = 1;
+        assert_eq!(Packet::new_checked(&buffer[..]).unwrap_err(), WireError::UnknownFlags);
         Repr { payload_len: 1, ..Repr::new(Opcode::Ping) }.emit(&mut buffer);
         assert_eq!(Packet::new_checked(&buffer[..]).unwrap_err(), WireError::Truncated);
+        buffer[3] = HANDSHAKE_BIT | 1;
+        assert!(is_handshake(&buffer));
+        assert_eq!(Packet::new_checked(&buffer[..]).unwrap_err(), WireError::UnknownOpcode);
+    }
+
+    /// An old client's request is recognised under the right key only, and answered with
+    /// a version-1 error it can parse, never larger than 3x the request.
+    #[test]
+    fn version_one_requests_get_an_upgrade_error() {
+        let key = ClusterKey::new([7; 32]);
+        let mut request = [0u8; v1::HEADER_LEN];
+        v1::write_request(Opcode::Get, 42, &key, &mut request);
+        assert!(v1::authentic(&request, &key));
+        assert!(!v1::authentic(&request, &ClusterKey::new([8; 32])));
+        assert!(Packet::new_checked(&request[..]).is_err(), "v1 is not a v2 datagram");
+        for bit in 0..request.len() * 8 {
+            let mut flipped = request;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(!v1::authentic(&flipped, &key), "bit {bit}");
+        }
+        let mut reply = [0u8; v1::REPLY_LEN];
+        let len = v1::write_upgrade_reply(&request, &key, &mut reply);
+        assert!(len <= 3 * request.len());
+        assert!(v1::authentic(&reply[..len], &key));
+        assert_eq!(reply[field::OPCODE], Opcode::Error as u8);
+        assert_eq!(reply[field::STATUS], Status::BadRequest as u8);
+        assert_eq!(&reply[field::REQUEST_ID], &42u64.to_be_bytes());
     }
 }

@@ -8,9 +8,9 @@ use beeline_dataplane::node::allow::{Allowlist, Prefix};
 use beeline_dataplane::store::mem::MemStore;
 use beeline_dataplane::store::{ChunkStore, Durable, PutReservation, StoreError};
 use beeline_dataplane::testkit::harness::{SimHarness, SimOptions, outcome};
-use beeline_dataplane::wire::{MacKey, Opcode, Repr, Status};
+use beeline_dataplane::wire::{ClusterKey, Opcode, Repr, Status};
 
-const KEY: MacKey = MacKey::new([0x42; 32]);
+const KEY: ClusterKey = ClusterKey::new([0x42; 32]);
 const FRAG: u16 = 1400;
 
 fn pattern(len: usize, salt: u64) -> Vec<u8> {
@@ -166,8 +166,8 @@ fn lossy_reordering_duplicating_network_still_round_trips() {
             [0usize, 1, 1400, 77_777, 1 << 20].iter().map(|len| pattern(*len, seed + *len as u64)).collect();
         // All puts in parallel, then all gets in parallel.
         let mut machines: Vec<_> =
-            files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG, &KEY)).collect();
-        let results = sim.run(&mut machines, &KEY, 2_000_000);
+            files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG)).collect();
+        let results = sim.run(&mut machines, 2_000_000);
         assert!(results.iter().all(|r| *r == Progress::Done), "seed {seed}: puts ended {results:?}");
         drop(machines);
         let mut outputs: Vec<Vec<u8>> = files.iter().map(|data| vec![0u8; data.len()]).collect();
@@ -179,7 +179,7 @@ fn lossy_reordering_duplicating_network_still_round_trips() {
                 sim.get_machine(i as u128, len, 0, out, FRAG)
             })
             .collect();
-        let results = sim.run(&mut machines, &KEY, 2_000_000);
+        let results = sim.run(&mut machines, 2_000_000);
         assert!(results.iter().all(|r| *r == Progress::Done), "seed {seed}: gets ended {results:?}");
         drop(machines);
         for (index, (sent, got)) in files.iter().zip(&outputs).enumerate() {
@@ -214,13 +214,15 @@ fn corrupted_packets_are_counted_and_ignored() {
 #[test]
 fn unauthenticated_client_is_dropped_and_counted() {
     let mut sim = harness(SimOptions::new(3, KEY));
-    let wrong_key = MacKey::new([0x13; 32]);
+    sim.set_client_key(&ClusterKey::new([0x13; 32]));
     let data = pattern(10_000, 3);
-    let mut machines = [sim.put_machine(9, &data, FRAG, &wrong_key)];
-    let results = sim.run(&mut machines, &wrong_key, 100_000);
+    let mut machines = [sim.put_machine(9, &data, FRAG)];
+    let results = sim.run(&mut machines, 100_000);
     assert_eq!(results[0], Progress::Failed(ClientError::Unreachable));
     let counters = *sim.poll.node.counters();
-    assert!(counters.dropped_bad_mac >= 8, "every fragment and query is a bad MAC: {counters:?}");
+    assert!(counters.dropped_bad_mac >= 8, "every Initiate fails its mac1: {counters:?}");
+    assert_eq!((counters.handshake_challenges, counters.sessions_established), (0, 0));
+    assert!(!sim.has_session());
     assert_eq!(counters.fragments_stored, 0);
     assert_eq!(sim.poll.node.store().chunk_count(), 0);
 }
@@ -233,7 +235,7 @@ fn sources_outside_the_allowlist_are_dropped() {
     options.node_config.allow = allow;
     let mut sim = harness(options);
     let mut ping = [sim.exchange(Repr::new(Opcode::Ping), &[], Opcode::Pong)];
-    let results = sim.run(&mut ping, &KEY, 100_000);
+    let results = sim.run(&mut ping, 100_000);
     assert_eq!(results[0], Progress::Failed(ClientError::Unreachable));
     assert!(sim.poll.node.counters().dropped_not_allowed > 0);
     // Allowing the client's prefix at runtime lets it in.
@@ -241,7 +243,7 @@ fn sources_outside_the_allowlist_are_dropped() {
     allow.push(Prefix { addr: "10.0.0.0".parse().unwrap(), len: 8 }).unwrap();
     sim.poll.node.set_allowlist(allow);
     let mut ping = [sim.exchange(Repr::new(Opcode::Ping), &[], Opcode::Pong)];
-    assert_eq!(sim.run(&mut ping, &KEY, 100_000)[0], Progress::Done);
+    assert_eq!(sim.run(&mut ping, 100_000)[0], Progress::Done);
 }
 
 #[test]
@@ -251,8 +253,8 @@ fn full_slot_table_answers_busy_and_clients_get_through() {
     let mut sim = harness(options);
     let files: Vec<Vec<u8>> = (0..4).map(|i| pattern(200_000, i)).collect();
     let mut machines: Vec<_> =
-        files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG, &KEY)).collect();
-    let results = sim.run(&mut machines, &KEY, 2_000_000);
+        files.iter().enumerate().map(|(i, data)| sim.put_machine(i as u128, data, FRAG)).collect();
+    let results = sim.run(&mut machines, 2_000_000);
     assert!(results.iter().all(|r| *r == Progress::Done), "{results:?}");
     assert!(sim.poll.node.counters().rejected_busy > 0);
     for (i, data) in files.iter().enumerate() {
@@ -278,7 +280,7 @@ fn range_get_returns_exactly_the_range() {
     for (start, len) in [(0usize, 1usize), (999, 2), (12_345, 54_321), (99_999, 1), (50_000, 50_000)] {
         let mut out = vec![0u8; len];
         let mut machines = [sim.get_machine(1, data.len() as u32, start as u32, &mut out, 1200)];
-        outcome(sim.run(&mut machines, &KEY, 100_000)[0]).unwrap();
+        outcome(sim.run(&mut machines, 100_000)[0]).unwrap();
         drop(machines);
         assert_eq!(out, data[start..start + len], "range {start}+{len}");
     }
@@ -303,14 +305,14 @@ fn delete_and_stat() {
     sim.put(5, &pattern(3000, 1), FRAG).unwrap();
     let stat = Repr { chunk_id: 5, ..Repr::new(Opcode::Stat) };
     let mut machines = [sim.exchange(stat, &[], Opcode::StatReply)];
-    sim.run(&mut machines, &KEY, 10_000);
+    sim.run(&mut machines, 10_000);
     let beeline_dataplane::testkit::harness::Machine::Exchange(exchange) = &machines[0] else { unreachable!() };
     assert_eq!(exchange.reply().unwrap().0.total_len, 3000);
     let delete = Repr { chunk_id: 5, ..Repr::new(Opcode::Delete) };
     let mut machines = [sim.exchange(delete, &[], Opcode::DeleteDone)];
-    assert_eq!(sim.run(&mut machines, &KEY, 10_000)[0], Progress::Done);
+    assert_eq!(sim.run(&mut machines, 10_000)[0], Progress::Done);
     let mut machines = [sim.exchange(stat, &[], Opcode::StatReply)];
-    assert_eq!(sim.run(&mut machines, &KEY, 10_000)[0], Progress::Failed(ClientError::Rejected(Status::NotFound)));
+    assert_eq!(sim.run(&mut machines, 10_000)[0], Progress::Failed(ClientError::Rejected(Status::NotFound)));
 }
 
 #[test]
@@ -322,27 +324,26 @@ fn abandoned_put_is_expired_and_its_slot_reused() {
     let mut sim = harness(options);
     let data = pattern(1 << 20, 10);
     // A client whose first ten fragments arrive, and which is then never heard from...
-    struct FirstFew<'a> {
-        sim: &'a SimHarness<MemStore, NoControl>,
-        left: usize,
-    }
-    impl Transmit for FirstFew<'_> {
+    struct Collect(Vec<Vec<u8>>);
+    impl Transmit for Collect {
         fn transmit(&mut self, datagram: &[u8]) {
-            if self.left > 0 {
-                self.left -= 1;
-                self.sim.net.borrow_mut().send_to_node(self.sim.client_addr, self.sim.node_addr, datagram);
-            }
+            self.0.push(datagram.to_vec());
         }
     }
-    let mut put = PutChunk::new(KEY, 1, 77, &data, FRAG, 256, sim.timing, 0);
-    put.start(0, &mut FirstFew { sim: &sim, left: 10 });
-    sim.step(&mut [], &KEY);
+    assert!(sim.establish(1000));
+    let mut put = PutChunk::new(1, 77, &data, FRAG, 256, sim.timing, 0);
+    let mut sent = Collect(Vec::new());
+    put.start(0, &mut sent);
+    for datagram in &sent.0[..10] {
+        sim.send_sealed(datagram);
+    }
+    sim.step(&mut []);
     assert_eq!(sim.poll.node.puts_in_flight(), 1);
     assert_eq!(sim.poll.node.counters().fragments_stored, 10);
     // ...and once the idle timeout passes, the node frees the slot for another put.
     sim.net.borrow_mut().set_impairments(Impairments::NONE);
     for _ in 0..600 {
-        sim.step(&mut [], &KEY);
+        sim.step(&mut []);
     }
     assert_eq!(sim.poll.node.counters().puts_abandoned, 1);
     sim.put(2, &data, FRAG).unwrap();

@@ -155,10 +155,10 @@ fn trie<const N: usize>(ebpf: &Ebpf, name: &str) -> BTreeSet<(u32, [u8; N])> {
 }
 
 /// A datagram the classifier takes for storage traffic: UDP to the storage port, at least
-/// a Beeline header long (64 bytes), starting with the magic 0xBEE1 and version 1.
+/// a Beeline header long (80 bytes), starting with the magic 0xBEE1 and version 2.
 fn storage_datagram() -> Vec<u8> {
-    let mut datagram = vec![0u8; 64];
-    datagram[..3].copy_from_slice(&[0xBE, 0xE1, 1]);
+    let mut datagram = vec![0u8; 80];
+    datagram[..3].copy_from_slice(&[0xBE, 0xE1, 2]);
     datagram
 }
 

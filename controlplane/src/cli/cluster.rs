@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use beeline_dataplane::wire::MacKey;
+use beeline_dataplane::wire::ClusterKey;
 
 use crate::client::cluster::{ClusterClient, describe};
 use crate::keyfile;
@@ -12,7 +12,7 @@ use crate::keyfile;
 pub struct Flags {
     pub url: String,
     pub prefix: String,
-    pub key: MacKey,
+    pub key: ClusterKey,
     pub fragment_bytes: Option<u16>,
 }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use beeline_dataplane::client::Timing;
-use beeline_dataplane::wire::MacKey;
+use beeline_dataplane::wire::ClusterKey;
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::cluster::{FileLayout, Member, MemberState, NodeRecord, RedisMetadata, now_unix_ms};
@@ -76,7 +76,7 @@ type PutWork = BTreeMap<NodeId, Vec<(u128, Arc<[u8]>)>>;
 
 pub struct ClusterClient {
     metadata: RedisMetadata,
-    key: MacKey,
+    key: ClusterKey,
     timing: Timing,
     fragment_bytes: Option<u16>,
     clients: HashMap<NodeId, Client>,
@@ -93,7 +93,12 @@ fn resolve(address: &str) -> Option<SocketAddr> {
 }
 
 impl ClusterClient {
-    pub fn connect(url: &str, prefix: &str, key: MacKey, fragment_bytes: Option<u16>) -> Result<Self, ClusterError> {
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        key: ClusterKey,
+        fragment_bytes: Option<u16>,
+    ) -> Result<Self, ClusterError> {
         let mut metadata = RedisMetadata::connect(url, prefix)?;
         let replicas = metadata.replication_factor()?;
         let mut client = Self {

@@ -3,6 +3,7 @@
 //! in flight, and runs control requests for the namespace.
 
 pub mod cluster;
+mod link;
 mod socket;
 
 use std::collections::BTreeMap;
@@ -14,11 +15,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use beeline_dataplane::bitmap::FRAGMENTS_MAX;
 use beeline_dataplane::client::{
     self, ClientError as MachineError, DATAGRAM_BYTES_MAX, Exchange, GetChunk, Progress, PutChunk, Timing, Transmit,
-    accept,
 };
-use beeline_dataplane::wire::{HEADER_LEN, MacKey, Opcode, Repr, Status};
+use beeline_dataplane::session::peer::SessionTx;
+use beeline_dataplane::wire::{self, ClusterKey, HEADER_LEN, Opcode, Repr, Status};
 
 use crate::control::{ControlRequest, ControlResponse, FileRecord, NodeStatus, validate_name};
+use link::Link;
 use socket::{Receiver, SendBatch};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +64,7 @@ pub struct NodeInfo {
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub node: SocketAddr,
-    pub key: MacKey,
+    pub key: ClusterKey,
     pub timing: Timing,
     /// Fragment payload per datagram; `None` picks the node's maximum on loopback and
     /// 1400 bytes (fits a 1500-byte MTU) elsewhere.
@@ -70,10 +72,16 @@ pub struct ClientOptions {
     /// Chunks in flight at once per file.
     pub parallel_chunks: usize,
     pub chunk_bytes: u32,
+    /// A session older than this is replaced by a new handshake (the node ends sessions
+    /// at twice this age by default).
+    pub rekey_after_ms: u64,
 }
 
+/// Rekey after two minutes: half the node's default session lifetime.
+pub const REKEY_AFTER_MS_DEFAULT: u64 = 120_000;
+
 impl ClientOptions {
-    pub fn new(node: SocketAddr, key: MacKey) -> Self {
+    pub fn new(node: SocketAddr, key: ClusterKey) -> Self {
         Self {
             node,
             key,
@@ -81,21 +89,32 @@ impl ClientOptions {
             fragment_bytes: None,
             parallel_chunks: 4,
             chunk_bytes: 4 << 20,
+            rekey_after_ms: REKEY_AFTER_MS_DEFAULT,
         }
     }
 }
 
-/// Hands the machines' datagrams to the send batch; whatever is still queued goes out when
-/// it is dropped, so every call that may transmit ends with its datagrams sent.
+/// Hands the machines' datagrams to the send batch, sealed with the session where they
+/// lie in it; whatever is still queued goes out when it is dropped, so every call that
+/// may transmit ends with its datagrams sent.
 struct SocketTransmit<'a> {
     socket: &'a UdpSocket,
     batch: &'a mut SendBatch,
+    session: &'a mut Option<SessionTx>,
+}
+
+impl<'a> SocketTransmit<'a> {
+    fn new(socket: &'a UdpSocket, batch: &'a mut SendBatch, session: &'a mut Option<SessionTx>) -> Self {
+        Self { socket, batch, session }
+    }
 }
 
 impl Transmit for SocketTransmit<'_> {
     fn transmit(&mut self, datagram: &[u8]) {
-        // A failed send is a lost datagram: the protocol's retransmission covers it.
-        self.batch.push(self.socket, datagram);
+        // Without a session (none yet, or none left) the datagram is lost, as is one whose
+        // send fails: the protocol's retransmission covers both.
+        let Some(session) = self.session.as_mut() else { return };
+        self.batch.push(self.socket, datagram, |bytes| session.seal(bytes).is_ok());
     }
 }
 
@@ -152,6 +171,7 @@ pub struct Client {
     info: Option<NodeInfo>,
     batch: SendBatch,
     receiver: Receiver,
+    link: Link,
 }
 
 /// Progress callback: bytes done so far.
@@ -169,6 +189,7 @@ impl Client {
         // address (the segmented sends of `socket::SendBatch` rely on that).
         socket.connect(node).map_err(|source| ClientError::Socket { node, source })?;
         let receiver = Receiver::new(&socket);
+        let link = Link::new(&options.key, options.timing, options.rekey_after_ms);
         Ok(Self {
             socket,
             options,
@@ -177,7 +198,44 @@ impl Client {
             info: None,
             batch: SendBatch::new(),
             receiver,
+            link,
         })
+    }
+
+    /// Handshakes completed with the node so far (the first one, rekeys, and new sessions
+    /// after the node fell silent).
+    pub fn handshakes(&self) -> u64 {
+        self.link.state.handshakes
+    }
+
+    /// Runs the handshake now unless a session exists; bounded by the retry budget.
+    fn ensure_session(&mut self) -> Result<(), ClientError> {
+        let attempts_max = u64::from(self.options.timing.timeouts_max) + 1;
+        let mut attempts = 0u64;
+        // Bounded: every pass waits for an answer or the attempt's deadline.
+        while !self.link.has_session() {
+            let now = self.now_ms();
+            let before = self.link.deadline_ms();
+            self.link.poll(now, true, &self.socket);
+            if self.link.deadline_ms() != before {
+                attempts += 1;
+                if attempts > attempts_max {
+                    let node = self.options.node;
+                    return Err(ClientError::Unreachable { node, retries: self.options.timing.timeouts_max });
+                }
+            }
+            let wait_ms = self.link.deadline_ms().unwrap_or(now).saturating_sub(now).max(1);
+            wait_readable(&self.socket, wait_ms);
+            while let Some((bytes, datagram_bytes)) = self.receiver.recv(&self.socket) {
+                for datagram in bytes.chunks_mut(datagram_bytes) {
+                    if wire::is_handshake(datagram) {
+                        self.link.state.on_handshake(self.started.elapsed().as_millis() as u64, datagram, &self.socket);
+                    }
+                }
+            }
+            self.link.settle();
+        }
+        Ok(())
     }
 
     pub fn set_chunk_bytes(&mut self, chunk_bytes: u32) {
@@ -223,8 +281,8 @@ impl Client {
     /// Runs machines until at least one of them settles (or none is pending); returns the
     /// index of every machine that settled during this call. With `fail_fast`, a machine
     /// that failed is returned as an error instead.
+    // Long on purpose: one loop (settle, wait, receive and dispatch, timers) whose borrows of the socket, batch and session must stay side by side.
     fn drive(&mut self, ops: &mut [Op], fail_fast: bool) -> Result<Vec<usize>, ClientError> {
-        let key = self.options.key.clone();
         let mut finished = Vec::new();
         let mut was_pending: Vec<bool> = ops.iter().map(|op| op.progress() == Progress::Pending).collect();
         // Bounded: every machine fails by itself after its retries run out.
@@ -242,17 +300,30 @@ impl Client {
                 return Ok(finished);
             }
             let now = self.now_ms();
-            let next_deadline =
-                ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
+            // A silent node, an old session or a lost attempt starts a handshake.
+            self.link.poll(now, true, &self.socket);
+            let next_deadline = ops
+                .iter()
+                .filter(|op| op.progress() == Progress::Pending)
+                .map(Op::deadline_ms)
+                .chain(self.link.deadline_ms())
+                .min()
+                .unwrap_or(now);
             let wait_ms = next_deadline.saturating_sub(now).max(1);
             wait_readable(&self.socket, wait_ms);
-            let mut transmit = SocketTransmit { socket: &self.socket, batch: &mut self.batch };
+            let mut transmit = SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx);
             // Read everything that is waiting (the socket is non-blocking and connected to the
             // node, so nothing else arrives), then run timers.
             while let Some((bytes, datagram_bytes)) = self.receiver.recv(&self.socket) {
                 let now = self.started.elapsed().as_millis() as u64;
-                for datagram in bytes.chunks(datagram_bytes) {
-                    let Some((repr, payload)) = accept(datagram, &key) else { continue };
+                for datagram in bytes.chunks_mut(datagram_bytes) {
+                    if wire::is_handshake(datagram) {
+                        self.link.state.on_handshake(now, datagram, &self.socket);
+                        continue;
+                    }
+                    // Opened in place: the payload is plaintext from here on.
+                    let Some(repr) = self.link.state.open(now, datagram) else { continue };
+                    let payload = &datagram[HEADER_LEN..HEADER_LEN + usize::from(repr.payload_len)];
                     for op in ops.iter_mut() {
                         match op {
                             Op::Put(put) => put.on_packet(&repr, payload, now, &mut transmit),
@@ -272,14 +343,16 @@ impl Client {
                     }
                 }
             }
+            drop(transmit);
+            self.link.settle();
         }
     }
 
     fn exchange(&mut self, request: Repr, payload: &[u8], expect: Opcode) -> Result<(Repr, Vec<u8>), ClientError> {
+        self.ensure_session()?;
         let request = Repr { request_id: self.request_id(), ..request };
-        let mut exchange =
-            Exchange::new(self.options.key.clone(), request, payload, expect, self.options.timing, self.now_ms());
-        exchange.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
+        let mut exchange = Exchange::new(request, payload, expect, self.options.timing, self.now_ms());
+        exchange.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
         let mut ops = [Op::Exchange(Box::new(exchange))];
         self.drive(&mut ops, true)?;
         let Op::Exchange(exchange) = &ops[0] else { unreachable!("built above") };
@@ -374,7 +447,6 @@ impl Client {
                 let chunk_id = crate::control::chunk_id(file_id, next_index);
                 next_index += 1;
                 let mut put = PutChunk::new(
-                    self.options.key.clone(),
                     chunk_id,
                     self.request_id(),
                     ChunkBytes::Owned(buffer),
@@ -383,7 +455,7 @@ impl Client {
                     self.options.timing,
                     self.now_ms(),
                 );
-                put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
+                put.start(self.now_ms(), &mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
                 ops.push(Op::Put(Box::new(put)));
             }
             if ops.is_empty() {
@@ -455,7 +527,6 @@ impl Client {
             while next_start < chunk_count && next_start < next_write + parallel {
                 let len = record.chunk_len(next_start);
                 let mut get = GetChunk::new(
-                    self.options.key.clone(),
                     record.chunk_id(next_start),
                     self.request_id(),
                     len,
@@ -466,7 +537,7 @@ impl Client {
                     self.options.timing,
                     self.now_ms(),
                 );
-                get.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
+                get.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
                 ops.push(Op::Get(Box::new(get)));
                 op_chunks.push(next_start);
                 next_start += 1;
@@ -511,14 +582,13 @@ impl Client {
     pub fn put_chunks(&mut self, chunks: &[(u128, Arc<[u8]>)]) -> Vec<Result<(), ClientError>> {
         let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
         let largest = chunks.iter().map(|(_, data)| data.len() as u32).max().unwrap_or(0);
-        let (frag_len, window) = match self.transfer_shape(largest) {
+        let (frag_len, window) = match self.ensure_session().and_then(|()| self.transfer_shape(largest)) {
             Ok(setup) => setup,
             Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
         };
         let mut ops = Vec::with_capacity(chunks.len());
         for (chunk_id, data) in chunks {
             let mut put = PutChunk::new(
-                self.options.key.clone(),
                 *chunk_id,
                 self.request_id(),
                 ChunkBytes::Shared(data.clone()),
@@ -527,7 +597,7 @@ impl Client {
                 self.options.timing,
                 self.now_ms(),
             );
-            put.start(self.now_ms(), &mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
+            put.start(self.now_ms(), &mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
             ops.push(Op::Put(Box::new(put)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -538,14 +608,13 @@ impl Client {
     pub fn get_chunks(&mut self, chunks: &[(u128, u32)]) -> Vec<Result<Vec<u8>, ClientError>> {
         let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
         let largest = chunks.iter().map(|(_, len)| *len).max().unwrap_or(0);
-        let (frag_len, window) = match self.transfer_shape(largest) {
+        let (frag_len, window) = match self.ensure_session().and_then(|()| self.transfer_shape(largest)) {
             Ok(setup) => setup,
             Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
         };
         let mut ops = Vec::with_capacity(chunks.len());
         for (chunk_id, len) in chunks {
             let mut get = GetChunk::new(
-                self.options.key.clone(),
                 *chunk_id,
                 self.request_id(),
                 *len,
@@ -556,7 +625,7 @@ impl Client {
                 self.options.timing,
                 self.now_ms(),
             );
-            get.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
+            get.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
             ops.push(Op::Get(Box::new(get)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -573,18 +642,14 @@ impl Client {
     /// Deletes chunks on this node (durably); deleting an absent chunk succeeds.
     pub fn delete_chunks(&mut self, chunk_ids: &[u128]) -> Vec<Result<(), ClientError>> {
         let mut results: Vec<Option<Result<(), ClientError>>> = chunk_ids.iter().map(|_| None).collect();
+        if let Err(error) = self.ensure_session() {
+            return chunk_ids.iter().map(|_| Err(clone_error(&error))).collect();
+        }
         let mut ops = Vec::with_capacity(chunk_ids.len());
         for chunk_id in chunk_ids {
             let request = Repr { request_id: self.request_id(), chunk_id: *chunk_id, ..Repr::new(Opcode::Delete) };
-            let mut exchange = Exchange::new(
-                self.options.key.clone(),
-                request,
-                &[],
-                Opcode::DeleteDone,
-                self.options.timing,
-                self.now_ms(),
-            );
-            exchange.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
+            let mut exchange = Exchange::new(request, &[], Opcode::DeleteDone, self.options.timing, self.now_ms());
+            exchange.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
             ops.push(Op::Exchange(Box::new(exchange)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -670,10 +735,10 @@ impl Client {
         offset: u32,
         len: u32,
     ) -> Result<Vec<u8>, ClientError> {
+        self.ensure_session()?;
         let frag_len = self.fragment_bytes(total_len)?;
         let window = self.info()?.window_fragments;
         let mut get = GetChunk::new(
-            self.options.key.clone(),
             chunk_id,
             self.request_id(),
             total_len,
@@ -684,7 +749,7 @@ impl Client {
             self.options.timing,
             self.now_ms(),
         );
-        get.start(&mut SocketTransmit { socket: &self.socket, batch: &mut self.batch });
+        get.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
         let mut ops = [Op::Get(Box::new(get))];
         self.drive(&mut ops, true)?;
         let [Op::Get(get)] = ops else { unreachable!("built above") };

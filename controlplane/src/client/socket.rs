@@ -43,7 +43,9 @@ impl SendBatch {
     }
 
     /// Queues `datagram`, sending what is queued first when it cannot join the run.
-    pub(super) fn push(&mut self, socket: &UdpSocket, datagram: &[u8]) {
+    /// `seal` finishes it in place where it lies in the batch (the session's encryption:
+    /// no second copy); a datagram it refuses is dropped.
+    pub(super) fn push(&mut self, socket: &UdpSocket, datagram: &[u8], seal: impl FnOnce(&mut [u8]) -> bool) {
         let joins = self.segments > 0
             && self.offload
             && !self.closed
@@ -55,7 +57,12 @@ impl SendBatch {
             self.flush(socket);
             self.segment_bytes = datagram.len();
         }
+        let start = self.buffer.len();
         self.buffer.extend_from_slice(datagram);
+        if !seal(&mut self.buffer[start..]) {
+            self.buffer.truncate(start);
+            return;
+        }
         self.segments += 1;
         self.closed = datagram.len() < self.segment_bytes;
         if !self.offload || datagram.is_empty() {
@@ -143,10 +150,10 @@ impl Receiver {
 
     /// The next receive without waiting: its bytes and the size of each datagram in them
     /// (all but the last are that long); `None` when nothing is waiting.
-    pub(super) fn recv(&mut self, socket: &UdpSocket) -> Option<(&[u8], usize)> {
+    pub(super) fn recv(&mut self, socket: &UdpSocket) -> Option<(&mut [u8], usize)> {
         if !self.offload {
             let len = socket.recv(&mut self.buffer).ok()?;
-            return Some((&self.buffer[..len], len.max(1)));
+            return Some((&mut self.buffer[..len], len.max(1)));
         }
         let mut control = [0u64; CONTROL_WORDS];
         let mut iov = libc::iovec { iov_base: self.buffer.as_mut_ptr().cast(), iov_len: self.buffer.len() };
@@ -164,7 +171,7 @@ impl Receiver {
         }
         let len = received as usize;
         let segment_bytes = coalesced_segment_bytes(&msg).unwrap_or(len).max(1);
-        Some((&self.buffer[..len], segment_bytes))
+        Some((&mut self.buffer[..len], segment_bytes))
     }
 }
 
@@ -213,7 +220,7 @@ mod tests {
         let mut batch = SendBatch::new();
         let sent: Vec<Vec<u8>> = (0..31).map(|seq| datagram(seq, if seq == 30 { 200 } else { 1000 })).collect();
         for bytes in &sent {
-            batch.push(&client, bytes);
+            batch.push(&client, bytes, |_| true);
         }
         batch.flush(&client);
         assert_eq!(batch.segmented_sends, 1);
@@ -232,7 +239,7 @@ mod tests {
         let mut batch = SendBatch::new();
         let sent: Vec<Vec<u8>> = (0..20).map(|seq| datagram(seq, 4681)).collect();
         for bytes in &sent {
-            batch.push(&client, bytes);
+            batch.push(&client, bytes, |_| true);
         }
         batch.flush(&client);
         assert_eq!(batch.segmented_sends, 2);
@@ -256,7 +263,7 @@ mod tests {
         sent.push(datagram(10, 500));
         sent.extend((11..21).map(|seq| datagram(seq, 1200)));
         for bytes in &sent {
-            batch.push(&node, bytes);
+            batch.push(&node, bytes, |_| true);
         }
         batch.flush(&node);
         assert_eq!(batch.segmented_sends, 2, "the 500-byte datagram closes the first run");

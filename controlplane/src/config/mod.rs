@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub window_fragments: Option<u16>,
     pub chunk_bytes_max: Option<u32>,
     pub put_idle_timeout_ms: Option<u64>,
+    pub sessions_max: Option<u32>,
+    pub session_lifetime_ms: Option<u64>,
     pub segment_bytes: Option<u64>,
     pub capacity_bytes: Option<u64>,
     pub metadata: Option<String>,
@@ -114,6 +116,14 @@ pub struct NodeFlags {
     /// Abandon a put idle for this long [default: 30000].
     #[arg(long)]
     pub put_idle_timeout_ms: Option<u64>,
+    /// Client sessions held at once; the least recently heard-from one makes room
+    /// [default: 1024].
+    #[arg(long)]
+    pub sessions_max: Option<u32>,
+    /// End a client session this long after its handshake (clients rekey at half of it)
+    /// [default: 240000].
+    #[arg(long)]
+    pub session_lifetime_ms: Option<u64>,
     /// Size of one on-disk segment file [default: 67108864].
     #[arg(long)]
     pub segment_bytes: Option<u64>,
@@ -184,6 +194,8 @@ pub struct NodeSettings {
     pub window_fragments: u16,
     pub chunk_bytes_max: u32,
     pub put_idle_timeout_ms: u64,
+    pub sessions_max: u32,
+    pub session_lifetime_ms: u64,
     pub segment_bytes: u64,
     pub capacity_bytes: Option<u64>,
     pub cluster: Option<ClusterSettings>,
@@ -276,6 +288,8 @@ struct Limits {
     window_fragments: u16,
     chunk_bytes_max: u32,
     put_idle_timeout_ms: u64,
+    sessions_max: u32,
+    session_lifetime_ms: u64,
     segment_bytes: u64,
 }
 
@@ -318,6 +332,8 @@ impl NodeFlags {
             window_fragments,
             chunk_bytes_max,
             put_idle_timeout_ms,
+            sessions_max,
+            session_lifetime_ms,
             segment_bytes,
         } = limits;
         Ok(NodeSettings {
@@ -333,6 +349,8 @@ impl NodeFlags {
             window_fragments,
             chunk_bytes_max,
             put_idle_timeout_ms,
+            sessions_max,
+            session_lifetime_ms,
             segment_bytes,
             capacity_bytes,
             cluster,
@@ -451,6 +469,19 @@ impl NodeFlags {
             |timeout_ms| (100..=3_600_000).contains(&timeout_ms),
             "must be from 100 to 3600000",
         )?;
+        let sessions_limit = beeline_dataplane::node::sessions::SESSIONS_MAX as u32;
+        let sessions_max = origin.checked(
+            pick(&self.sessions_max, &file.sessions_max, 1024),
+            "sessions_max",
+            |sessions| (1..=sessions_limit).contains(&sessions),
+            format!("must be from 1 to {sessions_limit}"),
+        )?;
+        let session_lifetime_ms = origin.checked(
+            pick(&self.session_lifetime_ms, &file.session_lifetime_ms, 240_000),
+            "session_lifetime_ms",
+            |lifetime_ms| (1_000..=86_400_000).contains(&lifetime_ms),
+            "must be from 1000 to 86400000",
+        )?;
         let segment_bytes = origin.checked(
             pick(&self.segment_bytes, &file.segment_bytes, 64 << 20),
             "segment_bytes",
@@ -465,6 +496,8 @@ impl NodeFlags {
             window_fragments,
             chunk_bytes_max,
             put_idle_timeout_ms,
+            sessions_max,
+            session_lifetime_ms,
             segment_bytes,
         })
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use beeline_dataplane::wire::MacKey;
+use beeline_dataplane::wire::ClusterKey;
 use tracing::{info, warn};
 
 use crate::client::cluster::ClusterClient;
@@ -101,7 +101,7 @@ pub struct Identity {
 pub fn start(
     settings: ClusterSettings,
     identity: Identity,
-    key: MacKey,
+    key: ClusterKey,
     snapshot: SharedSnapshot,
 ) -> std::io::Result<Membership> {
     let stop = Arc::new(Stop::default());
@@ -187,7 +187,7 @@ fn heartbeat_loop(
     lease_up.store(false, Ordering::Release);
 }
 
-fn repair_loop(settings: &ClusterSettings, key: MacKey, stop: &Stop) {
+fn repair_loop(settings: &ClusterSettings, key: ClusterKey, stop: &Stop) {
     let interval = Duration::from_millis(settings.repair_interval_ms);
     let mut me: Option<NodeId> = None;
     while !stop.wait(interval) {

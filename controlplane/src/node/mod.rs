@@ -21,6 +21,7 @@ use beeline_dataplane::arena::memory::{ArenaMemory, PageBacking, PagePolicy};
 use beeline_dataplane::counters::Counters;
 use beeline_dataplane::io::PacketIo;
 use beeline_dataplane::node::poll::{Backoff, PollLoop};
+use beeline_dataplane::node::sessions::{SEEN_PER_SESSION, SeenRandom, SessionMemory, SessionSlot};
 use beeline_dataplane::node::{BACKGROUND_TICKET, ControlHandler, Node, NodeConfig, PutSlot};
 use beeline_dataplane::store::ChunkStore;
 use beeline_dataplane::store::disk::{DiskStore, DiskStoreConfig, SyncLatency};
@@ -352,7 +353,7 @@ pub async fn run(settings: NodeSettings, shutdown: impl std::future::Future<Outp
 
 fn data_plane_thread(
     settings: NodeSettings,
-    key: beeline_dataplane::wire::MacKey,
+    key: beeline_dataplane::wire::ClusterKey,
     shutdown: Arc<AtomicBool>,
     snapshot: SharedSnapshot,
     ready: std::sync::mpsc::SyncSender<(SocketAddr, SyncLatency)>,
@@ -407,9 +408,15 @@ fn data_plane_thread(
         window_fragments_max: settings.window_fragments,
         put_idle_timeout_ms: settings.put_idle_timeout_ms,
         fragment_bytes_cap: io.fragment_bytes_cap(),
+        session_lifetime_ms: settings.session_lifetime_ms,
     };
     let mut slots = vec![PutSlot::default(); settings.put_slots as usize];
-    let node = Node::new(config, store, control, &mut slots);
+    let sessions = settings.sessions_max as usize;
+    let mut session_slots: Vec<SessionSlot> = (0..sessions).map(|_| SessionSlot::default()).collect();
+    let mut seen = vec![SeenRandom::default(); sessions * SEEN_PER_SESSION];
+    // A fresh secret per process: a restart invalidates every cookie handed out before.
+    let memory = SessionMemory { slots: &mut session_slots, seen: &mut seen, seed: rand::random() };
+    let node = Node::new(config, store, control, &mut slots, memory);
     let mut poll = PollLoop::new(io, arena, node);
     info!(frames = settings.arena_frames, frame_bytes = settings.frame_bytes, page_backing, "arena ready");
     // Status asked for right after start-up already sees the backend and its counters.

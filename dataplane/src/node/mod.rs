@@ -4,6 +4,7 @@
 
 pub mod allow;
 pub mod poll;
+pub mod sessions;
 
 use core::net::SocketAddr;
 
@@ -12,8 +13,10 @@ use crate::bitmap::{FRAGMENTS_MAX, FragmentBitmap};
 use crate::counters::{Counters, DropReason};
 use crate::io::{RxPacket, TxPacket};
 use crate::node::allow::Allowlist;
+use crate::node::sessions::{HandshakeReply, SessionMemory, SessionRef, Sessions};
+use crate::session::handshake::INITIATE_LEN;
 use crate::store::{ChunkStore, Durable, POLL_DURABLE_BATCH_MAX, PutReservation, StoreError};
-use crate::wire::{self, ChunkId, HEADER_LEN, MacKey, Opcode, Packet, Repr, Status, flags};
+use crate::wire::{self, ChunkId, ClusterKey, HEADER_LEN, Opcode, Repr, Status, flags, v1};
 
 /// Fragments a `PutStatus` bitmap covers after its first missing index.
 pub const STATUS_BITMAP_BITS: u32 = 1024;
@@ -29,7 +32,7 @@ pub const BACKGROUND_TICKET: u64 = DELETE_TICKET_BIT;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub key: MacKey,
+    pub key: ClusterKey,
     pub allow: Allowlist,
     /// Largest chunk accepted, in bytes.
     pub chunk_bytes_max: u32,
@@ -42,10 +45,16 @@ pub struct NodeConfig {
     /// than a frame holds: a backend that writes its own IP headers (AF_XDP) cannot
     /// fragment, so the link MTU bounds it. `u16::MAX` = only the frame size limits it.
     pub fragment_bytes_cap: u16,
+    /// A session older than this is ended; clients rekey well before (they start a new
+    /// handshake after `session_lifetime_ms / 2`).
+    pub session_lifetime_ms: u64,
 }
 
+/// Default session lifetime: clients rekey after 120 s, 60 s before the node ends it.
+pub const SESSION_LIFETIME_MS_DEFAULT: u64 = 240_000;
+
 impl NodeConfig {
-    pub fn new(key: MacKey) -> Self {
+    pub fn new(key: ClusterKey) -> Self {
         Self {
             key,
             allow: Allowlist::allow_all(),
@@ -53,6 +62,7 @@ impl NodeConfig {
             window_fragments_max: 256,
             put_idle_timeout_ms: 30_000,
             fragment_bytes_cap: u16::MAX,
+            session_lifetime_ms: SESSION_LIFETIME_MS_DEFAULT,
         }
     }
 }
@@ -90,6 +100,8 @@ pub struct PutSlot {
     chunk_id: ChunkId,
     request_id: u64,
     peer: SocketAddr,
+    /// The session of the put's latest datagram: its acknowledgements are sealed for it.
+    session: SessionRef,
     total_len: u32,
     frag_len: u16,
     frag_count: u32,
@@ -107,6 +119,7 @@ impl Default for PutSlot {
             chunk_id: 0,
             request_id: 0,
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            session: SessionRef::NONE,
             total_len: 0,
             frag_len: 0,
             frag_count: 0,
@@ -122,6 +135,7 @@ impl Default for PutSlot {
 struct PendingDelete {
     ticket: u64,
     peer: SocketAddr,
+    session: SessionRef,
     request_id: u64,
     chunk_id: ChunkId,
 }
@@ -131,6 +145,8 @@ pub struct Node<'s, S: ChunkStore, C: ControlHandler<S>> {
     store: S,
     control: C,
     slots: &'s mut [PutSlot],
+    sessions: Sessions<'s>,
+    next_session_sweep_ms: u64,
     deletes: heapless::Vec<PendingDelete, PENDING_DELETES_MAX>,
     next_delete_ticket: u64,
     counters: Counters,
@@ -150,6 +166,7 @@ enum PutReply {
 #[derive(Clone, Copy)]
 struct ReplyTo {
     peer: SocketAddr,
+    session: SessionRef,
     request_id: u64,
     chunk_id: ChunkId,
 }
@@ -165,18 +182,27 @@ fn store_status(error: StoreError) -> Status {
 }
 
 impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
-    pub fn new(config: NodeConfig, store: S, control: C, slots: &'s mut [PutSlot]) -> Self {
+    pub fn new(
+        config: NodeConfig,
+        store: S,
+        control: C,
+        slots: &'s mut [PutSlot],
+        sessions: SessionMemory<'s>,
+    ) -> Self {
         assert!(!slots.is_empty(), "a node needs at least one put slot");
         assert!(config.window_fragments_max > 0);
         assert!(usize::from(config.window_fragments_max) <= TX_QUEUE_MAX / 2);
         for slot in slots.iter_mut() {
             slot.state = SlotState::Free;
         }
+        let sessions = Sessions::new(&config.key, config.session_lifetime_ms, sessions);
         Self {
             config,
             store,
             control,
             slots,
+            sessions,
+            next_session_sweep_ms: 0,
             deletes: heapless::Vec::new(),
             next_delete_ticket: 0,
             counters: Counters::default(),
@@ -207,6 +233,11 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     /// Replaces the allowlist at runtime.
     pub fn set_allowlist(&mut self, allow: Allowlist) {
         self.config.allow = allow;
+    }
+
+    /// Sessions in the table now.
+    pub fn sessions_active(&self) -> usize {
+        self.sessions.active()
     }
 
     pub fn puts_in_flight(&self) -> usize {
@@ -247,7 +278,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             count: FRAGMENTS_MAX,
             ..Self::reply_header(Opcode::Pong, to)
         };
-        self.reply(arena, tx, to.peer, pong, &[])
+        self.reply(arena, tx, to, pong, &[])
     }
 
     fn on_stat(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo) -> Result<(), DropReason> {
@@ -255,7 +286,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         match self.store.chunk_len(to.chunk_id) {
             Some(total_len) => {
                 let reply = Repr { total_len, ..Self::reply_header(Opcode::StatReply, to) };
-                self.reply(arena, tx, to.peer, reply, &[])
+                self.reply(arena, tx, to, reply, &[])
             }
             None => self.reply_error(arena, tx, to, Status::NotFound),
         }
@@ -274,27 +305,32 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     ) -> Result<(), DropReason> {
         let start = usize::from(offset);
         let end = start + usize::from(len);
-        let bytes = arena.frame(frame).get(start..end).ok_or(DropReason::Malformed)?;
-        let packet = Packet::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+        let bytes = arena.frame_mut(frame).get_mut(start..end).ok_or(DropReason::Malformed)?;
         if !self.config.allow.allows(peer.ip()) {
             return Err(DropReason::NotAllowed);
         }
-        if !packet.verify_mac(&self.config.key) {
-            return Err(DropReason::BadMac);
+        if wire::is_handshake(bytes) {
+            return self.on_handshake(now_ms, arena, tx, frame, start..end, peer);
         }
-        let repr = Repr::parse(&packet);
-        let to = ReplyTo { peer, request_id: repr.request_id, chunk_id: repr.chunk_id };
+        if bytes.get(2) == Some(&v1::VERSION) {
+            return self.on_version_one(arena, tx, frame, start..end, peer);
+        }
+        // The payload is decrypted in place; from here on the frame holds plaintext.
+        let (repr, session) = self.sessions.open(now_ms, bytes, peer)?;
+        let payload_range = start + HEADER_LEN..start + HEADER_LEN + usize::from(repr.payload_len);
+        let to = ReplyTo { peer, session, request_id: repr.request_id, chunk_id: repr.chunk_id };
         match repr.opcode {
             Opcode::Ping => self.on_ping(arena, tx, to),
             Opcode::PutFrag => {
                 let max_fragment = u32::from(self.fragment_max(arena));
-                let reply = self.on_put_fragment(now_ms, max_fragment, to, &repr, packet.payload());
+                let payload = &arena.frame(frame)[payload_range];
+                let reply = self.on_put_fragment(now_ms, max_fragment, to, &repr, payload);
                 match reply {
                     PutReply::Nothing => Ok(()),
                     PutReply::Status(index) => self.send_status(arena, tx, index),
                     PutReply::Done(total_len) => {
                         let done = Repr { total_len, ..Self::reply_header(Opcode::PutDone, to) };
-                        self.reply(arena, tx, peer, done, &[])
+                        self.reply(arena, tx, to, done, &[])
                     }
                     PutReply::Error(status) => self.reply_error(arena, tx, to, status),
                 }
@@ -305,9 +341,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             Opcode::Stat => self.on_stat(arena, tx, to),
             Opcode::Control => {
                 self.counters.control_requests += 1;
-                let request_start = start + HEADER_LEN;
-                let request_end = request_start + usize::from(repr.payload_len);
-                self.on_control(arena, tx, to, frame, request_start..request_end)
+                self.on_control(arena, tx, to, frame, payload_range)
             }
             Opcode::Pong
             | Opcode::PutStatus
@@ -318,6 +352,71 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             | Opcode::ControlReply
             | Opcode::Error => Err(DropReason::Unexpected),
         }
+    }
+
+    /// Answers a handshake message with a Challenge or an Accept, sent as it is (these
+    /// messages carry their own authentication).
+    fn on_handshake(
+        &mut self,
+        now_ms: u64,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        frame: &FrameId,
+        range: core::ops::Range<usize>,
+        peer: SocketAddr,
+    ) -> Result<(), DropReason> {
+        let mut message = [0u8; INITIATE_LEN];
+        let len = range.len();
+        let copied = message.get_mut(..len).ok_or(DropReason::Malformed)?;
+        copied.copy_from_slice(&arena.frame(frame)[range]);
+        let reply = self.sessions.on_handshake(now_ms, &message[..len], peer, &mut self.counters)?;
+        match reply {
+            HandshakeReply::Challenge(bytes) => self.send_raw(arena, tx, peer, &bytes),
+            HandshakeReply::Accept(bytes) => self.send_raw(arena, tx, peer, &bytes),
+        }
+    }
+
+    /// Tells a version-1 client (one that proves the cluster key) to upgrade, in a reply
+    /// it can parse and never larger than 3x its request.
+    fn on_version_one(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        frame: &FrameId,
+        range: core::ops::Range<usize>,
+        peer: SocketAddr,
+    ) -> Result<(), DropReason> {
+        let request = &arena.frame(frame)[range];
+        if !v1::authentic(request, &self.config.key) {
+            return Err(DropReason::BadMac);
+        }
+        let mut reply = [0u8; v1::REPLY_LEN];
+        let len = v1::write_upgrade_reply(request, &self.config.key, &mut reply);
+        assert!(len <= 3 * request.len());
+        self.counters.upgrade_replies += 1;
+        self.send_raw(arena, tx, peer, &reply[..len])
+    }
+
+    /// Queues bytes that need no sealing.
+    fn send_raw(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        peer: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), DropReason> {
+        if tx.is_full() {
+            return Err(DropReason::NoBuffer);
+        }
+        let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
+        let headroom = arena.headroom();
+        arena.frame_mut(&frame)[headroom..headroom + bytes.len()].copy_from_slice(bytes);
+        self.counters.tx_packets += 1;
+        let packet = TxPacket { frame, offset: headroom as u16, len: bytes.len() as u16, peer };
+        tx.push_back(packet).map_err(|packet| {
+            arena.free(packet.frame);
+            DropReason::NoBuffer
+        })
     }
 
     fn reply_header(opcode: Opcode, to: ReplyTo) -> Repr {
@@ -334,12 +433,13 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         }
     }
 
-    /// Queues a reply whose small payload (a bitmap, a control response) is copied in.
+    /// Queues a reply whose small payload (a bitmap, a control response) is copied in,
+    /// sealed for the request's session.
     fn reply(
         &mut self,
         arena: &mut Arena<'_>,
         tx: &mut TxQueue,
-        peer: SocketAddr,
+        to: ReplyTo,
         mut repr: Repr,
         payload: &[u8],
     ) -> Result<(), DropReason> {
@@ -352,10 +452,35 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         let headroom = arena.headroom();
         let buffer = &mut arena.frame_mut(&frame)[headroom..];
         assert!(len <= buffer.len(), "reply larger than a frame");
-        repr.emit_with_payload(buffer, payload, &self.config.key);
-        let packet = TxPacket { frame, offset: headroom as u16, len: len as u16, peer };
+        repr.emit_with_payload(buffer, payload);
+        self.queue_sealed(arena, tx, to, frame, len)
+    }
+
+    /// Seals the datagram of `len` bytes at the frame's headroom for `to`'s session and
+    /// queues it; the frame is freed if the session has ended since the request.
+    fn queue_sealed(
+        &mut self,
+        arena: &mut Arena<'_>,
+        tx: &mut TxQueue,
+        to: ReplyTo,
+        frame: FrameId,
+        len: usize,
+    ) -> Result<(), DropReason> {
+        let headroom = arena.headroom();
+        let sealed = self.sessions.seal(to.session, &mut arena.frame_mut(&frame)[headroom..headroom + len]);
+        let peer = match sealed {
+            Ok(peer) => peer,
+            Err(reason) => {
+                arena.free(frame);
+                return Err(reason);
+            }
+        };
+        debug_assert_eq!(peer, to.peer, "a session's replies go to the address that made it");
         self.counters.tx_packets += 1;
-        tx.push_back(packet).map_err(|_| DropReason::NoBuffer)
+        tx.push_back(TxPacket { frame, offset: headroom as u16, len: len as u16, peer }).map_err(|packet| {
+            arena.free(packet.frame);
+            DropReason::NoBuffer
+        })
     }
 
     fn reply_error(
@@ -373,7 +498,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             Status::Internal | Status::Ok => self.counters.rejected_internal += 1,
         }
         let repr = Repr { status, credits: self.credits(), ..Self::reply_header(Opcode::Error, to) };
-        self.reply(arena, tx, to.peer, repr, &[])
+        self.reply(arena, tx, to, repr, &[])
     }
 
     fn find_slot(&self, chunk_id: ChunkId) -> Option<usize> {
@@ -386,7 +511,8 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
 
     fn send_status(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, index: usize) -> Result<(), DropReason> {
         let slot = &self.slots[index];
-        let to = ReplyTo { peer: slot.peer, request_id: slot.request_id, chunk_id: slot.chunk_id };
+        let to =
+            ReplyTo { peer: slot.peer, session: slot.session, request_id: slot.request_id, chunk_id: slot.chunk_id };
         let mut bitmap = [0u8; STATUS_BITMAP_BYTES];
         let (first_missing, complete) = match slot.state {
             SlotState::Committing => (slot.frag_count, flags::COMPLETE),
@@ -408,7 +534,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         // Send only as much of the bitmap as covers fragments that exist.
         let bits = slot.frag_count.saturating_sub(first_missing).min(STATUS_BITMAP_BITS);
         let bytes = bits.div_ceil(8) as usize;
-        self.reply(arena, tx, to.peer, repr, &bitmap[..bytes])
+        self.reply(arena, tx, to, repr, &bitmap[..bytes])
     }
 
     /// Why a fragment's header cannot describe a fragment of a chunk this node takes.
@@ -491,6 +617,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         let ack = if wants_ack { PutReply::Status(index) } else { PutReply::Nothing };
         let slot = &mut self.slots[index];
         slot.peer = to.peer;
+        slot.session = to.session;
         slot.request_id = to.request_id;
         slot.last_activity_ms = now_ms;
         if slot.state == SlotState::Committing || slot.received.get(repr.index) {
@@ -529,16 +656,17 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     fn on_put_query(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo) -> Result<(), DropReason> {
         if let Some(index) = self.find_slot(to.chunk_id) {
             self.slots[index].peer = to.peer;
+            self.slots[index].session = to.session;
             self.slots[index].request_id = to.request_id;
             return self.send_status(arena, tx, index);
         }
         if let Some(total_len) = self.store.chunk_len(to.chunk_id) {
             let done = Repr { total_len, ..Self::reply_header(Opcode::PutDone, to) };
-            return self.reply(arena, tx, to.peer, done, &[]);
+            return self.reply(arena, tx, to, done, &[]);
         }
         // Nothing known of this put (never started, or abandoned): nothing received.
         let repr = Repr { credits: self.credits(), ..Self::reply_header(Opcode::PutStatus, to) };
-        self.reply(arena, tx, to.peer, repr, &[])
+        self.reply(arena, tx, to, repr, &[])
     }
 
     fn on_get(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo, repr: &Repr) -> Result<(), DropReason> {
@@ -588,17 +716,11 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 credits: self.config.window_fragments_max,
                 ..Self::reply_header(Opcode::GetData, to)
             };
-            let datagram = &mut arena.frame_mut(&frame)[headroom..data_start + payload_len];
-            header.emit(datagram);
-            Packet::new_unchecked(datagram).seal(&self.config.key);
-            let len = header.buffer_len() as u16;
-            self.counters.tx_packets += 1;
+            header.emit(&mut arena.frame_mut(&frame)[headroom..data_start]);
+            // Sealed in place: the payload is encrypted where the store put it.
+            self.queue_sealed(arena, tx, to, frame, header.buffer_len())?;
             self.counters.fragments_served += 1;
             self.counters.bytes_served += payload_len as u64;
-            if let Err(packet) = tx.push_back(TxPacket { frame, offset: headroom as u16, len, peer: to.peer }) {
-                arena.free(packet.frame);
-                return Err(DropReason::NoBuffer);
-            }
         }
         Ok(())
     }
@@ -617,7 +739,13 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         let ticket = DELETE_TICKET_BIT | (self.next_delete_ticket & !DELETE_TICKET_BIT);
         match self.store.delete(to.chunk_id, ticket) {
             Ok(()) => {
-                let pending = PendingDelete { ticket, peer: to.peer, request_id: to.request_id, chunk_id: to.chunk_id };
+                let pending = PendingDelete {
+                    ticket,
+                    peer: to.peer,
+                    session: to.session,
+                    request_id: to.request_id,
+                    chunk_id: to.chunk_id,
+                };
                 let pushed = self.deletes.push(pending);
                 assert!(pushed.is_ok(), "checked is_full above");
                 Ok(())
@@ -652,16 +780,8 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             Ok(len) => {
                 assert!(len <= response_max);
                 let header = Repr { payload_len: len as u16, ..Self::reply_header(Opcode::ControlReply, to) };
-                let datagram = &mut arena.frame_mut(&frame)[headroom..data_start + len];
-                header.emit(datagram);
-                Packet::new_unchecked(datagram).seal(&self.config.key);
-                self.counters.tx_packets += 1;
-                let packet =
-                    TxPacket { frame, offset: headroom as u16, len: header.buffer_len() as u16, peer: to.peer };
-                tx.push_back(packet).map_err(|packet| {
-                    arena.free(packet.frame);
-                    DropReason::NoBuffer
-                })
+                header.emit(&mut arena.frame_mut(&frame)[headroom..data_start]);
+                self.queue_sealed(arena, tx, to, frame, header.buffer_len())
             }
             Err(status) => {
                 arena.free(frame);
@@ -697,7 +817,8 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         if slot.state != SlotState::Committing || slot.generation != generation {
             return;
         }
-        let to = ReplyTo { peer: slot.peer, request_id: slot.request_id, chunk_id: slot.chunk_id };
+        let to =
+            ReplyTo { peer: slot.peer, session: slot.session, request_id: slot.request_id, chunk_id: slot.chunk_id };
         let total_len = slot.total_len;
         let latency_us = self.now_ms.saturating_sub(slot.started_ms) * 1000;
         self.release_slot(index, false);
@@ -707,7 +828,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 self.counters.chunks_stored += 1;
                 self.counters.bytes_stored += u64::from(total_len);
                 let done = Repr { total_len, ..Self::reply_header(Opcode::PutDone, to) };
-                self.reply(arena, tx, to.peer, done, &[])
+                self.reply(arena, tx, to, done, &[])
             }
             Err(error) => self.reply_error(arena, tx, to, store_status(error)),
         };
@@ -720,11 +841,16 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     fn on_delete_durable(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, durable: Durable) {
         let Some(position) = self.deletes.iter().position(|pending| pending.ticket == durable.ticket) else { return };
         let pending = self.deletes.swap_remove(position);
-        let to = ReplyTo { peer: pending.peer, request_id: pending.request_id, chunk_id: pending.chunk_id };
+        let to = ReplyTo {
+            peer: pending.peer,
+            session: pending.session,
+            request_id: pending.request_id,
+            chunk_id: pending.chunk_id,
+        };
         let outcome = match durable.result {
             Ok(()) => {
                 self.counters.chunks_deleted += 1;
-                self.reply(arena, tx, to.peer, Self::reply_header(Opcode::DeleteDone, to), &[])
+                self.reply(arena, tx, to, Self::reply_header(Opcode::DeleteDone, to), &[])
             }
             Err(error) => self.reply_error(arena, tx, to, store_status(error)),
         };
@@ -733,9 +859,14 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         }
     }
 
-    /// Abandons puts that have been idle too long, freeing their slots and reservations.
+    /// Abandons puts that have been idle too long, freeing their slots and reservations,
+    /// and (once a second) ends sessions past their lifetime.
     pub fn expire(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        if now_ms >= self.next_session_sweep_ms {
+            self.sessions.expire(now_ms);
+            self.next_session_sweep_ms = now_ms + 1000;
+        }
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
             if slot.state == SlotState::Receiving

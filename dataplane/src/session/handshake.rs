@@ -1,14 +1,17 @@
 //! Protocol v2's handshake messages, their key schedule and the node's stateless cookie,
 //! as `docs/protocol-v2.md` designs them. Every message is parsed through a checked view
 //! (no accessor can panic after `new_checked`) and built into a caller's buffer; nothing
-//! allocates. Not wired into the node or the client yet (issue #10).
+//! allocates.
 //!
 //! ```text
-//! every message   0..2 magic 0xBEE1   2 version 2   3 kind   4..8 client index (u32, BE)
-//! Initiate  (1)   8..40 client random   40..1184 zero padding   1184..1200 mac1
-//! Challenge (2)   8..40 node random   40..56 cookie   56..72 mac1
-//! Confirm   (3)   8..40 client random   40..72 node random   72..88 cookie   88..104 tag (k_c2n, pn 0)
-//! Accept    (4)   8..12 node index (u32, BE)   12..28 tag (k_n2c, pn 0)
+//! every message      0..2 magic 0xBEE1   2 version 2   3 kind   4..8 client index (u32, BE)
+//! Initiate  (0x81)   8..40 client random   40..1184 zero padding   1184..1200 mac1
+//! Challenge (0x82)   8..40 node random   40..56 cookie   56..72 mac1
+//! Confirm   (0x83)   8..40 client random   40..72 node random   72..88 cookie   88..104 tag (k_c2n, pn 0)
+//! Accept    (0x84)   8..12 node index (u32, BE)   12..28 tag (k_n2c, pn 0)
+//!
+//! The kind sits where a data datagram has its opcode, with the high bit set
+//! (`wire::HANDSHAKE_BIT`), so one byte tells the two apart.
 //! ```
 //!
 //! `mac1` is keyed BLAKE3 under `derive_key("beeline v2 mac1", K)` over the bytes before
@@ -39,19 +42,19 @@ const _: () = assert!(12 + TAG_LEN == ACCEPT_LEN);
 /// The four handshake messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Initiate = 1,
-    Challenge = 2,
-    Confirm = 3,
-    Accept = 4,
+    Initiate = 0x81,
+    Challenge = 0x82,
+    Confirm = 0x83,
+    Accept = 0x84,
 }
 
 impl Kind {
     fn from_u8(value: u8) -> Option<Kind> {
         Some(match value {
-            1 => Kind::Initiate,
-            2 => Kind::Challenge,
-            3 => Kind::Confirm,
-            4 => Kind::Accept,
+            0x81 => Kind::Initiate,
+            0x82 => Kind::Challenge,
+            0x83 => Kind::Confirm,
+            0x84 => Kind::Accept,
             _ => return None,
         })
     }
@@ -367,14 +370,14 @@ mod tests {
     proptest! {
         /// Any flipped bit of any message makes it fail to parse or to authenticate.
         #[test]
-        fn any_flipped_bit_is_caught(kind in 1u8..=4, bit in 0usize..(INITIATE_LEN * 8)) {
+        fn any_flipped_bit_is_caught(kind in 0x81u8..=0x84, bit in 0usize..(INITIATE_LEN * 8)) {
             let keys = ClusterKeys::new([7; 32]);
             let session = keys.session(&[1; 32], &[2; 32]);
             let mut buffer = [0u8; INITIATE_LEN];
             let len = match kind {
-                1 => { write_initiate(&mut buffer, &keys, 1, &[1; 32]); INITIATE_LEN }
-                2 => { let mut m = [0u8; CHALLENGE_LEN]; write_challenge(&mut m, &keys, 1, &[2; 32], &[5; 16]); buffer[..CHALLENGE_LEN].copy_from_slice(&m); CHALLENGE_LEN }
-                3 => { let mut m = [0u8; CONFIRM_LEN]; write_confirm(&mut m, &session, 1, &[1; 32], &[2; 32], &[5; 16]); buffer[..CONFIRM_LEN].copy_from_slice(&m); CONFIRM_LEN }
+                0x81 => { write_initiate(&mut buffer, &keys, 1, &[1; 32]); INITIATE_LEN }
+                0x82 => { let mut m = [0u8; CHALLENGE_LEN]; write_challenge(&mut m, &keys, 1, &[2; 32], &[5; 16]); buffer[..CHALLENGE_LEN].copy_from_slice(&m); CHALLENGE_LEN }
+                0x83 => { let mut m = [0u8; CONFIRM_LEN]; write_confirm(&mut m, &session, 1, &[1; 32], &[2; 32], &[5; 16]); buffer[..CONFIRM_LEN].copy_from_slice(&m); CONFIRM_LEN }
                 _ => { let mut m = [0u8; ACCEPT_LEN]; write_accept(&mut m, &session, 1, 2); buffer[..ACCEPT_LEN].copy_from_slice(&m); ACCEPT_LEN }
             };
             let bit = bit % (len * 8);
@@ -389,7 +392,7 @@ mod tests {
 
         /// Arbitrary bytes never panic the parser or its accessors.
         #[test]
-        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1300), kind in 1u8..=4) {
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1300), kind in 0x81u8..=0x84) {
             let mut data = data;
             if data.len() >= 4 {
                 data[..4].copy_from_slice(&[0xBE, 0xE1, 2, kind]);

@@ -10,13 +10,15 @@
 //! - [`handshake`]: the four handshake messages as checked views and builders, the key
 //!   schedule from the cluster key and both randoms, and the node's stateless cookie.
 //!
-//! Not here yet, and not wired into anything: the header fields that carry the packet
-//! number and the tag (protocol v1's wire format with its keyed-BLAKE3 MAC in `wire` is
-//! unchanged), the node's session table and the node's and client's use of a session:
-//! all of that is issue #10's remaining work.
+//! - [`peer`]: an established session's sending and receiving halves (seal and open a
+//!   `wire` datagram in place) and the client's side of the handshake.
+//!
+//! The node's session table, its stateless answers to handshakes and its anti-replay
+//! memory live in `node::sessions`.
 
 pub mod aead;
 pub mod handshake;
+pub mod peer;
 pub mod replay;
 
 pub use aead::{AeadError, SessionCipher};

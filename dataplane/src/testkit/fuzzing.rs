@@ -3,9 +3,12 @@
 //! under a plain `cargo test` and stays fixed once it is in the corpus.
 //!
 //! Each entry point takes arbitrary bytes as one datagram and asserts what must hold
-//! whatever those bytes are. Most mutated datagrams fail the MAC, which would stop every
-//! input at the door, so each one is also delivered a second time re-sealed with
-//! [`FUZZ_KEY`]: that is what carries the fuzzer into the protocol paths behind the MAC.
+//! whatever those bytes are. A fuzzer cannot forge an AES-GCM tag, which would stop every
+//! input at the door, so each input is also delivered a second time sealed with the
+//! session the fuzzed node made with its client at start-up (the seeds are plaintext
+//! datagrams for that reason): that is what carries the fuzzer into the protocol paths
+//! behind the tag. The sealed copy is then delivered once more, and must be dropped as a
+//! replay without any effect.
 //!
 //! Every call builds a fresh, small node in the same preloaded state (see [`ids`]), so an
 //! input's outcome never depends on the inputs that ran before it.
@@ -22,15 +25,26 @@ use crate::arena::{Arena, HEADROOM_BYTES};
 use crate::client::{self, Exchange, GetChunk, Progress, PutChunk, Timing, Transmit};
 use crate::counters::{Counters, DropReason};
 use crate::io::RxPacket;
+use crate::node::sessions::{SeenRandom, SessionMemory, SessionSlot};
 use crate::node::{NoControl, Node, NodeConfig, PutSlot, TxQueue};
+use crate::session::handshake::{self as hs, ClusterKeys, Kind, Message};
+use crate::session::peer::{ClientHandshake, OpenError, Session, SessionRx, SessionTx};
+use crate::session::replay::Replay;
 use crate::store::ChunkStore;
 use crate::store::mem::MemStore;
 use crate::wire::{
-    self, ChunkId, HEADER_LEN, MAC_LEN, MAGIC, MacKey, Opcode, Packet, Repr, Status, VERSION, WireError, flags,
+    self, AAD_LEN, ChunkId, ClusterKey, HEADER_LEN, MAGIC, Opcode, Packet, Repr, Status, TAG_LEN, VERSION, WireError,
+    flags, v1,
 };
 
-/// The cluster key of the fuzzed node and clients; the seed corpus is sealed with it.
-pub const FUZZ_KEY: MacKey = MacKey::new([0x5a; 32]);
+/// The cluster key of the fuzzed node and clients.
+pub const FUZZ_KEY: ClusterKey = ClusterKey::new([0x5a; 32]);
+/// The fuzzed node's secret seed and its client's handshake random: fixed, so that every
+/// fresh node makes the very same session with its client.
+const NODE_SEED: [u8; 32] = [0x5e; 32];
+const CLIENT_RANDOM: [u8; 32] = [0xc1; 32];
+const CLIENT_INDEX: u32 = 0xc11e;
+const SESSION_SLOTS: usize = 2;
 
 /// Where every datagram comes from and every reply goes to.
 pub const PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40000));
@@ -49,8 +63,8 @@ const STORE_CAPACITY_BYTES: u64 = 64 << 10;
 const RX_ROOM: usize = FRAME_BYTES - HEADROOM_BYTES;
 const NOW_MS: u64 = 1_000;
 const IDLE_TIMEOUT_MS: u64 = 30_000;
-/// Header bytes covered by the MAC: everything before it.
-const MAC_COVERED_LEN: usize = HEADER_LEN - MAC_LEN;
+/// Header bytes a `Repr` captures: everything before the session fields.
+const REPR_BYTES: usize = 48;
 
 /// Chunk ids of the state every fuzzed node starts in; the seed corpus aims at them.
 pub mod ids {
@@ -95,22 +109,21 @@ pub fn pattern(len: usize, salt: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A datagram sealed with [`FUZZ_KEY`]; `repr.payload_len` is taken from `payload`.
-pub fn sealed(repr: Repr, payload: &[u8]) -> Vec<u8> {
+/// A plaintext datagram (session fields and tag zero); `repr.payload_len` is taken from
+/// `payload`. Seeds are these: the rig seals them with its session.
+pub fn unsealed(repr: Repr, payload: &[u8]) -> Vec<u8> {
     let repr = Repr { payload_len: u16::try_from(payload.len()).expect("payload fits a datagram"), ..repr };
     let mut buffer = vec![0u8; repr.buffer_len()];
-    repr.emit_with_payload(&mut buffer, payload, &FUZZ_KEY);
+    repr.emit_with_payload(&mut buffer, payload);
     buffer
 }
 
-/// `datagram` with a valid MAC, when it passes the wire checks at all.
-fn resealed(datagram: &[u8]) -> Option<Vec<u8>> {
-    let mut copy = datagram.to_vec();
-    let mut packet = Packet::new_checked(&mut copy[..]).ok()?;
-    let payload_len = usize::from(packet.payload_len());
-    assert_eq!(packet.payload_mut().len(), payload_len);
-    packet.seal(&FUZZ_KEY);
-    assert!(packet.verify_mac(&FUZZ_KEY), "a packet just sealed must verify");
+/// `datagram` (up to its declared payload) sealed with `tx`, when it passes the wire
+/// checks at all.
+fn sealed_with(datagram: &[u8], tx: &mut SessionTx) -> Option<Vec<u8>> {
+    let packet = Packet::new_checked(datagram).ok()?;
+    let mut copy = packet.datagram().to_vec();
+    tx.seal(&mut copy).expect("the rig's session is far from its packet limit");
     Some(copy)
 }
 
@@ -134,10 +147,17 @@ fn run_packet(data: &[u8]) -> (Counters, Counters) {
         let mut rig = NodeRig::new(backing);
         let preloaded = *rig.node.counters();
         rig.deliver(NOW_MS, datagram);
-        if let Some(sealed) = resealed(datagram) {
+        if let Some(sealed) = sealed_with(datagram, &mut rig.client.tx) {
             rig.deliver(NOW_MS + 1, &sealed);
+            let replayed_before = rig.node.counters().dropped_replayed;
+            rig.deliver(NOW_MS + 2, &sealed);
+            assert_eq!(
+                rig.node.counters().dropped_replayed,
+                replayed_before + 1,
+                "a replayed datagram was not refused"
+            );
         }
-        rig.settle(NOW_MS + 2);
+        rig.settle(NOW_MS + 3);
         (preloaded, *rig.node.counters())
     })
 }
@@ -165,26 +185,26 @@ fn check_wire(data: &[u8]) {
     let payload = packet.payload();
     assert_eq!(packet.datagram(), &data[..repr.buffer_len()]);
     assert_eq!(payload, &data[HEADER_LEN..repr.buffer_len()]);
-    assert_eq!(packet.mac()[..], data[MAC_COVERED_LEN..HEADER_LEN]);
+    assert_eq!(packet.receiver_index().to_be_bytes(), data[48..52]);
+    assert_eq!(packet.packet_number().to_be_bytes(), data[56..64]);
+    assert_eq!(packet.tag()[..], data[AAD_LEN..HEADER_LEN]);
+    assert!(!wire::is_handshake(data), "a handshake message parsed as data");
 
     let mut rebuilt = vec![0u8; repr.buffer_len()];
-    assert_eq!(repr.emit_with_payload(&mut rebuilt, payload, &FUZZ_KEY), repr.buffer_len());
+    assert_eq!(repr.emit_with_payload(&mut rebuilt, payload), repr.buffer_len());
     let again = Packet::new_checked(&rebuilt[..]).expect("a re-emitted packet must pass the checks it came through");
     assert_eq!(Repr::parse(&again), repr, "parse -> emit -> parse changed the header");
     assert_eq!(again.payload(), payload);
-    assert!(again.verify_mac(&FUZZ_KEY));
-    // Every header byte before the MAC belongs to a field, so nothing the sender put
-    // there can be lost or normalised by a parse/emit round trip.
-    assert_eq!(rebuilt[..MAC_COVERED_LEN], data[..MAC_COVERED_LEN], "header bytes not captured by Repr");
-    let expected_mac = packet.compute_mac(&FUZZ_KEY);
-    assert_eq!(again.mac(), expected_mac);
-    assert_eq!(packet.verify_mac(&FUZZ_KEY), packet.mac() == expected_mac);
+    // Every header byte before the session fields belongs to a field, so nothing the
+    // sender put there can be lost or normalised by a parse/emit round trip.
+    assert_eq!(rebuilt[..REPR_BYTES], data[..REPR_BYTES], "header bytes not captured by Repr");
     assert_eq!(packet.into_inner(), data);
 
     let mut header = [0xffu8; HEADER_LEN];
     repr.emit(&mut header);
-    assert_eq!(header[..MAC_COVERED_LEN], data[..MAC_COVERED_LEN]);
-    assert_eq!(header[MAC_COVERED_LEN..], [0u8; MAC_LEN], "emit must zero the MAC");
+    assert_eq!(header[..REPR_BYTES], data[..REPR_BYTES]);
+    assert_eq!(header[REPR_BYTES..], [0u8; HEADER_LEN - REPR_BYTES], "emit must zero the session fields and tag");
+    let _ = TAG_LEN;
 
     check_fragment_arithmetic(repr.total_len, repr.frag_len, repr.index);
 }
@@ -219,7 +239,7 @@ fn check_rejection(data: &[u8], error: WireError) {
         WireError::UnsupportedVersion => assert_ne!(data[2], VERSION),
         WireError::UnknownOpcode => assert!(Opcode::from_u8(data[3]).is_none()),
         WireError::UnknownStatus => assert!(Status::from_u8(data[5]).is_none()),
-        WireError::UnknownFlags => assert_ne!(data[4] & !flags::KNOWN, 0),
+        WireError::UnknownFlags => assert!(data[4] & !flags::KNOWN != 0 || data[52..56] != [0; 4]),
     }
 }
 
@@ -229,6 +249,8 @@ struct Backing {
     free: [u32; FRAMES],
     allocated: [u64; FRAMES.div_ceil(64)],
     slots: [PutSlot; PUT_SLOTS],
+    sessions: [SessionSlot; SESSION_SLOTS],
+    seen: [SeenRandom; SESSION_SLOTS * 4],
     tx: TxQueue,
 }
 
@@ -239,6 +261,8 @@ impl Backing {
             free: [0; FRAMES],
             allocated: [0; FRAMES.div_ceil(64)],
             slots: core::array::from_fn(|_| PutSlot::default()),
+            sessions: core::array::from_fn(|_| SessionSlot::default()),
+            seen: [SeenRandom::default(); SESSION_SLOTS * 4],
             tx: TxQueue::new(),
         }
     }
@@ -252,7 +276,7 @@ impl Backing {
     }
 }
 
-/// The datagrams that build the preloaded state; sealed once, replayed for every input.
+/// The plaintext datagrams that build the preloaded state, sealed anew for every input.
 struct Preload {
     /// Chunks made durable before anything else.
     durable: Vec<Vec<u8>>,
@@ -293,17 +317,29 @@ struct Reply {
     payload: Vec<u8>,
 }
 
-/// A node with its arena and TX queue, driven one datagram at a time.
+/// A node with its arena and TX queue, driven one datagram at a time, and its client's
+/// session; `shadow` is an independent copy of the node's receiving half, which predicts
+/// whether the node must accept each datagram.
 struct NodeRig<'b> {
     arena: Arena<'b>,
     node: Node<'b, MemStore, NoControl>,
     tx: &'b mut TxQueue,
+    client: Session,
+    shadow: SessionRx,
+}
+
+/// What a datagram is, as the node must classify it.
+enum Verdict {
+    Handshake,
+    VersionOne,
+    Dropped(DropReason),
+    Accepted(Repr),
 }
 
 impl<'b> NodeRig<'b> {
     fn new(backing: &'b mut Backing) -> Self {
         backing.reset();
-        let Backing { memory, free, allocated, slots, tx } = backing;
+        let Backing { memory, free, allocated, slots, sessions, seen, tx } = backing;
         let arena = Arena::new(memory, FRAME_BYTES, free, allocated).expect("valid arena constants");
         let config = NodeConfig {
             chunk_bytes_max: CHUNK_BYTES_MAX,
@@ -311,24 +347,51 @@ impl<'b> NodeRig<'b> {
             put_idle_timeout_ms: IDLE_TIMEOUT_MS,
             ..NodeConfig::new(FUZZ_KEY)
         };
-        let node = Node::new(config, MemStore::with_capacity_bytes(STORE_CAPACITY_BYTES), NoControl, slots);
-        let mut rig = Self { arena, node, tx };
+        let memory = SessionMemory { slots: sessions, seen, seed: NODE_SEED };
+        let mut node = Node::new(config, MemStore::with_capacity_bytes(STORE_CAPACITY_BYTES), NoControl, slots, memory);
+        let mut arena = arena;
+        let (client, shadow) = handshake(&mut node, &mut arena, tx);
+        let mut rig = Self { arena, node, tx, client, shadow };
         rig.preload();
         rig
+    }
+
+    /// Seals a plaintext datagram with the client's session and delivers it.
+    fn seal_and_deliver(&mut self, now_ms: u64, datagram: &[u8]) {
+        let sealed = sealed_with(datagram, &mut self.client.tx).expect("preload datagrams are well formed");
+        self.deliver(now_ms, &sealed);
     }
 
     /// Builds the state described in [`ids`] through the node's own request path.
     fn preload(&mut self) {
         let preload = preload();
         for datagram in &preload.durable {
-            self.deliver(0, datagram);
+            self.seal_and_deliver(0, datagram);
         }
         self.settle_store();
         for datagram in &preload.in_flight {
-            self.deliver(0, datagram);
+            self.seal_and_deliver(0, datagram);
         }
         assert_eq!(self.node.puts_in_flight(), 3, "preload leaves three puts in flight");
         assert_eq!(self.node.store().chunk_len(ids::STORED), Some(ids::STORED_LEN));
+    }
+
+    /// What the node must make of `datagram`, decided without it.
+    fn verdict(&mut self, datagram: &[u8]) -> Verdict {
+        if wire::is_handshake(datagram) {
+            return Verdict::Handshake;
+        }
+        if datagram.get(2) == Some(&v1::VERSION) {
+            return Verdict::VersionOne;
+        }
+        let mut copy = datagram.to_vec();
+        match self.shadow.open(&mut copy) {
+            Ok(repr) => Verdict::Accepted(repr),
+            Err(OpenError::Malformed) => Verdict::Dropped(DropReason::Malformed),
+            Err(OpenError::WrongSession) => Verdict::Dropped(DropReason::NoSession),
+            Err(OpenError::Replayed(Replay::Duplicate | Replay::TooOld)) => Verdict::Dropped(DropReason::Replayed),
+            Err(OpenError::Unauthenticated) => Verdict::Dropped(DropReason::BadMac),
+        }
     }
 
     /// Hands `datagram` to the node as a received frame and checks what it did.
@@ -341,35 +404,44 @@ impl<'b> NodeRig<'b> {
         let before = *self.node.counters();
         let puts_before = self.node.puts_in_flight();
         let used_before = self.node.store().used_bytes();
-        let verdict = Packet::new_checked(datagram).map(|packet| (Repr::parse(&packet), packet.verify_mac(&FUZZ_KEY)));
-        let stored = verdict.ok().and_then(|(repr, _)| self.node.store().chunk(repr.chunk_id).map(<[u8]>::to_vec));
+        let verdict = self.verdict(datagram);
+        let stored = match &verdict {
+            Verdict::Accepted(repr) => self.node.store().chunk(repr.chunk_id).map(<[u8]>::to_vec),
+            _ => None,
+        };
 
         self.node.handle(now_ms, &mut self.arena, rx, self.tx);
 
         let after = *self.node.counters();
         assert_eq!(after.rx_packets, before.rx_packets + 1, "every received datagram is counted once");
         assert!(after.dropped_total() <= before.dropped_total() + 1, "one datagram, at most one drop");
-        let replies = self.drain(before.tx_packets);
-        let reason = match verdict {
-            Err(_) => Some(DropReason::Malformed),
-            Ok((_, false)) => Some(DropReason::BadMac),
-            Ok((_, true)) => None,
+        let raw = self.drain(before.tx_packets);
+        let request = match verdict {
+            Verdict::Handshake | Verdict::VersionOne => {
+                // Before a session: no state change, and never more than 3x the bytes in.
+                let sent: usize = raw.iter().map(Vec::len).sum();
+                assert!(raw.len() <= 1 && sent <= 3 * datagram.len(), "{sent} bytes for {}", datagram.len());
+                assert_eq!(self.node.puts_in_flight(), puts_before);
+                assert_eq!(self.node.store().used_bytes(), used_before);
+                return;
+            }
+            Verdict::Dropped(reason) => {
+                // A datagram the node may not act on must have no effect beyond being counted.
+                let mut expected = before;
+                expected.rx_packets += 1;
+                expected.count_drop(reason);
+                assert_eq!(after, expected, "a datagram dropped as {reason:?} changed the node");
+                assert!(raw.is_empty(), "a datagram dropped as {reason:?} was answered");
+                assert_eq!(self.node.puts_in_flight(), puts_before);
+                assert_eq!(self.node.store().used_bytes(), used_before);
+                return;
+            }
+            Verdict::Accepted(repr) => repr,
         };
-        if let Some(reason) = reason {
-            // An unauthenticated datagram must have no effect beyond being counted.
-            let mut expected = before;
-            expected.rx_packets += 1;
-            expected.count_drop(reason);
-            assert_eq!(after, expected, "a datagram dropped as {reason:?} changed the node");
-            assert!(replies.is_empty(), "a datagram dropped as {reason:?} was answered");
-            assert_eq!(self.node.puts_in_flight(), puts_before);
-            assert_eq!(self.node.store().used_bytes(), used_before);
-            return;
-        }
-        let Ok((request, _)) = verdict else { unreachable!("rejections returned above") };
-        for reason in [DropReason::Malformed, DropReason::BadMac, DropReason::NotAllowed] {
+        for reason in [DropReason::Malformed, DropReason::BadMac, DropReason::NotAllowed, DropReason::Replayed] {
             assert_eq!(after.dropped(reason), before.dropped(reason), "authenticated datagram dropped as {reason:?}");
         }
+        let replies: Vec<Reply> = raw.iter().map(|bytes| self.open_reply(bytes)).collect();
         self.check_answer(&request, stored.as_deref(), &before, &after, &replies);
     }
 
@@ -488,9 +560,9 @@ impl<'b> NodeRig<'b> {
         }
     }
 
-    /// Checks that every frame is free or queued, takes the queued replies out (checking
-    /// each is a sealed reply datagram), and frees their frames.
-    fn drain(&mut self, tx_packets_before: u64) -> Vec<Reply> {
+    /// Checks that every frame is free or queued, takes the queued datagrams out and frees
+    /// their frames.
+    fn drain(&mut self, tx_packets_before: u64) -> Vec<Vec<u8>> {
         let queued = self.tx.len();
         let frames = self.arena.frame_count() as usize;
         assert_eq!(self.arena.free_frames() + queued, frames, "a frame is neither free nor queued for sending");
@@ -504,8 +576,7 @@ impl<'b> NodeRig<'b> {
             assert_eq!(packet.peer, PEER);
             let start = usize::from(packet.offset);
             let bytes = self.arena.frame(&packet.frame).get(start..start + usize::from(packet.len));
-            let bytes = bytes.expect("queued datagram lies inside its frame");
-            replies.push(check_reply_datagram(bytes));
+            replies.push(bytes.expect("queued datagram lies inside its frame").to_vec());
             self.arena.free(packet.frame);
         }
         assert_eq!(self.arena.free_frames(), frames);
@@ -522,8 +593,8 @@ impl<'b> NodeRig<'b> {
     fn settle_store(&mut self) {
         let before = *self.node.counters();
         self.node.poll_store(&mut self.arena, self.tx);
-        for reply in self.drain(before.tx_packets) {
-            let opcode = reply.repr.opcode;
+        for bytes in self.drain(before.tx_packets) {
+            let opcode = self.open_reply(&bytes).repr.opcode;
             assert!(
                 matches!(opcode, Opcode::PutDone | Opcode::DeleteDone | Opcode::Error),
                 "{opcode:?} from poll_store"
@@ -534,28 +605,73 @@ impl<'b> NodeRig<'b> {
     }
 }
 
-/// A datagram the node queued must be a complete, sealed reply that a client accepts.
-fn check_reply_datagram(bytes: &[u8]) -> Reply {
-    let packet = Packet::new_checked(bytes).expect("the node sent a datagram that fails its own checks");
-    assert!(packet.verify_mac(&FUZZ_KEY), "the node sent a datagram with a bad MAC");
-    assert_eq!(packet.datagram().len(), bytes.len(), "the node sent bytes beyond the declared payload");
-    let (repr, payload) = client::accept(bytes, &FUZZ_KEY).expect("a client refuses the node's reply");
-    assert!(
-        matches!(
-            repr.opcode,
-            Opcode::Pong
-                | Opcode::PutStatus
-                | Opcode::PutDone
-                | Opcode::GetData
-                | Opcode::DeleteDone
-                | Opcode::StatReply
-                | Opcode::ControlReply
-                | Opcode::Error
-        ),
-        "the node sent a request opcode {:?}",
-        repr.opcode
-    );
-    Reply { repr, payload: payload.to_vec() }
+impl NodeRig<'_> {
+    /// A datagram the node queued must be a complete reply sealed for the client's
+    /// session, that the client opens.
+    fn open_reply(&mut self, bytes: &[u8]) -> Reply {
+        let packet = Packet::new_checked(bytes).expect("the node sent a datagram that fails its own checks");
+        assert_eq!(packet.datagram().len(), bytes.len(), "the node sent bytes beyond the declared payload");
+        let mut copy = bytes.to_vec();
+        let repr = self.client.rx.open(&mut copy).expect("the client cannot open the node's reply");
+        assert!(
+            matches!(
+                repr.opcode,
+                Opcode::Pong
+                    | Opcode::PutStatus
+                    | Opcode::PutDone
+                    | Opcode::GetData
+                    | Opcode::DeleteDone
+                    | Opcode::StatReply
+                    | Opcode::ControlReply
+                    | Opcode::Error
+            ),
+            "the node sent a request opcode {:?}",
+            repr.opcode
+        );
+        Reply { repr, payload: copy[HEADER_LEN..].to_vec() }
+    }
+}
+
+/// Runs the handshake with a fresh node; returns the client's session and an independent
+/// copy of the node's receiving half.
+fn handshake(
+    node: &mut Node<'_, MemStore, NoControl>,
+    arena: &mut Arena<'_>,
+    tx: &mut TxQueue,
+) -> (Session, SessionRx) {
+    let keys = ClusterKeys::new(*FUZZ_KEY.bytes());
+    let mut attempt = ClientHandshake::new(&keys, CLIENT_INDEX, CLIENT_RANDOM);
+    let mut initiate = [0u8; hs::INITIATE_LEN];
+    attempt.initiate(&mut initiate);
+    let challenge = exchange_raw(node, arena, tx, &initiate);
+    let node_random = Message::new_checked(&challenge[..]).ok().and_then(|m| m.node_random()).expect("a Challenge");
+    let mut confirm = [0u8; hs::CONFIRM_LEN];
+    attempt.on_challenge(&challenge, &mut confirm).expect("the node's Challenge authenticates");
+    let accept = exchange_raw(node, arena, tx, &confirm);
+    let message = Message::new_checked(&accept[..]).expect("an Accept");
+    assert_eq!(message.kind(), Kind::Accept);
+    let node_index = message.node_index().expect("an Accept names the session");
+    let session = attempt.on_accept(&accept).expect("the node's Accept authenticates");
+    let shadow = SessionRx::new(node_index, keys.session(&CLIENT_RANDOM, &node_random).client_to_node);
+    (session, shadow)
+}
+
+/// Delivers one handshake message and returns the node's only reply.
+fn exchange_raw(
+    node: &mut Node<'_, MemStore, NoControl>,
+    arena: &mut Arena<'_>,
+    tx: &mut TxQueue,
+    message: &[u8],
+) -> Vec<u8> {
+    let frame = arena.alloc().expect("a free frame");
+    arena.frame_mut(&frame)[HEADROOM_BYTES..HEADROOM_BYTES + message.len()].copy_from_slice(message);
+    node.handle(0, arena, RxPacket { frame, offset: HEADROOM_BYTES as u16, len: message.len() as u16, peer: PEER }, tx);
+    let packet = tx.pop_front().expect("the node answers a handshake message");
+    assert!(tx.is_empty());
+    let start = usize::from(packet.offset);
+    let reply = arena.frame(&packet.frame)[start..start + usize::from(packet.len)].to_vec();
+    arena.free(packet.frame);
+    reply
 }
 
 fn put_fragment(chunk_id: ChunkId, total_len: u32, frag_len: u16, index: u32, payload: &[u8], flags: u8) -> Vec<u8> {
@@ -569,7 +685,7 @@ fn put_fragment(chunk_id: ChunkId, total_len: u32, frag_len: u16, index: u32, pa
         frag_len,
         ..Repr::new(Opcode::PutFrag)
     };
-    sealed(repr, payload)
+    unsealed(repr, payload)
 }
 
 // The client machines of `fuzz_client`: a put of `CLIENT_PUT_LEN` bytes, a get of a range
@@ -596,8 +712,9 @@ impl Transmit for RequestSink<'_> {
         self.sent += 1;
         assert!(datagram.len() <= client::DATAGRAM_BYTES_MAX);
         let packet = Packet::new_checked(datagram).expect("a client sent a datagram that fails the wire checks");
-        assert!(packet.verify_mac(&FUZZ_KEY), "a client sent a datagram with a bad MAC");
         assert_eq!(packet.datagram().len(), datagram.len());
+        // Machines hand datagrams over unsealed: the driver owns the session.
+        assert_eq!((packet.receiver_index(), packet.packet_number(), packet.tag()), (0, 0, [0; TAG_LEN]));
         let repr = Repr::parse(&packet);
         assert_eq!((repr.chunk_id, repr.request_id), (ids::CLIENT_CHUNK, ids::CLIENT_REQUEST));
         match repr.opcode {
@@ -638,21 +755,12 @@ pub fn fuzz_client(data: &[u8]) {
     let put_data = pattern(CLIENT_PUT_LEN, 11);
     let mut sink = RequestSink { put_data: &put_data, sent: 0 };
     let (chunk, request) = (ids::CLIENT_CHUNK, ids::CLIENT_REQUEST);
-    let mut put = Box::new(PutChunk::new(
-        FUZZ_KEY,
-        chunk,
-        request,
-        &put_data[..],
-        CLIENT_PUT_FRAG,
-        CLIENT_PUT_CREDITS,
-        CLIENT_TIMING,
-        0,
-    ));
+    let mut put =
+        Box::new(PutChunk::new(chunk, request, &put_data[..], CLIENT_PUT_FRAG, CLIENT_PUT_CREDITS, CLIENT_TIMING, 0));
     put.start(0, &mut sink);
     assert_eq!(sink.sent, usize::from(CLIENT_PUT_CREDITS), "a put starts with one credit window");
     let mut out = vec![0u8; CLIENT_GET_LEN];
     let mut get = Box::new(GetChunk::new(
-        FUZZ_KEY,
         chunk,
         request,
         CLIENT_GET_TOTAL,
@@ -665,18 +773,26 @@ pub fn fuzz_client(data: &[u8]) {
     ));
     get.start(&mut sink);
     let ping = Repr { request_id: request, chunk_id: chunk, ..Repr::new(Opcode::Ping) };
-    let mut exchange = Box::new(Exchange::new(FUZZ_KEY, ping, &[], Opcode::Pong, CLIENT_TIMING, 0));
+    let mut exchange = Box::new(Exchange::new(ping, &[], Opcode::Pong, CLIENT_TIMING, 0));
     exchange.start(&mut sink);
 
-    let verdict = Packet::new_checked(data).map(|packet| packet.verify_mac(&FUZZ_KEY));
-    let accepted = client::accept(data, &FUZZ_KEY);
-    assert_eq!(accepted.is_some(), verdict == Ok(true), "accept disagrees with new_checked + verify_mac");
-    let sealed_copy = resealed(data);
-    let deliveries =
-        accepted.map(|(repr, payload)| (repr, payload.to_vec())).into_iter().chain(sealed_copy.iter().map(|bytes| {
-            let (repr, payload) = client::accept(bytes, &FUZZ_KEY).expect("a re-sealed datagram is accepted");
-            (repr, payload.to_vec())
-        }));
+    // The client's session with a node: the input as it came (no fuzzer forges a tag),
+    // then sealed by the node's half, which the client must open.
+    let keys = ClusterKeys::new(*FUZZ_KEY.bytes());
+    let session = || keys.session(&HANDSHAKE_RANDOMS.0, &HANDSHAKE_RANDOMS.1).node_to_client;
+    let mut client_rx = SessionRx::new(CLIENT_INDEX, session());
+    let mut node_tx = SessionTx::new(CLIENT_INDEX, session());
+    let open = |rx: &mut SessionRx, bytes: &[u8]| {
+        let mut copy = bytes.to_vec();
+        rx.open(&mut copy)
+            .ok()
+            .map(|repr| (repr, copy[HEADER_LEN..HEADER_LEN + usize::from(repr.payload_len)].to_vec()))
+    };
+    let as_is = open(&mut client_rx, data);
+    assert!(as_is.is_none() || Packet::new_checked(data).is_ok(), "opened bytes that fail the wire checks");
+    let sealed_copy = sealed_with(data, &mut node_tx);
+    let resealed = sealed_copy.map(|bytes| open(&mut client_rx, &bytes).expect("the client opens a sealed reply"));
+    let deliveries = as_is.into_iter().chain(resealed);
     for (turn, (repr, payload)) in deliveries.enumerate() {
         let now_ms = 30 + turn as u64;
         put.on_packet(&repr, &payload, now_ms, &mut sink);
@@ -723,7 +839,7 @@ pub struct Seed {
 }
 
 /// Hand-made inputs that reach each protocol path on the preloaded node and each client
-/// reaction, sealed with [`FUZZ_KEY`], plus malformed variants. libFuzzer starts from
+/// reaction, as plaintext datagrams (the targets seal them), plus malformed variants. libFuzzer starts from
 /// these instead of having to discover the header layout and the preloaded ids.
 /// The node's own address on a kernel-bypass port, for [`fuzz_frame`].
 pub const FRAME_NODE_MAC: crate::io::netstack::MacAddr = [0x02, 0xbe, 0xe1, 0, 0, 1];
@@ -901,7 +1017,7 @@ fn frame_seeds() -> Vec<(String, Vec<u8>)> {
     seeds.push(("icmpv6-echo".into(), echo6.clone()));
     seeds.push(("icmpv6-echo-truncated".into(), echo6[..60].to_vec()));
 
-    let datagram = sealed(request(Opcode::Ping, 0), &[]);
+    let datagram = unsealed(request(Opcode::Ping, 0), &[]);
     for (name, vlan, dst) in [
         ("udp-v4", None, SocketAddr::from((FRAME_NODE_IP, 7777))),
         ("udp-v4-vlan", Some(Vlan { tpid: 0x8100, tci: 7 }), SocketAddr::from((FRAME_NODE_IP, 7777))),
@@ -990,7 +1106,7 @@ fn packet_seeds() -> Vec<(String, Vec<u8>)> {
     let frag_max = (FRAME_BYTES - HEADROOM_BYTES - HEADER_LEN) as u16;
     let ack = flags::ACK_REQUEST;
 
-    add("ping", sealed(request(Opcode::Ping, 0), &[]));
+    add("ping", unsealed(request(Opcode::Ping, 0), &[]));
     add("put-fresh-single", put_fragment(FRESH, 100, 100, 0, &pattern(100, 7), ack));
     add("put-fresh-first-of-three", put_fragment(FRESH, 2500, 1000, 0, &pattern(1000, 7), ack));
     add("put-fresh-last-of-three", put_fragment(FRESH, 2500, 1000, 2, &pattern(500, 7), 0));
@@ -1015,26 +1131,26 @@ fn packet_seeds() -> Vec<(String, Vec<u8>)> {
     add("put-stored-conflict", put_fragment(STORED, STORED_LEN + 1, 1000, 0, &[1; 1000], ack));
     let mut zero_frag = put_fragment(FRESH, 100, 100, 0, &[0; 100], ack);
     zero_frag[44..46].fill(0);
-    add("put-zero-frag-len", resealed(&zero_frag).expect("valid header"));
+    add("put-zero-frag-len", zero_frag);
     let mut bad_count = put_fragment(FRESH, 3000, 1000, 0, &[0; 1000], ack);
     bad_count[36..40].copy_from_slice(&2u32.to_be_bytes());
-    add("put-wrong-count", resealed(&bad_count).expect("valid header"));
+    add("put-wrong-count", bad_count);
     let mut bad_index = put_fragment(FRESH, 3000, 1000, 0, &[0; 1000], ack);
     bad_index[32..36].copy_from_slice(&3u32.to_be_bytes());
-    add("put-index-past-count", resealed(&bad_index).expect("valid header"));
+    add("put-index-past-count", bad_index);
     add(
         "put-short-payload",
-        sealed(
+        unsealed(
             Repr { index: 0, count: 3, total_len: 3000, frag_len: 1000, ..request(Opcode::PutFrag, FRESH) },
             &[0; 999],
         ),
     );
 
     for id in [PARTIAL, SPARSE, COMMITTING, STORED, FRESH] {
-        add(&std::format!("put-query-{id}"), sealed(request(Opcode::PutQuery, id), &[]));
+        add(&std::format!("put-query-{id}"), unsealed(request(Opcode::PutQuery, id), &[]));
     }
     let get = |id: ChunkId, index: u32, count: u32, frag_len: u16| {
-        sealed(Repr { index, count, frag_len, ..request(Opcode::Get, id) }, &[])
+        unsealed(Repr { index, count, frag_len, ..request(Opcode::Get, id) }, &[])
     };
     add("get-stored-window", get(STORED, 0, 8, 500));
     add("get-stored-tail", get(STORED, 4, 3, 1000));
@@ -1049,13 +1165,13 @@ fn packet_seeds() -> Vec<(String, Vec<u8>)> {
     add("get-committing", get(COMMITTING, 0, 1, 1000));
     add("get-fresh", get(FRESH, 0, 1, 1000));
     for (name, id) in [("stored", STORED), ("partial", PARTIAL), ("committing", COMMITTING), ("fresh", FRESH)] {
-        add(&std::format!("delete-{name}"), sealed(request(Opcode::Delete, id), &[]));
-        add(&std::format!("stat-{name}"), sealed(request(Opcode::Stat, id), &[]));
+        add(&std::format!("delete-{name}"), unsealed(request(Opcode::Delete, id), &[]));
+        add(&std::format!("stat-{name}"), unsealed(request(Opcode::Stat, id), &[]));
     }
-    add("control", sealed(request(Opcode::Control, 0), b"\x01\x02postcard-ish"));
+    add("control", unsealed(request(Opcode::Control, 0), b"\x01\x02postcard-ish"));
     // Every reply opcode takes the same path; a few are enough to start from.
     for opcode in [Opcode::Pong, Opcode::GetData, Opcode::Error] {
-        add(&std::format!("unexpected-{opcode:?}").to_lowercase(), sealed(request(opcode, STORED), &[]));
+        add(&std::format!("unexpected-{opcode:?}").to_lowercase(), unsealed(request(opcode, STORED), &[]));
     }
 
     // Malformed and unauthenticated variants of a valid datagram.
@@ -1078,8 +1194,26 @@ fn packet_seeds() -> Vec<(String, Vec<u8>)> {
     add("opcode-unknown", variant(3, 16));
     add("flags-unknown", variant(4, 0x80));
     add("status-unknown", variant(5, 8));
-    add("bad-mac", variant(HEADER_LEN - 1, base[HEADER_LEN - 1] ^ 1));
-    add("payload-flipped", variant(HEADER_LEN + 3, base[HEADER_LEN + 3] ^ 0x10));
+    add("reserved-nonzero", variant(53, 1));
+    add("handshake-kind-unknown", variant(3, 0x85));
+    // As it comes, this one names the fuzzed node's session with a fresh packet number
+    // and a wrong tag: dropped as unauthenticated.
+    let mut bad_tag = base.clone();
+    bad_tag[48..52].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    bad_tag[56..64].copy_from_slice(&1_000_000u64.to_be_bytes());
+    add("bad-tag", bad_tag);
+    // Handshake messages and an old client's request reach the node's stateless paths.
+    let keys = ClusterKeys::new(*FUZZ_KEY.bytes());
+    let mut initiate = [0u8; hs::INITIATE_LEN];
+    hs::write_initiate(&mut initiate, &keys, 9, &[0x44; 32]);
+    add("handshake-initiate", initiate.to_vec());
+    let session = keys.session(&[0x44; 32], &[0x55; 32]);
+    let mut confirm = [0u8; hs::CONFIRM_LEN];
+    hs::write_confirm(&mut confirm, &session, 9, &[0x44; 32], &[0x55; 32], &[0x66; hs::COOKIE_LEN]);
+    add("handshake-confirm-bad-cookie", confirm.to_vec());
+    let mut old = [0u8; v1::HEADER_LEN];
+    v1::write_request(Opcode::Get, 5, &FUZZ_KEY, &mut old);
+    add("version-one-get", old.to_vec());
     seeds
 }
 
@@ -1098,15 +1232,15 @@ fn client_seeds() -> Vec<(String, Vec<u8>)> {
         frag_len: CLIENT_PUT_FRAG,
         ..reply(Opcode::PutStatus)
     };
-    add("put-status-nothing", sealed(status(0, 0, CLIENT_PUT_CREDITS), &[]));
-    add("put-status-some", sealed(status(10, 0, 64), &[0b1010_0101, 0xff, 0x01]));
-    add("put-status-holes", sealed(status(3, 0, 8), &[0xfe; 16]));
-    add("put-status-beyond-count", sealed(status(put_count + 5, 0, u16::MAX), &[0xff; 128]));
-    add("put-status-complete", sealed(status(put_count, flags::COMPLETE, 1), &[]));
-    add("put-done", sealed(Repr { total_len: CLIENT_PUT_LEN as u32, ..reply(Opcode::PutDone) }, &[]));
-    add("put-done-wrong-len", sealed(Repr { total_len: 1, ..reply(Opcode::PutDone) }, &[]));
+    add("put-status-nothing", unsealed(status(0, 0, CLIENT_PUT_CREDITS), &[]));
+    add("put-status-some", unsealed(status(10, 0, 64), &[0b1010_0101, 0xff, 0x01]));
+    add("put-status-holes", unsealed(status(3, 0, 8), &[0xfe; 16]));
+    add("put-status-beyond-count", unsealed(status(put_count + 5, 0, u16::MAX), &[0xff; 128]));
+    add("put-status-complete", unsealed(status(put_count, flags::COMPLETE, 1), &[]));
+    add("put-done", unsealed(Repr { total_len: CLIENT_PUT_LEN as u32, ..reply(Opcode::PutDone) }, &[]));
+    add("put-done-wrong-len", unsealed(Repr { total_len: 1, ..reply(Opcode::PutDone) }, &[]));
     for status in [Status::Busy, Status::NotFound, Status::DiskFull, Status::Conflict, Status::Ok] {
-        add(&std::format!("error-{status:?}").to_lowercase(), sealed(Repr { status, ..reply(Opcode::Error) }, &[]));
+        add(&std::format!("error-{status:?}").to_lowercase(), unsealed(Repr { status, ..reply(Opcode::Error) }, &[]));
     }
     let get_data = |index: u32, total_len: u32, frag_len: u16, len: usize| {
         let repr = Repr {
@@ -1116,7 +1250,7 @@ fn client_seeds() -> Vec<(String, Vec<u8>)> {
             count: wire::fragment_count(total_len, frag_len),
             ..reply(Opcode::GetData)
         };
-        sealed(repr, &pattern(len, u64::from(index)))
+        unsealed(repr, &pattern(len, u64::from(index)))
     };
     let frag = CLIENT_GET_FRAG;
     add("get-data-first", get_data(1, CLIENT_GET_TOTAL, frag, 100));
@@ -1127,17 +1261,17 @@ fn client_seeds() -> Vec<(String, Vec<u8>)> {
     add("get-data-short", get_data(2, CLIENT_GET_TOTAL, frag, 99));
     add("get-data-wrong-total", get_data(1, CLIENT_GET_TOTAL + 1, frag, 100));
     add("get-data-wrong-frag", get_data(1, CLIENT_GET_TOTAL, frag * 2, 200));
-    add("pong", sealed(Repr { credits: 8, total_len: CHUNK_BYTES_MAX, frag_len: 1856, ..reply(Opcode::Pong) }, &[]));
-    add("pong-with-payload", sealed(reply(Opcode::Pong), b"unexpected but harmless"));
-    add("pong-payload-too-big", sealed(reply(Opcode::Pong), &[0x70; client::DATAGRAM_BYTES_MAX + 1]));
-    add("delete-done", sealed(reply(Opcode::DeleteDone), &[]));
-    add("other-request-id", sealed(Repr { request_id: 1, ..reply(Opcode::PutDone) }, &[]));
-    add("other-chunk", sealed(Repr { chunk_id: 1, ..reply(Opcode::Pong) }, &[]));
-    add("request-opcode", sealed(reply(Opcode::Get), &[]));
-    let mut bad_mac = sealed(reply(Opcode::Pong), &[]);
-    bad_mac[HEADER_LEN - 1] ^= 1;
-    add("bad-mac", bad_mac);
-    add("truncated", sealed(reply(Opcode::Pong), &[])[..30].to_vec());
+    add("pong", unsealed(Repr { credits: 8, total_len: CHUNK_BYTES_MAX, frag_len: 1856, ..reply(Opcode::Pong) }, &[]));
+    add("pong-with-payload", unsealed(reply(Opcode::Pong), b"unexpected but harmless"));
+    add("pong-payload-too-big", unsealed(reply(Opcode::Pong), &[0x70; client::DATAGRAM_BYTES_MAX + 1]));
+    add("delete-done", unsealed(reply(Opcode::DeleteDone), &[]));
+    add("other-request-id", unsealed(Repr { request_id: 1, ..reply(Opcode::PutDone) }, &[]));
+    add("other-chunk", unsealed(Repr { chunk_id: 1, ..reply(Opcode::Pong) }, &[]));
+    add("request-opcode", unsealed(reply(Opcode::Get), &[]));
+    let mut tag_set = unsealed(reply(Opcode::Pong), &[]);
+    tag_set[HEADER_LEN - 1] ^= 1;
+    add("tag-set", tag_set);
+    add("truncated", unsealed(reply(Opcode::Pong), &[])[..30].to_vec());
     seeds
 }
 
@@ -1153,7 +1287,7 @@ mod tests {
     #[test]
     fn packet_seeds_reach_every_outcome() {
         type Field = fn(&Counters) -> u64;
-        let outcomes: [(&str, Field); 18] = [
+        let outcomes: [(&str, Field); 23] = [
             ("pings", |c| c.pings),
             ("fragments_stored", |c| c.fragments_stored),
             ("fragments_duplicate", |c| c.fragments_duplicate),
@@ -1168,6 +1302,11 @@ mod tests {
             ("rejected_disk_full", |c| c.rejected_disk_full),
             ("dropped_malformed", |c| c.dropped_malformed),
             ("dropped_bad_mac", |c| c.dropped_bad_mac),
+            ("dropped_no_session", |c| c.dropped_no_session),
+            ("dropped_bad_cookie", |c| c.dropped_bad_cookie),
+            ("handshake_challenges", |c| c.handshake_challenges),
+            ("upgrade_replies", |c| c.upgrade_replies),
+            ("dropped_replayed", |c| c.dropped_replayed),
             ("dropped_unexpected", |c| c.dropped_unexpected),
             ("dropped_no_buffer", |c| c.dropped_no_buffer),
             ("puts_abandoned", |c| c.puts_abandoned),

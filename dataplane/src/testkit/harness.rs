@@ -2,6 +2,11 @@
 //! behind the deterministic protocol tests and the poll-loop benchmark. Memory is leaked
 //! on purpose (a few MiB per harness) so that the borrowing data-plane types can be
 //! `'static` here.
+//!
+//! The harness's client runs protocol v2 as the real one does: a handshake first (retried
+//! on its own timer, with seeded randoms), then every datagram sealed with the session;
+//! datagrams the machines send while there is no session are lost, and their timers
+//! resend them. Everything sent toward the node can be captured for replay tests.
 
 use std::boxed::Box;
 use std::cell::RefCell;
@@ -9,12 +14,15 @@ use std::net::SocketAddr;
 use std::vec::Vec;
 
 use crate::arena::Arena;
-use crate::client::{ClientError, Exchange, GetChunk, Progress, PutChunk, Timing, Transmit, accept};
-use crate::io::sim::{Impairments, SIM_DATAGRAM_BYTES_MAX, SimDatagram, SimNet, SimNodeIo};
+use crate::client::{ClientError, Exchange, GetChunk, Progress, PutChunk, Timing, Transmit};
+use crate::io::sim::{Impairments, SIM_DATAGRAM_BYTES_MAX, SimDatagram, SimNet, SimNodeIo, SimRng};
 use crate::node::poll::PollLoop;
+use crate::node::sessions::{SEEN_PER_SESSION, SeenRandom, SessionMemory, SessionSlot};
 use crate::node::{ControlHandler, Node, NodeConfig, PutSlot};
+use crate::session::handshake::{CONFIRM_LEN, ClusterKeys, INITIATE_LEN, Kind, Message};
+use crate::session::peer::{ClientHandshake, Session, SessionRx, SessionTx};
 use crate::store::ChunkStore;
-use crate::wire::{ChunkId, MacKey, Opcode, Repr};
+use crate::wire::{self, ChunkId, ClusterKey, Opcode, Repr};
 
 pub const NODE_ADDR: &str = "10.0.0.1:7777";
 pub const CLIENT_ADDR: &str = "10.0.0.2:40000";
@@ -27,13 +35,14 @@ pub struct SimOptions {
     /// Where datagrams start in a frame (a DPDK node keeps its mbuf in front).
     pub headroom_bytes: usize,
     pub put_slots: usize,
+    pub sessions: usize,
     pub queue_datagrams: usize,
     pub timing: Timing,
     pub node_config: NodeConfig,
 }
 
 impl SimOptions {
-    pub fn new(seed: u64, key: MacKey) -> Self {
+    pub fn new(seed: u64, key: ClusterKey) -> Self {
         Self {
             seed,
             impairments: Impairments::NONE,
@@ -41,6 +50,7 @@ impl SimOptions {
             frame_bytes: 2048,
             headroom_bytes: crate::arena::HEADROOM_BYTES,
             put_slots: 16,
+            sessions: 16,
             queue_datagrams: 4096,
             timing: Timing { rto_initial_ms: 20, rto_max_ms: 400, timeouts_max: 10 },
             node_config: NodeConfig::new(key),
@@ -56,15 +66,114 @@ fn leak_slice<T: Clone>(value: T, len: usize) -> &'static mut [T] {
     Vec::leak(std::vec![value; len])
 }
 
+/// Seals the machines' datagrams with the client's session and sends them to the node.
 struct NetTransmit<'a> {
     net: &'a RefCell<SimNet<'static>>,
     from: SocketAddr,
     to: SocketAddr,
+    session: Option<&'a mut SessionTx>,
+    capture: &'a mut Option<Vec<Vec<u8>>>,
 }
 
 impl Transmit for NetTransmit<'_> {
     fn transmit(&mut self, datagram: &[u8]) {
-        self.net.borrow_mut().send_to_node(self.from, self.to, datagram);
+        // No session yet (or any more): lost, like a datagram the network dropped.
+        let Some(session) = self.session.as_deref_mut() else { return };
+        let mut sealed = [0u8; SIM_DATAGRAM_BYTES_MAX];
+        let sealed = &mut sealed[..datagram.len()];
+        sealed.copy_from_slice(datagram);
+        if session.seal(sealed).is_ok() {
+            if let Some(capture) = self.capture.as_mut() {
+                capture.push(sealed.to_vec());
+            }
+            self.net.borrow_mut().send_to_node(self.from, self.to, sealed);
+        }
+    }
+}
+
+/// The harness's client end of protocol v2: its session, the previous one's receiving
+/// half while replies to it may still arrive, and the handshake in progress.
+pub struct SimClient {
+    keys: ClusterKeys,
+    rng: SimRng,
+    session: Option<Session>,
+    previous_rx: Option<SessionRx>,
+    attempt: Option<ClientHandshake>,
+    attempt_deadline_ms: u64,
+    pub handshakes_completed: u64,
+}
+
+impl SimClient {
+    fn new(key: &ClusterKey, seed: u64) -> Self {
+        Self {
+            keys: ClusterKeys::new(*key.bytes()),
+            rng: SimRng::new(seed ^ 0x00C1_1E47),
+            session: None,
+            previous_rx: None,
+            attempt: None,
+            attempt_deadline_ms: 0,
+            handshakes_completed: 0,
+        }
+    }
+
+    fn random(&mut self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for word in out.chunks_mut(8) {
+            word.copy_from_slice(&self.rng.next_u64().to_be_bytes());
+        }
+        out
+    }
+
+    /// Starts a new handshake attempt (the session in use, if any, stays until it ends).
+    fn start_attempt(
+        &mut self,
+        now_ms: u64,
+        rto_ms: u64,
+        net: &RefCell<SimNet<'static>>,
+        from: SocketAddr,
+        to: SocketAddr,
+    ) {
+        let client_index = self.rng.next_u64() as u32;
+        let random = self.random();
+        let attempt = ClientHandshake::new(&self.keys, client_index, random);
+        let mut initiate = [0u8; INITIATE_LEN];
+        attempt.initiate(&mut initiate);
+        net.borrow_mut().send_to_node(from, to, &initiate);
+        self.attempt = Some(attempt);
+        self.attempt_deadline_ms = now_ms + rto_ms;
+    }
+
+    /// Feeds a handshake message from the node; a Challenge is answered with a Confirm.
+    fn on_handshake(&mut self, message: &[u8], net: &RefCell<SimNet<'static>>, from: SocketAddr, to: SocketAddr) {
+        let Some(attempt) = self.attempt.as_mut() else { return };
+        let Ok(parsed) = Message::new_checked(message) else { return };
+        match parsed.kind() {
+            Kind::Challenge => {
+                let mut confirm = [0u8; CONFIRM_LEN];
+                if attempt.on_challenge(message, &mut confirm).is_ok() {
+                    net.borrow_mut().send_to_node(from, to, &confirm);
+                }
+            }
+            Kind::Accept => {
+                if let Ok(session) = attempt.on_accept(message) {
+                    self.previous_rx = self.session.take().map(|old| old.rx);
+                    self.session = Some(session);
+                    self.attempt = None;
+                    self.handshakes_completed += 1;
+                }
+            }
+            Kind::Initiate | Kind::Confirm => {}
+        }
+    }
+
+    /// Opens a datagram from the node with whichever session it names.
+    fn open(&mut self, datagram: &mut [u8]) -> Option<Repr> {
+        if let Some(session) = self.session.as_mut() {
+            if let Ok(repr) = session.rx.open(datagram) {
+                return Some(repr);
+            }
+        }
+        self.previous_rx.as_mut()?.open(datagram).ok()
     }
 }
 
@@ -97,7 +206,9 @@ pub struct SimHarness<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> {
     pub net: &'static RefCell<SimNet<'static>>,
     pub poll: PollLoop<'static, 'static, SimNodeIo<'static, 'static>, S, C>,
     pub now_ms: u64,
-    pub key: MacKey,
+    pub client: SimClient,
+    /// When `Some`, every datagram the client sends toward the node is recorded here.
+    pub capture: Option<Vec<Vec<u8>>>,
     pub client_addr: SocketAddr,
     pub node_addr: SocketAddr,
     pub timing: Timing,
@@ -120,13 +231,19 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
         arena.set_headroom(options.headroom_bytes);
         let slots = leak_slice(PutSlot::default(), options.put_slots);
         let key = options.node_config.key.clone();
-        let node = Node::new(options.node_config, store, control, slots);
+        let session_slots = Vec::leak((0..options.sessions).map(|_| SessionSlot::default()).collect());
+        let seen = leak_slice(SeenRandom::default(), options.sessions * SEEN_PER_SESSION);
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&options.seed.to_be_bytes());
+        let memory = SessionMemory { slots: session_slots, seen, seed };
+        let node = Node::new(options.node_config, store, control, slots, memory);
         let poll = PollLoop::new(SimNodeIo::new(net, node_addr), arena, node);
         Self {
             net,
             poll,
             now_ms: 0,
-            key,
+            client: SimClient::new(&key, options.seed),
+            capture: None,
             client_addr,
             node_addr,
             timing: options.timing,
@@ -139,49 +256,117 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
         self.next_request_id
     }
 
+    /// From now on the client speaks with `key` (a new handshake; a wrong key never
+    /// gets a session).
+    pub fn set_client_key(&mut self, key: &ClusterKey) {
+        self.client = SimClient::new(key, self.next_request_id);
+    }
+
+    /// Starts a new handshake now, as a client does when it rekeys; the session in use
+    /// carries on until the new one is accepted.
+    pub fn rekey(&mut self) {
+        let rto_ms = self.timing.rto_initial_ms;
+        self.client.start_attempt(self.now_ms, rto_ms, self.net, self.client_addr, self.node_addr);
+    }
+
+    pub fn has_session(&self) -> bool {
+        self.client.session.is_some()
+    }
+
+    /// Seals `datagram` with the client's session and sends it, as a machine would.
+    pub fn send_sealed(&mut self, datagram: &[u8]) {
+        self.transmit().transmit(datagram);
+    }
+
+    fn transmit(&mut self) -> NetTransmit<'_> {
+        NetTransmit {
+            net: self.net,
+            from: self.client_addr,
+            to: self.node_addr,
+            session: self.client.session.as_mut().map(|session| &mut session.tx),
+            capture: &mut self.capture,
+        }
+    }
+
+    /// Delivers what arrived for the client: handshake messages to the client, data
+    /// datagrams (opened) to every machine. Returns how many datagrams arrived.
+    fn deliver(&mut self, machines: &mut [Machine<'_>]) -> usize {
+        let mut buffer = [0u8; SIM_DATAGRAM_BYTES_MAX];
+        let mut delivered = 0;
+        loop {
+            let Some((_, _, len)) = self.net.borrow_mut().recv_for_client(&mut buffer) else { break };
+            delivered += 1;
+            let datagram = &mut buffer[..len];
+            if wire::is_handshake(datagram) {
+                self.client.on_handshake(datagram, self.net, self.client_addr, self.node_addr);
+                continue;
+            }
+            let Some(repr) = self.client.open(datagram) else { continue };
+            let payload = &buffer[wire::HEADER_LEN..wire::HEADER_LEN + usize::from(repr.payload_len)];
+            let now_ms = self.now_ms;
+            let mut transmit = self.transmit();
+            for machine in machines.iter_mut() {
+                match machine {
+                    Machine::Put(put) => put.on_packet(&repr, payload, now_ms, &mut transmit),
+                    Machine::Get(get) => get.on_packet(&repr, payload, now_ms, &mut transmit),
+                    Machine::Exchange(exchange) => exchange.on_packet(&repr, payload, now_ms),
+                }
+            }
+        }
+        delivered
+    }
+
     /// One millisecond of virtual time: the node runs, replies reach the machines, and
     /// machines whose timers expired retransmit.
-    pub fn step(&mut self, machines: &mut [Machine<'_>], key: &MacKey) {
-        let mut transmit = NetTransmit { net: self.net, from: self.client_addr, to: self.node_addr };
+    pub fn step(&mut self, machines: &mut [Machine<'_>]) {
         // The node may need several turns to drain what arrived in one millisecond.
         for _ in 0..64 {
             let turn = self.poll.run_once(self.now_ms).unwrap_or_else(|never| match never {});
-            let mut buffer = [0u8; SIM_DATAGRAM_BYTES_MAX];
-            let mut delivered = 0;
-            loop {
-                let Some((_, _, len)) = self.net.borrow_mut().recv_for_client(&mut buffer) else { break };
-                delivered += 1;
-                let Some((repr, payload)) = accept(&buffer[..len], key) else { continue };
-                for machine in machines.iter_mut() {
-                    match machine {
-                        Machine::Put(put) => put.on_packet(&repr, payload, self.now_ms, &mut transmit),
-                        Machine::Get(get) => get.on_packet(&repr, payload, self.now_ms, &mut transmit),
-                        Machine::Exchange(exchange) => exchange.on_packet(&repr, payload, self.now_ms),
-                    }
-                }
-            }
+            let delivered = self.deliver(machines);
             if turn.idle() && delivered == 0 {
                 break;
             }
         }
+        let needs_session = self.client.session.is_none() && machines.iter().any(|m| m.progress() == Progress::Pending);
+        let attempt_due = self.client.attempt.is_some() && self.now_ms >= self.client.attempt_deadline_ms;
+        if (needs_session && self.client.attempt.is_none()) || attempt_due {
+            self.rekey();
+        }
+        let now_ms = self.now_ms;
+        let mut transmit = self.transmit();
         for machine in machines.iter_mut() {
-            if self.now_ms >= machine.deadline_ms() {
+            if now_ms >= machine.deadline_ms() {
                 match machine {
-                    Machine::Put(put) => put.on_timer(self.now_ms, &mut transmit),
-                    Machine::Get(get) => get.on_timer(self.now_ms, &mut transmit),
-                    Machine::Exchange(exchange) => exchange.on_timer(self.now_ms, &mut transmit),
+                    Machine::Put(put) => put.on_timer(now_ms, &mut transmit),
+                    Machine::Get(get) => get.on_timer(now_ms, &mut transmit),
+                    Machine::Exchange(exchange) => exchange.on_timer(now_ms, &mut transmit),
                 }
             }
         }
         self.now_ms += 1;
     }
 
+    /// Steps until the client has a session; bounded by `steps_max`.
+    pub fn establish(&mut self, steps_max: u64) -> bool {
+        for _ in 0..steps_max {
+            if self.client.session.is_some() {
+                return true;
+            }
+            if self.client.attempt.is_none() {
+                self.rekey();
+            }
+            self.step(&mut []);
+        }
+        self.client.session.is_some()
+    }
+
     /// Starts the machines and steps until every one finished; bounded by `steps_max`.
-    pub fn run(&mut self, machines: &mut [Machine<'_>], key: &MacKey, steps_max: u64) -> Vec<Progress> {
-        let mut transmit = NetTransmit { net: self.net, from: self.client_addr, to: self.node_addr };
+    pub fn run(&mut self, machines: &mut [Machine<'_>], steps_max: u64) -> Vec<Progress> {
+        let now_ms = self.now_ms;
+        let mut transmit = self.transmit();
         for machine in machines.iter_mut() {
             match machine {
-                Machine::Put(put) => put.start(self.now_ms, &mut transmit),
+                Machine::Put(put) => put.start(now_ms, &mut transmit),
                 Machine::Get(get) => get.start(&mut transmit),
                 Machine::Exchange(exchange) => exchange.start(&mut transmit),
             }
@@ -190,24 +375,15 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
             if machines.iter().all(|machine| machine.progress() != Progress::Pending) {
                 break;
             }
-            self.step(machines, key);
+            self.step(machines);
         }
         machines.iter().map(Machine::progress).collect()
     }
 
-    pub fn put_machine<'d>(&mut self, chunk_id: ChunkId, data: &'d [u8], frag_len: u16, key: &MacKey) -> Machine<'d> {
+    pub fn put_machine<'d>(&mut self, chunk_id: ChunkId, data: &'d [u8], frag_len: u16) -> Machine<'d> {
         let request_id = self.next_request_id();
         let credits = self.poll.node.config().window_fragments_max;
-        Machine::Put(Box::new(PutChunk::new(
-            key.clone(),
-            chunk_id,
-            request_id,
-            data,
-            frag_len,
-            credits,
-            self.timing,
-            self.now_ms,
-        )))
+        Machine::Put(Box::new(PutChunk::new(chunk_id, request_id, data, frag_len, credits, self.timing, self.now_ms)))
     }
 
     pub fn get_machine<'d>(
@@ -221,7 +397,6 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
         let request_id = self.next_request_id();
         let window = self.poll.node.config().window_fragments_max;
         Machine::Get(Box::new(GetChunk::new(
-            self.key.clone(),
             chunk_id,
             request_id,
             total_len,
@@ -236,22 +411,20 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
 
     pub fn exchange(&mut self, request: Repr, payload: &[u8], expect: Opcode) -> Machine<'static> {
         let request = Repr { request_id: self.next_request_id(), ..request };
-        Machine::Exchange(Box::new(Exchange::new(self.key.clone(), request, payload, expect, self.timing, self.now_ms)))
+        Machine::Exchange(Box::new(Exchange::new(request, payload, expect, self.timing, self.now_ms)))
     }
 
     /// Puts one chunk to completion.
     pub fn put(&mut self, chunk_id: ChunkId, data: &[u8], frag_len: u16) -> Result<(), ClientError> {
-        let key = self.key.clone();
-        let mut machines = [self.put_machine(chunk_id, data, frag_len, &key)];
-        outcome(self.run(&mut machines, &key, 1_000_000)[0])
+        let mut machines = [self.put_machine(chunk_id, data, frag_len)];
+        outcome(self.run(&mut machines, 1_000_000)[0])
     }
 
     /// Gets a whole chunk of known length.
     pub fn get(&mut self, chunk_id: ChunkId, total_len: u32, frag_len: u16) -> Result<Vec<u8>, ClientError> {
         let mut out = std::vec![0u8; total_len as usize];
-        let key = self.key.clone();
         let mut machines = [self.get_machine(chunk_id, total_len, 0, &mut out, frag_len)];
-        outcome(self.run(&mut machines, &key, 1_000_000)[0])?;
+        outcome(self.run(&mut machines, 1_000_000)[0])?;
         drop(machines);
         Ok(out)
     }

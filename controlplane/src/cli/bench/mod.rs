@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use beeline_dataplane::io::udp::DEFAULT_SOCKET_BUFFER_BYTES;
-use beeline_dataplane::wire::{HEADER_LEN, MacKey};
+use beeline_dataplane::wire::{ClusterKey, HEADER_LEN};
 
 use crate::client::{Client, ClientOptions};
 use crate::config::NodeFlags;
@@ -70,7 +70,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub fragment_bytes: Option<u16>,
     /// Chunks in flight at once during the bulk put and get (the client's default).
-    #[arg(long, default_value_t = ClientOptions::new(SocketAddr::from(([127, 0, 0, 1], 0)), MacKey::new([0; 32])).parallel_chunks)]
+    #[arg(long, default_value_t = ClientOptions::new(SocketAddr::from(([127, 0, 0, 1], 0)), ClusterKey::new([0; 32])).parallel_chunks)]
     pub parallel_chunks: usize,
     /// Frame size of the in-process node: 8192 lets a 4 KiB read travel as one datagram.
     #[arg(long, default_value_t = 8192)]
@@ -229,7 +229,7 @@ fn resolve_node(text: &str) -> Result<SocketAddr, String> {
 
 fn client(
     addr: SocketAddr,
-    key: &MacKey,
+    key: &ClusterKey,
     fragment_bytes: Option<u16>,
     parallel_chunks: usize,
 ) -> Result<Client, String> {
@@ -257,7 +257,7 @@ fn bulk_fragment(addr: SocketAddr, requested: Option<u16>, node_max: u16) -> u16
 fn measure_node(
     args: &BenchArgs,
     addr: SocketAddr,
-    key: &MacKey,
+    key: &ClusterKey,
     pool: &Pool,
     in_process: bool,
     report: &mut Report,
@@ -334,7 +334,7 @@ fn measure_node(
 fn read_back(
     args: &BenchArgs,
     addr: SocketAddr,
-    key: &MacKey,
+    key: &ClusterKey,
     pool: &Pool,
     bulk: &mut Client,
     node: &mut NodeCounters,
@@ -393,7 +393,7 @@ fn read_back(
 fn small_ops_in_flight(
     args: &BenchArgs,
     addr: SocketAddr,
-    key: &MacKey,
+    key: &ClusterKey,
     node_max: u16,
     pool: &Pool,
 ) -> Result<Vec<Phase>, String> {
@@ -541,7 +541,7 @@ fn timed<C>(
 fn small_gets(
     args: &BenchArgs,
     addr: SocketAddr,
-    key: &MacKey,
+    key: &ClusterKey,
     node_max: u16,
     record: &FileRecord,
     pool: &Pool,
