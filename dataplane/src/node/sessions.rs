@@ -24,8 +24,9 @@ pub const EPOCH_MS: u64 = 120_000;
 /// Most sessions one table may hold: the slot is the low 16 bits of a node index, and
 /// slot 0xffff is never used so that [`SessionRef::NONE`] names no session.
 pub const SESSIONS_MAX: usize = (1 << 16) - 1;
-/// Accepted client randoms remembered per session slot.
-pub const SEEN_PER_SESSION: usize = 4;
+/// Accepted client randoms remembered per session slot: with the default 1024 sessions,
+/// 16384 handshakes per two epochs (about 68 a second) before new ones wait.
+pub const SEEN_PER_SESSION: usize = 16;
 
 // QUIC's rule for an address that has not completed a handshake: at most 3x the bytes
 // received. The node answers such an address only with a Challenge (to an Initiate) or an

@@ -100,6 +100,8 @@ pub struct SimClient {
     previous_rx: Option<SessionRx>,
     attempt: Option<ClientHandshake>,
     attempt_deadline_ms: u64,
+    /// When the node last sent something that authenticated.
+    last_rx_ms: u64,
     pub handshakes_completed: u64,
 }
 
@@ -112,6 +114,7 @@ impl SimClient {
             previous_rx: None,
             attempt: None,
             attempt_deadline_ms: 0,
+            last_rx_ms: 0,
             handshakes_completed: 0,
         }
     }
@@ -124,56 +127,50 @@ impl SimClient {
         out
     }
 
-    /// Starts a new handshake attempt (the session in use, if any, stays until it ends).
-    fn start_attempt(
-        &mut self,
-        now_ms: u64,
-        rto_ms: u64,
-        net: &RefCell<SimNet<'static>>,
-        from: SocketAddr,
-        to: SocketAddr,
-    ) {
+    /// Starts a new handshake attempt (the session in use, if any, stays until it ends);
+    /// returns the Initiate to send.
+    fn start_attempt(&mut self, now_ms: u64, rto_ms: u64) -> [u8; INITIATE_LEN] {
         let client_index = self.rng.next_u64() as u32;
         let random = self.random();
         let attempt = ClientHandshake::new(&self.keys, client_index, random);
         let mut initiate = [0u8; INITIATE_LEN];
         attempt.initiate(&mut initiate);
-        net.borrow_mut().send_to_node(from, to, &initiate);
         self.attempt = Some(attempt);
         self.attempt_deadline_ms = now_ms + rto_ms;
+        initiate
     }
 
-    /// Feeds a handshake message from the node; a Challenge is answered with a Confirm.
-    fn on_handshake(&mut self, message: &[u8], net: &RefCell<SimNet<'static>>, from: SocketAddr, to: SocketAddr) {
-        let Some(attempt) = self.attempt.as_mut() else { return };
-        let Ok(parsed) = Message::new_checked(message) else { return };
-        match parsed.kind() {
+    /// Feeds a handshake message from the node; returns the Confirm answering a Challenge.
+    fn on_handshake(&mut self, now_ms: u64, message: &[u8]) -> Option<[u8; CONFIRM_LEN]> {
+        let attempt = self.attempt.as_mut()?;
+        match Message::new_checked(message).ok()?.kind() {
             Kind::Challenge => {
                 let mut confirm = [0u8; CONFIRM_LEN];
-                if attempt.on_challenge(message, &mut confirm).is_ok() {
-                    net.borrow_mut().send_to_node(from, to, &confirm);
-                }
+                attempt.on_challenge(message, &mut confirm).ok().map(|()| confirm)
             }
             Kind::Accept => {
-                if let Ok(session) = attempt.on_accept(message) {
-                    self.previous_rx = self.session.take().map(|old| old.rx);
-                    self.session = Some(session);
-                    self.attempt = None;
-                    self.handshakes_completed += 1;
-                }
+                let session = attempt.on_accept(message).ok()?;
+                self.previous_rx = self.session.take().map(|old| old.rx);
+                self.session = Some(session);
+                self.attempt = None;
+                self.handshakes_completed += 1;
+                self.last_rx_ms = now_ms;
+                None
             }
-            Kind::Initiate | Kind::Confirm => {}
+            Kind::Initiate | Kind::Confirm => None,
         }
     }
 
     /// Opens a datagram from the node with whichever session it names.
-    fn open(&mut self, datagram: &mut [u8]) -> Option<Repr> {
-        if let Some(session) = self.session.as_mut() {
-            if let Ok(repr) = session.rx.open(datagram) {
-                return Some(repr);
-            }
+    fn open(&mut self, now_ms: u64, datagram: &mut [u8]) -> Option<Repr> {
+        let opened = match self.session.as_mut().map(|session| session.rx.open(datagram)) {
+            Some(Ok(repr)) => Some(repr),
+            _ => self.previous_rx.as_mut().and_then(|rx| rx.open(datagram).ok()),
+        };
+        if opened.is_some() {
+            self.last_rx_ms = now_ms;
         }
-        self.previous_rx.as_mut()?.open(datagram).ok()
+        opened
     }
 }
 
@@ -209,6 +206,8 @@ pub struct SimHarness<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> {
     pub client: SimClient,
     /// When `Some`, every datagram the client sends toward the node is recorded here.
     pub capture: Option<Vec<Vec<u8>>>,
+    /// Bytes the node sent, by destination address.
+    pub bytes_to: std::collections::BTreeMap<SocketAddr, u64>,
     pub client_addr: SocketAddr,
     pub node_addr: SocketAddr,
     pub timing: Timing,
@@ -244,6 +243,7 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
             now_ms: 0,
             client: SimClient::new(&key, options.seed),
             capture: None,
+            bytes_to: std::collections::BTreeMap::new(),
             client_addr,
             node_addr,
             timing: options.timing,
@@ -265,8 +265,16 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
     /// Starts a new handshake now, as a client does when it rekeys; the session in use
     /// carries on until the new one is accepted.
     pub fn rekey(&mut self) {
-        let rto_ms = self.timing.rto_initial_ms;
-        self.client.start_attempt(self.now_ms, rto_ms, self.net, self.client_addr, self.node_addr);
+        let initiate = self.client.start_attempt(self.now_ms, self.timing.rto_initial_ms);
+        self.send_raw(&initiate);
+    }
+
+    /// Sends bytes toward the node from the client's address, recording them if asked.
+    fn send_raw(&mut self, bytes: &[u8]) {
+        if let Some(capture) = self.capture.as_mut() {
+            capture.push(bytes.to_vec());
+        }
+        self.net.borrow_mut().send_to_node(self.client_addr, self.node_addr, bytes);
     }
 
     pub fn has_session(&self) -> bool {
@@ -294,14 +302,20 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
         let mut buffer = [0u8; SIM_DATAGRAM_BYTES_MAX];
         let mut delivered = 0;
         loop {
-            let Some((_, _, len)) = self.net.borrow_mut().recv_for_client(&mut buffer) else { break };
+            let Some((_, to, len)) = self.net.borrow_mut().recv_for_client(&mut buffer) else { break };
             delivered += 1;
-            let datagram = &mut buffer[..len];
-            if wire::is_handshake(datagram) {
-                self.client.on_handshake(datagram, self.net, self.client_addr, self.node_addr);
+            *self.bytes_to.entry(to).or_default() += len as u64;
+            if to != self.client_addr {
                 continue;
             }
-            let Some(repr) = self.client.open(datagram) else { continue };
+            let datagram = &mut buffer[..len];
+            if wire::is_handshake(datagram) {
+                if let Some(confirm) = self.client.on_handshake(self.now_ms, datagram) {
+                    self.send_raw(&confirm);
+                }
+                continue;
+            }
+            let Some(repr) = self.client.open(self.now_ms, datagram) else { continue };
             let payload = &buffer[wire::HEADER_LEN..wire::HEADER_LEN + usize::from(repr.payload_len)];
             let now_ms = self.now_ms;
             let mut transmit = self.transmit();
@@ -327,9 +341,14 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
                 break;
             }
         }
-        let needs_session = self.client.session.is_none() && machines.iter().any(|m| m.progress() == Progress::Pending);
-        let attempt_due = self.client.attempt.is_some() && self.now_ms >= self.client.attempt_deadline_ms;
-        if (needs_session && self.client.attempt.is_none()) || attempt_due {
+        // As the real client: a handshake when there is no session, when an attempt timed
+        // out, or when the node fell silent while requests wait (it may have lost the
+        // session).
+        let waiting = machines.iter().any(|m| m.progress() == Progress::Pending);
+        let silent = waiting && self.now_ms.saturating_sub(self.client.last_rx_ms) >= 8 * self.timing.rto_initial_ms;
+        let idle = self.client.attempt.is_none();
+        let attempt_due = !idle && self.now_ms >= self.client.attempt_deadline_ms;
+        if (idle && (self.client.session.is_none() && waiting || silent)) || attempt_due {
             self.rekey();
         }
         let now_ms = self.now_ms;
@@ -362,6 +381,18 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
 
     /// Starts the machines and steps until every one finished; bounded by `steps_max`.
     pub fn run(&mut self, machines: &mut [Machine<'_>], steps_max: u64) -> Vec<Progress> {
+        self.start(machines);
+        for _ in 0..steps_max {
+            if machines.iter().all(|machine| machine.progress() != Progress::Pending) {
+                break;
+            }
+            self.step(machines);
+        }
+        machines.iter().map(Machine::progress).collect()
+    }
+
+    /// Sends the machines' first datagrams.
+    pub fn start(&mut self, machines: &mut [Machine<'_>]) {
         let now_ms = self.now_ms;
         let mut transmit = self.transmit();
         for machine in machines.iter_mut() {
@@ -371,13 +402,6 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
                 Machine::Exchange(exchange) => exchange.start(&mut transmit),
             }
         }
-        for _ in 0..steps_max {
-            if machines.iter().all(|machine| machine.progress() != Progress::Pending) {
-                break;
-            }
-            self.step(machines);
-        }
-        machines.iter().map(Machine::progress).collect()
     }
 
     pub fn put_machine<'d>(&mut self, chunk_id: ChunkId, data: &'d [u8], frag_len: u16) -> Machine<'d> {
