@@ -83,6 +83,7 @@ pub struct NodeStatus {
     pub arena_frames: u32,
     pub arena_frames_free: u32,
     pub puts_in_flight: u32,
+    pub sessions_active: u32,
     pub page_backing: String,
     /// `(counter name, value)` for every data-path counter.
     pub counters: Vec<(String, u64)>,

@@ -2,94 +2,15 @@
 //! sockets, real disks, and nodes that really die.
 
 mod common;
-use common::{Process, free_port, is_root, pattern};
+use common::node::{BIN, TestNode, ok, one_line_error};
+use common::{free_port, is_root, pattern};
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_beeline");
-
-struct TestNode {
-    process: Option<Process>,
-    dir: PathBuf,
-    port: u16,
-    extra: Vec<String>,
-}
-
-impl TestNode {
-    fn start(dir: &Path, extra: &[&str]) -> Self {
-        let mut node = TestNode {
-            process: None,
-            dir: dir.to_owned(),
-            port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        node.spawn();
-        node
-    }
-
-    fn spawn(&mut self) {
-        let mut command = Command::new(BIN);
-        command
-            .args(["node", "run", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
-            .arg(self.dir.join("data"))
-            .arg("--key-file")
-            .arg(self.dir.join("cluster.key"))
-            .args(["--arena-frames", "4096", "--hugepages", "off"])
-            .args(&self.extra)
-            .env("BEELINE_LOG", "info");
-        self.process = Some(Process::spawn(command));
-        // Ready when it answers a ping (bounded).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.cli(&["node", "ping"]);
-            if out.status.success() {
-                return;
-            }
-            let process = self.process();
-            if let Some(status) = process.exited() {
-                panic!("node exited during start-up with {status}:\n{}", process.log());
-            }
-            assert!(Instant::now() < deadline, "node did not answer within 30 s:\n{}", process.log());
-        }
-    }
-
-    fn cli_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .arg("--node")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--key-file")
-            .arg(self.dir.join("cluster.key"));
-        command
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.cli_command(args).output().expect("run beeline")
-    }
-
-    fn process(&mut self) -> &mut Process {
-        self.process.as_mut().expect("running")
-    }
-}
-
-fn ok(output: &Output) -> String {
-    assert!(output.status.success(), "beeline failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn one_line_error(output: &Output) -> String {
-    assert!(!output.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&output.stdout));
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-    assert_eq!(stderr.lines().count(), 1, "error is not one line: {stderr}");
-    assert!(stderr.starts_with("beeline: "), "{stderr}");
-    stderr
-}
 
 #[test]
 fn files_of_edge_sizes_round_trip_byte_identical() {

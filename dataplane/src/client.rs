@@ -280,6 +280,17 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
             return;
         }
         let first_missing = repr.index.min(self.count);
+        if self.query_outstanding && first_missing < self.first_missing {
+            // The node lost fragments it had acknowledged (it restarted before the chunk
+            // was durable, or abandoned the put): start over from what it reports now.
+            self.acked.clear();
+            for index in 0..first_missing {
+                self.acked.set(index);
+            }
+            self.first_missing = first_missing;
+            self.sent_frontier = first_missing;
+            self.phase = PutPhase::Sending;
+        }
         let mut advanced = first_missing > self.first_missing;
         for index in self.first_missing..first_missing {
             self.acked.set(index);

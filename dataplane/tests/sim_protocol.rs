@@ -108,6 +108,70 @@ impl ChunkStore for ZeroCopyProbe {
     }
 }
 
+/// A store that never reports anything durable: a node that dies before its fsync.
+struct NeverDurable(MemStore);
+
+impl ChunkStore for NeverDurable {
+    fn chunk_len(&self, id: u128) -> Option<u32> {
+        self.0.chunk_len(id)
+    }
+    fn begin_put(&mut self, id: u128, len: u32) -> Result<PutReservation, StoreError> {
+        self.0.begin_put(id, len)
+    }
+    fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError> {
+        self.0.write_at(put, offset, data)
+    }
+    fn commit_put(&mut self, put: PutReservation, ticket: u64) -> Result<(), StoreError> {
+        self.0.commit_put(put, ticket)
+    }
+    fn abort_put(&mut self, put: PutReservation) {
+        self.0.abort_put(put)
+    }
+    fn delete(&mut self, id: u128, ticket: u64) -> Result<(), StoreError> {
+        self.0.delete(id, ticket)
+    }
+    fn read_at(&mut self, id: u128, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError> {
+        self.0.read_at(id, offset, buf)
+    }
+    fn poll_durable(&mut self, _: &mut dyn FnMut(Durable)) {}
+    fn pending_durable(&self) -> usize {
+        0
+    }
+    fn used_bytes(&self) -> u64 {
+        self.0.used_bytes()
+    }
+}
+
+/// Every fragment of a chunk reached a node that then died before the chunk was durable;
+/// the node that comes back at the same address knows nothing of it. The put starts over
+/// there and completes instead of waiting for an acknowledgement that never comes.
+#[test]
+fn a_put_whose_node_restarted_before_durability_starts_over_and_completes() {
+    let data = pattern(200_000, 13);
+    let mut first = SimHarness::new(SimOptions::new(13, KEY), NeverDurable(MemStore::new()), NoControl);
+    let mut machines = [first.put_machine(5, &data, FRAG)];
+    first.start(&mut machines);
+    let count = u64::from(beeline_dataplane::wire::fragment_count(data.len() as u32, FRAG));
+    for _ in 0..100_000 {
+        if first.poll.node.counters().fragments_stored == count {
+            break;
+        }
+        first.step(&mut machines);
+    }
+    assert_eq!(first.poll.node.counters().fragments_stored, count, "every fragment reached the first node");
+    let mut restarted = harness(SimOptions::new(14, KEY));
+    restarted.now_ms = first.now_ms;
+    drop(first);
+    for _ in 0..100_000 {
+        if machines[0].progress() != Progress::Pending {
+            break;
+        }
+        restarted.step(&mut machines);
+    }
+    assert_eq!(machines[0].progress(), Progress::Done);
+    assert!(restarted.poll.node.store().chunk(5) == Some(&data[..]));
+}
+
 #[test]
 fn node_hands_the_store_arena_frames_not_copies() {
     let arena = std::rc::Rc::new(std::cell::Cell::new((0usize, 0usize)));

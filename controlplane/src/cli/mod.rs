@@ -36,6 +36,10 @@ pub struct ClientFlags {
     /// Fragment payload bytes per datagram [default: node's max on loopback, else 1400].
     #[arg(long, global = true)]
     fragment_bytes: Option<u16>,
+    /// Replace the session with the node by a new handshake after this many milliseconds
+    /// [default: 120000; the node ends sessions after its session_lifetime_ms].
+    #[arg(long, env = "BEELINE_REKEY_AFTER_MS", global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    rekey_after_ms: Option<u64>,
     /// Use the replicated cluster whose metadata is at this Redis URL instead of one node.
     #[arg(long, env = "BEELINE_METADATA", global = true)]
     metadata: Option<String>,
@@ -333,6 +337,9 @@ fn connect(flags: &ClientFlags) -> Result<Client, String> {
     let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
     let mut options = ClientOptions::new(node, key);
     options.fragment_bytes = flags.fragment_bytes;
+    if let Some(rekey_after_ms) = flags.rekey_after_ms {
+        options.rekey_after_ms = rekey_after_ms;
+    }
     Client::new(options).map_err(|e| e.to_string())
 }
 
@@ -465,6 +472,7 @@ fn node_status(flags: &ClientFlags) -> CliResult {
         status.arena_frames, status.arena_frames_free, status.page_backing
     );
     println!("puts_in_flight: {}", status.puts_in_flight);
+    println!("sessions:      {}", status.sessions_active);
     for (name, value) in &status.counters {
         println!("  {name:<22} {value}");
     }

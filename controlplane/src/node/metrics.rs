@@ -199,6 +199,30 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
             vec![gauge(f64::from(snapshot.puts_in_flight), &[])],
         ),
         family(
+            "beeline_sessions_active",
+            "Client sessions in the node's table (protocol v2).",
+            GAUGE,
+            vec![gauge(f64::from(snapshot.sessions_active), &[])],
+        ),
+        family(
+            "beeline_handshake_challenges_total",
+            "Stateless Challenges sent in answer to a handshake Initiate.",
+            COUNTER,
+            vec![counter(c.handshake_challenges, &[])],
+        ),
+        family(
+            "beeline_sessions_established_total",
+            "Sessions made by a Confirm that proved the cluster key at its address.",
+            COUNTER,
+            vec![counter(c.sessions_established, &[])],
+        ),
+        family(
+            "beeline_upgrade_replies_total",
+            "Protocol version 1 requests answered with an upgrade error.",
+            COUNTER,
+            vec![counter(c.upgrade_replies, &[])],
+        ),
+        family(
             "beeline_put_latency_seconds",
             "From a put's first fragment to its durable acknowledgement.",
             HISTOGRAM,

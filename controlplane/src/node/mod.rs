@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use beeline_dataplane::arena::memory::{ArenaMemory, PageBacking, PagePolicy};
-use beeline_dataplane::counters::Counters;
+use beeline_dataplane::counters::{Counters, DropReason};
 use beeline_dataplane::io::PacketIo;
 use beeline_dataplane::node::poll::{Backoff, PollLoop};
 use beeline_dataplane::node::sessions::{SEEN_PER_SESSION, SeenRandom, SessionMemory, SessionSlot};
@@ -81,6 +81,7 @@ impl<M: Metadata> NodeControl<M> {
         request: ControlRequest,
         response_max: usize,
         store: &mut S,
+        live_counters: &Counters,
     ) -> ControlResponse {
         let failed = |error: crate::metadata::MetadataError| ControlResponse::Failed(error.to_string());
         match request {
@@ -145,7 +146,9 @@ impl<M: Metadata> NodeControl<M> {
             },
             ControlRequest::NodeStatus => {
                 let snapshot = self.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-                let mut counters = counter_pairs(&snapshot.counters);
+                // The live counters, not the last published ones: a status read right
+                // after a request sees its effect.
+                let mut counters = counter_pairs(live_counters);
                 counters.extend(snapshot.backend_counters.iter().cloned());
                 ControlResponse::Status(NodeStatus {
                     node_version: env!("CARGO_PKG_VERSION").into(),
@@ -158,6 +161,7 @@ impl<M: Metadata> NodeControl<M> {
                     arena_frames: snapshot.arena_frames,
                     arena_frames_free: snapshot.arena_frames_free,
                     puts_in_flight: snapshot.puts_in_flight,
+                    sessions_active: snapshot.sessions_active,
                     page_backing: snapshot.page_backing,
                     counters,
                 })
@@ -172,11 +176,6 @@ pub fn counter_pairs(counters: &Counters) -> Vec<(String, u64)> {
     [
         ("rx_packets", c.rx_packets),
         ("tx_packets", c.tx_packets),
-        ("dropped_malformed", c.dropped_malformed),
-        ("dropped_bad_mac", c.dropped_bad_mac),
-        ("dropped_not_allowed", c.dropped_not_allowed),
-        ("dropped_unexpected", c.dropped_unexpected),
-        ("dropped_no_buffer", c.dropped_no_buffer),
         ("rejected_busy", c.rejected_busy),
         ("rejected_bad_request", c.rejected_bad_request),
         ("rejected_not_found", c.rejected_not_found),
@@ -192,11 +191,16 @@ pub fn counter_pairs(counters: &Counters) -> Vec<(String, u64)> {
         ("gets", c.gets),
         ("pings", c.pings),
         ("control_requests", c.control_requests),
+        ("handshake_challenges", c.handshake_challenges),
+        ("sessions_established", c.sessions_established),
+        ("upgrade_replies", c.upgrade_replies),
         ("chunks_deleted", c.chunks_deleted),
         ("data_bytes_copied", c.data_bytes_copied),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_owned(), value))
+    // Every drop reason, so that a new one shows up without touching this list.
+    .chain(DropReason::ALL.iter().map(|reason| (format!("dropped_{}", reason.name()), c.dropped(*reason))))
     .collect()
 }
 
@@ -207,11 +211,12 @@ impl<M: Metadata, S: ChunkStore> ControlHandler<S> for NodeControl<M> {
         request: &[u8],
         response: &mut [u8],
         store: &mut S,
+        counters: &Counters,
     ) -> Result<usize, Status> {
         let Ok(request) = postcard::from_bytes::<ControlRequest>(request) else {
             return Err(Status::BadRequest);
         };
-        let answer = self.respond(request, response.len(), store);
+        let answer = self.respond(request, response.len(), store, counters);
         encode(&answer, response)
     }
 }
@@ -518,6 +523,7 @@ fn publish<C: ControlHandler<DiskStore>>(
     snapshot.arena_frames = poll.arena.frame_count();
     snapshot.arena_frames_free = poll.arena.free_frames() as u32;
     snapshot.puts_in_flight = poll.node.puts_in_flight() as u32;
+    snapshot.sessions_active = poll.node.sessions_active() as u32;
     snapshot.used_bytes = poll.node.store().used_bytes();
     snapshot.chunks = poll.node.store().chunk_count() as u64;
     snapshot.page_backing = page_backing.to_owned();

@@ -12,6 +12,8 @@ pub struct Snapshot {
     pub arena_frames: u32,
     pub arena_frames_free: u32,
     pub puts_in_flight: u32,
+    /// Client sessions in the node's table.
+    pub sessions_active: u32,
     pub used_bytes: u64,
     pub chunks: u64,
     pub page_backing: String,

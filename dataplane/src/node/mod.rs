@@ -70,16 +70,23 @@ impl NodeConfig {
 /// Handles `Control` requests (namespace and admin operations) on behalf of the control
 /// plane. The response is written in place into the reply frame.
 pub trait ControlHandler<S: ChunkStore> {
-    /// Returns the response length, or a status for an `Error` reply.
-    fn handle(&mut self, peer: SocketAddr, request: &[u8], response: &mut [u8], store: &mut S)
-    -> Result<usize, Status>;
+    /// Returns the response length, or a status for an `Error` reply. `counters` are the
+    /// node's, as of this request (for status answers).
+    fn handle(
+        &mut self,
+        peer: SocketAddr,
+        request: &[u8],
+        response: &mut [u8],
+        store: &mut S,
+        counters: &Counters,
+    ) -> Result<usize, Status>;
 }
 
 /// A node without a control plane: every control request is refused.
 pub struct NoControl;
 
 impl<S: ChunkStore> ControlHandler<S> for NoControl {
-    fn handle(&mut self, _: SocketAddr, _: &[u8], _: &mut [u8], _: &mut S) -> Result<usize, Status> {
+    fn handle(&mut self, _: SocketAddr, _: &[u8], _: &mut [u8], _: &mut S, _: &Counters) -> Result<usize, Status> {
         Err(Status::BadRequest)
     }
 }
@@ -775,6 +782,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             &request_bytes[request],
             &mut response_bytes[data_start..data_start + response_max],
             &mut self.store,
+            &self.counters,
         );
         match outcome {
             Ok(len) => {

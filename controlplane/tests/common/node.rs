@@ -1,0 +1,88 @@
+//! A storage node run by the `beeline` binary on a free loopback port (`udp` backend), and
+//! the CLI pointed at it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use super::{Process, free_port};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_beeline");
+
+pub struct TestNode {
+    pub process: Option<Process>,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub extra: Vec<String>,
+}
+
+impl TestNode {
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        let mut node = TestNode {
+            process: None,
+            dir: dir.to_owned(),
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn();
+        node
+    }
+
+    pub fn spawn(&mut self) {
+        let mut command = Command::new(BIN);
+        command
+            .args(["node", "run", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .arg(self.dir.join("data"))
+            .arg("--key-file")
+            .arg(self.dir.join("cluster.key"))
+            .args(["--arena-frames", "4096", "--hugepages", "off"])
+            .args(&self.extra)
+            .env("BEELINE_LOG", "info");
+        self.process = Some(Process::spawn(command));
+        // Ready when it answers a ping (bounded).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.cli(&["node", "ping"]);
+            if out.status.success() {
+                return;
+            }
+            let process = self.process();
+            if let Some(status) = process.exited() {
+                panic!("node exited during start-up with {status}:\n{}", process.log());
+            }
+            assert!(Instant::now() < deadline, "node did not answer within 30 s:\n{}", process.log());
+        }
+    }
+
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .arg("--node")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--key-file")
+            .arg(self.dir.join("cluster.key"));
+        command
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command(args).output().expect("run beeline")
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        self.process.as_mut().expect("running")
+    }
+}
+
+pub fn ok(output: &Output) -> String {
+    assert!(output.status.success(), "beeline failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn one_line_error(output: &Output) -> String {
+    assert!(!output.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&output.stdout));
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "error is not one line: {stderr}");
+    assert!(stderr.starts_with("beeline: "), "{stderr}");
+    stderr
+}
