@@ -68,11 +68,14 @@ fn a_version_one_client_is_told_to_upgrade_and_a_forged_one_gets_nothing() {
     assert_eq!(counters["dropped_bad_mac"], 1);
 }
 
+/// Datagrams sent toward the node, each with the relay socket it left from.
+type Captured = Arc<Mutex<Vec<(Arc<UdpSocket>, Vec<u8>)>>>;
+
 /// A UDP relay between CLI processes and the node that records every datagram going to
 /// the node with the relay socket it left from.
 struct Relay {
     port: u16,
-    captured: Arc<Mutex<Vec<(Arc<UdpSocket>, Vec<u8>)>>>,
+    captured: Captured,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -81,7 +84,7 @@ impl Relay {
     fn start(node: SocketAddr) -> Relay {
         let downstream = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = downstream.local_addr().unwrap().port();
-        let captured: Arc<Mutex<Vec<(Arc<UdpSocket>, Vec<u8>)>>> = Arc::default();
+        let captured: Captured = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (captured, stop) = (captured.clone(), stop.clone());
