@@ -5,6 +5,7 @@ mod common;
 use common::{Process, free_port, is_root, pattern};
 
 use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -288,4 +289,138 @@ fn real_enospc_on_a_tiny_tmpfs() {
     assert!(message.contains("disk is full"), "{message}");
     let ping = node.cli(&["node", "ping"]);
     assert!(ping.status.success(), "node died on ENOSPC");
+}
+
+/// Names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A node with one stored file `f` and an empty directory `out` to get it into.
+fn node_with_one_file(dir: &Path, content: &[u8]) -> (TestNode, PathBuf) {
+    let node = TestNode::start(dir, &[]);
+    let source = dir.join("f");
+    std::fs::write(&source, content).unwrap();
+    ok(&node.cli(&["put", source.to_str().unwrap()]));
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    (node, out)
+}
+
+/// Issue #11's reproductions of `get -o`: a character device stays a device (on a node of
+/// our own, never on `/dev/null`), a link planted at the old fixed temporary name is not
+/// followed, a directory receives the file under its base name, a FIFO is written through.
+#[test]
+fn get_output_never_replaces_devices_or_follows_planted_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, out) = node_with_one_file(dir.path(), b"payload\n");
+    let get = |target: &Path| node.cli(&["get", "f", "-o", target.to_str().unwrap()]);
+    if is_root() {
+        let device = out.join("n");
+        common::sh(&["mknod", device.to_str().unwrap(), "c", "1", "3"]);
+        ok(&get(&device));
+        assert!(std::fs::symlink_metadata(&device).unwrap().file_type().is_char_device(), "the device was replaced");
+    } else {
+        beeline_dataplane::testkit::skip("get_output_never_replaces_devices (device part)", "needs root to mknod");
+        std::fs::write(out.join("n"), b"").unwrap();
+    }
+    let victim = dir.path().join("target");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("y.beeline-partial")).unwrap();
+    ok(&get(&out.join("y")));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(std::fs::read(out.join("y")).unwrap(), b"payload\n");
+    let somedir = out.join("somedir");
+    std::fs::create_dir(&somedir).unwrap();
+    let wrote = ok(&get(&somedir));
+    assert!(wrote.contains("somedir/f"), "{wrote}");
+    assert_eq!(std::fs::read(somedir.join("f")).unwrap(), b"payload\n");
+    let fifo = out.join("pipe");
+    common::sh(&["mkfifo", fifo.to_str().unwrap()]);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    ok(&get(&fifo));
+    assert_eq!(reader.join().unwrap(), b"payload\n");
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(entries(&out), ["n", "pipe", "somedir", "y", "y.beeline-partial"]);
+}
+
+/// A get that fails (no such file, or content that does not match its BLAKE3 because a
+/// byte on the node's disk flipped) leaves the output as it was and no partial file.
+#[test]
+fn failed_get_leaves_the_output_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = pattern(300_000, 11);
+    let (node, out) = node_with_one_file(dir.path(), &content);
+    let existing = out.join("existing");
+    std::fs::write(&existing, b"old content").unwrap();
+    one_line_error(&node.cli(&["get", "absent", "-o", out.join("new").to_str().unwrap()]));
+    one_line_error(&node.cli(&["get", "absent", "-o", existing.to_str().unwrap()]));
+    corrupt_on_disk(&dir.path().join("data"), &content[100_000..100_064]);
+    let message = one_line_error(&node.cli(&["get", "f", "-o", existing.to_str().unwrap()]));
+    assert!(message.to_lowercase().contains("blake3"), "{message}");
+    let message = one_line_error(&node.cli(&["get", "f", "-o", out.to_str().unwrap()]));
+    assert!(message.to_lowercase().contains("blake3"), "{message}");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"old content");
+    assert_eq!(entries(&out), ["existing"]);
+}
+
+/// Flips four bytes of the first stored copy of `needle` in the node's segment files.
+fn corrupt_on_disk(data_dir: &Path, needle: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let chunks = data_dir.join("chunks");
+    for name in entries(&chunks).iter().filter(|name| name.starts_with("seg-")) {
+        let path = chunks.join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|window| window == needle) {
+            let flipped: Vec<u8> = needle[..4].iter().map(|byte| !byte).collect();
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&flipped, at as u64).unwrap();
+            return;
+        }
+    }
+    panic!("the content is in no segment file under {}", chunks.display());
+}
+
+/// Ctrl-C (SIGINT), SIGTERM or SIGHUP during a get removes the temporary file: no destructor runs
+/// then. A node that never answers keeps the get waiting with its temporary file open.
+#[test]
+fn interrupted_get_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    write_private_key(&key);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let mut get = Command::new(BIN)
+            .args(["get", "f", "-o"])
+            .arg(out.join("f"))
+            .args(["--node", &format!("127.0.0.1:{}", free_port()), "--key-file"])
+            .arg(&key)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !entries(&out).iter().any(|name| name.ends_with(".beeline-partial")) {
+            assert!(Instant::now() < deadline, "no temporary file appeared: {:?}", entries(&out));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+        unsafe { libc::kill(get.id() as i32, signal) };
+        let status = get.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(signal), "{status}");
+        assert!(entries(&out).is_empty(), "left behind after signal {signal}: {:?}", entries(&out));
+    }
+}
+
+fn write_private_key(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    writeln!(file, "{}", "ab".repeat(32)).unwrap();
 }
