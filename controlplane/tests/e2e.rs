@@ -424,3 +424,96 @@ fn write_private_key(path: &Path) {
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
     writeln!(file, "{}", "ab".repeat(32)).unwrap();
 }
+
+/// Issue #11: a 9,000-byte name made `stat` panic (exit 101) and 4,000-byte ones blamed the
+/// cluster key. Every command that carries a name refuses it in one line before sending
+/// anything, so the answer is the same with no node and no Redis at all.
+#[test]
+fn too_long_names_are_one_line_errors_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    write_private_key(&key);
+    let file = dir.path().join("small");
+    std::fs::write(&file, b"x").unwrap();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    for len in [256, 4000, 9000] {
+        let name = "a".repeat(len);
+        let commands: [Vec<&str>; 6] = [
+            vec!["stat", &name],
+            vec!["get", &name],
+            vec!["get", &name, "-o", "-"],
+            vec!["rm", &name],
+            vec!["put", file.to_str().unwrap(), "--as", &name],
+            vec!["tag", &name, "t", "--metadata", "redis://127.0.0.1:1"],
+        ];
+        for args in commands {
+            let output =
+                Command::new(BIN).args(&args).args(["--node", &nowhere, "--key-file"]).arg(&key).output().unwrap();
+            assert_eq!(output.status.code(), Some(1), "{} with a {len}-byte name: {output:?}", args[0]);
+            let message = one_line_error(&output);
+            assert!(message.contains(&format!("{len} bytes long")), "{} with {len} bytes: {message}", args[0]);
+        }
+    }
+    assert!(entries(dir.path()).len() == 2, "something was written: {:?}", entries(dir.path()));
+}
+
+/// A name of the longest accepted size (1,024 bytes, parts of up to 255) goes through every
+/// command against a real node.
+#[test]
+fn the_longest_names_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, out) = node_with_one_file(dir.path(), b"deep\n");
+    let part = "p".repeat(255);
+    let name = format!("{}/{part}/{part}/{part}/f", &part[1..]);
+    assert_eq!(name.len(), 1024);
+    ok(&node.cli(&["put", dir.path().join("f").to_str().unwrap(), "--as", &name]));
+    assert!(ok(&node.cli(&["ls"])).contains(&name));
+    assert!(ok(&node.cli(&["stat", &name])).contains("size_bytes:  5"));
+    ok(&node.cli(&["get", &name, "-o", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(out.join("f")).unwrap(), b"deep\n");
+    ok(&node.cli(&["rm", &name]));
+    let message = one_line_error(&node.cli(&["put", dir.path().join("f").to_str().unwrap(), "--as", &(name + "x")]));
+    assert!(message.contains("1025 bytes long"), "{message}");
+}
+
+/// New names may not hide characters (bidi overrides, zero-width, controls): the client
+/// refuses them, and so does the node for a client that does not check. A file stored under
+/// such a name before the rule stays reachable by stat, get and rm.
+#[test]
+fn invisible_characters_are_refused_on_put_but_old_names_stay_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = "invoice\u{202E}fdp.exe";
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    {
+        use beeline::metadata::Metadata;
+        let mut metadata = beeline::metadata::EmbeddedMetadata::open(&dir.path().join("data/metadata.redb")).unwrap();
+        let record = beeline::control::FileRecord {
+            name: old.into(),
+            file_id: 7,
+            size_bytes: 0,
+            chunk_bytes: 4096,
+            blake3: *blake3::hash(b"").as_bytes(),
+            created_unix_ms: 0,
+        };
+        metadata.put_file(&record).unwrap();
+    }
+    let (node, out) = node_with_one_file(dir.path(), b"x");
+    for bad in ["invoice\u{202E}fdp.exe", "a\u{200B}b", "bell\u{7}", "\u{FEFF}bom", "x\u{2066}y"] {
+        let message = one_line_error(&node.cli(&["put", dir.path().join("f").to_str().unwrap(), "--as", bad]));
+        let code =
+            format!("U+{:04X}", u32::from(bad.chars().find(|c| !c.is_ascii_alphanumeric() && *c != '.').unwrap()));
+        assert!(message.contains(&code), "{bad:?}: {message}");
+    }
+    let mut client = beeline::client::Client::new(beeline::client::ClientOptions::new(
+        format!("127.0.0.1:{}", node.port).parse().unwrap(),
+        beeline::keyfile::load(&dir.path().join("cluster.key")).unwrap(),
+    ))
+    .unwrap();
+    let sneaky = beeline::control::FileRecord { name: "b\u{202D}c".into(), file_id: 9, ..client.lookup(old).unwrap() };
+    let refused = client.control(&beeline::control::ControlRequest::CommitFile(sneaky)).unwrap_err().to_string();
+    assert!(refused.contains("U+202D"), "the node accepted a hidden character: {refused}");
+    assert!(ok(&node.cli(&["stat", old])).contains(old));
+    ok(&node.cli(&["get", old, "-o", out.join("old").to_str().unwrap()]));
+    assert_eq!(std::fs::read(out.join("old")).unwrap(), b"");
+    ok(&node.cli(&["rm", old]));
+}

@@ -56,7 +56,8 @@ enum Command {
     /// Store a file (`-` reads standard input and needs --as).
     Put {
         file: PathBuf,
-        /// Name to store it under [default: the file's base name].
+        /// Name to store it under: up to 1024 bytes, at most 255 between two `/`, no
+        /// control, bidi or zero-width characters [default: the file's base name].
         #[arg(long = "as")]
         name: Option<String>,
         /// Chunk size in bytes.
@@ -209,6 +210,10 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> CliResult {
+    // Before anything is sent: an unbounded name would not fit a datagram.
+    if let Some(name) = looked_up_name(&cli.command) {
+        crate::control::check_name_length(name)?;
+    }
     match cli.command {
         Command::Node { command: NodeCommand::Run { flags } } => run_node(*flags),
         Command::Node { command: NodeCommand::Status { client } } => node_status(&client),
@@ -263,6 +268,18 @@ fn run(cli: Cli) -> CliResult {
             println!("removed {} ({} bytes)", record.name, record.size_bytes);
             Ok(())
         }
+    }
+}
+
+/// The stored name a command looks up. (`put` checks the name it stores under itself,
+/// more strictly.)
+fn looked_up_name(command: &Command) -> Option<&str> {
+    match command {
+        Command::Get { name, .. }
+        | Command::Stat { name, .. }
+        | Command::Rm { name, .. }
+        | Command::Tag { name, .. } => Some(name),
+        _ => None,
     }
 }
 
@@ -366,6 +383,7 @@ fn put(file: &Path, name: Option<String>, chunk_bytes: u32, flags: &ClientFlags)
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| format!("{} has no file name: add --as NAME", file.display()))?,
     };
+    crate::control::validate_name(&name)?;
     if chunk_bytes == 0 {
         return Err("--chunk-bytes must be at least 1".into());
     }
@@ -433,6 +451,10 @@ fn get(name: &str, output: Option<PathBuf>, flags: &ClientFlags) -> CliResult {
 pub(crate) fn open_output(name: &str, path: Option<PathBuf>) -> Result<Output, String> {
     let base = output::base_name(name);
     match path {
+        Some(path) if base.is_none() && path.is_dir() => Err(format!(
+            "{} is a directory and \"{name}\" has no file name after its last / to save it under: give a file path with -o",
+            path.display()
+        )),
         Some(path) => Output::open(&path, base),
         None => {
             let base = base.ok_or_else(|| format!("\"{name}\" has no file name after its last /: pass -o FILE"))?;
