@@ -217,7 +217,7 @@ fn sigterm_stops_the_node_cleanly_and_data_survives() {
 fn unreachable_node_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("cluster.key");
-    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    write_private_key(&key);
     let started = Instant::now();
     let output = Command::new(BIN)
         .args(["ls", "--node", &format!("127.0.0.1:{}", free_port()), "--key-file"])
@@ -516,4 +516,24 @@ fn invisible_characters_are_refused_on_put_but_old_names_stay_reachable() {
     ok(&node.cli(&["get", old, "-o", out.join("old").to_str().unwrap()]));
     assert_eq!(std::fs::read(out.join("old")).unwrap(), b"");
     ok(&node.cli(&["rm", old]));
+}
+
+/// A key file others may read is still used, with one warning line naming the file and
+/// the fix; a private one gives no warning.
+#[test]
+fn a_key_file_open_to_others_is_used_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let key = dir.path().join("cluster.key");
+    let quiet = node.cli(&["ls"]);
+    ok(&quiet);
+    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warned = node.cli(&["ls"]);
+    ok(&warned);
+    let stderr = String::from_utf8_lossy(&warned.stderr).trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("beeline: warning: cluster key file"), "{stderr}");
+    assert!(stderr.contains("(mode 0644)") && stderr.ends_with(&format!("chmod 600 {}", key.display())), "{stderr}");
 }
