@@ -4,8 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Longest file name accepted, in bytes (as in most file systems).
-pub const NAME_BYTES_MAX: usize = 255;
+/// Longest file name accepted, in bytes: room for a path of several `/`-separated parts,
+/// and still one control datagram (a `FileRecord` carrying it is about 1,100 bytes, and the
+/// smallest frame a node takes is 2,048).
+pub const NAME_BYTES_MAX: usize = 1024;
+/// Longest `/`-separated part of a name, in bytes (what most file systems allow one name).
+pub const NAME_PART_BYTES_MAX: usize = 255;
 
 /// A file in the namespace. Chunk `i` of the file has id `(file_id << 64) | i`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,18 +43,66 @@ pub fn chunk_id(file_id: u64, index: u64) -> u128 {
     (u128::from(file_id) << 64) | u128::from(index)
 }
 
-/// Checks a user-given name: one clear reason when it is not acceptable.
-pub fn validate_name(name: &str) -> Result<(), String> {
+/// Checks a name a file is looked up by (get, stat, rm, tag): bounded, so that every
+/// request carrying it fits one datagram. Any name ever stored passes, whatever its
+/// characters, so that old files stay reachable.
+pub fn check_name_length(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("file name is empty: give a name with --as NAME".into());
+        return Err("file name is empty: give a name".into());
     }
     if name.len() > NAME_BYTES_MAX {
-        return Err(format!("file name is {} bytes long: names are at most {NAME_BYTES_MAX} bytes", name.len()));
+        return Err(format!(
+            "file name is {} bytes long, more than the {NAME_BYTES_MAX} allowed: use a shorter name",
+            name.len()
+        ));
     }
-    if name.chars().any(char::is_control) {
-        return Err("file name contains control characters: pick a printable name".into());
+    let long_part = name.split('/').enumerate().find(|(_, part)| part.len() > NAME_PART_BYTES_MAX);
+    if let Some((index, part)) = long_part {
+        return Err(format!(
+            "part {} of the file name (\"{}...\") is {} bytes long, more than the {NAME_PART_BYTES_MAX} allowed between two /: shorten it or split it with /",
+            index + 1,
+            part.chars().take(16).collect::<String>().escape_debug(),
+            part.len()
+        ));
     }
     Ok(())
+}
+
+/// Checks the name of a new file (put): [`check_name_length`], and none of the characters
+/// that do not show in a listing, so that two different names never look the same.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    check_name_length(name)?;
+    match name.char_indices().find_map(|(at, c)| Some((at, c, invisible(c)?))) {
+        Some((at, c, what)) => Err(format!(
+            "file name has U+{:04X} ({what}) at byte {at}: it would not show in listings, so names could look alike; remove it",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What `c` is when it is one of the characters a name may not contain: controls, the
+/// bidirectional embeddings, overrides and isolates, and the zero-width characters.
+fn invisible(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{202A}' => "LEFT-TO-RIGHT EMBEDDING",
+        '\u{202B}' => "RIGHT-TO-LEFT EMBEDDING",
+        '\u{202C}' => "POP DIRECTIONAL FORMATTING",
+        '\u{202D}' => "LEFT-TO-RIGHT OVERRIDE",
+        '\u{202E}' => "RIGHT-TO-LEFT OVERRIDE",
+        '\u{2066}' => "LEFT-TO-RIGHT ISOLATE",
+        '\u{2067}' => "RIGHT-TO-LEFT ISOLATE",
+        '\u{2068}' => "FIRST STRONG ISOLATE",
+        '\u{2069}' => "POP DIRECTIONAL ISOLATE",
+        '\u{200B}' => "ZERO WIDTH SPACE",
+        '\u{200C}' => "ZERO WIDTH NON-JOINER",
+        '\u{200D}' => "ZERO WIDTH JOINER",
+        '\u{200E}' => "LEFT-TO-RIGHT MARK",
+        '\u{200F}' => "RIGHT-TO-LEFT MARK",
+        '\u{FEFF}' => "ZERO WIDTH NO-BREAK SPACE",
+        c if c.is_control() => "a control character",
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,4 +156,42 @@ pub enum ControlResponse {
     Status(NodeStatus),
     /// The node could not do it; the text says why and what to do.
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_bounded_in_whole_and_per_part() {
+        let part = "p".repeat(NAME_PART_BYTES_MAX);
+        let longest = format!("{}/{part}/{part}/{part}/f", &part[1..]);
+        assert_eq!(longest.len(), NAME_BYTES_MAX);
+        assert_eq!(validate_name(&longest), Ok(()));
+        let message = validate_name(&format!("{longest}x")).unwrap_err();
+        assert!(message.contains("1025 bytes long") && message.contains("1024 allowed"), "{message}");
+        let message = validate_name(&format!("dir/{part}x/file")).unwrap_err();
+        assert!(message.contains("part 2") && message.contains("256 bytes long"), "{message}");
+        for bad in ["", &"a".repeat(4000), &"a".repeat(9000)] {
+            assert!(check_name_length(bad).is_err() && validate_name(bad).is_err(), "{}", bad.len());
+        }
+        // Multi-byte characters count in bytes: 128 x 2 bytes is one byte too many.
+        assert!(validate_name(&"\u{e9}".repeat(128)).unwrap_err().contains("256 bytes"));
+        assert_eq!(validate_name(&"\u{e9}".repeat(127)), Ok(()));
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_by_code_point_but_looked_up() {
+        let refused = ('\u{202A}'..='\u{202E}').chain('\u{2066}'..='\u{2069}').chain('\u{200B}'..='\u{200F}');
+        for c in refused.chain(['\u{FEFF}', '\u{0}', '\u{7}', '\n', '\u{7F}', '\u{9B}']) {
+            let name = format!("report{c}.pdf");
+            let message = validate_name(&name).unwrap_err();
+            assert!(message.contains(&format!("U+{:04X}", u32::from(c))) && message.contains("byte 6"), "{message}");
+            assert!(!message.contains(c), "the message repeats the invisible character: {message:?}");
+            assert_eq!(check_name_length(&name), Ok(()), "an old name with U+{:04X} must stay reachable", u32::from(c));
+        }
+        for fine in ["photo.jpg", "images/2026/big.iso", "\u{e9}t\u{e9}.txt", "\u{6587}\u{4ef6}", "\u{1F41D}", "a b"] {
+            assert_eq!(validate_name(fine), Ok(()), "{fine}");
+        }
+    }
 }

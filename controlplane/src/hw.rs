@@ -9,9 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Deserialize;
 
@@ -249,22 +249,20 @@ pub fn list_profiles(dirs: &[PathBuf]) -> BTreeMap<String, PathBuf> {
 /// The profile's `[node]` table run through the node's own config resolution, so it is
 /// accepted exactly when `beeline node run --config` would accept it.
 pub fn validate_node_table(loaded: &LoadedProfile) -> Result<crate::config::NodeSettings, String> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
     let text = toml::to_string(&loaded.profile.node).map_err(|e| format!("cannot serialize [node]: {e}"))?;
-    // `resolve` reads a file; a private temporary one, named per process and call so that
-    // parallel checks never share it.
-    let temp = std::env::temp_dir().join(format!(
-        "beeline-hw-{}-{}-{}.toml",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        loaded.profile.name
-    ));
-    std::fs::write(&temp, &text).map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
-    let result = NodeFlags { config: Some(temp.clone()), ..NodeFlags::default() }.resolve();
-    let _ = std::fs::remove_file(&temp);
-    result.map_err(|error| {
-        error.to_string().replace(&temp.display().to_string(), &format!("{} [node]", loaded.path.display()))
-    })
+    // `resolve` reads a file: a private temporary one, created exclusively under a random
+    // name, since a predictable name in /tmp let anyone plant a link that root then wrote
+    // through.
+    let destination = std::env::temp_dir().join(format!("beeline-hw-{}.toml", loaded.profile.name));
+    let cannot =
+        |e: std::io::Error| format!("cannot write a temporary file in {}: {e}", std::env::temp_dir().display());
+    let (mut file, temp) = crate::cli::output::create_temp(&destination).map_err(cannot)?;
+    file.write_all(text.as_bytes()).map_err(cannot)?;
+    drop(file);
+    let result = NodeFlags { config: Some(temp.path().to_owned()), ..NodeFlags::default() }.resolve();
+    let shown = temp.path().display().to_string();
+    drop(temp);
+    result.map_err(|error| error.to_string().replace(&shown, &format!("{} [node]", loaded.path.display())))
 }
 
 /// The filesystem roots `hw check` reads; a fake tree in tests.

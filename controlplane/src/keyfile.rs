@@ -32,15 +32,51 @@ pub fn default_key_path() -> PathBuf {
     home.join(".config/beeline/cluster.key")
 }
 
+/// Reads the key; warns on stderr (and goes on) when others than its owner may read or
+/// change the file.
 pub fn load(path: &Path) -> Result<ClusterKey, KeyError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
+    let (text, mode) = match read_with_mode(path) {
+        Ok(read) => read,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(KeyError::Missing(path.to_owned())),
         Err(error) => return Err(KeyError::Invalid { path: path.to_owned(), reason: error.to_string() }),
     };
-    parse_hex_key(text.trim())
-        .map(ClusterKey::new)
-        .map_err(|reason| KeyError::Invalid { path: path.to_owned(), reason })
+    let key = parse_hex_key(text.trim()).map_err(|reason| KeyError::Invalid { path: path.to_owned(), reason })?;
+    if let Some(warning) = loose_permissions_warning(path, mode) {
+        eprintln!("beeline: warning: {warning}");
+    }
+    Ok(ClusterKey::new(key))
+}
+
+/// The content and the mode of the same open file.
+fn read_with_mode(path: &Path) -> std::io::Result<(String, u32)> {
+    let mut file = fs::File::open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)?;
+    Ok((text, mode))
+}
+
+/// One line saying what is wrong and the command that fixes it, when group or others have
+/// any access: whoever reads the key can forge requests every node accepts.
+fn loose_permissions_warning(path: &Path, mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "cluster key file {} is open to group or others (mode {:04o}): anyone who reads it can forge requests to the nodes; run: chmod 600 {}",
+            path.display(),
+            mode & 0o7777,
+            shell_quoted(path)
+        )
+    })
+}
+
+/// `path` as a shell word, quoted only when it needs to be.
+fn shell_quoted(path: &Path) -> String {
+    let text = path.display().to_string();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%".contains(&b)) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// Loads the key, creating a fresh random one (mode 0600) when the file does not exist.
@@ -120,6 +156,20 @@ mod tests {
         assert!(message.contains("64 hex digits"), "{message}");
         let missing = load(&dir.path().join("nope")).unwrap_err().to_string();
         assert!(missing.contains("beeline node run"), "{missing}");
+    }
+
+    #[test]
+    fn keys_open_to_others_get_a_warning_with_the_fix() {
+        let path = Path::new("/etc/beeline/cluster.key");
+        assert_eq!(loose_permissions_warning(path, 0o100600), None);
+        assert_eq!(loose_permissions_warning(path, 0o100400), None);
+        for mode in [0o100644, 0o100640, 0o100604, 0o100620, 0o100602, 0o100700 | 0o001] {
+            let warning = loose_permissions_warning(path, mode).unwrap();
+            assert!(warning.contains(&format!("(mode {:04o})", mode & 0o7777)), "{warning}");
+            assert!(warning.ends_with("chmod 600 /etc/beeline/cluster.key") && !warning.contains('\n'), "{warning}");
+        }
+        let odd = loose_permissions_warning(Path::new("/tmp/my key's"), 0o644).unwrap();
+        assert!(odd.ends_with(r"chmod 600 '/tmp/my key'\''s'"), "{odd}");
     }
 
     /// Threads released by one barrier race to create one fresh key path, many rounds:

@@ -208,7 +208,11 @@ fn ok(output: &Output) -> String {
 }
 
 fn key_file(dir: &Path) {
-    std::fs::write(dir.join("cluster.key"), format!("{}\n", "5a".repeat(32))).unwrap();
+    use std::os::unix::fs::OpenOptionsExt;
+    // Private, as a node would create it: a key open to others makes every command warn.
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("cluster.key")).unwrap();
+    std::io::Write::write_all(&mut file, format!("{}\n", "5a".repeat(32)).as_bytes()).unwrap();
 }
 
 #[test]

@@ -6,7 +6,8 @@ use common::node::{BIN, TestNode, ok, one_line_error};
 use common::{free_port, is_root, pattern};
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -137,7 +138,7 @@ fn sigterm_stops_the_node_cleanly_and_data_survives() {
 fn unreachable_node_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("cluster.key");
-    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    write_private_key(&key);
     let started = Instant::now();
     let output = Command::new(BIN)
         .args(["ls", "--node", &format!("127.0.0.1:{}", free_port()), "--key-file"])
@@ -209,4 +210,251 @@ fn real_enospc_on_a_tiny_tmpfs() {
     assert!(message.contains("disk is full"), "{message}");
     let ping = node.cli(&["node", "ping"]);
     assert!(ping.status.success(), "node died on ENOSPC");
+}
+
+/// Names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A node with one stored file `f` and an empty directory `out` to get it into.
+fn node_with_one_file(dir: &Path, content: &[u8]) -> (TestNode, PathBuf) {
+    let node = TestNode::start(dir, &[]);
+    let source = dir.join("f");
+    std::fs::write(&source, content).unwrap();
+    ok(&node.cli(&["put", source.to_str().unwrap()]));
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    (node, out)
+}
+
+/// Issue #11's reproductions of `get -o`: a character device stays a device (on a node of
+/// our own, never on `/dev/null`), a link planted at the old fixed temporary name is not
+/// followed, a directory receives the file under its base name, a FIFO is written through.
+#[test]
+fn get_output_never_replaces_devices_or_follows_planted_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, out) = node_with_one_file(dir.path(), b"payload\n");
+    let get = |target: &Path| node.cli(&["get", "f", "-o", target.to_str().unwrap()]);
+    if is_root() {
+        let device = out.join("n");
+        common::sh(&["mknod", device.to_str().unwrap(), "c", "1", "3"]);
+        ok(&get(&device));
+        assert!(std::fs::symlink_metadata(&device).unwrap().file_type().is_char_device(), "the device was replaced");
+    } else {
+        beeline_dataplane::testkit::skip("get_output_never_replaces_devices (device part)", "needs root to mknod");
+        std::fs::write(out.join("n"), b"").unwrap();
+    }
+    let victim = dir.path().join("target");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("y.beeline-partial")).unwrap();
+    ok(&get(&out.join("y")));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(std::fs::read(out.join("y")).unwrap(), b"payload\n");
+    let somedir = out.join("somedir");
+    std::fs::create_dir(&somedir).unwrap();
+    let wrote = ok(&get(&somedir));
+    assert!(wrote.contains("somedir/f"), "{wrote}");
+    assert_eq!(std::fs::read(somedir.join("f")).unwrap(), b"payload\n");
+    let fifo = out.join("pipe");
+    common::sh(&["mkfifo", fifo.to_str().unwrap()]);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    ok(&get(&fifo));
+    assert_eq!(reader.join().unwrap(), b"payload\n");
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(entries(&out), ["n", "pipe", "somedir", "y", "y.beeline-partial"]);
+}
+
+/// A get that fails (no such file, or content that does not match its BLAKE3 because a
+/// byte on the node's disk flipped) leaves the output as it was and no partial file.
+#[test]
+fn failed_get_leaves_the_output_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = pattern(300_000, 11);
+    let (node, out) = node_with_one_file(dir.path(), &content);
+    let existing = out.join("existing");
+    std::fs::write(&existing, b"old content").unwrap();
+    one_line_error(&node.cli(&["get", "absent", "-o", out.join("new").to_str().unwrap()]));
+    one_line_error(&node.cli(&["get", "absent", "-o", existing.to_str().unwrap()]));
+    corrupt_on_disk(&dir.path().join("data"), &content[100_000..100_064]);
+    let message = one_line_error(&node.cli(&["get", "f", "-o", existing.to_str().unwrap()]));
+    assert!(message.to_lowercase().contains("blake3"), "{message}");
+    let message = one_line_error(&node.cli(&["get", "f", "-o", out.to_str().unwrap()]));
+    assert!(message.to_lowercase().contains("blake3"), "{message}");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"old content");
+    assert_eq!(entries(&out), ["existing"]);
+}
+
+/// Flips four bytes of the first stored copy of `needle` in the node's segment files.
+fn corrupt_on_disk(data_dir: &Path, needle: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let chunks = data_dir.join("chunks");
+    for name in entries(&chunks).iter().filter(|name| name.starts_with("seg-")) {
+        let path = chunks.join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|window| window == needle) {
+            let flipped: Vec<u8> = needle[..4].iter().map(|byte| !byte).collect();
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&flipped, at as u64).unwrap();
+            return;
+        }
+    }
+    panic!("the content is in no segment file under {}", chunks.display());
+}
+
+/// Ctrl-C (SIGINT), SIGTERM or SIGHUP during a get removes the temporary file: no destructor runs
+/// then. A node that never answers keeps the get waiting with its temporary file open.
+#[test]
+fn interrupted_get_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    write_private_key(&key);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let mut get = Command::new(BIN)
+            .args(["get", "f", "-o"])
+            .arg(out.join("f"))
+            .args(["--node", &format!("127.0.0.1:{}", free_port()), "--key-file"])
+            .arg(&key)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !entries(&out).iter().any(|name| name.ends_with(".beeline-partial")) {
+            assert!(Instant::now() < deadline, "no temporary file appeared: {:?}", entries(&out));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+        unsafe { libc::kill(get.id() as i32, signal) };
+        let status = get.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(signal), "{status}");
+        assert!(entries(&out).is_empty(), "left behind after signal {signal}: {:?}", entries(&out));
+    }
+}
+
+fn write_private_key(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    writeln!(file, "{}", "ab".repeat(32)).unwrap();
+}
+
+/// Issue #11: a 9,000-byte name made `stat` panic (exit 101) and 4,000-byte ones blamed the
+/// cluster key. Every command that carries a name refuses it in one line before sending
+/// anything, so the answer is the same with no node and no Redis at all.
+#[test]
+fn too_long_names_are_one_line_errors_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    write_private_key(&key);
+    let file = dir.path().join("small");
+    std::fs::write(&file, b"x").unwrap();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    for len in [256, 4000, 9000] {
+        let name = "a".repeat(len);
+        let commands: [Vec<&str>; 6] = [
+            vec!["stat", &name],
+            vec!["get", &name],
+            vec!["get", &name, "-o", "-"],
+            vec!["rm", &name],
+            vec!["put", file.to_str().unwrap(), "--as", &name],
+            vec!["tag", &name, "t", "--metadata", "redis://127.0.0.1:1"],
+        ];
+        for args in commands {
+            let output =
+                Command::new(BIN).args(&args).args(["--node", &nowhere, "--key-file"]).arg(&key).output().unwrap();
+            assert_eq!(output.status.code(), Some(1), "{} with a {len}-byte name: {output:?}", args[0]);
+            let message = one_line_error(&output);
+            assert!(message.contains(&format!("{len} bytes long")), "{} with {len} bytes: {message}", args[0]);
+        }
+    }
+    assert!(entries(dir.path()).len() == 2, "something was written: {:?}", entries(dir.path()));
+}
+
+/// A name of the longest accepted size (1,024 bytes, parts of up to 255) goes through every
+/// command against a real node.
+#[test]
+fn the_longest_names_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, out) = node_with_one_file(dir.path(), b"deep\n");
+    let part = "p".repeat(255);
+    let name = format!("{}/{part}/{part}/{part}/f", &part[1..]);
+    assert_eq!(name.len(), 1024);
+    ok(&node.cli(&["put", dir.path().join("f").to_str().unwrap(), "--as", &name]));
+    assert!(ok(&node.cli(&["ls"])).contains(&name));
+    assert!(ok(&node.cli(&["stat", &name])).contains("size_bytes:  5"));
+    ok(&node.cli(&["get", &name, "-o", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(out.join("f")).unwrap(), b"deep\n");
+    ok(&node.cli(&["rm", &name]));
+    let message = one_line_error(&node.cli(&["put", dir.path().join("f").to_str().unwrap(), "--as", &(name + "x")]));
+    assert!(message.contains("1025 bytes long"), "{message}");
+}
+
+/// New names may not hide characters (bidi overrides, zero-width, controls): the client
+/// refuses them, and so does the node for a client that does not check. A file stored under
+/// such a name before the rule stays reachable by stat, get and rm.
+#[test]
+fn invisible_characters_are_refused_on_put_but_old_names_stay_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = "invoice\u{202E}fdp.exe";
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    {
+        use beeline::metadata::Metadata;
+        let mut metadata = beeline::metadata::EmbeddedMetadata::open(&dir.path().join("data/metadata.redb")).unwrap();
+        let record = beeline::control::FileRecord {
+            name: old.into(),
+            file_id: 7,
+            size_bytes: 0,
+            chunk_bytes: 4096,
+            blake3: *blake3::hash(b"").as_bytes(),
+            created_unix_ms: 0,
+        };
+        metadata.put_file(&record).unwrap();
+    }
+    let (node, out) = node_with_one_file(dir.path(), b"x");
+    for bad in ["invoice\u{202E}fdp.exe", "a\u{200B}b", "bell\u{7}", "\u{FEFF}bom", "x\u{2066}y"] {
+        let message = one_line_error(&node.cli(&["put", dir.path().join("f").to_str().unwrap(), "--as", bad]));
+        let code =
+            format!("U+{:04X}", u32::from(bad.chars().find(|c| !c.is_ascii_alphanumeric() && *c != '.').unwrap()));
+        assert!(message.contains(&code), "{bad:?}: {message}");
+    }
+    let mut client = beeline::client::Client::new(beeline::client::ClientOptions::new(
+        format!("127.0.0.1:{}", node.port).parse().unwrap(),
+        beeline::keyfile::load(&dir.path().join("cluster.key")).unwrap(),
+    ))
+    .unwrap();
+    let sneaky = beeline::control::FileRecord { name: "b\u{202D}c".into(), file_id: 9, ..client.lookup(old).unwrap() };
+    let refused = client.control(&beeline::control::ControlRequest::CommitFile(sneaky)).unwrap_err().to_string();
+    assert!(refused.contains("U+202D"), "the node accepted a hidden character: {refused}");
+    assert!(ok(&node.cli(&["stat", old])).contains(old));
+    ok(&node.cli(&["get", old, "-o", out.join("old").to_str().unwrap()]));
+    assert_eq!(std::fs::read(out.join("old")).unwrap(), b"");
+    ok(&node.cli(&["rm", old]));
+}
+
+/// A key file others may read is still used, with one warning line naming the file and
+/// the fix; a private one gives no warning.
+#[test]
+fn a_key_file_open_to_others_is_used_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let key = dir.path().join("cluster.key");
+    let quiet = node.cli(&["ls"]);
+    ok(&quiet);
+    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warned = node.cli(&["ls"]);
+    ok(&warned);
+    let stderr = String::from_utf8_lossy(&warned.stderr).trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("beeline: warning: cluster key file"), "{stderr}");
+    assert!(stderr.contains("(mode 0644)") && stderr.ends_with(&format!("chmod 600 {}", key.display())), "{stderr}");
 }

@@ -1,6 +1,6 @@
 //! AEAD candidates for protocol v2 (issue #10): what sealing and opening a datagram in
 //! place costs with RustCrypto's `aes-gcm` and with `ring`, both AES-128-GCM, against the
-//! keyed BLAKE3 MAC that protocol v1 computes today (`wire::MacKey`: a 16-byte tag read
+//! keyed BLAKE3 MAC that protocol v1 computed (`wire::v1`: a 16-byte tag read
 //! from the XOF over header and payload).
 //!
 //! Every row works on one message of `SIZE` payload bytes behind a 64-byte header used as

@@ -1,11 +1,11 @@
 //! The cluster-mode commands: `beeline --metadata redis://... put/get/ls/stat/rm`,
 //! `beeline cluster status/repair/configure`, `beeline tag`, `beeline search`.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use beeline_dataplane::wire::ClusterKey;
 
+use crate::cli::output::Output;
 use crate::client::cluster::{ClusterClient, describe};
 use crate::keyfile;
 
@@ -112,35 +112,12 @@ pub fn put(flags: &Flags, file: &Path, name: &str, chunk_bytes: u32) -> Result<(
     Ok(())
 }
 
-pub fn get(flags: &Flags, name: &str, output: Option<PathBuf>) -> Result<(), String> {
+pub fn get(flags: &Flags, name: &str, mut output: Output) -> Result<(), String> {
     let mut cluster = connect(flags)?;
-    let output = output.unwrap_or_else(|| {
-        PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into()))
-    });
-    if output.as_os_str() == "-" {
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        cluster.get_writer(name, &mut lock, "standard output", &mut |_| {}).map_err(|e| e.to_string())?;
-        return lock.flush().map_err(|e| format!("standard output: {e}"));
-    }
-    let partial = output.with_extension("beeline-partial");
-    let destination = output.display().to_string();
-    let file = std::fs::File::create(&partial).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-    match cluster.get_writer(name, &mut writer, &destination, &mut |_| {}) {
-        Ok(layout) => {
-            let file = writer.into_inner().map_err(|e| format!("cannot write {destination}: {}", e.error()))?;
-            file.sync_all().map_err(|e| format!("cannot write {destination}: {e}"))?;
-            std::fs::rename(&partial, &output).map_err(|e| format!("cannot move to {destination}: {e}"))?;
-            println!("wrote {destination} ({} bytes)", layout.record.size_bytes);
-            Ok(())
-        }
-        Err(error) => {
-            drop(writer);
-            let _ = std::fs::remove_file(&partial);
-            Err(error.to_string())
-        }
-    }
+    let destination = output.shown().to_owned();
+    // On an error `output` is dropped, which leaves the destination as it was.
+    let layout = cluster.get_writer(name, output.writer(), &destination, &mut |_| {}).map_err(|e| e.to_string())?;
+    crate::cli::finish_output(output, layout.record.size_bytes)
 }
 
 pub fn ls(flags: &Flags) -> Result<(), String> {

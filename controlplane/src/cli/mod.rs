@@ -4,10 +4,12 @@
 pub mod bench;
 pub mod cluster;
 mod format;
+pub mod output;
 
 pub(crate) use format::format_time;
+use output::Output;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,7 +60,8 @@ enum Command {
     /// Store a file (`-` reads standard input and needs --as).
     Put {
         file: PathBuf,
-        /// Name to store it under [default: the file's base name].
+        /// Name to store it under: up to 1024 bytes, at most 255 between two `/`, no
+        /// control, bidi or zero-width characters [default: the file's base name].
         #[arg(long = "as")]
         name: Option<String>,
         /// Chunk size in bytes.
@@ -70,7 +73,9 @@ enum Command {
     /// Fetch a file.
     Get {
         name: String,
-        /// Where to write it (`-` for standard output) [default: ./NAME].
+        /// Where to write it: a file (replaced only once all of it arrived and checked out),
+        /// a directory (the file goes in under the name's last `/`-part), a device or FIFO
+        /// (written as it is), `-` for standard output [default: the name's last part, here].
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
         #[command(flatten)]
@@ -209,6 +214,10 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> CliResult {
+    // Before anything is sent: an unbounded name would not fit a datagram.
+    if let Some(name) = looked_up_name(&cli.command) {
+        crate::control::check_name_length(name)?;
+    }
     match cli.command {
         Command::Node { command: NodeCommand::Run { flags } } => run_node(*flags),
         Command::Node { command: NodeCommand::Status { client } } => node_status(&client),
@@ -263,6 +272,18 @@ fn run(cli: Cli) -> CliResult {
             println!("removed {} ({} bytes)", record.name, record.size_bytes);
             Ok(())
         }
+    }
+}
+
+/// The stored name a command looks up. (`put` checks the name it stores under itself,
+/// more strictly.)
+fn looked_up_name(command: &Command) -> Option<&str> {
+    match command {
+        Command::Get { name, .. }
+        | Command::Stat { name, .. }
+        | Command::Rm { name, .. }
+        | Command::Tag { name, .. } => Some(name),
+        _ => None,
     }
 }
 
@@ -369,6 +390,7 @@ fn put(file: &Path, name: Option<String>, chunk_bytes: u32, flags: &ClientFlags)
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| format!("{} has no file name: add --as NAME", file.display()))?,
     };
+    crate::control::validate_name(&name)?;
     if chunk_bytes == 0 {
         return Err("--chunk-bytes must be at least 1".into());
     }
@@ -409,52 +431,53 @@ fn put(file: &Path, name: Option<String>, chunk_bytes: u32, flags: &ClientFlags)
 }
 
 fn get(name: &str, output: Option<PathBuf>, flags: &ClientFlags) -> CliResult {
+    let mut output = open_output(name, output)?;
     if flags.metadata.is_some() {
         return crate::cli::cluster::get(&cluster_flags(flags)?, name, output);
     }
     let mut client = connect(flags)?;
-    let output = output.unwrap_or_else(|| {
-        PathBuf::from(Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "beeline-download".into()))
-    });
-    if output.as_os_str() == "-" {
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        client.get_writer(name, &mut lock, "standard output", &mut |_| {}).map_err(|e| e.to_string())?;
-        return lock.flush().map_err(|e| format!("standard output: {e}"));
-    }
-    // Write beside the destination and rename at the end, so a failed get never leaves a
-    // truncated file under the real name.
-    let partial = output.with_extension(match output.extension() {
-        Some(ext) => format!("{}.beeline-partial", ext.to_string_lossy()),
-        None => "beeline-partial".into(),
-    });
-    let destination = output.display().to_string();
-    let file = std::fs::File::create(&partial).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-    let size_hint = client.lookup(name).map(|r| r.size_bytes).ok();
+    let size_hint = if output.is_stdout() { None } else { client.lookup(name).map(|r| r.size_bytes).ok() };
     let bar = progress_bar(size_hint, "get", name);
     let mut on_progress = |done: u64| {
         if let Some(bar) = &bar {
             bar.set_position(done);
         }
     };
-    let result = client.get_writer(name, &mut writer, &destination, &mut on_progress);
+    let destination = output.shown().to_owned();
+    // On an error `output` is dropped, which leaves the destination as it was.
+    let result = client.get_writer(name, output.writer(), &destination, &mut on_progress);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let record = match result {
-        Ok(record) => record,
-        Err(error) => {
-            drop(writer);
-            let _ = std::fs::remove_file(&partial);
-            return Err(error.to_string());
+    let record = result.map_err(|e| e.to_string())?;
+    finish_output(output, record.size_bytes)
+}
+
+/// `-o OUT` (see [`output`] for what each kind of path gets), else the stored name's base
+/// name in the working directory.
+pub(crate) fn open_output(name: &str, path: Option<PathBuf>) -> Result<Output, String> {
+    let base = output::base_name(name);
+    match path {
+        Some(path) if base.is_none() && path.is_dir() => Err(format!(
+            "{} is a directory and \"{name}\" has no file name after its last / to save it under: give a file path with -o",
+            path.display()
+        )),
+        Some(path) => Output::open(&path, base),
+        None => {
+            let base = base.ok_or_else(|| format!("\"{name}\" has no file name after its last /: pass -o FILE"))?;
+            Output::open(Path::new(base), None)
         }
-    };
-    let file = writer.into_inner().map_err(|e| format!("cannot write {destination}: {}", e.error()))?;
-    file.sync_all().map_err(|e| format!("cannot write {destination}: {e}"))?;
-    std::fs::rename(&partial, &output)
-        .map_err(|e| format!("cannot move {} to {destination}: {e}", partial.display()))?;
-    println!("wrote {destination} ({} bytes)", record.size_bytes);
+    }
+}
+
+/// Puts the written content in place and says where, unless it went to standard output.
+pub(crate) fn finish_output(output: Output, size_bytes: u64) -> CliResult {
+    let to_stdout = output.is_stdout();
+    let shown = output.shown().to_owned();
+    output.finish()?;
+    if !to_stdout {
+        println!("wrote {shown} ({size_bytes} bytes)");
+    }
     Ok(())
 }
 

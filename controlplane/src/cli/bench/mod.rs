@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use beeline_dataplane::io::udp::DEFAULT_SOCKET_BUFFER_BYTES;
 use beeline_dataplane::wire::{ClusterKey, HEADER_LEN};
 
+use crate::cli::output::Output;
 use crate::client::{Client, ClientOptions};
 use crate::config::NodeFlags;
 use crate::control::FileRecord;
@@ -112,6 +113,8 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         phases: Vec::new(),
         node_counters: Vec::new(),
     };
+    // Opened first, so that a bad --output fails now rather than after the whole run.
+    let output = args.output.as_deref().map(|path| Output::open(path, None)).transpose()?;
     let workdir = WorkDir::create(args.dir.as_deref())?;
     let outcome = measure(&args, &workdir, &mut report);
     drop(workdir);
@@ -119,8 +122,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     let text = if args.json { report.json() } else { report.markdown() };
     print!("{text}");
     std::io::stdout().flush().map_err(|e| format!("standard output: {e}"))?;
-    if let Some(path) = &args.output {
-        std::fs::write(path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let Some(mut output) = output {
+        output.writer().write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", output.shown()))?;
+        output.finish()?;
     }
     Ok(())
 }
