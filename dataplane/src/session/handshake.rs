@@ -1,5 +1,5 @@
 //! Protocol v2's handshake messages, their key schedule and the node's stateless cookie,
-//! as `docs/protocol-v2.md` designs them. Every message is parsed through a checked view
+//! as `docs/protocol.md` specifies them. Every message is parsed through a checked view
 //! (no accessor can panic after `new_checked`) and built into a caller's buffer; nothing
 //! allocates.
 //!
