@@ -256,7 +256,7 @@ pub fn validate_node_table(loaded: &LoadedProfile) -> Result<crate::config::Node
     let destination = std::env::temp_dir().join(format!("beeline-hw-{}.toml", loaded.profile.name));
     let cannot =
         |e: std::io::Error| format!("cannot write a temporary file in {}: {e}", std::env::temp_dir().display());
-    let (mut file, temp) = crate::cli::output::create_temp(&destination).map_err(cannot)?;
+    let (mut file, temp) = crate::output::create_temp(&destination).map_err(cannot)?;
     file.write_all(text.as_bytes()).map_err(cannot)?;
     drop(file);
     let result = NodeFlags { config: Some(temp.path().to_owned()), ..NodeFlags::default() }.resolve();

@@ -4,7 +4,8 @@
 //! snapshot it publishes, metrics and cluster membership), [`client`] (the client library:
 //! one node, and the replicated cluster client), [`cluster`] (the Redis metadata and
 //! placement), [`metadata`] (the namespace trait and the embedded store), [`control`]
-//! (control messages), [`keyfile`] and [`hw`]; [`cli`] is the `beeline` command line, a
+//! (control messages), [`keyfile`], [`hw`] and [`output`] (where downloaded files are
+//! written, safely); [`cli`] is the `beeline` command line, a
 //! thin layer over the rest. Dependencies run one way: cli -> node -> backend -> config,
 //! and client -> cluster -> metadata -> control.
 
@@ -18,3 +19,4 @@ pub mod hw;
 pub mod keyfile;
 pub mod metadata;
 pub mod node;
+pub mod output;

@@ -19,7 +19,7 @@
 //! As in smoltcp's `wire`, [`Packet`] is a view over untrusted bytes: `new_checked`
 //! validates lengths, magic, version and opcode, after which no accessor can panic.
 //! [`Repr`] is the parsed, owned form used to build packets. Sealing and opening, which
-//! need a session's keys, live in [`crate::session::peer`]; [`v1`] recognises the
+//! need a session's keys, live in the `session::peer` module; [`v1`] recognises the
 //! previous version's datagrams so that a node can tell an old client to upgrade.
 //! Handshake messages share the magic and version and set the opcode byte's high bit
 //! ([`is_handshake`]).
@@ -356,7 +356,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
 /// The cluster key every node and client of a cluster shares. Protocol v2 never uses it
 /// on a data datagram: the handshake derives per-session keys from it
-/// ([`crate::session::handshake::ClusterKeys`]).
+/// (`session::handshake::ClusterKeys`).
 #[derive(Clone)]
 pub struct ClusterKey([u8; 32]);
 

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use beeline_dataplane::wire::ClusterKey;
 
-use crate::cli::output::Output;
 use crate::client::cluster::{ClusterClient, describe};
 use crate::keyfile;
+use crate::output::Output;
 
 pub struct Flags {
     pub url: String,

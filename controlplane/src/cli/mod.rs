@@ -4,10 +4,9 @@
 pub mod bench;
 pub mod cluster;
 mod format;
-pub mod output;
 
+use crate::output::{self, Output};
 pub(crate) use format::format_time;
-use output::Output;
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};

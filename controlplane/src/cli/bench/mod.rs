@@ -30,11 +30,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use beeline_dataplane::io::udp::DEFAULT_SOCKET_BUFFER_BYTES;
 use beeline_dataplane::wire::{ClusterKey, HEADER_LEN};
 
-use crate::cli::output::Output;
 use crate::client::{Client, ClientOptions};
 use crate::config::NodeFlags;
 use crate::control::FileRecord;
 use crate::keyfile;
+use crate::output::Output;
 
 const CHUNK_BYTES: u32 = 4 << 20;
 const CHUNKS_MAX: u32 = 4096;
