@@ -5,13 +5,13 @@
 #include <stdint.h>
 
 uint32_t beeline_nostd_parse(size_t len);
-uint32_t beeline_nostd_session(uint64_t pn);
+uint32_t beeline_nostd_session(uint8_t key_byte);
 
 /* The prebuilt `alloc` crate (linked because `ring` declares it) is compiled for
  * unwinding and names this symbol; with panic = "abort" it is never called. */
 void rust_eh_personality(void) {}
 
 int main(void) {
-    /* A 64-byte zero header parses to count 0; the session round trip gives 2. */
-    return beeline_nostd_parse(64) + beeline_nostd_session(5) == 2 ? 0 : 1;
+    /* A zero header is refused (bad magic): 0; seal, open and the refused replay: 3. */
+    return beeline_nostd_parse(80) + beeline_nostd_session(5) == 3 ? 0 : 1;
 }

@@ -3,8 +3,9 @@
 //! build with a duplicate `panic_impl` lang item. CI builds it (`ci/test.sh`).
 #![no_std]
 
-use beeline_dataplane::session::{ReplayWindow, SessionCipher};
-use beeline_dataplane::wire::{HEADER_LEN, Packet, Repr};
+use beeline_dataplane::session::SessionCipher;
+use beeline_dataplane::session::peer::{SessionRx, SessionTx};
+use beeline_dataplane::wire::{HEADER_LEN, Opcode, Packet, Repr};
 
 /// Parses a datagram the way the poll loop does, so the checked path is linked in.
 #[unsafe(no_mangle)]
@@ -16,17 +17,20 @@ pub extern "C" fn beeline_nostd_parse(len: usize) -> u32 {
     }
 }
 
-/// Seals, opens and replay-checks a datagram the way protocol v2 will, so the session
-/// code and `ring`'s AES-GCM are linked in too.
+/// Seals a datagram with a session's sending half and opens it with the receiving half,
+/// replay window included, as node and client do, so the session code and `ring`'s
+/// AES-GCM are linked in too.
 #[unsafe(no_mangle)]
-pub extern "C" fn beeline_nostd_session(pn: u64) -> u32 {
-    let cipher = SessionCipher::new([7; 16]);
-    let header = [0u8; HEADER_LEN];
-    let mut payload = [1u8; 32];
-    let tag = cipher.seal_in_place(pn, &header, &mut payload);
-    let opened = cipher.open_in_place(pn, &header, &mut payload, &tag).is_ok();
-    let mut window = ReplayWindow::new();
-    u32::from(opened) + u32::from(window.check_and_update(pn).is_ok())
+pub extern "C" fn beeline_nostd_session(key_byte: u8) -> u32 {
+    let mut tx = SessionTx::new(3, SessionCipher::new([key_byte; 16]));
+    let mut rx = SessionRx::new(3, SessionCipher::new([key_byte; 16]));
+    let repr = Repr { payload_len: 32, ..Repr::new(Opcode::PutFrag) };
+    let mut datagram = [0u8; HEADER_LEN + 32];
+    repr.emit_with_payload(&mut datagram, &[1; 32]);
+    let sealed = tx.seal(&mut datagram).is_ok();
+    let opened = rx.open(&mut datagram).is_ok();
+    let replayed = rx.open(&mut datagram).is_err();
+    u32::from(sealed) + u32::from(opened) + u32::from(replayed)
 }
 
 /// `ring` (the session AEAD) declares `extern crate alloc` for a test-support module even
