@@ -120,7 +120,11 @@ pub enum ControlRequest {
     Remove {
         name: String,
     },
-    NodeStatus,
+    /// The node's state, with its counters from index `counters_from` on: as many as fit
+    /// one datagram (`NodeStatus::counters_next` says where the rest start).
+    NodeStatus {
+        counters_from: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,8 +141,10 @@ pub struct NodeStatus {
     pub puts_in_flight: u32,
     pub sessions_active: u32,
     pub page_backing: String,
-    /// `(counter name, value)` for every data-path counter.
+    /// `(counter name, value)` for the data-path counters from the requested index on.
     pub counters: Vec<(String, u64)>,
+    /// Where the counters that did not fit this reply start, if any did not.
+    pub counters_next: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

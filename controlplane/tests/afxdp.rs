@@ -308,9 +308,9 @@ fn files_round_trip_through_af_xdp_and_counters_match() {
     let before = node.wait_counters("settled", |c| c["xdp_redirect_packets"] == c["afxdp_rx_packets"]);
     let calls_before = node.status_calls.get();
     let allowed = bound_udp(&topology.client_ns, CLIENT_IP);
-    assert_eq!(ping_exchange(&allowed, &key, 50), 50, "every allowed ping is answered");
+    assert_eq!(ping_exchange(&allowed, &key, 50), 50, "every allowed Initiate is answered");
     let outsider = bound_udp(&topology.client_ns, OUTSIDER_IP);
-    assert_eq!(ping_exchange(&outsider, &key, 20), 0, "no outsider ping is answered");
+    assert_eq!(ping_exchange(&outsider, &key, 20), 0, "no outsider Initiate is answered");
     for _ in 0..7 {
         allowed.send_to(&[0u8; 100], node_addr()).unwrap();
     }
@@ -322,17 +322,20 @@ fn files_round_trip_through_af_xdp_and_counters_match() {
             && c["xdp_redirect_packets"] == c["afxdp_rx_packets"]
             && c["afxdp_rx_packets"] == c["rx_packets"]
     });
-    // Every redirected datagram is one of our 50 pings or the status traffic sent in
-    // between (each `node status` is a Ping and a Control request, retransmitted when a
-    // reply is slow): the classifier's count equals what the node accounted for.
-    let redirected = after["xdp_redirect_packets"] - before["xdp_redirect_packets"];
-    let pings = after["pings"] - before["pings"];
-    let controls = after["control_requests"] - before["control_requests"];
-    assert_eq!(redirected, pings + controls, "redirected datagrams the node did not account for: {after:#?}");
+    // Every redirected datagram is one of our 50 Initiates or the status traffic sent in
+    // between (each `node status` is a handshake, Initiate and Confirm, then Control
+    // requests, retransmitted when a reply is slow): the classifier's count equals what
+    // the node accounted for.
+    let grew = |name: &str| after[name] - before[name];
+    let redirected = grew("xdp_redirect_packets");
+    let (challenges, sessions, controls) =
+        (grew("handshake_challenges"), grew("sessions_established"), grew("control_requests"));
+    let accounted = grew("pings") + controls + challenges + sessions + grew("dropped_replayed");
+    assert_eq!(redirected, accounted, "redirected datagrams the node did not account for: {after:#?}");
     // The status call that read `after` was answered from a snapshot taken before it.
     assert!(
-        pings >= 50 && controls + 1 >= node.status_calls.get() - calls_before,
-        "{pings} pings, {controls} control requests"
+        challenges >= 50 && controls + 1 >= node.status_calls.get() - calls_before,
+        "{challenges} challenges, {controls} control requests"
     );
     assert_eq!(after["dropped_not_allowed"], 0, "outsiders never reach user space");
     assert_eq!(after["dropped_malformed"], 0, "junk never reaches user space");

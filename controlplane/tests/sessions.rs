@@ -33,6 +33,23 @@ fn key(node: &TestNode) -> beeline_dataplane::wire::ClusterKey {
     beeline::keyfile::load(&node.dir.join("cluster.key")).expect("the node wrote its key")
 }
 
+/// The node's counters once `condition` holds (they are published every 100 ms); bounded.
+fn wait_counters(
+    node: &TestNode,
+    what: &str,
+    condition: impl Fn(&HashMap<String, u64>) -> bool,
+) -> HashMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = counters(node);
+        if condition(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: the counters never got there: {now:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until `socket` has something to read, at most `timeout`.
 fn readable(socket: &UdpSocket, timeout: Duration) -> bool {
     let mut poll_fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -63,8 +80,7 @@ fn a_version_one_client_is_told_to_upgrade_and_a_forged_one_gets_nothing() {
     assert_eq!((reply[3], reply[5]), (Opcode::Error as u8, 4), "Error, BadRequest: what an old client reports");
     assert!(String::from_utf8_lossy(&reply[v1::HEADER_LEN..]).contains("upgrade"));
     assert!(len <= 3 * old.len());
-    let counters = counters(&node);
-    assert_eq!(counters["upgrade_replies"], 1);
+    let counters = wait_counters(&node, "the upgrade reply counted", |c| c["upgrade_replies"] == 1);
     assert_eq!(counters["dropped_bad_mac"], 1);
 }
 
@@ -159,15 +175,15 @@ fn replayed_put_and_remove_change_nothing_and_amplify_nothing() {
         ok(&command.arg(dir.path().join("cluster.key")).output().unwrap())
     };
     let old = dir.path().join("f");
-    std::fs::write(&old, pattern(3 << 20, 1)).unwrap();
+    std::fs::write(&old, pattern(3 << 19, 1)).unwrap();
     via_relay(&["put", old.to_str().unwrap()]);
     via_relay(&["rm", "f"]);
     let captured: Vec<(Arc<UdpSocket>, Vec<u8>)> = relay.captured.lock().unwrap().clone();
-    assert!(captured.len() > 100, "the relay captured the put and the remove");
+    assert!(captured.len() > 50, "the relay captured the put and the remove");
     let newer = dir.path().join("newer");
-    std::fs::write(&newer, pattern(1 << 20, 2)).unwrap();
+    std::fs::write(&newer, pattern(1 << 19, 2)).unwrap();
     ok(&node.cli(&["put", newer.to_str().unwrap(), "--as", "f"]));
-    let before = counters(&node);
+    let before = wait_counters(&node, "both puts counted", |c| c["chunks_stored"] == 2);
     // Stopped first, so that every answer to a replay stays in the socket it went to.
     drop(relay);
 
@@ -179,9 +195,9 @@ fn replayed_put_and_remove_change_nothing_and_amplify_nothing() {
         other.send(datagram).unwrap();
         sent_bytes += datagram.len() as u64;
     }
-    // The node answered what it answers before any reply can have been lost: a status
-    // request goes in behind the replays, over a new session of its own.
-    let after = counters(&node);
+    // Every replayed datagram reached the node (loopback, well within its socket buffer).
+    let replayed = 2 * captured.len() as u64;
+    let after = wait_counters(&node, "every replay received", |c| c["rx_packets"] >= before["rx_packets"] + replayed);
     let mut received = HashMap::<SocketAddr, u64>::new();
     let mut buffer = vec![0u8; 65_536];
     let sockets: Vec<&UdpSocket> =
@@ -200,12 +216,13 @@ fn replayed_put_and_remove_change_nothing_and_amplify_nothing() {
     let back = node.cli(&["get", "f", "-o", "-"]);
     assert!(back.status.success() && back.stdout == std::fs::read(&newer).unwrap(), "the newer version changed");
     let stat = ok(&node.cli(&["stat", "f"]));
-    assert!(stat.contains("size_bytes:  1048576"), "{stat}");
-    for name in ["fragments_stored", "chunks_deleted", "gets", "sessions_established"] {
-        // Only the status request's own session (and its exchanges) may differ.
-        let grew = after[name] - before[name];
-        assert!(grew <= u64::from(name == "sessions_established"), "{name} grew by {grew} under replay");
+    assert!(stat.contains("size_bytes:  524288"), "{stat}");
+    for name in ["fragments_stored", "chunks_stored", "chunks_deleted", "gets"] {
+        assert_eq!(after[name], before[name], "{name} changed under replay");
     }
+    // Sessions: only those of the status requests themselves (one per call).
+    let sessions = after["sessions_established"] - before["sessions_established"];
+    assert!(sessions <= after["control_requests"] - before["control_requests"], "a replayed Confirm made a session");
     assert!(after["dropped_replayed"] > before["dropped_replayed"], "{after:?}");
     assert!(after["dropped_wrong_address"] > before["dropped_wrong_address"], "{after:?}");
 }
@@ -221,11 +238,11 @@ fn a_node_restart_and_rekeys_in_the_middle_of_a_100_mib_put_fail_nothing() {
     std::fs::write(&path, pattern(100 << 20, 7)).unwrap();
     let mut put = node.cli_command(&["put", path.to_str().unwrap(), "--rekey-after-ms", "200"]);
     let mut put = Process::spawn({
-        put.env("BEELINE_LOG", "info");
+        put.env("BEELINE_LOG", "beeline::client=debug");
         put
     });
     let deadline = Instant::now() + Duration::from_secs(120);
-    while counters(&node).get("chunks_stored").copied().unwrap_or(0) < 5 {
+    while counters(&node).get("chunks_stored").copied().unwrap_or(0) < 3 {
         assert!(Instant::now() < deadline, "the put made no progress:\n{}", put.log());
         assert!(put.exited().is_none(), "the put ended before the restart:\n{}", put.log());
     }
@@ -240,7 +257,10 @@ fn a_node_restart_and_rekeys_in_the_middle_of_a_100_mib_put_fail_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "the put failed across the restart:\n{}", put.log());
-    assert!(sessions_before >= 2, "the client rekeyed before the restart ({sessions_before} sessions)");
+    // The put's own sessions: its first, a rekey every 200 ms, and one after the restart.
+    let put_sessions = put.log().matches("session with the node established").count();
+    assert!(put_sessions >= 3, "{put_sessions} sessions:\n{}", put.log());
+    assert!(sessions_before >= 2);
     let back = node.cli(&["get", "big", "-o", "-"]);
     assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
     assert!(back.stdout == std::fs::read(&path).unwrap(), "the file came back different");

@@ -254,7 +254,10 @@ fn lossy_reordering_duplicating_network_still_round_trips() {
             stats.lost > 0 && stats.duplicated > 0 && stats.reordered > 0,
             "seed {seed}: impairments never fired: {stats:?}"
         );
-        assert!(sim.poll.node.counters().fragments_duplicate > 0, "seed {seed}: duplicates were not seen");
+        // A datagram the network duplicated is refused by the session's replay window
+        // before the put logic sees it; a retransmission is a new datagram, counted there.
+        let counters = *sim.poll.node.counters();
+        assert!(counters.dropped_replayed > 0, "seed {seed}: duplicated datagrams were not refused");
     }
 }
 
@@ -426,8 +429,8 @@ mod reassembly {
         #[test]
         fn any_shape_and_impairment_reassembles_exactly(
             len in 0usize..300_000,
-            put_frag in 512u16..=1856,
-            get_frag in 256u16..=1856,
+            put_frag in 512u16..=1840,
+            get_frag in 256u16..=1840,
             loss_ppm in 0u32..200_000,
             duplicate_ppm in 0u32..200_000,
             reorder_ppm in 0u32..300_000,

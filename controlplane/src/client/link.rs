@@ -64,8 +64,9 @@ impl Link {
     /// Installs a session the state accepted.
     pub(super) fn settle(&mut self) {
         if let Some(session) = self.state.accepted.take() {
-            self.tx = Some(session.tx);
+            let replaced = self.tx.replace(session.tx).map(|old| old.packets_sent());
             self.state.previous_rx = self.state.rx.replace(session.rx);
+            tracing::debug!(handshakes = self.state.handshakes, ?replaced, "session with the node established");
         }
     }
 

@@ -717,8 +717,23 @@ impl Client {
         }
     }
 
+    /// The node's state and every counter, in as many replies as the counters need.
     pub fn node_status(&mut self) -> Result<NodeStatus, ClientError> {
-        match self.control(&ControlRequest::NodeStatus)? {
+        let mut status = self.node_status_page(0)?;
+        // Bounded: every page moves `counters_next` forward or ends.
+        while let Some(from) = status.counters_next.take() {
+            let page = self.node_status_page(from)?;
+            if page.counters.is_empty() {
+                return Err(ClientError::Protocol { node: self.options.node, what: "an empty status page".into() });
+            }
+            status.counters.extend(page.counters);
+            status.counters_next = page.counters_next.filter(|next| *next > from);
+        }
+        Ok(status)
+    }
+
+    fn node_status_page(&mut self, counters_from: u32) -> Result<NodeStatus, ClientError> {
+        match self.control(&ControlRequest::NodeStatus { counters_from })? {
             ControlResponse::Status(status) => Ok(status),
             other => Err(ClientError::Protocol {
                 node: self.options.node,

@@ -81,7 +81,6 @@ impl<M: Metadata> NodeControl<M> {
         request: ControlRequest,
         response_max: usize,
         store: &mut S,
-        live_counters: &Counters,
     ) -> ControlResponse {
         let failed = |error: crate::metadata::MetadataError| ControlResponse::Failed(error.to_string());
         match request {
@@ -144,13 +143,14 @@ impl<M: Metadata> NodeControl<M> {
                 Ok(None) => ControlResponse::NotFound,
                 Err(error) => failed(error),
             },
-            ControlRequest::NodeStatus => {
+            ControlRequest::NodeStatus { counters_from } => {
                 let snapshot = self.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-                // The live counters, not the last published ones: a status read right
-                // after a request sees its effect.
-                let mut counters = counter_pairs(live_counters);
+                // As published by the poll loop (at most 100 ms old), so that node and
+                // backend counters agree with each other.
+                let mut counters = counter_pairs(&snapshot.counters);
                 counters.extend(snapshot.backend_counters.iter().cloned());
-                ControlResponse::Status(NodeStatus {
+                let from = (counters_from as usize).min(counters.len());
+                let mut status = NodeStatus {
                     node_version: env!("CARGO_PKG_VERSION").into(),
                     backend: snapshot.backend.clone(),
                     listen: self.listen.clone(),
@@ -163,8 +163,22 @@ impl<M: Metadata> NodeControl<M> {
                     puts_in_flight: snapshot.puts_in_flight,
                     sessions_active: snapshot.sessions_active,
                     page_backing: snapshot.page_backing,
-                    counters,
-                })
+                    counters: counters.split_off(from),
+                    counters_next: None,
+                };
+                // Keep only what fits one datagram (a link's MTU on kernel-bypass
+                // backends); the client asks for the rest.
+                let all = status.counters.len();
+                while !status.counters.is_empty()
+                    && postcard::experimental::serialized_size(&ControlResponse::Status(status.clone()))
+                        .unwrap_or(usize::MAX)
+                        > response_max
+                {
+                    status.counters.pop();
+                    status.counters_next = Some((from + status.counters.len()) as u32);
+                }
+                debug_assert!(status.counters.len() == all || status.counters_next.is_some());
+                ControlResponse::Status(status)
             }
         }
     }
@@ -211,12 +225,11 @@ impl<M: Metadata, S: ChunkStore> ControlHandler<S> for NodeControl<M> {
         request: &[u8],
         response: &mut [u8],
         store: &mut S,
-        counters: &Counters,
     ) -> Result<usize, Status> {
         let Ok(request) = postcard::from_bytes::<ControlRequest>(request) else {
             return Err(Status::BadRequest);
         };
-        let answer = self.respond(request, response.len(), store, counters);
+        let answer = self.respond(request, response.len(), store);
         encode(&answer, response)
     }
 }

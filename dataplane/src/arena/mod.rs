@@ -153,6 +153,38 @@ impl<'m> Arena<'m> {
         &mut self.memory[start..start + self.frame_size]
     }
 
+    /// The same byte range of several frames at once, in the order given (a GET window's
+    /// payload areas, filled by one vectored read). `N` bounds how many.
+    ///
+    /// # Panics
+    ///
+    /// If more than `N` frames are given, one twice, or the range leaves the frame:
+    /// contracts of the caller, which holds each `FrameId` once.
+    pub fn frames_mut<const N: usize>(
+        &mut self,
+        frames: &[FrameId],
+        range: core::ops::Range<usize>,
+    ) -> heapless::Vec<&mut [u8], N> {
+        assert!(frames.len() <= N && range.start <= range.end && range.end <= self.frame_size);
+        // One pass over the region in frame order hands out each frame's slice once.
+        let mut order: heapless::Vec<(u32, usize), N> = heapless::Vec::new();
+        for (position, frame) in frames.iter().enumerate() {
+            let pushed = order.push((frame.0, position));
+            assert!(pushed.is_ok(), "checked against N");
+        }
+        order.sort_unstable();
+        assert!(order.windows(2).all(|pair| pair[0].0 != pair[1].0), "a frame given twice");
+        let mut slots: [Option<&mut [u8]>; N] = core::array::from_fn(|_| None);
+        let mut chunks = self.memory.chunks_exact_mut(self.frame_size);
+        let mut next = 0u32;
+        for (index, position) in order {
+            let frame = chunks.nth((index - next) as usize).expect("a FrameId names a frame of this arena");
+            next = index + 1;
+            slots[position] = Some(&mut frame[range.clone()]);
+        }
+        slots.into_iter().take(frames.len()).map(|slot| slot.expect("every position was filled")).collect()
+    }
+
     /// One frame to read and another to write at once (a request and its reply).
     pub fn frame_pair(&mut self, read: &FrameId, write: &FrameId) -> (&[u8], &mut [u8]) {
         assert_ne!(read.0, write.0, "a frame cannot be read and written as two frames");
@@ -198,6 +230,39 @@ impl<'m> Arena<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames handed out in any order come back in that order, each the asked range of
+    /// its own frame; one frame given twice is refused.
+    #[test]
+    fn frames_mut_hands_out_each_frame_once_in_the_order_given() {
+        let mut mem = [0u8; 8 * 512];
+        let mut free = [0u32; 8];
+        let mut bits = [0u64; 1];
+        let mut arena = Arena::new(&mut mem, 512, &mut free, &mut bits).unwrap();
+        let frames: std::vec::Vec<FrameId> = (0..6).map(|_| arena.alloc().unwrap()).collect();
+        let order = [frames[4].0, frames[0].0, frames[5].0, frames[2].0];
+        let picked = [FrameId(order[0]), FrameId(order[1]), FrameId(order[2]), FrameId(order[3])];
+        {
+            let mut slices = arena.frames_mut::<8>(&picked, 100..110);
+            for (position, slice) in slices.iter_mut().enumerate() {
+                assert_eq!(slice.len(), 10);
+                slice.fill(position as u8 + 1);
+            }
+        }
+        for (position, frame) in picked.iter().enumerate() {
+            let bytes = arena.frame(frame);
+            assert!(bytes[100..110].iter().all(|byte| *byte == position as u8 + 1));
+            assert!(bytes[..100].iter().chain(&bytes[110..]).all(|byte| *byte == 0));
+        }
+        let twice = [FrameId(order[0]), FrameId(order[0])];
+        let refused = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+            let _ = arena.frames_mut::<8>(&twice, 0..1);
+        }));
+        assert!(refused.is_err(), "a frame given twice must be refused");
+        for frame in frames {
+            arena.free(frame);
+        }
+    }
 
     #[test]
     fn frames_move_without_copy_and_double_free_is_caught() {

@@ -24,6 +24,8 @@ const STATUS_BITMAP_BYTES: usize = (STATUS_BITMAP_BITS / 8) as usize;
 /// Deletes awaiting durability at once.
 pub const PENDING_DELETES_MAX: usize = 64;
 pub use crate::io::TX_QUEUE_MAX;
+/// Most fragments one `Get` is answered with: the window's bound.
+const GET_RUN_MAX: usize = TX_QUEUE_MAX / 2;
 pub type TxQueue = heapless::Deque<TxPacket, TX_QUEUE_MAX>;
 
 const DELETE_TICKET_BIT: u64 = 1 << 63;
@@ -70,23 +72,16 @@ impl NodeConfig {
 /// Handles `Control` requests (namespace and admin operations) on behalf of the control
 /// plane. The response is written in place into the reply frame.
 pub trait ControlHandler<S: ChunkStore> {
-    /// Returns the response length, or a status for an `Error` reply. `counters` are the
-    /// node's, as of this request (for status answers).
-    fn handle(
-        &mut self,
-        peer: SocketAddr,
-        request: &[u8],
-        response: &mut [u8],
-        store: &mut S,
-        counters: &Counters,
-    ) -> Result<usize, Status>;
+    /// Returns the response length, or a status for an `Error` reply.
+    fn handle(&mut self, peer: SocketAddr, request: &[u8], response: &mut [u8], store: &mut S)
+    -> Result<usize, Status>;
 }
 
 /// A node without a control plane: every control request is refused.
 pub struct NoControl;
 
 impl<S: ChunkStore> ControlHandler<S> for NoControl {
-    fn handle(&mut self, _: SocketAddr, _: &[u8], _: &mut [u8], _: &mut S, _: &Counters) -> Result<usize, Status> {
+    fn handle(&mut self, _: SocketAddr, _: &[u8], _: &mut [u8], _: &mut S) -> Result<usize, Status> {
         Err(Status::BadRequest)
     }
 }
@@ -691,29 +686,51 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         }
         let wanted = repr.count.clamp(1, u32::from(self.config.window_fragments_max));
         let end = repr.index.saturating_add(wanted).min(count);
-        let headroom = arena.headroom();
-        for index in repr.index..end {
-            if tx.is_full() {
-                return Err(DropReason::NoBuffer);
+        // Frames for the whole run first, so that one vectored read fills them all.
+        let mut frames: heapless::Vec<FrameId, GET_RUN_MAX> = heapless::Vec::new();
+        let room = tx.capacity() - tx.len();
+        for _ in repr.index..end {
+            if frames.len() == room {
+                break;
             }
-            let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
-            let payload_len = wire::fragment_len(total_len, repr.frag_len, index) as usize;
-            let data_start = headroom + HEADER_LEN;
-            let offset = index * u32::from(repr.frag_len);
-            // The store reads straight into the frame, behind the header's space.
-            let read = self.store.read_at(
-                to.chunk_id,
-                offset,
-                &mut arena.frame_mut(&frame)[data_start..data_start + payload_len],
-            );
-            if read != Ok(payload_len) {
+            let Some(frame) = arena.alloc() else { break };
+            let pushed = frames.push(frame);
+            assert!(pushed.is_ok(), "a run is at most the window, which is at most GET_RUN_MAX");
+        }
+        if frames.is_empty() {
+            return Err(DropReason::NoBuffer);
+        }
+        let short_of_buffers = frames.len() < (end - repr.index) as usize;
+        let end = repr.index + frames.len() as u32;
+        let frag_len = usize::from(repr.frag_len);
+        let data_start = arena.headroom() + HEADER_LEN;
+        let offset = repr.index * u32::from(repr.frag_len);
+        let wanted_bytes = (u64::from(end) * frag_len as u64).min(u64::from(total_len)) - u64::from(offset);
+        let read = {
+            let mut payloads = arena.frames_mut::<GET_RUN_MAX>(&frames, data_start..data_start + frag_len);
+            // Each buffer exactly its fragment: the run's last may end the chunk short.
+            if let Some(last) = payloads.last_mut() {
+                let last_len = wire::fragment_len(total_len, repr.frag_len, end - 1) as usize;
+                let whole = core::mem::take(last);
+                *last = &mut whole[..last_len];
+            }
+            self.store.read_vectored_at(to.chunk_id, offset, &mut payloads)
+        };
+        if read != Ok(wanted_bytes as usize) {
+            for frame in frames {
                 arena.free(frame);
-                let status = match read {
-                    Err(error) => store_status(error),
-                    Ok(_) => Status::Internal,
-                };
-                return self.reply_error(arena, tx, to, status);
             }
+            let status = match read {
+                Err(error) => store_status(error),
+                Ok(_) => Status::Internal,
+            };
+            return self.reply_error(arena, tx, to, status);
+        }
+        let headroom = arena.headroom();
+        let mut frames = frames.into_iter();
+        for index in repr.index..end {
+            let frame = frames.next().expect("one frame per fragment of the run");
+            let payload_len = wire::fragment_len(total_len, repr.frag_len, index) as usize;
             let header = Repr {
                 index,
                 count,
@@ -725,11 +742,16 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             };
             header.emit(&mut arena.frame_mut(&frame)[headroom..data_start]);
             // Sealed in place: the payload is encrypted where the store put it.
-            self.queue_sealed(arena, tx, to, frame, header.buffer_len())?;
+            if let Err(reason) = self.queue_sealed(arena, tx, to, frame, header.buffer_len()) {
+                for unsent in frames {
+                    arena.free(unsent);
+                }
+                return Err(reason);
+            }
             self.counters.fragments_served += 1;
             self.counters.bytes_served += payload_len as u64;
         }
-        Ok(())
+        if short_of_buffers { Err(DropReason::NoBuffer) } else { Ok(()) }
     }
 
     fn on_delete(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo) -> Result<(), DropReason> {
@@ -775,14 +797,16 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         let frame = arena.alloc().ok_or(DropReason::NoBuffer)?;
         let headroom = arena.headroom();
         let data_start = headroom + HEADER_LEN;
-        let response_max = (arena.frame_size() - data_start).min(wire::PAYLOAD_MAX);
+        // A reply must fit one datagram the backend can carry (the link MTU on kernel
+        // bypass), not only a frame.
+        let response_max =
+            (arena.frame_size() - data_start).min(wire::PAYLOAD_MAX).min(usize::from(self.fragment_max(arena)));
         let (request_bytes, response_bytes) = arena.frame_pair(request_frame, &frame);
         let outcome = self.control.handle(
             to.peer,
             &request_bytes[request],
             &mut response_bytes[data_start..data_start + response_max],
             &mut self.store,
-            &self.counters,
         );
         match outcome {
             Ok(len) => {

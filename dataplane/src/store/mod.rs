@@ -71,6 +71,22 @@ pub trait ChunkStore {
     /// Reads up to `buf.len()` bytes of a committed chunk from byte `offset`.
     fn read_at(&mut self, id: ChunkId, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError>;
 
+    /// Reads consecutive bytes of a committed chunk from byte `offset` into `bufs`, one
+    /// after the other, as one read where the store can (a GET window's fragments, each in
+    /// its own frame); returns the bytes read, fewer than asked only at the chunk's end.
+    fn read_vectored_at(&mut self, id: ChunkId, offset: u32, bufs: &mut [&mut [u8]]) -> Result<usize, StoreError> {
+        let mut total = 0usize;
+        for buf in bufs.iter_mut() {
+            let at = offset.checked_add(u32::try_from(total).map_err(|_| StoreError::TooLarge)?);
+            let read = self.read_at(id, at.ok_or(StoreError::TooLarge)?, buf)?;
+            total += read;
+            if read < buf.len() {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
     /// Calls `done` for the changes that became durable since the last call, oldest first
     /// and at most [`POLL_DURABLE_BATCH_MAX`] of them; the rest wait for the next call.
     fn poll_durable(&mut self, done: &mut dyn FnMut(Durable));

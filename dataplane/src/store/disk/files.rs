@@ -99,3 +99,60 @@ pub(super) fn store_error(error: &DiskStoreError) -> StoreError {
         _ => StoreError::Io,
     }
 }
+
+/// Most buffers one `preadv` takes here (Linux allows 1024).
+const IOVECS_PER_CALL: usize = 256;
+
+/// Fills every buffer of `bufs`, in order, with the file's bytes from `offset`: one
+/// `preadv(2)` per [`IOVECS_PER_CALL`] buffers unless the kernel returns short, where the
+/// rest is asked for again. Reaching the end of the file first is `UnexpectedEof`.
+pub(super) fn read_exact_vectored_at(file: &File, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+    let (mut buf, mut within, mut offset) = (0usize, 0usize, offset);
+    // Bounded: every pass reads at least one byte or returns.
+    loop {
+        while buf < bufs.len() && bufs[buf].len() == within {
+            buf += 1;
+            within = 0;
+        }
+        if buf == bufs.len() {
+            return Ok(());
+        }
+        let mut iovecs = [libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 }; IOVECS_PER_CALL];
+        let mut count = 0;
+        for (index, slice) in bufs[buf..].iter_mut().take(IOVECS_PER_CALL).enumerate() {
+            let start = if index == 0 { within } else { 0 };
+            let rest = &mut slice[start..];
+            iovecs[count] = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
+            count += 1;
+        }
+        let start = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        // SAFETY: `file` is an open descriptor borrowed for the call; the first `count`
+        // iovecs point into distinct, live, mutably borrowed slices of `bufs` with their
+        // exact remaining lengths, so the kernel writes only memory this call may write.
+        let read = unsafe { libc::preadv(file.as_raw_fd(), iovecs.as_ptr(), count as libc::c_int, start) };
+        if read < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut left = read as usize;
+        offset += left as u64;
+        while left > 0 {
+            let room = bufs[buf].len() - within;
+            if left < room {
+                within += left;
+                left = 0;
+            } else {
+                left -= room;
+                buf += 1;
+                within = 0;
+            }
+        }
+    }
+}

@@ -15,7 +15,7 @@
 
 mod compaction;
 mod crc;
-#[allow(unsafe_code)] // fallocate(2) and flock(2)
+#[allow(unsafe_code)] // fallocate(2), flock(2) and preadv(2)
 mod files;
 mod group_commit;
 mod record;
@@ -732,6 +732,32 @@ impl ChunkStore for DiskStore {
         file.read_exact_at(&mut buf[..len], location.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
             .map_err(|_| StoreError::Io)?;
         Ok(len)
+    }
+
+    /// One `preadv` for the whole run of buffers (a GET window) instead of one `pread`
+    /// per fragment.
+    fn read_vectored_at(&mut self, id: ChunkId, offset: u32, bufs: &mut [&mut [u8]]) -> Result<usize, StoreError> {
+        let location = self.index.get(&id).ok_or(StoreError::NotFound)?;
+        if offset >= location.len {
+            return Ok(0);
+        }
+        // The run stops at the chunk's end: later buffers get nothing, the one holding
+        // the end is cut short (the caller's slice array is left with that shorter slice).
+        let mut left = (location.len - offset) as usize;
+        let mut count = 0;
+        while count < bufs.len() && left > 0 {
+            if bufs[count].len() > left {
+                let whole = core::mem::take(&mut bufs[count]);
+                bufs[count] = &mut whole[..left];
+            }
+            left -= bufs[count].len();
+            count += 1;
+        }
+        let total = (location.len - offset) as usize - left;
+        let file = &self.segments[&location.segment].file.file;
+        let start = location.record_offset + RECORD_HEADER_BYTES + u64::from(offset);
+        read_exact_vectored_at(file, &mut bufs[..count], start).map_err(|_| StoreError::Io)?;
+        Ok(total)
     }
 
     /// Hands out at most [`POLL_DURABLE_BATCH_MAX`] reports per call.

@@ -840,3 +840,46 @@ fn invalid_config_is_explained() {
     let store = open(dir.path(), config);
     assert_eq!(store.config().max_pending_durable, 8192);
 }
+
+proptest! {
+    /// A vectored read of any run of buffers (some empty, some past the chunk's end, more
+    /// than one `preadv` takes) returns the same bytes as the trait's one-`pread`-per-buffer
+    /// default, from any offset.
+    #[test]
+    fn vectored_reads_match_one_read_per_buffer(
+        offset in 0u32..12_000,
+        lens in proptest::collection::vec(0usize..300, 0..400),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), small_config());
+        let data = pattern(3, 10_000);
+        put(&mut store, 3, &data, 1);
+        let mut vectored: Vec<Vec<u8>> = lens.iter().map(|len| vec![0xee; *len]).collect();
+        let mut bufs: Vec<&mut [u8]> = vectored.iter_mut().map(Vec::as_mut_slice).collect();
+        let read = store.read_vectored_at(3, offset, &mut bufs).unwrap();
+        let want: usize = lens.iter().sum::<usize>().min(data.len().saturating_sub(offset as usize));
+        prop_assert_eq!(read, want);
+        let joined: Vec<u8> = vectored.concat();
+        let expected = data.get(offset as usize..).unwrap_or(&[]);
+        prop_assert_eq!(&joined[..read], &expected[..read]);
+        prop_assert!(joined[read..].iter().all(|byte| *byte == 0xee), "bytes written past the chunk");
+        let mut plain: Vec<Vec<u8>> = lens.iter().map(|len| vec![0xee; *len]).collect();
+        let mut plain_bufs: Vec<&mut [u8]> = plain.iter_mut().map(Vec::as_mut_slice).collect();
+        let plain_read = read_one_by_one(&mut store, 3, offset, &mut plain_bufs);
+        prop_assert_eq!(plain_read, read);
+        prop_assert_eq!(plain.concat(), joined);
+    }
+}
+
+/// The trait's default `read_vectored_at`, for comparison with the store's own.
+fn read_one_by_one(store: &mut DiskStore, id: ChunkId, offset: u32, bufs: &mut [&mut [u8]]) -> usize {
+    let mut total = 0;
+    for buf in bufs.iter_mut() {
+        let read = store.read_at(id, offset + total as u32, buf).unwrap();
+        total += read;
+        if read < buf.len() {
+            break;
+        }
+    }
+    total
+}
