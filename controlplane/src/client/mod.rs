@@ -172,6 +172,8 @@ pub struct Client {
     batch: SendBatch,
     receiver: Receiver,
     link: Link,
+    /// The socket's receive buffer as granted: bounds how much a get asks for at once.
+    receive_buffer_bytes: usize,
 }
 
 /// Progress callback: bytes done so far.
@@ -183,7 +185,7 @@ impl Client {
         let bind: SocketAddr =
             if node.is_ipv4() { "0.0.0.0:0".parse().expect("constant") } else { "[::]:0".parse().expect("constant") };
         let socket = UdpSocket::bind(bind).map_err(|source| ClientError::Socket { node, source })?;
-        enlarge_receive_buffer(&socket, 8 << 20);
+        let receive_buffer_bytes = enlarge_receive_buffer(&socket, 16 << 20);
         socket.set_nonblocking(true).map_err(|source| ClientError::Socket { node, source })?;
         // Connected: the kernel drops datagrams from anyone but the node, and sends need no
         // address (the segmented sends of `socket::SendBatch` rely on that).
@@ -199,7 +201,14 @@ impl Client {
             batch: SendBatch::new(),
             receiver,
             link,
+            receive_buffer_bytes,
         })
+    }
+
+    /// Fragments to request at once per get with `gets_in_flight` of them in flight.
+    fn get_window(&mut self, frag_len: u16, gets_in_flight: usize) -> Result<u16, ClientError> {
+        let node_window = self.info()?.window_fragments;
+        Ok(window_for_buffer(self.receive_buffer_bytes, frag_len, node_window, gets_in_flight))
     }
 
     /// Handshakes completed with the node so far (the first one, rekeys, and new sessions
@@ -511,9 +520,9 @@ impl Client {
     ) -> Result<FileRecord, ClientError> {
         let record = self.lookup(name)?;
         let frag_len = self.fragment_bytes(record.chunk_bytes)?;
-        let window = self.info()?.window_fragments;
-        let chunk_count = record.chunk_count();
         let parallel = self.options.parallel_chunks.max(1) as u64;
+        let window = self.get_window(frag_len, parallel as usize)?;
+        let chunk_count = record.chunk_count();
         let mut hasher = blake3::Hasher::new();
         let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut ops: Vec<Op> = Vec::new();
@@ -608,7 +617,11 @@ impl Client {
     pub fn get_chunks(&mut self, chunks: &[(u128, u32)]) -> Vec<Result<Vec<u8>, ClientError>> {
         let mut results: Vec<Option<Result<(), ClientError>>> = chunks.iter().map(|_| None).collect();
         let largest = chunks.iter().map(|(_, len)| *len).max().unwrap_or(0);
-        let (frag_len, window) = match self.ensure_session().and_then(|()| self.transfer_shape(largest)) {
+        let shape = self.ensure_session().and_then(|()| self.transfer_shape(largest)).and_then(|(frag_len, _)| {
+            let window = self.get_window(frag_len, chunks.len())?;
+            Ok((frag_len, window))
+        });
+        let (frag_len, window) = match shape {
             Ok(setup) => setup,
             Err(error) => return chunks.iter().map(|_| Err(clone_error(&error))).collect(),
         };
@@ -752,7 +765,7 @@ impl Client {
     ) -> Result<Vec<u8>, ClientError> {
         self.ensure_session()?;
         let frag_len = self.fragment_bytes(total_len)?;
-        let window = self.info()?.window_fragments;
+        let window = self.get_window(frag_len, 1)?;
         let mut get = GetChunk::new(
             chunk_id,
             self.request_id(),
@@ -796,8 +809,9 @@ fn wait_readable(socket: &UdpSocket, timeout_ms: u64) {
 }
 
 /// Asks for a large receive buffer, so a window of get replies is not dropped by the
-/// kernel: SO_RCVBUFFORCE (root may exceed `net.core.rmem_max`), else SO_RCVBUF.
-fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) {
+/// kernel: SO_RCVBUFFORCE (root may exceed `net.core.rmem_max`), else SO_RCVBUF (capped
+/// at `net.core.rmem_max`). Returns the size the kernel granted.
+fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) -> usize {
     use std::os::fd::AsRawFd;
     let value = bytes as libc::c_int;
     for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
@@ -814,9 +828,63 @@ fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) {
             )
         };
         if result == 0 {
-            return;
+            break;
         }
     }
+    let mut granted: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above; `granted` and `len` are live and sized for the option's int.
+    let result = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw mut granted).cast(), &raw mut len)
+    };
+    // The kernel reports twice what it grants to payload (the rest is its bookkeeping).
+    if result == 0 { usize::try_from(granted).unwrap_or(0) / 2 } else { 0 }
+}
+
+/// Kernel bookkeeping per queued datagram, beyond its bytes (a conservative `sk_buff`
+/// truesize estimate).
+const QUEUED_DATAGRAM_OVERHEAD_BYTES: usize = 768;
+
+/// Fragments to request per get so that `gets_in_flight` gets' replies fit the socket's
+/// receive buffer (`buffer_bytes`, as granted): a client that may not enlarge its buffer
+/// (not root, a small `net.core.rmem_max`) asks for less at a time instead of having the
+/// kernel drop most of each window. Between 2 and the node's window.
+pub fn window_for_buffer(buffer_bytes: usize, frag_len: u16, node_window: u16, gets_in_flight: usize) -> u16 {
+    let per_datagram = usize::from(frag_len) + HEADER_LEN + QUEUED_DATAGRAM_OVERHEAD_BYTES;
+    let fits = buffer_bytes / (per_datagram * gets_in_flight.max(1));
+    fits.clamp(2, usize::from(node_window.max(2))) as u16
 }
 
 pub use client::Timing as ClientTiming;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer that holds the node's whole window for every get keeps it; Debian's
+    /// default (212,992 bytes, what a non-root client gets without a larger
+    /// `net.core.rmem_max`) holds a few fragments per get; never fewer than 2.
+    #[test]
+    fn the_get_window_fits_the_receive_buffer() {
+        assert_eq!(window_for_buffer(8 << 20, 8000, 256, 4), 237);
+        assert_eq!(window_for_buffer(32 << 20, 8000, 256, 4), 256);
+        assert_eq!(window_for_buffer(212_992, 8000, 256, 4), 6);
+        assert_eq!(window_for_buffer(212_992, 1400, 256, 1), 94);
+        assert_eq!(window_for_buffer(0, 1400, 256, 4), 2);
+        assert_eq!(window_for_buffer(1 << 30, 1400, 1, 4), 2);
+    }
+
+    /// The size reported is what the kernel granted: all of it for root (which may
+    /// exceed `net.core.rmem_max`), at most the asked size otherwise.
+    #[test]
+    fn the_receive_buffer_reports_what_was_granted() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let granted = enlarge_receive_buffer(&socket, 1 << 20);
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(granted, 1 << 20);
+        } else {
+            assert!(granted > 0 && granted <= 1 << 20, "{granted}");
+        }
+    }
+}
