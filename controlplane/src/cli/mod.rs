@@ -34,7 +34,8 @@ pub struct ClientFlags {
     /// Cluster key file [default: $BEELINE_KEY_FILE or ~/.config/beeline/cluster.key].
     #[arg(long, global = true)]
     key_file: Option<PathBuf>,
-    /// Fragment payload bytes per datagram [default: node's max on loopback, else 1400].
+    /// Fragment payload bytes per datagram [default: node's max on loopback, else 1372:
+    /// an 80-byte header, UDP and IPv6 within a 1500-byte MTU].
     #[arg(long, global = true)]
     fragment_bytes: Option<u16>,
     /// Replace the session with the node by a new handshake after this many milliseconds

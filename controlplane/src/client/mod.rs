@@ -51,6 +51,10 @@ pub enum ClientError {
     Corrupt { name: String },
     #[error("{0}")]
     BadName(String),
+    #[error(
+        "datagrams of {bytes} bytes do not fit the path to node {node} (its MTU): use a smaller --fragment-bytes (the MTU minus 128 fits IPv4 and IPv6)"
+    )]
+    DatagramTooLarge { node: SocketAddr, bytes: usize },
 }
 
 /// What a node told us about itself in its Pong.
@@ -67,7 +71,7 @@ pub struct ClientOptions {
     pub key: ClusterKey,
     pub timing: Timing,
     /// Fragment payload per datagram; `None` picks the node's maximum on loopback and
-    /// 1400 bytes (fits a 1500-byte MTU) elsewhere.
+    /// [`NETWORK_FRAGMENT_BYTES`] elsewhere.
     pub fragment_bytes: Option<u16>,
     /// Chunks in flight at once per file.
     pub parallel_chunks: usize,
@@ -76,6 +80,11 @@ pub struct ClientOptions {
     /// at twice this age by default).
     pub rekey_after_ms: u64,
 }
+
+/// Fragment payload that keeps a datagram within a 1500-byte MTU over IPv6 (40-byte IP and
+/// 8-byte UDP headers) and so over IPv4 too: larger ones would need IP fragmentation, which
+/// the kernel refuses for segmented sends and UDP sockets with path-MTU discovery on.
+pub const NETWORK_FRAGMENT_BYTES: u16 = (1500 - 40 - 8 - HEADER_LEN) as u16;
 
 /// Rekey after two minutes: half the node's default session lifetime.
 pub const REKEY_AFTER_MS_DEFAULT: u64 = 120_000;
@@ -268,7 +277,10 @@ impl Client {
     fn error(&self, error: MachineError) -> ClientError {
         let node = self.options.node;
         match error {
-            MachineError::Unreachable => ClientError::Unreachable { node, retries: self.options.timing.timeouts_max },
+            MachineError::Unreachable => match self.batch.too_large_bytes {
+                Some(bytes) => ClientError::DatagramTooLarge { node, bytes },
+                None => ClientError::Unreachable { node, retries: self.options.timing.timeouts_max },
+            },
             MachineError::Rejected(Status::DiskFull) => ClientError::DiskFull { node },
             MachineError::Rejected(Status::Busy) => ClientError::Busy { node },
             MachineError::Rejected(Status::TooLarge) => ClientError::Rejected {
@@ -393,7 +405,7 @@ impl Client {
         let preferred = match self.options.fragment_bytes {
             Some(bytes) => bytes,
             None if self.options.node.ip().is_loopback() => info.fragment_bytes_max,
-            None => 1400,
+            None => NETWORK_FRAGMENT_BYTES,
         };
         let cap = (DATAGRAM_BYTES_MAX - HEADER_LEN).min(usize::from(info.fragment_bytes_max)) as u16;
         let floor = chunk_bytes.div_ceil(FRAGMENTS_MAX).min(u32::from(cap)) as u16;

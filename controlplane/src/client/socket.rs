@@ -28,6 +28,9 @@ pub(super) struct SendBatch {
     offload: bool,
     /// Segmented sends of more than one datagram the kernel took.
     pub(super) segmented_sends: u64,
+    /// The largest datagram the kernel refused as too long for the path (EMSGSIZE): the
+    /// fragment size does not fit the MTU, and retrying cannot help.
+    pub(super) too_large_bytes: Option<usize>,
 }
 
 impl SendBatch {
@@ -39,6 +42,7 @@ impl SendBatch {
             closed: false,
             offload: true,
             segmented_sends: 0,
+            too_large_bytes: None,
         }
     }
 
@@ -79,19 +83,42 @@ impl SendBatch {
                 // segment over the MTU: EINVAL): stop for good, send these one by one.
                 Err(error) if matches!(error.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
                     self.offload = false;
+                    let mut refused = None;
                     for datagram in self.buffer.chunks(self.segment_bytes) {
-                        let _ = socket.send(datagram);
+                        if is_too_large(&socket.send(datagram)) {
+                            refused = Some(datagram.len());
+                        }
+                    }
+                    if let Some(bytes) = refused {
+                        self.note_too_large(bytes);
                     }
                 }
-                Err(_) => {}
+                Err(error) => {
+                    if is_too_large(&Err::<(), _>(error)) {
+                        self.note_too_large(self.segment_bytes);
+                    }
+                }
             }
         } else if self.segments == 1 {
-            let _ = socket.send(&self.buffer);
+            if is_too_large(&socket.send(&self.buffer)) {
+                self.note_too_large(self.buffer.len());
+            }
         }
         self.buffer.clear();
         self.segments = 0;
         self.closed = false;
     }
+}
+
+impl SendBatch {
+    fn note_too_large(&mut self, bytes: usize) {
+        self.too_large_bytes = Some(self.too_large_bytes.unwrap_or(0).max(bytes));
+    }
+}
+
+/// Whether the kernel refused a send as longer than the path allows (EMSGSIZE).
+fn is_too_large<T>(sent: &io::Result<T>) -> bool {
+    sent.as_ref().is_err_and(|error| error.raw_os_error() == Some(libc::EMSGSIZE))
 }
 
 fn send_segmented(socket: &UdpSocket, bytes: &[u8], segment_bytes: usize) -> io::Result<()> {

@@ -67,7 +67,7 @@ pub struct BenchArgs {
     /// Bytes per small get; one fragment each when the node's frames allow it.
     #[arg(long, default_value_t = 4096)]
     pub op_bytes: u32,
-    /// Fragment payload per datagram for the bulk put/get [default: the node's largest on loopback, else 1400].
+    /// Fragment payload per datagram for the bulk put/get [default: the node's largest on loopback, else 1372].
     #[arg(long)]
     pub fragment_bytes: Option<u16>,
     /// Chunks in flight at once during the bulk put and get (the client's default).
@@ -218,7 +218,8 @@ fn measure(args: &BenchArgs, workdir: &WorkDir, report: &mut Report) -> Result<(
     outcome?;
     stopped.transpose()?;
     if !args.no_baselines {
-        let fragment = report.phases.first().map(|phase| phase.fragment_bytes).unwrap_or(1400);
+        let fragment =
+            report.phases.first().map(|phase| phase.fragment_bytes).unwrap_or(crate::client::NETWORK_FRAGMENT_BYTES);
         measure_baselines(args, workdir, &pool, fragment, report)?;
     }
     Ok(())
@@ -249,7 +250,7 @@ fn bulk_fragment(addr: SocketAddr, requested: Option<u16>, node_max: u16) -> u16
     let preferred = match requested {
         Some(bytes) => bytes,
         None if addr.ip().is_loopback() => node_max,
-        None => 1400,
+        None => crate::client::NETWORK_FRAGMENT_BYTES,
     };
     let floor = CHUNK_BYTES.div_ceil(beeline_dataplane::bitmap::FRAGMENTS_MAX) as u16;
     let cap = node_max.min((beeline_dataplane::client::DATAGRAM_BYTES_MAX - HEADER_LEN) as u16);
