@@ -557,13 +557,19 @@ struct Loopback {
     nodes: Vec<(Option<Process>, u16)>,
     redis: Redis,
     dir: PathBuf,
+    repair_interval_ms: u64,
 }
 
 impl Loopback {
     fn start(dir: &Path, nodes: usize) -> Self {
+        Self::start_with_repair(dir, nodes, 0)
+    }
+
+    /// With the nodes' background repair every `repair_interval_ms` (0: off).
+    fn start_with_repair(dir: &Path, nodes: usize, repair_interval_ms: u64) -> Self {
         key_file(dir);
         let redis = Redis::start(&dir.join("redis"), "127.0.0.1", free_tcp_port());
-        let mut cluster = Loopback { nodes: Vec::new(), redis, dir: dir.to_owned() };
+        let mut cluster = Loopback { nodes: Vec::new(), redis, dir: dir.to_owned(), repair_interval_ms };
         for index in 0..nodes {
             cluster.nodes.push((None, common::free_port()));
             cluster.spawn(index);
@@ -581,7 +587,8 @@ impl Loopback {
             .arg(self.node_dir(index))
             .arg("--key-file")
             .arg(self.dir.join("cluster.key"))
-            .args(["--metadata", &self.redis.url(), "--lease-ttl-ms", "1500", "--repair-interval-ms", "0"])
+            .args(["--metadata", &self.redis.url(), "--lease-ttl-ms", "1500"])
+            .args(["--repair-interval-ms", &self.repair_interval_ms.to_string()])
             .args(["--hugepages", "off", "--arena-frames", "4096"]);
         self.nodes[index].0 = Some(Process::spawn(command));
     }
@@ -795,6 +802,51 @@ fn repair_never_drops_the_only_good_copy() {
     let status = ok(&cluster.cli(&["cluster", "status"]));
     assert!(status_line(&status, "replication:").ends_with("healthy"), "{status}");
     // Both nodes hold a good copy again: either alone serves the file.
+    cluster.stop(1);
+    cluster.wait_live(1);
+    let output = cluster.cli(&["get", "f10", "-o", "-"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data);
+}
+
+#[test]
+fn the_background_repair_keeps_a_down_node_that_holds_the_only_good_copy() {
+    if skip_without_redis("the_background_repair_keeps_a_down_node_that_holds_the_only_good_copy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Loopback::start_with_repair(dir.path(), 2, 200);
+    let data = pattern((3 << 20) + 99, 35);
+    cluster.put("f10", &data);
+    assert_eq!(cluster.corrupt(0, 1), 1);
+    cluster.stop(0);
+    cluster.spawn(0);
+    cluster.wait_live(2);
+    cluster.stop(1);
+    cluster.wait_live(1);
+    // Node 0, alone and so the repair leader, runs several passes.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(cluster.replicas("f10", 1).len(), 2, "a background pass dropped the down node");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.spawn(1);
+    cluster.wait_live(2);
+    let output = cluster.cli(&["get", "f10", "-o", "-"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data);
+    // Scrub marks node 0's missing copy; the next background pass (or the scrub's own
+    // repair) replaces it, after which node 0 alone serves the file.
+    ok(&cluster.cli(&["cluster", "scrub"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ok(&cluster.cli(&["cluster", "status"]));
+        if status_line(&status, "replication:").ends_with("healthy") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never healthy again: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cluster.stop(1);
     cluster.wait_live(1);
     let output = cluster.cli(&["get", "f10", "-o", "-"]);

@@ -526,6 +526,12 @@ impl ClusterClient {
             }
         }
         let _ = self.per_node(work, |client, ids| client.delete_chunks(ids));
+        // Its bad-copy marks mean nothing any more (best effort: they are ignored anyway).
+        let file_id = layout.record.file_id;
+        if let Ok(bad) = self.metadata.bad_replicas() {
+            let stale: Vec<BadReplica> = bad.into_iter().filter(|mark| mark.file_id == file_id).collect();
+            let _ = self.metadata.clear_bad(&stale);
+        }
     }
 
     pub fn remove(&mut self, name: &str) -> Result<FileLayout, ClusterError> {
