@@ -520,7 +520,7 @@ impl ClusterClient {
     fn delete_chunks_of(&mut self, layout: &FileLayout) {
         let live: HashSet<NodeId> = self.live_ids().into_iter().collect();
         let mut work: BTreeMap<NodeId, Vec<u128>> = BTreeMap::new();
-        for (index, nodes) in layout.replicas.iter().enumerate() {
+        for (index, nodes) in layout.replicas.iter().enumerate().take(layout.record.chunk_count() as usize) {
             for node in nodes.iter().filter(|node| live.contains(node)) {
                 work.entry(*node).or_default().push(layout.record.chunk_id(index as u64));
             }
@@ -571,7 +571,7 @@ impl ClusterClient {
         for record in self.list()? {
             let Some(layout) = self.metadata.get_layout(&record.name)? else { continue };
             health.files += 1;
-            for (index, nodes) in layout.replicas.iter().enumerate() {
+            for (index, nodes) in layout.replicas.iter().enumerate().take(layout.record.chunk_count() as usize) {
                 health.chunks += 1;
                 let is_bad = |node: &NodeId| {
                     bad.contains(&BadReplica { file_id: record.file_id, index: index as u64, node: *node })
@@ -609,7 +609,7 @@ impl ClusterClient {
             let mut updated = layout.clone();
             let mut settled: Vec<BadReplica> = Vec::new();
             let first_found = report.found_bad.len();
-            for (index, nodes) in layout.replicas.iter().enumerate() {
+            for (index, nodes) in layout.replicas.iter().enumerate().take(layout.record.chunk_count() as usize) {
                 report.chunks_checked += 1;
                 let index = index as u64;
                 let marked: Vec<NodeId> = nodes
