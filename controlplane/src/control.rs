@@ -32,10 +32,11 @@ impl FileRecord {
         chunk_id(self.file_id, index)
     }
 
-    /// Length of chunk `index` in bytes.
+    /// Length of chunk `index` in bytes (0 past the end, rather than a panic on a record
+    /// whose replica lists are longer than its chunks).
     pub fn chunk_len(&self, index: u64) -> u32 {
-        let start = index * u64::from(self.chunk_bytes);
-        (self.size_bytes - start).min(u64::from(self.chunk_bytes)) as u32
+        let start = index.saturating_mul(u64::from(self.chunk_bytes));
+        self.size_bytes.saturating_sub(start).min(u64::from(self.chunk_bytes)) as u32
     }
 }
 
@@ -167,6 +168,21 @@ pub enum ControlResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_lengths_end_at_the_file_size_and_never_panic_past_it() {
+        let record = FileRecord {
+            name: "f".into(),
+            file_id: 1,
+            size_bytes: 10,
+            chunk_bytes: 4,
+            blake3: [0; 32],
+            created_unix_ms: 0,
+        };
+        assert_eq!(record.chunk_count(), 3);
+        assert_eq!((0..5).map(|index| record.chunk_len(index)).collect::<Vec<_>>(), [4, 4, 2, 0, 0]);
+        assert_eq!(record.chunk_len(u64::MAX), 0);
+    }
 
     #[test]
     fn names_are_bounded_in_whole_and_per_part() {

@@ -194,7 +194,11 @@ impl Cluster {
     fn put(&self, name: &str, data: &[u8]) -> bool {
         let path = self.dir.join(format!("in-{name}"));
         std::fs::write(&path, data).unwrap();
-        self.cli(&["put", path.to_str().unwrap(), "--as", name]).status.success()
+        let output = self.cli(&["put", path.to_str().unwrap(), "--as", name]);
+        if !output.status.success() {
+            eprintln!("put {name}: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        output.status.success()
     }
 
     fn get(&self, name: &str) -> Output {
@@ -528,4 +532,350 @@ fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Integrity (issue #11, cases 3, 4 and 8): two nodes on loopback, a real redis-server, a
+// chunk's bytes flipped in a node's segment file on disk.
+
+fn skip_without_redis(test: &str) -> bool {
+    if !have("redis-server") {
+        beeline_dataplane::testkit::skip(test, "redis-server is not installed (ci/setup.sh installs it)");
+        return true;
+    }
+    false
+}
+
+/// A free TCP port on 127.0.0.1 (for Redis).
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Nodes on 127.0.0.1 (no namespaces, no root needed) sharing one Redis; background
+/// repair off, so that the test decides when repair runs.
+struct Loopback {
+    nodes: Vec<(Option<Process>, u16)>,
+    redis: Redis,
+    dir: PathBuf,
+    repair_interval_ms: u64,
+}
+
+impl Loopback {
+    fn start(dir: &Path, nodes: usize) -> Self {
+        Self::start_with_repair(dir, nodes, 0)
+    }
+
+    /// With the nodes' background repair every `repair_interval_ms` (0: off).
+    fn start_with_repair(dir: &Path, nodes: usize, repair_interval_ms: u64) -> Self {
+        key_file(dir);
+        let redis = Redis::start(&dir.join("redis"), "127.0.0.1", free_tcp_port());
+        let mut cluster = Loopback { nodes: Vec::new(), redis, dir: dir.to_owned(), repair_interval_ms };
+        for index in 0..nodes {
+            cluster.nodes.push((None, common::free_port()));
+            cluster.spawn(index);
+        }
+        cluster.wait_live(nodes);
+        cluster
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let port = self.nodes[index].1;
+        let mut command = Command::new(BIN);
+        command
+            .args(["node", "run", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(self.node_dir(index))
+            .arg("--key-file")
+            .arg(self.dir.join("cluster.key"))
+            .args(["--metadata", &self.redis.url(), "--lease-ttl-ms", "1500"])
+            .args(["--repair-interval-ms", &self.repair_interval_ms.to_string()])
+            .args(["--hugepages", "off", "--arena-frames", "4096"]);
+        self.nodes[index].0 = Some(Process::spawn(command));
+    }
+
+    fn node_dir(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("node{index}"))
+    }
+
+    /// The node's id as `stat` prints it.
+    fn node_id(&self, index: usize) -> String {
+        std::fs::read_to_string(self.node_dir(index).join("node-id")).unwrap().trim().to_owned()
+    }
+
+    fn index_of(&self, id: &str) -> usize {
+        (0..self.nodes.len()).find(|index| self.node_id(*index) == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// SIGTERM: the node leaves cleanly and is no longer live at once.
+    fn stop(&mut self, index: usize) {
+        self.nodes[index].0.as_mut().expect("running").terminate();
+        self.nodes[index].0 = None;
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--metadata", &self.redis.url(), "--key-file"])
+            .arg(self.dir.join("cluster.key"))
+            .output()
+            .unwrap()
+    }
+
+    fn wait_live(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = String::from_utf8_lossy(&self.cli(&["cluster", "status"]).stdout).into_owned();
+            if status.contains(&format!("({count} live)")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never {count} live nodes: {status}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stores `data` as `name` in 1 MiB chunks.
+    fn put(&self, name: &str, data: &[u8]) {
+        let path = self.dir.join(format!("in-{name}"));
+        std::fs::write(&path, data).unwrap();
+        ok(&self.cli(&["put", path.to_str().unwrap(), "--as", name, "--chunk-bytes", "1048576"]));
+    }
+
+    /// The node ids holding chunk `index` of `name`, in recorded order (`get` asks the
+    /// first live one first).
+    fn replicas(&self, name: &str, index: usize) -> Vec<String> {
+        let stat = ok(&self.cli(&["stat", name]));
+        let prefix = format!("chunk {index}:");
+        let line =
+            stat.lines().map(str::trim).find(|line| line.starts_with(&prefix)).unwrap_or_else(|| panic!("{stat}"));
+        line[prefix.len()..].split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Flips 4 bytes in the middle of every stored copy of chunk `index` (of any file) in
+    /// node `node`'s segment files; returns how many records it changed.
+    fn corrupt(&self, node: usize, index: u64) -> usize {
+        let mut changed = 0;
+        for entry in std::fs::read_dir(self.node_dir(node).join("chunks")).unwrap() {
+            let path = entry.unwrap().path();
+            if !path.file_name().unwrap().to_string_lossy().starts_with("seg-") {
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mut offset = 0usize;
+            // Records: a 64-byte header ("BLR1", version, kind, id at 8..24, length at
+            // 24..28), the payload, padding to 64 bytes.
+            while offset + 64 <= bytes.len() {
+                let header = &bytes[offset..offset + 64];
+                if &header[0..4] != b"BLR1" {
+                    break;
+                }
+                let id = u128::from_le_bytes(header[8..24].try_into().unwrap());
+                let len = u32::from_le_bytes(header[24..28].try_into().unwrap()) as usize;
+                if header[5] == 1 && id as u64 == index && len > 8 {
+                    let at = offset + 64 + len / 2;
+                    for byte in &mut bytes[at..at + 4] {
+                        *byte ^= 0xA5;
+                    }
+                    changed += 1;
+                }
+                offset += (64 + len).next_multiple_of(64);
+            }
+            if changed > 0 {
+                // In place, through the page cache the node reads from.
+                use std::os::unix::fs::FileExt;
+                std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&bytes, 0).unwrap();
+            }
+        }
+        changed
+    }
+}
+
+fn status_line(status: &str, field: &str) -> String {
+    status.lines().find(|line| line.starts_with(field)).unwrap_or_else(|| panic!("no {field} in {status}")).to_owned()
+}
+
+#[test]
+fn a_corrupt_replica_is_failed_over_counted_and_replaced() {
+    if skip_without_redis("a_corrupt_replica_is_failed_over_counted_and_replaced") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Loopback::start(dir.path(), 2);
+    let data = pattern((3 << 20) + 12_345, 31);
+    cluster.put("f", &data);
+    let replicas = cluster.replicas("f", 1);
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    // The replica `get` reads first holds the bad copy.
+    let (bad, good) = (cluster.index_of(&replicas[0]), cluster.index_of(&replicas[1]));
+    assert_eq!(cluster.corrupt(bad, 1), 1);
+
+    let output = cluster.cli(&["get", "f", "-o", "-"]);
+    assert!(
+        output.status.success(),
+        "the good copy on the other node was not used: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout == data, "get returned different bytes");
+    let warning = String::from_utf8_lossy(&output.stderr);
+    assert!(warning.contains("corrupt") && warning.contains(&replicas[0]), "no word of the bad copy: {warning}");
+
+    // The bad copy is known: status counts it and does not call the cluster healthy.
+    let status = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(status_line(&status, "corrupt replicas:").ends_with(" 1"), "{status}");
+    assert!(!status_line(&status, "replication:").contains("healthy"), "{status}");
+
+    // Repair replaces it from the verified copy.
+    let repaired = ok(&cluster.cli(&["cluster", "repair"]));
+    assert!(repaired.contains("replaced 1 corrupt"), "{repaired}");
+    let status = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(status_line(&status, "corrupt replicas:").ends_with(" 0"), "{status}");
+    assert!(status_line(&status, "replication:").ends_with("healthy"), "{status}");
+    assert_eq!(cluster.replicas("f", 1).len(), 2);
+
+    // The replaced copy is good: with the other node gone, it alone serves the file.
+    cluster.stop(good);
+    cluster.wait_live(1);
+    let output = cluster.cli(&["get", "f", "-o", "-"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data, "the repaired copy differs");
+}
+
+#[test]
+fn get_writes_no_byte_of_a_chunk_that_no_replica_has_good() {
+    if skip_without_redis("get_writes_no_byte_of_a_chunk_that_no_replica_has_good") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Loopback::start(dir.path(), 2);
+    let data = pattern((3 << 20) + 77, 32);
+    cluster.put("f", &data);
+    assert_eq!(cluster.corrupt(0, 1) + cluster.corrupt(1, 1), 2);
+    let output = cluster.cli(&["get", "f", "-o", "-"]);
+    let message = common::node::one_line_error(&output);
+    assert!(message.contains("corrupt") && message.contains("chunk 1 of f"), "{message}");
+    // Chunk 0 may have gone out (it checked out); nothing of chunk 1 did.
+    assert!(output.stdout.len() <= 1 << 20, "{} bytes written, chunk 1 among them", output.stdout.len());
+    assert!(data.starts_with(&output.stdout), "what was written differs from the file");
+    let status = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(status_line(&status, "corrupt replicas:").ends_with(" 2"), "{status}");
+    assert!(status_line(&status, "replication:").contains("DEGRADED"), "{status}");
+    // Repair has nothing good to copy from: it says so and changes nothing.
+    let repair = cluster.cli(&["cluster", "repair"]);
+    assert!(!repair.status.success());
+    assert!(
+        String::from_utf8_lossy(&repair.stdout).contains("LOST: f#1"),
+        "{}",
+        String::from_utf8_lossy(&repair.stdout)
+    );
+    assert_eq!(cluster.replicas("f", 1).len(), 2);
+}
+
+#[test]
+fn repair_never_drops_the_only_good_copy() {
+    if skip_without_redis("repair_never_drops_the_only_good_copy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Loopback::start(dir.path(), 2);
+    let data = pattern((3 << 20) + 4_321, 33);
+    cluster.put("f10", &data);
+    // Node 0's copy of chunk 1 goes bad; its restart finds that out and discards it.
+    assert_eq!(cluster.corrupt(0, 1), 1);
+    cluster.stop(0);
+    cluster.spawn(0);
+    cluster.wait_live(2);
+    // Then the node with the good copy restarts; repair runs while it is away, as the
+    // background repair of the node left alone would.
+    cluster.stop(1);
+    cluster.wait_live(1);
+    let _ = cluster.cli(&["cluster", "repair"]);
+    assert_eq!(cluster.replicas("f10", 1).len(), 2, "repair dropped a replica it had not verified");
+    cluster.spawn(1);
+    cluster.wait_live(2);
+    ok(&cluster.cli(&["cluster", "repair"]));
+    let output = cluster.cli(&["get", "f10", "-o", "-"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data);
+    // A scrub finds node 0 without the chunk, and its repair puts the good copy back.
+    let scrubbed = ok(&cluster.cli(&["cluster", "scrub"]));
+    let lost_on = format!("bad copy: f10#1 missing on {}", cluster.node_id(0));
+    assert!(scrubbed.contains(&lost_on) && scrubbed.contains("replaced 1 corrupt"), "{scrubbed}");
+    let status = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(status_line(&status, "replication:").ends_with("healthy"), "{status}");
+    // Both nodes hold a good copy again: either alone serves the file.
+    cluster.stop(1);
+    cluster.wait_live(1);
+    let output = cluster.cli(&["get", "f10", "-o", "-"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data);
+}
+
+#[test]
+fn the_background_repair_keeps_a_down_node_that_holds_the_only_good_copy() {
+    if skip_without_redis("the_background_repair_keeps_a_down_node_that_holds_the_only_good_copy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Loopback::start_with_repair(dir.path(), 2, 200);
+    let data = pattern((3 << 20) + 99, 35);
+    cluster.put("f10", &data);
+    assert_eq!(cluster.corrupt(0, 1), 1);
+    cluster.stop(0);
+    cluster.spawn(0);
+    cluster.wait_live(2);
+    cluster.stop(1);
+    cluster.wait_live(1);
+    // Node 0, alone and so the repair leader, runs several passes.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(cluster.replicas("f10", 1).len(), 2, "a background pass dropped the down node");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.spawn(1);
+    cluster.wait_live(2);
+    let output = cluster.cli(&["get", "f10", "-o", "-"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data);
+    // Scrub marks node 0's missing copy; the next background pass (or the scrub's own
+    // repair) replaces it, after which node 0 alone serves the file.
+    ok(&cluster.cli(&["cluster", "scrub"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ok(&cluster.cli(&["cluster", "status"]));
+        if status_line(&status, "replication:").ends_with("healthy") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never healthy again: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.stop(1);
+    cluster.wait_live(1);
+    let output = cluster.cli(&["get", "f10", "-o", "-"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data);
+}
+
+#[test]
+fn a_file_stored_without_chunk_hashes_is_still_read_and_checked_whole() {
+    if skip_without_redis("a_file_stored_without_chunk_hashes_is_still_read_and_checked_whole") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Loopback::start(dir.path(), 2);
+    let data = pattern((2 << 20) + 5, 34);
+    cluster.put("old", &data);
+    // Rewrite its layout as a version without chunk hashes stored it.
+    let mut metadata = beeline::cluster::RedisMetadata::connect(&cluster.redis.url(), "beeline").unwrap();
+    let mut layout = metadata.get_layout("old").unwrap().unwrap();
+    assert_eq!(layout.chunk_blake3.len(), 3, "put records one hash per chunk");
+    layout.chunk_blake3.clear();
+    metadata.put_layout(&layout).unwrap();
+    let output = cluster.cli(&["get", "old", "-o", "-"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout == data);
+    // A bad copy cannot be told apart chunk by chunk, but the whole-file hash catches it.
+    assert_eq!(cluster.corrupt(cluster.index_of(&cluster.replicas("old", 1)[0]), 1), 1);
+    let message = common::node::one_line_error(&cluster.cli(&["get", "old", "-o", "-"]));
+    assert!(message.contains("BLAKE3 mismatch"), "{message}");
+    let scrubbed = ok(&cluster.cli(&["cluster", "scrub"]));
+    assert!(scrubbed.contains("1 file(s) stored before chunk hashes"), "{scrubbed}");
 }

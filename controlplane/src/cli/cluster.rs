@@ -1,11 +1,11 @@
 //! The cluster-mode commands: `beeline --metadata redis://... put/get/ls/stat/rm`,
-//! `beeline cluster status/repair/configure`, `beeline tag`, `beeline search`.
+//! `beeline cluster status/repair/scrub/configure`, `beeline tag`, `beeline search`.
 
 use std::path::Path;
 
 use beeline_dataplane::wire::ClusterKey;
 
-use crate::client::cluster::{ClusterClient, describe};
+use crate::client::cluster::{ClusterClient, RepairReport, describe};
 use crate::keyfile;
 use crate::output::Output;
 
@@ -19,6 +19,7 @@ pub struct Flags {
 pub enum Action {
     Status(Flags),
     Repair(Flags),
+    Scrub(Flags),
     Configure(Flags, usize),
 }
 
@@ -43,13 +44,14 @@ pub fn run(action: Action) -> Result<(), String> {
             println!("files:              {}", health.files);
             println!("chunks:             {}", health.chunks);
             println!("under-replicated:   {}", health.under_replicated);
+            println!("corrupt replicas:   {}", health.bad_replicas);
             println!("unavailable:        {}", health.unavailable.len());
             for chunk in &health.unavailable {
                 println!("  {chunk}");
             }
             let state = if !health.unavailable.is_empty() {
-                "DEGRADED: some chunks have no live replica"
-            } else if health.under_replicated > 0 {
+                "DEGRADED: some chunks have no good live replica"
+            } else if health.under_replicated > 0 || health.bad_replicas > 0 {
                 "under-replicated: run `beeline cluster repair`"
             } else {
                 "healthy"
@@ -60,21 +62,32 @@ pub fn run(action: Action) -> Result<(), String> {
         Action::Repair(flags) => {
             let mut cluster = connect(&flags)?;
             let report = cluster.repair().map_err(|e| e.to_string())?;
+            print_repair(&report)
+        }
+        Action::Scrub(flags) => {
+            let mut cluster = connect(&flags)?;
+            let scrub = cluster.scrub().map_err(|e| e.to_string())?;
             println!(
-                "checked {} chunks, added {} replicas, updated {} files",
-                report.chunks_checked, report.replicas_added, report.files_updated
+                "scrubbed {} files, {} chunks: {} copies ({} bytes) read back, {} bad, {} unreadable",
+                scrub.files,
+                scrub.chunks,
+                scrub.copies_checked,
+                scrub.bytes_checked,
+                scrub.bad.len(),
+                scrub.unreadable
             );
-            for failed in &report.failed {
-                println!("not repaired yet: {failed}");
+            for bad in &scrub.bad {
+                println!("bad copy: {bad}");
             }
-            for lost in &report.lost {
-                println!("LOST: {lost}");
+            if scrub.files_without_chunk_hashes > 0 {
+                println!(
+                    "{} file(s) stored before chunk hashes were recorded could not be checked copy by copy (`beeline get` still checks them whole)",
+                    scrub.files_without_chunk_hashes
+                );
             }
-            if report.lost.is_empty() && report.failed.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{} chunk(s) lost and {} not repaired: see above", report.lost.len(), report.failed.len()))
-            }
+            // Then repair replaces what the scrub found.
+            let report = cluster.repair().map_err(|e| e.to_string())?;
+            print_repair(&report)
         }
         Action::Configure(flags, factor) => {
             if factor == 0 {
@@ -85,6 +98,28 @@ pub fn run(action: Action) -> Result<(), String> {
             println!("replication factor set to {factor}; run `beeline cluster repair` to apply it to stored chunks");
             Ok(())
         }
+    }
+}
+
+fn print_repair(report: &RepairReport) -> Result<(), String> {
+    println!(
+        "checked {} chunks, added {} replicas (replaced {} corrupt or missing copies), found {} bad copies, updated {} files",
+        report.chunks_checked,
+        report.replicas_added,
+        report.bad_replaced,
+        report.found_bad.len(),
+        report.files_updated
+    );
+    for failed in &report.failed {
+        println!("not repaired yet: {failed}");
+    }
+    for lost in &report.lost {
+        println!("LOST: {lost}");
+    }
+    if report.lost.is_empty() && report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} chunk(s) lost and {} not repaired: see above", report.lost.len(), report.failed.len()))
     }
 }
 
@@ -116,7 +151,11 @@ pub fn get(flags: &Flags, name: &str, mut output: Output) -> Result<(), String> 
     let mut cluster = connect(flags)?;
     let destination = output.shown().to_owned();
     // On an error `output` is dropped, which leaves the destination as it was.
+    // On an error, its one line names the bad copies of the chunk that failed.
     let layout = cluster.get_writer(name, output.writer(), &destination, &mut |_| {}).map_err(|e| e.to_string())?;
+    for warning in cluster.take_warnings() {
+        eprintln!("beeline: warning: {warning}");
+    }
     crate::cli::finish_output(output, layout.record.size_bytes)
 }
 

@@ -137,8 +137,15 @@ enum ClusterCommand {
         #[command(flatten)]
         client: ClientFlags,
     },
-    /// Restore the replication factor of every chunk that still has a live replica.
+    /// Restore the replication factor of every chunk from a verified copy, replacing
+    /// copies known to be bad; never drops a node that may hold the only good copy.
     Repair {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Read back every copy of every chunk, check it against the chunk's hash, mark the
+    /// bad ones, then repair.
+    Scrub {
         #[command(flatten)]
         client: ClientFlags,
     },
@@ -332,6 +339,7 @@ fn command_into(command: ClusterCommand) -> Result<crate::cli::cluster::Action, 
     Ok(match command {
         ClusterCommand::Status { client } => Action::Status(cluster_flags(&client)?),
         ClusterCommand::Repair { client } => Action::Repair(cluster_flags(&client)?),
+        ClusterCommand::Scrub { client } => Action::Scrub(cluster_flags(&client)?),
         ClusterCommand::Configure { replication_factor, client } => {
             Action::Configure(cluster_flags(&client)?, replication_factor)
         }

@@ -99,10 +99,8 @@ impl SendBatch {
                     }
                 }
             }
-        } else if self.segments == 1 {
-            if is_too_large(&socket.send(&self.buffer)) {
-                self.note_too_large(self.buffer.len());
-            }
+        } else if self.segments == 1 && is_too_large(&socket.send(&self.buffer)) {
+            self.note_too_large(self.buffer.len());
         }
         self.buffer.clear();
         self.segments = 0;

@@ -92,11 +92,74 @@ pub struct Member {
 }
 
 /// A file's record plus where each of its chunks is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as postcard `(record, replicas)` followed, when there are chunk hashes, by
+/// postcard `chunk_blake3`: a layout written before chunk hashes existed has no tail and
+/// reads back with none (and encodes back to the very same bytes, which the
+/// compare-and-swap of repair relies on), and a reader that predates them ignores the tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileLayout {
     pub record: FileRecord,
     /// `replicas[i]`: the nodes holding chunk `i`.
     pub replicas: Vec<Vec<NodeId>>,
+    /// `chunk_blake3[i]`: BLAKE3 of chunk `i`'s bytes; empty for files stored before
+    /// chunk hashes were recorded (only the whole-file hash can be checked then).
+    pub chunk_blake3: Vec<[u8; 32]>,
+}
+
+impl FileLayout {
+    /// The hash chunk `index` must have, when the layout records one.
+    pub fn chunk_hash(&self, index: u64) -> Option<&[u8; 32]> {
+        usize::try_from(index).ok().and_then(|index| self.chunk_blake3.get(index))
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, MetadataError> {
+        let storage = |error: postcard::Error| MetadataError::Storage(error.to_string());
+        let mut bytes = postcard::to_stdvec(&(&self.record, &self.replicas)).map_err(storage)?;
+        if !self.chunk_blake3.is_empty() {
+            bytes.extend(postcard::to_stdvec(&self.chunk_blake3).map_err(storage)?);
+        }
+        Ok(bytes)
+    }
+
+    pub fn decode(name: &str, bytes: &[u8]) -> Result<Self, MetadataError> {
+        let corrupt =
+            |error: postcard::Error| MetadataError::Corrupt { name: name.to_owned(), reason: error.to_string() };
+        let ((record, replicas), tail): ((FileRecord, Vec<Vec<NodeId>>), &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(corrupt)?;
+        let chunk_blake3: Vec<[u8; 32]> =
+            if tail.is_empty() { Vec::new() } else { postcard::from_bytes(tail).map_err(corrupt)? };
+        if !chunk_blake3.is_empty() && chunk_blake3.len() as u64 != record.chunk_count() {
+            return Err(MetadataError::Corrupt {
+                name: name.to_owned(),
+                reason: format!("{} chunk hashes for {} chunks", chunk_blake3.len(), record.chunk_count()),
+            });
+        }
+        Ok(Self { record, replicas, chunk_blake3 })
+    }
+}
+
+/// A copy of a chunk found bad (its bytes do not match the chunk's hash, or the node
+/// no longer has it) on a node that the file's layout lists for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BadReplica {
+    pub file_id: u64,
+    pub index: u64,
+    pub node: NodeId,
+}
+
+impl BadReplica {
+    fn member(&self) -> String {
+        format!("{:016x}:{}:{:016x}", self.file_id, self.index, self.node)
+    }
+
+    fn parse(member: &str) -> Option<Self> {
+        let mut parts = member.split(':');
+        let file_id = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let index = parts.next()?.parse().ok()?;
+        let node = u64::from_str_radix(parts.next()?, 16).ok()?;
+        parts.next().is_none().then_some(Self { file_id, index, node })
+    }
 }
 
 pub struct RedisMetadata {
@@ -192,13 +255,12 @@ impl RedisMetadata {
     }
 
     fn decode_layout(name: &str, bytes: &[u8]) -> Result<FileLayout, MetadataError> {
-        postcard::from_bytes(bytes)
-            .map_err(|error| MetadataError::Corrupt { name: name.to_owned(), reason: error.to_string() })
+        FileLayout::decode(name, bytes)
     }
 
     /// Records a file with its replicas atomically; returns the layout it replaced.
     pub fn put_layout(&mut self, layout: &FileLayout) -> Result<Option<FileLayout>, MetadataError> {
-        let bytes = Self::encode(layout)?;
+        let bytes = layout.encode()?;
         let (file_key, names_key) = (self.file_key(&layout.record.name), self.names_key());
         let name = layout.record.name.clone();
         let old: Option<Vec<u8>> =
@@ -216,7 +278,7 @@ impl RedisMetadata {
     /// whether it was replaced.
     pub fn swap_layout(&mut self, old: &FileLayout, new: &FileLayout) -> Result<bool, MetadataError> {
         assert_eq!(old.record.name, new.record.name);
-        let (old_bytes, new_bytes) = (Self::encode(old)?, Self::encode(new)?);
+        let (old_bytes, new_bytes) = (old.encode()?, new.encode()?);
         let key = self.file_key(&new.record.name);
         let swapped: i64 = self.with(|c| Script::new(SWAP_LAYOUT).key(&key).arg(old_bytes).arg(new_bytes).invoke(c))?;
         Ok(swapped == 1)
@@ -231,6 +293,38 @@ impl RedisMetadata {
             self.untag_all(name)?;
         }
         Ok(removed)
+    }
+
+    fn bad_key(&self) -> String {
+        self.key("bad")
+    }
+
+    /// Records copies found bad, so that `cluster status` counts them and repair replaces
+    /// them.
+    pub fn mark_bad(&mut self, bad: &[BadReplica]) -> Result<(), MetadataError> {
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let key = self.bad_key();
+        let members: Vec<String> = bad.iter().map(BadReplica::member).collect();
+        self.with(|c| c.sadd(&key, members))
+    }
+
+    /// Forgets marks (the copy was replaced, or the node left the chunk's replica list).
+    pub fn clear_bad(&mut self, bad: &[BadReplica]) -> Result<(), MetadataError> {
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let key = self.bad_key();
+        let members: Vec<String> = bad.iter().map(BadReplica::member).collect();
+        self.with(|c| c.srem(&key, members))
+    }
+
+    /// Every copy marked bad (unreadable marks are skipped).
+    pub fn bad_replicas(&mut self) -> Result<std::collections::BTreeSet<BadReplica>, MetadataError> {
+        let key = self.bad_key();
+        let members: Vec<String> = self.with(|c| c.smembers(&key))?;
+        Ok(members.iter().filter_map(|member| BadReplica::parse(member)).collect())
     }
 
     /// Names in order after `after`, at most `limit`.
@@ -379,7 +473,7 @@ impl RedisMetadata {
 
 impl Metadata for RedisMetadata {
     fn put_file(&mut self, record: &FileRecord) -> Result<Option<FileRecord>, MetadataError> {
-        let layout = FileLayout { record: record.clone(), replicas: Vec::new() };
+        let layout = FileLayout { record: record.clone(), replicas: Vec::new(), chunk_blake3: Vec::new() };
         Ok(self.put_layout(&layout)?.map(|old| old.record))
     }
 
@@ -406,5 +500,62 @@ impl Metadata for RedisMetadata {
     fn file_count(&mut self) -> Result<u64, MetadataError> {
         let key = self.names_key();
         self.with(|c| c.zcard(&key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout as it was stored before chunk hashes.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct LayoutV1 {
+        record: FileRecord,
+        replicas: Vec<Vec<NodeId>>,
+    }
+
+    fn record(size_bytes: u64) -> FileRecord {
+        FileRecord { name: "f".into(), file_id: 9, size_bytes, chunk_bytes: 4, blake3: [3; 32], created_unix_ms: 1 }
+    }
+
+    #[test]
+    fn a_layout_without_chunk_hashes_reads_and_encodes_back_byte_for_byte() {
+        let old = LayoutV1 { record: record(10), replicas: vec![vec![1, 2], vec![2, 3], vec![3, 1]] };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        let layout = FileLayout::decode("f", &bytes).unwrap();
+        assert!(layout.chunk_blake3.is_empty() && layout.chunk_hash(0).is_none());
+        assert_eq!((&layout.record, &layout.replicas), (&old.record, &old.replicas));
+        // Repair's compare-and-swap compares encodings: they must be the same bytes.
+        assert_eq!(layout.encode().unwrap(), bytes);
+    }
+
+    #[test]
+    fn chunk_hashes_round_trip_and_an_older_reader_ignores_them() {
+        let layout = FileLayout {
+            record: record(10),
+            replicas: vec![vec![1, 2], vec![2, 3], vec![3, 1]],
+            chunk_blake3: vec![[7; 32], [8; 32], [9; 32]],
+        };
+        let bytes = layout.encode().unwrap();
+        assert_eq!(FileLayout::decode("f", &bytes).unwrap(), layout);
+        assert_eq!(layout.chunk_hash(2), Some(&[9; 32]));
+        assert_eq!(layout.chunk_hash(3), None);
+        let old: LayoutV1 = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(old.replicas, layout.replicas);
+        // A hash count that does not match the chunk count is refused, not misread.
+        let short = FileLayout { chunk_blake3: vec![[7; 32]], ..layout.clone() };
+        let error = FileLayout::decode("f", &short.encode().unwrap()).unwrap_err();
+        assert!(error.to_string().contains("1 chunk hashes for 3 chunks"), "{error}");
+        let error = FileLayout::decode("f", &bytes[..bytes.len() - 5]).unwrap_err();
+        assert!(matches!(error, MetadataError::Corrupt { .. }), "{error}");
+    }
+
+    #[test]
+    fn bad_replica_marks_parse_back_and_refuse_garbage() {
+        let mark = BadReplica { file_id: u64::MAX, index: 12, node: 0xabc };
+        assert_eq!(BadReplica::parse(&mark.member()), Some(mark));
+        for garbage in ["", "x:1:2", "1:2", "1:2:3:4", "1:-1:3"] {
+            assert_eq!(BadReplica::parse(garbage), None, "{garbage}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! heartbeat (re-registering by itself after Redis restarts or the network returns),
 //! publishes its address, capacity, usage and health, leaves cleanly on shutdown, and,
 //! when it is the cluster's repair leader (the live node with the lowest id), restores
-//! the replication factor in the background.
+//! the replication factor in the background (from verified copies, replacing copies
+//! marked bad, never dropping a node that may hold the only good copy: see
+//! [`ClusterClient::repair`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -207,8 +209,13 @@ fn repair_loop(settings: &ClusterSettings, key: ClusterKey, stop: &Stop) {
             continue;
         }
         match cluster.repair() {
-            Ok(report) if report.replicas_added > 0 || !report.lost.is_empty() || !report.failed.is_empty() => {
-                info!(added = report.replicas_added, files = report.files_updated, lost = ?report.lost, failed = ?report.failed, "background repair pass");
+            Ok(report)
+                if report.replicas_added > 0
+                    || !report.found_bad.is_empty()
+                    || !report.lost.is_empty()
+                    || !report.failed.is_empty() =>
+            {
+                info!(added = report.replicas_added, replaced_bad = report.bad_replaced, found_bad = report.found_bad.len(), files = report.files_updated, lost = ?report.lost, failed = ?report.failed, "background repair pass");
             }
             Ok(_) => {}
             Err(error) => warn!(%error, "background repair failed; retrying next interval"),
