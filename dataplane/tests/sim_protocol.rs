@@ -7,29 +7,15 @@ use beeline_dataplane::node::NoControl;
 use beeline_dataplane::node::allow::{Allowlist, Prefix};
 use beeline_dataplane::store::mem::MemStore;
 use beeline_dataplane::store::{ChunkStore, Durable, PutReservation, StoreError};
-use beeline_dataplane::testkit::harness::{SimHarness, SimOptions, outcome};
+use beeline_dataplane::testkit::fuzzing::pattern;
+use beeline_dataplane::testkit::harness::{self, SimHarness, SimOptions, outcome};
 use beeline_dataplane::wire::{ClusterKey, Opcode, Repr, Status};
 
 const KEY: ClusterKey = ClusterKey::new([0x42; 32]);
 const FRAG: u16 = 1400;
 
-fn pattern(len: usize, salt: u64) -> Vec<u8> {
-    let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn seeds() -> Vec<u64> {
-    match std::env::var("BEELINE_SIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("BEELINE_SIM_SEED must be an integer")],
-        Err(_) => (1..=12).collect(),
-    }
+    harness::seeds(12)
 }
 
 fn harness(options: SimOptions) -> SimHarness<MemStore, NoControl> {

@@ -13,29 +13,15 @@ use beeline_dataplane::session::handshake::{
 };
 use beeline_dataplane::session::peer::ClientHandshake;
 use beeline_dataplane::store::mem::MemStore;
-use beeline_dataplane::testkit::harness::{SimHarness, SimOptions, outcome};
+use beeline_dataplane::testkit::fuzzing::pattern;
+use beeline_dataplane::testkit::harness::{self, SimHarness, SimOptions, outcome};
 use beeline_dataplane::wire::{self, ClusterKey, Opcode, Repr};
 
 const KEY: ClusterKey = ClusterKey::new([0x42; 32]);
 const FRAG: u16 = 1400;
 
-fn pattern(len: usize, salt: u64) -> Vec<u8> {
-    let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn seeds() -> Vec<u64> {
-    match std::env::var("BEELINE_SIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("BEELINE_SIM_SEED must be an integer")],
-        Err(_) => (1..=4).collect(),
-    }
+    harness::seeds(4)
 }
 
 fn harness(options: SimOptions) -> SimHarness<MemStore, NoControl> {

@@ -454,6 +454,15 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
     }
 }
 
+/// The seeds a seeded test runs: `BEELINE_SIM_SEED=<seed>` replays exactly one, else
+/// `1..=count`.
+pub fn seeds(count: u64) -> Vec<u64> {
+    match std::env::var("BEELINE_SIM_SEED") {
+        Ok(seed) => std::vec![seed.parse().expect("BEELINE_SIM_SEED must be an integer")],
+        Err(_) => (1..=count).collect(),
+    }
+}
+
 pub fn outcome(progress: Progress) -> Result<(), ClientError> {
     match progress {
         Progress::Done => Ok(()),
