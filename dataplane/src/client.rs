@@ -9,11 +9,13 @@ use crate::wire::{self, ChunkId, HEADER_LEN, Opcode, Repr, Status, flags};
 /// Largest datagram a client builds: header plus a 9000-byte jumbo fragment.
 pub const DATAGRAM_BYTES_MAX: usize = HEADER_LEN + 9000;
 
-/// Where a state machine sends datagrams. They are handed over unsealed: the driver
-/// seals each with its session where it lays them out for sending, so no state machine
-/// holds a key and no datagram is copied twice.
+/// Where a state machine sends datagrams. They are handed over unsealed, as a header
+/// ([`HEADER_LEN`] bytes, its `payload_len` set) and the payload, which for a put is a
+/// slice of the caller's chunk: the driver lays both out once where it sends from and
+/// seals them there with its session, so no state machine holds a key and no payload is
+/// copied twice.
 pub trait Transmit {
-    fn transmit(&mut self, datagram: &[u8]);
+    fn transmit(&mut self, header: &[u8], payload: &[u8]);
 }
 
 /// Retransmission timing, bounded everywhere.
@@ -113,7 +115,7 @@ pub struct PutChunk<D: AsRef<[u8]>> {
     phase: PutPhase,
     timer: Timer,
     start_ms: u64,
-    scratch: [u8; DATAGRAM_BYTES_MAX],
+    scratch: [u8; HEADER_LEN],
     pub fragments_sent: u64,
     pub fragments_resent: u64,
 }
@@ -153,7 +155,7 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
             phase: PutPhase::Sending,
             timer: Timer::new(timing, now_ms),
             start_ms: now_ms,
-            scratch: [0; DATAGRAM_BYTES_MAX],
+            scratch: [0; HEADER_LEN],
             fragments_sent: 0,
             fragments_resent: 0,
         }
@@ -212,16 +214,16 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
             payload_len: len as u16,
             ..Repr::new(Opcode::PutFrag)
         };
-        let datagram_len = repr.emit_with_payload(&mut self.scratch, &data[start..start + len]);
-        tx.transmit(&self.scratch[..datagram_len]);
+        repr.emit(&mut self.scratch);
+        tx.transmit(&self.scratch, &data[start..start + len]);
         self.sent_at_ms[index as usize] = self.elapsed(now_ms);
         self.fragments_sent += 1;
     }
 
     fn send_control(&mut self, opcode: Opcode, tx: &mut dyn Transmit) {
         let repr = Repr { request_id: self.request_id, chunk_id: self.chunk_id, ..Repr::new(opcode) };
-        let len = repr.emit_with_payload(&mut self.scratch, &[]);
-        tx.transmit(&self.scratch[..len]);
+        repr.emit(&mut self.scratch);
+        tx.transmit(&self.scratch, &[]);
     }
 
     /// Sends fragments never sent before, up to the credit window.
@@ -461,8 +463,8 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
             frag_len: self.frag_len,
             ..Repr::new(Opcode::Get)
         };
-        let len = repr.emit_with_payload(&mut self.scratch, &[]);
-        tx.transmit(&self.scratch[..len]);
+        repr.emit(&mut self.scratch);
+        tx.transmit(&self.scratch, &[]);
         self.requests_sent += 1;
     }
 
@@ -614,7 +616,7 @@ impl Exchange {
     }
 
     pub fn start(&mut self, tx: &mut dyn Transmit) {
-        tx.transmit(&self.datagram[..self.payload_len]);
+        tx.transmit(&self.datagram[..HEADER_LEN], &self.datagram[HEADER_LEN..self.payload_len]);
     }
 
     pub fn on_packet(&mut self, repr: &Repr, payload: &[u8], now_ms: u64) {
@@ -649,7 +651,7 @@ impl Exchange {
         match self.timer.expired(now_ms) {
             None => {}
             Some(false) => self.progress = Progress::Failed(ClientError::Unreachable),
-            Some(true) => tx.transmit(&self.datagram[..self.payload_len]),
+            Some(true) => tx.transmit(&self.datagram[..HEADER_LEN], &self.datagram[HEADER_LEN..self.payload_len]),
         }
     }
 }

@@ -379,8 +379,8 @@ fn abandoned_put_is_expired_and_its_slot_reused() {
     // A client whose first ten fragments arrive, and which is then never heard from...
     struct Collect(Vec<Vec<u8>>);
     impl Transmit for Collect {
-        fn transmit(&mut self, datagram: &[u8]) {
-            self.0.push(datagram.to_vec());
+        fn transmit(&mut self, header: &[u8], payload: &[u8]) {
+            self.0.push([header, payload].concat());
         }
     }
     assert!(sim.establish(1000));

@@ -119,11 +119,11 @@ impl<'a> SocketTransmit<'a> {
 }
 
 impl Transmit for SocketTransmit<'_> {
-    fn transmit(&mut self, datagram: &[u8]) {
+    fn transmit(&mut self, header: &[u8], payload: &[u8]) {
         // Without a session (none yet, or none left) the datagram is lost, as is one whose
         // send fails: the protocol's retransmission covers both.
         let Some(session) = self.session.as_mut() else { return };
-        self.batch.push(self.socket, datagram, |bytes| session.seal(bytes).is_ok());
+        self.batch.push(self.socket, header, payload, |bytes| session.seal(bytes).is_ok());
     }
 }
 

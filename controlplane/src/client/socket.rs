@@ -46,30 +46,38 @@ impl SendBatch {
         }
     }
 
-    /// Queues `datagram`, sending what is queued first when it cannot join the run.
-    /// `seal` finishes it in place where it lies in the batch (the session's encryption:
-    /// no second copy); a datagram it refuses is dropped.
-    pub(super) fn push(&mut self, socket: &UdpSocket, datagram: &[u8], seal: impl FnOnce(&mut [u8]) -> bool) {
+    /// Queues the datagram `header` ‖ `payload`, sending what is queued first when it cannot
+    /// join the run. `seal` finishes it in place where it lies in the batch (the session's
+    /// encryption: no second copy); a datagram it refuses is dropped.
+    pub(super) fn push(
+        &mut self,
+        socket: &UdpSocket,
+        header: &[u8],
+        payload: &[u8],
+        seal: impl FnOnce(&mut [u8]) -> bool,
+    ) {
+        let datagram_len = header.len() + payload.len();
         let joins = self.segments > 0
             && self.offload
             && !self.closed
-            && !datagram.is_empty()
-            && datagram.len() <= self.segment_bytes
+            && datagram_len != 0
+            && datagram_len <= self.segment_bytes
             && self.segments < SEGMENTS_MAX
-            && self.buffer.len() + datagram.len() <= SEGMENTED_BYTES_MAX;
+            && self.buffer.len() + datagram_len <= SEGMENTED_BYTES_MAX;
         if !joins {
             self.flush(socket);
-            self.segment_bytes = datagram.len();
+            self.segment_bytes = datagram_len;
         }
         let start = self.buffer.len();
-        self.buffer.extend_from_slice(datagram);
+        self.buffer.extend_from_slice(header);
+        self.buffer.extend_from_slice(payload);
         if !seal(&mut self.buffer[start..]) {
             self.buffer.truncate(start);
             return;
         }
         self.segments += 1;
-        self.closed = datagram.len() < self.segment_bytes;
-        if !self.offload || datagram.is_empty() {
+        self.closed = datagram_len < self.segment_bytes;
+        if !self.offload || datagram_len == 0 {
             self.flush(socket);
         }
     }
@@ -245,7 +253,7 @@ mod tests {
         let mut batch = SendBatch::new();
         let sent: Vec<Vec<u8>> = (0..31).map(|seq| datagram(seq, if seq == 30 { 200 } else { 1000 })).collect();
         for bytes in &sent {
-            batch.push(&client, bytes, |_| true);
+            batch.push(&client, &bytes[..0], bytes, |_| true);
         }
         batch.flush(&client);
         assert_eq!(batch.segmented_sends, 1);
@@ -264,7 +272,7 @@ mod tests {
         let mut batch = SendBatch::new();
         let sent: Vec<Vec<u8>> = (0..20).map(|seq| datagram(seq, 4681)).collect();
         for bytes in &sent {
-            batch.push(&client, bytes, |_| true);
+            batch.push(&client, &bytes[..0], bytes, |_| true);
         }
         batch.flush(&client);
         assert_eq!(batch.segmented_sends, 2);
@@ -288,7 +296,7 @@ mod tests {
         sent.push(datagram(10, 500));
         sent.extend((11..21).map(|seq| datagram(seq, 1200)));
         for bytes in &sent {
-            batch.push(&node, bytes, |_| true);
+            batch.push(&node, &bytes[..0], bytes, |_| true);
         }
         batch.flush(&node);
         assert_eq!(batch.segmented_sends, 2, "the 500-byte datagram closes the first run");

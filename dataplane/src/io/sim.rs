@@ -101,10 +101,11 @@ impl<'q> Queue<'q> {
         self.len == self.slots.len()
     }
 
-    /// Appends at the back, or at the front to make it overtake what is queued.
-    fn push(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8], front: bool) -> bool {
+    /// Appends at the back, or at the front to make it overtake what is queued; returns
+    /// the queued bytes (for the network to damage), or `None` when full.
+    fn push(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8], front: bool) -> Option<&mut [u8]> {
         if self.is_full() {
-            return false;
+            return None;
         }
         let capacity = self.slots.len();
         let position = if front {
@@ -119,7 +120,7 @@ impl<'q> Queue<'q> {
         slot.to = to;
         slot.len = bytes.len() as u16;
         slot.bytes[..bytes.len()].copy_from_slice(bytes);
-        true
+        Some(&mut slot.bytes[..bytes.len()])
     }
 
     fn pop(&mut self) -> Option<&SimDatagram> {
@@ -182,17 +183,18 @@ impl<'q> SimNet<'q> {
         for _ in 0..copies {
             let reorder = self.rng.chance_ppm(self.impairments.reorder_ppm);
             let corrupt = self.rng.chance_ppm(self.impairments.corrupt_ppm);
-            let mut scratch = [0u8; SIM_DATAGRAM_BYTES_MAX];
-            scratch[..bytes.len()].copy_from_slice(bytes);
-            if corrupt && !bytes.is_empty() {
-                let bit = self.rng.below(bytes.len() as u64 * 8) as usize;
-                scratch[bit / 8] ^= 1 << (bit % 8);
-                self.stats.corrupted += 1;
-            }
+            let flipped_bit = (corrupt && !bytes.is_empty()).then(|| self.rng.below(bytes.len() as u64 * 8) as usize);
             self.stats.reordered += u64::from(reorder);
             let queue = if toward_node { &mut self.to_node } else { &mut self.to_clients };
-            if !queue.push(from, to, &scratch[..bytes.len()], reorder) {
-                self.stats.overflowed += 1;
+            // Copied once, into the queue's slot, and damaged there.
+            match queue.push(from, to, bytes, reorder) {
+                Some(queued) => {
+                    if let Some(bit) = flipped_bit {
+                        queued[bit / 8] ^= 1 << (bit % 8);
+                        self.stats.corrupted += 1;
+                    }
+                }
+                None => self.stats.overflowed += 1,
             }
         }
     }

@@ -708,8 +708,10 @@ struct RequestSink<'d> {
 }
 
 impl Transmit for RequestSink<'_> {
-    fn transmit(&mut self, datagram: &[u8]) {
+    fn transmit(&mut self, header: &[u8], payload: &[u8]) {
         self.sent += 1;
+        assert_eq!(header.len(), HEADER_LEN, "a header comes whole, the payload after it");
+        let datagram = &[header, payload].concat()[..];
         assert!(datagram.len() <= client::DATAGRAM_BYTES_MAX);
         let packet = Packet::new_checked(datagram).expect("a client sent a datagram that fails the wire checks");
         assert_eq!(packet.datagram().len(), datagram.len());

@@ -73,15 +73,18 @@ struct NetTransmit<'a> {
     to: SocketAddr,
     session: Option<&'a mut SessionTx>,
     capture: &'a mut Option<Vec<Vec<u8>>>,
+    /// Where a datagram is laid out and sealed: reused, as a real driver's send buffer.
+    buffer: &'a mut [u8; SIM_DATAGRAM_BYTES_MAX],
 }
 
 impl Transmit for NetTransmit<'_> {
-    fn transmit(&mut self, datagram: &[u8]) {
+    fn transmit(&mut self, header: &[u8], payload: &[u8]) {
         // No session yet (or any more): lost, like a datagram the network dropped.
         let Some(session) = self.session.as_deref_mut() else { return };
-        let mut sealed = [0u8; SIM_DATAGRAM_BYTES_MAX];
-        let sealed = &mut sealed[..datagram.len()];
-        sealed.copy_from_slice(datagram);
+        let len = header.len() + payload.len();
+        let sealed = &mut self.buffer[..len];
+        sealed[..header.len()].copy_from_slice(header);
+        sealed[header.len()..].copy_from_slice(payload);
         if session.seal(sealed).is_ok() {
             if let Some(capture) = self.capture.as_mut() {
                 capture.push(sealed.to_vec());
@@ -208,6 +211,7 @@ pub struct SimHarness<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> {
     pub capture: Option<Vec<Vec<u8>>>,
     /// Bytes the node sent, by destination address.
     pub bytes_to: std::collections::BTreeMap<SocketAddr, u64>,
+    send_buffer: Box<[u8; SIM_DATAGRAM_BYTES_MAX]>,
     pub client_addr: SocketAddr,
     pub node_addr: SocketAddr,
     pub timing: Timing,
@@ -244,6 +248,7 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
             client: SimClient::new(&key, options.seed),
             capture: None,
             bytes_to: std::collections::BTreeMap::new(),
+            send_buffer: Box::new([0; SIM_DATAGRAM_BYTES_MAX]),
             client_addr,
             node_addr,
             timing: options.timing,
@@ -281,9 +286,11 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
         self.client.session.is_some()
     }
 
-    /// Seals `datagram` with the client's session and sends it, as a machine would.
+    /// Seals `datagram` (unsealed, header and payload) with the client's session and
+    /// sends it, as a machine would.
     pub fn send_sealed(&mut self, datagram: &[u8]) {
-        self.transmit().transmit(datagram);
+        let (header, payload) = datagram.split_at(wire::HEADER_LEN);
+        self.transmit().transmit(header, payload);
     }
 
     fn transmit(&mut self) -> NetTransmit<'_> {
@@ -293,6 +300,7 @@ impl<S: ChunkStore + 'static, C: ControlHandler<S> + 'static> SimHarness<S, C> {
             to: self.node_addr,
             session: self.client.session.as_mut().map(|session| &mut session.tx),
             capture: &mut self.capture,
+            buffer: &mut self.send_buffer,
         }
     }
 
