@@ -126,6 +126,52 @@ pub enum ControlRequest {
     NodeStatus {
         counters_from: u32,
     },
+    /// Single node: collects the chunks no file in the node's metadata references whose
+    /// file's youngest chunk is at least `grace_ms` old (the node's grace period when
+    /// `None`), then compacts. Refused by a node in a cluster (`beeline cluster gc`).
+    Gc {
+        dry_run: bool,
+        grace_ms: Option<u64>,
+    },
+    /// Cluster: the file ids this node holds chunks of, after `after`, as many as fit.
+    ChunkFiles {
+        after: Option<u64>,
+    },
+    /// Cluster: deletes this node's chunks of `file_ids` that are at least `min_age_ms`
+    /// old (the caller found no file referencing them), then, with `reclaim`, compacts.
+    CollectFiles {
+        file_ids: Vec<u64>,
+        min_age_ms: u64,
+        dry_run: bool,
+        reclaim: bool,
+    },
+}
+
+/// The chunks a node holds of one file id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkFile {
+    pub file_id: u64,
+    pub chunks: u32,
+    pub bytes: u64,
+    /// Age of the file's youngest chunk on this node.
+    pub youngest_age_ms: u64,
+}
+
+/// What a garbage collection pass found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Chunks (and their bytes) deleted, or that would be with `dry_run`.
+    pub chunks_collected: u64,
+    pub bytes_collected: u64,
+    pub files_collected: u64,
+    /// Unreferenced chunks kept because they are younger than the grace period.
+    pub chunks_kept_young: u64,
+    pub bytes_kept_young: u64,
+    /// Segment bytes given back to the file system.
+    pub disk_bytes_freed: u64,
+    /// The pass stopped early (the store's change queue was full): run it again.
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +192,8 @@ pub struct NodeStatus {
     pub counters: Vec<(String, u64)>,
     /// Where the counters that did not fit this reply start, if any did not.
     pub counters_next: Option<u32>,
+    /// The metadata the node answers to, and, loudly, whether it lost track of it.
+    pub metadata: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +209,11 @@ pub enum ControlResponse {
     },
     Removed(FileRecord),
     Status(NodeStatus),
+    Gc(GcReport),
+    ChunkFiles {
+        files: Vec<ChunkFile>,
+        more: bool,
+    },
     /// The node could not do it; the text says why and what to do.
     Failed(String),
 }

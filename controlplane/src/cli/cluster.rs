@@ -20,6 +20,8 @@ pub enum Action {
     Status(Flags),
     Repair(Flags),
     Scrub(Flags),
+    Gc(Flags, bool, u64),
+    ForgetLost(Flags),
     Configure(Flags, usize),
 }
 
@@ -41,6 +43,16 @@ pub fn run(action: Action) -> Result<(), String> {
             for member in &members {
                 println!("  {}", describe(member));
             }
+            let lost: Vec<&crate::cluster::Member> = members
+                .iter()
+                .filter(|member| member.record.health.starts_with(crate::node::membership::METADATA_LOST))
+                .collect();
+            if !lost.is_empty() {
+                println!(
+                    "METADATA LOST:      {} node(s) hold chunks of a cluster this metadata does not know (Redis restarted empty?); they keep them: re-import what you can, then `beeline cluster forget-lost`",
+                    lost.len()
+                );
+            }
             println!("files:              {}", health.files);
             println!("chunks:             {}", health.chunks);
             println!("under-replicated:   {}", health.under_replicated);
@@ -49,7 +61,9 @@ pub fn run(action: Action) -> Result<(), String> {
             for chunk in &health.unavailable {
                 println!("  {chunk}");
             }
-            let state = if !health.unavailable.is_empty() {
+            let state = if !lost.is_empty() {
+                "METADATA LOST: see above"
+            } else if !health.unavailable.is_empty() {
                 "DEGRADED: some chunks have no good live replica"
             } else if health.under_replicated > 0 || health.bad_replicas > 0 {
                 "under-replicated: run `beeline cluster repair`"
@@ -89,6 +103,49 @@ pub fn run(action: Action) -> Result<(), String> {
             let report = cluster.repair().map_err(|e| e.to_string())?;
             print_repair(&report)
         }
+        Action::Gc(flags, dry_run, grace_ms) => {
+            let mut cluster = connect(&flags)?;
+            let options = crate::client::cluster::GcOptions { dry_run, grace_ms, only: None, everything: true };
+            let report = cluster.gc(&options).map_err(|e| e.to_string())?;
+            for (node, collected) in &report.nodes {
+                print_gc(&format!("{node:016x}"), collected, dry_run);
+            }
+            if report.puts_in_progress > 0 || report.puts_claimed > 0 {
+                println!(
+                    "puts in progress left alone: {}; stalled puts claimed: {}",
+                    report.puts_in_progress, report.puts_claimed
+                );
+            }
+            for (node, reason) in &report.skipped {
+                println!("node {node:016x} skipped: {reason}");
+            }
+            if report.skipped.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} node(s) were not collected: see above", report.skipped.len()))
+            }
+        }
+        Action::ForgetLost(flags) => {
+            let mut cluster = connect(&flags)?;
+            let members = cluster.members().map_err(|e| e.to_string())?;
+            let mut forgotten = 0;
+            for member in &members {
+                let Some(old) = member.record.health.strip_prefix(crate::node::membership::METADATA_LOST) else {
+                    continue;
+                };
+                let old = u64::from_str_radix(old.trim_start_matches(':'), 16).unwrap_or(0);
+                cluster.metadata().allow_forget(member.record.id, old).map_err(|e| e.to_string())?;
+                println!(
+                    "node {:016x}: its chunks from cluster epoch {old:016x} become garbage at its next heartbeat",
+                    member.record.id
+                );
+                forgotten += 1;
+            }
+            if forgotten == 0 {
+                println!("no node reports lost metadata");
+            }
+            Ok(())
+        }
         Action::Configure(flags, factor) => {
             if factor == 0 {
                 return Err("--replication-factor must be at least 1".into());
@@ -99,6 +156,19 @@ pub fn run(action: Action) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+pub fn print_gc(node: &str, report: &crate::control::GcReport, dry_run: bool) {
+    let verb = if dry_run { "would collect" } else { "collected" };
+    println!(
+        "{node}: {verb} {} chunks ({} bytes) of {} unrecorded files; {} bytes of disk given back; kept {} chunks ({} bytes) younger than the grace period",
+        report.chunks_collected,
+        report.bytes_collected,
+        report.files_collected,
+        report.disk_bytes_freed,
+        report.chunks_kept_young,
+        report.bytes_kept_young
+    );
 }
 
 fn print_repair(report: &RepairReport) -> Result<(), String> {

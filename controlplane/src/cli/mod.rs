@@ -123,6 +123,19 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Reclaim the space of chunks no file references (a single node; `beeline cluster gc`
+    /// for a cluster): those of puts that never completed, once their file's youngest
+    /// chunk is older than the grace period.
+    Gc {
+        /// Only say what would be reclaimed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep chunks of a file whose youngest chunk is younger than this [default: 60000].
+        #[arg(long, default_value_t = ON_DEMAND_GRACE_MS)]
+        grace_ms: u64,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Check this host against a hardware profile (hw-configs/), or list the profiles.
     Hw {
         #[command(subcommand)]
@@ -146,6 +159,26 @@ enum ClusterCommand {
     /// Read back every copy of every chunk, check it against the chunk's hash, mark the
     /// bad ones, then repair.
     Scrub {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Reclaim, on every live node, the space of chunks that no file in the metadata
+    /// references (puts that never completed), as `juicefs gc` does for objects.
+    Gc {
+        /// Only say what would be reclaimed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep chunks of a file whose youngest chunk is younger than this, and puts
+        /// refreshed within it [default: 60000].
+        #[arg(long, default_value_t = ON_DEMAND_GRACE_MS)]
+        grace_ms: u64,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Let the nodes that report METADATA LOST (Redis came back without their cluster)
+    /// treat their chunks from before as ordinary garbage: what no file references then
+    /// goes with the next garbage collection. Only once nothing can be re-imported.
+    ForgetLost {
         #[command(flatten)]
         client: ClientFlags,
     },
@@ -179,6 +212,9 @@ enum NodeCommand {
 }
 
 type CliResult = Result<(), String>;
+
+/// Grace period of a garbage collection an operator asks for.
+const ON_DEMAND_GRACE_MS: u64 = 60_000;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -272,6 +308,10 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Bench { args } => crate::cli::bench::run(args),
+        Command::Gc { client, .. } if client.metadata.is_some() => {
+            Err("with --metadata the files are in the cluster: run `beeline cluster gc`".into())
+        }
+        Command::Gc { dry_run, grace_ms, client } => node_gc(&client, dry_run, grace_ms),
         Command::Hw { .. } => Err("`beeline hw` is dispatched before this point; this is a bug".into()),
         Command::Rm { name, client } => {
             let mut client = connect(&client)?;
@@ -340,6 +380,8 @@ fn command_into(command: ClusterCommand) -> Result<crate::cli::cluster::Action, 
         ClusterCommand::Status { client } => Action::Status(cluster_flags(&client)?),
         ClusterCommand::Repair { client } => Action::Repair(cluster_flags(&client)?),
         ClusterCommand::Scrub { client } => Action::Scrub(cluster_flags(&client)?),
+        ClusterCommand::Gc { dry_run, grace_ms, client } => Action::Gc(cluster_flags(&client)?, dry_run, grace_ms),
+        ClusterCommand::ForgetLost { client } => Action::ForgetLost(cluster_flags(&client)?),
         ClusterCommand::Configure { replication_factor, client } => {
             Action::Configure(cluster_flags(&client)?, replication_factor)
         }
@@ -489,11 +531,38 @@ pub(crate) fn finish_output(output: Output, size_bytes: u64) -> CliResult {
     Ok(())
 }
 
+fn node_gc(flags: &ClientFlags, dry_run: bool, grace_ms: u64) -> CliResult {
+    use crate::control::{ControlRequest, ControlResponse};
+    let mut client = connect(flags)?;
+    let mut total = crate::control::GcReport::default();
+    // A pass stops early when the node's change queue fills: ask again (bounded).
+    for _ in 0..1000 {
+        match client.control(&ControlRequest::Gc { dry_run, grace_ms: Some(grace_ms) }).map_err(|e| e.to_string())? {
+            ControlResponse::Gc(report) => {
+                total.chunks_collected += report.chunks_collected;
+                total.bytes_collected += report.bytes_collected;
+                total.files_collected += report.files_collected;
+                total.disk_bytes_freed += report.disk_bytes_freed;
+                total.chunks_kept_young = report.chunks_kept_young;
+                total.bytes_kept_young = report.bytes_kept_young;
+                if !report.more || dry_run {
+                    break;
+                }
+            }
+            ControlResponse::Failed(reason) => return Err(reason),
+            other => return Err(format!("unexpected answer from the node: {other:?}")),
+        }
+    }
+    crate::cli::cluster::print_gc(client.node().to_string().as_str(), &total, dry_run);
+    Ok(())
+}
+
 fn node_status(flags: &ClientFlags) -> CliResult {
     let mut client = connect(flags)?;
     let status = client.node_status().map_err(|e| e.to_string())?;
     println!("node:          {} (beeline {})", status.listen, status.node_version);
     println!("backend:       {}", status.backend);
+    println!("metadata:      {}", status.metadata);
     println!("uptime:        {:.1} s", status.uptime_ms as f64 / 1000.0);
     println!("files:         {}", status.files);
     println!("chunks:        {}", status.chunks);

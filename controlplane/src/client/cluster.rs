@@ -49,6 +49,10 @@ pub enum ClusterError {
     LocalIo { path: String, source: std::io::Error },
     #[error("{0}")]
     BadName(String),
+    #[error(
+        "the put of {name} stalled longer than the cluster's garbage-collection grace period and its chunks were reclaimed; nothing was recorded, put it again"
+    )]
+    PutReclaimed { name: String },
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -94,6 +98,32 @@ pub struct ScrubReport {
     pub unreadable: u64,
     /// Files stored before chunk hashes were recorded: not checked.
     pub files_without_chunk_hashes: u64,
+}
+
+/// What `beeline cluster gc` (or a node's background pass) does.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub dry_run: bool,
+    /// Chunks of an unrecorded file stay until the youngest is this old, and a put's entry
+    /// until it was not refreshed for this long.
+    pub grace_ms: u64,
+    /// Only this node (a node's own background pass).
+    pub only: Option<NodeId>,
+    /// Compact every segment with dead bytes (an operator's pass), not only the cheap ones.
+    pub everything: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterGcReport {
+    /// Per node: what it collected (or would).
+    pub nodes: Vec<(NodeId, crate::control::GcReport)>,
+    /// Nodes that refused or did not answer, with why (a node that lost its metadata
+    /// refuses until `beeline cluster forget-lost`).
+    pub skipped: Vec<(NodeId, String)>,
+    /// Puts in progress whose chunks were left alone.
+    pub puts_in_progress: u64,
+    /// Stale puts claimed (they can no longer commit).
+    pub puts_claimed: u64,
 }
 
 /// A chunk to store: its position in the batch, its id and its bytes.
@@ -296,6 +326,9 @@ impl ClusterClient {
         validate_name(name).map_err(ClusterError::BadName)?;
         self.refresh()?;
         let file_id = rand::random::<u64>() | 1;
+        // Before any chunk exists: garbage collection leaves a registered put alone while
+        // it is refreshed (after every batch), and a put it claimed can never commit.
+        self.metadata.register_put(file_id)?;
         let mut hasher = blake3::Hasher::new();
         let mut replicas: Vec<Vec<NodeId>> = Vec::new();
         let mut chunk_blake3: Vec<[u8; 32]> = Vec::new();
@@ -327,6 +360,9 @@ impl ClusterClient {
                 break;
             }
             let placed = self.store_chunks(name, index, &batch)?;
+            if !self.metadata.touch_put(file_id)? {
+                return Err(ClusterError::PutReclaimed { name: name.to_owned() });
+            }
             index += batch.len() as u64;
             replicas.extend(placed);
             on_progress(size_bytes);
@@ -341,12 +377,155 @@ impl ClusterClient {
         };
         let layout = FileLayout { record, replicas, chunk_blake3 };
         // Only now, with every replica acknowledged durable, does the file exist.
-        if let Some(old) = self.metadata.put_layout(&layout)? {
+        let replaced =
+            self.metadata.commit_put(&layout)?.map_err(|()| ClusterError::PutReclaimed { name: name.to_owned() })?;
+        if let Some(old) = replaced {
             if old.record.file_id != layout.record.file_id {
                 self.delete_chunks_of(&old);
             }
         }
         Ok(layout)
+    }
+
+    /// Garbage collection (as `juicefs gc` does for objects): every live node lists the
+    /// file ids it holds chunks of; those no recorded file has, that no put in progress
+    /// owns, and whose youngest chunk is at least the grace period old are deleted, then
+    /// the nodes compact. Puts in progress register in Redis before their first chunk and
+    /// refresh after every batch; one not refreshed for the grace period is claimed (it can
+    /// no longer commit) and collected. Reads the registry before the files, so a put
+    /// that commits meanwhile is seen in one or the other.
+    pub fn gc(&mut self, options: &GcOptions) -> Result<ClusterGcReport, ClusterError> {
+        self.refresh()?;
+        let mut report = ClusterGcReport::default();
+        let nodes: Vec<NodeId> =
+            self.live_ids().into_iter().filter(|node| options.only.is_none_or(|only| only == *node)).collect();
+        // 1. What each node holds.
+        let mut held: Vec<(NodeId, Vec<crate::control::ChunkFile>)> = Vec::new();
+        for node in nodes {
+            match self.chunk_files(node) {
+                Ok(files) => held.push((node, files)),
+                Err(reason) => report.skipped.push((node, reason)),
+            }
+        }
+        // 2. Puts in progress, then 3. the recorded files.
+        let (now_ms, pending) = self.metadata.pending_puts()?;
+        let referenced = self.metadata.referenced_file_ids()?;
+        let pending: HashMap<u64, u64> = pending.into_iter().collect();
+        let mut decided: HashMap<u64, bool> = HashMap::new();
+        for (node, files) in held {
+            let mut doomed = Vec::new();
+            for file in files {
+                if referenced.contains(&file.file_id) || file.youngest_age_ms < options.grace_ms {
+                    continue;
+                }
+                let collectable = match decided.get(&file.file_id) {
+                    Some(collectable) => *collectable,
+                    None => {
+                        let collectable = match pending.get(&file.file_id) {
+                            None => true,
+                            Some(&refreshed) if now_ms.saturating_sub(refreshed) < options.grace_ms => {
+                                report.puts_in_progress += 1;
+                                false
+                            }
+                            Some(_) if options.dry_run => true,
+                            Some(&refreshed) => {
+                                let claimed = self.metadata.claim_put(file.file_id, refreshed)?;
+                                report.puts_claimed += u64::from(claimed);
+                                claimed
+                            }
+                        };
+                        decided.insert(file.file_id, collectable);
+                        collectable
+                    }
+                };
+                if collectable {
+                    doomed.push(file.file_id);
+                }
+            }
+            match self.collect_on(node, &doomed, options) {
+                Ok(collected) => report.nodes.push((node, collected)),
+                Err(reason) => report.skipped.push((node, reason)),
+            }
+        }
+        Ok(report)
+    }
+
+    fn chunk_files(&mut self, node: NodeId) -> Result<Vec<crate::control::ChunkFile>, String> {
+        use crate::control::{ControlRequest, ControlResponse};
+        let mut client = self.take_client(node).map_err(|error| error.to_string())?;
+        let mut files = Vec::new();
+        let mut after = None;
+        let result = loop {
+            match client.control(&ControlRequest::ChunkFiles { after }) {
+                Ok(ControlResponse::ChunkFiles { files: page, more }) => {
+                    after = page.last().map(|file| file.file_id);
+                    files.extend(page);
+                    if !more || after.is_none() {
+                        break Ok(files);
+                    }
+                }
+                Ok(ControlResponse::Failed(reason)) => break Err(reason),
+                Ok(other) => break Err(format!("unexpected answer {other:?}")),
+                Err(error) => break Err(error.to_string()),
+            }
+        };
+        self.clients.insert(node, client);
+        result
+    }
+
+    /// Deletes `file_ids`' chunks on `node`, a request's worth at a time, then compacts.
+    fn collect_on(
+        &mut self,
+        node: NodeId,
+        file_ids: &[u64],
+        options: &GcOptions,
+    ) -> Result<crate::control::GcReport, String> {
+        use crate::control::{ControlRequest, ControlResponse, GcReport};
+        let mut client = self.take_client(node).map_err(|error| error.to_string())?;
+        let mut total = GcReport { dry_run: options.dry_run, ..GcReport::default() };
+        // 64 ids (at most 10 bytes each) fit the smallest control datagram.
+        let batches: Vec<&[u64]> = if file_ids.is_empty() { vec![&[]] } else { file_ids.chunks(64).collect() };
+        let last = batches.len() - 1;
+        let mut result = Ok(());
+        'batches: for (position, batch) in batches.into_iter().enumerate() {
+            // A pass that stopped early (the node's change queue was full) is asked again;
+            // bounded, as every answer deletes chunks or ends it.
+            for _ in 0..1000 {
+                let request = ControlRequest::CollectFiles {
+                    file_ids: batch.to_vec(),
+                    min_age_ms: options.grace_ms,
+                    dry_run: options.dry_run,
+                    reclaim: position == last && options.everything,
+                };
+                match client.control(&request) {
+                    Ok(ControlResponse::Gc(part)) => {
+                        total.chunks_collected += part.chunks_collected;
+                        total.bytes_collected += part.bytes_collected;
+                        total.files_collected += part.files_collected;
+                        total.chunks_kept_young += part.chunks_kept_young;
+                        total.bytes_kept_young += part.bytes_kept_young;
+                        total.disk_bytes_freed += part.disk_bytes_freed;
+                        if !part.more || options.dry_run {
+                            continue 'batches;
+                        }
+                    }
+                    Ok(ControlResponse::Failed(reason)) => {
+                        result = Err(reason);
+                        break 'batches;
+                    }
+                    Ok(other) => {
+                        result = Err(format!("unexpected answer {other:?}"));
+                        break 'batches;
+                    }
+                    Err(error) => {
+                        result = Err(error.to_string());
+                        break 'batches;
+                    }
+                }
+            }
+        }
+        self.clients.insert(node, client);
+        result.map(|()| total)
     }
 
     pub fn layout(&mut self, name: &str) -> Result<FileLayout, ClusterError> {

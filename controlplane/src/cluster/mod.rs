@@ -188,6 +188,39 @@ if current ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'layout', ARGV[2])
 return 1";
 
+/// Registers a put before its first chunk is written, at Redis's own clock.
+const REGISTER_PUT: &str = r"
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+return 1";
+
+/// Refreshes a put's entry unless garbage collection claimed it (then 0).
+const TOUCH_PUT: &str = r"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+return 1";
+
+/// Records a put's file only while its entry stands (garbage collection did not claim
+/// its chunks), and ends the entry, in one step.
+const COMMIT_PUT: &str = r"
+if not redis.call('ZSCORE', KEYS[3], ARGV[3]) then return redis.error_reply('BEELINE_PUT_RECLAIMED') end
+local old = redis.call('HGET', KEYS[1], 'layout')
+redis.call('HSET', KEYS[1], 'layout', ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return old";
+
+/// Claims a stale put for garbage collection: removes its entry if it was not refreshed
+/// since it was read (then 1), so that the put can no longer commit.
+const CLAIM_PUT: &str = r"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) return 1 end
+return 0";
+
+/// The marker [`RedisMetadata::commit_put`] fails with when the put was claimed.
+pub const PUT_RECLAIMED: &str = "BEELINE_PUT_RECLAIMED";
+
 impl RedisMetadata {
     /// Connects to `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`).
     pub fn connect(url: &str, prefix: &str) -> Result<Self, MetadataError> {
@@ -293,6 +326,136 @@ impl RedisMetadata {
             self.untag_all(name)?;
         }
         Ok(removed)
+    }
+
+    fn puts_key(&self) -> String {
+        self.key("puts")
+    }
+
+    /// Says a put of `file_id` is under way (before any of its chunks is written), so that
+    /// garbage collection leaves its chunks alone while it is refreshed.
+    pub fn register_put(&mut self, file_id: u64) -> Result<(), MetadataError> {
+        let key = self.puts_key();
+        self.with(|c| Script::new(REGISTER_PUT).key(&key).arg(format!("{file_id:016x}")).invoke::<i64>(c))?;
+        Ok(())
+    }
+
+    /// Refreshes a put's entry; `false` when garbage collection claimed it (the put
+    /// stalled longer than the grace period and can no longer commit).
+    pub fn touch_put(&mut self, file_id: u64) -> Result<bool, MetadataError> {
+        let key = self.puts_key();
+        let touched: i64 = self.with(|c| Script::new(TOUCH_PUT).key(&key).arg(format!("{file_id:016x}")).invoke(c))?;
+        Ok(touched == 1)
+    }
+
+    /// Records the layout of a registered put and ends its entry; `Ok(Err(()))` when the
+    /// entry was claimed by garbage collection (nothing recorded).
+    #[allow(clippy::type_complexity)]
+    pub fn commit_put(&mut self, layout: &FileLayout) -> Result<Result<Option<FileLayout>, ()>, MetadataError> {
+        let bytes = layout.encode()?;
+        let (file_key, names_key, puts_key) = (self.file_key(&layout.record.name), self.names_key(), self.puts_key());
+        let name = layout.record.name.clone();
+        let member = format!("{:016x}", layout.record.file_id);
+        let outcome: Result<Option<Vec<u8>>, MetadataError> = self.with(|c| {
+            Script::new(COMMIT_PUT)
+                .key(&file_key)
+                .key(&names_key)
+                .key(&puts_key)
+                .arg(bytes)
+                .arg(&name)
+                .arg(&member)
+                .invoke(c)
+        });
+        match outcome {
+            Ok(old) => Ok(Ok(old.map(|old| Self::decode_layout(&name, &old)).transpose()?)),
+            Err(MetadataError::Storage(text)) if text.contains(PUT_RECLAIMED) => Ok(Err(())),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Redis's clock (ms since the epoch) and every registered put as (file id, last
+    /// refreshed at, on that clock).
+    pub fn pending_puts(&mut self) -> Result<(u64, Vec<(u64, u64)>), MetadataError> {
+        let key = self.puts_key();
+        let ((seconds, micros), entries): ((u64, u64), Vec<(String, u64)>) =
+            self.with(|c| redis::pipe().cmd("TIME").zrange_withscores(&key, 0, -1).query(c))?;
+        let puts = entries
+            .into_iter()
+            .filter_map(|(member, score)| Some((u64::from_str_radix(&member, 16).ok()?, score)))
+            .collect();
+        Ok((seconds * 1000 + micros / 1000, puts))
+    }
+
+    /// Claims a stale put (see [`CLAIM_PUT`]); `true` when it is now garbage.
+    pub fn claim_put(&mut self, file_id: u64, refreshed_at: u64) -> Result<bool, MetadataError> {
+        let key = self.puts_key();
+        let claimed: i64 =
+            self.with(|c| Script::new(CLAIM_PUT).key(&key).arg(format!("{file_id:016x}")).arg(refreshed_at).invoke(c))?;
+        Ok(claimed == 1)
+    }
+
+    /// The file id of every file recorded, read a page of names at a time.
+    pub fn referenced_file_ids(&mut self) -> Result<std::collections::HashSet<u64>, MetadataError> {
+        let mut referenced = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        // Bounded: every page moves `after` forward.
+        loop {
+            let names = self.list_names(after.as_deref(), 1000)?;
+            let keys: Vec<String> = names.iter().map(|name| self.file_key(name)).collect();
+            let layouts: Vec<Option<Vec<u8>>> = self.with(|c| {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.hget(key, "layout");
+                }
+                pipe.query(c)
+            })?;
+            for (name, bytes) in names.iter().zip(layouts) {
+                if let Some(bytes) = bytes {
+                    referenced.insert(Self::decode_layout(name, &bytes)?.record.file_id);
+                }
+            }
+            match names.last() {
+                Some(last) if names.len() == 1000 => after = Some(last.clone()),
+                _ => return Ok(referenced),
+            }
+        }
+    }
+
+    fn epoch_key(&self) -> String {
+        self.key("cluster")
+    }
+
+    /// The cluster's identity in this metadata store, created (at random) if it has none:
+    /// a Redis restarted empty comes back with a new one.
+    pub fn cluster_epoch(&mut self) -> Result<u64, MetadataError> {
+        let key = self.epoch_key();
+        let fresh = format!("{:016x}", rand::random::<u64>() | 1);
+        let (_, epoch): (bool, String) =
+            self.with(|c| redis::pipe().hset_nx(&key, "epoch", &fresh).hget(&key, "epoch").query(c))?;
+        u64::from_str_radix(&epoch, 16)
+            .map_err(|_| MetadataError::Corrupt { name: "the cluster epoch".into(), reason: epoch.clone() })
+    }
+
+    fn forget_key(&self, node: NodeId) -> String {
+        self.key(&format!("forget:{node:016x}"))
+    }
+
+    /// An operator's go-ahead for `node` to drop its claim on `old_epoch` (its chunks from
+    /// before the metadata was lost become ordinary garbage).
+    pub fn allow_forget(&mut self, node: NodeId, old_epoch: u64) -> Result<(), MetadataError> {
+        let key = self.forget_key(node);
+        self.with(|c| c.set(&key, format!("{old_epoch:016x}")))
+    }
+
+    /// Whether an operator allowed `node` to forget `old_epoch`; consumes the permission.
+    pub fn take_forget(&mut self, node: NodeId, old_epoch: u64) -> Result<bool, MetadataError> {
+        let key = self.forget_key(node);
+        let value: Option<String> = self.with(|c| c.get(&key))?;
+        let allowed = value.is_some_and(|value| u64::from_str_radix(&value, 16) == Ok(old_epoch));
+        if allowed {
+            self.with(|c| c.del::<_, ()>(&key))?;
+        }
+        Ok(allowed)
     }
 
     fn bad_key(&self) -> String {

@@ -23,6 +23,10 @@ pub enum ConfigError {
     Value { source_name: String, key: &'static str, value: String, fix: String },
 }
 
+/// Default grace period of garbage collection: a chunk of a file nobody recorded is
+/// reclaimed once the file's youngest chunk is this old (ten minutes).
+pub const GC_GRACE_MS_DEFAULT: u64 = 600_000;
+
 /// The file's keys; all optional, unknown keys are an error.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +57,7 @@ pub struct FileConfig {
     pub lease_ttl_ms: Option<u64>,
     pub metrics_listen: Option<String>,
     pub repair_interval_ms: Option<u64>,
+    pub gc_grace_ms: Option<u64>,
     pub dpdk_devices: Option<Vec<String>>,
     pub dpdk_cores: Option<String>,
     pub dpdk_file_prefix: Option<String>,
@@ -148,6 +153,10 @@ pub struct NodeFlags {
     /// Background repair of under-replicated chunks every this often; 0 = off [default: 5000].
     #[arg(long)]
     pub repair_interval_ms: Option<u64>,
+    /// Reclaim chunks no file references once the youngest chunk of their file is this
+    /// old; 0 = no background garbage collection [default: 600000].
+    #[arg(long)]
+    pub gc_grace_ms: Option<u64>,
     /// dpdk: the port to serve, a PCI address (0000:00:06.0) or a virtual device
     /// (net_af_xdp0,iface=eth1); repeatable, the first one is served.
     #[arg(long)]
@@ -200,6 +209,8 @@ pub struct NodeSettings {
     pub capacity_bytes: Option<u64>,
     pub cluster: Option<ClusterSettings>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Grace period of garbage collection; 0 = no background collection.
+    pub gc_grace_ms: u64,
 }
 
 /// Settings for joining the metadata cluster.
@@ -210,6 +221,8 @@ pub struct ClusterSettings {
     pub advertise: String,
     pub lease_ttl_ms: u64,
     pub repair_interval_ms: u64,
+    /// The node's `gc_grace_ms`.
+    pub gc_grace_ms: u64,
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -323,7 +336,16 @@ impl NodeFlags {
                 origin.error(from_flag, "metrics_listen", &metrics_text, "use IP:PORT, e.g. 127.0.0.1:9777")
             })?)
         };
-        let cluster = self.resolve_cluster(&file, &origin, listen)?;
+        let gc_grace_ms = origin.checked(
+            pick(&self.gc_grace_ms, &file.gc_grace_ms, GC_GRACE_MS_DEFAULT),
+            "gc_grace_ms",
+            |grace_ms| grace_ms == 0 || (1_000..=604_800_000).contains(&grace_ms),
+            "must be 0 (no background garbage collection) or from 1000 to 604800000 (a week); longer than any put may stall",
+        )?;
+        let mut cluster = self.resolve_cluster(&file, &origin, listen)?;
+        if let Some(cluster) = cluster.as_mut() {
+            cluster.gc_grace_ms = gc_grace_ms;
+        }
         let Limits {
             arena_frames,
             frame_bytes,
@@ -355,6 +377,7 @@ impl NodeFlags {
             capacity_bytes,
             cluster,
             metrics_listen,
+            gc_grace_ms,
         })
     }
 
@@ -545,7 +568,14 @@ impl NodeFlags {
                     return Err(origin.error(from_flag, "lease_ttl_ms", lease_ttl_ms, "must be from 300 to 600000"));
                 }
                 let (repair_interval_ms, _) = pick(&self.repair_interval_ms, &file.repair_interval_ms, 5000);
-                Some(ClusterSettings { metadata_url: url, prefix, advertise, lease_ttl_ms, repair_interval_ms })
+                Some(ClusterSettings {
+                    metadata_url: url,
+                    prefix,
+                    advertise,
+                    lease_ttl_ms,
+                    repair_interval_ms,
+                    gc_grace_ms: GC_GRACE_MS_DEFAULT,
+                })
             }
         })
     }
@@ -603,6 +633,13 @@ mod tests {
 
         let flags = NodeFlags { allow: vec!["10.0.0.0/40".into()], ..NodeFlags::default() };
         assert!(flags.resolve().unwrap_err().to_string().contains("`allow`"));
+
+        let (_dir, flags) = with_file("gc_grace_ms = 500\n");
+        let message = flags.resolve().unwrap_err().to_string();
+        assert!(message.contains("`gc_grace_ms` = 500") && message.contains("from 1000"), "{message}");
+        let (_dir, flags) = with_file("gc_grace_ms = 0\n");
+        assert_eq!(flags.resolve().unwrap().gc_grace_ms, 0);
+        assert_eq!(NodeFlags::default().resolve().unwrap().gc_grace_ms, 600_000);
     }
 
     #[test]

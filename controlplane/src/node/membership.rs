@@ -19,6 +19,7 @@ use crate::client::cluster::ClusterClient;
 use crate::cluster::placement::NodeId;
 use crate::cluster::{NodeRecord, RedisMetadata, now_unix_ms};
 use crate::config::ClusterSettings;
+use crate::node::gc::GcState;
 use crate::node::snapshot::SharedSnapshot;
 
 /// A stop signal that wakes sleepers at once.
@@ -105,16 +106,32 @@ pub fn start(
     identity: Identity,
     key: ClusterKey,
     snapshot: SharedSnapshot,
+    gc: Arc<GcState>,
+    data_dir: &Path,
 ) -> std::io::Result<Membership> {
     let stop = Arc::new(Stop::default());
     let lease_up = Arc::new(AtomicBool::new(false));
+    let epoch_path = data_dir.join("cluster-epoch");
+    gc.set_note(format!("redis {} (not reached yet)", crate::cluster::redact(&settings.metadata_url)));
+    // Until the epoch is checked, collect nothing.
+    gc.metadata_lost.store(true, Ordering::Release);
+    let node_id = identity.id;
     let heartbeat = {
-        let (settings, stop, lease_up, snapshot) = (settings.clone(), stop.clone(), lease_up.clone(), snapshot.clone());
-        std::thread::Builder::new()
-            .name("beeline-heartbeat".into())
-            .spawn(move || heartbeat_loop(&settings, &identity, &snapshot, &lease_up, &stop))?
+        let (settings, stop, lease_up, snapshot, gc) =
+            (settings.clone(), stop.clone(), lease_up.clone(), snapshot.clone(), gc.clone());
+        std::thread::Builder::new().name("beeline-heartbeat".into()).spawn(move || {
+            heartbeat_loop(&settings, &identity, &snapshot, &lease_up, &stop, &Epoch { path: epoch_path, gc })
+        })?
     };
     let mut threads = vec![heartbeat];
+    if settings.gc_grace_ms > 0 {
+        let (settings, stop, key, gc) = (settings.clone(), stop.clone(), key.clone(), gc.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("beeline-gc".into())
+                .spawn(move || gc_loop(&settings, key, node_id, &gc, &stop))?,
+        );
+    }
     if settings.repair_interval_ms > 0 {
         let stop = stop.clone();
         threads.push(
@@ -124,6 +141,83 @@ pub fn start(
         );
     }
     Ok(Membership { lease_up, stop, threads })
+}
+
+/// The node's side of metadata-loss detection: the cluster epoch its chunks belong to,
+/// kept in its data directory, against the one Redis holds.
+struct Epoch {
+    path: std::path::PathBuf,
+    gc: Arc<GcState>,
+}
+
+/// The `health` a node that lost its metadata publishes: `metadata-lost:EPOCH`, its old
+/// epoch, which `beeline cluster forget-lost` hands back.
+pub const METADATA_LOST: &str = "metadata-lost";
+
+impl Epoch {
+    fn local(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        u64::from_str_radix(text.trim(), 16).ok()
+    }
+
+    fn adopt(&self, epoch: u64) -> std::io::Result<()> {
+        let temporary = self.path.with_extension("new");
+        std::fs::write(&temporary, format!("{epoch:016x}\n"))?;
+        std::fs::File::open(&temporary)?.sync_all()?;
+        std::fs::rename(&temporary, &self.path)
+    }
+
+    /// Compares the epochs once the node is registered; returns the health to publish.
+    fn check(&self, metadata: &mut RedisMetadata, node: NodeId, url: &str) -> String {
+        let remote = match metadata.cluster_epoch() {
+            Ok(remote) => remote,
+            Err(error) => {
+                warn!(%error, "cannot read the cluster epoch; garbage collection waits");
+                return if self.gc.metadata_lost.load(Ordering::Acquire) { self.lost_health() } else { "ok".into() };
+            }
+        };
+        let was_lost = self.gc.metadata_lost.load(Ordering::Acquire);
+        let local = self.local();
+        let agreed = match local {
+            Some(local) if local == remote => true,
+            Some(local) => match metadata.take_forget(node, local) {
+                Ok(true) => {
+                    warn!(
+                        old = format!("{local:016x}"),
+                        new = format!("{remote:016x}"),
+                        "an operator ran `beeline cluster forget-lost`: chunks from before the metadata was lost are now ordinary garbage"
+                    );
+                    self.adopt(remote).is_ok()
+                }
+                _ => false,
+            },
+            // A node new to the cluster, or one from before epochs existed: it joins.
+            None => self.adopt(remote).is_ok(),
+        };
+        if agreed {
+            self.gc.set_note(format!("redis {} (cluster epoch {remote:016x})", crate::cluster::redact(url)));
+            self.gc.metadata_lost.store(false, Ordering::Release);
+            if was_lost && local.is_some() {
+                info!("metadata and node agree on the cluster again; garbage collection resumes");
+            }
+            return "ok".into();
+        }
+        let local = local.unwrap_or(0);
+        let note = format!(
+            "METADATA LOST: redis {} holds cluster epoch {remote:016x}, but this node's chunks belong to epoch {local:016x} (Redis restarted empty, or lost its data?); puts go on, no old chunk is garbage-collected until an operator runs `beeline cluster forget-lost` (see docs/operations.md)",
+            crate::cluster::redact(url)
+        );
+        if !was_lost || self.gc.note() != note {
+            tracing::error!("{note}");
+        }
+        self.gc.set_note(note);
+        self.gc.metadata_lost.store(true, Ordering::Release);
+        self.lost_health()
+    }
+
+    fn lost_health(&self) -> String {
+        format!("{METADATA_LOST}:{:016x}", self.local().unwrap_or(0))
+    }
 }
 
 fn record(identity: &Identity, settings: &ClusterSettings, snapshot: &SharedSnapshot, serving: bool) -> NodeRecord {
@@ -147,15 +241,30 @@ fn heartbeat_loop(
     snapshot: &SharedSnapshot,
     lease_up: &AtomicBool,
     stop: &Stop,
+    epoch: &Epoch,
 ) {
     let interval = Duration::from_millis((settings.lease_ttl_ms / 3).max(100));
     let mut metadata: Option<RedisMetadata> = None;
+    let mut health = "ok".to_owned();
     loop {
         if metadata.is_none() {
             metadata = RedisMetadata::connect(&settings.metadata_url, &settings.prefix).ok();
         }
         let outcome = match metadata.as_mut() {
-            Some(metadata) => metadata.heartbeat(&record(identity, settings, snapshot, true), settings.lease_ttl_ms),
+            Some(metadata) => {
+                let record = NodeRecord { health: health.clone(), ..record(identity, settings, snapshot, true) };
+                let outcome = metadata.heartbeat(&record, settings.lease_ttl_ms);
+                if outcome.is_ok() {
+                    let checked = epoch.check(metadata, identity.id, &settings.metadata_url);
+                    if checked != health {
+                        // Published at once, so `cluster status` shows it.
+                        health = checked;
+                        let record = NodeRecord { health: health.clone(), ..record };
+                        let _ = metadata.heartbeat(&record, settings.lease_ttl_ms);
+                    }
+                }
+                outcome
+            }
             None => Err(crate::metadata::MetadataError::Storage(format!(
                 "cannot reach {}",
                 crate::cluster::redact(&settings.metadata_url)
@@ -187,6 +296,30 @@ fn heartbeat_loop(
         }
     }
     lease_up.store(false, Ordering::Release);
+}
+
+/// This node's background garbage collection in a cluster: the same pass as `beeline
+/// cluster gc`, for this node only, every quarter of the grace period (250 ms to a minute).
+fn gc_loop(settings: &ClusterSettings, key: ClusterKey, me: NodeId, gc: &GcState, stop: &Stop) {
+    let interval = Duration::from_millis((settings.gc_grace_ms / 4).clamp(250, 60_000));
+    while !stop.wait(interval) {
+        if gc.metadata_lost.load(Ordering::Acquire) {
+            continue;
+        }
+        let Ok(mut cluster) = ClusterClient::connect(&settings.metadata_url, &settings.prefix, key.clone(), None)
+        else {
+            continue;
+        };
+        let options = crate::client::cluster::GcOptions {
+            dry_run: false,
+            grace_ms: settings.gc_grace_ms,
+            only: Some(me),
+            everything: false,
+        };
+        if let Err(error) = cluster.gc(&options) {
+            warn!(%error, "background garbage collection failed; retrying next interval");
+        }
+    }
 }
 
 fn repair_loop(settings: &ClusterSettings, key: ClusterKey, stop: &Stop) {

@@ -23,6 +23,8 @@ pub struct Sources {
     pub backend: String,
     /// Capacity the node advertises (its `capacity_bytes`, or its file system's size).
     pub capacity_bytes: u64,
+    /// Garbage collection's totals and the metadata-loss flag.
+    pub gc: Arc<crate::node::gc::GcState>,
 }
 
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
@@ -236,6 +238,35 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
         ),
     ];
     families.extend(backend_families(&snapshot.backend_counters));
+    let gc = &sources.gc;
+    let total = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
+    families.extend([
+        family(
+            "beeline_gc_chunks_collected_total",
+            "Chunks no file referenced, deleted by garbage collection.",
+            COUNTER,
+            vec![counter(total(&gc.chunks_collected), &[])],
+        ),
+        family(
+            "beeline_gc_bytes_collected_total",
+            "Chunk bytes deleted by garbage collection.",
+            COUNTER,
+            vec![counter(total(&gc.bytes_collected), &[])],
+        ),
+        family(
+            "beeline_gc_disk_bytes_freed_total",
+            "Segment bytes given back to the file system by garbage collection's compactions.",
+            COUNTER,
+            vec![counter(total(&gc.disk_bytes_freed), &[])],
+        ),
+        family("beeline_gc_passes_total", "Garbage collection passes run.", COUNTER, vec![counter(total(&gc.passes), &[])]),
+        family(
+            "beeline_metadata_lost",
+            "1 while the metadata store does not know this node's cluster (Redis restarted empty?): garbage collection keeps every old chunk until `beeline cluster forget-lost`.",
+            GAUGE,
+            vec![gauge(f64::from(u8::from(gc.metadata_lost.load(Ordering::Acquire))), &[])],
+        ),
+    ]);
     if let Some(lease_up) = &sources.lease_up {
         families.push(family(
             "beeline_lease_up",

@@ -4,6 +4,7 @@
 //! it stops taking requests, finishes every ack whose data is already on its way to disk,
 //! and exits.
 
+pub mod gc;
 pub mod membership;
 pub mod metrics;
 pub mod snapshot;
@@ -30,9 +31,10 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::config::{HugepagePolicy, NodeSettings};
-use crate::control::{ControlRequest, ControlResponse, NodeStatus, validate_name};
+use crate::control::{ChunkFile, ControlRequest, ControlResponse, GcReport, NodeStatus, validate_name};
 use crate::keyfile;
 use crate::metadata::{EmbeddedMetadata, Metadata};
+use crate::node::gc::GcState;
 use crate::node::membership::{Identity, Membership};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,14 @@ struct NodeControl<M: Metadata> {
     snapshot: SharedSnapshot,
     started: Instant,
     listen: String,
+    /// In a cluster the files live in Redis, not in `metadata`: garbage collection is
+    /// decided by `beeline cluster gc` (or this node's own background pass), never from
+    /// the embedded metadata, which knows none of them.
+    cluster: bool,
+    gc: Arc<GcState>,
+    grace_ms: u64,
+    /// The chunk files listed by the last `ChunkFiles { after: None }`, for its next pages.
+    chunk_files: Vec<ChunkFile>,
 }
 
 fn encode(response: &ControlResponse, out: &mut [u8]) -> Result<usize, Status> {
@@ -75,13 +85,51 @@ impl<M: Metadata> NodeControl<M> {
         }
     }
 
-    // Long on purpose: one match arm per control request.
-    fn respond<S: ChunkStore>(
+    /// The file ids of every file in the embedded metadata.
+    fn referenced_files(&mut self) -> Result<std::collections::HashSet<u64>, crate::metadata::MetadataError> {
+        let mut referenced = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        // Bounded: every page moves `after` forward, and the namespace is finite.
+        loop {
+            let page = self.metadata.list(after.as_deref(), 1024)?;
+            referenced.extend(page.iter().map(|record| record.file_id));
+            match page.last() {
+                Some(last) if page.len() == 1024 => after = Some(last.name.clone()),
+                _ => return Ok(referenced),
+            }
+        }
+    }
+
+    /// A single node's garbage collection: chunks of file ids its metadata does not know,
+    /// whose youngest chunk is at least `grace_ms` old.
+    fn local_gc(
         &mut self,
-        request: ControlRequest,
-        response_max: usize,
-        store: &mut S,
-    ) -> ControlResponse {
+        store: &mut DiskStore,
+        grace_ms: u64,
+        dry_run: bool,
+        everything: bool,
+    ) -> Result<GcReport, crate::metadata::MetadataError> {
+        let referenced = self.referenced_files()?;
+        Ok(run_local_gc(store, &referenced, grace_ms, dry_run, everything, &self.gc))
+    }
+
+    fn cluster_gc_refusal(&self) -> Option<ControlResponse> {
+        if !self.cluster {
+            return Some(ControlResponse::Failed(
+                "this node is not in a cluster: run `beeline gc` against it instead".into(),
+            ));
+        }
+        if self.gc.metadata_lost.load(Ordering::Acquire) {
+            return Some(ControlResponse::Failed(format!(
+                "this node keeps all its chunks: {}; see `beeline cluster forget-lost`",
+                self.gc.note()
+            )));
+        }
+        None
+    }
+
+    // Long on purpose: one match arm per control request.
+    fn respond(&mut self, request: ControlRequest, response_max: usize, store: &mut DiskStore) -> ControlResponse {
         let failed = |error: crate::metadata::MetadataError| ControlResponse::Failed(error.to_string());
         match request {
             ControlRequest::CommitFile(record) => {
@@ -165,6 +213,7 @@ impl<M: Metadata> NodeControl<M> {
                     page_backing: snapshot.page_backing,
                     counters: counters.split_off(from),
                     counters_next: None,
+                    metadata: if self.cluster { self.gc.note() } else { "embedded (single node)".into() },
                 };
                 // Keep only what fits one datagram (a link's MTU on kernel-bypass
                 // backends); the client asks for the rest.
@@ -180,8 +229,62 @@ impl<M: Metadata> NodeControl<M> {
                 debug_assert!(status.counters.len() == all || status.counters_next.is_some());
                 ControlResponse::Status(status)
             }
+            ControlRequest::Gc { dry_run, grace_ms } => {
+                if self.cluster {
+                    return ControlResponse::Failed(
+                        "this node is in a cluster, whose files are in Redis: run `beeline cluster gc`".into(),
+                    );
+                }
+                match self.local_gc(store, grace_ms.unwrap_or(self.grace_ms), dry_run, true) {
+                    Ok(report) => ControlResponse::Gc(report),
+                    Err(error) => failed(error),
+                }
+            }
+            ControlRequest::ChunkFiles { after } => {
+                if let Some(refusal) = self.cluster_gc_refusal() {
+                    return refusal;
+                }
+                if after.is_none() {
+                    self.chunk_files = gc::chunk_files(store).into_values().collect();
+                }
+                let start = after.map_or(0, |after| self.chunk_files.partition_point(|file| file.file_id <= after));
+                // 24 bytes is more than one encoded entry takes.
+                let fit = (response_max.saturating_sub(16) / 24).max(1);
+                let end = (start + fit).min(self.chunk_files.len());
+                ControlResponse::ChunkFiles {
+                    files: self.chunk_files[start..end].to_vec(),
+                    more: end < self.chunk_files.len(),
+                }
+            }
+            ControlRequest::CollectFiles { file_ids, min_age_ms, dry_run, reclaim } => {
+                if let Some(refusal) = self.cluster_gc_refusal() {
+                    return refusal;
+                }
+                let mut report = GcReport::default();
+                gc::collect(store, &file_ids, min_age_ms, dry_run, &mut report);
+                gc::finish(store, reclaim, &mut report, &self.gc);
+                ControlResponse::Gc(report)
+            }
         }
     }
+}
+
+/// Collects the chunks of file ids not in `referenced` whose youngest chunk is at least
+/// `grace_ms` old, then compacts (`everything`: all dead space, else what is cheap).
+fn run_local_gc(
+    store: &mut DiskStore,
+    referenced: &std::collections::HashSet<u64>,
+    grace_ms: u64,
+    dry_run: bool,
+    everything: bool,
+    state: &GcState,
+) -> GcReport {
+    let files = gc::chunk_files(store);
+    let (collect, mut report) = gc::garbage(files.values(), &|file_id| referenced.contains(&file_id), grace_ms);
+    gc::collect(store, &collect, grace_ms, dry_run, &mut report);
+    report.dry_run = dry_run;
+    gc::finish(store, everything, &mut report, state);
+    report
 }
 
 /// Every data-path counter with its name, for status output and metrics.
@@ -218,13 +321,13 @@ pub fn counter_pairs(counters: &Counters) -> Vec<(String, u64)> {
     .collect()
 }
 
-impl<M: Metadata, S: ChunkStore> ControlHandler<S> for NodeControl<M> {
+impl<M: Metadata> ControlHandler<DiskStore> for NodeControl<M> {
     fn handle(
         &mut self,
         _peer: SocketAddr,
         request: &[u8],
         response: &mut [u8],
-        store: &mut S,
+        store: &mut DiskStore,
     ) -> Result<usize, Status> {
         let Ok(request) = postcard::from_bytes::<ControlRequest>(request) else {
             return Err(Status::BadRequest);
@@ -241,6 +344,7 @@ pub struct NodeHandle {
     pub sync_latency: SyncLatency,
     pub backend: String,
     pub capacity_bytes: u64,
+    pub gc: Arc<GcState>,
     membership: Option<Membership>,
     shutdown: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), NodeError>>>,
@@ -292,13 +396,16 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     let membership_key = key.clone();
     let shutdown = Arc::new(AtomicBool::new(false));
     let snapshot = SharedSnapshot::default();
+    let gc_state = Arc::new(GcState::default());
+    let data_dir = settings.data_dir.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let thread = {
         let shutdown = shutdown.clone();
         let snapshot = snapshot.clone();
+        let gc_state = gc_state.clone();
         std::thread::Builder::new()
             .name("beeline-dataplane".into())
-            .spawn(move || data_plane_thread(settings, key, shutdown, snapshot, ready_tx))
+            .spawn(move || data_plane_thread(settings, key, shutdown, snapshot, gc_state, ready_tx))
             .map_err(|error| NodeError::Thread(error.to_string()))?
     };
     match ready_rx.recv() {
@@ -310,6 +417,7 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
                 membership: None,
                 backend,
                 capacity_bytes,
+                gc: gc_state.clone(),
                 shutdown,
                 thread: Some(thread),
             };
@@ -320,9 +428,15 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
                     capacity_bytes,
                     metrics_address: metrics_listen.map(|addr| addr.to_string()),
                 };
-                let membership =
-                    crate::node::membership::start(cluster, identity, membership_key, node.snapshot.clone())
-                        .map_err(|error| NodeError::Thread(error.to_string()))?;
+                let membership = crate::node::membership::start(
+                    cluster,
+                    identity,
+                    membership_key,
+                    node.snapshot.clone(),
+                    gc_state,
+                    &data_dir,
+                )
+                .map_err(|error| NodeError::Thread(error.to_string()))?;
                 node.membership = Some(membership);
             }
             Ok(node)
@@ -356,6 +470,7 @@ pub async fn run(settings: NodeSettings, shutdown: impl std::future::Future<Outp
                 sync_latency: node.sync_latency.clone(),
                 backend: node.backend.clone(),
                 capacity_bytes: node.capacity_bytes,
+                gc: node.gc.clone(),
             };
             Some(tokio::spawn(crate::node::metrics::serve(listener, sources)))
         }
@@ -374,6 +489,7 @@ fn data_plane_thread(
     key: beeline_dataplane::wire::ClusterKey,
     shutdown: Arc<AtomicBool>,
     snapshot: SharedSnapshot,
+    gc_state: Arc<GcState>,
     ready: std::sync::mpsc::SyncSender<(SocketAddr, SyncLatency)>,
 ) -> Result<(), NodeError> {
     // A DPDK node's arena is its mbuf pool, built inside the EAL; every other backend's is
@@ -417,8 +533,20 @@ fn data_plane_thread(
         .map_err(|error| NodeError::Store(error.to_string()))?;
     info!(report = ?store.recovery_report(), "chunk store open");
     let metadata = EmbeddedMetadata::open(&settings.data_dir.join("metadata.redb"))?;
-    let control =
-        NodeControl { metadata, snapshot: snapshot.clone(), started: Instant::now(), listen: local_addr.to_string() };
+    let control = NodeControl {
+        metadata,
+        snapshot: snapshot.clone(),
+        started: Instant::now(),
+        listen: local_addr.to_string(),
+        cluster: settings.cluster.is_some(),
+        gc: gc_state.clone(),
+        grace_ms: settings.gc_grace_ms,
+        chunk_files: Vec::new(),
+    };
+    // A single node collects its own garbage in the background; a cluster node's pass is
+    // run by its membership thread, against Redis.
+    let auto_gc = (settings.cluster.is_none() && settings.gc_grace_ms > 0)
+        .then_some(AutoGc { grace_ms: settings.gc_grace_ms, state: gc_state });
     let config = NodeConfig {
         key,
         allow: io.node_allowlist(&settings.allow),
@@ -441,16 +569,40 @@ fn data_plane_thread(
     publish(&snapshot, &poll, page_backing);
     let _ = ready.send((local_addr, poll.node.store().sync_latency()));
 
-    serve_until_shutdown(&mut poll, &shutdown, &snapshot, page_backing)
+    serve_until_shutdown(&mut poll, &shutdown, &snapshot, page_backing, auto_gc)
+}
+
+/// The background garbage collection of a single node.
+struct AutoGc {
+    grace_ms: u64,
+    state: Arc<GcState>,
+}
+
+impl AutoGc {
+    /// A pass every quarter of the grace period (from 250 ms to a minute apart), so that
+    /// garbage goes at most a quarter of it after it became old enough.
+    fn interval_ms(&self) -> u64 {
+        (self.grace_ms / 4).clamp(250, 60_000)
+    }
+
+    fn run<M: Metadata>(&self, poll: &mut PollLoop<'_, '_, Backend, DiskStore, NodeControl<M>>) {
+        match poll.node.control_mut().referenced_files() {
+            Ok(referenced) => {
+                run_local_gc(poll.node.store_mut(), &referenced, self.grace_ms, false, false, &self.state);
+            }
+            Err(error) => warn!(%error, "garbage collection could not read the metadata; it will be retried"),
+        }
+    }
 }
 
 /// The poll loop with its idle back-off and housekeeping (snapshot, compaction), then a
 /// graceful stop that acknowledges everything already going to disk.
-fn serve_until_shutdown<C: ControlHandler<DiskStore>>(
-    poll: &mut PollLoop<'_, '_, Backend, DiskStore, C>,
+fn serve_until_shutdown<M: Metadata>(
+    poll: &mut PollLoop<'_, '_, Backend, DiskStore, NodeControl<M>>,
     shutdown: &AtomicBool,
     snapshot: &SharedSnapshot,
     page_backing: &str,
+    auto_gc: Option<AutoGc>,
 ) -> Result<(), NodeError> {
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
@@ -460,6 +612,7 @@ fn serve_until_shutdown<C: ControlHandler<DiskStore>>(
     let mut backoff = Backoff::new(20_000);
     let mut last_publish_ms = 0;
     let mut last_compaction_ms = 0;
+    let mut last_gc_ms = 0;
     let socket_error = |error| NodeError::Socket(format!("{error:?}"));
     while !shutdown.load(Ordering::Acquire) {
         let now = now_ms();
@@ -483,6 +636,12 @@ fn serve_until_shutdown<C: ControlHandler<DiskStore>>(
                 Ok(report) if report != Default::default() => info!(?report, "compacted the chunk store"),
                 Ok(_) => {}
                 Err(error) => warn!(%error, "compaction failed; it will be retried"),
+            }
+        }
+        if let Some(auto_gc) = &auto_gc {
+            if now >= last_gc_ms + auto_gc.interval_ms() {
+                last_gc_ms = now;
+                auto_gc.run(poll);
             }
         }
         if poll.node.store().pending_durable() > 0 {

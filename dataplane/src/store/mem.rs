@@ -4,12 +4,16 @@
 use std::collections::HashMap;
 use std::vec::Vec;
 
-use crate::store::{ChunkStore, Durable, POLL_DURABLE_BATCH_MAX, PutReservation, StoreError};
+use std::time::Instant;
+
+use crate::store::{ChunkInfo, ChunkStore, Durable, POLL_DURABLE_BATCH_MAX, PutReservation, StoreError};
 use crate::wire::ChunkId;
 
 #[derive(Default)]
 pub struct MemStore {
     chunks: HashMap<ChunkId, Vec<u8>>,
+    /// When each chunk was committed.
+    committed_at: HashMap<ChunkId, Instant>,
     reservations: HashMap<u32, (ChunkId, Vec<u8>)>,
     next_reservation: u32,
     pending: Vec<Durable>,
@@ -72,6 +76,7 @@ impl ChunkStore for MemStore {
         if let Some(old) = self.chunks.insert(id, data) {
             self.used_bytes -= old.len() as u64;
         }
+        self.committed_at.insert(id, Instant::now());
         self.pending.push(Durable { ticket, result: Ok(()) });
         Ok(())
     }
@@ -84,6 +89,7 @@ impl ChunkStore for MemStore {
         if let Some(old) = self.chunks.remove(&id) {
             self.used_bytes -= old.len() as u64;
         }
+        self.committed_at.remove(&id);
         self.pending.push(Durable { ticket, result: Ok(()) });
         Ok(())
     }
@@ -109,6 +115,13 @@ impl ChunkStore for MemStore {
 
     fn used_bytes(&self) -> u64 {
         self.used_bytes
+    }
+
+    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkInfo)) {
+        for (&id, data) in &self.chunks {
+            let age_ms = self.committed_at.get(&id).map_or(0, |at| at.elapsed().as_millis() as u64);
+            visit(ChunkInfo { id, len: data.len() as u32, age_ms });
+        }
     }
 }
 

@@ -34,6 +34,17 @@ pub enum StoreError {
     Io,
 }
 
+/// A durable chunk, as [`ChunkStore::for_each_chunk`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub id: ChunkId,
+    pub len: u32,
+    /// Milliseconds since the store first held the chunk: since its put was committed, or,
+    /// for a chunk found on disk when the store was opened, since it was opened (a restart
+    /// makes every chunk young again, never older than it is).
+    pub age_ms: u64,
+}
+
 /// A put in progress inside the store (space reserved, fragments being written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PutReservation(pub u32);
@@ -96,4 +107,11 @@ pub trait ChunkStore {
 
     /// Bytes of live chunk data held.
     fn used_bytes(&self) -> u64;
+
+    /// Calls `visit` once for every durable chunk, in no particular order (garbage
+    /// collection: which chunks exist, and for how long). Not for the packet path. A store
+    /// that cannot list its chunks reports none, so nothing of it is ever collected.
+    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkInfo)) {
+        let _ = visit;
+    }
 }

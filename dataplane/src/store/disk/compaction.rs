@@ -26,6 +26,37 @@ impl DiskStore {
         self.compact_where(1, |_, segment| (segment.len_bytes - segment.live_bytes) * 2 > segment.len_bytes)
     }
 
+    /// Garbage collection's half of the work: makes dead bytes in the active segment
+    /// reclaimable too, by starting a new active segment when the current one holds dead
+    /// bytes (all of them when `everything`, else only when it is more than half dead),
+    /// then compacts: every segment with dead bytes when `everything` (synchronous, it may
+    /// copy much), else as [`maybe_compact`](Self::maybe_compact) does. Without this, the
+    /// space of puts that failed into the active segment (a full disk, a killed client or
+    /// node) stayed taken until that segment filled up, which on a full disk is never.
+    pub fn reclaim(&mut self, everything: bool) -> Result<CompactionReport, DiskStoreError> {
+        let active = &self.segments[&self.active];
+        let dead = active.len_bytes - active.live_bytes;
+        if dead > 0 && (everything || dead * 2 > active.len_bytes) {
+            self.seal_active()?;
+        }
+        if everything { self.compact() } else { self.maybe_compact() }
+    }
+
+    /// Starts a new, empty active segment; the old one is sealed (puts still being written
+    /// into it finish there).
+    fn seal_active(&mut self) -> Result<(), DiskStoreError> {
+        let Some(id) = self.active.checked_add(1) else {
+            let source = io::Error::other("segment ids exhausted");
+            return Err(DiskStoreError::io("starting a new segment in", &self.dir, source));
+        };
+        let segment = create_segment(&self.dir, id)?;
+        self.segments.insert(id, segment);
+        self.active = id;
+        self.roll_requested = false;
+        self.sync_dir()?;
+        Ok(())
+    }
+
     fn compact_where(
         &mut self,
         segments_max: usize,

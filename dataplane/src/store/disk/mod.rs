@@ -40,10 +40,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use crate::store::{ChunkStore, Durable, PutReservation, StoreError};
+use crate::store::{ChunkInfo, ChunkStore, Durable, PutReservation, StoreError};
 use crate::wire::ChunkId;
 
 /// Latency of each group commit (the directory and segment syncs of one batch), shared
@@ -241,6 +241,8 @@ pub struct DiskStore {
     committer: Option<JoinHandle<()>>,
     scratch: Vec<u8>,
     recovery: RecoveryReport,
+    /// When `open` returned: chunk ages count from here.
+    opened: Instant,
 }
 
 struct SegmentFile {
@@ -268,6 +270,9 @@ struct Location {
     len: u32,
     seq: u64,
     payload_crc: u32,
+    /// When the store first held the chunk, in ms since it was opened (0 for chunks found
+    /// on disk then); compaction keeps it.
+    first_seen_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -395,6 +400,7 @@ impl DiskStore {
             committer: Some(committer),
             scratch,
             recovery: report,
+            opened: Instant::now(),
         })
     }
 
@@ -428,6 +434,12 @@ impl DiskStore {
     /// Chunks readable now.
     pub fn chunk_count(&self) -> usize {
         self.index.len()
+    }
+
+    /// Bytes of segment files that hold nothing needed: deleted or replaced chunks,
+    /// abandoned reservations, reservations a crash left pending. Compaction frees them.
+    pub fn dead_bytes(&self) -> u64 {
+        self.segments.values().map(|segment| segment.len_bytes - segment.live_bytes).sum()
     }
 
     /// Blocks until a durability report is ready for `poll_durable` or `timeout` passes.
@@ -687,6 +699,7 @@ impl ChunkStore for DiskStore {
             len: reservation.len,
             seq,
             payload_crc,
+            first_seen_ms: self.opened.elapsed().as_millis() as u64,
         };
         self.install_put(reservation.id, location);
         Ok(())
@@ -787,6 +800,13 @@ impl ChunkStore for DiskStore {
 
     fn used_bytes(&self) -> u64 {
         self.used_bytes
+    }
+
+    fn for_each_chunk(&self, visit: &mut dyn FnMut(ChunkInfo)) {
+        let now_ms = self.opened.elapsed().as_millis() as u64;
+        for (&id, location) in &self.index {
+            visit(ChunkInfo { id, len: location.len, age_ms: now_ms.saturating_sub(location.first_seen_ms) });
+        }
     }
 }
 

@@ -96,7 +96,11 @@ pub(super) fn recover(dir: &Path, config: &DiskStoreConfig, scratch: &mut [u8]) 
         match winner {
             Winner::Live { len, payload_crc } => {
                 used_bytes += u64::from(len);
-                index.insert(id, Location { segment: segment_id, record_offset, len, seq, payload_crc });
+                // Found on disk: first seen now, when the store opens.
+                index.insert(
+                    id,
+                    Location { segment: segment_id, record_offset, len, seq, payload_crc, first_seen_ms: 0 },
+                );
             }
             Winner::Tombstone | Winner::Corrupt => {
                 segment.tombstones += 1;

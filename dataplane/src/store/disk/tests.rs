@@ -883,3 +883,129 @@ fn read_one_by_one(store: &mut DiskStore, id: ChunkId, offset: u32, bufs: &mut [
     }
     total
 }
+
+fn record_bytes_of(lens: &[usize]) -> u64 {
+    lens.iter().map(|len| record_bytes(*len as u32)).sum()
+}
+
+/// Issue #11, the leaks behind "disk is full" for ever: a store whose only (active)
+/// segment filled up with abandoned reservations, reservations a crash left pending and
+/// deleted chunks refuses every put, also after a restart, since compaction never touches
+/// the active segment. `reclaim(true)` gives all of it back, and a put fits again.
+#[test]
+fn reclaim_frees_dead_bytes_of_the_active_segment_and_a_put_fits_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskStoreConfig { capacity_bytes: Some(76 << 10), segment_bytes: 1 << 20, ..small_config() };
+    let mut store = open(dir.path(), config);
+    let kept = [(1u128, pattern(1, 3000)), (2, pattern(2, 5000))];
+    for (id, data) in &kept {
+        put(&mut store, *id, data, *id as u64);
+    }
+    // Chunks of a put that never became a file (deleted by garbage collection) ...
+    for id in 10..14u128 {
+        put(&mut store, id, &pattern(id, 8000), id as u64);
+    }
+    drain_all(&mut store);
+    // ... and reservations of a client that went away, aborted by the node.
+    for id in 20..22u128 {
+        let reservation = store.begin_put(id, 8000).unwrap();
+        store.write_at(reservation, 0, &pattern(id, 1000)).unwrap();
+        store.abort_put(reservation);
+    }
+    // A crash in the middle of two more puts: their reservations stay pending on disk.
+    for id in 30..32u128 {
+        let reservation = store.begin_put(id, 8000).unwrap();
+        store.write_at(reservation, 0, &pattern(id, 8000)).unwrap();
+        // Never committed nor aborted: the store is dropped as a crash would leave it.
+        let _ = reservation;
+    }
+    drop(store);
+    let mut store = open(dir.path(), config);
+    assert_eq!(store.recovery_report().pending_reservations_skipped, 4);
+    for id in 10..14u128 {
+        store.delete(id, 100 + id as u64).unwrap();
+    }
+    drain_all(&mut store);
+    assert_eq!(store.begin_put(40, 8000), Err(StoreError::DiskFull), "the store is not full: nothing to show");
+    // What compaction alone did before: nothing, the one segment is the active one.
+    assert_eq!(store.compact().unwrap(), CompactionReport::default());
+    assert_eq!(store.begin_put(40, 8000), Err(StoreError::DiskFull));
+    let live = record_bytes_of(&[3000, 5000]);
+    assert!(store.dead_bytes() >= store.disk_bytes() - live - RECORD_HEADER_BYTES * 4);
+    let report = store.reclaim(true).unwrap();
+    assert!(report.bytes_freed > 0, "{report:?}");
+    assert_eq!(store.dead_bytes(), 0);
+    assert_eq!(store.disk_bytes(), live, "only the kept chunks' records remain");
+    put(&mut store, 40, &pattern(40, 8000), 40);
+    drain_all(&mut store);
+    for (id, data) in &kept {
+        assert_eq!(&read_all(&mut store, *id).unwrap(), data);
+    }
+    drop(store);
+    let mut store = open(dir.path(), config);
+    for (id, data) in &kept {
+        assert_eq!(&read_all(&mut store, *id).unwrap(), data);
+    }
+    assert_eq!(read_all(&mut store, 40).unwrap(), pattern(40, 8000));
+    for id in (10..14u128).chain(20..22).chain(30..32) {
+        assert_eq!(store.chunk_len(id), None, "chunk {id} came back");
+    }
+}
+
+/// Without `everything`, only an active segment that is more than half dead is sealed,
+/// so an ordinary store with a few deletes is not rewritten on every pass.
+#[test]
+fn reclaim_seals_the_active_segment_only_when_more_than_half_is_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskStoreConfig { segment_bytes: 1 << 20, ..small_config() };
+    let mut store = open(dir.path(), config);
+    for id in 0..4u128 {
+        put(&mut store, id, &pattern(id, 8000), id as u64);
+    }
+    store.delete(0, 10).unwrap();
+    drain_all(&mut store);
+    assert_eq!(store.reclaim(false).unwrap(), CompactionReport::default());
+    assert_eq!(store.segment_count(), 1);
+    for id in 1..3u128 {
+        store.delete(id, 10 + id as u64).unwrap();
+    }
+    drain_all(&mut store);
+    let report = store.reclaim(false).unwrap();
+    assert_eq!((report.segments_removed, report.records_copied), (1, 1), "{report:?}");
+    assert_eq!(store.dead_bytes(), 0);
+    assert_eq!(read_all(&mut store, 3).unwrap(), pattern(3, 8000));
+}
+
+/// Ages count from the commit, survive compaction, and start again from zero when the
+/// store is reopened (never older than they are).
+#[test]
+fn chunk_ages_count_from_the_commit_and_restart_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), small_config());
+    put(&mut store, 1, &pattern(1, 100), 1);
+    drain_all(&mut store);
+    let ages = |store: &DiskStore| {
+        let mut seen = Vec::new();
+        store.for_each_chunk(&mut |chunk| seen.push((chunk.id, chunk.len, chunk.age_ms)));
+        seen.sort_unstable();
+        seen
+    };
+    // Time itself is what this waits for.
+    std::thread::sleep(Duration::from_millis(60));
+    put(&mut store, 2, &pattern(2, 200), 2);
+    drain_all(&mut store);
+    let seen = ages(&store);
+    assert_eq!(seen.iter().map(|(id, len, _)| (*id, *len)).collect::<Vec<_>>(), [(1, 100), (2, 200)]);
+    assert!(seen[0].2 >= 60 && seen[1].2 < seen[0].2, "{seen:?}");
+    store.delete(2, 3).unwrap();
+    drain_all(&mut store);
+    store.reclaim(true).unwrap();
+    let after = ages(&store);
+    assert_eq!(after.len(), 1);
+    assert!(after[0].2 >= seen[0].2, "compaction made chunk 1 younger: {after:?}");
+    drop(store);
+    let store = open(dir.path(), small_config());
+    let reopened = ages(&store);
+    assert_eq!(reopened.len(), 1);
+    assert!(reopened[0].2 < 60, "a reopened store does not know how old its chunks are: {reopened:?}");
+}
