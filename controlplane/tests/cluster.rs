@@ -879,3 +879,74 @@ fn a_file_stored_without_chunk_hashes_is_still_read_and_checked_whole() {
     let scrubbed = ok(&cluster.cli(&["cluster", "scrub"]));
     assert!(scrubbed.contains("1 file(s) stored before chunk hashes"), "{scrubbed}");
 }
+
+/// `used_bytes` of node `index`, from `beeline node status`.
+fn node_used_bytes(cluster: &Loopback, index: usize) -> u64 {
+    let output = Command::new(BIN)
+        .args(["node", "status", "--node", &format!("127.0.0.1:{}", cluster.nodes[index].1), "--key-file"])
+        .arg(cluster.dir.join("cluster.key"))
+        .output()
+        .unwrap();
+    let status = ok(&output);
+    status_line(&status, "used_bytes:").split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Redis comes back empty (killed, its files gone): the nodes say so (`cluster status`),
+/// keep serving puts, and garbage collection keeps every chunk from before until an
+/// operator runs `cluster forget-lost`; then those chunks, which no file references any
+/// more, are collected.
+#[test]
+fn redis_restarted_empty_is_reported_and_old_chunks_are_kept_until_forgotten() {
+    if skip_without_redis("redis_restarted_empty_is_reported_and_old_chunks_are_kept_until_forgotten") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Loopback::start(dir.path(), 2);
+    cluster.put("before", &pattern(3 << 20, 1));
+    let used: Vec<u64> = (0..2).map(|index| node_used_bytes(&cluster, index)).collect();
+    assert!(used.iter().all(|bytes| *bytes >= 3 << 20), "both nodes hold the file: {used:?}");
+
+    cluster.redis.process.as_mut().expect("running").kill9();
+    std::fs::remove_dir_all(&cluster.redis.dir).unwrap();
+    std::fs::create_dir_all(&cluster.redis.dir).unwrap();
+    cluster.redis.spawn();
+    cluster.wait_live(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = String::from_utf8_lossy(&cluster.cli(&["cluster", "status"]).stdout).into_owned();
+        if status.contains("METADATA LOST") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the lost metadata was never reported: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.contains("2 node(s)"), "{status}");
+
+    // Puts go on meanwhile; garbage collection takes none of the old chunks.
+    cluster.put("after", &pattern(1 << 20, 2));
+    ok(&cluster.cli(&["get", "after", "-o", dir.path().join("after").to_str().unwrap()]));
+    let gc = cluster.cli(&["cluster", "gc", "--grace-ms", "0"]);
+    let said = format!("{}{}", String::from_utf8_lossy(&gc.stdout), String::from_utf8_lossy(&gc.stderr));
+    assert!(!gc.status.success() && said.contains("forget-lost"), "gc must refuse, saying why: {said}");
+    for (index, before) in used.iter().enumerate() {
+        assert!(node_used_bytes(&cluster, index) >= *before, "node {index} collected chunks from before the loss");
+    }
+
+    // Once forgotten, the old chunks are ordinary garbage: nothing references them.
+    ok(&cluster.cli(&["cluster", "forget-lost"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = String::from_utf8_lossy(&cluster.cli(&["cluster", "status"]).stdout).into_owned();
+        if !status.contains("METADATA LOST") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "forget-lost was never taken up: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&cluster.cli(&["cluster", "gc", "--grace-ms", "0"]));
+    for (index, before) in used.iter().enumerate() {
+        let now = node_used_bytes(&cluster, index);
+        assert!(now < *before, "node {index} still holds the forgotten chunks ({now} of {before} bytes)");
+    }
+    ok(&cluster.cli(&["get", "after", "-o", dir.path().join("after-again").to_str().unwrap()]));
+}
