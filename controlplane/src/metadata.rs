@@ -14,6 +14,9 @@ pub enum MetadataError {
     Open { path: PathBuf, source: redb::DatabaseError },
     #[error("metadata store failed: {0}; the node's data directory may be damaged or full")]
     Storage(String),
+    /// The cluster's metadata store (Redis) failed; the text says where and what to check.
+    #[error("cluster metadata unavailable: {0}")]
+    Remote(String),
     #[error("metadata record for {name} is unreadable: {reason}")]
     Corrupt { name: String, reason: String },
 }

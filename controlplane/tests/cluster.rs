@@ -950,3 +950,22 @@ fn redis_restarted_empty_is_reported_and_old_chunks_are_kept_until_forgotten() {
     }
     ok(&cluster.cli(&["get", "after", "-o", dir.path().join("after-again").to_str().unwrap()]));
 }
+
+/// With Redis unreachable, a cluster command says so and what to check, in one line, and
+/// does not blame a data directory (the cluster's metadata is not on this machine).
+#[test]
+fn an_unreachable_redis_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    key_file(dir.path());
+    let closed = free_tcp_port();
+    let output = Command::new(BIN)
+        .args(["ls", "--metadata", &format!("redis://127.0.0.1:{closed}"), "--key-file"])
+        .arg(dir.path().join("cluster.key"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("Redis at redis://127.0.0.1") && stderr.contains("is redis-server running"), "{stderr}");
+    assert!(!stderr.contains("data directory"), "{stderr}");
+}

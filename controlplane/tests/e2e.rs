@@ -170,6 +170,34 @@ fn bad_config_names_file_key_and_fix() {
     assert!(message.contains("line 1") && message.contains("lissen"), "{message}");
 }
 
+/// A data directory written by a newer Beeline (another `FORMAT`) is refused in one line,
+/// before anything in it is touched; the node's own directory gets format 1 and keeps
+/// serving across restarts.
+#[test]
+fn a_data_directory_of_a_newer_format_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(dir.path(), &[]);
+    let format = dir.path().join("data").join("FORMAT");
+    assert_eq!(std::fs::read_to_string(&format).unwrap(), "beeline-data 1\n");
+    let small = dir.path().join("small");
+    std::fs::write(&small, pattern(100_000, 5)).unwrap();
+    ok(&node.cli(&["put", small.to_str().unwrap()]));
+    node.process().terminate();
+    std::fs::write(&format, "beeline-data 2\n").unwrap();
+    let refused = Command::new(BIN)
+        .args(["node", "run", "--listen", "127.0.0.1:0", "--hugepages", "off", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--key-file")
+        .arg(dir.path().join("cluster.key"))
+        .output()
+        .unwrap();
+    let message = one_line_error(&refused);
+    assert!(message.contains("has format 2") && message.contains("FORMAT"), "{message}");
+    std::fs::write(&format, "beeline-data 1\n").unwrap();
+    node.spawn();
+    assert!(node.cli(&["get", "small", "-o", "-"]).stdout == pattern(100_000, 5));
+}
+
 #[test]
 fn full_disk_is_an_error_the_client_sees_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();

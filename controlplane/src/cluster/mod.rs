@@ -33,7 +33,7 @@ fn redis_error(url: &str) -> impl Fn(redis::RedisError) -> MetadataError + '_ {
         } else {
             "see the Redis server's log"
         };
-        MetadataError::Storage(format!("Redis at {}: {error}; {hint}", redact(url)))
+        MetadataError::Remote(format!("Redis at {}: {error}; {hint}", redact(url)))
     }
 }
 
@@ -225,7 +225,7 @@ impl RedisMetadata {
     /// Connects to `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`).
     pub fn connect(url: &str, prefix: &str) -> Result<Self, MetadataError> {
         let client = redis::Client::open(url).map_err(|error| {
-            MetadataError::Storage(format!(
+            MetadataError::Remote(format!(
                 "bad metadata URL {}: {error}; use redis://[USER:PASSWORD@]HOST:PORT",
                 redact(url)
             ))
@@ -368,7 +368,7 @@ impl RedisMetadata {
         });
         match outcome {
             Ok(old) => Ok(Ok(old.map(|old| Self::decode_layout(&name, &old)).transpose()?)),
-            Err(MetadataError::Storage(text)) if text.contains(PUT_RECLAIMED) => Ok(Err(())),
+            Err(MetadataError::Remote(text)) if text.contains(PUT_RECLAIMED) => Ok(Err(())),
             Err(error) => Err(error),
         }
     }

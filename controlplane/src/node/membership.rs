@@ -265,7 +265,7 @@ fn heartbeat_loop(
                 }
                 outcome
             }
-            None => Err(crate::metadata::MetadataError::Storage(format!(
+            None => Err(crate::metadata::MetadataError::Remote(format!(
                 "cannot reach {}",
                 crate::cluster::redact(&settings.metadata_url)
             ))),

@@ -4,6 +4,7 @@
 //! it stops taking requests, finishes every ack whose data is already on its way to disk,
 //! and exits.
 
+pub mod format;
 pub mod gc;
 pub mod membership;
 pub mod metrics;
@@ -53,6 +54,8 @@ pub enum NodeError {
     Metadata(#[from] crate::metadata::MetadataError),
     #[error("the data plane thread failed: {0}")]
     Thread(String),
+    #[error(transparent)]
+    Format(#[from] format::FormatError),
 }
 
 /// Answers control requests from the embedded metadata store.
@@ -383,6 +386,7 @@ impl Drop for NodeHandle {
 pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| NodeError::DataDir { path: settings.data_dir.clone(), source })?;
+    format::check_or_write(&settings.data_dir)?;
     let (key, created) = keyfile::load_or_create(&settings.key_file)?;
     if created {
         info!(path = %settings.key_file.display(), "created a new cluster key; copy this file to every client and node of the cluster (see README)");
