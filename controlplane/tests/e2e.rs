@@ -3,7 +3,7 @@
 
 mod common;
 use common::node::{BIN, TestNode, ok, one_line_error};
-use common::{free_port, is_root, pattern};
+use common::{Tmpfs, free_port, is_root, pattern};
 
 use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
@@ -221,16 +221,7 @@ fn real_enospc_on_a_tiny_tmpfs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("data");
-    std::fs::create_dir_all(&mount).unwrap();
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(&mount).status().unwrap();
-    assert!(mounted.success(), "mount tmpfs failed");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.clone());
+    let _unmount = Tmpfs::mount(&mount, "16m");
     let node = TestNode::start(dir.path(), &[]);
     let path = dir.path().join("too-big");
     std::fs::write(&path, pattern(40_000_000, 3)).unwrap();
@@ -584,21 +575,15 @@ fn beeline_gc_reclaims_what_a_killed_node_left_behind() {
 #[test]
 fn after_a_disk_full_put_gc_makes_room_for_one_that_fits() {
     if !is_root() {
-        beeline_dataplane::testkit::skip("after_a_disk_full_put_gc_makes_room", "needs root to mount a tmpfs");
+        beeline_dataplane::testkit::skip(
+            "after_a_disk_full_put_gc_makes_room_for_one_that_fits",
+            "needs root to mount a tmpfs",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("data");
-    std::fs::create_dir_all(&mount).unwrap();
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=50m", "tmpfs"]).arg(&mount).status().unwrap();
-    assert!(mounted.success(), "mount tmpfs failed");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.clone());
+    let _unmount = Tmpfs::mount(&mount, "50m");
     let mut node = TestNode::start(dir.path(), &[]);
     let big = dir.path().join("too-big");
     std::fs::write(&big, pattern(80 << 20, 3)).unwrap();
