@@ -246,7 +246,6 @@ fn a_node_restart_and_rekeys_in_the_middle_of_a_100_mib_put_fail_nothing() {
         assert!(Instant::now() < deadline, "the put made no progress:\n{}", put.log());
         assert!(put.exited().is_none(), "the put ended before the restart:\n{}", put.log());
     }
-    let sessions_before = counters(&node)["sessions_established"];
     node.process().kill9();
     node.spawn();
     let status = loop {
@@ -260,7 +259,6 @@ fn a_node_restart_and_rekeys_in_the_middle_of_a_100_mib_put_fail_nothing() {
     // The put's own sessions: its first, a rekey every 200 ms, and one after the restart.
     let put_sessions = put.log().matches("session with the node established").count();
     assert!(put_sessions >= 3, "{put_sessions} sessions:\n{}", put.log());
-    assert!(sessions_before >= 2);
     let back = node.cli(&["get", "big", "-o", "-"]);
     assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
     assert!(back.stdout == std::fs::read(&path).unwrap(), "the file came back different");

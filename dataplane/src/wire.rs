@@ -107,6 +107,23 @@ pub enum Opcode {
 }
 
 impl Opcode {
+    /// Whether a node sends this opcode (a reply) rather than receives it (a request).
+    pub fn is_reply(self) -> bool {
+        match self {
+            Self::Pong
+            | Self::PutStatus
+            | Self::PutDone
+            | Self::GetData
+            | Self::DeleteDone
+            | Self::StatReply
+            | Self::ControlReply
+            | Self::Error => true,
+            Self::Ping | Self::PutFrag | Self::PutQuery | Self::Get | Self::Delete | Self::Stat | Self::Control => {
+                false
+            }
+        }
+    }
+
     pub fn from_u8(value: u8) -> Option<Self> {
         Some(match value {
             1 => Self::Ping,
