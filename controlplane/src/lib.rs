@@ -20,3 +20,4 @@ pub mod keyfile;
 pub mod metadata;
 pub mod node;
 pub mod output;
+pub mod tagger;
