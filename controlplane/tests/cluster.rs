@@ -759,3 +759,75 @@ fn an_unreachable_redis_is_named_as_such() {
     assert!(stderr.contains("Redis at redis://127.0.0.1") && stderr.contains("is redis-server running"), "{stderr}");
     assert!(!stderr.contains("data directory"), "{stderr}");
 }
+
+/// The metadata carries its format version (`{beeline}:format`): written as 1 where there
+/// is none, and a newer (or foreign) one makes every command, a node's start included,
+/// refuse in one line naming the key and the fix, before anything is read or written.
+#[test]
+fn a_newer_metadata_format_is_refused_by_every_command() {
+    if skip_without_redis("a_newer_metadata_format_is_refused_by_every_command") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Loopback::start(dir.path(), 1);
+    ok(&cluster.cli(&["cluster", "configure", "--replication-factor", "1"]));
+    cluster.put("f", &pattern(100_000, 41));
+    let mut redis = redis::Client::open(cluster.redis.url()).unwrap().get_connection().unwrap();
+    let format = |redis: &mut redis::Connection| -> Option<String> {
+        redis::cmd("GET").arg("{beeline}:format").query(redis).unwrap()
+    };
+    assert_eq!(format(&mut redis).as_deref(), Some("1"), "a new cluster records format 1");
+    // A cluster from before format versions has no key: it is format 1, and gets the key.
+    let _: () = redis::cmd("DEL").arg("{beeline}:format").query(&mut redis).unwrap();
+    ok(&cluster.cli(&["ls"]));
+    assert_eq!(format(&mut redis).as_deref(), Some("1"));
+
+    let out = dir.path().join("out").to_str().unwrap().to_owned();
+    let input = dir.path().join("in-f").to_str().unwrap().to_owned();
+    let commands: [&[&str]; 7] = [
+        &["ls"],
+        &["get", "f", "-o", &out],
+        &["put", &input, "--as", "g"],
+        &["rm", "f"],
+        &["cluster", "status"],
+        &["cluster", "scrub"],
+        &["cluster", "gc", "--grace-ms", "0"],
+    ];
+    for (value, words) in
+        [("2", ["format 2", "upgrade beeline"]), ("beeline-v1", ["not a Beeline metadata format", "--metadata-prefix"])]
+    {
+        let _: () = redis::cmd("SET").arg("{beeline}:format").arg(value).query(&mut redis).unwrap();
+        for args in commands {
+            let message = common::node::one_line_error(&cluster.cli(args));
+            assert!(
+                message.contains("{beeline}:format") && words.iter().all(|word| message.contains(word)),
+                "{args:?}: {message}"
+            );
+        }
+        assert!(!dir.path().join("out").exists(), "get wrote a file from metadata it cannot read");
+        // A node does not start on it.
+        let mut node = Command::new(common::node::BIN);
+        node.args(["node", "run", "--listen", &format!("127.0.0.1:{}", common::free_port())])
+            .arg("--data-dir")
+            .arg(dir.path().join("node-new"))
+            .arg("--key-file")
+            .arg(dir.path().join("cluster.key"))
+            .args(["--metadata", &cluster.redis.url(), "--hugepages", "off", "--arena-frames", "1024"]);
+        let mut node = Process::spawn(node);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = node.exited() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the node started on metadata it cannot read: {}", node.log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success());
+        assert!(node.logged("{beeline}:format") && words.iter().all(|word| node.logged(word)), "{}", node.log());
+    }
+    // Back to format 1, everything works and nothing was changed meanwhile.
+    let _: () = redis::cmd("SET").arg("{beeline}:format").arg("1").query(&mut redis).unwrap();
+    ok(&cluster.cli(&["get", "f", "-o", &out]));
+    assert!(std::fs::read(&out).unwrap() == pattern(100_000, 41));
+    assert!(!ok(&cluster.cli(&["ls"])).contains(" g\n"), "the refused put stored g");
+}
