@@ -831,3 +831,66 @@ fn a_newer_metadata_format_is_refused_by_every_command() {
     assert!(std::fs::read(&out).unwrap() == pattern(100_000, 41));
     assert!(!ok(&cluster.cli(&["ls"])).contains(" g\n"), "the refused put stored g");
 }
+
+/// A node that holds a copy of a recorded file's chunk that the file's layout does not
+/// list on it (its put's ack was lost when the node was killed, so the client stored the
+/// chunk elsewhere) gets that space back from `cluster gc` once the grace period is over;
+/// listed copies are never touched.
+#[test]
+fn gc_collects_copies_a_layout_does_not_list() {
+    if skip_without_redis("gc_collects_copies_a_layout_does_not_list") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Loopback::start(dir.path(), 3);
+    let data = pattern((2 << 20) + 10, 42);
+    cluster.put("f", &data);
+    let listed: Vec<String> = cluster.replicas("f", 0);
+    let stray = (0..3).find(|index| !listed.contains(&cluster.node_id(*index))).expect("a node without chunk 0");
+    let chunks_on = |index: usize| -> u64 {
+        let status = ok(&Command::new(common::node::BIN)
+            .args(["node", "status", "--node", &format!("127.0.0.1:{}", cluster.nodes[index].1), "--key-file"])
+            .arg(dir.path().join("cluster.key"))
+            .output()
+            .unwrap());
+        status_line(&status, "chunks:").split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    // A node's status is at most 100 ms old: wait (bounded) for the count.
+    let wait_chunks = |index: usize, count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while chunks_on(index) != count {
+            assert!(Instant::now() < deadline, "node {index} holds {} chunks, not {count}", chunks_on(index));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let before = chunks_on(stray);
+    // The stray copy: chunk 0's bytes stored straight on the node the layout does not list.
+    let mut metadata = beeline::cluster::RedisMetadata::connect(&cluster.redis.url(), "beeline").unwrap();
+    let layout = metadata.get_layout("f").unwrap().unwrap();
+    let key = beeline::keyfile::load(&dir.path().join("cluster.key")).unwrap();
+    let address = format!("127.0.0.1:{}", cluster.nodes[stray].1).parse().unwrap();
+    let mut client = beeline::client::Client::new(beeline::client::ClientOptions::new(address, key)).unwrap();
+    let chunk: std::sync::Arc<[u8]> = std::sync::Arc::from(&data[..1 << 20]);
+    assert!(client.put_chunks(&[(layout.record.chunk_id(0), chunk)])[0].is_ok());
+    wait_chunks(stray, before + 1);
+
+    // Within the grace period it stays; after it, a dry run counts it and gc takes it.
+    let young = ok(&cluster.cli(&["cluster", "gc", "--dry-run", "--grace-ms", "600000"]));
+    assert!(!young.contains("does not list"), "{young}");
+    let dry = ok(&cluster.cli(&["cluster", "gc", "--dry-run", "--grace-ms", "0"]));
+    assert!(
+        dry.contains(&format!("{}: would collect 1 chunks (1048576 bytes) of recorded files", cluster.node_id(stray))),
+        "{dry}"
+    );
+    assert_eq!(chunks_on(stray), before + 1, "a dry run deleted something");
+    let collected = ok(&cluster.cli(&["cluster", "gc", "--grace-ms", "0"]));
+    assert!(collected.contains("collected 1 chunks (1048576 bytes) of recorded files"), "{collected}");
+    wait_chunks(stray, before);
+    // Every listed copy is still there: each node alone serves what it is listed for.
+    let again = ok(&cluster.cli(&["cluster", "gc", "--dry-run", "--grace-ms", "0"]));
+    assert!(!again.contains("does not list"), "{again}");
+    let output = cluster.cli(&["get", "f", "-o", "-"]);
+    assert!(output.status.success() && output.stdout == data);
+    let status = ok(&cluster.cli(&["cluster", "scrub"]));
+    assert!(status.contains(", 0 bad,"), "{status}");
+}

@@ -424,18 +424,27 @@ fn acknowledged_files_survive_killed_nodes_redis_restarts_and_corruption() {
         }
     }
     for index in 0..3 {
-        let status = ok(&Command::new(BIN)
-            .args(["node", "status", "--node", &format!("127.0.0.1:{}", run.cluster.nodes[index].1), "--key-file"])
-            .arg(run.cluster.dir.join("cluster.key"))
-            .output()
-            .unwrap());
-        let field =
-            |name: &str| -> u64 { status_line(&status, name).split_whitespace().nth(1).unwrap().parse().unwrap() };
-        assert_eq!(
-            (field("chunks:"), field("used_bytes:")),
-            (listed_chunks[index], listed_bytes[index]),
-            "node {index} holds (chunks, bytes) the metadata does not list on it (seed {seed})"
-        );
+        // A node's status is at most 100 ms old: poll (bounded) until it shows the end.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = ok(&Command::new(BIN)
+                .args(["node", "status", "--node", &format!("127.0.0.1:{}", run.cluster.nodes[index].1), "--key-file"])
+                .arg(run.cluster.dir.join("cluster.key"))
+                .output()
+                .unwrap());
+            let field =
+                |name: &str| -> u64 { status_line(&status, name).split_whitespace().nth(1).unwrap().parse().unwrap() };
+            let held = (field("chunks:"), field("used_bytes:"));
+            let listed = (listed_chunks[index], listed_bytes[index]);
+            if held == listed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {index} holds (chunks, bytes) {held:?}; the metadata lists {listed:?} on it (seed {seed})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     let f = &run.figures;

@@ -426,9 +426,9 @@ impl RedisMetadata {
         Ok(claimed == 1)
     }
 
-    /// The file id of every file recorded, read a page of names at a time.
-    pub fn referenced_file_ids(&mut self) -> Result<std::collections::HashSet<u64>, MetadataError> {
-        let mut referenced = std::collections::HashSet::new();
+    /// The layout of every file recorded, by file id, read a page of names at a time.
+    pub fn referenced_layouts(&mut self) -> Result<std::collections::HashMap<u64, FileLayout>, MetadataError> {
+        let mut referenced = std::collections::HashMap::new();
         let mut after: Option<String> = None;
         // Bounded: every page moves `after` forward.
         loop {
@@ -443,7 +443,8 @@ impl RedisMetadata {
             })?;
             for (name, bytes) in names.iter().zip(layouts) {
                 if let Some(bytes) = bytes {
-                    referenced.insert(Self::decode_layout(name, &bytes)?.record.file_id);
+                    let layout = Self::decode_layout(name, &bytes)?;
+                    referenced.insert(layout.record.file_id, layout);
                 }
             }
             match names.last() {
