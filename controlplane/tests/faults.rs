@@ -281,13 +281,21 @@ impl Run {
     /// damaged copy a node still serves and replace it; afterwards nothing is damaged.
     fn scrub(&mut self) {
         self.restart_due(true);
-        self.wait_all_serving();
-        let output = self.cli(&["cluster", "scrub"]).output().unwrap();
-        let said = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(output.status.success(), "scrub failed: {said}{}", stderr(&output));
-        self.figures.scrubs += 1;
-        self.figures.bad_copies_found += said.lines().filter(|line| line.starts_with("bad copy:")).count() as u64;
-        self.damaged.clear();
+        // Up to three tries: a node whose lease lapsed on a loaded machine is "down" to the
+        // scrub's repair, which then leaves its chunks for the next pass and says so.
+        for attempt in 1..=3 {
+            self.wait_all_serving();
+            let output = self.cli(&["cluster", "scrub"]).output().unwrap();
+            let said = String::from_utf8_lossy(&output.stdout).into_owned();
+            self.figures.bad_copies_found += said.lines().filter(|line| line.starts_with("bad copy:")).count() as u64;
+            if output.status.success() {
+                self.figures.scrubs += 1;
+                self.damaged.clear();
+                return;
+            }
+            assert!(attempt < 3, "scrub failed three times: {said}{}", stderr(&output));
+            eprintln!("scrub failed, trying again: {said}{}", stderr(&output));
+        }
     }
 
     fn wait_all_serving(&self) {
@@ -388,8 +396,16 @@ fn acknowledged_files_survive_killed_nodes_redis_restarts_and_corruption() {
             assert!(!listed.contains(name), "ls lists {name}, which does not read: {}", stderr(&output));
         }
     }
-    let status = ok(&run.cli(&["cluster", "status"]).output().unwrap());
-    assert!(status_line(&status, "replication:").ends_with("healthy"), "{status}");
+    // Healthy once every lease is current again (a loaded machine can let one lapse).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = ok(&run.cli(&["cluster", "status"]).output().unwrap());
+        if status_line(&status, "replication:").ends_with("healthy") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not healthy after scrub (seed {seed}): {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Garbage collection with a short grace, repeated until no node holds a chunk of a
     // file the metadata does not know (the stalled puts of killed clients age into it).
