@@ -16,6 +16,7 @@ use common::node::{BIN, ok};
 use common::pattern;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,7 @@ struct Figures {
     redis_restarts: u64,
     client_kills: u64,
     corruptions: u64,
+    header_corruptions: u64,
     scrubs: u64,
     bad_copies_found: u64,
     files_checked: u64,
@@ -73,6 +75,8 @@ struct Run {
     files: BTreeMap<String, Expected>,
     /// chunk id -> nodes whose copy was damaged since the last scrub
     damaged: HashMap<u128, HashSet<usize>>,
+    /// nodes with a record header damaged since the last scrub
+    header_damaged: HashSet<usize>,
     /// node -> steps until it is restarted (present while it is down)
     down: HashMap<usize, u64>,
     figures: Figures,
@@ -237,19 +241,55 @@ impl Run {
         self.figures.redis_restarts += 1;
     }
 
-    /// Flips 1 to 8 bytes of one stored chunk's payload on one node, unless another node's
-    /// copy of that chunk was damaged since the last scrub.
+    /// Flips bytes of one node's segment file, unless that could leave a chunk without a
+    /// good copy by the next scrub: 1 to 8 bytes of a chunk's payload (three times in four)
+    /// or 1 to 4 bytes of a record's header, where everything after it in its segment is
+    /// lost when the node restarts. Headers only in segments the node no longer appends to
+    /// (not its two newest), so that the copies lost are the ones seen now.
     fn corrupt_some_chunk(&mut self) {
         let node = self.rng.below(3) as usize;
-        let records: Vec<ChunkRecord> = chunk_records(&self.cluster.node_dir(node).join("chunks"))
-            .into_iter()
-            .filter(|record| record.len > 0)
-            .filter(|record| self.damaged.get(&record.id).is_none_or(|nodes| nodes.iter().all(|n| *n == node)))
+        let header = self.rng.below(4) == 0;
+        let records = chunk_records(&self.cluster.node_dir(node).join("chunks"));
+        // Chunk ids whose copy on another node is damaged.
+        let risky: HashSet<u128> =
+            self.damaged.iter().filter(|(_, nodes)| nodes.iter().any(|n| *n != node)).map(|(id, _)| *id).collect();
+        let mut segments: Vec<&PathBuf> = records.iter().map(|record| &record.segment).collect();
+        segments.sort();
+        segments.dedup();
+        let sealed = &segments[..segments.len().saturating_sub(2)];
+        // What a damaged header before `record` would take with it.
+        let region = |record: &ChunkRecord| -> Vec<u128> {
+            records
+                .iter()
+                .filter(|later| later.segment == record.segment && later.payload_offset >= record.payload_offset)
+                .map(|later| later.id)
+                .collect()
+        };
+        let candidates: Vec<&ChunkRecord> = records
+            .iter()
+            .filter(|record| record.len > 0 && !risky.contains(&record.id))
+            .filter(|record| {
+                !header || (sealed.contains(&&record.segment) && region(record).iter().all(|id| !risky.contains(id)))
+            })
             .collect();
-        if records.is_empty() {
+        if candidates.is_empty() {
             return;
         }
-        let record = &records[self.rng.below(records.len() as u64) as usize];
+        let record = candidates[self.rng.below(candidates.len() as u64) as usize].clone();
+        if header {
+            let count = 1 + self.rng.below(4) as usize;
+            let at = self.rng.below(64 - count as u64);
+            let mask: Vec<u8> = (0..count).map(|_| 1 + self.rng.below(255) as u8).collect();
+            let lost = region(&record);
+            if flip(&record.segment, record.payload_offset - 64 + at, &mask) {
+                for id in lost {
+                    self.damaged.entry(id).or_default().insert(node);
+                }
+                self.header_damaged.insert(node);
+                self.figures.header_corruptions += 1;
+            }
+            return;
+        }
         let count = 1 + self.rng.below(8) as usize;
         let at = self.rng.below(u64::from(record.len).saturating_sub(count as u64).max(1));
         let mask: Vec<u8> = (0..count).map(|_| 1 + self.rng.below(255) as u8).collect();
@@ -280,6 +320,14 @@ impl Run {
     /// Every node serving and live, then `beeline cluster scrub`, which must find every
     /// damaged copy a node still serves and replace it; afterwards nothing is damaged.
     fn scrub(&mut self) {
+        // A damaged header shows when its node restarts: restart those nodes first, so
+        // that the scrub finds what they lost.
+        for node in std::mem::take(&mut self.header_damaged) {
+            if let Some(mut process) = self.cluster.nodes[node].0.take() {
+                process.kill9();
+                self.down.insert(node, 0);
+            }
+        }
         self.restart_due(true);
         // Up to three tries: a node whose lease lapsed on a loaded machine is "down" to the
         // scrub's repair, which then leaves its chunks for the next pass and says so.
@@ -353,12 +401,14 @@ fn acknowledged_files_survive_killed_nodes_redis_restarts_and_corruption() {
     eprintln!("fault run: seed {seed} (BEELINE_FAULT_SEED={seed} replays its choices), {steps} operations");
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Loopback::start(dir.path(), 3);
+    // Small segments: many of them, sealed ones to damage, and compaction at work.
+    let cluster = Loopback::start_with_args(dir.path(), 3, 0, &["--segment-bytes", "8388608"]);
     let mut run = Run {
         cluster,
         rng: Rng(seed),
         files: BTreeMap::new(),
         damaged: HashMap::new(),
+        header_damaged: HashSet::new(),
         down: HashMap::new(),
         figures: Figures::default(),
         next_salt: seed,
@@ -466,7 +516,7 @@ fn acknowledged_files_survive_killed_nodes_redis_restarts_and_corruption() {
     let f = &run.figures;
     eprintln!(
         "fault run (seed {seed}) in {:.1} s: {} operations ({} puts, {} failed; {} gets, {} failed; {} removes, {} failed); \
-         faults: {} node kills ({} restarts), {} Redis restarts, {} clients killed mid-put, {} chunk copies corrupted; \
+         faults: {} node kills ({} restarts), {} Redis restarts, {} clients killed mid-put, {} chunk payloads and {} record headers corrupted; \
          {} scrubs found {} bad copies; {} files checked ({} bytes) byte-identical; gc reclaimed {} chunks ({} bytes), {} bytes of disk given back",
         started.elapsed().as_secs_f64(),
         f.puts + f.gets + f.removes,
@@ -481,6 +531,7 @@ fn acknowledged_files_survive_killed_nodes_redis_restarts_and_corruption() {
         f.redis_restarts,
         f.client_kills,
         f.corruptions,
+        f.header_corruptions,
         f.scrubs,
         f.bad_copies_found,
         f.files_checked,

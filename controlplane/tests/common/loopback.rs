@@ -88,6 +88,7 @@ pub struct Loopback {
     pub redis: Redis,
     pub dir: PathBuf,
     pub repair_interval_ms: u64,
+    pub node_args: Vec<String>,
 }
 
 impl Loopback {
@@ -97,9 +98,15 @@ impl Loopback {
 
     /// With the nodes' background repair every `repair_interval_ms` (0: off).
     pub fn start_with_repair(dir: &Path, nodes: usize, repair_interval_ms: u64) -> Self {
+        Self::start_with_args(dir, nodes, repair_interval_ms, &[])
+    }
+
+    /// With more `beeline node run` arguments for every node.
+    pub fn start_with_args(dir: &Path, nodes: usize, repair_interval_ms: u64, node_args: &[&str]) -> Self {
         key_file(dir);
         let redis = Redis::start(&dir.join("redis"), "127.0.0.1", free_tcp_port());
-        let mut cluster = Loopback { nodes: Vec::new(), redis, dir: dir.to_owned(), repair_interval_ms };
+        let node_args = node_args.iter().map(|arg| arg.to_string()).collect();
+        let mut cluster = Loopback { nodes: Vec::new(), redis, dir: dir.to_owned(), repair_interval_ms, node_args };
         for index in 0..nodes {
             cluster.nodes.push((None, super::free_port()));
             cluster.spawn(index);
@@ -119,7 +126,8 @@ impl Loopback {
             .arg(self.dir.join("cluster.key"))
             .args(["--metadata", &self.redis.url(), "--lease-ttl-ms", "1500"])
             .args(["--repair-interval-ms", &self.repair_interval_ms.to_string()])
-            .args(["--hugepages", "off", "--arena-frames", "4096"]);
+            .args(["--hugepages", "off", "--arena-frames", "4096"])
+            .args(&self.node_args);
         self.nodes[index].0 = Some(Process::spawn(command));
     }
 
@@ -212,9 +220,11 @@ pub struct ChunkRecord {
 
 /// The put records of every segment file in `chunks` (a node's `chunks/` directory), as
 /// far as their headers read: a 64-byte header ("BLR1", version, kind at 5 (1: put), the
-/// id at 8..24, the length at 24..28), the payload, padding to 64 bytes. The node may be
-/// appending meanwhile: a file is read up to its first header that does not parse.
+/// id at 8..24, the length at 24..28), the payload, padding to 64 bytes. Reads the headers
+/// only. The node may be appending meanwhile: a file is read up to its first header that
+/// does not parse.
 pub fn chunk_records(chunks: &Path) -> Vec<ChunkRecord> {
+    use std::os::unix::fs::FileExt;
     let mut records = Vec::new();
     let Ok(entries) = std::fs::read_dir(chunks) else { return records };
     let mut segments: Vec<PathBuf> = entries
@@ -225,19 +235,20 @@ pub fn chunk_records(chunks: &Path) -> Vec<ChunkRecord> {
     segments.sort();
     for segment in segments {
         // A segment compacted away meanwhile is simply gone.
-        let Ok(bytes) = std::fs::read(&segment) else { continue };
-        let mut offset = 0usize;
-        while offset + 64 <= bytes.len() {
-            let header = &bytes[offset..offset + 64];
+        let Ok(file) = std::fs::File::open(&segment) else { continue };
+        let Ok(size) = file.metadata().map(|metadata| metadata.len()) else { continue };
+        let mut offset = 0u64;
+        let mut header = [0u8; 64];
+        while offset + 64 <= size && file.read_exact_at(&mut header, offset).is_ok() {
             if &header[0..4] != b"BLR1" {
                 break;
             }
             let id = u128::from_le_bytes(header[8..24].try_into().unwrap());
             let len = u32::from_le_bytes(header[24..28].try_into().unwrap());
-            if header[5] == 1 && offset + 64 + len as usize <= bytes.len() {
-                records.push(ChunkRecord { segment: segment.clone(), id, payload_offset: (offset + 64) as u64, len });
+            if header[5] == 1 && offset + 64 + u64::from(len) <= size {
+                records.push(ChunkRecord { segment: segment.clone(), id, payload_offset: offset + 64, len });
             }
-            offset += (64 + len as usize).next_multiple_of(64);
+            offset += (64 + u64::from(len)).next_multiple_of(64);
         }
     }
     records
