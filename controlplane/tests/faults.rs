@@ -1,8 +1,8 @@
 //! Fault injection (issue #11): three real nodes and a real redis-server (`appendfsync
 //! always`) on loopback under a stream of puts, gets and removes, while nodes are killed
 //! (SIGKILL) and restarted, Redis is killed and restarted, clients are killed mid-put, and
-//! bytes of stored chunks are flipped in the segment files (never every copy of one chunk
-//! between two scrubs). At the end, after `beeline cluster scrub` as an operator would run
+//! bytes of the segment files are flipped, in chunk payloads and in record headers (never
+//! every copy of one chunk between two scrubs). At the end, after `beeline cluster scrub` as an operator would run
 //! it, every acknowledged file reads back byte-identical, and after `beeline cluster gc`
 //! no node holds a chunk the metadata does not list on it.
 //!
