@@ -2,9 +2,9 @@
 //! always`) on loopback under a stream of puts, gets and removes, while nodes are killed
 //! (SIGKILL) and restarted, Redis is killed and restarted, clients are killed mid-put, and
 //! bytes of the segment files are flipped, in chunk payloads and in record headers (never
-//! every copy of one chunk between two scrubs). At the end, after `beeline cluster scrub` as an operator would run
-//! it, every acknowledged file reads back byte-identical, and after `beeline cluster gc`
-//! no node holds a chunk the metadata does not list on it.
+//! every copy of one chunk between two scrubs). At the end, after `beeline cluster scrub`
+//! as an operator would run it, every acknowledged file reads back byte-identical, and
+//! after `beeline cluster gc` each node holds exactly the chunks the metadata lists on it.
 //!
 //! Driven by a seeded RNG: the seed is printed, and `BEELINE_FAULT_SEED=N` replays a run's
 //! choices (the processes' timing is the machine's). `BEELINE_FAULT_STEPS` changes the
