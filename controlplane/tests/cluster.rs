@@ -863,10 +863,12 @@ fn gc_collects_copies_a_layout_does_not_list() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let before = chunks_on(stray);
     // The stray copy: chunk 0's bytes stored straight on the node the layout does not list.
     let mut metadata = beeline::cluster::RedisMetadata::connect(&cluster.redis.url(), "beeline").unwrap();
     let layout = metadata.get_layout("f").unwrap().unwrap();
+    let stray_id = u64::from_str_radix(&cluster.node_id(stray), 16).unwrap();
+    let before = layout.replicas.iter().filter(|nodes| nodes.contains(&stray_id)).count() as u64;
+    wait_chunks(stray, before);
     let key = beeline::keyfile::load(&dir.path().join("cluster.key")).unwrap();
     let address = format!("127.0.0.1:{}", cluster.nodes[stray].1).parse().unwrap();
     let mut client = beeline::client::Client::new(beeline::client::ClientOptions::new(address, key)).unwrap();
