@@ -19,6 +19,17 @@ pub enum MetadataError {
     Remote(String),
     #[error("metadata record for {name} is unreadable: {reason}")]
     Corrupt { name: String, reason: String },
+    /// The cluster's metadata was written by a newer Beeline, in a layout this one would
+    /// misread.
+    #[error(
+        "the cluster metadata at {url} has format {found} (key {key}), newer than this beeline's {supported}: upgrade beeline to the version the cluster runs"
+    )]
+    NewerFormat { url: String, key: String, found: u64, supported: u64 },
+    /// The format key holds something Beeline never writes.
+    #[error(
+        "key {key} at {url} holds {found:?}, not a Beeline metadata format: is another program using the prefix? give this cluster its own --metadata-prefix"
+    )]
+    ForeignFormat { url: String, key: String, found: String },
 }
 
 fn storage<E: std::fmt::Display>(error: E) -> MetadataError {

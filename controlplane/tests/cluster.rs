@@ -3,6 +3,7 @@
 //! restarted under load. Needs root (namespaces); skips with a message otherwise.
 
 mod common;
+use common::loopback::{Loopback, Redis, free_tcp_port, key_file, skip_without_redis, status_line};
 use common::{Bridge, End, Namespaces, Process, have, is_root, ns_command, pattern, sh, unique_id, veth_to_bridge};
 
 use std::io::{Read, Write};
@@ -60,54 +61,6 @@ impl Topology {
 
     fn node_ip(&self, index: usize) -> String {
         format!("10.77.{}.{}", self.subnet, 11 + index)
-    }
-}
-
-struct Redis {
-    process: Option<Process>,
-    dir: PathBuf,
-    bind: String,
-    port: u16,
-}
-
-impl Redis {
-    fn start(dir: &Path, bind: &str, port: u16) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut redis = Redis { process: None, dir: dir.to_owned(), bind: bind.to_owned(), port };
-        redis.spawn();
-        redis
-    }
-
-    fn spawn(&mut self) {
-        // appendfsync always: an acknowledged write survives a restart.
-        let mut command = Command::new("redis-server");
-        command
-            .args([
-                "--bind",
-                &self.bind,
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--protected-mode",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir);
-        self.process = Some(Process::spawn(command));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect((self.bind.as_str(), self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}:{}", self.bind, self.port)
     }
 }
 
@@ -209,14 +162,6 @@ impl Cluster {
 fn ok(output: &Output) -> String {
     assert!(output.status.success(), "beeline failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn key_file(dir: &Path) {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Private, as a node would create it: a key open to others makes every command warn.
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("cluster.key")).unwrap();
-    std::io::Write::write_all(&mut file, format!("{}\n", "5a".repeat(32)).as_bytes()).unwrap();
 }
 
 #[test]
@@ -538,161 +483,6 @@ fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() {
 // Integrity (issue #11, cases 3, 4 and 8): two nodes on loopback, a real redis-server, a
 // chunk's bytes flipped in a node's segment file on disk.
 
-fn skip_without_redis(test: &str) -> bool {
-    if !have("redis-server") {
-        beeline_dataplane::testkit::skip(test, "redis-server is not installed (ci/setup.sh installs it)");
-        return true;
-    }
-    false
-}
-
-/// A free TCP port on 127.0.0.1 (for Redis).
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Nodes on 127.0.0.1 (no namespaces, no root needed) sharing one Redis; background
-/// repair off, so that the test decides when repair runs.
-struct Loopback {
-    nodes: Vec<(Option<Process>, u16)>,
-    redis: Redis,
-    dir: PathBuf,
-    repair_interval_ms: u64,
-}
-
-impl Loopback {
-    fn start(dir: &Path, nodes: usize) -> Self {
-        Self::start_with_repair(dir, nodes, 0)
-    }
-
-    /// With the nodes' background repair every `repair_interval_ms` (0: off).
-    fn start_with_repair(dir: &Path, nodes: usize, repair_interval_ms: u64) -> Self {
-        key_file(dir);
-        let redis = Redis::start(&dir.join("redis"), "127.0.0.1", free_tcp_port());
-        let mut cluster = Loopback { nodes: Vec::new(), redis, dir: dir.to_owned(), repair_interval_ms };
-        for index in 0..nodes {
-            cluster.nodes.push((None, common::free_port()));
-            cluster.spawn(index);
-        }
-        cluster.wait_live(nodes);
-        cluster
-    }
-
-    fn spawn(&mut self, index: usize) {
-        let port = self.nodes[index].1;
-        let mut command = Command::new(BIN);
-        command
-            .args(["node", "run", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(self.node_dir(index))
-            .arg("--key-file")
-            .arg(self.dir.join("cluster.key"))
-            .args(["--metadata", &self.redis.url(), "--lease-ttl-ms", "1500"])
-            .args(["--repair-interval-ms", &self.repair_interval_ms.to_string()])
-            .args(["--hugepages", "off", "--arena-frames", "4096"]);
-        self.nodes[index].0 = Some(Process::spawn(command));
-    }
-
-    fn node_dir(&self, index: usize) -> PathBuf {
-        self.dir.join(format!("node{index}"))
-    }
-
-    /// The node's id as `stat` prints it.
-    fn node_id(&self, index: usize) -> String {
-        std::fs::read_to_string(self.node_dir(index).join("node-id")).unwrap().trim().to_owned()
-    }
-
-    fn index_of(&self, id: &str) -> usize {
-        (0..self.nodes.len()).find(|index| self.node_id(*index) == id).unwrap_or_else(|| panic!("no node {id}"))
-    }
-
-    /// SIGTERM: the node leaves cleanly and is no longer live at once.
-    fn stop(&mut self, index: usize) {
-        self.nodes[index].0.as_mut().expect("running").terminate();
-        self.nodes[index].0 = None;
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .args(["--metadata", &self.redis.url(), "--key-file"])
-            .arg(self.dir.join("cluster.key"))
-            .output()
-            .unwrap()
-    }
-
-    fn wait_live(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status = String::from_utf8_lossy(&self.cli(&["cluster", "status"]).stdout).into_owned();
-            if status.contains(&format!("({count} live)")) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never {count} live nodes: {status}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stores `data` as `name` in 1 MiB chunks.
-    fn put(&self, name: &str, data: &[u8]) {
-        let path = self.dir.join(format!("in-{name}"));
-        std::fs::write(&path, data).unwrap();
-        ok(&self.cli(&["put", path.to_str().unwrap(), "--as", name, "--chunk-bytes", "1048576"]));
-    }
-
-    /// The node ids holding chunk `index` of `name`, in recorded order (`get` asks the
-    /// first live one first).
-    fn replicas(&self, name: &str, index: usize) -> Vec<String> {
-        let stat = ok(&self.cli(&["stat", name]));
-        let prefix = format!("chunk {index}:");
-        let line =
-            stat.lines().map(str::trim).find(|line| line.starts_with(&prefix)).unwrap_or_else(|| panic!("{stat}"));
-        line[prefix.len()..].split_whitespace().map(str::to_owned).collect()
-    }
-
-    /// Flips 4 bytes in the middle of every stored copy of chunk `index` (of any file) in
-    /// node `node`'s segment files; returns how many records it changed.
-    fn corrupt(&self, node: usize, index: u64) -> usize {
-        let mut changed = 0;
-        for entry in std::fs::read_dir(self.node_dir(node).join("chunks")).unwrap() {
-            let path = entry.unwrap().path();
-            if !path.file_name().unwrap().to_string_lossy().starts_with("seg-") {
-                continue;
-            }
-            let mut bytes = std::fs::read(&path).unwrap();
-            let mut offset = 0usize;
-            // Records: a 64-byte header ("BLR1", version, kind, id at 8..24, length at
-            // 24..28), the payload, padding to 64 bytes.
-            while offset + 64 <= bytes.len() {
-                let header = &bytes[offset..offset + 64];
-                if &header[0..4] != b"BLR1" {
-                    break;
-                }
-                let id = u128::from_le_bytes(header[8..24].try_into().unwrap());
-                let len = u32::from_le_bytes(header[24..28].try_into().unwrap()) as usize;
-                if header[5] == 1 && id as u64 == index && len > 8 {
-                    let at = offset + 64 + len / 2;
-                    for byte in &mut bytes[at..at + 4] {
-                        *byte ^= 0xA5;
-                    }
-                    changed += 1;
-                }
-                offset += (64 + len).next_multiple_of(64);
-            }
-            if changed > 0 {
-                // In place, through the page cache the node reads from.
-                use std::os::unix::fs::FileExt;
-                std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&bytes, 0).unwrap();
-            }
-        }
-        changed
-    }
-}
-
-fn status_line(status: &str, field: &str) -> String {
-    status.lines().find(|line| line.starts_with(field)).unwrap_or_else(|| panic!("no {field} in {status}")).to_owned()
-}
-
 #[test]
 fn a_corrupt_replica_is_failed_over_counted_and_replaced() {
     if skip_without_redis("a_corrupt_replica_is_failed_over_counted_and_replaced") {
@@ -968,4 +758,141 @@ fn an_unreachable_redis_is_named_as_such() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("Redis at redis://127.0.0.1") && stderr.contains("is redis-server running"), "{stderr}");
     assert!(!stderr.contains("data directory"), "{stderr}");
+}
+
+/// The metadata carries its format version (`{beeline}:format`): written as 1 where there
+/// is none, and a newer (or foreign) one makes every command, a node's start included,
+/// refuse in one line naming the key and the fix, before anything is read or written.
+#[test]
+fn a_newer_metadata_format_is_refused_by_every_command() {
+    if skip_without_redis("a_newer_metadata_format_is_refused_by_every_command") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Loopback::start(dir.path(), 1);
+    ok(&cluster.cli(&["cluster", "configure", "--replication-factor", "1"]));
+    cluster.put("f", &pattern(100_000, 41));
+    let mut redis = redis::Client::open(cluster.redis.url()).unwrap().get_connection().unwrap();
+    let format = |redis: &mut redis::Connection| -> Option<String> {
+        redis::cmd("GET").arg("{beeline}:format").query(redis).unwrap()
+    };
+    assert_eq!(format(&mut redis).as_deref(), Some("1"), "a new cluster records format 1");
+    // A cluster from before format versions has no key: it is format 1, and gets the key.
+    let _: () = redis::cmd("DEL").arg("{beeline}:format").query(&mut redis).unwrap();
+    ok(&cluster.cli(&["ls"]));
+    assert_eq!(format(&mut redis).as_deref(), Some("1"));
+
+    let out = dir.path().join("out").to_str().unwrap().to_owned();
+    let input = dir.path().join("in-f").to_str().unwrap().to_owned();
+    let commands: [&[&str]; 7] = [
+        &["ls"],
+        &["get", "f", "-o", &out],
+        &["put", &input, "--as", "g"],
+        &["rm", "f"],
+        &["cluster", "status"],
+        &["cluster", "scrub"],
+        &["cluster", "gc", "--grace-ms", "0"],
+    ];
+    for (value, words) in
+        [("2", ["format 2", "upgrade beeline"]), ("beeline-v1", ["not a Beeline metadata format", "--metadata-prefix"])]
+    {
+        let _: () = redis::cmd("SET").arg("{beeline}:format").arg(value).query(&mut redis).unwrap();
+        for args in commands {
+            let message = common::node::one_line_error(&cluster.cli(args));
+            assert!(
+                message.contains("{beeline}:format") && words.iter().all(|word| message.contains(word)),
+                "{args:?}: {message}"
+            );
+        }
+        assert!(!dir.path().join("out").exists(), "get wrote a file from metadata it cannot read");
+        // A node does not start on it.
+        let mut node = Command::new(common::node::BIN);
+        node.args(["node", "run", "--listen", &format!("127.0.0.1:{}", common::free_port())])
+            .arg("--data-dir")
+            .arg(dir.path().join("node-new"))
+            .arg("--key-file")
+            .arg(dir.path().join("cluster.key"))
+            .args(["--metadata", &cluster.redis.url(), "--hugepages", "off", "--arena-frames", "1024"]);
+        let mut node = Process::spawn(node);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = node.exited() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the node started on metadata it cannot read: {}", node.log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success());
+        assert!(node.logged("{beeline}:format") && words.iter().all(|word| node.logged(word)), "{}", node.log());
+    }
+    // Back to format 1, everything works and nothing was changed meanwhile.
+    let _: () = redis::cmd("SET").arg("{beeline}:format").arg("1").query(&mut redis).unwrap();
+    ok(&cluster.cli(&["get", "f", "-o", &out]));
+    assert!(std::fs::read(&out).unwrap() == pattern(100_000, 41));
+    assert!(!ok(&cluster.cli(&["ls"])).contains(" g\n"), "the refused put stored g");
+}
+
+/// A node that holds a copy of a recorded file's chunk that the file's layout does not
+/// list on it (its put's ack was lost when the node was killed, so the client stored the
+/// chunk elsewhere) gets that space back from `cluster gc` once the grace period is over;
+/// listed copies are never touched.
+#[test]
+fn gc_collects_copies_a_layout_does_not_list() {
+    if skip_without_redis("gc_collects_copies_a_layout_does_not_list") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Loopback::start(dir.path(), 3);
+    let data = pattern((2 << 20) + 10, 42);
+    cluster.put("f", &data);
+    let listed: Vec<String> = cluster.replicas("f", 0);
+    let stray = (0..3).find(|index| !listed.contains(&cluster.node_id(*index))).expect("a node without chunk 0");
+    let chunks_on = |index: usize| -> u64 {
+        let status = ok(&Command::new(common::node::BIN)
+            .args(["node", "status", "--node", &format!("127.0.0.1:{}", cluster.nodes[index].1), "--key-file"])
+            .arg(dir.path().join("cluster.key"))
+            .output()
+            .unwrap());
+        status_line(&status, "chunks:").split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    // A node's status is at most 100 ms old: wait (bounded) for the count.
+    let wait_chunks = |index: usize, count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while chunks_on(index) != count {
+            assert!(Instant::now() < deadline, "node {index} holds {} chunks, not {count}", chunks_on(index));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The stray copy: chunk 0's bytes stored straight on the node the layout does not list.
+    let mut metadata = beeline::cluster::RedisMetadata::connect(&cluster.redis.url(), "beeline").unwrap();
+    let layout = metadata.get_layout("f").unwrap().unwrap();
+    let stray_id = u64::from_str_radix(&cluster.node_id(stray), 16).unwrap();
+    let before = layout.replicas.iter().filter(|nodes| nodes.contains(&stray_id)).count() as u64;
+    wait_chunks(stray, before);
+    let key = beeline::keyfile::load(&dir.path().join("cluster.key")).unwrap();
+    let address = format!("127.0.0.1:{}", cluster.nodes[stray].1).parse().unwrap();
+    let mut client = beeline::client::Client::new(beeline::client::ClientOptions::new(address, key)).unwrap();
+    let chunk: std::sync::Arc<[u8]> = std::sync::Arc::from(&data[..1 << 20]);
+    assert!(client.put_chunks(&[(layout.record.chunk_id(0), chunk)])[0].is_ok());
+    wait_chunks(stray, before + 1);
+
+    // Within the grace period it stays; after it, a dry run counts it and gc takes it.
+    let young = ok(&cluster.cli(&["cluster", "gc", "--dry-run", "--grace-ms", "600000"]));
+    assert!(!young.contains("does not list"), "{young}");
+    let dry = ok(&cluster.cli(&["cluster", "gc", "--dry-run", "--grace-ms", "0"]));
+    assert!(
+        dry.contains(&format!("{}: would collect 1 chunks (1048576 bytes) of recorded files", cluster.node_id(stray))),
+        "{dry}"
+    );
+    assert_eq!(chunks_on(stray), before + 1, "a dry run deleted something");
+    let collected = ok(&cluster.cli(&["cluster", "gc", "--grace-ms", "0"]));
+    assert!(collected.contains("collected 1 chunks (1048576 bytes) of recorded files"), "{collected}");
+    wait_chunks(stray, before);
+    // Every listed copy is still there: each node alone serves what it is listed for.
+    let again = ok(&cluster.cli(&["cluster", "gc", "--dry-run", "--grace-ms", "0"]));
+    assert!(!again.contains("does not list"), "{again}");
+    let output = cluster.cli(&["get", "f", "-o", "-"]);
+    assert!(output.status.success() && output.stdout == data);
+    let status = ok(&cluster.cli(&["cluster", "scrub"]));
+    assert!(status.contains(", 0 bad,"), "{status}");
 }

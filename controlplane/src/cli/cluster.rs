@@ -110,6 +110,12 @@ pub fn run(action: Action) -> Result<(), String> {
             for (node, collected) in &report.nodes {
                 print_gc(&format!("{node:016x}"), collected, dry_run);
             }
+            for (node, chunks, bytes) in report.unlisted.iter().filter(|(_, chunks, _)| *chunks > 0) {
+                let verb = if dry_run { "would collect" } else { "collected" };
+                println!(
+                    "{node:016x}: {verb} {chunks} chunks ({bytes} bytes) of recorded files that their layout does not list on it"
+                );
+            }
             if report.puts_in_progress > 0 || report.puts_claimed > 0 {
                 println!(
                     "puts in progress left alone: {}; stalled puts claimed: {}",

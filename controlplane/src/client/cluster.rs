@@ -124,6 +124,10 @@ pub struct ClusterGcReport {
     pub puts_in_progress: u64,
     /// Stale puts claimed (they can no longer commit).
     pub puts_claimed: u64,
+    /// Per node: copies of recorded files' chunks that the file's layout does not list on
+    /// it (a copy whose ack was lost when the node was killed, so the put went elsewhere):
+    /// how many were collected (or would be), and their bytes.
+    pub unlisted: Vec<(NodeId, u64, u64)>,
 }
 
 /// A chunk to store: its position in the batch, its id and its bytes.
@@ -409,13 +413,23 @@ impl ClusterClient {
         }
         // 2. Puts in progress, then 3. the recorded files.
         let (now_ms, pending) = self.metadata.pending_puts()?;
-        let referenced = self.metadata.referenced_file_ids()?;
+        let referenced = self.metadata.referenced_layouts()?;
         let pending: HashMap<u64, u64> = pending.into_iter().collect();
         let mut decided: HashMap<u64, bool> = HashMap::new();
         for (node, files) in held {
             let mut doomed = Vec::new();
-            for file in files {
-                if referenced.contains(&file.file_id) || file.youngest_age_ms < options.grace_ms {
+            let mut unlisted: Vec<(u128, u32)> = Vec::new();
+            let mut extra = (0u64, 0u64);
+            for file in &files {
+                if let Some(layout) = referenced.get(&file.file_id) {
+                    if file.youngest_age_ms >= options.grace_ms {
+                        let (copies, chunks, bytes) = unlisted_copies(layout, node, file);
+                        unlisted.extend(copies);
+                        extra = (extra.0 + chunks, extra.1 + bytes);
+                    }
+                    continue;
+                }
+                if file.youngest_age_ms < options.grace_ms {
                     continue;
                 }
                 let collectable = match decided.get(&file.file_id) {
@@ -443,11 +457,34 @@ impl ClusterClient {
                 }
             }
             match self.collect_on(node, &doomed, options) {
-                Ok(collected) => report.nodes.push((node, collected)),
+                // Only from a node that takes garbage collection (one that lost its
+                // metadata refuses it): then compact again for the space.
+                Ok(mut collected) => {
+                    if !unlisted.is_empty() {
+                        // Deleting a chunk a node does not have also succeeds: the count is
+                        // what it held beyond the listed copies.
+                        report.unlisted.push((node, extra.0, extra.1));
+                        if extra.0 > 0 && !options.dry_run {
+                            self.delete_unlisted(node, &unlisted);
+                            if let Ok(compacted) = self.collect_on(node, &[], options) {
+                                collected.disk_bytes_freed += compacted.disk_bytes_freed;
+                            }
+                        }
+                    }
+                    report.nodes.push((node, collected));
+                }
                 Err(reason) => report.skipped.push((node, reason)),
             }
         }
         Ok(report)
+    }
+
+    /// Deletes copies `node` holds that their file's layout does not list on it (asking
+    /// for a copy the node does not have deletes nothing; a node that does not answer
+    /// keeps them for the next pass).
+    fn delete_unlisted(&mut self, node: NodeId, copies: &[(u128, u32)]) {
+        let ids: Vec<u128> = copies.iter().map(|(id, _)| *id).collect();
+        let _ = self.per_node(BTreeMap::from([(node, ids)]), |client, ids| client.delete_chunks(ids));
     }
 
     fn chunk_files(&mut self, node: NodeId) -> Result<Vec<crate::control::ChunkFile>, String> {
@@ -1000,6 +1037,30 @@ impl ClusterClient {
         }
         Some(replicas)
     }
+}
+
+/// Copies of `layout`'s chunks that `node` holds beyond those the layout lists on it
+/// (`file` is what the node reports holding of that file). When it holds more chunks
+/// than are listed there: every chunk not listed on it, with its length (the candidates
+/// to delete), and how many chunks and bytes it holds beyond the listed ones.
+fn unlisted_copies(
+    layout: &FileLayout,
+    node: NodeId,
+    file: &crate::control::ChunkFile,
+) -> (Vec<(u128, u32)>, u64, u64) {
+    let record = &layout.record;
+    let listed = |index: u64| layout.replicas.get(index as usize).is_some_and(|nodes| nodes.contains(&node));
+    let (listed_chunks, listed_bytes) = (0..record.chunk_count())
+        .filter(|index| listed(*index))
+        .fold((0u64, 0u64), |(chunks, bytes), index| (chunks + 1, bytes + u64::from(record.chunk_len(index))));
+    if u64::from(file.chunks) <= listed_chunks {
+        return (Vec::new(), 0, 0);
+    }
+    let candidates = (0..record.chunk_count())
+        .filter(|index| !listed(*index))
+        .map(|index| (record.chunk_id(index), record.chunk_len(index)))
+        .collect();
+    (candidates, u64::from(file.chunks) - listed_chunks, file.bytes.saturating_sub(listed_bytes))
 }
 
 /// Whether a node answered that it does not have the chunk.

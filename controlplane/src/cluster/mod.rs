@@ -16,6 +16,10 @@ use crate::cluster::placement::NodeId;
 use crate::control::FileRecord;
 use crate::metadata::{Metadata, MetadataError};
 
+/// The version of the metadata layout (the key schema in `docs/metadata.md`) this
+/// Beeline reads and writes, kept in `{prefix}:format`.
+pub const METADATA_FORMAT: u64 = 1;
+
 /// Default key prefix (also the hash tag).
 pub const DEFAULT_PREFIX: &str = "beeline";
 pub const DEFAULT_REPLICATION_FACTOR: usize = 2;
@@ -218,6 +222,14 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) return 1 end
 return 0";
 
+/// Writes the format version into metadata that has none (a new cluster, one from before
+/// format versions, or a Redis restarted empty), and returns the version stored.
+const CLAIM_FORMAT: &str = r"
+local stored = redis.call('GET', KEYS[1])
+if stored then return stored end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]";
+
 /// The marker [`RedisMetadata::commit_put`] fails with when the put was claimed.
 pub const PUT_RECLAIMED: &str = "BEELINE_PUT_RECLAIMED";
 
@@ -241,15 +253,35 @@ impl RedisMetadata {
 
     fn connection(&mut self) -> Result<&mut Connection, MetadataError> {
         if self.connection.is_none() {
-            let connection = self
+            let mut connection = self
                 .client
                 .get_connection_with_timeout(std::time::Duration::from_secs(3))
                 .map_err(redis_error(&self.url))?;
             connection.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(redis_error(&self.url))?;
             connection.set_write_timeout(Some(std::time::Duration::from_secs(5))).map_err(redis_error(&self.url))?;
+            self.check_format(&mut connection)?;
             self.connection = Some(connection);
         }
         Ok(self.connection.as_mut().expect("just set"))
+    }
+
+    /// Checks the metadata's format version on every new connection (so also after Redis
+    /// restarted): absent is written as this version, a newer or unknown one is refused
+    /// before anything is read or written.
+    fn check_format(&self, connection: &mut Connection) -> Result<(), MetadataError> {
+        let key = self.key("format");
+        let stored: String = Script::new(CLAIM_FORMAT)
+            .key(&key)
+            .arg(METADATA_FORMAT)
+            .invoke(connection)
+            .map_err(redis_error(&self.url))?;
+        match stored.parse::<u64>() {
+            Ok(METADATA_FORMAT) => Ok(()),
+            Ok(found) if found > METADATA_FORMAT => {
+                Err(MetadataError::NewerFormat { url: redact(&self.url), key, found, supported: METADATA_FORMAT })
+            }
+            _ => Err(MetadataError::ForeignFormat { url: redact(&self.url), key, found: stored }),
+        }
     }
 
     /// Runs one operation; a failed connection is dropped so the next call reconnects
@@ -394,9 +426,9 @@ impl RedisMetadata {
         Ok(claimed == 1)
     }
 
-    /// The file id of every file recorded, read a page of names at a time.
-    pub fn referenced_file_ids(&mut self) -> Result<std::collections::HashSet<u64>, MetadataError> {
-        let mut referenced = std::collections::HashSet::new();
+    /// The layout of every file recorded, by file id, read a page of names at a time.
+    pub fn referenced_layouts(&mut self) -> Result<std::collections::HashMap<u64, FileLayout>, MetadataError> {
+        let mut referenced = std::collections::HashMap::new();
         let mut after: Option<String> = None;
         // Bounded: every page moves `after` forward.
         loop {
@@ -411,7 +443,8 @@ impl RedisMetadata {
             })?;
             for (name, bytes) in names.iter().zip(layouts) {
                 if let Some(bytes) = bytes {
-                    referenced.insert(Self::decode_layout(name, &bytes)?.record.file_id);
+                    let layout = Self::decode_layout(name, &bytes)?;
+                    referenced.insert(layout.record.file_id, layout);
                 }
             }
             match names.last() {

@@ -247,8 +247,12 @@ fn heartbeat_loop(
     let mut metadata: Option<RedisMetadata> = None;
     let mut health = "ok".to_owned();
     loop {
+        let mut unreachable = None;
         if metadata.is_none() {
-            metadata = RedisMetadata::connect(&settings.metadata_url, &settings.prefix).ok();
+            match RedisMetadata::connect(&settings.metadata_url, &settings.prefix) {
+                Ok(connected) => metadata = Some(connected),
+                Err(error) => unreachable = Some(error),
+            }
         }
         let outcome = match metadata.as_mut() {
             Some(metadata) => {
@@ -265,10 +269,12 @@ fn heartbeat_loop(
                 }
                 outcome
             }
-            None => Err(crate::metadata::MetadataError::Remote(format!(
-                "cannot reach {}",
-                crate::cluster::redact(&settings.metadata_url)
-            ))),
+            None => Err(unreachable.unwrap_or_else(|| {
+                crate::metadata::MetadataError::Remote(format!(
+                    "cannot reach {}",
+                    crate::cluster::redact(&settings.metadata_url)
+                ))
+            })),
         };
         let was_up = lease_up.swap(outcome.is_ok(), Ordering::AcqRel);
         match (&outcome, was_up) {

@@ -387,6 +387,17 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| NodeError::DataDir { path: settings.data_dir.clone(), source })?;
     format::check_or_write(&settings.data_dir)?;
+    if let Some(cluster) = &settings.cluster {
+        // Metadata in a format this node would misread: refuse to start. (Unreachable is
+        // fine: the node registers once Redis is up.)
+        if let Err(
+            error @ (crate::metadata::MetadataError::NewerFormat { .. }
+            | crate::metadata::MetadataError::ForeignFormat { .. }),
+        ) = crate::cluster::RedisMetadata::connect(&cluster.metadata_url, &cluster.prefix)
+        {
+            return Err(error.into());
+        }
+    }
     let (key, created) = keyfile::load_or_create(&settings.key_file)?;
     if created {
         info!(path = %settings.key_file.display(), "created a new cluster key; copy this file to every client and node of the cluster (see README)");

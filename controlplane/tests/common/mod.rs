@@ -1,11 +1,12 @@
 //! Helpers shared by the integration tests: data patterns, commands that must succeed,
-//! host checks, unique names, network namespaces ([`netns`]) and process guards
-//! ([`process`]).
+//! host checks, unique names, network namespaces ([`netns`]), process guards
+//! ([`process`]), one node ([`node`]) and a cluster on loopback with Redis ([`loopback`]).
 //!
 //! Every test binary compiles this module on its own and uses only part of it, so unused
 //! helpers (and re-exports) are not warnings here.
 #![allow(dead_code)]
 
+pub mod loopback;
 pub mod netns;
 pub mod node;
 pub mod process;
