@@ -40,7 +40,7 @@ read -r -a accel < <("$here/accel.sh" qemu-args)
 echo "booting the box with ${accel[*]} (console log: kept on failure)"
 started_s=$SECONDS
 qemu-system-x86_64 -machine q35 "${accel[@]}" -smp 1 -m 1024 -nographic -no-reboot \
-    -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" -append "root=/dev/vda rw console=ttyS0 panic=-1" \
+    -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" -append "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0" \
     -drive "file=$work/vm.qcow2,if=virtio" \
     -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
     >"$work/console.log" 2>&1 &

@@ -66,14 +66,14 @@ debootstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" bookwo
 
 echo "configuring the guest"
 echo "beeline-box" >"$root/etc/hostname"
+printf '127.0.0.1 localhost\n127.0.1.1 beeline-box\n::1 localhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 printf '/dev/vda / ext4 errors=remount-ro 0 1\n' >"$root/etc/fstab"
-# Vagrant's management NIC asks DHCP; Vagrant itself writes the private networks.
+# Vagrant's management NIC asks DHCP; Vagrant itself writes the private networks. NICs are
+# ethN: the kernel command line carries net.ifnames=0, as Vagrant's Debian boxes do.
 cat >"$root/etc/network/interfaces" <<'EOF'
 source /etc/network/interfaces.d/*
 auto lo
 iface lo inet loopback
-allow-hotplug ens5
-iface ens5 inet dhcp
 allow-hotplug eth0
 iface eth0 inet dhcp
 EOF
