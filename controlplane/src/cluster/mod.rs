@@ -761,9 +761,13 @@ impl RedisMetadata {
         Ok(tags)
     }
 
-    /// The tagging stream's consumer-group side, for `beeline tagger run`.
-    pub fn connection_for_streams(&mut self) -> Result<&mut Connection, MetadataError> {
-        self.connection()
+    /// Runs raw commands (the tagging stream's consumer group, for `beeline tagger run`),
+    /// with the same reconnection and error wording as every other call.
+    pub fn raw<T>(
+        &mut self,
+        operation: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, MetadataError> {
+        self.with(operation)
     }
 }
 
