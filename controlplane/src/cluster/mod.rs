@@ -853,6 +853,9 @@ impl Metadata for RedisMetadata {
         };
         let tags: Vec<String> = self.with(|c| c.zrangebylex_limit(&key, &min, "+", 0, limit as isize))?;
         let tags: Vec<String> = tags.into_iter().take_while(|tag| tag.starts_with(prefix)).collect();
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
         let keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
         let counts: Vec<u64> = self.with(|c| {
             let mut pipe = redis::pipe();

@@ -176,6 +176,7 @@ pub fn run(options: &StreamOptions, stop: &AtomicBool, stats: &TaggerStats) -> R
     while !stop.load(Ordering::Acquire) {
         match turn(options, &mut stream, &mut cluster, stop, stats) {
             Ok(()) => {}
+            Err(_) if stop.load(Ordering::Acquire) => break,
             Err(error) => {
                 warn!(%error, "the tagger will retry");
                 // Redis away: wait a little before trying again, still answering stop.
