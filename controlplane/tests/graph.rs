@@ -145,11 +145,29 @@ fn scenario(cli: &dyn Cli, dir: &Path) {
     assert!(lines(&cli.cli(&["tags", "--prefix", "type:markdown"])).is_empty());
 }
 
+/// The value of the unlabelled metric `name` on the /metrics page at `address`.
+fn metric(address: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn free_tcp_address() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
 #[test]
 fn single_node_tags_untag_search_related_and_graph() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path(), &[]);
+    let metrics = free_tcp_address();
+    let node = TestNode::start(dir.path(), &["--metrics-listen", &metrics]);
     scenario(&node, dir.path());
+    // Five files and one re-put tagged by the node's own tagger, none waiting.
+    assert!(metric(&metrics, "beeline_tagger_files_tagged_total").unwrap() >= 6.0);
+    assert_eq!(metric(&metrics, "beeline_tagger_lag_files"), Some(0.0));
 }
 
 struct Redis {
@@ -221,10 +239,11 @@ impl Cluster {
         command
     }
 
-    /// Starts `beeline tagger run` as `consumer`; `hold`: a file it keeps in hand.
-    fn tagger(&self, consumer: &str, hold: Option<&str>) -> Process {
-        let mut command =
-            self.command(&["tagger", "run", "--consumer", consumer, "--claim-idle-ms", "1500", "--batch", "4"]);
+    /// Starts `beeline tagger run` as `consumer`, serving metrics at `metrics`; `hold`: a
+    /// file it keeps in hand.
+    fn tagger(&self, consumer: &str, hold: Option<&str>, metrics: &str) -> Process {
+        let mut command = self.command(&["tagger", "run", "--consumer", consumer, "--claim-idle-ms", "1500"]);
+        command.args(["--batch", "4", "--metrics-listen", metrics]);
         if let Some(hold) = hold {
             command.env("BEELINE_TAGGER_HOLD", hold);
         }
@@ -249,7 +268,7 @@ fn redis_tags_untag_search_related_and_graph_with_a_stream_tagger() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path());
-    let tagger = cluster.tagger("solo", None);
+    let tagger = cluster.tagger("solo", None, &free_tcp_address());
     cluster.taggers.push(tagger);
     scenario(&cluster, dir.path());
 }
@@ -287,9 +306,10 @@ fn two_taggers_share_one_stream_and_a_killed_one_leaves_its_files_to_the_other()
         put(&cluster, dir.path(), name, content);
     }
     // The first tagger takes the first batch and holds its fourth file mid-way.
-    let mut first = cluster.tagger("first", Some("f03.txt"));
+    let mut first = cluster.tagger("first", Some("f03.txt"), &free_tcp_address());
     poll(30, "the first tagger holding f03.txt", || first.logged("holding this file").then_some(()));
-    let second = cluster.tagger("second", None);
+    let metrics = free_tcp_address();
+    let second = cluster.tagger("second", None, &metrics);
     first.kill9();
     let mut waiting = Vec::new();
     poll(60, "every file with exactly its tags", || {
@@ -305,6 +325,12 @@ fn two_taggers_share_one_stream_and_a_killed_one_leaves_its_files_to_the_other()
     poll(10, "no entry pending", || {
         let summary = cluster.redis.command(&["XPENDING", "{beeline}:tagging", "taggers"]);
         summary.starts_with('0').then_some(())
+    });
+    // The second tagger's own /metrics: what it took over, and nothing left waiting.
+    assert!(metric(&metrics, "beeline_tagger_entries_claimed_total").unwrap() >= 1.0);
+    assert!(metric(&metrics, "beeline_tagger_files_tagged_total").unwrap() >= 1.0);
+    poll(10, "a lag of 0 on the second tagger's metrics", || {
+        (metric(&metrics, "beeline_tagger_lag_files") == Some(0.0)).then_some(())
     });
     drop(second);
 }
