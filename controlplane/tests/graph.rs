@@ -201,7 +201,7 @@ impl Redis {
 struct Cluster {
     // Dropped first: taggers and the node before Redis.
     taggers: Vec<Process>,
-    _node: Process,
+    node: Process,
     redis: Redis,
     dir: PathBuf,
 }
@@ -224,7 +224,7 @@ impl Cluster {
             .arg(dir.join("cluster.key"))
             .args(["--metadata", &redis.url(), "--hugepages", "off", "--arena-frames", "4096"]);
         let node = Process::spawn(command);
-        let cluster = Cluster { taggers: Vec::new(), _node: node, redis, dir: dir.to_owned() };
+        let cluster = Cluster { taggers: Vec::new(), node, redis, dir: dir.to_owned() };
         poll(30, "the node live in the cluster", || {
             let status = String::from_utf8_lossy(&cluster.cli(&["cluster", "status"]).stdout).into_owned();
             status.contains("(1 live)").then_some(())
@@ -333,4 +333,24 @@ fn two_taggers_share_one_stream_and_a_killed_one_leaves_its_files_to_the_other()
         (metric(&metrics, "beeline_tagger_lag_files") == Some(0.0)).then_some(())
     });
     drop(second);
+}
+
+#[test]
+fn a_file_that_cannot_be_read_gets_its_type_tag_and_a_counted_failure() {
+    if skip_without_redis("a_file_that_cannot_be_read_gets_its_type_tag_and_a_counted_failure") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path());
+    put(&cluster, dir.path(), "lost.txt", b"words that no tagger will read");
+    // Its only copy goes with the node, before any tagger ran.
+    cluster.node.kill9();
+    let metrics = free_tcp_address();
+    let mut tagger = cluster.tagger("survivor", None, &metrics);
+    poll(60, "lost.txt tagged from what could be read", || {
+        (tags(&cluster, "lost.txt") == [("type:binary".to_owned(), "magic".to_owned())]).then_some(())
+    });
+    assert!(metric(&metrics, "beeline_tagger_failures_total").unwrap() >= 1.0);
+    assert!(tagger.logged("tagged partly") && tagger.logged("cannot read it"), "{}", tagger.log());
+    assert!(tagger.exited().is_none(), "the tagger stopped: {}", tagger.log());
 }
