@@ -6,7 +6,8 @@
 //! (`rust-stemmers`' Snowball stemmers), so "storage" and "stored"... count as one term and
 //! give one keyword: the term's most frequent lowercase spelling.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use rust_stemmers::{Algorithm, Stemmer};
 use whatlang::Lang;
@@ -20,305 +21,32 @@ const WORD_CHARS_MIN: usize = 3;
 const WORD_CHARS_MAX: usize = 30;
 
 /// Words never keywords: English function words, and the debris of URLs and markup.
-const STOPWORDS: &[&str] = &[
-    "a",
-    "about",
-    "above",
-    "after",
-    "again",
-    "against",
-    "all",
-    "also",
-    "am",
-    "an",
-    "and",
-    "any",
-    "are",
-    "aren",
-    "as",
-    "at",
-    "be",
-    "because",
-    "been",
-    "before",
-    "being",
-    "below",
-    "between",
-    "both",
-    "but",
-    "by",
-    "can",
-    "cannot",
-    "could",
-    "couldn",
-    "did",
-    "didn",
-    "do",
-    "does",
-    "doesn",
-    "doing",
-    "don",
-    "down",
-    "during",
-    "each",
-    "either",
-    "else",
-    "etc",
-    "even",
-    "ever",
-    "every",
-    "few",
-    "for",
-    "from",
-    "further",
-    "get",
-    "gets",
-    "got",
-    "had",
-    "hadn",
-    "has",
-    "hasn",
-    "have",
-    "haven",
-    "having",
-    "he",
-    "her",
-    "here",
-    "hers",
-    "herself",
-    "him",
-    "himself",
-    "his",
-    "how",
-    "however",
-    "i",
-    "if",
-    "in",
-    "into",
-    "is",
-    "isn",
-    "it",
-    "its",
-    "itself",
-    "just",
-    "least",
-    "less",
-    "let",
-    "like",
-    "made",
-    "make",
-    "makes",
-    "many",
-    "may",
-    "me",
-    "might",
-    "more",
-    "most",
-    "much",
-    "must",
-    "mustn",
-    "my",
-    "myself",
-    "neither",
-    "never",
-    "no",
-    "nor",
-    "not",
-    "now",
-    "of",
-    "off",
-    "often",
-    "on",
-    "once",
-    "one",
-    "only",
-    "or",
-    "other",
-    "others",
-    "ought",
-    "our",
-    "ours",
-    "ourselves",
-    "out",
-    "over",
-    "own",
-    "per",
-    "quite",
-    "rather",
-    "same",
-    "see",
-    "seen",
-    "shall",
-    "shan",
-    "she",
-    "should",
-    "shouldn",
-    "since",
-    "so",
-    "some",
-    "still",
-    "such",
-    "than",
-    "that",
-    "the",
-    "their",
-    "theirs",
-    "them",
-    "themselves",
-    "then",
-    "there",
-    "these",
-    "they",
-    "this",
-    "those",
-    "though",
-    "through",
-    "thus",
-    "to",
-    "too",
-    "two",
-    "under",
-    "until",
-    "up",
-    "upon",
-    "us",
-    "use",
-    "used",
-    "uses",
-    "using",
-    "very",
-    "via",
-    "was",
-    "wasn",
-    "we",
-    "well",
-    "were",
-    "weren",
-    "what",
-    "when",
-    "where",
-    "whether",
-    "which",
-    "while",
-    "who",
-    "whom",
-    "whose",
-    "why",
-    "will",
-    "with",
-    "within",
-    "without",
-    "won",
-    "would",
-    "wouldn",
-    "yes",
-    "yet",
-    "you",
-    "your",
-    "yours",
-    "yourself",
-    "yourselves",
-    "http",
-    "https",
-    "www",
-    "com",
-    "org",
-    "net",
-    "html",
-    "htm",
-    "nbsp",
-    "amp",
-    "quot",
-];
+const STOPWORDS: &str = concat!(
+    "a about above after again against all also am an and any are aren as at be because been before ",
+    "being below between both but by can cannot could couldn did didn do does doesn doing don down ",
+    "during each either else etc even ever every few for from further get gets got had hadn has hasn ",
+    "have haven having he her here hers herself him himself his how however i if in into is isn it its ",
+    "itself just least less let like made make makes many may me might more most much must mustn my ",
+    "myself neither never no nor not now of off often on once one only or other others ought our ours ",
+    "ourselves out over own per quite rather same see seen shall shan she should shouldn since so some ",
+    "still such than that the their theirs them themselves then there these they this those though ",
+    "through thus to too two under until up upon us use used uses using very via was wasn we well were ",
+    "weren what when where whether which while who whom whose why will with within without won would ",
+    "wouldn yes yet you your yours yourself yourselves http https www com org net html htm nbsp amp quot ",
+);
 
 /// Words of programming languages, never keywords of source code.
-const SOURCE_STOPWORDS: &[&str] = &[
-    "fn",
-    "pub",
-    "mut",
-    "impl",
-    "struct",
-    "enum",
-    "trait",
-    "match",
-    "return",
-    "self",
-    "super",
-    "crate",
-    "mod",
-    "def",
-    "class",
-    "import",
-    "from",
-    "func",
-    "function",
-    "var",
-    "const",
-    "static",
-    "void",
-    "int",
-    "char",
-    "bool",
-    "true",
-    "false",
-    "null",
-    "nil",
-    "none",
-    "new",
-    "public",
-    "private",
-    "protected",
-    "package",
-    "elif",
-    "while",
-    "for",
-    "break",
-    "continue",
-    "string",
-    "str",
-    "usize",
-    "u8",
-    "u32",
-    "u64",
-    "i32",
-    "i64",
-    "f64",
-    "some",
-    "ok",
-    "err",
-    "result",
-    "option",
-    "vec",
-    "include",
-    "define",
-    "ifdef",
-    "endif",
-    "typedef",
-    "unsigned",
-    "async",
-    "await",
-    "try",
-    "catch",
-    "throw",
-    "throws",
-    "extends",
-    "implements",
-    "interface",
-    "lambda",
-    "yield",
-    "where",
-    "type",
-    "dyn",
-    "ref",
-    "loop",
-    "unsafe",
-    "use",
-    "echo",
-    "then",
-    "done",
-    "esac",
-    "fi",
-];
+const SOURCE_STOPWORDS: &str = concat!(
+    "fn pub mut impl struct enum trait match return self super crate mod def class import from func ",
+    "function var const static void int char bool true false null nil none new public private protected ",
+    "package elif while for break continue string str usize u8 u32 u64 i32 i64 f64 some ok err result ",
+    "option vec include define ifdef endif typedef unsigned async await try catch throw throws extends ",
+    "implements interface lambda yield where type dyn ref loop unsafe use echo then done esac fi ",
+);
+
+static STOPWORD_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| STOPWORDS.split_whitespace().collect());
+static SOURCE_STOPWORD_SET: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| SOURCE_STOPWORDS.split_whitespace().collect());
 
 /// The Snowball stemmer for a language, if it has one.
 fn stemmer_for(lang: Lang) -> Option<Algorithm> {
@@ -375,12 +103,13 @@ struct Term {
 pub fn keywords(text: &str, lang: Option<Lang>, source_code: bool, count: usize) -> Vec<String> {
     let text = cut_at_char(text, TEXT_BYTES_MAX);
     let stemmer = Stemmer::create(lang.and_then(stemmer_for).unwrap_or(Algorithm::English));
-    let is_stopword = |word: &str| STOPWORDS.contains(&word) || (source_code && SOURCE_STOPWORDS.contains(&word));
+    let is_stopword = |word: &str| STOPWORD_SET.contains(word) || (source_code && SOURCE_STOPWORD_SET.contains(word));
 
     let mut terms: Vec<Term> = Vec::new();
     let mut term_of_stem: HashMap<String, usize> = HashMap::new();
-    // Every word's term, stopwords included: they are neighbours too.
-    let mut word_of: HashMap<String, usize> = HashMap::new();
+    // Every lowercase word's term, and whether it is a candidate (stopwords are neighbours too).
+    let mut word_of: HashMap<String, (usize, bool)> = HashMap::new();
+    let mut lower = String::new();
     let mut sentence = 0u32;
     let mut sentence_words = 0u32;
     let mut chunk: Vec<Token> = Vec::new();
@@ -406,32 +135,45 @@ pub fn keywords(text: &str, lang: Option<Lang>, source_code: bool, count: usize)
         match piece {
             Piece::Word(word) => {
                 previous_newline = false;
-                let lower = word.to_lowercase();
-                let chars = lower.chars().count();
-                let candidate = (WORD_CHARS_MIN..=WORD_CHARS_MAX).contains(&chars)
-                    && lower.chars().next().is_some_and(char::is_alphabetic)
-                    && !is_stopword(&lower);
-                // A stopword is a neighbour but never a keyword: a term of its own, never counted.
-                let next = terms.len();
-                let index = if candidate {
-                    *term_of_stem.entry(stemmer.stem(&lower).into_owned()).or_insert(next)
-                } else {
-                    *word_of.entry(lower.clone()).or_insert(next)
+                lower.clear();
+                lower.extend(word.chars().flat_map(char::to_lowercase));
+                let (index, candidate) = match word_of.get(lower.as_str()) {
+                    Some(known) => *known,
+                    None => {
+                        let chars = lower.chars().count();
+                        let candidate = (WORD_CHARS_MIN..=WORD_CHARS_MAX).contains(&chars)
+                            && lower.chars().next().is_some_and(char::is_alphabetic)
+                            && !is_stopword(&lower);
+                        // A stopword is a neighbour but never a keyword: a term of its own, never counted.
+                        let next = terms.len();
+                        let index = if candidate {
+                            *term_of_stem.entry(stemmer.stem(&lower).into_owned()).or_insert(next)
+                        } else {
+                            next
+                        };
+                        if index == next {
+                            terms.push(Term::default());
+                        }
+                        word_of.insert(lower.clone(), (index, candidate));
+                        (index, candidate)
+                    }
                 };
-                if index == next {
-                    terms.push(Term::default());
-                }
                 if candidate && let Some(entry) = terms.get_mut(index) {
                     entry.frequency += 1;
                     let mut letters = word.chars().filter(|c| c.is_alphabetic());
                     let first_upper = word.chars().next().is_some_and(char::is_uppercase);
-                    if chars > 1 && letters.all(char::is_uppercase) {
+                    if word.chars().nth(1).is_some() && letters.all(char::is_uppercase) {
                         entry.acronyms += 1;
                     } else if first_upper && sentence_words > 0 {
                         entry.capitalised += 1;
                     }
                     entry.sentences.push(sentence);
-                    *entry.spellings.entry(lower).or_default() += 1;
+                    match entry.spellings.get_mut(lower.as_str()) {
+                        Some(count) => *count += 1,
+                        None => {
+                            entry.spellings.insert(lower.clone(), 1);
+                        }
+                    }
                 }
                 chunk.push(Token { term: index });
                 sentence_words += 1;
@@ -580,7 +322,7 @@ mod tests {
         stems.sort();
         stems.dedup();
         assert_eq!(stems.len(), keywords.len(), "{keywords:?}");
-        assert!(keywords.iter().all(|keyword| !STOPWORDS.contains(&keyword.as_str())));
+        assert!(keywords.iter().all(|keyword| !STOPWORD_SET.contains(keyword.as_str())));
         assert!(keywords.iter().all(|keyword| *keyword == keyword.to_lowercase()));
     }
 

@@ -572,3 +572,81 @@ fn tagger_hostile_audio_and_video_never_panic() {
         );
     }
 }
+
+// ---- throughput ----
+
+/// Tagging throughput per extractor on one core: files/s and MB/s over fixtures made here.
+/// Prints a table and each fixture's tags; run as docs/benchmarks.md ("Content extractors") says.
+#[test]
+#[ignore = "a benchmark: prints figures, asserts nothing about speed"]
+fn tagger_bench_throughput_per_extractor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fixtures: Vec<(&str, String, Vec<u8>)> = Vec::new();
+    let text = STORAGE.repeat(64 * 1024 / STORAGE.len());
+    fixtures.push(("text", "notes.txt".into(), text.clone().into_bytes()));
+    fixtures.push((
+        "text (html)",
+        "page.html".into(),
+        format!("<html><title>Notes</title><body><p>{text}</p></body></html>").into_bytes(),
+    ));
+    let lines: Vec<&str> = storage_lines().into_iter().cycle().take(50).collect();
+    fixtures.push(("pdf", "paper.pdf".into(), make_pdf("Storage", "Ada", &lines)));
+    let exif = make_exif();
+    fixtures.push(("image (png)", "photo.png".into(), make_png(128, 128, Some(&exif))));
+    fixtures.push(("image (jpeg)", "photo.jpg".into(), make_jpeg(4000, 3000, &exif)));
+    if process::installed("ffmpeg") {
+        let flac = dir.path().join("tone.flac");
+        run(
+            "ffmpeg",
+            &[
+                "-nostdin",
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=duration=30",
+                "-metadata",
+                "album=A",
+                flac.to_str().unwrap(),
+            ],
+        );
+        fixtures.push(("audio (flac, 30 s)", "tone.flac".into(), std::fs::read(&flac).unwrap()));
+        fixtures.push(("video (mp4, 2 s)", "clip.mp4".into(), make_video(dir.path())));
+    }
+    if process::installed("espeak-ng") {
+        let wav = dir.path().join("speech.wav");
+        run(
+            "espeak-ng",
+            &[
+                "-v",
+                "en-us+klatt",
+                "-s",
+                "150",
+                "-w",
+                wav.to_str().unwrap(),
+                "the computer network connects every server in the building",
+            ],
+        );
+        fixtures.push(("audio + speech (wav, 4 s)", "speech.wav".into(), std::fs::read(&wav).unwrap()));
+    }
+    println!("| extractor | file bytes | runs | files/s | MB/s |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut report = Vec::new();
+    for (label, name, bytes) in &fixtures {
+        let started = Instant::now();
+        let mut runs = 0u32;
+        let mut extraction = Extraction::default();
+        while runs < 3 || (started.elapsed() < Duration::from_secs(3) && runs < 100_000) {
+            extraction = extract(name, bytes, &limits());
+            runs += 1;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let files = f64::from(runs) / seconds;
+        println!("| {label} | {} | {runs} | {files:.1} | {:.2} |", bytes.len(), files * bytes.len() as f64 / 1e6);
+        report.push(format!("{label}: {:?} failure={:?}", names(&extraction), extraction.failure));
+    }
+    for line in report {
+        println!("{line}");
+    }
+}

@@ -9,7 +9,7 @@ use super::keywords::{self, KEYWORDS_MAX, TEXT_BYTES_MAX};
 use super::{Found, SOURCE_TEXT};
 
 /// Bytes of text language detection reads.
-const LANG_BYTES_MAX: usize = 64 * 1024;
+const LANG_BYTES_MAX: usize = 16 * 1024;
 /// Bytes of HTML read: the text left after stripping is at most this long.
 const HTML_BYTES_MAX: usize = 4 * TEXT_BYTES_MAX;
 
