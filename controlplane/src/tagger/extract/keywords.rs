@@ -340,4 +340,51 @@ mod tests {
         assert!(keywords.contains(&"zebra".to_string()), "{keywords:?}");
         assert_eq!(cut_at_char("aé", 2), "a");
     }
+
+    #[test]
+    fn every_stemmer_survives_words_of_mixed_scripts() {
+        let alphabet: Vec<char> =
+            "aeiouyäöüßçéèâîñıİşğдеёжиклмнопрстуфыьэюяαβγδεζηθικλ\u{301}\u{308}اليبنتخحجشسصضطظعغفقكلمنهوي தமிழ்"
+                .chars()
+                .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        let mut text = String::new();
+        for _ in 0..4_000 {
+            let letters = 1 + next(12);
+            for _ in 0..letters {
+                text.push(alphabet[next(alphabet.len())]);
+            }
+            text.push(if next(10) == 0 { '.' } else { ' ' });
+        }
+        let langs = [
+            Lang::Eng,
+            Lang::Ara,
+            Lang::Dan,
+            Lang::Nld,
+            Lang::Fin,
+            Lang::Fra,
+            Lang::Deu,
+            Lang::Ell,
+            Lang::Hun,
+            Lang::Ita,
+            Lang::Nob,
+            Lang::Por,
+            Lang::Ron,
+            Lang::Rus,
+            Lang::Spa,
+            Lang::Swe,
+            Lang::Tam,
+            Lang::Tur,
+        ];
+        for lang in langs {
+            assert!(stemmer_for(lang).is_some());
+            let _ = keywords(&text, Some(lang), false, KEYWORDS_MAX);
+        }
+    }
 }
