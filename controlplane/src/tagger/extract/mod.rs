@@ -191,10 +191,14 @@ fn tag_value(value: &str) -> Option<String> {
     (!clean.is_empty()).then_some(clean)
 }
 
+/// One extractor: the file's type, its bytes, and where its tags and failures go.
+type Extractor = fn(&str, &[u8], &mut Found);
+
 /// Every tag the extractors find for one file: its type by content, and what the
 /// extractor for that type reads. A file over `bytes_max` is tagged from its first
 /// `bytes_max` bytes; external tools are killed at `time_ms_max`. An extractor that gives up
-/// leaves the tags it found and its reason in `failure`.
+/// leaves the tags it found and its reason in `failure`, which begins with the extractor's
+/// name (`pdf: pdftotext stopped at the time limit`); reasons of several are joined by `; `.
 pub fn extract(name: &str, bytes: &[u8], limits: &Limits) -> Extraction {
     let deadline = Instant::now() + Duration::from_millis(limits.time_ms_max);
     let bytes_max = usize::try_from(limits.bytes_max).unwrap_or(usize::MAX);
@@ -205,16 +209,18 @@ pub fn extract(name: &str, bytes: &[u8], limits: &Limits) -> Extraction {
     found.tag(SOURCE_MAGIC, format!("type:{kind}"));
     // Our own code does not panic on any input (the tests feed it garbage); this guards
     // against a parser crate that does, so one hostile file costs its tags, not the tagger.
-    let run = panic::catch_unwind(AssertUnwindSafe(|| match kind {
-        "text" | "markdown" | "html" | "source" => text::extract(kind, bytes, &mut found),
-        "pdf" => pdf::extract(bytes, &mut found),
-        "png" | "jpeg" | "gif" | "webp" | "tiff" | "heif" | "avif" => image::extract(kind, bytes, &mut found),
-        "mp3" | "flac" | "ogg" | "wav" | "m4a" => audio::extract(bytes, &mut found),
-        "mp4" | "matroska" | "avi" => video::extract(bytes, &mut found),
-        _ => {}
-    }));
-    if run.is_err() {
-        found.fail(format!("the {kind} extractor panicked"));
+    let extractor: Option<(&str, Extractor)> = match kind {
+        "text" | "markdown" | "html" | "source" => Some((SOURCE_TEXT, text::extract)),
+        "pdf" => Some((SOURCE_PDF, |_, bytes, found| pdf::extract(bytes, found))),
+        "png" | "jpeg" | "gif" | "webp" | "tiff" | "heif" | "avif" => Some((SOURCE_IMAGE, image::extract)),
+        "mp3" | "flac" | "ogg" | "wav" | "m4a" => Some((SOURCE_AUDIO, |_, bytes, found| audio::extract(bytes, found))),
+        "mp4" | "matroska" | "avi" => Some((SOURCE_VIDEO, |_, bytes, found| video::extract(bytes, found))),
+        _ => None,
+    };
+    if let Some((source, run)) = extractor
+        && panic::catch_unwind(AssertUnwindSafe(|| run(kind, bytes, &mut found))).is_err()
+    {
+        found.fail(format!("{source}: panicked"));
     }
     let mut failure = (!found.failures.is_empty()).then(|| found.failures.join("; "));
     if cut && let Some(failure) = failure.as_mut() {
