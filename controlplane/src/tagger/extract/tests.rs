@@ -632,7 +632,7 @@ fn tagger_bench_throughput_per_extractor() {
         );
         fixtures.push(("audio + speech (wav, 4 s)", "speech.wav".into(), std::fs::read(&wav).unwrap()));
     }
-    println!("| extractor | file bytes | runs | files/s | MB/s |");
+    println!("\n| extractor | file bytes | runs | files/s | MB/s |");
     println!("|---|---:|---:|---:|---:|");
     let mut report = Vec::new();
     for (label, name, bytes) in &fixtures {
