@@ -313,6 +313,40 @@ fn tagger_png_and_jpeg_give_size_camera_date_and_location() {
             ],
         );
     }
+    // A real encoder's JPEG (JFIF, tables, scan) with the EXIF spliced in after its SOI.
+    if tools("tagger_png_and_jpeg_give_size_camera_date_and_location", &["ffmpeg"]) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frame.jpg");
+        run(
+            "ffmpeg",
+            &[
+                "-nostdin",
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=96x48",
+                "-frames:v",
+                "1",
+                path.to_str().unwrap(),
+            ],
+        );
+        let encoded = std::fs::read(&path).unwrap();
+        let mut jpeg = make_jpeg(1, 1, &exif);
+        jpeg.truncate(jpeg.len() - 15); // keep SOI and APP1, drop the hand-made SOF0 and EOI
+        jpeg.extend_from_slice(&encoded[2..]);
+        let extraction = extract("frame.jpg", &jpeg, &limits());
+        assert_eq!(extraction.failure, None, "{extraction:?}");
+        assert_tags(
+            &extraction,
+            &[
+                ("size:96x48", SOURCE_IMAGE),
+                ("camera:Canon EOS 5D Mark IV", SOURCE_IMAGE),
+                ("has-location", SOURCE_IMAGE),
+            ],
+        );
+    }
     let plain = extract("plain.png", &make_png(3, 2, None), &limits());
     assert_eq!(names(&plain), ["size:3x2", "type:png"], "{plain:?}");
     assert_eq!(plain.failure, None);
