@@ -13,6 +13,10 @@ packages+=(vagrant vagrant-libvirt shellcheck)
 # The DPDK backend (feature `dpdk`): DPDK 22.11 with its PMDs, libclang for bindgen, and
 # dpdk-devbind.py for binding NICs.
 packages+=(dpdk dpdk-dev libdpdk-dev libclang-dev)
+# The content extractors (controlplane/src/tagger/extract): poppler-utils (pdfinfo,
+# pdftotext) for PDF, ffmpeg (ffprobe) for video and to convert audio for speech-to-text,
+# pocketsphinx and its US English model for speech; the tests speak with espeak-ng.
+packages+=(poppler-utils ffmpeg pocketsphinx pocketsphinx-en-us espeak-ng)
 
 missing=()
 for package in "${packages[@]}"; do
