@@ -21,3 +21,4 @@ pub mod metadata;
 pub mod node;
 pub mod output;
 pub mod tagger;
+pub mod web;
