@@ -84,7 +84,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 /// What `c` is when it is one of the characters a name may not contain: controls, the
 /// bidirectional embeddings, overrides and isolates, and the zero-width characters.
-fn invisible(c: char) -> Option<&'static str> {
+pub fn invisible(c: char) -> Option<&'static str> {
     Some(match c {
         '\u{202A}' => "LEFT-TO-RIGHT EMBEDDING",
         '\u{202B}' => "RIGHT-TO-LEFT EMBEDDING",
@@ -145,6 +145,41 @@ pub enum ControlRequest {
         dry_run: bool,
         reclaim: bool,
     },
+    /// Single node: adds tags (`TagsAdded`, or `NotFound` for no such file).
+    AddTags {
+        name: String,
+        tags: Vec<TagEdge>,
+    },
+    /// Single node: removes tags by name (`Tags`: those removed).
+    RemoveTags {
+        name: String,
+        tags: Vec<String>,
+    },
+    /// Single node: a page of a file's tags after `after` (`Tags`).
+    TagsOf {
+        name: String,
+        after: Option<String>,
+        limit: u16,
+    },
+    /// Single node: a page of the names of files carrying `tag` (`Names`).
+    FilesTagged {
+        tag: String,
+        after: Option<String>,
+        limit: u16,
+    },
+    /// Single node: a page of the tags starting with `prefix`, with counts (`TagCounts`).
+    TagsByPrefix {
+        prefix: String,
+        after: Option<String>,
+        limit: u16,
+    },
+}
+
+/// A tag and its source, as control messages carry it (the metadata's `FileTag`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagEdge {
+    pub tag: String,
+    pub source: String,
 }
 
 /// The chunks a node holds of one file id.
@@ -216,6 +251,12 @@ pub enum ControlResponse {
     },
     /// The node could not do it; the text says why and what to do.
     Failed(String),
+    TagsAdded {
+        added: u32,
+    },
+    Tags(Vec<TagEdge>),
+    Names(Vec<String>),
+    TagCounts(Vec<(String, u64)>),
 }
 
 #[cfg(test)]

@@ -3,11 +3,15 @@
 //! classifier, the DPDK EAL), [`node`] (`beeline node run`: the data-plane thread, the
 //! snapshot it publishes, metrics and cluster membership), [`client`] (the client library:
 //! one node, and the replicated cluster client), [`cluster`] (the Redis metadata and
-//! placement), [`metadata`] (the namespace trait and the embedded store), [`control`]
+//! placement), [`metadata`] (the namespace trait, tags, and the embedded store), [`graph`]
+//! (file-tag graph queries: search expressions, related files, neighbourhoods),
+//! [`tagger`] (automatic tagging: extractors and the runners), [`web`] (`beeline web`:
+//! the HTTP server and its page, the file-tag graph in a browser), [`control`]
 //! (control messages), [`keyfile`], [`hw`] and [`output`] (where downloaded files are
 //! written, safely); [`cli`] is the `beeline` command line, a
 //! thin layer over the rest. Dependencies run one way: cli -> node -> backend -> config,
-//! and client -> cluster -> metadata -> control.
+//! client -> cluster -> metadata -> control, cli -> graph -> metadata,
+//! node -> tagger -> client, and cli -> web -> {graph, client}.
 
 pub mod backend;
 pub mod cli;
@@ -15,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod graph;
 pub mod hw;
 pub mod keyfile;
 pub mod metadata;

@@ -240,7 +240,8 @@ pub fn ls(flags: &Flags) -> Result<(), String> {
 pub fn stat(flags: &Flags, name: &str) -> Result<(), String> {
     let mut cluster = connect(flags)?;
     let layout = cluster.layout(name).map_err(|e| e.to_string())?;
-    let tags = cluster.metadata().tags_of(name).map_err(|e| e.to_string())?;
+    let tags = crate::graph::tags_of(cluster.metadata(), name).map_err(|e| e.to_string())?;
+    let tags: Vec<String> = tags.into_iter().map(|tag| format!("{} ({})", tag.tag, tag.source)).collect();
     println!("name:        {}", layout.record.name);
     println!("size_bytes:  {}", layout.record.size_bytes);
     println!("chunks:      {} x {} bytes", layout.record.chunk_count(), layout.record.chunk_bytes);
@@ -256,21 +257,5 @@ pub fn rm(flags: &Flags, name: &str) -> Result<(), String> {
     let mut cluster = connect(flags)?;
     let layout = cluster.remove(name).map_err(|e| e.to_string())?;
     println!("removed {} ({} bytes)", layout.record.name, layout.record.size_bytes);
-    Ok(())
-}
-
-pub fn tag(flags: &Flags, name: &str, tags: &[String]) -> Result<(), String> {
-    let mut cluster = connect(flags)?;
-    cluster.layout(name).map_err(|e| e.to_string())?;
-    cluster.metadata().tag(name, tags).map_err(|e| e.to_string())?;
-    println!("tagged {name}: {}", tags.join(", "));
-    Ok(())
-}
-
-pub fn search(flags: &Flags, tags: &[String]) -> Result<(), String> {
-    let mut cluster = connect(flags)?;
-    for name in cluster.metadata().files_with_all(tags).map_err(|e| e.to_string())? {
-        println!("{name}");
-    }
     Ok(())
 }

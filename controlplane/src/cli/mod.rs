@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cluster;
 mod format;
+pub mod graph;
 
 use crate::output::{self, Output};
 pub(crate) use format::format_time;
@@ -102,7 +103,8 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// Tag a file (cluster only): the edges of the DisGraFS file-tag graph.
+    /// Tag a file (source `user`): the edges of the DisGraFS file-tag graph. Tags are up
+    /// to 128 bytes, without whitespace, controls or & | ! ( ) " \.
     Tag {
         name: String,
         #[arg(required = true)]
@@ -110,10 +112,63 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
-    /// Find the files carrying every given tag (cluster only).
-    Search {
-        #[arg(required = true)]
+    /// Remove tags from a file, whatever made them.
+    Untag {
+        name: String,
         tags: Vec<String>,
+        /// Also remove every tag an extractor made, keeping the user's.
+        #[arg(long)]
+        automatic: bool,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// A file's tags with their sources, or (--prefix) the tags starting with a prefix
+    /// and how many files carry each.
+    Tags {
+        name: Option<String>,
+        /// Complete this prefix (`--prefix ""` lists every tag).
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Find files by tags: TAG, a & b (and; also a b), a | b (or), !a (not), parentheses;
+    /// e.g. 'type:pdf & (keyword:storage | keyword:disk) & !draft'. Several arguments are
+    /// ANDed.
+    Search {
+        expr: Vec<String>,
+        /// Only names containing this (case-insensitive).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Files sharing tags with NAME, best first: each shared tag weighs ln(1 + N/df), so
+    /// rare tags count for more. Prints score, name and the shared tags.
+    Related {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// The file-tag graph, or the neighbourhood of a file or tag, as JSON or Graphviz DOT.
+    Graph {
+        /// A file name, or a tag when no file has that name.
+        #[arg(long)]
+        around: Option<String>,
+        /// Edges away from --around (a file's tags are 1 away, files sharing them 2).
+        #[arg(long, default_value_t = 2)]
+        depth: u32,
+        /// Cut the graph at this many nodes (at most 5000).
+        #[arg(long, default_value_t = 200)]
+        max_nodes: usize,
+        #[arg(long, value_enum, default_value = "json")]
+        format: crate::cli::graph::GraphFormat,
         #[command(flatten)]
         client: ClientFlags,
     },
@@ -295,8 +350,18 @@ fn run(cli: Cli) -> CliResult {
         Command::Put { file, name, chunk_bytes, client } => put(&file, name, chunk_bytes, &client),
         Command::Get { name, output, client } => get(&name, output, &client),
         Command::Cluster { command } => crate::cli::cluster::run(command_into(command)?),
-        Command::Tag { name, tags, client } => crate::cli::cluster::tag(&cluster_flags(&client)?, &name, &tags),
-        Command::Search { tags, client } => crate::cli::cluster::search(&cluster_flags(&client)?, &tags),
+        Command::Tag { name, tags, client } => crate::cli::graph::tag(&client, &name, &tags),
+        Command::Untag { name, tags, automatic, client } => crate::cli::graph::untag(&client, &name, &tags, automatic),
+        Command::Tags { name, prefix, limit, client } => {
+            crate::cli::graph::tags(&client, name.as_deref(), prefix.as_deref(), limit)
+        }
+        Command::Search { expr, name, limit, client } => {
+            crate::cli::graph::search(&client, &expr, name.as_deref(), limit)
+        }
+        Command::Related { name, limit, client } => crate::cli::graph::related(&client, &name, limit),
+        Command::Graph { around, depth, max_nodes, format, client } => {
+            crate::cli::graph::graph(&client, around.as_deref(), depth, max_nodes, format)
+        }
         Command::Ls { client } if client.metadata.is_some() => crate::cli::cluster::ls(&cluster_flags(&client)?),
         Command::Stat { name, client } if client.metadata.is_some() => {
             crate::cli::cluster::stat(&cluster_flags(&client)?, &name)
@@ -348,7 +413,11 @@ fn looked_up_name(command: &Command) -> Option<&str> {
         Command::Get { name, .. }
         | Command::Stat { name, .. }
         | Command::Rm { name, .. }
-        | Command::Tag { name, .. } => Some(name),
+        | Command::Tag { name, .. }
+        | Command::Untag { name, .. }
+        | Command::Related { name, .. } => Some(name),
+        Command::Tags { name, .. } => name.as_deref(),
+        Command::Graph { around, .. } => around.as_deref(),
         _ => None,
     }
 }
@@ -463,7 +532,7 @@ fn client_options(flags: &ClientFlags) -> Result<ClientOptions, String> {
     Ok(options)
 }
 
-fn connect(flags: &ClientFlags) -> Result<Client, String> {
+pub(crate) fn connect(flags: &ClientFlags) -> Result<Client, String> {
     Client::new(client_options(flags)?).map_err(|e| e.to_string())
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 mod link;
+pub mod metadata;
 mod socket;
 
 use std::collections::BTreeMap;

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::placement::NodeId;
 use crate::control::FileRecord;
-use crate::metadata::{Metadata, MetadataError};
+use crate::metadata::{
+    FileTag, Metadata, MetadataError, SOURCE_USER, TAGS_PER_FILE_MAX, TagCount, validate_source, validate_tag,
+};
 
 /// Default key prefix (also the hash tag).
 pub const DEFAULT_PREFIX: &str = "beeline";
@@ -169,17 +171,98 @@ pub struct RedisMetadata {
     prefix: String,
 }
 
-const PUT_FILE: &str = r"
+/// The Lua function the tag scripts share: drops a file's tag edges (every one, or only
+/// the automatic ones), keeping `tag:<tag>` sets and the `tagnames` index in step.
+/// Tags without a source in `tagsrc:<name>` (written before sources existed) are the
+/// user's. `tag:<tag>` keys are built from the prefix: they share the hash tag, so they
+/// live in the same slot as the declared keys.
+const DROP_TAGS_LUA: &str = r"
+local function drop_tags(name, tags_key, src_key, names_key, tag_prefix, only_auto)
+  local removed = {}
+  for _, tag in ipairs(redis.call('SMEMBERS', tags_key)) do
+    local source = redis.call('HGET', src_key, tag) or 'user'
+    if not only_auto or source ~= 'user' then
+      redis.call('SREM', tags_key, tag)
+      redis.call('HDEL', src_key, tag)
+      redis.call('SREM', tag_prefix .. tag, name)
+      if redis.call('SCARD', tag_prefix .. tag) == 0 then redis.call('ZREM', names_key, tag) end
+      table.insert(removed, tag)
+      table.insert(removed, source)
+    end
+  end
+  return removed
+end
+";
+
+/// Records a file (KEYS: file, names, tags, tagsrc, tagnames, tagging stream; ARGV:
+/// layout, name, file id, tag key prefix, stream length bound). A replaced file of
+/// another id loses its automatic tags; the new one goes on the tagging stream.
+const PUT_FILE_BODY: &str = r"
 local old = redis.call('HGET', KEYS[1], 'layout')
-redis.call('HSET', KEYS[1], 'layout', ARGV[1])
+local old_id = redis.call('HGET', KEYS[1], 'id')
+redis.call('HSET', KEYS[1], 'layout', ARGV[1], 'id', ARGV[3])
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
+if old and old_id ~= ARGV[3] then drop_tags(ARGV[2], KEYS[3], KEYS[4], KEYS[5], ARGV[4], true) end
+if old_id ~= ARGV[3] then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'name', ARGV[2], 'id', ARGV[3])
+end
 return old";
 
-const REMOVE_FILE: &str = r"
+/// Removes a file and its tag edges (KEYS: file, names, tags, tagsrc, tagnames; ARGV:
+/// name, tag key prefix).
+const REMOVE_FILE_BODY: &str = r"
 local old = redis.call('HGET', KEYS[1], 'layout')
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if old then drop_tags(ARGV[1], KEYS[3], KEYS[4], KEYS[5], ARGV[2], false) end
 return old";
+
+/// Adds tags (KEYS: file, tags, tagsrc, tagnames; ARGV: name, tag key prefix, cap,
+/// `capped` (1: drop tags past the cap instead of failing), the file id the tags are for
+/// or '' for any, then tag, source pairs). Returns how many edges are new.
+const ADD_TAGS: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('BEELINE_NO_SUCH_FILE') end
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'id') ~= ARGV[5] then return -1 end
+local have = redis.call('SCARD', KEYS[2])
+local added = 0
+for i = 6, #ARGV, 2 do
+  local tag, source = ARGV[i], ARGV[i + 1]
+  if redis.call('SISMEMBER', KEYS[2], tag) == 1 then
+    local old = redis.call('HGET', KEYS[3], tag)
+    if old and old ~= 'user' and source == 'user' then redis.call('HSET', KEYS[3], tag, 'user') end
+  elseif have >= tonumber(ARGV[3]) then
+    if ARGV[4] == '0' then return redis.error_reply('BEELINE_TOO_MANY_TAGS') end
+  else
+    redis.call('SADD', KEYS[2], tag)
+    redis.call('HSET', KEYS[3], tag, source)
+    redis.call('SADD', ARGV[2] .. tag, ARGV[1])
+    redis.call('ZADD', KEYS[4], 0, tag)
+    have = have + 1
+    added = added + 1
+  end
+end
+return added";
+
+/// Removes the named tags of a file (KEYS: tags, tagsrc, tagnames; ARGV: name, tag key
+/// prefix, tags...); returns tag, source pairs of those removed.
+const REMOVE_TAGS: &str = r"
+local removed = {}
+for i = 3, #ARGV do
+  local tag = ARGV[i]
+  if redis.call('SREM', KEYS[1], tag) == 1 then
+    local source = redis.call('HGET', KEYS[2], tag) or 'user'
+    redis.call('HDEL', KEYS[2], tag)
+    redis.call('SREM', ARGV[2] .. tag, ARGV[1])
+    if redis.call('SCARD', ARGV[2] .. tag) == 0 then redis.call('ZREM', KEYS[3], tag) end
+    table.insert(removed, tag)
+    table.insert(removed, source)
+  end
+end
+return removed";
+
+/// Entries the tagging stream keeps (`XADD MAXLEN ~`): a bound on Redis memory when no
+/// tagger runs; older entries beyond it are trimmed untagged.
+pub const TAGGING_STREAM_LEN_MAX: u64 = 100_000;
 
 /// Replaces a file's layout only if it still is the version the caller read.
 const SWAP_LAYOUT: &str = r"
@@ -202,14 +285,12 @@ redis.call('ZADD', KEYS[1], 'XX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1]
 return 1";
 
 /// Records a put's file only while its entry stands (garbage collection did not claim
-/// its chunks), and ends the entry, in one step.
-const COMMIT_PUT: &str = r"
-if not redis.call('ZSCORE', KEYS[3], ARGV[3]) then return redis.error_reply('BEELINE_PUT_RECLAIMED') end
-local old = redis.call('HGET', KEYS[1], 'layout')
-redis.call('HSET', KEYS[1], 'layout', ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[3])
-return old";
+/// its chunks), and ends the entry, in one step (KEYS: those of [`PUT_FILE_BODY`], then
+/// puts; ARGV: those of [`PUT_FILE_BODY`]).
+const COMMIT_PUT_HEAD: &str = r"
+if not redis.call('ZSCORE', KEYS[7], ARGV[3]) then return redis.error_reply('BEELINE_PUT_RECLAIMED') end
+redis.call('ZREM', KEYS[7], ARGV[3])
+";
 
 /// Claims a stale put for garbage collection: removes its entry if it was not refreshed
 /// since it was read (then 1), so that the put can no longer commit.
@@ -291,13 +372,56 @@ impl RedisMetadata {
         FileLayout::decode(name, bytes)
     }
 
+    /// The keys of a file's tag edges: `tags:<name>`, `tagsrc:<name>`, `tagnames`.
+    fn tag_keys(&self, name: &str) -> [String; 3] {
+        [self.key(&format!("tags:{name}")), self.key(&format!("tagsrc:{name}")), self.key("tagnames")]
+    }
+
+    /// The prefix of `tag:<tag>` keys.
+    fn tag_prefix(&self) -> String {
+        self.key("tag:")
+    }
+
+    /// The stream new files wait on for the taggers.
+    pub fn tagging_key(&self) -> String {
+        self.key("tagging")
+    }
+
+    /// The recording script: `head` (commit_put's check) then [`PUT_FILE_BODY`], with the
+    /// shared Lua function.
+    fn put_script(head: &str) -> Script {
+        Script::new(&format!("{DROP_TAGS_LUA}{head}{PUT_FILE_BODY}"))
+    }
+
+    fn put_invocation<'s>(
+        &self,
+        script: &'s Script,
+        layout: &FileLayout,
+        bytes: Vec<u8>,
+    ) -> redis::ScriptInvocation<'s> {
+        let name = &layout.record.name;
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.file_key(name)).key(self.names_key());
+        for key in self.tag_keys(name) {
+            invocation.key(key);
+        }
+        invocation
+            .key(self.tagging_key())
+            .arg(bytes)
+            .arg(name)
+            .arg(format!("{:016x}", layout.record.file_id))
+            .arg(self.tag_prefix())
+            .arg(TAGGING_STREAM_LEN_MAX);
+        invocation
+    }
+
     /// Records a file with its replicas atomically; returns the layout it replaced.
     pub fn put_layout(&mut self, layout: &FileLayout) -> Result<Option<FileLayout>, MetadataError> {
         let bytes = layout.encode()?;
-        let (file_key, names_key) = (self.file_key(&layout.record.name), self.names_key());
         let name = layout.record.name.clone();
-        let old: Option<Vec<u8>> =
-            self.with(|c| Script::new(PUT_FILE).key(&file_key).key(&names_key).arg(bytes).arg(&name).invoke(c))?;
+        let script = Self::put_script("");
+        let invocation = self.put_invocation(&script, layout, bytes);
+        let old: Option<Vec<u8>> = self.with(|c| invocation.invoke(c))?;
         old.map(|old| Self::decode_layout(&name, &old)).transpose()
     }
 
@@ -317,15 +441,16 @@ impl RedisMetadata {
         Ok(swapped == 1)
     }
 
+    /// Removes a file, and its tag edges with it.
     pub fn remove_layout(&mut self, name: &str) -> Result<Option<FileLayout>, MetadataError> {
         let (file_key, names_key) = (self.file_key(name), self.names_key());
-        let old: Option<Vec<u8>> =
-            self.with(|c| Script::new(REMOVE_FILE).key(&file_key).key(&names_key).arg(name).invoke(c))?;
-        let removed = old.map(|old| Self::decode_layout(name, &old)).transpose()?;
-        if removed.is_some() {
-            self.untag_all(name)?;
-        }
-        Ok(removed)
+        let [tags, src, names] = self.tag_keys(name);
+        let prefix = self.tag_prefix();
+        let script = Script::new(&format!("{DROP_TAGS_LUA}{REMOVE_FILE_BODY}"));
+        let old: Option<Vec<u8>> = self.with(|c| {
+            script.key(&file_key).key(&names_key).key(&tags).key(&src).key(&names).arg(name).arg(&prefix).invoke(c)
+        })?;
+        old.map(|old| Self::decode_layout(name, &old)).transpose()
     }
 
     fn puts_key(&self) -> String {
@@ -353,19 +478,11 @@ impl RedisMetadata {
     #[allow(clippy::type_complexity)]
     pub fn commit_put(&mut self, layout: &FileLayout) -> Result<Result<Option<FileLayout>, ()>, MetadataError> {
         let bytes = layout.encode()?;
-        let (file_key, names_key, puts_key) = (self.file_key(&layout.record.name), self.names_key(), self.puts_key());
         let name = layout.record.name.clone();
-        let member = format!("{:016x}", layout.record.file_id);
-        let outcome: Result<Option<Vec<u8>>, MetadataError> = self.with(|c| {
-            Script::new(COMMIT_PUT)
-                .key(&file_key)
-                .key(&names_key)
-                .key(&puts_key)
-                .arg(bytes)
-                .arg(&name)
-                .arg(&member)
-                .invoke(c)
-        });
+        let script = Self::put_script(COMMIT_PUT_HEAD);
+        let mut invocation = self.put_invocation(&script, layout, bytes);
+        invocation.key(self.puts_key());
+        let outcome: Result<Option<Vec<u8>>, MetadataError> = self.with(|c| invocation.invoke(c));
         match outcome {
             Ok(old) => Ok(Ok(old.map(|old| Self::decode_layout(&name, &old)).transpose()?)),
             Err(MetadataError::Remote(text)) if text.contains(PUT_RECLAIMED) => Ok(Err(())),
@@ -589,49 +706,71 @@ impl RedisMetadata {
         Ok(self.members()?.into_iter().filter(|m| m.state == MemberState::Live).map(|m| m.record).collect())
     }
 
-    /// Adds tags to a file (the DisGraFS file-tag graph).
-    pub fn tag(&mut self, name: &str, tags: &[String]) -> Result<(), MetadataError> {
-        let tags_key = self.key(&format!("tags:{name}"));
-        let tag_keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
-        self.with(|c| {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for (tag, tag_key) in tags.iter().zip(&tag_keys) {
-                pipe.sadd(&tags_key, tag).ignore().sadd(tag_key, name).ignore();
-            }
-            pipe.query::<()>(c)
-        })
+    /// Adds tags for the file `name` only while it is the file `file_id` (a tagger's
+    /// result for content since replaced is dropped); tags past the per-file cap are
+    /// dropped. `Ok(None)` when the file changed or went.
+    pub fn add_tags_for(&mut self, name: &str, file_id: u64, tags: &[FileTag]) -> Result<Option<usize>, MetadataError> {
+        match self.add_tags_script(name, Some(file_id), tags) {
+            Ok(added) => Ok((added >= 0).then_some(added as usize)),
+            Err(MetadataError::NoSuchFile(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
-    pub fn tags_of(&mut self, name: &str) -> Result<Vec<String>, MetadataError> {
-        let key = self.key(&format!("tags:{name}"));
-        let mut tags: Vec<String> = self.with(|c| c.smembers(&key))?;
+    fn add_tags_script(&mut self, name: &str, file_id: Option<u64>, tags: &[FileTag]) -> Result<i64, MetadataError> {
+        for tag in tags {
+            validate_tag(&tag.tag).and_then(|()| validate_source(&tag.source)).map_err(MetadataError::BadTag)?;
+        }
+        let file_key = self.file_key(name);
+        let [tags_key, src_key, names_key] = self.tag_keys(name);
+        let prefix = self.tag_prefix();
+        let outcome = self.with(|c| {
+            let script = Script::new(ADD_TAGS);
+            let mut invocation = script.key(&file_key);
+            invocation.key(&tags_key).key(&src_key).key(&names_key);
+            invocation.arg(name).arg(&prefix).arg(TAGS_PER_FILE_MAX).arg(if file_id.is_some() { 1 } else { 0 });
+            invocation.arg(file_id.map(|id| format!("{id:016x}")).unwrap_or_default());
+            for tag in tags {
+                invocation.arg(&tag.tag).arg(&tag.source);
+            }
+            invocation.invoke::<i64>(c)
+        });
+        match outcome {
+            Err(MetadataError::Remote(text)) if text.contains("BEELINE_NO_SUCH_FILE") => {
+                Err(MetadataError::NoSuchFile(name.to_owned()))
+            }
+            Err(MetadataError::Remote(text)) if text.contains("BEELINE_TOO_MANY_TAGS") => {
+                Err(MetadataError::TooManyTags { name: name.to_owned() })
+            }
+            other => other,
+        }
+    }
+
+    fn all_tags_of(&mut self, name: &str) -> Result<Vec<FileTag>, MetadataError> {
+        let [tags_key, src_key, _] = self.tag_keys(name);
+        let (tags, sources): (Vec<String>, std::collections::HashMap<String, String>) =
+            self.with(|c| redis::pipe().smembers(&tags_key).hgetall(&src_key).query(c))?;
+        let mut tags: Vec<FileTag> = tags
+            .into_iter()
+            .map(|tag| {
+                let source = sources.get(&tag).cloned().unwrap_or_else(|| SOURCE_USER.to_owned());
+                FileTag { tag, source }
+            })
+            .collect();
         tags.sort();
         Ok(tags)
     }
 
-    /// Files carrying every one of `tags`.
-    pub fn files_with_all(&mut self, tags: &[String]) -> Result<Vec<String>, MetadataError> {
-        let keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
-        let mut names: Vec<String> = self.with(|c| c.sinter(&keys))?;
-        names.sort();
-        Ok(names)
+    /// The tagging stream's consumer-group side, for `beeline tagger run`.
+    pub fn connection_for_streams(&mut self) -> Result<&mut Connection, MetadataError> {
+        self.connection()
     }
+}
 
-    /// Drops a removed file's tag edges.
-    fn untag_all(&mut self, name: &str) -> Result<(), MetadataError> {
-        let tags = self.tags_of(name)?;
-        let tags_key = self.key(&format!("tags:{name}"));
-        let tag_keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
-        self.with(|c| {
-            let mut pipe = redis::pipe();
-            pipe.atomic().del(&tags_key).ignore();
-            for tag_key in &tag_keys {
-                pipe.srem(tag_key, name).ignore();
-            }
-            pipe.query::<()>(c)
-        })
-    }
+/// The page of `sorted` after `after`, at most `limit` long.
+fn page_after<T: Clone>(sorted: &[T], key: impl Fn(&T) -> &str, after: Option<&str>, limit: usize) -> Vec<T> {
+    let start = after.map_or(0, |after| sorted.partition_point(|item| key(item) <= after));
+    sorted[start..].iter().take(limit).cloned().collect()
 }
 
 impl Metadata for RedisMetadata {
@@ -663,6 +802,62 @@ impl Metadata for RedisMetadata {
     fn file_count(&mut self) -> Result<u64, MetadataError> {
         let key = self.names_key();
         self.with(|c| c.zcard(&key))
+    }
+
+    fn add_tags(&mut self, name: &str, tags: &[FileTag]) -> Result<usize, MetadataError> {
+        Ok(self.add_tags_script(name, None, tags)?.max(0) as usize)
+    }
+
+    fn remove_tags(&mut self, name: &str, tags: &[String]) -> Result<Vec<FileTag>, MetadataError> {
+        let [tags_key, src_key, names_key] = self.tag_keys(name);
+        let prefix = self.tag_prefix();
+        let pairs: Vec<String> = self.with(|c| {
+            let script = Script::new(REMOVE_TAGS);
+            let mut invocation = script.key(&tags_key);
+            invocation.key(&src_key).key(&names_key).arg(name).arg(&prefix);
+            for tag in tags {
+                invocation.arg(tag);
+            }
+            invocation.invoke(c)
+        })?;
+        Ok(pairs.chunks_exact(2).map(|pair| FileTag::new(pair[0].clone(), pair[1].clone())).collect())
+    }
+
+    fn tags_of(&mut self, name: &str, after: Option<&str>, limit: usize) -> Result<Vec<FileTag>, MetadataError> {
+        let tags = self.all_tags_of(name)?;
+        Ok(page_after(&tags, |tag| tag.tag.as_str(), after, limit))
+    }
+
+    /// Reads the tag's whole set (SMEMBERS) and pages it in name order.
+    fn files_tagged(&mut self, tag: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, MetadataError> {
+        let key = self.key(&format!("tag:{tag}"));
+        let mut names: Vec<String> = self.with(|c| c.smembers(&key))?;
+        names.sort();
+        Ok(page_after(&names, |name| name.as_str(), after, limit))
+    }
+
+    fn tags_by_prefix(
+        &mut self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TagCount>, MetadataError> {
+        let key = self.key("tagnames");
+        let min = match after {
+            Some(after) if after >= prefix => format!("({after}"),
+            _ => format!("[{prefix}"),
+        };
+        let tags: Vec<String> = self.with(|c| c.zrangebylex_limit(&key, &min, "+", 0, limit as isize))?;
+        let tags: Vec<String> = tags.into_iter().take_while(|tag| tag.starts_with(prefix)).collect();
+        let keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
+        let counts: Vec<u64> = self.with(|c| {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.scard(key);
+            }
+            pipe.query(c)
+        })?;
+        Ok(tags.into_iter().zip(counts).map(|(tag, files)| TagCount { tag, files }).collect())
     }
 }
 

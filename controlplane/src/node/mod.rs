@@ -34,7 +34,7 @@ use crate::backend::Backend;
 use crate::config::{HugepagePolicy, NodeSettings};
 use crate::control::{ChunkFile, ControlRequest, ControlResponse, GcReport, NodeStatus, validate_name};
 use crate::keyfile;
-use crate::metadata::{EmbeddedMetadata, Metadata};
+use crate::metadata::{EmbeddedMetadata, FileTag, Metadata, MetadataError};
 use crate::node::gc::GcState;
 use crate::node::membership::{Identity, Membership};
 
@@ -259,6 +259,40 @@ impl<M: Metadata> NodeControl<M> {
                     more: end < self.chunk_files.len(),
                 }
             }
+            ControlRequest::AddTags { name, tags } => {
+                let tags: Vec<FileTag> = tags.into_iter().map(FileTag::from).collect();
+                match self.metadata.add_tags(&name, &tags) {
+                    Ok(added) => ControlResponse::TagsAdded { added: added as u32 },
+                    Err(MetadataError::NoSuchFile(_)) => ControlResponse::NotFound,
+                    Err(error) => failed(error),
+                }
+            }
+            ControlRequest::RemoveTags { name, tags } => match self.metadata.remove_tags(&name, &tags) {
+                Ok(removed) => ControlResponse::Tags(removed.into_iter().map(Into::into).collect()),
+                Err(error) => failed(error),
+            },
+            ControlRequest::TagsOf { name, after, limit } => {
+                match self.metadata.tags_of(&name, after.as_deref(), usize::from(limit.clamp(1, 1024))) {
+                    Ok(tags) => fit(tags.into_iter().map(Into::into).collect(), ControlResponse::Tags, response_max),
+                    Err(error) => failed(error),
+                }
+            }
+            ControlRequest::FilesTagged { tag, after, limit } => {
+                match self.metadata.files_tagged(&tag, after.as_deref(), usize::from(limit.clamp(1, 1024))) {
+                    Ok(names) => fit(names, ControlResponse::Names, response_max),
+                    Err(error) => failed(error),
+                }
+            }
+            ControlRequest::TagsByPrefix { prefix, after, limit } => {
+                match self.metadata.tags_by_prefix(&prefix, after.as_deref(), usize::from(limit.clamp(1, 1024))) {
+                    Ok(counts) => fit(
+                        counts.into_iter().map(|count| (count.tag, count.files)).collect(),
+                        ControlResponse::TagCounts,
+                        response_max,
+                    ),
+                    Err(error) => failed(error),
+                }
+            }
             ControlRequest::CollectFiles { file_ids, min_age_ms, dry_run, reclaim } => {
                 if let Some(refusal) = self.cluster_gc_refusal() {
                     return refusal;
@@ -270,6 +304,20 @@ impl<M: Metadata> NodeControl<M> {
             }
         }
     }
+}
+
+/// The answer `wrap(items)` with as many of `items` (a page, in order) as fit one
+/// datagram; the client asks for the rest after the last one it got.
+fn fit<T: Clone>(mut items: Vec<T>, wrap: impl Fn(Vec<T>) -> ControlResponse, response_max: usize) -> ControlResponse {
+    let size = |items: &Vec<T>| postcard::experimental::serialized_size(&wrap(items.clone())).unwrap_or(usize::MAX);
+    // Halve while far too big, then drop one at a time (bounded by the page length).
+    while items.len() > 1 && size(&items) > 2 * response_max {
+        items.truncate(items.len() / 2);
+    }
+    while !items.is_empty() && size(&items) > response_max {
+        items.pop();
+    }
+    wrap(items)
 }
 
 /// Collects the chunks of file ids not in `referenced` whose youngest chunk is at least

@@ -3,7 +3,7 @@
 //! library is), so the server runs them on tokio's blocking threads; every answer is
 //! bounded by the limits in [`Limits`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 
 use beeline_dataplane::wire::ClusterKey;
@@ -12,6 +12,8 @@ use serde::Serialize;
 use crate::client::cluster::{ClusterClient, ClusterError};
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::control::FileRecord;
+use crate::graph::{self, Expr, Graph, GraphEdge, GraphError, GraphNode, NodeKind};
+use crate::metadata::{FileTag, Metadata, TagCount};
 
 /// How to open a connection to the storage; the server opens one per concurrent request.
 #[derive(Clone)]
@@ -76,8 +78,6 @@ fn metadata_error(error: crate::metadata::MetadataError) -> WebError {
 /// Bounds on what one answer holds.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Files the graph, search and related-file answers consider at most.
-    pub files_max: usize,
     /// Nodes (files and tags) one graph answer holds at most.
     pub graph_nodes_max: usize,
     /// Results of a search at most.
@@ -86,7 +86,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { files_max: 10_000, graph_nodes_max: 300, results_max: 500 }
+        Limits { graph_nodes_max: 300, results_max: 500 }
     }
 }
 
@@ -115,35 +115,6 @@ impl From<&FileRecord> for FileView {
 pub struct TagView {
     pub tag: String,
     pub source: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Related {
-    pub name: String,
-    pub score: f64,
-    pub shared: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GraphNode {
-    /// `file:NAME` or `tag:TAG`: unique across both kinds.
-    pub id: String,
-    pub kind: &'static str,
-    pub label: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GraphEdge {
-    pub source: String,
-    pub target: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Graph {
-    pub nodes: Vec<GraphNode>,
-    pub edges: Vec<GraphEdge>,
-    /// Whether nodes were left out to stay within the limit.
-    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -224,197 +195,113 @@ impl Backend {
         }
     }
 
-    pub fn tags_of(&mut self, name: &str) -> Result<Vec<TagView>, WebError> {
+    /// The metadata the graph queries read: the node's (through its control messages)
+    /// or Redis.
+    fn meta(&mut self) -> &mut dyn Metadata {
         match self {
-            Backend::Node(_) => Ok(Vec::new()),
-            Backend::Cluster(cluster) => {
-                let tags = cluster.metadata().tags_of(name).map_err(metadata_error)?;
-                Ok(tags.into_iter().map(|tag| TagView { tag, source: "user".into() }).collect())
-            }
+            Backend::Node(client) => client.as_mut(),
+            Backend::Cluster(cluster) => cluster.metadata(),
         }
     }
 
+    pub fn tags_of(&mut self, name: &str) -> Result<Vec<TagView>, WebError> {
+        let tags = graph::tags_of(self.meta(), name).map_err(graph_error)?;
+        Ok(tags.into_iter().map(|tag| TagView { tag: tag.tag, source: tag.source }).collect())
+    }
+
+    /// Adds user tags to an existing file.
     pub fn add_tags(&mut self, name: &str, tags: &[String]) -> Result<(), WebError> {
         self.stat(name)?;
-        match self {
-            Backend::Node(_) => Err(single_node_tags()),
-            Backend::Cluster(cluster) => cluster.metadata().tag(name, tags).map_err(metadata_error),
-        }
+        let tags: Vec<FileTag> = tags.iter().map(FileTag::user).collect();
+        self.meta().add_tags(name, &tags).map_err(metadata_error)?;
+        Ok(())
     }
 
+    /// Removes tags (user or automatic) from an existing file.
     pub fn remove_tags(&mut self, name: &str, tags: &[String]) -> Result<(), WebError> {
-        let _ = (name, tags);
-        Err(WebError::new(501, "removing tags needs the graph library (`beeline untag`), not in this build yet"))
+        self.stat(name)?;
+        self.meta().remove_tags(name, tags).map_err(metadata_error)?;
+        Ok(())
     }
 
-    /// Every file with its tags, up to `files_max` files.
-    fn catalog(&mut self, limits: &Limits) -> Result<Vec<(FileRecord, Vec<String>)>, WebError> {
-        let mut files = self.list()?;
-        files.truncate(limits.files_max);
-        let mut out = Vec::with_capacity(files.len());
-        for record in files {
-            let tags = self.tags_of(&record.name)?.into_iter().map(|tag| tag.tag).collect();
-            out.push((record, tags));
-        }
-        Ok(out)
-    }
-
-    /// Files matching `query`: words are tags that must all be present, `-TAG` a tag
-    /// that must be absent, `A|B` either tag, `name:TEXT` a substring of the name. An
-    /// empty query matches every file.
-    pub fn search(&mut self, query: &str, limits: &Limits) -> Result<Vec<FileView>, WebError> {
-        let query = Query::parse(query);
-        let mut results = Vec::new();
-        for (record, tags) in self.catalog(limits)? {
-            if query.matches(&record.name, &tags) {
-                results.push(FileView::from(&record));
-                if results.len() >= limits.results_max {
-                    break;
-                }
+    /// Files matching the tag expression `expr` ([`crate::graph::expr`]; empty: every
+    /// file) whose name contains `name_contains`, at most `results_max`.
+    pub fn search(&mut self, expr: &str, name_contains: &str, limits: &Limits) -> Result<Vec<FileView>, WebError> {
+        let names = self.search_names(expr, name_contains, limits)?;
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            // A file removed between the search and this read is left out.
+            if let Some(record) = self.meta().get_file(&name).map_err(metadata_error)? {
+                files.push(FileView::from(&record));
             }
         }
-        Ok(results)
+        Ok(files)
     }
 
-    /// Tag names starting with `prefix`, most used first, at most `limit`.
-    pub fn complete(&mut self, prefix: &str, limit: usize, limits: &Limits) -> Result<Vec<String>, WebError> {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for (_, tags) in self.catalog(limits)? {
-            for tag in tags {
-                if tag.starts_with(prefix) {
-                    *counts.entry(tag).or_default() += 1;
-                }
-            }
+    fn search_names(&mut self, expr: &str, name_contains: &str, limits: &Limits) -> Result<Vec<String>, WebError> {
+        let expr = expr.trim();
+        let name_contains = Some(name_contains).filter(|text| !text.is_empty());
+        if expr.is_empty() && name_contains.is_none() {
+            let files = self.meta().list(None, limits.results_max).map_err(metadata_error)?;
+            return Ok(files.into_iter().map(|record| record.name).collect());
         }
-        let mut tags: Vec<(String, usize)> = counts.into_iter().collect();
-        tags.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Ok(tags.into_iter().take(limit).map(|(tag, _)| tag).collect())
-    }
-
-    /// Files sharing tags with `name`, ranked by the shared tags each weighted by its
-    /// rarity (ln(files / files with the tag)), at most `limit`.
-    pub fn related(&mut self, name: &str, limit: usize, limits: &Limits) -> Result<Vec<Related>, WebError> {
-        let catalog = self.catalog(limits)?;
-        let total = catalog.len().max(1) as f64;
-        let mut frequency: HashMap<&str, usize> = HashMap::new();
-        for (_, tags) in &catalog {
-            for tag in tags {
-                *frequency.entry(tag).or_default() += 1;
-            }
-        }
-        let Some((_, own)) = catalog.iter().find(|(record, _)| record.name == name) else {
-            return Err(WebError::new(
-                404,
-                format!("no file named {name:?}: reload the page to see the current files"),
-            ));
+        let expr = if expr.is_empty() {
+            None
+        } else {
+            Some(Expr::parse(expr).map_err(|error| WebError::new(400, error.to_string()))?)
         };
-        let own: BTreeSet<&String> = own.iter().collect();
-        let mut related = Vec::new();
-        for (record, tags) in &catalog {
-            if record.name == name {
-                continue;
-            }
-            let shared: Vec<String> = tags.iter().filter(|tag| own.contains(tag)).cloned().collect();
-            if shared.is_empty() {
-                continue;
-            }
-            let score = shared
-                .iter()
-                .map(|tag| 1.0 + (total / frequency.get(tag.as_str()).copied().unwrap_or(1) as f64).ln())
-                .sum();
-            related.push(Related { name: record.name.clone(), score, shared });
-        }
-        related.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.name.cmp(&b.name)));
-        related.truncate(limit);
-        Ok(related)
+        let result =
+            graph::search(self.meta(), expr.as_ref(), name_contains, limits.results_max).map_err(graph_error)?;
+        Ok(result.files)
     }
 
-    /// The file-tag graph of the files matching `query` (see [`Backend::search`]) and
-    /// their tags, up to the limit; with `around`, only the neighbourhood of that file or
-    /// tag id within `depth` hops.
+    /// Tag names starting with `prefix`, at most `limit`.
+    pub fn complete(&mut self, prefix: &str, limit: usize) -> Result<Vec<TagCount>, WebError> {
+        graph::complete(self.meta(), prefix, limit).map_err(graph_error)
+    }
+
+    /// Files sharing tags with `name`, the rarer tags weighing more, at most `limit`.
+    pub fn related(&mut self, name: &str, limit: usize) -> Result<Vec<graph::Related>, WebError> {
+        graph::related(self.meta(), name, limit).map_err(graph_error)
+    }
+
+    /// The file-tag graph: of the files a search finds and their tags, or (with
+    /// `around`, a file or tag name) that neighbourhood up to `depth` edges away; at most
+    /// `graph_nodes_max` nodes either way.
     pub fn graph(
         &mut self,
-        query: &str,
+        expr: &str,
+        name_contains: &str,
         around: Option<&str>,
-        depth: usize,
+        depth: u32,
         limits: &Limits,
     ) -> Result<Graph, WebError> {
-        let query = Query::parse(query);
-        let catalog = self.catalog(limits)?;
-        let mut adjacency: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (record, tags) in catalog.iter().filter(|(record, tags)| query.matches(&record.name, tags)) {
-            let file = file_id(&record.name);
-            adjacency.entry(file.clone()).or_default();
+        if let Some(around) = around {
+            return graph::graph(self.meta(), Some(around), depth, limits.graph_nodes_max).map_err(graph_error);
+        }
+        let names = self.search_names(expr, name_contains, limits)?;
+        let mut out = Graph::default();
+        let mut shown: BTreeSet<String> = BTreeSet::new();
+        let mut room = limits.graph_nodes_max;
+        'files: for name in names {
+            let tags = graph::tags_of(self.meta(), &name).map_err(graph_error)?;
+            let new_tags: Vec<&FileTag> = tags.iter().filter(|tag| !shown.contains(&tag_id(&tag.tag))).collect();
+            // A file comes with all of its tags, or not at all.
+            if 1 + new_tags.len() > room {
+                out.truncated = true;
+                break 'files;
+            }
+            room -= 1 + new_tags.len();
+            out.nodes.push(GraphNode { id: file_id(&name), kind: NodeKind::File, label: name.clone() });
+            for tag in new_tags {
+                shown.insert(tag_id(&tag.tag));
+                out.nodes.push(GraphNode { id: tag_id(&tag.tag), kind: NodeKind::Tag, label: tag.tag.clone() });
+            }
             for tag in tags {
-                let tag = tag_id(tag);
-                adjacency.entry(file.clone()).or_default().insert(tag.clone());
-                adjacency.entry(tag).or_default().insert(file.clone());
+                out.edges.push(GraphEdge { file: file_id(&name), tag: tag_id(&tag.tag), source: tag.source });
             }
         }
-        let mut chosen: Vec<String> = Vec::new();
-        let mut truncated = false;
-        match around {
-            None => {
-                // Files first, each followed by its tags, so that a cut graph still shows
-                // whole files with their tags.
-                let mut seen = BTreeSet::new();
-                'files: for (id, tags) in adjacency.iter().filter(|(id, _)| id.starts_with("file:")) {
-                    for id in std::iter::once(id).chain(tags) {
-                        if seen.contains(id) {
-                            continue;
-                        }
-                        if chosen.len() >= limits.graph_nodes_max {
-                            truncated = true;
-                            break 'files;
-                        }
-                        seen.insert(id.clone());
-                        chosen.push(id.clone());
-                    }
-                }
-            }
-            Some(start) => {
-                if !adjacency.contains_key(start) {
-                    return Err(WebError::new(404, format!("{start:?} is not in the graph: reload the page")));
-                }
-                let mut seen = BTreeSet::from([start.to_owned()]);
-                let mut frontier = vec![start.to_owned()];
-                chosen.push(start.to_owned());
-                'levels: for _ in 0..depth {
-                    let mut next = Vec::new();
-                    for id in &frontier {
-                        for neighbour in &adjacency[id] {
-                            if seen.insert(neighbour.clone()) {
-                                if chosen.len() >= limits.graph_nodes_max {
-                                    truncated = true;
-                                    break 'levels;
-                                }
-                                chosen.push(neighbour.clone());
-                                next.push(neighbour.clone());
-                            }
-                        }
-                    }
-                    frontier = next;
-                }
-            }
-        }
-        let included: BTreeSet<&String> = chosen.iter().collect();
-        let mut graph = Graph { truncated, ..Graph::default() };
-        for id in &chosen {
-            let (kind, label) = match id.split_once(':') {
-                Some(("file", label)) => ("file", label),
-                Some((_, label)) => ("tag", label),
-                None => ("tag", id.as_str()),
-            };
-            graph.nodes.push(GraphNode { id: id.clone(), kind, label: label.to_owned() });
-            if kind == "file" {
-                for tag in &adjacency[id] {
-                    if included.contains(tag) {
-                        graph.edges.push(GraphEdge { source: id.clone(), target: tag.clone() });
-                    }
-                }
-            }
-        }
-        Ok(graph)
+        Ok(out)
     }
 
     /// The nodes, their health and used space.
@@ -476,64 +363,12 @@ impl Backend {
     }
 }
 
-fn single_node_tags() -> WebError {
-    WebError::new(
-        501,
-        "tags on a single node need the graph library, not in this build yet: run `beeline web --metadata redis://HOST:PORT`",
-    )
-}
-
-/// A search: every `all` tag, none of the `none` tags, one of each `any` group, and the
-/// name containing every `names` text.
-#[derive(Debug, Default, PartialEq)]
-pub struct Query {
-    all: Vec<String>,
-    none: Vec<String>,
-    any: Vec<Vec<String>>,
-    names: Vec<String>,
-}
-
-impl Query {
-    pub fn parse(text: &str) -> Query {
-        let mut query = Query::default();
-        for word in text.split_whitespace() {
-            if let Some(name) = word.strip_prefix("name:") {
-                query.names.push(name.to_owned());
-            } else if let Some(tag) = word.strip_prefix('-').filter(|tag| !tag.is_empty()) {
-                query.none.push(tag.to_owned());
-            } else if word.contains('|') {
-                query.any.push(word.split('|').filter(|tag| !tag.is_empty()).map(str::to_owned).collect());
-            } else {
-                query.all.push(word.to_owned());
-            }
-        }
-        query
-    }
-
-    pub fn matches(&self, name: &str, tags: &[String]) -> bool {
-        let has = |tag: &String| tags.contains(tag);
-        self.all.iter().all(has)
-            && !self.none.iter().any(has)
-            && self.any.iter().all(|group| group.iter().any(has))
-            && self.names.iter().all(|part| name.contains(part.as_str()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tags(list: &[&str]) -> Vec<String> {
-        list.iter().map(|tag| tag.to_string()).collect()
-    }
-
-    #[test]
-    fn queries_combine_and_or_not_and_name() {
-        let query = Query::parse("rust -draft pdf|md name:notes");
-        assert!(query.matches("my-notes.md", &tags(&["rust", "md"])));
-        assert!(!query.matches("my-notes.md", &tags(&["rust", "md", "draft"])));
-        assert!(!query.matches("my-notes.md", &tags(&["rust"])));
-        assert!(!query.matches("other.md", &tags(&["rust", "md"])));
-        assert!(Query::parse("  ").matches("anything", &[]));
-    }
+fn graph_error(error: GraphError) -> WebError {
+    let status = match &error {
+        GraphError::NotFound(_) => 404,
+        GraphError::Parse(_) | GraphError::NothingToSearch => 400,
+        GraphError::TagTooCommon(_) | GraphError::NamespaceTooLarge => 422,
+        GraphError::Metadata(_) => 502,
+    };
+    WebError::new(status, error.to_string())
 }

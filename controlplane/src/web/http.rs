@@ -22,8 +22,6 @@ use super::{State, assets};
 
 type Shared = Arc<State>;
 
-/// Longest tag accepted from the page, in bytes.
-const TAG_BYTES_MAX: usize = 128;
 /// Tags one request may add or remove at most.
 const TAGS_PER_REQUEST_MAX: usize = 64;
 /// Autocomplete answers at most this many tags.
@@ -31,7 +29,7 @@ const COMPLETIONS_MAX: usize = 20;
 /// Related files listed at most.
 const RELATED_MAX: usize = 20;
 /// Hops a graph neighbourhood may span at most.
-const GRAPH_DEPTH_MAX: usize = 4;
+const GRAPH_DEPTH_MAX: u32 = 4;
 /// Pieces of an upload or download in flight between the HTTP side and the storage side.
 const STREAM_QUEUE_PIECES: usize = 8;
 
@@ -178,8 +176,12 @@ fn checked_name(name: &str) -> Result<(), WebError> {
 
 #[derive(Deserialize)]
 struct SearchQuery {
+    /// A tag expression ([`crate::graph::expr`]).
     #[serde(default)]
     q: String,
+    /// A substring of the name.
+    #[serde(default)]
+    name: String,
 }
 
 #[derive(Serialize)]
@@ -190,13 +192,13 @@ struct FileWithTags {
 }
 
 async fn search(Extract(state): Extract<Shared>, Query(query): Query<SearchQuery>) -> Result<Response, WebError> {
-    if query.q.len() > 4096 {
-        return Err(WebError::new(400, "the search is longer than 4096 bytes: shorten it"));
+    if query.name.len() > crate::control::NAME_BYTES_MAX {
+        return Err(WebError::new(400, "the name to look for is longer than any name: shorten it"));
     }
     let limits = state.options.limits;
     let files = state
         .run(move |backend| {
-            let files = backend.search(&query.q, &limits)?;
+            let files = backend.search(&query.q, &query.name, &limits)?;
             let mut out = Vec::with_capacity(files.len());
             for file in files {
                 let tags = backend.tags_of(&file.name)?;
@@ -213,7 +215,7 @@ struct Details {
     #[serde(flatten)]
     file: FileView,
     tags: Vec<TagView>,
-    related: Vec<super::backend::Related>,
+    related: Vec<crate::graph::Related>,
     preview: &'static str,
 }
 
@@ -228,13 +230,12 @@ fn preview_kind(name: &str) -> &'static str {
 
 async fn details(Extract(state): Extract<Shared>, Query(query): Query<NameQuery>) -> Result<Response, WebError> {
     checked_name(&query.name)?;
-    let limits = state.options.limits;
     let preview_bytes_max = state.options.preview_bytes_max;
     let details = state
         .run(move |backend| {
             let record = backend.stat(&query.name)?;
             let tags = backend.tags_of(&query.name)?;
-            let related = backend.related(&query.name, RELATED_MAX, &limits)?;
+            let related = backend.related(&query.name, RELATED_MAX)?;
             let preview = if record.size_bytes > preview_bytes_max { "none" } else { preview_kind(&record.name) };
             Ok(Details { file: FileView::from(&record), tags, related, preview })
         })
@@ -255,11 +256,10 @@ struct PrefixQuery {
 }
 
 async fn complete(Extract(state): Extract<Shared>, Query(query): Query<PrefixQuery>) -> Result<Response, WebError> {
-    if query.prefix.len() > TAG_BYTES_MAX {
+    if query.prefix.len() > crate::metadata::TAG_BYTES_MAX {
         return Ok(axum::Json(Vec::<String>::new()).into_response());
     }
-    let limits = state.options.limits;
-    let tags = state.run(move |backend| backend.complete(&query.prefix, COMPLETIONS_MAX, &limits)).await?;
+    let tags = state.run(move |backend| backend.complete(&query.prefix, COMPLETIONS_MAX)).await?;
     Ok(axum::Json(tags).into_response())
 }
 
@@ -273,16 +273,7 @@ struct TagEdit {
 }
 
 fn checked_tag(tag: &str) -> Result<(), WebError> {
-    if tag.is_empty() || tag.len() > TAG_BYTES_MAX {
-        return Err(WebError::new(400, format!("a tag is 1 to {TAG_BYTES_MAX} bytes: shorten {tag:?}")));
-    }
-    if tag.chars().any(|c| c.is_whitespace() || c.is_control()) || tag.starts_with('-') || tag.contains('|') {
-        return Err(WebError::new(
-            400,
-            format!("{tag:?} is not a tag: no spaces or control characters, no leading '-', no '|'"),
-        ));
-    }
-    Ok(())
+    crate::metadata::validate_tag(tag).map_err(|message| WebError::new(400, message))
 }
 
 async fn edit_tags(
@@ -512,15 +503,19 @@ async fn preview(Extract(state): Extract<Shared>, Query(query): Query<NameQuery>
 struct GraphQuery {
     #[serde(default)]
     q: String,
+    #[serde(default)]
+    name: String,
+    /// A file or tag name: its neighbourhood instead of the search's files.
     around: Option<String>,
-    depth: Option<usize>,
+    depth: Option<u32>,
 }
 
 async fn graph(Extract(state): Extract<Shared>, Query(query): Query<GraphQuery>) -> Result<Response, WebError> {
     let limits = state.options.limits;
     let depth = query.depth.unwrap_or(2).min(GRAPH_DEPTH_MAX);
     let around = query.around.filter(|around| !around.is_empty());
-    let graph = state.run(move |backend| backend.graph(&query.q, around.as_deref(), depth, &limits)).await?;
+    let graph =
+        state.run(move |backend| backend.graph(&query.q, &query.name, around.as_deref(), depth, &limits)).await?;
     Ok(axum::Json(graph).into_response())
 }
 
@@ -611,10 +606,10 @@ mod tests {
     #[test]
     fn tags_are_single_words() {
         assert!(checked_tag("rust").is_ok());
-        for bad in ["", "a b", "-x", "a|b", "\u{7}"] {
+        for bad in ["", "a b", "a|b", "\u{7}"] {
             assert!(checked_tag(bad).is_err(), "{bad:?}");
         }
-        assert!(checked_tag(&"x".repeat(TAG_BYTES_MAX + 1)).is_err());
+        assert!(checked_tag(&"x".repeat(crate::metadata::TAG_BYTES_MAX + 1)).is_err());
     }
 
     #[test]

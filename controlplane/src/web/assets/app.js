@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  const state = { query: "", selected: null, graph: null, cy: null, cspViolations: [] };
+  const state = { query: "", name: "", selected: null, graph: null, cy: null, cspViolations: [] };
   // What the page shows, for tests and for curious users: window.__beeline.
   window.__beeline = { results: [], details: null, ready: false, errors: [], cspViolations: state.cspViolations };
   document.addEventListener("securitypolicyviolation", (event) => {
@@ -76,12 +76,21 @@
     return chip;
   }
 
-  async function search(query) {
+  function queryString() {
+    return "q=" + q(state.query) + "&name=" + q(state.name);
+  }
+
+  async function search(query, name) {
     state.query = query;
+    if (name !== undefined) state.name = name;
     $("search").value = query;
-    $("results-title").textContent = query ? "Files matching " + query : "All files";
+    $("name-filter").value = state.name;
+    const parts = [];
+    if (query) parts.push("tags " + query);
+    if (state.name) parts.push("name containing " + state.name);
+    $("results-title").textContent = parts.length ? "Files with " + parts.join(" and ") : "All files";
     try {
-      const files = await api("/api/files?q=" + q(query));
+      const files = await api("/api/files?" + queryString());
       window.__beeline.results = files.map((f) => f.name);
       const list = $("results");
       list.replaceChildren();
@@ -110,32 +119,30 @@
   }
 
   function showTag(tag) {
-    search(tag);
+    search(tag, "");
   }
 
   let completing = 0;
+  // Completes the tag being typed: the text after the last space or operator.
   async function complete() {
     const input = $("search");
-    const words = input.value.split(/\s+/);
-    let word = words[words.length - 1] || "";
-    const sign = word.startsWith("-") ? "-" : "";
-    word = word.replace(/^-/, "").split("|").pop();
+    const text = input.value;
+    const match = /[^\s&|!()]*$/.exec(text);
+    const word = match ? match[0] : "";
     const list = $("suggestions");
-    if (!word || word.startsWith("name:")) { list.replaceChildren(); return; }
+    if (!word) { list.replaceChildren(); return; }
     const ticket = ++completing;
     try {
       const tags = await api("/api/tags?prefix=" + q(word));
       if (ticket !== completing) return;
       list.replaceChildren();
       for (const tag of tags) {
-        const item = el("li", tag);
+        const item = el("li", tag.tag + " (" + tag.files + ")");
         item.setAttribute("role", "option");
+        item.dataset.tag = tag.tag;
         item.addEventListener("mousedown", (event) => {
           event.preventDefault();
-          const last = words[words.length - 1];
-          const head = last.includes("|") ? last.slice(0, last.lastIndexOf("|") + 1) : sign;
-          words[words.length - 1] = head + tag;
-          input.value = words.join(" ") + " ";
+          input.value = text.slice(0, text.length - word.length) + tag.tag + " ";
           list.replaceChildren();
           input.focus();
         });
@@ -150,7 +157,7 @@
   async function loadGraph() {
     let graph;
     try {
-      graph = await api("/api/graph?q=" + q(state.query));
+      graph = await api("/api/graph?" + queryString());
     } catch (error) {
       $("graph-note").textContent = "graph: " + error.message;
       return;
@@ -161,7 +168,7 @@
       elements.push({ group: "nodes", data: { id: node.id, label: node.label, kind: node.kind } });
     }
     for (const edge of graph.edges) {
-      elements.push({ group: "edges", data: { id: edge.source + "\u0000" + edge.target, source: edge.source, target: edge.target } });
+      elements.push({ group: "edges", data: { id: edge.file + "\u0000" + edge.tag, source: edge.file, target: edge.tag, origin: edge.source } });
     }
     $("graph-note").textContent = graph.nodes.length + " nodes, " + graph.edges.length + " edges" +
       (graph.truncated ? " (more left out: narrow the search)" : "");
@@ -191,7 +198,7 @@
     state.cy = cy;
     window.__beelineGraph = {
       nodes: graph.nodes.map((n) => ({ id: n.id, kind: n.kind, label: n.label })),
-      edges: graph.edges.map((e) => ({ source: e.source, target: e.target })),
+      edges: graph.edges.map((e) => ({ file: e.file, tag: e.tag, source: e.source })),
       truncated: graph.truncated,
       drawn: cy.nodes().map((n) => n.id()),
       // Where a node is on the screen, for clicking it (tests, keyboard helpers).
@@ -356,7 +363,10 @@
     const input = $("search");
     input.addEventListener("input", complete);
     input.addEventListener("keydown", (event) => {
-      if (event.key === "Enter") { $("suggestions").replaceChildren(); search(input.value.trim()); }
+      if (event.key === "Enter") { $("suggestions").replaceChildren(); search(input.value.trim(), $("name-filter").value.trim()); }
+    });
+    $("name-filter").addEventListener("keydown", (event) => {
+      if (event.key === "Enter") search($("search").value.trim(), $("name-filter").value.trim());
     });
     input.addEventListener("blur", () => $("suggestions").replaceChildren());
     $("tag-form").addEventListener("submit", (event) => {
@@ -372,7 +382,7 @@
 
   async function start() {
     wire();
-    await Promise.all([loadCluster(), search("")]);
+    await Promise.all([loadCluster(), search("", "")]);
     window.__beeline.ready = true;
     setInterval(loadCluster, 5000);
   }
