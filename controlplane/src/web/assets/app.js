@@ -265,7 +265,13 @@
     const url = "/api/preview?name=" + q(details.name);
     try {
       const response = await fetch(url, { credentials: "same-origin" });
-      if (!response.ok) { box.append(el("p", (await response.text()).slice(0, 200))); return; }
+      if (!response.ok) {
+        const text = await response.text();
+        let message = text;
+        try { message = JSON.parse(text).error; } catch (_) { /* plain text */ }
+        box.append(el("p", "no preview: " + String(message).slice(0, 200)));
+        return;
+      }
       const type = response.headers.get("content-type") || "";
       if (type.startsWith("image/")) {
         const img = el("img");
