@@ -123,3 +123,58 @@ pub fn graph(
     }
     Ok(())
 }
+
+/// `beeline tagger run`: tags from the stream until SIGINT/SIGTERM.
+pub fn tagger_run(
+    options: &crate::tagger::stream::StreamOptions,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(crate::tagger::runner::TaggerStats::default());
+    {
+        let stop = stop.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let signal = runtime.block_on(async { crate::cli::shutdown_signal() });
+        let signal = signal.map_err(|e| format!("cannot listen for signals: {e}"))?;
+        std::thread::spawn(move || {
+            runtime.block_on(signal);
+            stop.store(true, Ordering::Release);
+        });
+    }
+    if let Some(address) = metrics_listen {
+        let listener = std::net::TcpListener::bind(address)
+            .map_err(|e| format!("cannot serve metrics on {address}: {e}; pick another --metrics-listen"))?;
+        tracing::info!(%address, "serving Prometheus metrics at /metrics");
+        let stats = stats.clone();
+        std::thread::spawn(move || serve_metrics(&listener, &stats));
+    }
+    crate::tagger::stream::run(options, &stop, &stats).map_err(|e| e.to_string())
+}
+
+/// A minimal HTTP/1.0 answer with the tagger's metrics to every request, one at a time.
+fn serve_metrics(listener: &std::net::TcpListener, stats: &crate::tagger::runner::TaggerStats) {
+    use prometheus::Encoder;
+    use std::io::{Read, Write};
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request);
+        let mut body = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        if encoder.encode(&stats.families(), &mut body).is_err() {
+            continue;
+        }
+        let head = format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+            encoder.format_type(),
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+    }
+}

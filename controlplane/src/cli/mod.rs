@@ -207,6 +207,11 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Automatic content tagging for a cluster (a single node tags its own files).
+    Tagger {
+        #[command(subcommand)]
+        command: TaggerCommand,
+    },
     /// Check this host against a hardware profile (hw-configs/), or list the profiles.
     Hw {
         #[command(subcommand)]
@@ -258,6 +263,35 @@ enum ClusterCommand {
         /// Copies of every chunk (default 2).
         #[arg(long)]
         replication_factor: usize,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaggerCommand {
+    /// Tag the cluster's new files until SIGINT/SIGTERM, sharing the Redis Stream
+    /// `{prefix}:tagging` with every other `tagger run` (consumer group `taggers`; needs
+    /// --metadata). Run as many as the work needs, anywhere with the cluster key.
+    Run {
+        /// This tagger's consumer name, unique among the taggers [default: HOST-PID].
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Take over files another tagger has held this long without finishing (it died).
+        #[arg(long, default_value_t = 60_000)]
+        claim_idle_ms: u64,
+        /// Files taken from the stream at a time (1 to 64).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Bytes of a file read to tag it; a longer file is tagged from its start.
+        #[arg(long, default_value_t = 64 << 20)]
+        bytes_max: u64,
+        /// Time one file's extraction may take.
+        #[arg(long, default_value_t = 30_000)]
+        time_ms_max: u64,
+        /// Serve Prometheus metrics (beeline_tagger_*) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         client: ClientFlags,
     },
@@ -397,6 +431,24 @@ fn run(cli: Cli) -> CliResult {
             web(listen, upload_bytes_max, graph_nodes_max, &client)
         }
         Command::Hw { .. } => Err("`beeline hw` is dispatched before this point; this is a bug".into()),
+        Command::Tagger {
+            command:
+                TaggerCommand::Run { consumer, claim_idle_ms, batch, bytes_max, time_ms_max, metrics_listen, client },
+        } => {
+            let flags = cluster_flags(&client)?;
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let options = crate::tagger::stream::StreamOptions {
+                url: flags.url,
+                prefix: flags.prefix,
+                key: flags.key,
+                consumer: consumer.unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id())),
+                claim_idle_ms,
+                batch,
+                limits: crate::tagger::extract::Limits { bytes_max, time_ms_max },
+                hold: std::env::var("BEELINE_TAGGER_HOLD").ok(),
+            };
+            crate::cli::graph::tagger_run(&options, metrics_listen)
+        }
         Command::Rm { name, client } => {
             let mut client = connect(&client)?;
             let record = client.remove(&name).map_err(|e| e.to_string())?;
@@ -437,7 +489,7 @@ fn run_node(flags: NodeFlags) -> CliResult {
     })
 }
 
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;

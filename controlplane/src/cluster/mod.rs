@@ -761,9 +761,13 @@ impl RedisMetadata {
         Ok(tags)
     }
 
-    /// The tagging stream's consumer-group side, for `beeline tagger run`.
-    pub fn connection_for_streams(&mut self) -> Result<&mut Connection, MetadataError> {
-        self.connection()
+    /// Runs raw commands (the tagging stream's consumer group, for `beeline tagger run`),
+    /// with the same reconnection and error wording as every other call.
+    pub fn raw<T>(
+        &mut self,
+        operation: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, MetadataError> {
+        self.with(operation)
     }
 }
 
@@ -849,6 +853,9 @@ impl Metadata for RedisMetadata {
         };
         let tags: Vec<String> = self.with(|c| c.zrangebylex_limit(&key, &min, "+", 0, limit as isize))?;
         let tags: Vec<String> = tags.into_iter().take_while(|tag| tag.starts_with(prefix)).collect();
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
         let keys: Vec<String> = tags.iter().map(|tag| self.key(&format!("tag:{tag}"))).collect();
         let counts: Vec<u64> = self.with(|c| {
             let mut pipe = redis::pipe();

@@ -25,6 +25,8 @@ pub struct Sources {
     pub capacity_bytes: u64,
     /// Garbage collection's totals and the metadata-loss flag.
     pub gc: Arc<crate::node::gc::GcState>,
+    /// The node's own tagger (a single node's): `beeline_tagger_*`.
+    pub tagger: Option<Arc<crate::tagger::runner::TaggerStats>>,
 }
 
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
@@ -274,6 +276,9 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
             GAUGE,
             vec![gauge(f64::from(u8::from(lease_up.load(Ordering::Acquire))), &[])],
         ));
+    }
+    if let Some(tagger) = &sources.tagger {
+        families.extend(tagger.families());
     }
     families
 }

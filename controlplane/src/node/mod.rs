@@ -72,6 +72,8 @@ struct NodeControl<M: Metadata> {
     grace_ms: u64,
     /// The chunk files listed by the last `ChunkFiles { after: None }`, for its next pages.
     chunk_files: Vec<ChunkFile>,
+    /// Nudges the node's own tagger after a commit (a single node's; never blocks).
+    tagger_nudge: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 fn encode(response: &ControlResponse, out: &mut [u8]) -> Result<usize, Status> {
@@ -149,6 +151,10 @@ impl<M: Metadata> NodeControl<M> {
                 }
                 match self.metadata.put_file(&record) {
                     Ok(replaced) => {
+                        if let Some(nudge) = &self.tagger_nudge {
+                            // Full means a nudge is already waiting: the put never waits.
+                            let _ = nudge.try_send(());
+                        }
                         if let Some(old) = &replaced {
                             if old.file_id != record.file_id {
                                 Self::delete_chunks(store, old);
@@ -396,6 +402,9 @@ pub struct NodeHandle {
     pub backend: String,
     pub capacity_bytes: u64,
     pub gc: Arc<GcState>,
+    /// What the node's own tagger did (a single node's).
+    pub tagger: Option<Arc<crate::tagger::runner::TaggerStats>>,
+    tagger_thread: Option<crate::tagger::node::NodeTagger>,
     membership: Option<Membership>,
     shutdown: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), NodeError>>>,
@@ -404,6 +413,10 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Asks the node to stop and waits until it has finished its in-flight acks.
     pub fn stop(mut self) -> Result<(), NodeError> {
+        // The tagger reads through the node: it stops first.
+        if let Some(tagger) = self.tagger_thread.take() {
+            tagger.stop();
+        }
         // Leave the cluster first, so clients stop choosing this node.
         if let Some(membership) = self.membership.take() {
             membership.stop();
@@ -451,18 +464,40 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     let gc_state = Arc::new(GcState::default());
     let data_dir = settings.data_dir.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let single = settings.cluster.is_none();
+    let (nudge_tx, nudge_rx) = crate::tagger::node::nudge_channel();
+    let nudge = single.then_some(nudge_tx);
+    let tagger_key = key.clone();
     let thread = {
         let shutdown = shutdown.clone();
         let snapshot = snapshot.clone();
         let gc_state = gc_state.clone();
         std::thread::Builder::new()
             .name("beeline-dataplane".into())
-            .spawn(move || data_plane_thread(settings, key, shutdown, snapshot, gc_state, ready_tx))
+            .spawn(move || data_plane_thread(settings, key, shutdown, snapshot, gc_state, nudge, ready_tx))
             .map_err(|error| NodeError::Thread(error.to_string()))?
     };
     match ready_rx.recv() {
-        Ok((local_addr, sync_latency)) => {
+        Ok((local_addr, sync_latency, metadata)) => {
+            let (tagger, tagger_thread) = if single {
+                let stats = Arc::new(crate::tagger::runner::TaggerStats::default());
+                let limits = crate::tagger::extract::Limits::default();
+                let thread = crate::tagger::node::NodeTagger::start(
+                    metadata,
+                    local_addr,
+                    tagger_key,
+                    limits,
+                    stats.clone(),
+                    nudge_rx,
+                )
+                .map_err(|error| NodeError::Thread(format!("cannot start the tagger: {error}")))?;
+                (Some(stats), Some(thread))
+            } else {
+                (None, None)
+            };
             let mut node = NodeHandle {
+                tagger,
+                tagger_thread,
                 local_addr,
                 snapshot,
                 sync_latency,
@@ -523,6 +558,7 @@ pub async fn run(settings: NodeSettings, shutdown: impl std::future::Future<Outp
                 backend: node.backend.clone(),
                 capacity_bytes: node.capacity_bytes,
                 gc: node.gc.clone(),
+                tagger: node.tagger.clone(),
             };
             Some(tokio::spawn(crate::node::metrics::serve(listener, sources)))
         }
@@ -542,7 +578,8 @@ fn data_plane_thread(
     shutdown: Arc<AtomicBool>,
     snapshot: SharedSnapshot,
     gc_state: Arc<GcState>,
-    ready: std::sync::mpsc::SyncSender<(SocketAddr, SyncLatency)>,
+    tagger_nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    ready: std::sync::mpsc::SyncSender<(SocketAddr, SyncLatency, EmbeddedMetadata)>,
 ) -> Result<(), NodeError> {
     // A DPDK node's arena is its mbuf pool, built inside the EAL; every other backend's is
     // an mmap. Declared before the poll loop so the port drops first, then the pool, then
@@ -585,8 +622,10 @@ fn data_plane_thread(
         .map_err(|error| NodeError::Store(error.to_string()))?;
     info!(report = ?store.recovery_report(), "chunk store open");
     let metadata = EmbeddedMetadata::open(&settings.data_dir.join("metadata.redb"))?;
+    let tagger_metadata = metadata.clone();
     let control = NodeControl {
         metadata,
+        tagger_nudge,
         snapshot: snapshot.clone(),
         started: Instant::now(),
         listen: local_addr.to_string(),
@@ -619,7 +658,7 @@ fn data_plane_thread(
     info!(frames = settings.arena_frames, frame_bytes = settings.frame_bytes, page_backing, "arena ready");
     // Status asked for right after start-up already sees the backend and its counters.
     publish(&snapshot, &poll, page_backing);
-    let _ = ready.send((local_addr, poll.node.store().sync_latency()));
+    let _ = ready.send((local_addr, poll.node.store().sync_latency(), tagger_metadata));
 
     serve_until_shutdown(&mut poll, &shutdown, &snapshot, page_backing, auto_gc)
 }
