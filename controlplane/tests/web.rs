@@ -19,11 +19,12 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// `beeline web` on `listen` for `node`, and the URL it printed.
-fn start_web(node: &TestNode, listen: &str) -> (Process, String) {
+fn start_web(node: &TestNode, listen: &str, extra: &[&str]) -> (Process, String) {
     let mut command = Command::new(BIN);
     command
         .args(["web", "--listen", listen, "--node", &format!("127.0.0.1:{}", node.port), "--key-file"])
         .arg(node.dir.join("cluster.key"))
+        .args(extra)
         .stdout(Stdio::piped());
     let mut child = command.stdin(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("start beeline web");
     let mut line = String::new();
@@ -74,7 +75,7 @@ fn web_page_uploads_tags_graphs_and_downloads_in_chromium() {
     let node = TestNode::start(dir.path(), &[]);
     // Beyond localhost (127.0.0.2): the token is needed, and the browser gets it from the
     // printed URL like a user would.
-    let (_web, url) = start_web(&node, "127.0.0.2:0");
+    let (_web, url) = start_web(&node, "127.0.0.2:0", &[]);
     let address = url.trim_start_matches("http://").split('/').next().unwrap().to_owned();
     assert!(url.contains("?token="), "a server beyond localhost prints its token: {url}");
 
@@ -264,7 +265,7 @@ fn web_page_uploads_tags_graphs_and_downloads_in_chromium() {
 fn localhost_server_needs_no_token_but_its_own_host() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path(), &[]);
-    let (_web, url) = start_web(&node, "127.0.0.1:0");
+    let (_web, url) = start_web(&node, "127.0.0.1:0", &["--upload-bytes-max", "1000"]);
     assert!(!url.contains("token"), "{url}");
     let address = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
     assert_eq!(get(&address, "/api/files", "").0, 200);
@@ -291,4 +292,20 @@ fn localhost_server_needs_no_token_but_its_own_host() {
     assert_eq!(got, body);
     let (status, _, message) = get(&address, "/api/file?name=missing", "");
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&message));
+    // Over the upload limit: refused, and nothing recorded.
+    let big = "x".repeat(1001);
+    let request = format!(
+        "PUT /api/upload?name=big.txt HTTP/1.1\r\nHost: {address}\r\nX-Beeline: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+        big.len()
+    );
+    let (status, _, message) = http(&address, &request);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&message));
+    assert!(String::from_utf8_lossy(&message).contains("--upload-bytes-max"));
+    assert!(!node.cli(&["stat", "big.txt"]).status.success(), "a refused upload recorded a file");
+    // Delete.
+    let request = format!(
+        "DELETE /api/file?name=hello.txt HTTP/1.1\r\nHost: {address}\r\nX-Beeline: 1\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(http(&address, &request).0, 200);
+    assert!(!node.cli(&["stat", "hello.txt"]).status.success(), "the file is gone");
 }
