@@ -309,3 +309,108 @@ fn localhost_server_needs_no_token_but_its_own_host() {
     assert_eq!(http(&address, &request).0, 200);
     assert!(!node.cli(&["stat", "hello.txt"]).status.success(), "the file is gone");
 }
+
+/// Polls `check` until it gives a value; fails naming `what` after `seconds`.
+fn poll<T>(seconds: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {seconds} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+#[test]
+fn cluster_mode_serves_tags_graph_and_nodes_from_redis() {
+    let test = "cluster_mode_serves_tags_graph_and_nodes_from_redis";
+    if !common::have("redis-server") {
+        beeline_dataplane::testkit::skip(test, "redis-server is not installed (ci/setup.sh installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = Command::new("redis-server");
+    redis.args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--protected-mode", "no"]);
+    redis.arg("--dir").arg(dir.path());
+    let _redis = Process::spawn(redis);
+    poll(20, "redis-server listening", || TcpStream::connect(("127.0.0.1", redis_port)).ok());
+    let url = format!("redis://127.0.0.1:{redis_port}");
+    let key = dir.path().join("cluster.key");
+    let cli = |args: &[&str]| {
+        Command::new(BIN).args(args).args(["--metadata", &url, "--key-file"]).arg(&key).output().unwrap()
+    };
+    let mut node = Command::new(BIN);
+    node.args(["node", "run", "--listen", &format!("127.0.0.1:{}", common::free_port()), "--data-dir"])
+        .arg(dir.path().join("node"))
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--metadata", &url, "--hugepages", "off", "--arena-frames", "4096"]);
+    let _node = Process::spawn(node);
+    poll(30, "the node live in the cluster", || {
+        String::from_utf8_lossy(&cli(&["cluster", "status"]).stdout).contains("(1 live)").then_some(())
+    });
+    assert!(cli(&["cluster", "configure", "--replication-factor", "1"]).status.success());
+
+    let mut command = Command::new(BIN);
+    command.args(["web", "--listen", "127.0.0.1:0", "--metadata", &url, "--key-file"]).arg(&key);
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _web = Process::adopt(child);
+    let address = line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_owned();
+
+    let data = pattern(200_000, 3);
+    let mut request = format!(
+        "PUT /api/upload?name=dir%2Fpaper.bin HTTP/1.1\r\nHost: {address}\r\nX-Beeline: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        data.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&data);
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream.write_all(&request).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+
+    let edit = |body: &str| {
+        http(
+            &address,
+            &format!(
+                "POST /api/tags HTTP/1.1\r\nHost: {address}\r\nX-Beeline: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (status, _, body) = edit(r#"{"name":"dir/paper.bin","add":["topic:storage","draft"]}"#);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let tags: Vec<String> =
+        json(&body).as_array().unwrap().iter().map(|t| t["tag"].as_str().unwrap().to_owned()).collect();
+    assert!(tags.contains(&"topic:storage".to_owned()) && tags.contains(&"draft".to_owned()), "{tags:?}");
+    let (_, _, body) = get(&address, "/api/files?q=topic%3Astorage%20%26%20draft", "");
+    assert_eq!(json(&body)[0]["name"], "dir/paper.bin");
+    let (_, _, body) = get(&address, "/api/tags?prefix=topic", "");
+    assert_eq!(json(&body)[0]["tag"], "topic:storage");
+    let (status, _, body) = edit(r#"{"name":"dir/paper.bin","remove":["draft"]}"#);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (_, _, body) = get(&address, "/api/files?q=draft", "");
+    assert_eq!(json(&body), serde_json::json!([]), "the removed tag no longer finds the file");
+    let (_, _, body) = get(&address, "/api/graph", "");
+    let graph = json(&body);
+    assert!(ids(&graph, "nodes").contains("file:dir/paper.bin") && ids(&graph, "nodes").contains("tag:topic:storage"));
+    let (_, _, body) = get(&address, "/api/cluster", "");
+    let view = json(&body);
+    assert_eq!(view["mode"], "cluster");
+    assert_eq!(view["nodes"].as_array().unwrap().len(), 1);
+    assert_eq!(view["nodes"][0]["state"], "live");
+    assert!(view["nodes"][0]["used_bytes"].as_u64().is_some());
+    let (status, head, got) = get(&address, "/api/download?name=dir%2Fpaper.bin", "");
+    assert_eq!(status, 200);
+    assert!(head.contains("filename=\"paper.bin\""), "{head}");
+    assert!(got == data, "the download from the cluster is byte-identical");
+}
