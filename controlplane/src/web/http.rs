@@ -537,21 +537,60 @@ impl Limited {
     }
 }
 
-/// A connection holding its slot until it is dropped.
+/// A connection with no bytes in either direction for this long is closed, so that
+/// clients that open connections and send nothing (or trickle a request) cannot hold all
+/// the slots for long.
+const IDLE_MS: u64 = 60_000;
+
+/// A connection holding its slot until it is dropped, closed once idle for [`IDLE_MS`].
 pub(crate) struct Connection {
     stream: tokio::net::TcpStream,
+    idle: Pin<Box<tokio::time::Sleep>>,
     _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    fn new(stream: tokio::net::TcpStream, slot: OwnedSemaphorePermit) -> Self {
+        let idle = Box::pin(tokio::time::sleep(std::time::Duration::from_millis(IDLE_MS)));
+        Connection { stream, idle, _slot: slot }
+    }
+
+    fn progressed(&mut self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(IDLE_MS);
+        self.idle.as_mut().reset(deadline);
+    }
 }
 
 impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.progressed();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the connection was idle too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result
+            && *n > 0
+        {
+            self.progressed();
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -574,7 +613,7 @@ impl axum::serve::Listener for Limited {
         };
         loop {
             match self.listener.accept().await {
-                Ok((stream, address)) => return (Connection { stream, _slot: slot }, address),
+                Ok((stream, address)) => return (Connection::new(stream, slot), address),
                 Err(error) => {
                     // Out of file descriptors and the like: wait a little, as axum's own
                     // listener does, rather than spin.
