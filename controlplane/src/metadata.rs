@@ -162,6 +162,11 @@ pub trait Metadata: Send {
     fn list(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<FileRecord>, MetadataError>;
     fn remove_file(&mut self, name: &str) -> Result<Option<FileRecord>, MetadataError>;
     fn file_count(&mut self) -> Result<u64, MetadataError>;
+    /// Up to `limit` file names in order after `after` (what [`Metadata::list`] gives,
+    /// without the records, where that is cheaper).
+    fn names(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<String>, MetadataError> {
+        Ok(self.list(after, limit)?.into_iter().map(|record| record.name).collect())
+    }
 
     /// Adds tags to the file `name` (idempotent); returns how many edges are new. A tag the
     /// file already carries keeps the user as its source once the user gave it: an

@@ -145,11 +145,29 @@ fn scenario(cli: &dyn Cli, dir: &Path) {
     assert!(lines(&cli.cli(&["tags", "--prefix", "type:markdown"])).is_empty());
 }
 
+/// The value of the unlabelled metric `name` on the /metrics page at `address`.
+fn metric(address: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn free_tcp_address() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
 #[test]
 fn single_node_tags_untag_search_related_and_graph() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path(), &[]);
+    let metrics = free_tcp_address();
+    let node = TestNode::start(dir.path(), &["--metrics-listen", &metrics]);
     scenario(&node, dir.path());
+    // Five files and one re-put tagged by the node's own tagger, none waiting.
+    assert!(metric(&metrics, "beeline_tagger_files_tagged_total").unwrap() >= 6.0);
+    assert_eq!(metric(&metrics, "beeline_tagger_lag_files"), Some(0.0));
 }
 
 struct Redis {
@@ -183,7 +201,7 @@ impl Redis {
 struct Cluster {
     // Dropped first: taggers and the node before Redis.
     taggers: Vec<Process>,
-    _node: Process,
+    node: Process,
     redis: Redis,
     dir: PathBuf,
 }
@@ -206,7 +224,7 @@ impl Cluster {
             .arg(dir.join("cluster.key"))
             .args(["--metadata", &redis.url(), "--hugepages", "off", "--arena-frames", "4096"]);
         let node = Process::spawn(command);
-        let cluster = Cluster { taggers: Vec::new(), _node: node, redis, dir: dir.to_owned() };
+        let cluster = Cluster { taggers: Vec::new(), node, redis, dir: dir.to_owned() };
         poll(30, "the node live in the cluster", || {
             let status = String::from_utf8_lossy(&cluster.cli(&["cluster", "status"]).stdout).into_owned();
             status.contains("(1 live)").then_some(())
@@ -221,10 +239,11 @@ impl Cluster {
         command
     }
 
-    /// Starts `beeline tagger run` as `consumer`; `hold`: a file it keeps in hand.
-    fn tagger(&self, consumer: &str, hold: Option<&str>) -> Process {
-        let mut command =
-            self.command(&["tagger", "run", "--consumer", consumer, "--claim-idle-ms", "1500", "--batch", "4"]);
+    /// Starts `beeline tagger run` as `consumer`, serving metrics at `metrics`; `hold`: a
+    /// file it keeps in hand.
+    fn tagger(&self, consumer: &str, hold: Option<&str>, metrics: &str) -> Process {
+        let mut command = self.command(&["tagger", "run", "--consumer", consumer, "--claim-idle-ms", "1500"]);
+        command.args(["--batch", "4", "--metrics-listen", metrics]);
         if let Some(hold) = hold {
             command.env("BEELINE_TAGGER_HOLD", hold);
         }
@@ -249,7 +268,7 @@ fn redis_tags_untag_search_related_and_graph_with_a_stream_tagger() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path());
-    let tagger = cluster.tagger("solo", None);
+    let tagger = cluster.tagger("solo", None, &free_tcp_address());
     cluster.taggers.push(tagger);
     scenario(&cluster, dir.path());
 }
@@ -287,9 +306,10 @@ fn two_taggers_share_one_stream_and_a_killed_one_leaves_its_files_to_the_other()
         put(&cluster, dir.path(), name, content);
     }
     // The first tagger takes the first batch and holds its fourth file mid-way.
-    let mut first = cluster.tagger("first", Some("f03.txt"));
+    let mut first = cluster.tagger("first", Some("f03.txt"), &free_tcp_address());
     poll(30, "the first tagger holding f03.txt", || first.logged("holding this file").then_some(()));
-    let second = cluster.tagger("second", None);
+    let metrics = free_tcp_address();
+    let second = cluster.tagger("second", None, &metrics);
     first.kill9();
     let mut waiting = Vec::new();
     poll(60, "every file with exactly its tags", || {
@@ -306,5 +326,31 @@ fn two_taggers_share_one_stream_and_a_killed_one_leaves_its_files_to_the_other()
         let summary = cluster.redis.command(&["XPENDING", "{beeline}:tagging", "taggers"]);
         summary.starts_with('0').then_some(())
     });
+    // The second tagger's own /metrics: what it took over, and nothing left waiting.
+    assert!(metric(&metrics, "beeline_tagger_entries_claimed_total").unwrap() >= 1.0);
+    assert!(metric(&metrics, "beeline_tagger_files_tagged_total").unwrap() >= 1.0);
+    poll(10, "a lag of 0 on the second tagger's metrics", || {
+        (metric(&metrics, "beeline_tagger_lag_files") == Some(0.0)).then_some(())
+    });
     drop(second);
+}
+
+#[test]
+fn a_file_that_cannot_be_read_gets_its_type_tag_and_a_counted_failure() {
+    if skip_without_redis("a_file_that_cannot_be_read_gets_its_type_tag_and_a_counted_failure") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path());
+    put(&cluster, dir.path(), "lost.txt", b"words that no tagger will read");
+    // Its only copy goes with the node, before any tagger ran.
+    cluster.node.kill9();
+    let metrics = free_tcp_address();
+    let mut tagger = cluster.tagger("survivor", None, &metrics);
+    poll(60, "lost.txt tagged from what could be read", || {
+        (tags(&cluster, "lost.txt") == [("type:binary".to_owned(), "magic".to_owned())]).then_some(())
+    });
+    assert!(metric(&metrics, "beeline_tagger_failures_total").unwrap() >= 1.0);
+    assert!(tagger.logged("tagged partly") && tagger.logged("cannot read it"), "{}", tagger.log());
+    assert!(tagger.exited().is_none(), "the tagger stopped: {}", tagger.log());
 }

@@ -808,6 +808,10 @@ impl Metadata for RedisMetadata {
         self.with(|c| c.zcard(&key))
     }
 
+    fn names(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<String>, MetadataError> {
+        self.list_names(after, limit)
+    }
+
     fn add_tags(&mut self, name: &str, tags: &[FileTag]) -> Result<usize, MetadataError> {
         Ok(self.add_tags_script(name, None, tags)?.max(0) as usize)
     }

@@ -77,7 +77,9 @@ fn read_tagged<M: Metadata + ?Sized>(
     let mut files = BTreeSet::new();
     let mut after: Option<String> = None;
     loop {
-        let page = meta.files_tagged(tag, after.as_deref(), PAGE)?;
+        // Ask for all that may be read: Redis answers it in one read of the set, a node in
+        // pages that fit its datagrams.
+        let page = meta.files_tagged(tag, after.as_deref(), max.saturating_add(1))?;
         let Some(last) = page.last().cloned() else { return Ok(Some(files)) };
         files.extend(page);
         if files.len() > max {
@@ -92,9 +94,9 @@ fn all_files<M: Metadata + ?Sized>(meta: &mut M) -> Result<BTreeSet<String>, Gra
     let mut files = BTreeSet::new();
     let mut after: Option<String> = None;
     loop {
-        let page = meta.list(after.as_deref(), PAGE)?;
-        let Some(last) = page.last().map(|record| record.name.clone()) else { return Ok(files) };
-        files.extend(page.into_iter().map(|record| record.name));
+        let page = meta.names(after.as_deref(), PAGE)?;
+        let Some(last) = page.last().cloned() else { return Ok(files) };
+        files.extend(page);
         if files.len() > NAMESPACE_FILES_MAX {
             return Err(GraphError::NamespaceTooLarge);
         }
@@ -331,13 +333,13 @@ pub fn graph<M: Metadata + ?Sized>(
         None => {
             let mut after: Option<String> = None;
             'files: loop {
-                let page = meta.list(after.as_deref(), PAGE)?;
-                let Some(last) = page.last().map(|record| record.name.clone()) else { break };
-                for record in page {
-                    if !builder.add(NodeKind::File, &record.name) {
+                let page = meta.names(after.as_deref(), PAGE)?;
+                let Some(last) = page.last().cloned() else { break };
+                for name in page {
+                    if !builder.add(NodeKind::File, &name) {
                         break 'files;
                     }
-                    for tag in tags_of(meta, &record.name)? {
+                    for tag in tags_of(meta, &name)? {
                         if !builder.add(NodeKind::Tag, &tag.tag) {
                             break 'files;
                         }
@@ -368,7 +370,7 @@ pub fn graph<M: Metadata + ?Sized>(
                         let mut files = Vec::new();
                         let mut after: Option<String> = None;
                         while files.len() < room {
-                            let page = meta.files_tagged(&label, after.as_deref(), PAGE.min(room))?;
+                            let page = meta.files_tagged(&label, after.as_deref(), room)?;
                             let Some(last) = page.last().cloned() else { break };
                             files.extend(page.into_iter().map(|name| (NodeKind::File, name)));
                             after = Some(last);

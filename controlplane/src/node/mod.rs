@@ -464,7 +464,14 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     let gc_state = Arc::new(GcState::default());
     let data_dir = settings.data_dir.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let single = settings.cluster.is_none();
+    // A single node tags its own files, reading them back over loopback: a kernel-bypass
+    // backend's port is not reachable from the host's own stack, so only `udp` has one.
+    let single = settings.cluster.is_none() && settings.backend.kind() == crate::config::BackendKind::Udp;
+    if settings.cluster.is_none() && !single {
+        info!(
+            "no automatic tagging on this backend: the node's tagger reads over the kernel's loopback (see docs/metadata.md)"
+        );
+    }
     let (nudge_tx, nudge_rx) = crate::tagger::node::nudge_channel();
     let nudge = single.then_some(nudge_tx);
     let tagger_key = key.clone();

@@ -83,6 +83,16 @@ fn run(
     nudges: &Receiver<()>,
     stop: &AtomicBool,
 ) {
+    // A node listening on every address is reached on loopback.
+    let address = match address.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, address.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, address.port()))
+        }
+        _ => address,
+    };
     let mut client: Option<Client> = None;
     while !stop.load(Ordering::Acquire) {
         if let Ok(waiting) = metadata.untagged_count() {
