@@ -221,6 +221,20 @@ fn web_page_uploads_tags_graphs_and_downloads_in_chromium() {
 
     let violations = browser.eval("window.__beeline.cspViolations").unwrap();
     assert_eq!(violations, serde_json::json!([]), "the page breaks its own Content-Security-Policy");
+    // Remove a tag through the page (its × button): the automatic type tag of the blob.
+    browser.click("#details-tags button.tag-remove[title='remove the tag type:binary']").unwrap();
+    browser.wait_for(
+        "window.__beeline.details && window.__beeline.details.name === 'data-blob.bin' && !window.__beeline.details.tags.includes('type:binary')",
+        "the removed tag goes",
+        WAIT,
+    );
+
+    // Back to every file for the screenshot: the whole graph, and the details still open.
+    let nodes_all = graph["nodes"].as_array().unwrap().len() - 1;
+    browser
+        .eval("document.getElementById('search').value = ''; document.getElementById('search').dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'}))")
+        .unwrap();
+    browser.wait_for(&format!("window.__beelineGraph.nodes.length === {nodes_all}"), "the whole graph again", WAIT);
     let png = browser.screenshot().unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     let path = screenshot_path();
