@@ -10,6 +10,9 @@ packages+=(clang llvm linux-libc-dev ethtool iputils-ping)
 # ci/vagrant-validate.sh: `vagrant validate` for the libvirt (plugin, no daemon needed) and
 # VirtualBox providers, and shellcheck for the provisioning scripts.
 packages+=(vagrant vagrant-libvirt shellcheck)
+# `beeline web`'s browser test (controlplane/tests/web.rs) drives headless Chromium over
+# the DevTools protocol.
+packages+=(chromium)
 # The DPDK backend (feature `dpdk`): DPDK 22.11 with its PMDs, libclang for bindgen, and
 # dpdk-devbind.py for binding NICs.
 packages+=(dpdk dpdk-dev libdpdk-dev libclang-dev)

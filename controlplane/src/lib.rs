@@ -5,12 +5,13 @@
 //! one node, and the replicated cluster client), [`cluster`] (the Redis metadata and
 //! placement), [`metadata`] (the namespace trait, tags, and the embedded store), [`graph`]
 //! (file-tag graph queries: search expressions, related files, neighbourhoods),
-//! [`tagger`] (automatic tagging: extractors and the runners), [`control`]
+//! [`tagger`] (automatic tagging: extractors and the runners), [`web`] (`beeline web`:
+//! the HTTP server and its page, the file-tag graph in a browser), [`control`]
 //! (control messages), [`keyfile`], [`hw`] and [`output`] (where downloaded files are
 //! written, safely); [`cli`] is the `beeline` command line, a
 //! thin layer over the rest. Dependencies run one way: cli -> node -> backend -> config,
-//! client -> cluster -> metadata -> control, cli -> graph -> metadata, and
-//! node -> tagger -> client.
+//! client -> cluster -> metadata -> control, cli -> graph -> metadata,
+//! node -> tagger -> client, and cli -> web -> {graph, client}.
 
 pub mod backend;
 pub mod cli;
@@ -25,3 +26,4 @@ pub mod metadata;
 pub mod node;
 pub mod output;
 pub mod tagger;
+pub mod web;

@@ -191,6 +191,22 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Serve a web page to upload, find, tag and download files, with the file-tag graph
+    /// and the cluster's state. Localhost only unless --listen says otherwise, and then
+    /// every request needs the access token it prints.
+    Web {
+        /// Address to serve on; any address but 127.0.0.1 or ::1 needs the printed token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Largest upload accepted.
+        #[arg(long, default_value_t = 1 << 30)]
+        upload_bytes_max: u64,
+        /// Nodes (files and tags) the graph shows at most.
+        #[arg(long, default_value_t = 300)]
+        graph_nodes_max: usize,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Automatic content tagging for a cluster (a single node tags its own files).
     Tagger {
         #[command(subcommand)]
@@ -411,6 +427,9 @@ fn run(cli: Cli) -> CliResult {
             Err("with --metadata the files are in the cluster: run `beeline cluster gc`".into())
         }
         Command::Gc { dry_run, grace_ms, client } => node_gc(&client, dry_run, grace_ms),
+        Command::Web { listen, upload_bytes_max, graph_nodes_max, client } => {
+            web(listen, upload_bytes_max, graph_nodes_max, &client)
+        }
         Command::Hw { .. } => Err("`beeline hw` is dispatched before this point; this is a bug".into()),
         Command::Tagger {
             command:
@@ -523,7 +542,37 @@ fn cluster_flags(flags: &ClientFlags) -> Result<crate::cli::cluster::Flags, Stri
     })
 }
 
-pub(crate) fn connect(flags: &ClientFlags) -> Result<Client, String> {
+fn web(listen: SocketAddr, upload_bytes_max: u64, graph_nodes_max: usize, flags: &ClientFlags) -> CliResult {
+    if graph_nodes_max == 0 {
+        return Err("--graph-nodes-max must be at least 1".into());
+    }
+    let opener = if flags.metadata.is_some() {
+        let cluster = cluster_flags(flags)?;
+        crate::web::Opener::Cluster {
+            url: cluster.url,
+            prefix: cluster.prefix,
+            key: cluster.key,
+            fragment_bytes: cluster.fragment_bytes,
+        }
+    } else {
+        crate::web::Opener::Node(client_options(flags)?)
+    };
+    let mut options = crate::web::WebOptions::new(listen);
+    options.upload_bytes_max = upload_bytes_max;
+    options.limits.graph_nodes_max = graph_nodes_max;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(options.operations_max + 4)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for signals: {e}"))?;
+        crate::web::serve(options, opener, shutdown).await
+    })
+}
+
+fn client_options(flags: &ClientFlags) -> Result<ClientOptions, String> {
     let node = resolve_node(&flags.node)?;
     let key_path = flags.key_file.clone().unwrap_or_else(keyfile::default_key_path);
     let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
@@ -532,7 +581,11 @@ pub(crate) fn connect(flags: &ClientFlags) -> Result<Client, String> {
     if let Some(rekey_after_ms) = flags.rekey_after_ms {
         options.rekey_after_ms = rekey_after_ms;
     }
-    Client::new(options).map_err(|e| e.to_string())
+    Ok(options)
+}
+
+pub(crate) fn connect(flags: &ClientFlags) -> Result<Client, String> {
+    Client::new(client_options(flags)?).map_err(|e| e.to_string())
 }
 
 fn progress_bar(total: Option<u64>, verb: &str, name: &str) -> Option<indicatif::ProgressBar> {

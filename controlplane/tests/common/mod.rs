@@ -6,6 +6,7 @@
 //! helpers (and re-exports) are not warnings here.
 #![allow(dead_code)]
 
+pub mod cdp;
 pub mod loopback;
 pub mod netns;
 pub mod node;

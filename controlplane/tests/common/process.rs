@@ -35,6 +35,11 @@ impl Process {
         Process { child: Some(child), log }
     }
 
+    /// Guards a process started elsewhere (whose stderr is not collected).
+    pub fn adopt(child: Child) -> Self {
+        Process { child: Some(child), log: Arc::default() }
+    }
+
     /// Its stderr so far, one line per line.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
