@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: builds Beeline, starts a small cluster (a real redis-server as the
-# metadata engine and three storage nodes), stores files with two replicas each, tags and
-# finds them, gets them back and shows they match, then kills a node and shows that every
+# metadata engine and three storage nodes), stores files with two replicas each, tags them
+# (a `beeline tagger run` adds automatic tags by content) and finds them through the
+# file-tag graph, serves the web UI (its address is printed), gets them back and shows they match, then kills a node and shows that every
 # file still comes back and that repair restores the replicas. Idempotent: everything
 # lives in a fresh temporary directory that is removed at the end, and every process
 # started here is stopped.
@@ -85,6 +86,13 @@ if [[ "$(live_nodes)" != 3 ]]; then
 fi
 "$beeline" cluster status
 
+echo "--- a tagger for automatic tags (Redis Stream {beeline}:tagging) and the web UI"
+"$beeline" tagger run --claim-idle-ms 5000 2>"$work/tagger.log" &
+pids+=($!)
+web_port="${BEELINE_DEMO_WEB_PORT:-8780}"
+"$beeline" web --listen "127.0.0.1:$web_port" >"$work/web.log" 2>&1 &
+pids+=($!)
+
 echo "--- storing files (two replicas of every chunk)"
 mkdir -p "$work/in" "$work/out"
 cp README.md "$work/in/README.md"
@@ -102,6 +110,24 @@ echo "--- listing and finding"
 "$beeline" ls
 echo "files tagged docs:";        "$beeline" search docs
 echo "files tagged docs+design:"; "$beeline" search docs design
+# The tagger works asynchronously: wait (bounded) until it has read README.md's keywords.
+for _ in $(seq 1 600); do "$beeline" tags README.md 2>/dev/null | grep '^keyword:' >/dev/null && break; sleep 0.05; done
+echo "README.md's tags (user ones and the tagger's):"; "$beeline" tags README.md
+"$beeline" tags README.md | grep '^keyword:' >/dev/null || {
+    tail -n 5 "$work/tagger.log" >&2
+    echo "demo: the tagger added no keywords to README.md (its log above)" >&2
+    exit 1
+}
+echo "files related to README.md (shared tags, rare ones weigh more):"; "$beeline" related README.md
+echo "search 'docs & !design':"; "$beeline" search 'docs & !design'
+for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$web_port/" >/dev/null && break; sleep 0.05; done
+if curl -sf "http://127.0.0.1:$web_port/" >/dev/null; then
+    echo "web UI: http://127.0.0.1:$web_port/ (beeline web; up until the demo ends)"
+else
+    tail -n 5 "$work/web.log" >&2
+    echo "demo: beeline web did not answer on 127.0.0.1:$web_port (its log above)" >&2
+    exit 1
+fi
 
 echo "--- getting them back"
 check_all() {

@@ -3,7 +3,7 @@
 # packages already present are not touched, and apt runs only when something is missing.
 set -euo pipefail
 
-packages=(build-essential pkg-config util-linux iproute2 procps redis-server prometheus)
+packages=(build-essential pkg-config util-linux iproute2 procps curl redis-server prometheus)
 # The XDP classifier (ebpf/) is built with clang against the kernel's UAPI headers; the
 # AF_XDP tests use ethtool, ping and tc (iproute2) inside network namespaces.
 packages+=(clang llvm linux-libc-dev ethtool iputils-ping)
