@@ -209,6 +209,46 @@ pub struct GcReport {
     pub more: bool,
 }
 
+/// How a client asks again after a garbage collection pass stopped early (`more`): at
+/// once while passes delete chunks, with a growing pause while they delete none (the
+/// node's change queue drains only as fast as its disk syncs), and never beyond a bound,
+/// so `gc` neither spins nor reports success with chunks left.
+#[derive(Debug, Default)]
+pub struct GcRetry {
+    passes: u32,
+    idle_pause_ms: u64,
+    idle_ms: u64,
+}
+
+impl GcRetry {
+    /// Passes asked of one node at most.
+    pub const PASSES_MAX: u32 = 100_000;
+    /// Time spent waiting on passes that deleted nothing, at most.
+    pub const IDLE_MS_MAX: u64 = 60_000;
+    const IDLE_PAUSE_MS_MAX: u64 = 100;
+
+    /// Called after a pass that reported `more`; waits if it made no progress, or says why
+    /// collection must stop unfinished.
+    pub fn after(&mut self, report: &GcReport) -> Result<(), String> {
+        debug_assert!(report.more, "a finished pass needs no retry");
+        self.passes += 1;
+        if report.chunks_collected > 0 {
+            self.idle_pause_ms = 0;
+        } else {
+            self.idle_pause_ms = (self.idle_pause_ms * 2).clamp(1, Self::IDLE_PAUSE_MS_MAX);
+            self.idle_ms += self.idle_pause_ms;
+            std::thread::sleep(std::time::Duration::from_millis(self.idle_pause_ms));
+        }
+        if self.passes >= Self::PASSES_MAX || self.idle_ms >= Self::IDLE_MS_MAX {
+            return Err(format!(
+                "garbage collection stopped unfinished after {} passes: the node's change queue stayed full (a slow or failing disk?); check the node's log, then run gc again",
+                self.passes
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node_version: String,
@@ -262,6 +302,24 @@ pub enum ControlResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gc_retry_continues_while_passes_progress_and_stops_at_its_bound() {
+        let progressing = GcReport { chunks_collected: 3, more: true, ..GcReport::default() };
+        let idle = GcReport { more: true, ..GcReport::default() };
+        let mut retry = GcRetry::default();
+        // Idle passes wait a little, growing; progress resets the pause.
+        assert_eq!(retry.after(&idle), Ok(()));
+        assert_eq!(retry.after(&idle), Ok(()));
+        assert_eq!((retry.idle_pause_ms, retry.idle_ms), (2, 3));
+        assert_eq!(retry.after(&progressing), Ok(()));
+        assert_eq!(retry.idle_pause_ms, 0);
+        while retry.passes < GcRetry::PASSES_MAX - 1 {
+            assert_eq!(retry.after(&progressing), Ok(()));
+        }
+        let stop = retry.after(&progressing).unwrap_err();
+        assert!(stop.contains("stopped unfinished") && stop.contains("run gc again"), "{stop}");
+    }
 
     #[test]
     fn chunk_lengths_end_at_the_file_size_and_never_panic_past_it() {

@@ -709,8 +709,10 @@ fn node_gc(flags: &ClientFlags, dry_run: bool, grace_ms: u64) -> CliResult {
     use crate::control::{ControlRequest, ControlResponse};
     let mut client = connect(flags)?;
     let mut total = crate::control::GcReport::default();
-    // A pass stops early when the node's change queue fills: ask again (bounded).
-    for _ in 0..1000 {
+    // A pass stops early when the node's change queue fills: ask again, backing off while
+    // passes make no progress (the queue drains at the disk's sync pace), within a bound.
+    let mut retry = crate::control::GcRetry::default();
+    loop {
         match client.control(&ControlRequest::Gc { dry_run, grace_ms: Some(grace_ms) }).map_err(|e| e.to_string())? {
             ControlResponse::Gc(report) => {
                 total.chunks_collected += report.chunks_collected;
@@ -722,6 +724,7 @@ fn node_gc(flags: &ClientFlags, dry_run: bool, grace_ms: u64) -> CliResult {
                 if !report.more || dry_run {
                     break;
                 }
+                retry.after(&report).map_err(|stop| format!("node {}: {stop}", client.node()))?;
             }
             ControlResponse::Failed(reason) => return Err(reason),
             other => return Err(format!("unexpected answer from the node: {other:?}")),

@@ -525,9 +525,10 @@ impl ClusterClient {
         let last = batches.len() - 1;
         let mut result = Ok(());
         'batches: for (position, batch) in batches.into_iter().enumerate() {
-            // A pass that stopped early (the node's change queue was full) is asked again;
-            // bounded, as every answer deletes chunks or ends it.
-            for _ in 0..1000 {
+            // A pass that stopped early (the node's change queue was full) is asked again,
+            // backing off while passes make no progress, within a bound.
+            let mut retry = crate::control::GcRetry::default();
+            loop {
                 let request = ControlRequest::CollectFiles {
                     file_ids: batch.to_vec(),
                     min_age_ms: options.grace_ms,
@@ -544,6 +545,10 @@ impl ClusterClient {
                         total.disk_bytes_freed += part.disk_bytes_freed;
                         if !part.more || options.dry_run {
                             continue 'batches;
+                        }
+                        if let Err(stop) = retry.after(&part) {
+                            result = Err(format!("node {node:016x}: {stop}"));
+                            break 'batches;
                         }
                     }
                     Ok(ControlResponse::Failed(reason)) => {
