@@ -191,11 +191,21 @@ fn create_temp_with(destination: &Path, random: &mut dyn FnMut() -> u64) -> std:
     let mut attempts = 0;
     loop {
         let path = parent.join(temp_name(file_name.as_bytes(), random()));
+        // Registered before it exists: a signal the moment after the file appears must
+        // find it (a test caught one arriving between the two). A signal before only
+        // unlinks a name that nobody holds, 64 random bits being unguessable.
+        let registration = signal_cleanup::register(&path);
         match create_exclusive(&path) {
-            Ok(file) => return Ok((file, TempFile::armed(path))),
-            // Another file (or link) holds that name: ours are random, so draw again.
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
-            Err(error) => return Err(error),
+            Ok(file) => return Ok((file, TempFile { path: Some(path), registration })),
+            Err(error) => {
+                signal_cleanup::clear(registration);
+                // Another file (or link) holds that name: ours are random, so draw again.
+                if error.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 {
+                    attempts += 1;
+                } else {
+                    return Err(error);
+                }
+            }
         }
     }
 }
@@ -229,11 +239,6 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    fn armed(path: PathBuf) -> TempFile {
-        let registration = signal_cleanup::register(&path);
-        TempFile { path: Some(path), registration }
-    }
-
     pub fn path(&self) -> &Path {
         self.path.as_deref().expect("set until renamed or dropped")
     }
