@@ -598,7 +598,9 @@ fn after_a_disk_full_put_gc_makes_room_for_one_that_fits() {
     // Space must be back within a bounded number of gc passes. One CI run (2026-11-30,
     // a loaded machine) needed more than one: a put right after the first pass still found
     // the disk full. Each pass is reported, so a regression to "never" fails here and a
-    // slow release shows in the output; why one pass is not always enough is open (#11).
+    // slow release shows in the output. The likely cause, fixed since: the client's
+    // retries of a pass that stopped early could all find the node's change queue full
+    // and give up (control::GcRetry now waits for it to drain).
     let mut passes = 0;
     let stored = loop {
         passes += 1;
