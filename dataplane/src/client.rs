@@ -182,6 +182,12 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
         }
     }
 
+    /// Still sending fragments (not yet every fragment on the node). A put past this point
+    /// only waits for the node's disk, so a client may start another chunk beside it.
+    pub fn is_sending(&self) -> bool {
+        matches!(self.phase, PutPhase::Sending)
+    }
+
     /// Bytes of the chunk the node has confirmed receiving.
     pub fn acked_bytes(&self) -> u64 {
         u64::from(self.acked.count().min(self.count)) * u64::from(self.frag_len)

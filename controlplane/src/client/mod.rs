@@ -167,6 +167,11 @@ impl Op {
         }
     }
 
+    /// A put still moving fragments (not only waiting for the node's disk).
+    fn is_sending_put(&self) -> bool {
+        matches!(self, Op::Put(put) if put.is_sending())
+    }
+
     fn deadline_ms(&self) -> u64 {
         match self {
             Op::Put(put) => put.deadline_ms(),
@@ -303,13 +308,16 @@ impl Client {
         }
     }
 
-    /// Runs machines until at least one of them settles (or none is pending); returns the
-    /// index of every machine that settled during this call. With `fail_fast`, a machine
-    /// that failed is returned as an error instead.
+    /// Runs machines until at least one of them settles (or none is pending), or until a
+    /// put has every fragment on the node and only waits for its disk (so the caller can
+    /// start the next chunk while that one is made durable); returns the index of every
+    /// machine that settled during this call. With `fail_fast`, a machine that failed is
+    /// returned as an error instead.
     // Long on purpose: one loop (settle, wait, receive and dispatch, timers) whose borrows of the socket, batch and session must stay side by side.
     fn drive(&mut self, ops: &mut [Op], fail_fast: bool) -> Result<Vec<usize>, ClientError> {
         let mut finished = Vec::new();
         let mut was_pending: Vec<bool> = ops.iter().map(|op| op.progress() == Progress::Pending).collect();
+        let sending_at_start = ops.iter().filter(|op| op.is_sending_put()).count();
         // Bounded: every machine fails by itself after its retries run out.
         loop {
             for (index, op) in ops.iter().enumerate() {
@@ -321,7 +329,10 @@ impl Client {
                     }
                 }
             }
-            if !finished.is_empty() || !was_pending.iter().any(|pending| *pending) {
+            if !finished.is_empty()
+                || !was_pending.iter().any(|pending| *pending)
+                || ops.iter().filter(|op| op.is_sending_put()).count() < sending_at_start
+            {
                 return Ok(finished);
             }
             let now = self.now_ms();
@@ -445,15 +456,18 @@ impl Client {
         let window = self.info()?.window_fragments;
         let file_id = rand::random::<u64>() | 1;
         let mut hasher = blake3::Hasher::new();
-        let mut spare: Vec<Vec<u8>> =
-            (0..self.options.parallel_chunks.max(1)).map(|_| Vec::with_capacity(chunk_bytes as usize)).collect();
+        // `parallel` chunks move fragments while as many more wait for the node's disk: the
+        // network and the disk then work at once instead of taking turns (a put is
+        // acknowledged only when durable, so each round would otherwise wait for a sync).
+        let parallel = self.options.parallel_chunks.max(1);
+        let mut spare: Vec<Vec<u8>> = (0..2 * parallel).map(|_| Vec::with_capacity(chunk_bytes as usize)).collect();
         let mut ops: Vec<Op> = Vec::new();
         let mut size_bytes = 0u64;
         let mut next_index = 0u64;
         let mut done_bytes = 0u64;
         let mut eof = false;
         loop {
-            while !eof && !spare.is_empty() {
+            while !eof && !spare.is_empty() && ops.iter().filter(|op| op.is_sending_put()).count() < parallel {
                 let mut buffer = spare.pop().expect("checked non-empty");
                 buffer.clear();
                 Read::take(&mut *reader, u64::from(chunk_bytes))
