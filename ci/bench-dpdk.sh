@@ -3,7 +3,8 @@
 # namespace joined by a veth pair, runs the same `beeline bench` workload from the client
 # namespace against a `udp` node, an `afxdp` node and a `dpdk` node on DPDK's net_af_xdp PMD
 # (all three on the node's veth end, one after the other), measures each node's idle CPU,
-# and prints a Markdown table (docs/benchmarks.md, "DPDK vs AF_XDP vs udp on veth").
+# and prints a Markdown table (docs/benchmarks.md, "DPDK vs AF_XDP vs udp on veth"), then
+# nginx (plain HTTP sendfile) on the same pair and each backend's 4 MiB get against it.
 # With --virtio it then also runs a `dpdk` node on net_virtio_user, reached through
 # beeline-dpdk-forward (vhost-user <-> a tap in the client namespace: the virtio path of a
 # VM), and prints a second table against the same run's `udp` node. Not a test: numbers
@@ -43,6 +44,12 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "bench-dpdk.sh: needs root (network namespaces, XDP, AF_XDP, hugepages): run it with sudo" >&2
     exit 1
 fi
+for package in nginx curl; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        echo "bench-dpdk.sh: installing $package (the peer measured on the same veth pair)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >&2
+    fi
+done
 for tool in ip ethtool python3 mount; do
     command -v "$tool" >/dev/null || { echo "bench-dpdk.sh: $tool is missing (ci/setup.sh installs it)" >&2; exit 1; }
 done
@@ -67,12 +74,13 @@ node_ns=blbd-n$id client_ns=blbd-c$id node_if=blbdn$id client_if=blbdc$id tap=bl
 node_ip=10.79.0.1 client_ip=10.79.0.2 port=7777
 tap_ip=10.80.0.1 virtio_ip=10.80.0.2
 work=$(mktemp -d /tmp/beeline-bench-dpdk.XXXXXX)
-node_pid="" forward_pid="" mounted_hugetlbfs=""
+node_pid="" forward_pid="" nginx_pid="" mounted_hugetlbfs=""
 hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
 
 cleanup() {
     if [[ -n $node_pid ]]; then kill "$node_pid" 2>/dev/null || true; wait "$node_pid" 2>/dev/null || true; fi
     if [[ -n $forward_pid ]]; then kill "$forward_pid" 2>/dev/null || true; wait "$forward_pid" 2>/dev/null || true; fi
+    if [[ -n $nginx_pid ]]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
     ip netns del "$node_ns" 2>/dev/null || true
     ip netns del "$client_ns" 2>/dev/null || true
     echo "$hugepages_before" > /proc/sys/vm/nr_hugepages || true
@@ -191,6 +199,51 @@ measure dpdk "$node_ip:$port" --backend dpdk --dpdk-devices "net_af_xdp0,iface=$
 if ip -n "$node_ns" -d link show "$node_if" | grep -q 'prog/xdp'; then
     echo "xdp program left attached" > "$work/xdp-left-dpdk.txt"
 fi
+
+# The peer on the same pair: nginx (plain HTTP, sendfile, one worker) in the node namespace,
+# curl in the client namespace fetching the same 4 MiB object as many times as the bench
+# gets chunks (one curl, one kept-alive connection, one request in flight).
+echo "bench-dpdk.sh: nginx plain HTTP GET on the same veth pair" >&2
+mkdir -p "$work/www" "$work/nginx-tmp"
+head -c $((4 << 20)) /dev/urandom > "$work/www/obj4m"
+cat > "$work/nginx.conf" << NGINX
+worker_processes 1;
+daemon off;
+error_log $work/nginx-error.log;
+pid $work/nginx.pid;
+events { worker_connections 64; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path $work/nginx-tmp;
+    proxy_temp_path $work/nginx-tmp;
+    fastcgi_temp_path $work/nginx-tmp;
+    uwsgi_temp_path $work/nginx-tmp;
+    scgi_temp_path $work/nginx-tmp;
+    types { }
+    default_type application/octet-stream;
+    server { listen $node_ip:8080; root $work/www; }
+}
+NGINX
+ip netns exec "$node_ns" nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx-error.log" &
+nginx_pid=$!
+until ip netns exec "$client_ns" curl -sS --fail -o /dev/null "http://$node_ip:8080/obj4m" 2>/dev/null; do
+    kill -0 "$nginx_pid" 2>/dev/null || { cat "$work/nginx-error.log" >&2; exit 1; }
+    sleep 0.1
+done
+nginx_worker=$(pgrep -P "$nginx_pid" | head -n 1)
+for ((i = 0; i < chunks; i++)); do
+    printf 'url = "http://%s:8080/obj4m"\noutput = "/dev/null"\n' "$node_ip"
+done > "$work/nginx-get.cfg"
+worker_start=$(cpu_ticks "$nginx_worker") start=$(date +%s.%N)
+ip netns exec "$client_ns" curl -sS --fail -K "$work/nginx-get.cfg"
+end=$(date +%s.%N) worker_end=$(cpu_ticks "$nginx_worker")
+echo "$start $end $worker_start $worker_end $hz" > "$work/nginx-get.txt"
+kill -TERM "$nginx_pid"
+wait "$nginx_pid" 2>/dev/null || true
+nginx_pid=""
 
 if ((virtio)); then
     # The hypervisor's side: a vhost-user server on a socket, bridged to a tap in the
@@ -336,6 +389,18 @@ def table(cols, ratio_cols):
     line("idle machine CPU, % of one core (everything running)", lambda r: float(r["machine_idle"]), lambda v: f"{v:.1f}", False)
 
 table(["udp", "afxdp", "dpdk"], ["afxdp", "dpdk"])
+print()
+start, end, worker_start, worker_end, hz = map(float, open(os.path.join(work, "nginx-get.txt")).read().split())
+nginx_bytes = int(chunks) * (4 << 20)
+nginx_gbps = nginx_bytes / (end - start) / 1e9
+nginx_cpu = (worker_end - worker_start) / hz / (nginx_bytes / 1e9)
+print(f"The peer on the same veth pair, same run: nginx plain HTTP (sendfile, one worker) served {chunks} GETs of a "
+      f"4 MiB object to one curl at **{nginx_gbps:.3f} GB/s** ({nginx_cpu:.2f} worker CPU-s per GB).")
+print()
+print("| 4 MiB get ÷ nginx plain HTTP GET on the same pair | " + " | ".join(names[c] for c in ["udp", "afxdp", "dpdk"]) + " |")
+print("| --- |" + " ---: |" * 3)
+print("| ratio (target ≥ 1.0 for afxdp and dpdk) | " + " | ".join(
+    f"{rows[c]['get']['gb_per_second'] / nginx_gbps:.2f}x" for c in ["udp", "afxdp", "dpdk"]) + " |")
 print()
 # Gauges, not counters: their difference over the run means nothing; shown at the end.
 gauges = ("dpdk_frames_owned", "dpdk_frames_pooled")
