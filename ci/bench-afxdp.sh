@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-chunks=64 ops=20000 mtu=3500 fragment=3400 idle_seconds=10 output=""
+chunks=64 ops=20000 mtu=3500 fragment=3372 idle_seconds=10 output=""
 while (($#)); do
     case "$1" in
         --chunks) chunks=$2; shift 2 ;;

@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-chunks=64 ops=20000 mtu=1500 fragment=1400 idle_seconds=10 virtio=0 virtio_queue_size="" keep_logs="" output=""
+chunks=64 ops=20000 mtu=1500 fragment=1372 idle_seconds=10 virtio=0 virtio_queue_size="" keep_logs="" output=""
 while (($#)); do
     case "$1" in
         --chunks) chunks=$2; shift 2 ;;

@@ -67,7 +67,7 @@ pub struct BenchArgs {
     /// Bytes per small get; one fragment each when the node's frames allow it.
     #[arg(long, default_value_t = 4096)]
     pub op_bytes: u32,
-    /// Fragment payload per datagram for the bulk put/get [default: the node's largest on loopback, else 1372].
+    /// Fragment payload per datagram, for every phase [default: the node's largest on loopback, else 1372].
     #[arg(long)]
     pub fragment_bytes: Option<u16>,
     /// Chunks in flight at once during the bulk put and get (the client's default).
@@ -403,7 +403,8 @@ fn small_ops_in_flight(
     pool: &Pool,
 ) -> Result<Vec<Phase>, String> {
     let op_bytes = args.op_bytes;
-    let fragment = op_bytes.min(u32::from(node_max)) as u16;
+    // Off loopback the path (a 1500-byte MTU), not the node's frames, caps the small gets too.
+    let fragment = op_bytes.min(u32::from(bulk_fragment(addr, args.fragment_bytes, node_max))) as u16;
     let mut client = client(addr, key, Some(fragment), 1)?;
     client.set_chunk_bytes(op_bytes);
     let file_id = rand::random::<u64>();
@@ -552,7 +553,8 @@ fn small_gets(
     pool: &Pool,
 ) -> Result<Phase, String> {
     let op_bytes = args.op_bytes;
-    let fragment = op_bytes.min(u32::from(node_max)) as u16;
+    // Off loopback the path (a 1500-byte MTU), not the node's frames, caps the small gets too.
+    let fragment = op_bytes.min(u32::from(bulk_fragment(addr, args.fragment_bytes, node_max))) as u16;
     let mut client = client(addr, key, Some(fragment), 1)?;
     let chunk_count = record.chunk_count();
     let slots_per_chunk = CHUNK_BYTES / op_bytes;
