@@ -206,7 +206,9 @@ fi
 echo "bench-dpdk.sh: nginx plain HTTP GET on the same veth pair" >&2
 mkdir -p "$work/www" "$work/nginx-tmp"
 head -c $((4 << 20)) /dev/urandom > "$work/www/obj4m"
+# The worker runs as whoever runs this script, so it can read the 0700 temporary directory.
 cat > "$work/nginx.conf" << NGINX
+user $(id -un) $(id -gn);
 worker_processes 1;
 daemon off;
 error_log $work/nginx-error.log;
@@ -229,8 +231,13 @@ http {
 NGINX
 ip netns exec "$node_ns" nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx-error.log" &
 nginx_pid=$!
+deadline=$((SECONDS + 30))
 until ip netns exec "$client_ns" curl -sS --fail -o /dev/null "http://$node_ip:8080/obj4m" 2>/dev/null; do
-    kill -0 "$nginx_pid" 2>/dev/null || { cat "$work/nginx-error.log" >&2; exit 1; }
+    if ! kill -0 "$nginx_pid" 2>/dev/null || ((SECONDS > deadline)); then
+        echo "bench-dpdk.sh: nginx did not serve the object within 30 s; its error log:" >&2
+        cat "$work/nginx-error.log" >&2
+        exit 1
+    fi
     sleep 0.1
 done
 nginx_worker=$(pgrep -P "$nginx_pid" | head -n 1)
