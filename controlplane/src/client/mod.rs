@@ -50,6 +50,10 @@ pub enum ClientError {
         "{name} came back with different content than was stored (BLAKE3 mismatch); the copy on the node is damaged"
     )]
     Corrupt { name: String },
+    #[error(
+        "node {node} refused to serve a damaged copy (it failed its checksum on the node's disk; none of its bytes were sent): in a cluster run `beeline cluster scrub` then `beeline cluster repair`; a single node holds no other copy, so put the file again from its source"
+    )]
+    CorruptCopy { node: SocketAddr },
     #[error("{0}")]
     BadName(String),
     #[error(
@@ -284,6 +288,7 @@ impl Client {
             },
             MachineError::Rejected(Status::DiskFull) => ClientError::DiskFull { node },
             MachineError::Rejected(Status::Busy) => ClientError::Busy { node },
+            MachineError::Rejected(Status::Corrupt) => ClientError::CorruptCopy { node },
             MachineError::Rejected(Status::TooLarge) => ClientError::Rejected {
                 node,
                 status: Status::TooLarge,
@@ -804,6 +809,7 @@ fn clone_error(error: &ClientError) -> ClientError {
         ClientError::Unreachable { node, retries } => ClientError::Unreachable { node: *node, retries: *retries },
         ClientError::DiskFull { node } => ClientError::DiskFull { node: *node },
         ClientError::Busy { node } => ClientError::Busy { node: *node },
+        ClientError::CorruptCopy { node } => ClientError::CorruptCopy { node: *node },
         ClientError::Rejected { node, status, hint } => ClientError::Rejected { node: *node, status: *status, hint },
         other => ClientError::Failed { node: "0.0.0.0:0".parse().expect("constant"), reason: other.to_string() },
     }
