@@ -528,7 +528,10 @@ impl Client {
         }
     }
 
-    /// Writes file `name` to `writer` in order, checking its BLAKE3 at the end.
+    /// Writes file `name` to `writer` in order, checking its BLAKE3 at the end. Every byte
+    /// written passed the node's block checksums (a damaged copy is refused, not sent); when
+    /// a chunk fails, the chunks before it are still written whole, then the error returns.
+    // Long on purpose: one streaming loop (start gets up to the parallel limit, drive them, write finished chunks in order, stop at the first failed one) whose local state every step shares.
     pub fn get_writer(
         &mut self,
         name: &str,
@@ -545,13 +548,31 @@ impl Client {
         let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut ops: Vec<Op> = Vec::new();
         let mut op_chunks: Vec<u64> = Vec::new();
+        // The lowest chunk that failed, and why: nothing from it on is written.
+        let mut failed: Option<(u64, ClientError)> = None;
         let mut next_start = 0u64;
         let mut next_write = 0u64;
         let mut written = 0u64;
         let write_error = |source| ClientError::LocalIo { path: destination.to_owned(), source };
         while next_write < chunk_count {
-            // At most `parallel` chunks fetched ahead of the one to write next.
-            while next_start < chunk_count && next_start < next_write + parallel {
+            if let Some((index, _)) = &failed {
+                if next_write >= *index {
+                    let (_, error) = failed.expect("checked above");
+                    let _ = writer.flush();
+                    return Err(match error {
+                        ClientError::Rejected { status: Status::NotFound, .. } => ClientError::Failed {
+                            node: self.options.node,
+                            reason: format!(
+                                "a chunk of {name} is missing on the node; the file cannot be read back whole"
+                            ),
+                        },
+                        other => other,
+                    });
+                }
+            }
+            // At most `parallel` chunks fetched ahead of the one to write next; none
+            // after a failure.
+            while failed.is_none() && next_start < chunk_count && next_start < next_write + parallel {
                 let len = record.chunk_len(next_start);
                 let mut get = GetChunk::new(
                     record.chunk_id(next_start),
@@ -569,18 +590,16 @@ impl Client {
                 op_chunks.push(next_start);
                 next_start += 1;
             }
-            let finished = self.drive(&mut ops, true).map_err(|error| match error {
-                ClientError::Rejected { status: Status::NotFound, .. } => ClientError::Failed {
-                    node: self.options.node,
-                    reason: format!("a chunk of {name} is missing on the node; the file cannot be read back whole"),
-                },
-                other => other,
-            })?;
-            let mut finished = finished;
+            let mut finished = self.drive(&mut ops, false)?;
             finished.sort_unstable();
             for index in finished.into_iter().rev() {
                 let chunk_index = op_chunks.swap_remove(index);
-                if let Op::Get(get) = ops.swap_remove(index) {
+                let op = ops.swap_remove(index);
+                if let Progress::Failed(error) = op.progress() {
+                    if failed.as_ref().is_none_or(|(first, _)| chunk_index < *first) {
+                        failed = Some((chunk_index, self.error(error)));
+                    }
+                } else if let Op::Get(get) = op {
                     ready.insert(chunk_index, get.into_output());
                 }
             }
