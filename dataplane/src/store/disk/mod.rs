@@ -24,6 +24,8 @@ mod recovery;
 #[allow(unsafe_code)] // geteuid(2), to skip what root can do anyway
 mod tests;
 mod verify;
+#[cfg(test)]
+mod verify_tests;
 
 use files::*;
 use group_commit::*;
