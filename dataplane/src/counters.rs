@@ -102,6 +102,8 @@ pub struct Counters {
     pub rejected_not_found: u64,
     pub rejected_disk_full: u64,
     pub rejected_internal: u64,
+    /// Reads refused because the stored copy failed its checksum (`Status::Corrupt`).
+    pub rejected_corrupt: u64,
     pub fragments_stored: u64,
     pub fragments_duplicate: u64,
     pub chunks_stored: u64,

@@ -163,6 +163,9 @@ pub enum Status {
     Internal = 6,
     /// A put for this chunk id is already under way with a different shape.
     Conflict = 7,
+    /// The stored copy failed its checksum: no bytes of it are sent. Read another replica,
+    /// or repair this one (`beeline cluster repair`; on a single node restore the file).
+    Corrupt = 8,
 }
 
 impl Status {
@@ -176,6 +179,7 @@ impl Status {
             5 => Self::TooLarge,
             6 => Self::Internal,
             7 => Self::Conflict,
+            8 => Self::Corrupt,
             _ => return None,
         })
     }

@@ -245,7 +245,9 @@ enum ClusterCommand {
         #[arg(long)]
         dry_run: bool,
         /// Keep chunks of a file whose youngest chunk is younger than this, and puts
-        /// refreshed within it [default: 60000].
+        /// refreshed within it [default: 60000]. Not shorter than a repair while one may
+        /// run: 0 can collect a copy a repair just wrote before it was recorded (it is then
+        /// copied again by the next repair; see docs/operations.md).
         #[arg(long, default_value_t = ON_DEMAND_GRACE_MS)]
         grace_ms: u64,
         #[command(flatten)]

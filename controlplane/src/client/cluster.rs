@@ -650,6 +650,7 @@ impl ClusterClient {
                                 _ => Ok(bytes.clone()),
                             },
                             Some(Err(error)) if is_not_found(error) => Err(Some("missing")),
+                            Some(Err(error)) if is_corrupt_copy(error) => Err(Some("corrupt")),
                             _ => Err(None),
                         };
                         match verdict {
@@ -929,6 +930,7 @@ impl ClusterClient {
                                 }
                             }
                             Some(Err(error)) if is_not_found(error) => "missing",
+                            Some(Err(error)) if is_corrupt_copy(error) => "corrupt",
                             _ => {
                                 report.unreadable += 1;
                                 continue;
@@ -977,7 +979,7 @@ impl ClusterClient {
                     source.get_or_insert_with(|| Arc::from(bytes.as_slice()));
                 }
                 Some(Ok(_)) => found_bad.push(*node),
-                Some(Err(error)) if is_not_found(error) => found_bad.push(*node),
+                Some(Err(error)) if is_not_found(error) || is_corrupt_copy(error) => found_bad.push(*node),
                 _ => unknown.push(*node),
             }
         }
@@ -1071,6 +1073,11 @@ fn unlisted_copies(
 /// Whether a node answered that it does not have the chunk.
 fn is_not_found(error: &ClientError) -> bool {
     matches!(error, ClientError::Rejected { status: beeline_dataplane::wire::Status::NotFound, .. })
+}
+
+/// Whether a node refused to serve its copy because it failed the node's checksum.
+fn is_corrupt_copy(error: &ClientError) -> bool {
+    matches!(error, ClientError::CorruptCopy { .. })
 }
 
 /// Summarises members for display.

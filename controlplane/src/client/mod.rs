@@ -53,6 +53,10 @@ pub enum ClientError {
         "{name} came back with different content than was stored (BLAKE3 mismatch); the copy on the node is damaged"
     )]
     Corrupt { name: String },
+    #[error(
+        "node {node} refused to serve a damaged copy (it failed its checksum on the node's disk; none of its bytes were sent): in a cluster run `beeline cluster scrub` then `beeline cluster repair`; a single node holds no other copy, so put the file again from its source"
+    )]
+    CorruptCopy { node: SocketAddr },
     #[error("{0}")]
     BadName(String),
     #[error(
@@ -292,6 +296,7 @@ impl Client {
             },
             MachineError::Rejected(Status::DiskFull) => ClientError::DiskFull { node },
             MachineError::Rejected(Status::Busy) => ClientError::Busy { node },
+            MachineError::Rejected(Status::Corrupt) => ClientError::CorruptCopy { node },
             MachineError::Rejected(Status::TooLarge) => ClientError::Rejected {
                 node,
                 status: Status::TooLarge,
@@ -540,7 +545,9 @@ impl Client {
         }
     }
 
-    /// Writes file `name` to `writer` in order, checking its BLAKE3 at the end.
+    /// Writes file `name` to `writer` in order, checking its BLAKE3 at the end. Every byte
+    /// written passed the node's block checksums (a damaged copy is refused, not sent); when
+    /// a chunk fails, the chunks before it are still written whole, then the error returns.
     ///
     /// Hashing runs on a second thread, pipelined with the transfer: on a get the client
     /// spends about a third of its CPU in BLAKE3, which would otherwise stall the receive
@@ -616,6 +623,8 @@ impl Client {
         let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut ops: Vec<Op> = Vec::new();
         let mut op_chunks: Vec<u64> = Vec::new();
+        // The lowest chunk that failed, and why: nothing from it on is written.
+        let mut failed: Option<(u64, ClientError)> = None;
         let mut next_start = 0u64;
         let mut next_hash = 0u64;
         let mut next_write = 0u64;
@@ -627,8 +636,25 @@ impl Client {
             reason: "the client's hashing thread stopped; this is a bug in beeline".to_owned(),
         };
         while next_write < chunk_count {
-            // At most `parallel` chunks in flight, and no more buffers than `buffers_max`.
-            while next_start < chunk_count
+            if let Some((index, _)) = &failed {
+                if next_write >= *index {
+                    let (_, error) = failed.expect("checked above");
+                    let _ = writer.flush();
+                    return Err(match error {
+                        ClientError::Rejected { status: Status::NotFound, .. } => ClientError::Failed {
+                            node: self.options.node,
+                            reason: format!(
+                                "a chunk of {name} is missing on the node; the file cannot be read back whole"
+                            ),
+                        },
+                        other => other,
+                    });
+                }
+            }
+            // At most `parallel` chunks in flight, no more buffers than `buffers_max`, and
+            // none started after a failure.
+            while failed.is_none()
+                && next_start < chunk_count
                 && (ops.len() as u64) < parallel
                 && next_start < next_write + buffers_max as u64
             {
@@ -654,7 +680,8 @@ impl Client {
                 next_start += 1;
             }
             if ops.is_empty() {
-                // Everything left is with the hashing thread: wait for the next chunk back.
+                // Everything left to write is with the hashing thread: wait for the next
+                // chunk back.
                 let data = hashed.recv().map_err(|_| hash_gone())?;
                 writer.write_all(&data).map_err(write_error)?;
                 written += data.len() as u64;
@@ -663,17 +690,16 @@ impl Client {
                 spare.push(data);
                 continue;
             }
-            let mut finished = self.drive(&mut ops, true).map_err(|error| match error {
-                ClientError::Rejected { status: Status::NotFound, .. } => ClientError::Failed {
-                    node: self.options.node,
-                    reason: format!("a chunk of {name} is missing on the node; the file cannot be read back whole"),
-                },
-                other => other,
-            })?;
+            let mut finished = self.drive(&mut ops, false)?;
             finished.sort_unstable();
             for index in finished.into_iter().rev() {
                 let chunk_index = op_chunks.swap_remove(index);
-                if let Op::Get(get) = ops.swap_remove(index) {
+                let op = ops.swap_remove(index);
+                if let Progress::Failed(error) = op.progress() {
+                    if failed.as_ref().is_none_or(|(first, _)| chunk_index < *first) {
+                        failed = Some((chunk_index, self.error(error)));
+                    }
+                } else if let Op::Get(get) = op {
                     ready.insert(chunk_index, get.into_output());
                 }
             }
@@ -903,6 +929,7 @@ fn clone_error(error: &ClientError) -> ClientError {
         ClientError::Unreachable { node, retries } => ClientError::Unreachable { node: *node, retries: *retries },
         ClientError::DiskFull { node } => ClientError::DiskFull { node: *node },
         ClientError::Busy { node } => ClientError::Busy { node: *node },
+        ClientError::CorruptCopy { node } => ClientError::CorruptCopy { node: *node },
         ClientError::Rejected { node, status, hint } => ClientError::Rejected { node: *node, status: *status, hint },
         other => ClientError::Failed { node: "0.0.0.0:0".parse().expect("constant"), reason: other.to_string() },
     }

@@ -27,6 +27,12 @@ pub enum ConfigError {
 /// reclaimed once the file's youngest chunk is this old (ten minutes).
 pub const GC_GRACE_MS_DEFAULT: u64 = 600_000;
 
+/// Default rate of the background scrub: a 100 GB node is read once in under two hours,
+/// at a fraction of one disk's bandwidth.
+pub const SCRUB_BYTES_PER_S_DEFAULT: u64 = 16 << 20;
+/// Fastest background scrub accepted (1 GiB/s): beyond that it would compete with serving.
+pub const SCRUB_BYTES_PER_S_MAX: u64 = 1 << 30;
+
 /// The file's keys; all optional, unknown keys are an error.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +64,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub repair_interval_ms: Option<u64>,
     pub gc_grace_ms: Option<u64>,
+    pub scrub_bytes_per_s: Option<u64>,
     pub dpdk_devices: Option<Vec<String>>,
     pub dpdk_cores: Option<String>,
     pub dpdk_file_prefix: Option<String>,
@@ -157,6 +164,10 @@ pub struct NodeFlags {
     /// old; 0 = no background garbage collection [default: 600000].
     #[arg(long)]
     pub gc_grace_ms: Option<u64>,
+    /// Background scrub: re-read and verify every stored chunk at this many bytes per
+    /// second; 0 = off [default: 16777216].
+    #[arg(long)]
+    pub scrub_bytes_per_s: Option<u64>,
     /// dpdk: the port to serve, a PCI address (0000:00:06.0) or a virtual device
     /// (net_af_xdp0,iface=eth1); repeatable, the first one is served.
     #[arg(long)]
@@ -211,6 +222,8 @@ pub struct NodeSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Grace period of garbage collection; 0 = no background collection.
     pub gc_grace_ms: u64,
+    /// Rate of the background scrub; 0 = off.
+    pub scrub_bytes_per_s: u64,
 }
 
 /// Settings for joining the metadata cluster.
@@ -342,6 +355,12 @@ impl NodeFlags {
             |grace_ms| grace_ms == 0 || (1_000..=604_800_000).contains(&grace_ms),
             "must be 0 (no background garbage collection) or from 1000 to 604800000 (a week); longer than any put may stall",
         )?;
+        let scrub_bytes_per_s = origin.checked(
+            pick(&self.scrub_bytes_per_s, &file.scrub_bytes_per_s, SCRUB_BYTES_PER_S_DEFAULT),
+            "scrub_bytes_per_s",
+            |rate| rate == 0 || (4096..=SCRUB_BYTES_PER_S_MAX).contains(&rate),
+            format!("must be 0 (no background scrub) or from 4096 to {SCRUB_BYTES_PER_S_MAX} bytes per second"),
+        )?;
         let mut cluster = self.resolve_cluster(&file, &origin, listen)?;
         if let Some(cluster) = cluster.as_mut() {
             cluster.gc_grace_ms = gc_grace_ms;
@@ -378,6 +397,7 @@ impl NodeFlags {
             cluster,
             metrics_listen,
             gc_grace_ms,
+            scrub_bytes_per_s,
         })
     }
 
@@ -640,6 +660,14 @@ mod tests {
         let (_dir, flags) = with_file("gc_grace_ms = 0\n");
         assert_eq!(flags.resolve().unwrap().gc_grace_ms, 0);
         assert_eq!(NodeFlags::default().resolve().unwrap().gc_grace_ms, 600_000);
+
+        let (_dir, flags) = with_file("scrub_bytes_per_s = 100\n");
+        let message = flags.resolve().unwrap_err().to_string();
+        assert!(message.contains("`scrub_bytes_per_s` = 100") && message.contains("from 4096"), "{message}");
+        assert!(message.contains("node.toml"), "names the file: {message}");
+        let (_dir, flags) = with_file("scrub_bytes_per_s = 0\n");
+        assert_eq!(flags.resolve().unwrap().scrub_bytes_per_s, 0);
+        assert_eq!(NodeFlags::default().resolve().unwrap().scrub_bytes_per_s, 16 << 20);
     }
 
     #[test]

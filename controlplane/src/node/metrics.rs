@@ -92,6 +92,7 @@ fn histogram(source: &LatencyHistogram) -> Metric {
 pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
     let snapshot = sources.snapshot.lock().map(|snapshot| snapshot.clone()).unwrap_or_default();
     let c = &snapshot.counters;
+    let i = &snapshot.integrity;
     let sync = sources.sync_latency.lock().map(|histogram| *histogram).unwrap_or_default();
     use MetricType::{COUNTER, GAUGE, HISTOGRAM};
     let mut families = vec![
@@ -132,6 +133,7 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
                 ("not_found", c.rejected_not_found),
                 ("disk_full", c.rejected_disk_full),
                 ("internal", c.rejected_internal),
+                ("corrupt", c.rejected_corrupt),
             ]
             .iter()
             .map(|(status, value)| counter(*value, &[("status", status)]))
@@ -184,6 +186,67 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
             vec![gauge(sources.capacity_bytes as f64, &[])],
         ),
         family("beeline_stored_chunks", "Live chunks held.", GAUGE, vec![gauge(snapshot.chunks as f64, &[])]),
+        family(
+            "beeline_get_corrupt_total",
+            "Get requests answered corrupt: the stored copy failed its checksum and none of its bytes were sent.",
+            COUNTER,
+            vec![counter(c.rejected_corrupt, &[])],
+        ),
+        family(
+            "beeline_corrupt_chunks",
+            "Chunks marked corrupt now (by a read or the scrub); deleting or replacing one clears it.",
+            GAUGE,
+            vec![gauge(i.chunks_corrupt as f64, &[])],
+        ),
+        family(
+            "beeline_corrupt_chunks_found_total",
+            "Chunks found corrupt since the node started, by reads and by the scrub.",
+            COUNTER,
+            vec![counter(i.chunks_found_corrupt, &[])],
+        ),
+        family(
+            "beeline_scrub_bytes_total",
+            "Bytes the background scrub re-read and verified.",
+            COUNTER,
+            vec![counter(i.scrub_bytes, &[])],
+        ),
+        family(
+            "beeline_scrub_chunks_total",
+            "Chunks the background scrub verified.",
+            COUNTER,
+            vec![counter(i.scrub_chunks, &[])],
+        ),
+        family(
+            "beeline_scrub_corrupt_chunks_total",
+            "Corrupt chunks the background scrub found.",
+            COUNTER,
+            vec![counter(i.scrub_corrupt_found, &[])],
+        ),
+        family(
+            "beeline_scrub_passes_total",
+            "Background scrub passes completed.",
+            COUNTER,
+            vec![counter(i.scrub_passes, &[])],
+        ),
+        family(
+            "beeline_scrub_pass_progress_ratio",
+            "Share of the current scrub pass done, 0 to 1.",
+            GAUGE,
+            vec![gauge(
+                if i.scrub_pass_total_bytes == 0 {
+                    0.0
+                } else {
+                    (i.scrub_pass_done_bytes as f64 / i.scrub_pass_total_bytes as f64).min(1.0)
+                },
+                &[],
+            )],
+        ),
+        family(
+            "beeline_scrub_last_pass_timestamp_seconds",
+            "When the last scrub pass completed (Unix time); 0 before the first one.",
+            GAUGE,
+            vec![gauge(i.scrub_last_pass_unix_ms as f64 / 1000.0, &[])],
+        ),
         family(
             "beeline_arena_frames",
             "Frames in the buffer arena.",

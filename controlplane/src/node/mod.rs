@@ -8,6 +8,7 @@ pub mod format;
 pub mod gc;
 pub mod membership;
 pub mod metrics;
+pub mod scrub;
 pub mod snapshot;
 
 pub use snapshot::{SharedSnapshot, Snapshot};
@@ -355,6 +356,7 @@ pub fn counter_pairs(counters: &Counters) -> Vec<(String, u64)> {
         ("rejected_not_found", c.rejected_not_found),
         ("rejected_disk_full", c.rejected_disk_full),
         ("rejected_internal", c.rejected_internal),
+        ("rejected_corrupt", c.rejected_corrupt),
         ("fragments_stored", c.fragments_stored),
         ("fragments_duplicate", c.fragments_duplicate),
         ("chunks_stored", c.chunks_stored),
@@ -678,7 +680,8 @@ fn data_plane_thread(
     publish(&snapshot, &poll, page_backing);
     let _ = ready.send((local_addr, poll.node.store().sync_latency(), tagger_metadata));
 
-    serve_until_shutdown(&mut poll, &shutdown, &snapshot, page_backing, auto_gc)
+    let scrub = scrub::ScrubPacer::new(settings.scrub_bytes_per_s, 0);
+    serve_until_shutdown(&mut poll, &shutdown, &snapshot, page_backing, auto_gc, scrub)
 }
 
 /// The background garbage collection of a single node.
@@ -712,6 +715,7 @@ fn serve_until_shutdown<M: Metadata>(
     snapshot: &SharedSnapshot,
     page_backing: &str,
     auto_gc: Option<AutoGc>,
+    mut scrub: scrub::ScrubPacer,
 ) -> Result<(), NodeError> {
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
@@ -726,6 +730,11 @@ fn serve_until_shutdown<M: Metadata>(
     while !shutdown.load(Ordering::Acquire) {
         let now = now_ms();
         let turn = poll.run_once(now).map_err(socket_error)?;
+        // Between turns, busy or idle: the pacer bounds it to its rate in slices of at
+        // most 1 MiB, so a busy node still scrubs and an idle one scrubs no faster.
+        if let Some(budget) = scrub.due(now) {
+            scrub_step(poll.node.store_mut(), &mut scrub, budget);
+        }
         if now >= last_publish_ms + 100 {
             publish(snapshot, poll, page_backing);
             last_publish_ms = now;
@@ -772,6 +781,28 @@ fn serve_until_shutdown<M: Metadata>(
     Ok(())
 }
 
+/// One slice of the background scrub, with what it found logged.
+fn scrub_step(store: &mut DiskStore, pacer: &mut scrub::ScrubPacer, budget: u64) {
+    let step = store.scrub_step(budget);
+    pacer.spent(step.bytes_read);
+    if let Some(id) = step.found_corrupt {
+        warn!(
+            chunk = format!("{id:032x}"),
+            "scrub: a stored chunk failed its checksum; it is marked and every read of it answers corrupt. In a cluster, `beeline cluster scrub` then `beeline cluster repair` replace it from a good copy; a single node has no other copy: put the file again"
+        );
+    }
+    if let Some(id) = step.unreadable {
+        warn!(
+            chunk = format!("{id:032x}"),
+            "scrub: could not read a stored chunk; check the disk and the kernel log (dmesg)"
+        );
+    }
+    if step.pass_completed {
+        let stats = store.integrity_stats();
+        info!(passes = stats.scrub_passes, chunks_corrupt = stats.chunks_corrupt, "scrub: pass completed");
+    }
+}
+
 /// The arena of every backend but DPDK: an mmap, on hugepages as the policy allows.
 fn mmap_arena<'m>(
     settings: &NodeSettings,
@@ -807,6 +838,7 @@ fn publish<C: ControlHandler<DiskStore>>(
     snapshot.sessions_active = poll.node.sessions_active() as u32;
     snapshot.used_bytes = poll.node.store().used_bytes();
     snapshot.chunks = poll.node.store().chunk_count() as u64;
+    snapshot.integrity = poll.node.store().integrity_stats();
     snapshot.page_backing = page_backing.to_owned();
     snapshot.backend = poll.io.describe();
     snapshot.backend_counters = poll.io.counters();

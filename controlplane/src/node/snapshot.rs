@@ -16,6 +16,8 @@ pub struct Snapshot {
     pub sessions_active: u32,
     pub used_bytes: u64,
     pub chunks: u64,
+    /// Reads refused as corrupt and the background scrub's progress.
+    pub integrity: beeline_dataplane::store::disk::IntegrityStats,
     pub page_backing: String,
     /// The backend and how it runs (for afxdp: interface, queue, zero-copy or copy mode).
     pub backend: String,

@@ -86,3 +86,19 @@ pub fn one_line_error(output: &Output) -> String {
     assert!(stderr.starts_with("beeline: "), "{stderr}");
     stderr
 }
+
+/// The value of the unlabelled metric `name` on the /metrics page at `address` (`None`
+/// while the node is not serving it yet).
+pub fn metric(address: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A loopback address with a free TCP port, e.g. for `--metrics-listen`.
+pub fn free_tcp_address() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}

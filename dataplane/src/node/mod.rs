@@ -180,6 +180,7 @@ fn store_status(error: StoreError) -> Status {
         StoreError::TooLarge => Status::TooLarge,
         StoreError::Busy => Status::Busy,
         StoreError::Io => Status::Internal,
+        StoreError::Corrupt => Status::Corrupt,
     }
 }
 
@@ -498,6 +499,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             Status::DiskFull => self.counters.rejected_disk_full += 1,
             Status::BadRequest | Status::TooLarge | Status::Conflict => self.counters.rejected_bad_request += 1,
             Status::Internal | Status::Ok => self.counters.rejected_internal += 1,
+            Status::Corrupt => self.counters.rejected_corrupt += 1,
         }
         let repr = Repr { status, credits: self.credits(), ..Self::reply_header(Opcode::Error, to) };
         self.reply(arena, tx, to, repr, &[])

@@ -32,6 +32,8 @@ pub enum StoreError {
     Busy,
     /// An I/O error other than a full disk.
     Io,
+    /// The stored bytes no longer match their checksum; none of them are handed out.
+    Corrupt,
 }
 
 /// A durable chunk, as [`ChunkStore::for_each_chunk`] reports it.

@@ -23,12 +23,15 @@ mod recovery;
 #[cfg(test)]
 #[allow(unsafe_code)] // geteuid(2), to skip what root can do anyway
 mod tests;
+mod verify;
+#[cfg(test)]
+mod verify_tests;
 
 use files::*;
 use group_commit::*;
 use record::*;
 use recovery::*;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -42,6 +45,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
+pub use verify::{IntegrityStats, ScrubStep, VERIFY_BLOCK_BYTES};
 
 use crate::store::{ChunkInfo, ChunkStore, Durable, PutReservation, StoreError};
 use crate::wire::ChunkId;
@@ -243,6 +247,12 @@ pub struct DiskStore {
     recovery: RecoveryReport,
     /// When `open` returned: chunk ages count from here.
     opened: Instant,
+    /// Per-block crcs of chunks verified once against their payload crc (see `verify`).
+    block_crcs: HashMap<ChunkId, Box<[u32]>>,
+    /// Chunks found corrupt: reads answer `Corrupt` until they are deleted or put again.
+    corrupt: HashSet<ChunkId>,
+    integrity: IntegrityStats,
+    scrub: verify::ScrubState,
 }
 
 struct SegmentFile {
@@ -401,6 +411,10 @@ impl DiskStore {
             scratch,
             recovery: report,
             opened: Instant::now(),
+            block_crcs: HashMap::new(),
+            corrupt: HashSet::new(),
+            integrity: IntegrityStats::default(),
+            scrub: verify::ScrubState::default(),
         })
     }
 
@@ -469,6 +483,7 @@ impl DiskStore {
         let (segment, record_offset) = self.append_tombstone(id, seq)?;
         let removed = self.index.remove(&id);
         assert!(removed.is_some(), "discarding a chunk that is not indexed");
+        self.forget_verified(id);
         self.used_bytes -= u64::from(location.len);
         self.segment_mut(location.segment).live_bytes -= record_bytes(location.len);
         let previous = self
@@ -556,6 +571,7 @@ impl DiskStore {
     /// Makes `location` the chunk's current record; the record it replaces (if any)
     /// becomes dead. The new record's bytes must already be counted live.
     fn install_put(&mut self, id: ChunkId, location: Location) {
+        self.forget_verified(id);
         self.used_bytes += u64::from(location.len);
         if let Some(old) = self.index.insert(id, location) {
             self.used_bytes -= u64::from(old.len);
@@ -724,6 +740,7 @@ impl ChunkStore for DiskStore {
                 let seq = self.take_seq();
                 let (segment, record_offset) = self.append_tombstone(id, seq).map_err(|error| store_error(&error))?;
                 self.index.remove(&id);
+                self.forget_verified(id);
                 self.used_bytes -= u64::from(location.len);
                 self.segment_mut(location.segment).live_bytes -= record_bytes(location.len);
                 let entry = TombstoneEntry { segment, record_offset, seq, record_bytes: RECORD_HEADER_BYTES };
@@ -736,21 +753,19 @@ impl ChunkStore for DiskStore {
     }
 
     fn read_at(&mut self, id: ChunkId, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError> {
-        let location = self.index.get(&id).ok_or(StoreError::NotFound)?;
-        if offset >= location.len {
-            return Ok(0);
-        }
-        let len = buf.len().min((location.len - offset) as usize);
-        let file = &self.segments[&location.segment].file.file;
-        file.read_exact_at(&mut buf[..len], location.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
-            .map_err(|_| StoreError::Io)?;
-        Ok(len)
+        self.read_vectored_at(id, offset, &mut [buf])
     }
 
     /// One `preadv` for the whole run of buffers (a GET window) instead of one `pread`
     /// per fragment.
+    /// Every byte handed out passed its block's crc (see `verify`); a chunk that fails
+    /// answers `Corrupt` from then on, with no bytes.
     fn read_vectored_at(&mut self, id: ChunkId, offset: u32, bufs: &mut [&mut [u8]]) -> Result<usize, StoreError> {
-        let location = self.index.get(&id).ok_or(StoreError::NotFound)?;
+        let location = *self.index.get(&id).ok_or(StoreError::NotFound)?;
+        if self.corrupt.contains(&id) {
+            self.integrity.reads_corrupt += 1;
+            return Err(StoreError::Corrupt);
+        }
         if offset >= location.len {
             return Ok(0);
         }
@@ -770,6 +785,12 @@ impl ChunkStore for DiskStore {
         let file = &self.segments[&location.segment].file.file;
         let start = location.record_offset + RECORD_HEADER_BYTES + u64::from(offset);
         read_exact_vectored_at(file, &mut bufs[..count], start).map_err(|_| StoreError::Io)?;
+        if let Err(error) = self.verify_served(id, location, offset, &bufs[..count]) {
+            if error == StoreError::Corrupt {
+                self.integrity.reads_corrupt += 1;
+            }
+            return Err(error);
+        }
         Ok(total)
     }
 

@@ -1,0 +1,349 @@
+//! Checking what is served and what lies on disk: per-block checksums and the scrub.
+//!
+//! The record format keeps one crc32c of the whole payload. Checking it on every GET
+//! would read the whole chunk for each window of fragments (up to 4 MiB for a 1,372-byte
+//! range read), so the store keeps, in memory, a crc32c per [`VERIFY_BLOCK_BYTES`] block
+//! of every chunk it has verified once against the payload crc (at its first read or by
+//! the scrub). A read then checks only the blocks it touches: it reads the rest of the
+//! first and last block beside the caller's buffers and compares each block's crc.
+//! Nothing on disk changed, so data written before this check existed is served and
+//! checked the same way. Tables cost 4 bytes per 64 KiB of chunk data (256 bytes for a
+//! 4 MiB chunk) and are built lazily, so a restart costs no extra reads.
+//!
+//! A chunk found corrupt, by a read or by the scrub, is marked: every later read of it
+//! answers [`StoreError::Corrupt`] until it is deleted or put again. The store never
+//! deletes it by itself: it cannot know whether another node holds a good copy, and a
+//! copy that fails its crc in one block may still be the last one to salvage from.
+
+use super::*;
+
+/// Bytes covered by one in-memory block checksum.
+pub const VERIFY_BLOCK_BYTES: u32 = 64 << 10;
+/// Chunk ids skipped (deleted since the pass began) by one scrub step at most.
+const SCRUB_SKIPS_PER_STEP_MAX: usize = 1024;
+
+/// What the store found checking its chunks: reads refused and the scrub's progress.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IntegrityStats {
+    /// Reads answered `Corrupt` (no bytes handed out).
+    pub reads_corrupt: u64,
+    /// Chunks marked corrupt since the store was opened, by reads or by the scrub.
+    pub chunks_found_corrupt: u64,
+    /// Chunks marked corrupt now (deleting or replacing one clears its mark).
+    pub chunks_corrupt: u64,
+    pub scrub_bytes: u64,
+    pub scrub_chunks: u64,
+    /// Corrupt chunks the scrub found (a subset of `chunks_found_corrupt`).
+    pub scrub_corrupt_found: u64,
+    pub scrub_passes: u64,
+    /// Bytes of the current pass verified so far, and its total (chunks present when it
+    /// began).
+    pub scrub_pass_done_bytes: u64,
+    pub scrub_pass_total_bytes: u64,
+    /// When the last pass completed (Unix ms), 0 before the first one.
+    pub scrub_last_pass_unix_ms: u64,
+}
+
+/// What one [`DiskStore::scrub_step`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubStep {
+    pub bytes_read: u64,
+    /// A chunk this step found corrupt (now marked).
+    pub found_corrupt: Option<ChunkId>,
+    /// A chunk this step could not read (I/O error); the scrub moves on.
+    pub unreadable: Option<ChunkId>,
+    /// The step completed a pass.
+    pub pass_completed: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ScrubState {
+    /// The chunks of the current pass, in id order; `next` is the one to start next.
+    queue: Vec<ChunkId>,
+    next: usize,
+    current: Option<ScrubChunk>,
+}
+
+#[derive(Debug)]
+struct ScrubChunk {
+    id: ChunkId,
+    /// The record being verified; a chunk replaced or moved meanwhile is started over.
+    seq: u64,
+    segment: u32,
+    offset: u64,
+    crcs: BlockCrcs,
+}
+
+/// The whole-payload crc and the per-block crcs of bytes fed in order from offset 0.
+#[derive(Debug, Default)]
+pub(super) struct BlockCrcs {
+    whole: u32,
+    block: u32,
+    block_filled: u32,
+    blocks: Vec<u32>,
+}
+
+impl BlockCrcs {
+    pub(super) fn feed(&mut self, mut data: &[u8]) {
+        self.whole = crc32c::crc32c_append(self.whole, data);
+        while !data.is_empty() {
+            let take = data.len().min((VERIFY_BLOCK_BYTES - self.block_filled) as usize);
+            self.block = crc32c::crc32c_append(self.block, &data[..take]);
+            self.block_filled += take as u32;
+            data = &data[take..];
+            if self.block_filled == VERIFY_BLOCK_BYTES {
+                self.blocks.push(self.block);
+                self.block = 0;
+                self.block_filled = 0;
+            }
+        }
+    }
+
+    pub(super) fn finish(mut self) -> (u32, Box<[u32]>) {
+        if self.block_filled > 0 {
+            self.blocks.push(self.block);
+        }
+        (self.whole, self.blocks.into_boxed_slice())
+    }
+}
+
+/// Compares bytes fed in order, from the start of block `block`, with a chunk's table.
+struct BlockCheck<'t> {
+    table: &'t [u32],
+    len: u64,
+    block: usize,
+    filled: u32,
+    crc: u32,
+    bad: bool,
+}
+
+impl BlockCheck<'_> {
+    fn block_len(&self) -> u32 {
+        let start = self.block as u64 * u64::from(VERIFY_BLOCK_BYTES);
+        self.len.saturating_sub(start).min(u64::from(VERIFY_BLOCK_BYTES)) as u32
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = data.len().min(self.block_len().saturating_sub(self.filled) as usize);
+            if take == 0 {
+                // More bytes than the chunk has: never what a correct caller feeds.
+                self.bad = true;
+                return;
+            }
+            self.crc = crc32c::crc32c_append(self.crc, &data[..take]);
+            self.filled += take as u32;
+            data = &data[take..];
+            if self.filled == self.block_len() {
+                self.bad |= self.table.get(self.block) != Some(&self.crc);
+                self.block += 1;
+                self.filled = 0;
+                self.crc = 0;
+            }
+        }
+    }
+
+    /// Every block fed was whole and matched.
+    fn passed(&self) -> bool {
+        !self.bad && self.filled == 0
+    }
+}
+
+impl DiskStore {
+    /// What reads and the scrub found so far.
+    pub fn integrity_stats(&self) -> IntegrityStats {
+        IntegrityStats { chunks_corrupt: self.corrupt.len() as u64, ..self.integrity }
+    }
+
+    /// Whether `id` is marked corrupt (found so by a read or the scrub).
+    pub fn is_marked_corrupt(&self, id: ChunkId) -> bool {
+        self.corrupt.contains(&id)
+    }
+
+    /// Marks `id` corrupt: reads of it answer `Corrupt` from now on.
+    pub(super) fn mark_corrupt(&mut self, id: ChunkId) {
+        self.block_crcs.remove(&id);
+        if self.corrupt.insert(id) {
+            self.integrity.chunks_found_corrupt += 1;
+        }
+    }
+
+    /// Forgets what was known of `id`'s bytes: it was deleted or replaced.
+    pub(super) fn forget_verified(&mut self, id: ChunkId) {
+        self.block_crcs.remove(&id);
+        self.corrupt.remove(&id);
+    }
+
+    /// Checks bytes just read for a caller (`bufs`, holding `offset..offset+total` of the
+    /// chunk) against the chunk's block crcs, building them first if needed.
+    pub(super) fn verify_served(
+        &mut self,
+        id: ChunkId,
+        location: Location,
+        offset: u32,
+        bufs: &[&mut [u8]],
+    ) -> Result<(), StoreError> {
+        let total: u64 = bufs.iter().map(|buf| buf.len() as u64).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        if !self.block_crcs.contains_key(&id) {
+            let (whole, table) = self.chunk_crcs(location).map_err(|_| StoreError::Io)?;
+            if whole != location.payload_crc {
+                self.mark_corrupt(id);
+                return Err(StoreError::Corrupt);
+            }
+            self.block_crcs.insert(id, table);
+        }
+        let block = u64::from(VERIFY_BLOCK_BYTES);
+        let start = u64::from(offset);
+        let end = start + total;
+        let first_block_start = start / block * block;
+        let last_block_end = (end.div_ceil(block) * block).min(u64::from(location.len));
+        let head = (start - first_block_start) as usize;
+        let tail = (last_block_end - end) as usize;
+        let payload_offset = location.record_offset + RECORD_HEADER_BYTES;
+        let file = &self.segments[&location.segment].file.file;
+        let (head_buf, rest) = self.scratch.split_at_mut(head);
+        let tail_buf = &mut rest[..tail];
+        file.read_exact_at(head_buf, payload_offset + first_block_start).map_err(|_| StoreError::Io)?;
+        file.read_exact_at(tail_buf, payload_offset + end).map_err(|_| StoreError::Io)?;
+        let table = &self.block_crcs[&id];
+        let mut check = BlockCheck {
+            table,
+            len: u64::from(location.len),
+            block: (first_block_start / block) as usize,
+            filled: 0,
+            crc: 0,
+            bad: false,
+        };
+        check.feed(head_buf);
+        for buf in bufs {
+            check.feed(buf);
+        }
+        check.feed(tail_buf);
+        if check.passed() {
+            Ok(())
+        } else {
+            self.mark_corrupt(id);
+            Err(StoreError::Corrupt)
+        }
+    }
+
+    /// Reads a whole payload: its crc and block crcs.
+    fn chunk_crcs(&mut self, location: Location) -> io::Result<(u32, Box<[u32]>)> {
+        let file = &self.segments[&location.segment].file.file;
+        let payload_offset = location.record_offset + RECORD_HEADER_BYTES;
+        let mut crcs = BlockCrcs::default();
+        let mut done = 0u64;
+        while done < u64::from(location.len) {
+            let piece_bytes = (u64::from(location.len) - done).min(SCRATCH_BYTES as u64) as usize;
+            let piece = &mut self.scratch[..piece_bytes];
+            file.read_exact_at(piece, payload_offset + done)?;
+            crcs.feed(piece);
+            done += piece_bytes as u64;
+        }
+        Ok(crcs.finish())
+    }
+
+    /// Verifies up to `budget_bytes` (at most 1 MiB) more of the stored chunks against
+    /// their checksums, continuing where the last step stopped; a pass walks every chunk
+    /// present when it began, in id order, and the next pass starts right after. Bounded:
+    /// one read, at most [`SCRUB_SKIPS_PER_STEP_MAX`] index lookups and, at a pass's end,
+    /// one walk of the index. Marks the chunks it finds corrupt.
+    pub fn scrub_step(&mut self, budget_bytes: u64) -> ScrubStep {
+        let mut step = ScrubStep::default();
+        if self.scrub.current.is_none() && !self.scrub_next_chunk(&mut step) {
+            return step;
+        }
+        let mut current = self.scrub.current.take().expect("a chunk to scrub was chosen");
+        let Some(location) = self.index.get(&current.id).copied() else {
+            return step; // deleted meanwhile
+        };
+        if location.seq != current.seq || location.segment != current.segment {
+            // Replaced or moved by compaction: verify the new record from its start.
+            self.integrity.scrub_pass_done_bytes = self.integrity.scrub_pass_done_bytes.saturating_sub(current.offset);
+            self.scrub.current = Some(ScrubChunk {
+                id: current.id,
+                seq: location.seq,
+                segment: location.segment,
+                offset: 0,
+                crcs: BlockCrcs::default(),
+            });
+            return step;
+        }
+        let left = u64::from(location.len) - current.offset;
+        let piece_bytes = left.min(budget_bytes).min(SCRATCH_BYTES as u64) as usize;
+        let piece = &mut self.scratch[..piece_bytes];
+        let file = &self.segments[&location.segment].file.file;
+        if file.read_exact_at(piece, location.record_offset + RECORD_HEADER_BYTES + current.offset).is_err() {
+            step.unreadable = Some(current.id);
+            self.integrity.scrub_pass_done_bytes += left;
+            return step;
+        }
+        current.crcs.feed(piece);
+        current.offset += piece_bytes as u64;
+        step.bytes_read = piece_bytes as u64;
+        self.integrity.scrub_bytes += piece_bytes as u64;
+        self.integrity.scrub_pass_done_bytes += piece_bytes as u64;
+        if current.offset < u64::from(location.len) {
+            self.scrub.current = Some(current);
+            return step;
+        }
+        self.integrity.scrub_chunks += 1;
+        let (whole, table) = current.crcs.finish();
+        if whole == location.payload_crc {
+            if !self.corrupt.contains(&current.id) {
+                self.block_crcs.insert(current.id, table);
+            }
+        } else {
+            if !self.corrupt.contains(&current.id) {
+                self.integrity.scrub_corrupt_found += 1;
+                step.found_corrupt = Some(current.id);
+            }
+            self.mark_corrupt(current.id);
+        }
+        step
+    }
+
+    /// Picks the next chunk of the pass (starting a new pass when this one is done);
+    /// `false` when there is nothing to scrub in this step.
+    fn scrub_next_chunk(&mut self, step: &mut ScrubStep) -> bool {
+        for _ in 0..SCRUB_SKIPS_PER_STEP_MAX {
+            if self.scrub.next >= self.scrub.queue.len() {
+                if !self.scrub.queue.is_empty() {
+                    self.integrity.scrub_passes += 1;
+                    self.integrity.scrub_last_pass_unix_ms = unix_ms();
+                    step.pass_completed = true;
+                }
+                self.scrub.queue.clear();
+                self.scrub.queue.extend(self.index.keys().copied());
+                self.scrub.queue.sort_unstable();
+                self.scrub.next = 0;
+                self.integrity.scrub_pass_done_bytes = 0;
+                self.integrity.scrub_pass_total_bytes =
+                    self.index.values().map(|location| u64::from(location.len)).sum();
+                if self.scrub.queue.is_empty() || step.pass_completed {
+                    return false;
+                }
+            }
+            let id = self.scrub.queue[self.scrub.next];
+            self.scrub.next += 1;
+            if let Some(location) = self.index.get(&id) {
+                self.scrub.current = Some(ScrubChunk {
+                    id,
+                    seq: location.seq,
+                    segment: location.segment,
+                    offset: 0,
+                    crcs: BlockCrcs::default(),
+                });
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

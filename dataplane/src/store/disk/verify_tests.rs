@@ -1,0 +1,135 @@
+//! Serving checks and the scrub against real files: reads across block boundaries, a
+//! byte flipped in a segment file, a scrub pass.
+
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+fn config() -> DiskStoreConfig {
+    DiskStoreConfig { segment_bytes: 4 << 20, max_chunk_bytes: 1 << 20, ..DiskStoreConfig::default() }
+}
+
+fn pattern(salt: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt) ^ (i >> 9) as u8).collect()
+}
+
+fn put(store: &mut DiskStore, id: ChunkId, data: &[u8]) {
+    let reservation = store.begin_put(id, data.len() as u32).unwrap();
+    for (index, piece) in data.chunks(1372).enumerate().rev() {
+        store.write_at(reservation, (index * 1372) as u32, piece).unwrap();
+    }
+    store.commit_put(reservation, id as u64).unwrap();
+    for _ in 0..100 {
+        if store.pending_durable() == 0 {
+            break;
+        }
+        store.wait_durable(TIMEOUT);
+        store.poll_durable(&mut |durable| assert_eq!(durable.result, Ok(())));
+    }
+    assert_eq!(store.pending_durable(), 0, "the put never became durable");
+}
+
+/// Flips the payload byte at `offset` of `id`'s record in its segment file.
+fn flip(store: &DiskStore, id: ChunkId, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let location = store.index[&id];
+    let path = segment_path(&store.dir, location.segment);
+    let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let at = location.record_offset + RECORD_HEADER_BYTES + offset;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+}
+
+fn read(store: &mut DiskStore, id: ChunkId, offset: u32, len: usize) -> Result<Vec<u8>, StoreError> {
+    let mut buf = vec![0u8; len];
+    let read = store.read_at(id, offset, &mut buf)?;
+    buf.truncate(read);
+    Ok(buf)
+}
+
+#[test]
+fn ranges_across_block_boundaries_read_back_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DiskStore::open(dir.path(), config()).unwrap();
+    let block = VERIFY_BLOCK_BYTES as usize;
+    let data = pattern(1, 3 * block + 777);
+    put(&mut store, 1, &data);
+    let ranges = [(0, 1), (0, data.len()), (block - 1, 2), (block, block), (2 * block + 5, block + 772), (100, 1372)];
+    for (offset, len) in ranges {
+        assert_eq!(read(&mut store, 1, offset as u32, len).unwrap(), data[offset..offset + len], "{offset}+{len}");
+    }
+    // A GET window: consecutive fragments, each in its own buffer.
+    let mut frames = vec![vec![0u8; 1372]; 60];
+    let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(Vec::as_mut_slice).collect();
+    let read = store.read_vectored_at(1, 50_000, &mut bufs).unwrap();
+    assert_eq!(read, 60 * 1372);
+    assert_eq!(frames.concat(), data[50_000..50_000 + 60 * 1372]);
+    assert_eq!(store.integrity_stats().reads_corrupt, 0);
+}
+
+#[test]
+fn a_flipped_byte_is_refused_and_marks_the_chunk_until_it_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DiskStore::open(dir.path(), config()).unwrap();
+    let block = VERIFY_BLOCK_BYTES as usize;
+    let data = pattern(2, 4 * block);
+    put(&mut store, 7, &data);
+    put(&mut store, 8, &data);
+
+    // Never read before: the first read checks the whole payload, wherever it reads.
+    flip(&store, 8, (3 * block + 10) as u64);
+    assert_eq!(read(&mut store, 8, 0, 100), Err(StoreError::Corrupt));
+
+    // Read once (its block table built), then damaged: only the damaged block's reads
+    // see it, and from then on every read of the chunk is refused.
+    assert_eq!(read(&mut store, 7, 0, 100).unwrap(), data[..100]);
+    flip(&store, 7, (2 * block + 3) as u64);
+    assert_eq!(read(&mut store, 7, 0, 100).unwrap(), data[..100], "block 0 is intact");
+    assert_eq!(read(&mut store, 7, (2 * block) as u32, 10), Err(StoreError::Corrupt));
+    assert_eq!(read(&mut store, 7, 0, 100), Err(StoreError::Corrupt), "the chunk stays marked");
+    let stats = store.integrity_stats();
+    assert_eq!((stats.reads_corrupt, stats.chunks_corrupt, stats.chunks_found_corrupt), (3, 2, 2));
+
+    // Deleted and put again: a good copy reads back and the mark is gone.
+    store.delete(7, 100).unwrap();
+    put(&mut store, 7, &data);
+    assert_eq!(read(&mut store, 7, 0, data.len()).unwrap(), data);
+    assert_eq!(store.integrity_stats().chunks_corrupt, 1);
+}
+
+#[test]
+fn the_scrub_walks_every_chunk_in_bounded_steps_and_finds_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DiskStore::open(dir.path(), config()).unwrap();
+    let sizes = [0usize, 1, 200_000, 1 << 20];
+    for (id, len) in sizes.iter().enumerate() {
+        put(&mut store, id as ChunkId, &pattern(id as u8, *len));
+    }
+    let total: usize = sizes.iter().sum();
+    let budget = 100_000u64;
+    let mut steps = 0;
+    while store.integrity_stats().scrub_passes == 0 {
+        let step = store.scrub_step(budget);
+        assert!(step.bytes_read <= budget);
+        assert_eq!(step.found_corrupt, None);
+        steps += 1;
+        assert!(steps < 100, "a pass over {total} bytes took more than 100 steps");
+    }
+    let stats = store.integrity_stats();
+    assert_eq!((stats.scrub_chunks, stats.scrub_bytes), (sizes.len() as u64, total as u64));
+    assert!(stats.scrub_last_pass_unix_ms > 0);
+
+    flip(&store, 3, 777_777);
+    let mut found = None;
+    for _ in 0..100 {
+        if let Some(id) = store.scrub_step(budget).found_corrupt {
+            found = Some(id);
+            break;
+        }
+    }
+    assert_eq!(found, Some(3));
+    assert_eq!(store.integrity_stats().scrub_corrupt_found, 1);
+    assert_eq!(read(&mut store, 3, 0, 10), Err(StoreError::Corrupt), "marked by the scrub");
+    assert_eq!(read(&mut store, 2, 0, 200_000).unwrap(), pattern(2, 200_000));
+}
