@@ -69,6 +69,34 @@ impl Inodes {
         ino
     }
 
+    /// After a rename the kernel keeps the inodes it knows: they must now name the new
+    /// path (and everything under it, for a directory).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        let moved = |path: &str| -> Option<String> {
+            if path == from {
+                Some(to.to_owned())
+            } else {
+                path.strip_prefix(&prefix).map(|rest| format!("{to}/{rest}"))
+            }
+        };
+        let renames: Vec<(Key, Key)> = self
+            .by_key
+            .keys()
+            .filter_map(|key| match key {
+                Key::File(path) => moved(path).map(|new| (key.clone(), Key::File(new))),
+                Key::Dir(path) if !path.is_empty() => moved(path).map(|new| (key.clone(), Key::Dir(new))),
+                _ => None,
+            })
+            .collect();
+        for (old, new) in renames {
+            if let Some(ino) = self.by_key.remove(&old) {
+                self.by_key.insert(new.clone(), ino);
+                self.by_ino.insert(ino, new);
+            }
+        }
+    }
+
     pub fn key(&self, ino: u64) -> StoreResult<Key> {
         self.by_ino.get(&ino).cloned().ok_or_else(|| StoreError::new(libc::ENOENT, format!("no inode {ino}")))
     }
@@ -539,6 +567,7 @@ impl State {
             self.store.remove(from)?;
             self.note_removed(from);
         }
+        self.inodes.rename(from, to);
         Ok(())
     }
 
@@ -562,6 +591,7 @@ impl State {
             self.session_dirs.remove(&dir);
             self.session_dirs.insert(format!("{to}{}", &dir[from.len()..]));
         }
+        self.inodes.rename(from, to);
         Ok(())
     }
 
