@@ -284,6 +284,7 @@ fn the_mount_on_a_three_node_cluster_survives_a_node_killed_while_reading() {
     exercise(&mount, &work, &|args| cluster.cli(args));
 
     // Files written through the mount, then a node killed while they are read back.
+    std::fs::create_dir(mount.path("big")).unwrap();
     let mut expected = Vec::new();
     for index in 0..3u64 {
         let local = work.join(format!("big-{index}"));
