@@ -5,7 +5,9 @@
 # (release build, udp backend, data on the local disk under BENCH_DIR) and one mount on
 # it. The mount's spool directory is on the same disk.
 #
-# Prints a Markdown table of each round's MB/s and the medians' ratios (mount / disk).
+# Prints a Markdown table of each round's MB/s and the medians' ratios (mount / disk),
+# with `beeline put` + sync and `beeline get` of the same file as the transport's own
+# ceiling (the client library over UDP loopback, which the mount uses underneath).
 # Everything started is stopped, unmounted and the temporary directory removed on exit.
 #
 #   ci/bench-mount.sh [> report.md]
@@ -59,9 +61,10 @@ timed() {
     end_ns=$(date +%s%N)
     python3 -c "print(f'{$mib * 1.048576 / (($end_ns - $start_ns) / 1e9):.1f}')"
 }
+quiet() { "$@" >/dev/null; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-declare -a disk_in mount_in disk_out mount_out
+declare -a disk_in mount_in disk_out mount_out cli_put cli_get
 for round in $(seq 1 "$rounds"); do
     drop_caches
     disk_in+=("$(timed cp "$work/a/file" "$work/b/file$round")")
@@ -72,20 +75,28 @@ for round in $(seq 1 "$rounds"); do
     drop_caches
     mount_out+=("$(timed cp "$work/mnt/file$round" "$work/out/mount$round")")
     cmp "$work/a/file" "$work/out/mount$round"
+    drop_caches
+    cli_put+=("$(timed quiet "$beeline" put "$work/a/file" --as "cli$round")")
+    drop_caches
+    cli_get+=("$(timed quiet "$beeline" get "cli$round" -o "$work/out/cli$round")")
+    "$beeline" rm "cli$round" >/dev/null
+    rm -f "$work/out/cli$round"
     rm -f "$work/b/file$round" "$work/out/disk$round" "$work/out/mount$round" "$work/mnt/file$round"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 
-echo "| round | cp in, disk MB/s | cp in, mount MB/s | cp out, disk MB/s | cp out, mount MB/s |"
-echo "|---:|---:|---:|---:|---:|"
+echo "| round | cp in, disk MB/s | cp in, mount MB/s | cp out, disk MB/s | cp out, mount MB/s | beeline put MB/s | beeline get MB/s |"
+echo "|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq 1 "$rounds"); do
     i=$((round - 1))
-    echo "| $round | ${disk_in[i]} | ${mount_in[i]} | ${disk_out[i]} | ${mount_out[i]} |"
+    echo "| $round | ${disk_in[i]} | ${mount_in[i]} | ${disk_out[i]} | ${mount_out[i]} | ${cli_put[i]} | ${cli_get[i]} |"
 done
 di="$(median "${disk_in[@]}")" mi="$(median "${mount_in[@]}")"
 do_="$(median "${disk_out[@]}")" mo="$(median "${mount_out[@]}")"
-echo "| **median** | **$di** | **$mi** | **$do_** | **$mo** |"
+cp_="$(median "${cli_put[@]}")" cg="$(median "${cli_get[@]}")"
+echo "| **median** | **$di** | **$mi** | **$do_** | **$mo** | **$cp_** | **$cg** |"
 echo
 echo "ratio mount / disk: cp in $(ratio "$mi" "$di")x, cp out $(ratio "$mo" "$do_")x" \
-    "($mib MiB file, cp then sync, $rounds rounds per side, page cache dropped before each copy)"
+    "($mib MiB file, cp then sync, $rounds rounds per side, page cache dropped before each copy);" \
+    "mount / beeline put-get: in $(ratio "$mi" "$cp_")x, out $(ratio "$mo" "$cg")x"

@@ -127,14 +127,17 @@ pub struct Handle {
     pub source: Option<Source>,
 }
 
+/// A chunk: (file id, chunk index).
+type ChunkKey = (u64, u64);
+
 /// Recently read chunks, least recently used first; bounded in bytes.
 struct ChunkCache {
-    entries: VecDeque<((u64, u64), Arc<Vec<u8>>)>,
+    entries: VecDeque<(ChunkKey, Arc<Vec<u8>>)>,
     bytes: usize,
 }
 
 impl ChunkCache {
-    fn get(&mut self, key: (u64, u64)) -> Option<Arc<Vec<u8>>> {
+    fn get(&mut self, key: ChunkKey) -> Option<Arc<Vec<u8>>> {
         let at = self.entries.iter().position(|(k, _)| *k == key)?;
         let entry = self.entries.remove(at)?;
         let data = entry.1.clone();
@@ -142,7 +145,7 @@ impl ChunkCache {
         Some(data)
     }
 
-    fn insert(&mut self, key: (u64, u64), data: Arc<Vec<u8>>) {
+    fn insert(&mut self, key: ChunkKey, data: Arc<Vec<u8>>) {
         self.bytes += data.len();
         self.entries.push_back((key, data));
         while self.bytes > CACHE_BYTES_MAX && self.entries.len() > 1 {
