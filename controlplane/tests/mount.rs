@@ -137,6 +137,13 @@ fn exercise(mount: &Mount, work: &Path, cli: &dyn Fn(&[&str]) -> Output) {
     }
     assert_eq!(sh_ok(&format!("cat '{}'", m("docs/small.txt"))), "hello through the mount\n");
 
+    // A reader opened while a writer had the file open reads what the writer stored on
+    // close.
+    let handoff = m("docs/handoff");
+    let read = sh_ok(&format!("exec 3>'{handoff}'; printf abc >&3; exec 4<'{handoff}'; exec 3>&-; cat <&4"));
+    assert_eq!(read, "abc");
+    assert_eq!(ok(&cli(&["get", "docs/handoff", "-o", "-"])), "abc");
+
     // mkdir / rmdir, and a directory with a file in it is not empty.
     sh_ok(&format!("mkdir '{}'", m("empty")));
     assert!(mount.path("empty").is_dir());

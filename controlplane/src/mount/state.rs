@@ -398,8 +398,23 @@ impl State {
             file.spool.read_exact_at(&mut out, offset).map_err(io_error)?;
             return Ok(out);
         }
-        let source =
-            self.handle(fh)?.source.clone().ok_or_else(|| StoreError::new(libc::EBADF, "handle has no file"))?;
+        let handle = self.handle(fh)?;
+        let source = match handle.source.clone() {
+            Some(source) => source,
+            None => {
+                // Opened while another handle was writing it, which has closed since: read
+                // what that handle stored.
+                let name = handle.name.clone();
+                let source = self
+                    .store
+                    .source(&name)?
+                    .ok_or_else(|| StoreError::new(libc::ENOENT, format!("no file {name}")))?;
+                if let Some(handle) = self.handles.get_mut(&fh) {
+                    handle.source = Some(source.clone());
+                }
+                source
+            }
+        };
         self.read_stored(&source, offset, size)
     }
 
