@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(build-essential pkg-config util-linux iproute2 procps curl redis-server prometheus)
+# `beeline mount` (fusermount3) and its tests (getfattr/setfattr).
+packages+=(fuse3 attr)
 # The XDP classifier (ebpf/) is built with clang against the kernel's UAPI headers; the
 # AF_XDP tests use ethtool, ping and tc (iproute2) inside network namespaces.
 packages+=(clang llvm linux-libc-dev ethtool iputils-ping)

@@ -23,6 +23,7 @@ pub mod graph;
 pub mod hw;
 pub mod keyfile;
 pub mod metadata;
+pub mod mount;
 pub mod node;
 pub mod output;
 pub mod tagger;

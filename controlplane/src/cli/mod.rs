@@ -207,6 +207,21 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Mount the store as a directory (FUSE) in the foreground until Ctrl-C, SIGTERM or
+    /// `beeline umount DIR`: names with / are directories, tags are the extended
+    /// attribute user.disgrafs.tags, DIR/.tags/TAG/ lists a tag's files (see README).
+    Mount {
+        /// An empty directory to mount on.
+        dir: PathBuf,
+        /// Where files being written are kept until they are stored (on close or fsync);
+        /// needs room for them [default: /var/tmp/beeline-spool-PID].
+        #[arg(long)]
+        spool_dir: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Unmount a `beeline mount` (fusermount3 -u, else umount(2)).
+    Umount { dir: PathBuf },
     /// Automatic content tagging for a cluster (a single node tags its own files).
     Tagger {
         #[command(subcommand)]
@@ -432,6 +447,8 @@ fn run(cli: Cli) -> CliResult {
         Command::Web { listen, upload_bytes_max, graph_nodes_max, client } => {
             web(listen, upload_bytes_max, graph_nodes_max, &client)
         }
+        Command::Mount { dir, spool_dir, client } => mount(dir, spool_dir, &client),
+        Command::Umount { dir } => crate::mount::umount(&dir).map_err(|e| e.to_string()),
         Command::Hw { .. } => Err("`beeline hw` is dispatched before this point; this is a bug".into()),
         Command::Tagger {
             command:
@@ -572,6 +589,22 @@ fn web(listen: SocketAddr, upload_bytes_max: u64, graph_nodes_max: usize, flags:
         let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for signals: {e}"))?;
         crate::web::serve(options, opener, shutdown).await
     })
+}
+
+fn mount(dir: PathBuf, spool_dir: Option<PathBuf>, flags: &ClientFlags) -> CliResult {
+    let target = if flags.metadata.is_some() {
+        let cluster = cluster_flags(flags)?;
+        crate::mount::Target::Cluster {
+            url: cluster.url,
+            prefix: cluster.prefix,
+            key: cluster.key,
+            fragment_bytes: cluster.fragment_bytes,
+        }
+    } else {
+        crate::mount::Target::Node(client_options(flags)?)
+    };
+    let spool_dir = spool_dir.unwrap_or_else(crate::mount::default_spool_dir);
+    crate::mount::run(crate::mount::MountOptions { dir, target, spool_dir }).map_err(|e| e.to_string())
 }
 
 fn client_options(flags: &ClientFlags) -> Result<ClientOptions, String> {

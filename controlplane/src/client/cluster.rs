@@ -19,6 +19,8 @@ use crate::metadata::{Metadata, MetadataError};
 
 use crate::cluster::placement::{NodeId, rank};
 
+mod chunks;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(transparent)]

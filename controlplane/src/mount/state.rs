@@ -1,0 +1,623 @@
+//! The mount's state behind the FUSE glue ([`super::fs`]): the inode table, the namespace
+//! as directories, the spool files of files being written, and reads chunk by chunk
+//! through a bounded cache with readahead. Every method answers `Result<_, StoreError>`,
+//! whose `errno` the glue hands to the kernel.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::store::{Source, Store, StoreError, StoreResult};
+use crate::control::{FileRecord, NAME_BYTES_MAX, NAME_PART_BYTES_MAX};
+
+/// How long a listing of the namespace is reused before it is read again: changes made
+/// elsewhere show within this.
+pub const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+/// Chunks fetched together when a read misses the cache: the one asked for and the next
+/// ones (readahead), all in flight at once.
+pub const READAHEAD_CHUNKS: u64 = 4;
+/// Bytes of recently read chunks kept (4 batches of 4 MiB chunks).
+pub const CACHE_BYTES_MAX: usize = 64 << 20;
+/// Files a directory operation (a directory rename, a listing) handles at most.
+pub const DIR_FILES_MAX: usize = 100_000;
+
+/// What an inode stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A directory: a prefix of stored names ("" is the root).
+    Dir(String),
+    /// A stored (or being written) file, by its full name.
+    File(String),
+    /// `.tags/`.
+    TagsRoot,
+    /// `.tags/<a>+<b>/`: the files carrying every one of these tags.
+    TagDir(Vec<String>),
+    /// An entry of a tag directory: a symlink to the file.
+    TagLink(Vec<String>, String),
+}
+
+pub const ROOT_INO: u64 = 1;
+
+/// Inode numbers, handed out once per key for the session's life (the kernel may keep
+/// any of them; the table grows with the names looked up, which the namespace bounds).
+pub struct Inodes {
+    by_ino: HashMap<u64, Key>,
+    by_key: HashMap<Key, u64>,
+    next: u64,
+}
+
+impl Inodes {
+    fn new() -> Self {
+        let mut inodes = Inodes { by_ino: HashMap::new(), by_key: HashMap::new(), next: ROOT_INO + 1 };
+        inodes.by_ino.insert(ROOT_INO, Key::Dir(String::new()));
+        inodes.by_key.insert(Key::Dir(String::new()), ROOT_INO);
+        inodes
+    }
+
+    pub fn ino(&mut self, key: &Key) -> u64 {
+        if let Some(ino) = self.by_key.get(key) {
+            return *ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_ino.insert(ino, key.clone());
+        self.by_key.insert(key.clone(), ino);
+        ino
+    }
+
+    /// After a rename the kernel keeps the inodes it knows: they must now name the new
+    /// path (and everything under it, for a directory).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        let moved = |path: &str| -> Option<String> {
+            if path == from {
+                Some(to.to_owned())
+            } else {
+                path.strip_prefix(&prefix).map(|rest| format!("{to}/{rest}"))
+            }
+        };
+        let renames: Vec<(Key, Key)> = self
+            .by_key
+            .keys()
+            .filter_map(|key| match key {
+                Key::File(path) => moved(path).map(|new| (key.clone(), Key::File(new))),
+                Key::Dir(path) if !path.is_empty() => moved(path).map(|new| (key.clone(), Key::Dir(new))),
+                _ => None,
+            })
+            .collect();
+        for (old, new) in renames {
+            if let Some(ino) = self.by_key.remove(&old) {
+                self.by_key.insert(new.clone(), ino);
+                self.by_ino.insert(ino, new);
+            }
+        }
+    }
+
+    pub fn key(&self, ino: u64) -> StoreResult<Key> {
+        self.by_ino.get(&ino).cloned().ok_or_else(|| StoreError::new(libc::ENOENT, format!("no inode {ino}")))
+    }
+}
+
+/// A file being written: its content so far in a spool file on disk (never in memory:
+/// files may be larger than memory), stored whole on flush, fsync or the last close.
+pub struct OpenFile {
+    pub spool: File,
+    pub dirty: bool,
+    /// Removed while open: its handles still work, nothing is stored.
+    pub unlinked: bool,
+    pub modified: SystemTime,
+}
+
+pub type Shared = Arc<Mutex<OpenFile>>;
+
+fn lock(file: &Shared) -> std::sync::MutexGuard<'_, OpenFile> {
+    file.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An open file handle.
+pub struct Handle {
+    pub name: String,
+    /// Set for a handle opened for writing.
+    pub file: Option<Shared>,
+    /// What a read-only handle reads, as it was when opened.
+    pub source: Option<Source>,
+}
+
+/// A chunk: (file id, chunk index).
+type ChunkKey = (u64, u64);
+
+/// Recently read chunks, least recently used first; bounded in bytes.
+struct ChunkCache {
+    entries: VecDeque<(ChunkKey, Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl ChunkCache {
+    fn get(&mut self, key: ChunkKey) -> Option<Arc<Vec<u8>>> {
+        let at = self.entries.iter().position(|(k, _)| *k == key)?;
+        let entry = self.entries.remove(at)?;
+        let data = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(data)
+    }
+
+    fn insert(&mut self, key: ChunkKey, data: Arc<Vec<u8>>) {
+        self.bytes += data.len();
+        self.entries.push_back((key, data));
+        while self.bytes > CACHE_BYTES_MAX && self.entries.len() > 1 {
+            if let Some((_, old)) = self.entries.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+}
+
+pub struct State {
+    pub store: Store,
+    pub spool_dir: PathBuf,
+    pub inodes: Inodes,
+    snapshot: Option<(Instant, BTreeMap<String, FileRecord>)>,
+    /// Directories made with mkdir that hold no file yet: they live as long as the mount.
+    session_dirs: BTreeSet<String>,
+    pub open_files: HashMap<String, Shared>,
+    pub handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    cache: ChunkCache,
+    pub mounted_at: SystemTime,
+}
+
+pub fn child_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() { name.to_owned() } else { format!("{parent}/{name}") }
+}
+
+/// The limits the CLI puts on names, as errnos: too long is ENAMETOOLONG, characters that
+/// would not show in a listing EINVAL.
+pub fn check_new_name(path: &str, part: &str) -> StoreResult<()> {
+    if part.len() > NAME_PART_BYTES_MAX || path.len() > NAME_BYTES_MAX {
+        return Err(StoreError::new(libc::ENAMETOOLONG, format!("name too long: {path}")));
+    }
+    crate::control::validate_name(path).map_err(|message| StoreError::new(libc::EINVAL, message))
+}
+
+fn io_error(error: std::io::Error) -> StoreError {
+    StoreError::new(error.raw_os_error().unwrap_or(libc::EIO), format!("spool file: {error}"))
+}
+
+impl State {
+    pub fn new(store: Store, spool_dir: PathBuf) -> Self {
+        State {
+            store,
+            spool_dir,
+            inodes: Inodes::new(),
+            snapshot: None,
+            session_dirs: BTreeSet::new(),
+            open_files: HashMap::new(),
+            handles: HashMap::new(),
+            next_fh: 1,
+            cache: ChunkCache { entries: VecDeque::new(), bytes: 0 },
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    /// The stored files, read again when older than [`SNAPSHOT_TTL`].
+    pub fn files(&mut self) -> StoreResult<&BTreeMap<String, FileRecord>> {
+        let fresh = self.snapshot.as_ref().is_some_and(|(at, _)| at.elapsed() < SNAPSHOT_TTL);
+        if !fresh {
+            let files = self.store.list()?;
+            self.snapshot = Some((Instant::now(), files.into_iter().map(|r| (r.name.clone(), r)).collect()));
+        }
+        Ok(&self.snapshot.as_ref().expect("filled above").1)
+    }
+
+    fn note_stored(&mut self, record: FileRecord) {
+        if let Some((_, files)) = self.snapshot.as_mut() {
+            files.insert(record.name.clone(), record);
+        }
+    }
+
+    fn note_removed(&mut self, name: &str) {
+        if let Some((_, files)) = self.snapshot.as_mut() {
+            files.remove(name);
+        }
+    }
+
+    pub fn is_file(&mut self, path: &str) -> StoreResult<bool> {
+        Ok(self.open_files.contains_key(path) || self.files()?.contains_key(path))
+    }
+
+    /// The names under directory `path` ("" for the root), bounded.
+    fn names_under(&mut self, path: &str) -> StoreResult<Vec<String>> {
+        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+        let mut names: BTreeSet<String> = self
+            .files()?
+            .range(prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .take(DIR_FILES_MAX)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.extend(self.open_files.keys().filter(|name| name.starts_with(&prefix)).cloned());
+        Ok(names.into_iter().collect())
+    }
+
+    fn session_dirs_under(&self, path: &str) -> Vec<String> {
+        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+        self.session_dirs.range(prefix.clone()..).take_while(|dir| dir.starts_with(&prefix)).cloned().collect()
+    }
+
+    pub fn is_dir(&mut self, path: &str) -> StoreResult<bool> {
+        if path.is_empty() || self.session_dirs.contains(path) || !self.session_dirs_under(path).is_empty() {
+            return Ok(true);
+        }
+        let prefix = format!("{path}/");
+        if self.open_files.keys().any(|name| name.starts_with(&prefix)) {
+            return Ok(true);
+        }
+        Ok(self.files()?.range(prefix.clone()..).next().is_some_and(|(name, _)| name.starts_with(&prefix)))
+    }
+
+    /// The entries of directory `path`: name -> whether it is a directory. A name that is
+    /// both a file and a prefix of other names shows as the file.
+    pub fn children(&mut self, path: &str) -> StoreResult<BTreeMap<String, bool>> {
+        let skip = if path.is_empty() { 0 } else { path.len() + 1 };
+        let mut out: BTreeMap<String, bool> = BTreeMap::new();
+        let mut all = self.names_under(path)?;
+        all.extend(self.session_dirs_under(path).into_iter().map(|dir| format!("{dir}/")));
+        for name in all {
+            let rest = &name[skip..];
+            match rest.split_once('/') {
+                Some((first, _)) if !first.is_empty() => {
+                    out.entry(first.to_owned()).or_insert(true);
+                }
+                Some(_) => {}
+                None if !rest.is_empty() => {
+                    out.insert(rest.to_owned(), false);
+                }
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Size and modification time of file `name`.
+    pub fn file_stat(&mut self, name: &str) -> StoreResult<(u64, SystemTime)> {
+        if let Some(file) = self.open_files.get(name) {
+            let file = lock(file);
+            let size = file.spool.metadata().map_err(io_error)?.len();
+            return Ok((size, file.modified));
+        }
+        let record = match self.files()?.get(name) {
+            Some(record) => record.clone(),
+            None => {
+                // Stored since the listing was read (by another client)?
+                let source = self.store.source(name)?;
+                let record = source.map(|source| source.record().clone());
+                record.ok_or_else(|| StoreError::new(libc::ENOENT, format!("no file {name}")))?
+            }
+        };
+        Ok((record.size_bytes, UNIX_EPOCH + Duration::from_millis(record.created_unix_ms)))
+    }
+
+    pub fn mkdir(&mut self, path: &str) -> StoreResult<()> {
+        if self.is_file(path)? || self.is_dir(path)? {
+            return Err(StoreError::new(libc::EEXIST, format!("{path} exists")));
+        }
+        self.session_dirs.insert(path.to_owned());
+        Ok(())
+    }
+
+    pub fn rmdir(&mut self, path: &str) -> StoreResult<()> {
+        if !self.is_dir(path)? {
+            let errno = if self.is_file(path)? { libc::ENOTDIR } else { libc::ENOENT };
+            return Err(StoreError::new(errno, format!("{path} is not a directory")));
+        }
+        if !self.children(path)?.is_empty() {
+            return Err(StoreError::new(libc::ENOTEMPTY, format!("{path} is not empty")));
+        }
+        self.session_dirs.remove(path);
+        Ok(())
+    }
+
+    fn new_spool(&self) -> StoreResult<File> {
+        // Unlinked at once: a crashed mount leaves no spool file behind.
+        tempfile::tempfile_in(&self.spool_dir).map_err(io_error)
+    }
+
+    fn add_handle(&mut self, handle: Handle) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, handle);
+        fh
+    }
+
+    /// A new file (create): empty, stored on its first flush.
+    pub fn create(&mut self, path: &str) -> StoreResult<u64> {
+        let spool = self.new_spool()?;
+        let file = Arc::new(Mutex::new(OpenFile { spool, dirty: true, unlinked: false, modified: SystemTime::now() }));
+        if let Some(old) = self.open_files.insert(path.to_owned(), file.clone()) {
+            lock(&old).unlinked = true;
+        }
+        Ok(self.add_handle(Handle { name: path.to_owned(), file: Some(file), source: None }))
+    }
+
+    /// Opens file `name`; for writing its content is copied into a spool file first
+    /// (unless `truncate`), or the spool of a handle already writing it is shared.
+    pub fn open(&mut self, name: &str, write: bool, truncate: bool) -> StoreResult<u64> {
+        if !write {
+            let source = if self.open_files.contains_key(name) {
+                None
+            } else {
+                Some(self.store.source(name)?.ok_or_else(|| StoreError::new(libc::ENOENT, format!("no file {name}")))?)
+            };
+            return Ok(self.add_handle(Handle { name: name.to_owned(), file: None, source }));
+        }
+        let file = match self.open_files.get(name) {
+            Some(file) => file.clone(),
+            None => {
+                let mut spool = self.new_spool()?;
+                if !truncate {
+                    self.store.get(name, &mut spool)?;
+                }
+                let file = Arc::new(Mutex::new(OpenFile {
+                    spool,
+                    dirty: truncate,
+                    unlinked: false,
+                    modified: SystemTime::now(),
+                }));
+                self.open_files.insert(name.to_owned(), file.clone());
+                file
+            }
+        };
+        if truncate {
+            let mut open = lock(&file);
+            open.spool.set_len(0).map_err(io_error)?;
+            open.dirty = true;
+        }
+        Ok(self.add_handle(Handle { name: name.to_owned(), file: Some(file), source: None }))
+    }
+
+    fn handle(&self, fh: u64) -> StoreResult<&Handle> {
+        self.handles.get(&fh).ok_or_else(|| StoreError::new(libc::EBADF, format!("no handle {fh}")))
+    }
+
+    /// The spool a handle reads or writes: its own, or that of a handle writing the file.
+    fn spool_of(&self, fh: u64) -> StoreResult<Option<Shared>> {
+        let handle = self.handle(fh)?;
+        Ok(handle.file.clone().or_else(|| self.open_files.get(&handle.name).cloned()))
+    }
+
+    pub fn read(&mut self, fh: u64, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
+        if let Some(file) = self.spool_of(fh)? {
+            let file = lock(&file);
+            let len = file.spool.metadata().map_err(io_error)?.len();
+            let want = (size as u64).min(len.saturating_sub(offset)) as usize;
+            let mut out = vec![0u8; want];
+            file.spool.read_exact_at(&mut out, offset).map_err(io_error)?;
+            return Ok(out);
+        }
+        let handle = self.handle(fh)?;
+        let source = match handle.source.clone() {
+            Some(source) => source,
+            None => {
+                // Opened while another handle was writing it, which has closed since: read
+                // what that handle stored.
+                let name = handle.name.clone();
+                let source = self
+                    .store
+                    .source(&name)?
+                    .ok_or_else(|| StoreError::new(libc::ENOENT, format!("no file {name}")))?;
+                if let Some(handle) = self.handles.get_mut(&fh) {
+                    handle.source = Some(source.clone());
+                }
+                source
+            }
+        };
+        self.read_stored(&source, offset, size)
+    }
+
+    /// Bytes `offset..offset + size` of a stored file, chunk by chunk through the cache.
+    fn read_stored(&mut self, source: &Source, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
+        let record = source.record();
+        let end = offset.saturating_add(u64::from(size)).min(record.size_bytes);
+        let chunk_bytes = u64::from(record.chunk_bytes.max(1));
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut at = offset;
+        while at < end {
+            let index = at / chunk_bytes;
+            let chunk = self.chunk(source, index)?;
+            let within = (at - index * chunk_bytes) as usize;
+            let take = (chunk.len().saturating_sub(within) as u64).min(end - at) as usize;
+            if take == 0 {
+                return Err(StoreError::new(libc::EIO, format!("chunk {index} of {} is short", record.name)));
+            }
+            out.extend_from_slice(&chunk[within..within + take]);
+            at += take as u64;
+        }
+        Ok(out)
+    }
+
+    fn chunk(&mut self, source: &Source, index: u64) -> StoreResult<Arc<Vec<u8>>> {
+        let file_id = source.record().file_id;
+        if let Some(chunk) = self.cache.get((file_id, index)) {
+            return Ok(chunk);
+        }
+        // This chunk and the next ones not cached yet, fetched together.
+        let mut count = 1;
+        while count < READAHEAD_CHUNKS && self.cache.get((file_id, index + count)).is_none() {
+            count += 1;
+        }
+        let chunks = self.store.read_chunks(source, index, count)?;
+        let mut wanted = None;
+        for (offset, chunk) in chunks.into_iter().enumerate() {
+            let chunk = Arc::new(chunk);
+            if offset == 0 {
+                wanted = Some(chunk.clone());
+            }
+            self.cache.insert((file_id, index + offset as u64), chunk);
+        }
+        wanted.ok_or_else(|| {
+            StoreError::new(libc::EIO, format!("chunk {index} of {} did not come", source.record().name))
+        })
+    }
+
+    pub fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> StoreResult<u32> {
+        let file = self.handle(fh)?.file.clone().ok_or_else(|| StoreError::new(libc::EBADF, "not open for writing"))?;
+        let mut file = lock(&file);
+        file.spool.write_all_at(data, offset).map_err(io_error)?;
+        file.dirty = true;
+        file.modified = SystemTime::now();
+        Ok(data.len() as u32)
+    }
+
+    /// Stores a dirty spool as `name` (flush, fsync, last close).
+    fn upload(&mut self, name: &str, file: &Shared) -> StoreResult<()> {
+        let mut open = lock(file);
+        if !open.dirty || open.unlinked {
+            return Ok(());
+        }
+        open.spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
+        let mut reader = BufReader::with_capacity(1 << 20, &open.spool);
+        let record = self.store.put(name, &mut reader)?;
+        open.dirty = false;
+        drop(open);
+        self.note_stored(record);
+        Ok(())
+    }
+
+    pub fn flush(&mut self, fh: u64) -> StoreResult<()> {
+        let handle = self.handle(fh)?;
+        let (name, file) = (handle.name.clone(), handle.file.clone());
+        match file {
+            Some(file) => self.upload(&name, &file),
+            None => Ok(()),
+        }
+    }
+
+    pub fn release(&mut self, fh: u64) -> StoreResult<()> {
+        let Some(handle) = self.handles.remove(&fh) else { return Ok(()) };
+        let Some(file) = handle.file else { return Ok(()) };
+        let result = self.upload(&handle.name, &file);
+        let last = !self.handles.values().any(|other| other.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, &file)));
+        if last && self.open_files.get(&handle.name).is_some_and(|f| Arc::ptr_eq(f, &file)) {
+            self.open_files.remove(&handle.name);
+        }
+        result
+    }
+
+    /// Stores every dirty spool (at unmount).
+    pub fn flush_all(&mut self) {
+        let files: Vec<(String, Shared)> = self.open_files.iter().map(|(n, f)| (n.clone(), f.clone())).collect();
+        for (name, file) in files {
+            if let Err(error) = self.upload(&name, &file) {
+                tracing::error!("could not store {name} at unmount: {error}");
+            }
+        }
+    }
+
+    /// Truncates or extends file `name` to `size` bytes.
+    pub fn set_size(&mut self, name: &str, fh: Option<u64>, size: u64) -> StoreResult<()> {
+        let open = match fh.and_then(|fh| self.handles.get(&fh)).and_then(|h| h.file.clone()) {
+            Some(file) => Some(file),
+            None => self.open_files.get(name).cloned(),
+        };
+        if let Some(file) = open {
+            let mut file = lock(&file);
+            file.spool.set_len(size).map_err(io_error)?;
+            file.dirty = true;
+            file.modified = SystemTime::now();
+            return Ok(());
+        }
+        let mut spool = self.new_spool()?;
+        if size > 0 {
+            self.store.get(name, &mut spool)?;
+            spool.set_len(size).map_err(io_error)?;
+            spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
+        } else if !self.is_file(name)? {
+            return Err(StoreError::new(libc::ENOENT, format!("no file {name}")));
+        }
+        let record = self.store.put(name, &mut BufReader::with_capacity(1 << 20, &spool))?;
+        self.note_stored(record);
+        Ok(())
+    }
+
+    pub fn unlink(&mut self, name: &str) -> StoreResult<()> {
+        let was_open = match self.open_files.remove(name) {
+            Some(file) => {
+                lock(&file).unlinked = true;
+                true
+            }
+            None => false,
+        };
+        match self.store.remove(name) {
+            Err(error) if error.errno == libc::ENOENT && was_open => {}
+            other => other?,
+        }
+        self.note_removed(name);
+        Ok(())
+    }
+
+    /// Renames file `from` to `to`: the metadata has no rename, so the content is stored
+    /// again under the new name (with the old one's tags) and the old file removed.
+    pub fn rename_file(&mut self, from: &str, to: &str) -> StoreResult<()> {
+        if let Some(file) = self.open_files.get(from).cloned() {
+            self.upload(from, &file)?;
+            self.open_files.remove(from);
+            if let Some(old) = self.open_files.insert(to.to_owned(), file) {
+                lock(&old).unlinked = true;
+            }
+            for handle in self.handles.values_mut().filter(|handle| handle.name == from) {
+                handle.name = to.to_owned();
+            }
+        }
+        if self.store.source(from)?.is_some() {
+            let mut spool = self.new_spool()?;
+            self.store.get(from, &mut spool)?;
+            spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
+            let tags = self.store.tags_of(from)?;
+            let record = self.store.put(to, &mut BufReader::with_capacity(1 << 20, &spool))?;
+            self.note_stored(record);
+            if !tags.is_empty() {
+                self.store.meta().add_tags(to, &tags)?;
+            }
+            self.store.remove(from)?;
+            self.note_removed(from);
+        }
+        self.inodes.rename(from, to);
+        Ok(())
+    }
+
+    /// Renames directory `from` to `to`: every file under it, and the session directories.
+    pub fn rename_dir(&mut self, from: &str, to: &str) -> StoreResult<()> {
+        if self.is_file(to)? {
+            return Err(StoreError::new(libc::ENOTDIR, format!("{to} is a file")));
+        }
+        if self.is_dir(to)? && !self.children(to)?.is_empty() {
+            return Err(StoreError::new(libc::ENOTEMPTY, format!("{to} is not empty")));
+        }
+        for name in self.names_under(from)? {
+            let new_name = format!("{to}{}", &name[from.len()..]);
+            self.rename_file(&name, &new_name)?;
+        }
+        let mut dirs = self.session_dirs_under(from);
+        if self.session_dirs.contains(from) {
+            dirs.push(from.to_owned());
+        }
+        for dir in dirs {
+            self.session_dirs.remove(&dir);
+            self.session_dirs.insert(format!("{to}{}", &dir[from.len()..]));
+        }
+        self.inodes.rename(from, to);
+        Ok(())
+    }
+
+    /// Makes sure a file being written exists in the metadata (before tagging it).
+    pub fn store_pending(&mut self, name: &str) -> StoreResult<()> {
+        if let Some(file) = self.open_files.get(name).cloned() {
+            self.upload(name, &file)?;
+        }
+        Ok(())
+    }
+}

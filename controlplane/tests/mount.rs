@@ -1,0 +1,320 @@
+//! `beeline mount` driven by real tools (cp, cat, ls, mv, rm, truncate, sha256sum,
+//! getfattr/setfattr, find) through the kernel's FUSE, on a single node and on a
+//! three-node cluster with a real redis-server, including a node killed while files are
+//! read through the mount. Every mount is unmounted by a guard, whatever the outcome.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::loopback::{Loopback, skip_without_redis};
+use common::node::{BIN, TestNode, ok};
+use common::{Process, have, pattern};
+
+const MIB: usize = 1 << 20;
+/// The chunk size the mount stores files with (the client's default).
+const CHUNK: usize = 4 * MIB;
+
+fn skip_without_fuse(test: &str) -> bool {
+    let reason = if !Path::new("/dev/fuse").exists() {
+        "/dev/fuse is missing (load the fuse kernel module)"
+    } else if !have("fusermount3") {
+        "fusermount3 is not installed (ci/setup.sh installs Debian's fuse3)"
+    } else if !have("getfattr") || !have("setfattr") {
+        "getfattr/setfattr are not installed (ci/setup.sh installs Debian's attr)"
+    } else {
+        return false;
+    };
+    beeline_dataplane::testkit::skip(test, reason);
+    true
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dir = dir.to_string_lossy().into_owned();
+    mounts.lines().any(|line| line.split(' ').nth(4) == Some(dir.as_str()))
+}
+
+/// A running `beeline mount`; unmounted (lazily, so a stuck reader cannot block it) and
+/// killed on drop.
+struct Mount {
+    process: Option<Process>,
+    dir: PathBuf,
+}
+
+impl Mount {
+    fn start(dir: &Path, spool: &Path, target_args: &[String]) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut command = Command::new(BIN);
+        command.arg("mount").arg(dir).arg("--spool-dir").arg(spool).args(target_args);
+        let mut mount = Mount { process: Some(Process::spawn(command)), dir: dir.to_owned() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(dir) {
+            let process = mount.process.as_mut().unwrap();
+            if let Some(status) = process.exited() {
+                panic!("beeline mount exited with {status}:\n{}", process.log());
+            }
+            assert!(Instant::now() < deadline, "not mounted within 30 s:\n{}", process.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mount
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn log(&self) -> String {
+        self.process.as_ref().map(Process::log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.dir).status();
+        }
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        drop(self.process.take());
+    }
+}
+
+fn sh(script: &str) -> Output {
+    Command::new("sh").arg("-c").arg(script).output().unwrap()
+}
+
+fn sh_ok(script: &str) -> String {
+    let out = sh(script);
+    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = sh_ok(&format!("sha256sum '{}'", path.display()));
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+fn size_in_ls(listing: &str, name: &str) -> u64 {
+    let line = listing.lines().find(|line| line.ends_with(&format!(" {name}"))).unwrap_or_else(|| panic!("{listing}"));
+    line.split_whitespace().nth(4).unwrap().parse().unwrap()
+}
+
+/// Everything a user does through the mount; `cli` runs `beeline` against the same store.
+fn exercise(mount: &Mount, work: &Path, cli: &dyn Fn(&[&str]) -> Output) {
+    let m = |name: &str| mount.path(name).display().to_string();
+    // Edge sizes round trip: in with cp, checked with sha256sum, out with cp.
+    std::fs::create_dir_all(mount.path("sizes")).unwrap();
+    let sizes = [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK / 2 + 7];
+    for (index, size) in sizes.iter().enumerate() {
+        let local = work.join(format!("in-{index}"));
+        std::fs::write(&local, pattern(*size, index as u64 + 1)).unwrap();
+        sh_ok(&format!("cp '{}' '{}'", local.display(), m(&format!("sizes/f{index}"))));
+        assert_eq!(sha256(&mount.path(&format!("sizes/f{index}"))), sha256(&local), "size {size}");
+        let out = work.join(format!("out-{index}"));
+        sh_ok(&format!("cp '{}' '{}'", m(&format!("sizes/f{index}")), out.display()));
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&local).unwrap(), "size {size} copied out");
+    }
+    let listing = sh_ok(&format!("ls -l '{}'", m("sizes")));
+    for (index, size) in sizes.iter().enumerate() {
+        assert_eq!(size_in_ls(&listing, &format!("f{index}")), *size as u64, "{listing}");
+    }
+    // What went in through the mount is a stored file like any other.
+    let got = work.join("got");
+    ok(&cli(&["get", "sizes/f3", "-o", got.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&got).unwrap(), pattern(CHUNK + 1, 4));
+    // And what the CLI stores shows in the mount.
+    let small = work.join("small.txt");
+    std::fs::write(&small, b"hello through the mount\n").unwrap();
+    ok(&cli(&["put", small.to_str().unwrap(), "--as", "docs/small.txt"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mount.path("docs/small.txt").exists() {
+        assert!(Instant::now() < deadline, "a file put by the CLI never showed in the mount");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sh_ok(&format!("cat '{}'", m("docs/small.txt"))), "hello through the mount\n");
+
+    // A reader opened while a writer had the file open reads what the writer stored on
+    // close.
+    let handoff = m("docs/handoff");
+    let read = sh_ok(&format!("exec 3>'{handoff}'; printf abc >&3; exec 4<'{handoff}'; exec 3>&-; cat <&4"));
+    assert_eq!(read, "abc");
+    assert_eq!(ok(&cli(&["get", "docs/handoff", "-o", "-"])), "abc");
+
+    // mkdir / rmdir, and a directory with a file in it is not empty.
+    sh_ok(&format!("mkdir '{}'", m("empty")));
+    assert!(mount.path("empty").is_dir());
+    sh_ok(&format!("rmdir '{}'", m("empty")));
+    assert!(!mount.path("empty").exists());
+    let refused = sh(&format!("rmdir '{}'", m("docs")));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"), "{refused:?}");
+    let refused = sh(&format!("mkdir '{}'", m("docs")));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("File exists"), "{refused:?}");
+
+    // mv (into a directory made in this session), rm.
+    sh_ok(&format!("mkdir '{}' && mv '{}' '{}'", m("moved"), m("sizes/f4"), m("moved/f4")));
+    assert!(!mount.path("sizes/f4").exists());
+    assert_eq!(sha256(&mount.path("moved/f4")), sha256(&work.join("in-4")));
+    assert!(ok(&cli(&["ls"])).contains("moved/f4"));
+    sh_ok(&format!("rm '{}'", m("moved/f4")));
+    assert!(!mount.path("moved/f4").exists());
+    assert!(!ok(&cli(&["ls"])).contains("moved/f4"));
+    let missing = sh(&format!("cat '{}'", m("moved/f4")));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("No such file"), "{missing:?}");
+
+    // truncate shrinks, extends with zeros, empties.
+    sh_ok(&format!("truncate -s 1000 '{}'", m("sizes/f2")));
+    let mut expected = pattern(CHUNK, 3);
+    expected.truncate(1000);
+    assert_eq!(std::fs::read(mount.path("sizes/f2")).unwrap(), expected);
+    sh_ok(&format!("truncate -s 1500 '{}'", m("sizes/f2")));
+    expected.resize(1500, 0);
+    assert_eq!(std::fs::read(mount.path("sizes/f2")).unwrap(), expected);
+    sh_ok(&format!("truncate -s 0 '{}'", m("sizes/f2")));
+    assert_eq!(std::fs::metadata(mount.path("sizes/f2")).unwrap().len(), 0);
+
+    // Names longer than the CLI allows.
+    let long = "x".repeat(300);
+    let refused = sh(&format!("touch '{}'", m(&long)));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("File name too long"), "{refused:?}");
+
+    // Tags: the extended attribute, and .tags/ as directories.
+    let f1 = m("sizes/f1");
+    sh_ok(&format!("setfattr -n user.disgrafs.tags -v 'alpha,beta' '{f1}'"));
+    sh_ok(&format!("setfattr -n user.disgrafs.tags -v 'alpha' '{}'", m("docs/small.txt")));
+    // The node's own tagger may add automatic tags, shown as `tag(extractor)`.
+    let user_tags = |path: &str| -> String {
+        let value = sh_ok(&format!("getfattr --only-values -n user.disgrafs.tags '{path}'"));
+        assert!(value.split(',').filter(|t| t.contains('(')).all(|t| t.ends_with(')')), "{value}");
+        value.split(',').filter(|t| !t.is_empty() && !t.contains('(')).collect::<Vec<_>>().join(",")
+    };
+    assert_eq!(user_tags(&f1), "alpha,beta");
+    assert!(ok(&cli(&["tags", "sizes/f1"])).contains("alpha\tuser"));
+    assert!(sh_ok(&format!("getfattr -d '{f1}'")).contains("user.disgrafs.tags=\"alpha,beta"));
+    let found = sh_ok(&format!("find '{}'", m(".tags")));
+    let tags_dir = m(".tags");
+    assert!(found.contains(&format!("{tags_dir}/alpha/sizes%2Ff1")), "{found}");
+    assert!(found.contains(&format!("{tags_dir}/alpha/docs%2Fsmall.txt")), "{found}");
+    assert!(found.contains(&format!("{tags_dir}/beta/sizes%2Ff1")), "{found}");
+    assert!(!found.contains('+'), "combinations are never listed: {found}");
+    // A looked-up combination: the files carrying both.
+    let both = sh_ok(&format!("ls '{}'", m(".tags/alpha+beta")));
+    assert_eq!(both.trim(), "sizes%2Ff1");
+    assert_eq!(std::fs::read(mount.path(".tags/alpha+beta/sizes%2Ff1")).unwrap(), pattern(1, 2));
+    let refused = sh(&format!("touch '{}'", m(".tags/alpha/new")));
+    assert!(!refused.status.success());
+    // Setting replaces the user tags; removing clears them.
+    sh_ok(&format!("setfattr -n user.disgrafs.tags -v 'beta' '{f1}'"));
+    assert_eq!(user_tags(&f1), "beta");
+    sh_ok(&format!("setfattr -x user.disgrafs.tags '{f1}'"));
+    assert_eq!(user_tags(&f1), "");
+    assert!(sh_ok(&format!("find '{}'", m(".tags"))).contains("alpha/docs%2Fsmall.txt"));
+    let bad = sh(&format!("setfattr -n user.disgrafs.tags -v 'has space' '{f1}'"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("Invalid argument"), "{bad:?}");
+}
+
+fn node_args(node: &TestNode) -> Vec<String> {
+    vec![
+        "--node".into(),
+        format!("127.0.0.1:{}", node.port),
+        "--key-file".into(),
+        node.dir.join("cluster.key").display().to_string(),
+    ]
+}
+
+#[test]
+fn the_mount_on_a_single_node() {
+    if skip_without_fuse("the_mount_on_a_single_node") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(tmp.path(), &[]);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // Only an empty directory is mounted on.
+    std::fs::write(work.join("occupied"), b"x").unwrap();
+    let mut refused = Command::new(BIN);
+    refused.arg("mount").arg(&work).args(node_args(&node));
+    let refused = refused.output().unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"), "{refused:?}");
+
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    exercise(&mount, &work, &|args| node.cli(args));
+    // `beeline umount` unmounts, and the mount process ends by itself.
+    let mut mount = mount;
+    ok(&Command::new(BIN).arg("umount").arg(&mount.dir).output().unwrap());
+    assert!(!is_mounted(&mount.dir));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let process = mount.process.as_mut().unwrap();
+    while process.exited().is_none() {
+        assert!(Instant::now() < deadline, "the mount process did not end after umount:\n{}", process.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_unmounts() {
+    if skip_without_fuse("sigterm_unmounts") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(tmp.path(), &[]);
+    let mut mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    std::fs::write(mount.path("kept"), b"stored on close").unwrap();
+    let status = mount.process.as_mut().unwrap().terminate();
+    assert!(status.success(), "{status}: {}", mount.log());
+    assert!(!is_mounted(&mount.dir));
+    assert_eq!(ok(&node.cli(&["get", "kept", "-o", "-"])), "stored on close");
+}
+
+#[test]
+fn the_mount_on_a_three_node_cluster_survives_a_node_killed_while_reading() {
+    let test = "the_mount_on_a_three_node_cluster_survives_a_node_killed_while_reading";
+    if skip_without_fuse(test) || skip_without_redis(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Loopback::start(tmp.path(), 3);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let args = vec![
+        "--metadata".into(),
+        cluster.redis.url(),
+        "--key-file".into(),
+        tmp.path().join("cluster.key").display().to_string(),
+    ];
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &args);
+    exercise(&mount, &work, &|args| cluster.cli(args));
+
+    // Files written through the mount, then a node killed while they are read back.
+    std::fs::create_dir(mount.path("big")).unwrap();
+    let mut expected = Vec::new();
+    for index in 0..3u64 {
+        let local = work.join(format!("big-{index}"));
+        std::fs::write(&local, pattern(6 * CHUNK + 123, 100 + index)).unwrap();
+        sh_ok(&format!("cp '{}' '{}'", local.display(), mount.path(&format!("big/{index}")).display()));
+        expected.push(sha256(&local));
+    }
+    let reader = Command::new("sh")
+        .arg("-c")
+        .arg(format!("sha256sum '{}'/*", mount.path("big").display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cluster.nodes[1].0.as_mut().expect("running").kill9();
+    let out = reader.wait_with_output().unwrap();
+    assert!(out.status.success(), "reads failed after a node was killed: {out:?}\n{}", mount.log());
+    let sums = String::from_utf8_lossy(&out.stdout).into_owned();
+    for sum in &expected {
+        assert!(sums.contains(sum.as_str()), "{sums}");
+    }
+    // And once more, with the node gone for good.
+    for (index, sum) in expected.iter().enumerate() {
+        assert_eq!(&sha256(&mount.path(&format!("big/{index}"))), sum);
+    }
+}
