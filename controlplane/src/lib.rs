@@ -25,5 +25,6 @@ pub mod keyfile;
 pub mod metadata;
 pub mod node;
 pub mod output;
+pub mod shm;
 pub mod tagger;
 pub mod web;
