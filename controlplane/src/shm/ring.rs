@@ -117,7 +117,7 @@ pub fn check_descriptor(
     if offset < pool_start || offset >= pool_end {
         return Err(Reject::OutOfBounds);
     }
-    if (offset - pool_start) % layout.frame_bytes as usize != 0 {
+    if !(offset - pool_start).is_multiple_of(layout.frame_bytes as usize) {
         return Err(Reject::Misaligned);
     }
     if len < len_min || len > layout.frame_bytes as usize {
@@ -172,6 +172,10 @@ impl Region {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Writes the header a client checks before trusting the layout (node side, once).
     pub fn write_header(&mut self) {
         let l = self.layout;
@@ -213,7 +217,7 @@ impl Region {
     }
 
     fn word(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset + 4 <= self.len && offset % 4 == 0);
+        assert!(offset + 4 <= self.len && offset.is_multiple_of(4));
         // SAFETY: in bounds and 4-aligned (asserted); AtomicU32 has u32's layout and the
         // word is only ever accessed atomically by both processes.
         unsafe { &*self.base.add(offset).cast::<AtomicU32>() }

@@ -151,7 +151,7 @@ impl ShmServer {
     /// Accepts new clients and drops dead ones, now and then or when `wait` saw activity.
     fn housekeeping(&mut self, arena: &mut Arena<'_>) {
         self.turns = self.turns.wrapping_add(1);
-        if !self.housekeeping_due && self.turns % HOUSEKEEPING_TURNS != 0 {
+        if !self.housekeeping_due && !self.turns.is_multiple_of(HOUSEKEEPING_TURNS) {
             return;
         }
         self.housekeeping_due = false;
@@ -325,7 +325,7 @@ impl ShmServer {
         while tail != head && !out.is_full() {
             let (offset, len) = ring.descriptor(tail);
             let checked = check_descriptor(&self.layout, self.layout.request_frames, offset, len, HEADER_LEN)
-                .and_then(|()| if len as usize > room { Err(Reject::BadLength) } else { Ok(()) });
+                .and(if len as usize > room { Err(Reject::BadLength) } else { Ok(()) });
             if let Err(reason) = checked {
                 self.counters.rejected[reason as usize] += 1;
                 tail = tail.wrapping_add(1);

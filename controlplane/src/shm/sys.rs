@@ -84,7 +84,7 @@ pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Re
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     if !fds.is_empty() {
-        let data_len = (fds.len() * std::mem::size_of::<RawFd>()) as u32;
+        let data_len = std::mem::size_of_val(fds) as u32;
         msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE is arithmetic.
         msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len) } as usize;

@@ -30,7 +30,7 @@ fn ring_matches_a_vecdeque_model() {
         let mut state = seed;
         for _ in 0..2000 {
             let ring = producer.request_ring();
-            if xorshift(&mut state) % 2 == 0 {
+            if xorshift(&mut state).is_multiple_of(2) {
                 let free = layout.slots - head.wrapping_sub(ring.consumer_tail());
                 if free == 0 {
                     assert_eq!(model.len(), layout.slots as usize, "ring full only when the model is");
