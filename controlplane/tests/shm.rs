@@ -205,3 +205,30 @@ fn another_user_is_refused_by_the_socket_permission() {
     let refused = counters(&node);
     assert_eq!(refused["shm_clients_accepted"], 0);
 }
+
+#[test]
+fn a_put_over_shared_memory_survives_a_node_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(dir.path());
+    let path = dir.path().join("big");
+    let data = pattern(100 << 20, 21);
+    std::fs::write(&path, &data).unwrap();
+    let before = counters(&node)["shm_request_bytes"];
+    let mut put = Process::spawn(node.cli_command(&["put", path.to_str().unwrap(), "--transport", "shm"]));
+    wait_counters(&node, "the put started", |c| c["shm_request_bytes"] >= before + (8 << 20));
+    assert!(put.exited().is_none(), "the put ended before the restart:\n{}", put.log());
+    node.process().kill9();
+    node.spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = put.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the put did not finish:\n{}", put.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the put failed across the restart:\n{}", put.log());
+    let back = node.cli(&["get", "big", "-o", "-", "--transport", "shm"]);
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    assert!(back.stdout == data, "the file came back different");
+}

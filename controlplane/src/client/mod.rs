@@ -486,11 +486,11 @@ impl Client {
         let next_deadline =
             ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
         if !link.wait(next_deadline.saturating_sub(now).max(1)) {
-            return Err(ClientError::Failed {
-                node: self.options.node,
-                reason: "the node closed its shared-memory socket (stopped or restarted); run the command again".into(),
-            });
+            // The node stopped: wait for it to come back, as the UDP path's retries do; the
+            // machines' timers then resend whatever the old region held.
+            self.shm = Some(self.reconnect_shm()?);
         }
+        let link = self.shm.as_ref().expect("connected");
         let mut transmit = ShmTransmit { link };
         let started = self.started;
         link.receive(|message| {
@@ -517,6 +517,29 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// A new shared-memory link after the node closed the old one (it stopped or
+    /// restarted), tried every 50 ms for as long as a request's retries would last.
+    fn reconnect_shm(&self) -> Result<ShmLink, ClientError> {
+        let timing = self.options.timing;
+        let mut budget_ms = 0u64;
+        let mut rto_ms = timing.rto_initial_ms;
+        for _ in 0..=timing.timeouts_max {
+            budget_ms += rto_ms;
+            rto_ms = (rto_ms * 2).min(timing.rto_max_ms);
+        }
+        let node = self.options.node;
+        let path = self.options.shm_socket.clone().unwrap_or_else(|| crate::shm::default_socket_path(node.port()));
+        let deadline = Instant::now() + std::time::Duration::from_millis(budget_ms);
+        // Bounded by the deadline.
+        loop {
+            match ShmLink::connect(&path, node.port()) {
+                Ok(link) => return Ok(link),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(_) => return Err(ClientError::Unreachable { node, retries: timing.timeouts_max }),
+            }
+        }
     }
 
     fn exchange(&mut self, request: Repr, payload: &[u8], expect: Opcode) -> Result<(Repr, Vec<u8>), ClientError> {
