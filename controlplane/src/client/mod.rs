@@ -218,6 +218,13 @@ fn open_shm(options: &ClientOptions) -> Result<Option<ShmLink>, ClientError> {
     match ShmLink::connect(&path, node.port()) {
         Ok(link) => Ok(Some(link)),
         Err(error) if options.transport == Transport::Shm => Err(error.into()),
+        // No socket, or nobody behind it: no node on this host offers shared memory at
+        // that path (it runs elsewhere, not as root, or is down); UDP without a word.
+        Err(ShmError::Connect { source, .. })
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            Ok(None)
+        }
         Err(error) => {
             eprintln!("beeline: notice: using UDP to {node}, not shared memory: {error}");
             Ok(None)
