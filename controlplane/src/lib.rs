@@ -6,7 +6,8 @@
 //! placement), [`metadata`] (the namespace trait, tags, and the embedded store), [`graph`]
 //! (file-tag graph queries: search expressions, related files, neighbourhoods),
 //! [`tagger`] (automatic tagging: extractors and the runners), [`web`] (`beeline web`:
-//! the HTTP server and its page, the file-tag graph in a browser), [`control`]
+//! the HTTP server and its page, the file-tag graph in a browser), [`shm`] (the
+//! shared-memory transport between a node and the clients on its host), [`control`]
 //! (control messages), [`keyfile`], [`hw`] and [`output`] (where downloaded files are
 //! written, safely); [`cli`] is the `beeline` command line, a
 //! thin layer over the rest. Dependencies run one way: cli -> node -> backend -> config,
@@ -26,5 +27,6 @@ pub mod metadata;
 pub mod mount;
 pub mod node;
 pub mod output;
+pub mod shm;
 pub mod tagger;
 pub mod web;

@@ -236,7 +236,8 @@ fn a_node_restart_and_rekeys_in_the_middle_of_a_100_mib_put_fail_nothing() {
     let mut node = TestNode::start(dir.path(), &[]);
     let path = dir.path().join("big");
     std::fs::write(&path, pattern(100 << 20, 7)).unwrap();
-    let mut put = node.cli_command(&["put", path.to_str().unwrap(), "--rekey-after-ms", "200"]);
+    // UDP: the sessions are what this test is about (shared memory has none).
+    let mut put = node.cli_command(&["put", path.to_str().unwrap(), "--rekey-after-ms", "200", "--transport", "udp"]);
     let mut put = Process::spawn({
         put.env("BEELINE_LOG", "beeline::client=debug");
         put

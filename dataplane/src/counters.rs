@@ -122,6 +122,8 @@ pub struct Counters {
     pub sessions_established: u64,
     /// Version-1 requests told to upgrade.
     pub upgrade_replies: u64,
+    /// Requests that came from local shared-memory clients (plaintext, no session).
+    pub local_requests: u64,
     /// Payload bytes of chunk data copied by Beeline's own code (not the kernel's or the
     /// NIC's). The data path is built to keep this at zero.
     pub data_bytes_copied: u64,

@@ -16,6 +16,7 @@
 
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod local;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -370,6 +371,14 @@ impl Backend {
             Backend::Afxdp(afxdp) => afxdp.fragment_bytes_cap,
             #[cfg(feature = "dpdk")]
             Backend::Dpdk(dpdk) => dpdk.fragment_bytes_cap,
+        }
+    }
+
+    /// The descriptor `wait` sleeps on, when it is one a caller can poll with others.
+    pub fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Backend::Udp(io) => Some(io.raw_fd()),
+            _ => None,
         }
     }
 

@@ -49,6 +49,13 @@ pub struct ClientFlags {
     /// Prefix of the cluster's metadata keys.
     #[arg(long, default_value = crate::cluster::DEFAULT_PREFIX, global = true)]
     metadata_prefix: String,
+    /// How to reach the node: shared memory when it runs on this host (auto falls back to
+    /// UDP with a notice, shm fails instead), or always UDP.
+    #[arg(long, value_enum, env = "BEELINE_TRANSPORT", default_value = "auto", global = true)]
+    transport: crate::client::Transport,
+    /// The node's shared-memory socket [default: /run/beeline/shm-PORT.sock for --node's port].
+    #[arg(long, env = "BEELINE_SHM_SOCKET", global = true)]
+    shm_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -610,9 +617,16 @@ fn mount(dir: PathBuf, spool_dir: Option<PathBuf>, flags: &ClientFlags) -> CliRe
 fn client_options(flags: &ClientFlags) -> Result<ClientOptions, String> {
     let node = resolve_node(&flags.node)?;
     let key_path = flags.key_file.clone().unwrap_or_else(keyfile::default_key_path);
-    let key = keyfile::load(&key_path).map_err(|e| e.to_string())?;
+    let key = match keyfile::load(&key_path) {
+        Ok(key) => key,
+        // Shared memory needs no key (the socket's permission admits the client).
+        Err(_) if flags.transport == crate::client::Transport::Shm => beeline_dataplane::wire::ClusterKey::new([0; 32]),
+        Err(error) => return Err(error.to_string()),
+    };
     let mut options = ClientOptions::new(node, key);
     options.fragment_bytes = flags.fragment_bytes;
+    options.transport = flags.transport;
+    options.shm_socket = flags.shm_socket.clone();
     if let Some(rekey_after_ms) = flags.rekey_after_ms {
         options.rekey_after_ms = rekey_after_ms;
     }

@@ -24,6 +24,7 @@ use beeline_dataplane::session::peer::SessionTx;
 use beeline_dataplane::wire::{self, ClusterKey, HEADER_LEN, Opcode, Repr, Status};
 
 use crate::control::{ControlRequest, ControlResponse, FileRecord, NodeStatus, validate_name};
+use crate::shm::client::{ShmError, ShmLink};
 use link::Link;
 use socket::{Receiver, SendBatch};
 
@@ -59,6 +60,12 @@ pub enum ClientError {
     CorruptCopy { node: SocketAddr },
     #[error("{0}")]
     BadName(String),
+    #[error("{0}")]
+    Shm(#[from] ShmError),
+    #[error(
+        "--transport shm needs the node on this host, and {node} is not an address of this host: use --transport udp or auto"
+    )]
+    ShmNotLocal { node: SocketAddr },
     #[error(
         "datagrams of {bytes} bytes do not fit the path to node {node} (its MTU): use a smaller --fragment-bytes (the MTU minus 128 fits IPv4 and IPv6)"
     )]
@@ -87,6 +94,20 @@ pub struct ClientOptions {
     /// A session older than this is replaced by a new handshake (the node ends sessions
     /// at twice this age by default).
     pub rekey_after_ms: u64,
+    pub transport: Transport,
+    /// The node's shared-memory socket; `None` = the default path for its port.
+    pub shm_socket: Option<std::path::PathBuf>,
+}
+
+/// How a client reaches its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Shared memory when the node is on this host and its socket answers, else UDP.
+    Auto,
+    /// Shared memory or fail.
+    Shm,
+    /// The storage protocol over UDP.
+    Udp,
 }
 
 /// Fragment payload that keeps a datagram within a 1500-byte MTU over IPv6 (40-byte IP and
@@ -107,6 +128,8 @@ impl ClientOptions {
             parallel_chunks: 4,
             chunk_bytes: 4 << 20,
             rekey_after_ms: REKEY_AFTER_MS_DEFAULT,
+            transport: Transport::Auto,
+            shm_socket: None,
         }
     }
 }
@@ -138,6 +161,81 @@ impl Transmit for SocketTransmit<'_> {
 impl Drop for SocketTransmit<'_> {
     fn drop(&mut self) {
         self.batch.flush(self.socket);
+    }
+}
+
+/// Writes the machines' requests into the shared-memory request ring: plaintext, no
+/// session (the Unix socket's permission is the access control).
+struct ShmTransmit<'a> {
+    link: &'a ShmLink,
+}
+
+impl Transmit for ShmTransmit<'_> {
+    fn transmit(&mut self, header: &[u8], payload: &[u8]) {
+        // A request the full ring cannot take in time is lost like a datagram: retransmitted.
+        self.link.send(header, payload);
+    }
+}
+
+/// The transmit of whichever transport the client uses.
+enum AnyTransmit<'a> {
+    Udp(SocketTransmit<'a>),
+    Shm(ShmTransmit<'a>),
+}
+
+impl Transmit for AnyTransmit<'_> {
+    fn transmit(&mut self, header: &[u8], payload: &[u8]) {
+        match self {
+            AnyTransmit::Udp(udp) => udp.transmit(header, payload),
+            AnyTransmit::Shm(shm) => shm.transmit(header, payload),
+        }
+    }
+}
+
+fn transmitter<'a>(
+    shm: &'a Option<ShmLink>,
+    socket: &'a UdpSocket,
+    batch: &'a mut SendBatch,
+    session: &'a mut Option<SessionTx>,
+) -> AnyTransmit<'a> {
+    match shm {
+        Some(link) => AnyTransmit::Shm(ShmTransmit { link }),
+        None => AnyTransmit::Udp(SocketTransmit::new(socket, batch, session)),
+    }
+}
+
+/// Whether `ip` is an address of this host: loopback, or one a socket can bind to.
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// The shared-memory link `options` asks for: `None` for UDP.
+fn open_shm(options: &ClientOptions) -> Result<Option<ShmLink>, ClientError> {
+    let node = options.node;
+    if options.transport == Transport::Udp {
+        return Ok(None);
+    }
+    if !is_local_address(node.ip()) {
+        return match options.transport {
+            Transport::Shm => Err(ClientError::ShmNotLocal { node }),
+            _ => Ok(None),
+        };
+    }
+    let path = options.shm_socket.clone().unwrap_or_else(|| crate::shm::default_socket_path(node.port()));
+    match ShmLink::connect(&path, node.port()) {
+        Ok(link) => Ok(Some(link)),
+        Err(error) if options.transport == Transport::Shm => Err(error.into()),
+        // No socket, or nobody behind it: no node on this host offers shared memory at
+        // that path (it runs elsewhere, not as root, or is down); UDP without a word.
+        Err(ShmError::Connect { source, .. })
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            Ok(None)
+        }
+        Err(error) => {
+            eprintln!("beeline: notice: using UDP to {node}, not shared memory: {error}");
+            Ok(None)
+        }
     }
 }
 
@@ -187,6 +285,8 @@ impl Op {
 
 pub struct Client {
     socket: UdpSocket,
+    /// The shared-memory link to a node on this host; UDP when `None`.
+    shm: Option<ShmLink>,
     options: ClientOptions,
     started: Instant,
     next_request_id: u64,
@@ -214,8 +314,11 @@ impl Client {
         socket.connect(node).map_err(|source| ClientError::Socket { node, source })?;
         let receiver = Receiver::new(&socket);
         let link = Link::new(&options.key, options.timing, options.rekey_after_ms);
+        let shm = open_shm(&options)?;
+        let receive_buffer_bytes = shm.as_ref().map(ShmLink::completion_bytes).unwrap_or(receive_buffer_bytes);
         Ok(Self {
             socket,
+            shm,
             options,
             started: Instant::now(),
             next_request_id: rand::random::<u64>() >> 1,
@@ -233,6 +336,11 @@ impl Client {
         Ok(window_for_buffer(self.receive_buffer_bytes, frag_len, node_window, gets_in_flight))
     }
 
+    /// Whether requests go through shared memory (else UDP).
+    pub fn uses_shm(&self) -> bool {
+        self.shm.is_some()
+    }
+
     /// Handshakes completed with the node so far (the first one, rekeys, and new sessions
     /// after the node fell silent).
     pub fn handshakes(&self) -> u64 {
@@ -241,6 +349,9 @@ impl Client {
 
     /// Runs the handshake now unless a session exists; bounded by the retry budget.
     fn ensure_session(&mut self) -> Result<(), ClientError> {
+        if self.shm.is_some() {
+            return Ok(());
+        }
         let attempts_max = u64::from(self.options.timing.timeouts_max) + 1;
         let mut attempts = 0u64;
         // Bounded: every pass waits for an answer or the attempt's deadline.
@@ -340,6 +451,10 @@ impl Client {
             {
                 return Ok(finished);
             }
+            if self.shm.is_some() {
+                self.drive_shm_once(ops)?;
+                continue;
+            }
             let now = self.now_ms();
             // A silent node, an old session or a lost attempt starts a handshake.
             self.link.poll(now, true, &self.socket);
@@ -352,7 +467,7 @@ impl Client {
                 .unwrap_or(now);
             let wait_ms = next_deadline.saturating_sub(now).max(1);
             wait_readable(&self.socket, wait_ms);
-            let mut transmit = SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx);
+            let mut transmit = transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx);
             // Read everything that is waiting (the socket is non-blocking and connected to the
             // node, so nothing else arrives), then run timers.
             while let Some((bytes, datagram_bytes)) = self.receiver.recv(&self.socket) {
@@ -389,11 +504,75 @@ impl Client {
         }
     }
 
+    /// One pass of `drive` over shared memory: wait for replies (or the next timer),
+    /// hand each to the machines, run timers.
+    fn drive_shm_once(&mut self, ops: &mut [Op]) -> Result<(), ClientError> {
+        let link = self.shm.as_ref().expect("called with a link");
+        let now = self.started.elapsed().as_millis() as u64;
+        let next_deadline =
+            ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
+        if !link.wait(next_deadline.saturating_sub(now).max(1)) {
+            // The node stopped: wait for it to come back, as the UDP path's retries do; the
+            // machines' timers then resend whatever the old region held.
+            self.shm = Some(self.reconnect_shm()?);
+        }
+        let link = self.shm.as_ref().expect("connected");
+        let mut transmit = ShmTransmit { link };
+        let started = self.started;
+        link.receive(|message| {
+            let Ok(packet) = wire::Packet::new_checked(message) else { return };
+            let repr = Repr::parse(&packet);
+            let payload = packet.payload();
+            let now = started.elapsed().as_millis() as u64;
+            for op in ops.iter_mut() {
+                match op {
+                    Op::Put(put) => put.on_packet(&repr, payload, now, &mut transmit),
+                    Op::Get(get) => get.on_packet(&repr, payload, now, &mut transmit),
+                    Op::Exchange(exchange) => exchange.on_packet(&repr, payload, now),
+                }
+            }
+        });
+        let now = self.started.elapsed().as_millis() as u64;
+        for op in ops.iter_mut() {
+            if now >= op.deadline_ms() {
+                match op {
+                    Op::Put(put) => put.on_timer(now, &mut transmit),
+                    Op::Get(get) => get.on_timer(now, &mut transmit),
+                    Op::Exchange(exchange) => exchange.on_timer(now, &mut transmit),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new shared-memory link after the node closed the old one (it stopped or
+    /// restarted), tried every 50 ms for as long as a request's retries would last.
+    fn reconnect_shm(&self) -> Result<ShmLink, ClientError> {
+        let timing = self.options.timing;
+        let mut budget_ms = 0u64;
+        let mut rto_ms = timing.rto_initial_ms;
+        for _ in 0..=timing.timeouts_max {
+            budget_ms += rto_ms;
+            rto_ms = (rto_ms * 2).min(timing.rto_max_ms);
+        }
+        let node = self.options.node;
+        let path = self.options.shm_socket.clone().unwrap_or_else(|| crate::shm::default_socket_path(node.port()));
+        let deadline = Instant::now() + std::time::Duration::from_millis(budget_ms);
+        // Bounded by the deadline.
+        loop {
+            match ShmLink::connect(&path, node.port()) {
+                Ok(link) => return Ok(link),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(_) => return Err(ClientError::Unreachable { node, retries: timing.timeouts_max }),
+            }
+        }
+    }
+
     fn exchange(&mut self, request: Repr, payload: &[u8], expect: Opcode) -> Result<(Repr, Vec<u8>), ClientError> {
         self.ensure_session()?;
         let request = Repr { request_id: self.request_id(), ..request };
         let mut exchange = Exchange::new(request, payload, expect, self.options.timing, self.now_ms());
-        exchange.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
+        exchange.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
         let mut ops = [Op::Exchange(Box::new(exchange))];
         self.drive(&mut ops, true)?;
         let Op::Exchange(exchange) = &ops[0] else { unreachable!("built above") };
@@ -424,7 +603,7 @@ impl Client {
         let info = self.info()?;
         let preferred = match self.options.fragment_bytes {
             Some(bytes) => bytes,
-            None if self.options.node.ip().is_loopback() => info.fragment_bytes_max,
+            None if self.options.node.ip().is_loopback() || self.shm.is_some() => info.fragment_bytes_max,
             None => NETWORK_FRAGMENT_BYTES,
         };
         let cap = (DATAGRAM_BYTES_MAX - HEADER_LEN).min(usize::from(info.fragment_bytes_max)) as u16;
@@ -499,7 +678,7 @@ impl Client {
                     self.options.timing,
                     self.now_ms(),
                 );
-                put.start(self.now_ms(), &mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
+                put.start(self.now_ms(), &mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
                 ops.push(Op::Put(Box::new(put)));
             }
             if ops.is_empty() {
@@ -674,7 +853,7 @@ impl Client {
                     self.options.timing,
                     self.now_ms(),
                 );
-                get.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
+                get.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
                 ops.push(Op::Get(Box::new(get)));
                 op_chunks.push(next_start);
                 next_start += 1;
@@ -744,7 +923,7 @@ impl Client {
                 self.options.timing,
                 self.now_ms(),
             );
-            put.start(self.now_ms(), &mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
+            put.start(self.now_ms(), &mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
             ops.push(Op::Put(Box::new(put)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -776,7 +955,7 @@ impl Client {
                 self.options.timing,
                 self.now_ms(),
             );
-            get.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
+            get.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
             ops.push(Op::Get(Box::new(get)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -800,7 +979,7 @@ impl Client {
         for chunk_id in chunk_ids {
             let request = Repr { request_id: self.request_id(), chunk_id: *chunk_id, ..Repr::new(Opcode::Delete) };
             let mut exchange = Exchange::new(request, &[], Opcode::DeleteDone, self.options.timing, self.now_ms());
-            exchange.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
+            exchange.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
             ops.push(Op::Exchange(Box::new(exchange)));
         }
         self.drive_all(&mut ops, &mut results);
@@ -915,7 +1094,7 @@ impl Client {
             self.options.timing,
             self.now_ms(),
         );
-        get.start(&mut SocketTransmit::new(&self.socket, &mut self.batch, &mut self.link.tx));
+        get.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
         let mut ops = [Op::Get(Box::new(get))];
         self.drive(&mut ops, true)?;
         let [Op::Get(get)] = ops else { unreachable!("built above") };

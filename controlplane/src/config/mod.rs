@@ -4,6 +4,7 @@
 pub mod afxdp;
 mod backend;
 pub mod dpdk;
+pub mod shm;
 
 pub use backend::{BackendKind, BackendSettings};
 
@@ -72,6 +73,11 @@ pub struct FileConfig {
     pub rx_ring_size: Option<u16>,
     pub tx_ring_size: Option<u16>,
     pub mtu: Option<u16>,
+    pub shm: Option<bool>,
+    pub shm_socket: Option<PathBuf>,
+    pub shm_socket_mode: Option<String>,
+    pub shm_clients_max: Option<u32>,
+    pub shm_ring_slots: Option<u32>,
 }
 
 /// The same keys as flags of `beeline node run`.
@@ -190,6 +196,22 @@ pub struct NodeFlags {
     /// dpdk: the port's MTU, from 576 to 9000 [default: 1500].
     #[arg(long)]
     pub mtu: Option<u16>,
+    /// Serve clients on this host over shared memory (a Unix socket) [default: true].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub shm: Option<bool>,
+    /// The shared-memory Unix socket [default: /run/beeline/shm-PORT.sock].
+    #[arg(long)]
+    pub shm_socket: Option<PathBuf>,
+    /// File mode of the shared-memory socket, octal: who may connect [default: 0660].
+    #[arg(long)]
+    pub shm_socket_mode: Option<String>,
+    /// Shared-memory clients served at once [default: 16].
+    #[arg(long)]
+    pub shm_clients_max: Option<u32>,
+    /// Slots of each shared-memory ring, a power of two; a client's region is 2 x slots
+    /// frames [default: 2048].
+    #[arg(long)]
+    pub shm_ring_slots: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +246,8 @@ pub struct NodeSettings {
     pub gc_grace_ms: u64,
     /// Rate of the background scrub; 0 = off.
     pub scrub_bytes_per_s: u64,
+    /// The shared-memory transport to local clients; `None` when `shm = false`.
+    pub shm: Option<shm::ShmNodeSettings>,
 }
 
 /// Settings for joining the metadata cluster.
@@ -361,6 +385,22 @@ impl NodeFlags {
             |rate| rate == 0 || (4096..=SCRUB_BYTES_PER_S_MAX).contains(&rate),
             format!("must be 0 (no background scrub) or from 4096 to {SCRUB_BYTES_PER_S_MAX} bytes per second"),
         )?;
+        let shm = shm::resolve(
+            self.shm.or(file.shm).unwrap_or(true),
+            self.shm_socket.clone().or(file.shm_socket.clone()),
+            self.shm_socket_mode.clone().or(file.shm_socket_mode.clone()),
+            self.shm_clients_max.or(file.shm_clients_max),
+            self.shm_ring_slots.or(file.shm_ring_slots),
+            listen.port(),
+        )
+        .map_err(|(key, value, fix)| {
+            let from_flag = match key {
+                "shm_socket_mode" => self.shm_socket_mode.is_some(),
+                "shm_clients_max" => self.shm_clients_max.is_some(),
+                _ => self.shm_ring_slots.is_some(),
+            };
+            origin.error(from_flag, key, value, fix)
+        })?;
         let mut cluster = self.resolve_cluster(&file, &origin, listen)?;
         if let Some(cluster) = cluster.as_mut() {
             cluster.gc_grace_ms = gc_grace_ms;
@@ -398,6 +438,7 @@ impl NodeFlags {
             metrics_listen,
             gc_grace_ms,
             scrub_bytes_per_s,
+            shm,
         })
     }
 

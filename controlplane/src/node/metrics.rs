@@ -348,6 +348,8 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
 
 /// Backend values that are levels, not counts.
 const BACKEND_GAUGES: [&str; 2] = ["dpdk_frames_owned", "dpdk_frames_pooled"];
+/// The shared-memory transport's levels (`shm::server`).
+const SHM_GAUGES: [&str; 3] = ["shm_clients_connected", "shm_frames_held", "shm_region_bytes_mapped"];
 
 /// The packet-I/O backend's counters (`Snapshot::backend_counters`): the XDP classifier's
 /// verdicts as `beeline_xdp_{packets,bytes}_total{verdict}`, the AF_XDP bind mode as the
@@ -364,6 +366,10 @@ fn backend_families(counters: &[(String, u64)]) -> Vec<MetricFamily> {
             queue_packets.push(counter(*value, &[("queue", queue)]));
         } else if BACKEND_GAUGES.contains(&name.as_str()) {
             let help = "Arena frames DPDK holds (pool, RX and TX rings), and mbufs waiting in the pool.";
+            families.push(family(&format!("beeline_{name}"), help, MetricType::GAUGE, vec![gauge(*value as f64, &[])]));
+        } else if SHM_GAUGES.contains(&name.as_str()) {
+            let help =
+                "Shared-memory clients connected now, arena frames held for them, and bytes of their regions mapped.";
             families.push(family(&format!("beeline_{name}"), help, MetricType::GAUGE, vec![gauge(*value as f64, &[])]));
         } else if let Some(verdict) = name.strip_prefix("xdp_").and_then(|rest| rest.strip_suffix("_packets")) {
             xdp_packets.push(counter(*value, &[("verdict", verdict)]));

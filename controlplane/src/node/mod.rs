@@ -32,12 +32,14 @@ use beeline_dataplane::wire::Status;
 use tracing::{info, warn};
 
 use crate::backend::Backend;
+use crate::backend::local::NodeIo;
 use crate::config::{HugepagePolicy, NodeSettings};
 use crate::control::{ChunkFile, ControlRequest, ControlResponse, GcReport, NodeStatus, validate_name};
 use crate::keyfile;
 use crate::metadata::{EmbeddedMetadata, FileTag, Metadata, MetadataError};
 use crate::node::gc::GcState;
 use crate::node::membership::{Identity, Membership};
+use crate::shm::server::{ShmServer, ShmSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -370,6 +372,7 @@ pub fn counter_pairs(counters: &Counters) -> Vec<(String, u64)> {
         ("handshake_challenges", c.handshake_challenges),
         ("sessions_established", c.sessions_established),
         ("upgrade_replies", c.upgrade_replies),
+        ("local_requests", c.local_requests),
         ("chunks_deleted", c.chunks_deleted),
         ("data_bytes_copied", c.data_bytes_copied),
     ]
@@ -629,8 +632,9 @@ fn data_plane_thread(
         Some(arena) => (arena, "dpdk-mempool"),
         None => mmap_arena(&settings, &mut memory)?,
     };
-    let (io, local_addr) =
+    let (backend, local_addr) =
         Backend::open(&settings, dpdk_layout, &mut arena).map_err(|error| NodeError::Socket(error.to_string()))?;
+    let io = NodeIo::new(backend, open_shm(&settings, local_addr.port())?);
     let store_config = DiskStoreConfig {
         segment_bytes: settings.segment_bytes,
         capacity_bytes: settings.capacity_bytes,
@@ -697,7 +701,7 @@ impl AutoGc {
         (self.grace_ms / 4).clamp(250, 60_000)
     }
 
-    fn run<M: Metadata>(&self, poll: &mut PollLoop<'_, '_, Backend, DiskStore, NodeControl<M>>) {
+    fn run<M: Metadata>(&self, poll: &mut PollLoop<'_, '_, NodeIo, DiskStore, NodeControl<M>>) {
         match poll.node.control_mut().referenced_files() {
             Ok(referenced) => {
                 run_local_gc(poll.node.store_mut(), &referenced, self.grace_ms, false, false, &self.state);
@@ -710,7 +714,7 @@ impl AutoGc {
 /// The poll loop with its idle back-off and housekeeping (snapshot, compaction), then a
 /// graceful stop that acknowledges everything already going to disk.
 fn serve_until_shutdown<M: Metadata>(
-    poll: &mut PollLoop<'_, '_, Backend, DiskStore, NodeControl<M>>,
+    poll: &mut PollLoop<'_, '_, NodeIo, DiskStore, NodeControl<M>>,
     shutdown: &AtomicBool,
     snapshot: &SharedSnapshot,
     page_backing: &str,
@@ -734,6 +738,9 @@ fn serve_until_shutdown<M: Metadata>(
         // most 1 MiB, so a busy node still scrubs and an idle one scrubs no faster.
         if let Some(budget) = scrub.due(now) {
             scrub_step(poll.node.store_mut(), &mut scrub, budget);
+        }
+        for peer in poll.io.take_departed() {
+            poll.node.forget_peer(&peer);
         }
         if now >= last_publish_ms + 100 {
             publish(snapshot, poll, page_backing);
@@ -803,6 +810,31 @@ fn scrub_step(store: &mut DiskStore, pacer: &mut scrub::ScrubPacer, budget: u64)
     }
 }
 
+/// The shared-memory server, unless `shm = false`. A node that cannot create the default
+/// socket (not run as root) serves UDP only and says so; an explicit `shm_socket` that
+/// fails stops the start.
+fn open_shm(settings: &NodeSettings, port: u16) -> Result<Option<ShmServer>, NodeError> {
+    let Some(shm) = &settings.shm else { return Ok(None) };
+    let socket = if shm.default_socket { crate::shm::default_socket_path(port) } else { shm.socket.clone() };
+    let server = ShmServer::bind(ShmSettings {
+        socket,
+        socket_mode: shm.socket_mode,
+        clients_max: shm.clients_max,
+        ring_slots: shm.ring_slots,
+        frame_bytes: settings.frame_bytes,
+        prefer_hugepages: settings.hugepages != HugepagePolicy::Off,
+        node_port: port,
+    });
+    match server {
+        Ok(server) => Ok(Some(server)),
+        Err(error) if shm.default_socket => {
+            warn!(%error, "local clients will use UDP");
+            Ok(None)
+        }
+        Err(error) => Err(NodeError::Socket(error.to_string())),
+    }
+}
+
 /// The arena of every backend but DPDK: an mmap, on hugepages as the policy allows.
 fn mmap_arena<'m>(
     settings: &NodeSettings,
@@ -827,7 +859,7 @@ fn mmap_arena<'m>(
 
 fn publish<C: ControlHandler<DiskStore>>(
     snapshot: &SharedSnapshot,
-    poll: &PollLoop<'_, '_, Backend, DiskStore, C>,
+    poll: &PollLoop<'_, '_, NodeIo, DiskStore, C>,
     page_backing: &str,
 ) {
     let Ok(mut snapshot) = snapshot.lock() else { return };

@@ -118,7 +118,12 @@ fn run(
             }
             let reader = match &mut client {
                 Some(client) => client,
-                None => match Client::new(ClientOptions::new(address, key.clone())) {
+                // UDP: the tagger keeps its client for the node's whole life, and over shared
+                // memory it would hold a region and one of the node's shm_clients_max slots.
+                None => match Client::new(ClientOptions {
+                    transport: crate::client::Transport::Udp,
+                    ..ClientOptions::new(address, key.clone())
+                }) {
                     Ok(new) => client.insert(new),
                     Err(error) => {
                         warn!(%error, "the tagger cannot open a client to its node; it will retry");

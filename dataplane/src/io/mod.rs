@@ -34,6 +34,26 @@ pub const TX_QUEUE_MAX: usize = 1024;
 /// Most packets moved in one `recv_batch`/`send_batch` call.
 pub const BATCH_MAX: usize = 64;
 
+/// The scope id that marks a peer as a local shared-memory client. A kernel or a
+/// parsed frame never yields it: scope ids come from interface indices, and the address
+/// `::` with a non-zero scope id is not a valid source.
+const LOCAL_SCOPE_ID: u32 = 0xBEE1_5A4D;
+
+/// The peer address standing for local shared-memory client `client`. Requests from it
+/// are plaintext (no session): only the node's own shared-memory transport may produce
+/// such a peer, and backends drop any received datagram that claims one.
+pub fn local_peer(client: u16) -> SocketAddr {
+    SocketAddr::V6(core::net::SocketAddrV6::new(core::net::Ipv6Addr::UNSPECIFIED, client, 0, LOCAL_SCOPE_ID))
+}
+
+/// The shared-memory client `peer` stands for, if it is one (see [`local_peer`]).
+pub fn local_client(peer: &SocketAddr) -> Option<u16> {
+    match peer {
+        SocketAddr::V6(v6) if v6.scope_id() == LOCAL_SCOPE_ID && v6.ip().is_unspecified() => Some(v6.port()),
+        _ => None,
+    }
+}
+
 /// A received datagram, owned by whoever holds it until its frame is freed or stored.
 #[derive(Debug)]
 pub struct RxPacket {

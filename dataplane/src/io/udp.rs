@@ -324,6 +324,11 @@ impl UdpIo {
         self.local
     }
 
+    /// The socket, for callers that sleep on it together with other descriptors.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Everything counted since `bind`.
     pub fn counters(&self) -> UdpCounters {
         self.counters

@@ -309,17 +309,25 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         let start = usize::from(offset);
         let end = start + usize::from(len);
         let bytes = arena.frame_mut(frame).get_mut(start..end).ok_or(DropReason::Malformed)?;
-        if !self.config.allow.allows(peer.ip()) {
-            return Err(DropReason::NotAllowed);
-        }
-        if wire::is_handshake(bytes) {
-            return self.on_handshake(now_ms, arena, tx, frame, start..end, peer);
-        }
-        if bytes.get(2) == Some(&v1::VERSION) {
-            return self.on_version_one(arena, tx, frame, start..end, peer);
-        }
-        // The payload is decrypted in place; from here on the frame holds plaintext.
-        let (repr, session) = self.sessions.open(now_ms, bytes, peer)?;
+        let (repr, session) = if crate::io::local_client(&peer).is_some() {
+            // A local shared-memory client: plaintext, admitted by the Unix socket's
+            // permission; only the node's own transport produces such a peer.
+            self.counters.local_requests += 1;
+            let packet = wire::Packet::new_checked(&*bytes).map_err(|_| DropReason::Malformed)?;
+            (Repr::parse(&packet), SessionRef::LOCAL)
+        } else {
+            if !self.config.allow.allows(peer.ip()) {
+                return Err(DropReason::NotAllowed);
+            }
+            if wire::is_handshake(bytes) {
+                return self.on_handshake(now_ms, arena, tx, frame, start..end, peer);
+            }
+            if bytes.get(2) == Some(&v1::VERSION) {
+                return self.on_version_one(arena, tx, frame, start..end, peer);
+            }
+            // The payload is decrypted in place; from here on the frame holds plaintext.
+            self.sessions.open(now_ms, bytes, peer)?
+        };
         let payload_range = start + HEADER_LEN..start + HEADER_LEN + usize::from(repr.payload_len);
         let to = ReplyTo { peer, session, request_id: repr.request_id, chunk_id: repr.chunk_id };
         match repr.opcode {
@@ -470,7 +478,11 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         len: usize,
     ) -> Result<(), DropReason> {
         let headroom = arena.headroom();
-        let sealed = self.sessions.seal(to.session, &mut arena.frame_mut(&frame)[headroom..headroom + len]);
+        let sealed = if to.session == SessionRef::LOCAL {
+            Ok(to.peer)
+        } else {
+            self.sessions.seal(to.session, &mut arena.frame_mut(&frame)[headroom..headroom + len])
+        };
         let peer = match sealed {
             Ok(peer) => peer,
             Err(reason) => {
@@ -895,6 +907,18 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
 
     /// Abandons puts that have been idle too long, freeing their slots and reservations,
     /// and (once a second) ends sessions past their lifetime.
+    /// Abandons the puts still receiving from `peer` (a local client that went away), so
+    /// their slots and store space come back now instead of after the idle timeout. Puts
+    /// already committing finish: their data is going to disk either way.
+    pub fn forget_peer(&mut self, peer: &SocketAddr) {
+        for index in 0..self.slots.len() {
+            if self.slots[index].state == SlotState::Receiving && self.slots[index].peer == *peer {
+                self.release_slot(index, true);
+                self.counters.puts_abandoned += 1;
+            }
+        }
+    }
+
     pub fn expire(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         if now_ms >= self.next_session_sweep_ms {

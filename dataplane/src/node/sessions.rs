@@ -22,8 +22,9 @@ use crate::wire::{ClusterKey, Repr};
 /// Length of a cookie epoch; a cookie is good in its epoch and the next.
 pub const EPOCH_MS: u64 = 120_000;
 /// Most sessions one table may hold: the slot is the low 16 bits of a node index, and
-/// slot 0xffff is never used so that [`SessionRef::NONE`] names no session.
-pub const SESSIONS_MAX: usize = (1 << 16) - 1;
+/// slots 0xfffe and 0xffff are never used so that [`SessionRef::LOCAL`] and
+/// [`SessionRef::NONE`] name no table session.
+pub const SESSIONS_MAX: usize = (1 << 16) - 2;
 /// Accepted client randoms remembered per session slot: with the default 1024 sessions,
 /// 16384 handshakes per two epochs (about 68 a second) before new ones wait.
 pub const SEEN_PER_SESSION: usize = 16;
@@ -40,6 +41,10 @@ pub struct SessionRef(u32);
 impl SessionRef {
     /// No session: replies for it are never sent.
     pub const NONE: SessionRef = SessionRef(u32::MAX);
+    /// A local shared-memory client: its messages are plaintext, access is the Unix
+    /// socket's permission. Slot 0xfffe, which no table has (see [`SESSIONS_MAX`]), so a
+    /// network session can never be mistaken for it and get unsealed replies.
+    pub const LOCAL: SessionRef = SessionRef(u32::MAX - 1);
 
     fn new(slot: usize, generation: u16) -> Self {
         Self((u32::from(generation) << 16) | slot as u32)

@@ -96,6 +96,11 @@ pub struct BenchArgs {
     /// Process id of --node on this machine: its CPU time is read around every phase.
     #[arg(long)]
     pub node_pid: Option<u32>,
+    /// How the bench's clients reach the node: udp (the protocol on loopback, the
+    /// default, comparable with earlier runs), shm (shared memory: the node must be on
+    /// this host) or auto.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub transport: crate::client::Transport,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -237,8 +242,10 @@ fn client(
     key: &ClusterKey,
     fragment_bytes: Option<u16>,
     parallel_chunks: usize,
+    transport: crate::client::Transport,
 ) -> Result<Client, String> {
     let mut options = ClientOptions::new(addr, key.clone());
+    options.transport = transport;
     options.fragment_bytes = fragment_bytes;
     options.parallel_chunks = parallel_chunks;
     options.chunk_bytes = CHUNK_BYTES;
@@ -267,12 +274,13 @@ fn measure_node(
     in_process: bool,
     report: &mut Report,
 ) -> Result<(), String> {
-    let mut bulk = client(addr, key, args.fragment_bytes, args.parallel_chunks)?;
+    let mut bulk = client(addr, key, args.fragment_bytes, args.parallel_chunks, args.transport)?;
     let info = bulk.ping().map_err(|e| e.to_string())?;
     let fragment = bulk_fragment(addr, args.fragment_bytes, info.fragment_bytes_max);
     let fragments_per_chunk = u64::from(CHUNK_BYTES.div_ceil(u32::from(fragment)));
     report.settings = format!(
-        "{} × 4 MiB chunks = {} MiB per direction, {}-byte fragments ({}-byte datagrams), {} chunks in flight, window {} fragments; {} gets of {} bytes one at a time",
+        "{}: {} × 4 MiB chunks = {} MiB per direction, {}-byte fragments ({}-byte datagrams), {} chunks in flight, window {} fragments; {} gets of {} bytes one at a time",
+        if bulk.uses_shm() { "shared memory" } else { "UDP" },
         args.chunks,
         u64::from(args.chunks) * 4,
         fragment,
@@ -405,7 +413,7 @@ fn small_ops_in_flight(
     let op_bytes = args.op_bytes;
     // Off loopback the path (a 1500-byte MTU), not the node's frames, caps the small gets too.
     let fragment = op_bytes.min(u32::from(bulk_fragment(addr, args.fragment_bytes, node_max))) as u16;
-    let mut client = client(addr, key, Some(fragment), 1)?;
+    let mut client = client(addr, key, Some(fragment), 1, args.transport)?;
     client.set_chunk_bytes(op_bytes);
     let file_id = rand::random::<u64>();
     let ids: Vec<u128> = (0..u64::from(args.ops)).map(|index| crate::control::chunk_id(file_id, index)).collect();
@@ -555,7 +563,7 @@ fn small_gets(
     let op_bytes = args.op_bytes;
     // Off loopback the path (a 1500-byte MTU), not the node's frames, caps the small gets too.
     let fragment = op_bytes.min(u32::from(bulk_fragment(addr, args.fragment_bytes, node_max))) as u16;
-    let mut client = client(addr, key, Some(fragment), 1)?;
+    let mut client = client(addr, key, Some(fragment), 1, args.transport)?;
     let chunk_count = record.chunk_count();
     let slots_per_chunk = CHUNK_BYTES / op_bytes;
     let mut rng = pool.seed | 1;

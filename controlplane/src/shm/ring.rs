@@ -1,0 +1,405 @@
+//! The shared region of one local client and the two single-producer/single-consumer
+//! descriptor rings in it (memif's model: a ring of descriptors naming buffers in one
+//! region, indices that only grow, a flag saying the consumer sleeps). All the `unsafe`
+//! of the shared memory is here; the layout is in `docs/protocol.md`.
+//!
+//! Layout (every integer little-endian, offsets from the region's start):
+//!
+//! ```text
+//! 0                 RegionHeader (magic, version, slots, frame bytes, offsets)
+//! PAGE              request ring    (client produces, node consumes)
+//! PAGE + ring_bytes completion ring (node produces, client consumes)
+//! frames_offset     slots request frames, then slots completion frames, frame_bytes each
+//! ```
+//!
+//! A ring is `head` (written by the producer only), `tail` (written by the consumer only),
+//! `consumer_waiting` (written by the consumer: 1 while it sleeps on its eventfd), each on
+//! its own cache line, then `slots` descriptors `{offset: u32, len: u32}`. Slot `i` of a
+//! ring is `index % slots`; `head - tail` (wrapping) is how many descriptors are queued.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+
+pub const MAGIC: u64 = u64::from_le_bytes(*b"BEESHM01");
+pub const VERSION: u32 = 1;
+const PAGE: usize = 4096;
+const CACHE_LINE: usize = 64;
+const HEAD: usize = 0;
+const TAIL: usize = CACHE_LINE;
+const WAITING: usize = 2 * CACHE_LINE;
+const DESCRIPTORS: usize = 3 * CACHE_LINE;
+pub const DESCRIPTOR_BYTES: usize = 8;
+
+/// Where everything lies in a region of `slots` ring slots and `frame_bytes` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub slots: u32,
+    pub frame_bytes: u32,
+    pub request_ring: usize,
+    pub completion_ring: usize,
+    pub request_frames: usize,
+    pub completion_frames: usize,
+    /// Bytes the layout needs (the region may be larger: hugepage rounding).
+    pub bytes: usize,
+}
+
+impl Layout {
+    /// `slots` a power of two, `frame_bytes` a power of two of at least a page.
+    pub fn new(slots: u32, frame_bytes: u32) -> Option<Layout> {
+        if !slots.is_power_of_two() || !frame_bytes.is_power_of_two() || (frame_bytes as usize) < PAGE {
+            return None;
+        }
+        let ring_bytes = (DESCRIPTORS + slots as usize * DESCRIPTOR_BYTES).next_multiple_of(PAGE);
+        let request_ring = PAGE;
+        let completion_ring = request_ring + ring_bytes;
+        let request_frames = (completion_ring + ring_bytes).next_multiple_of(frame_bytes as usize);
+        let pool = slots as usize * frame_bytes as usize;
+        let completion_frames = request_frames + pool;
+        Some(Layout {
+            slots,
+            frame_bytes,
+            request_ring,
+            completion_ring,
+            request_frames,
+            completion_frames,
+            bytes: completion_frames + pool,
+        })
+    }
+
+    /// The frame of request slot `index`.
+    pub fn request_frame(&self, index: u32) -> usize {
+        self.request_frames + (index & (self.slots - 1)) as usize * self.frame_bytes as usize
+    }
+
+    pub fn completion_frame(&self, index: u32) -> usize {
+        self.completion_frames + (index & (self.slots - 1)) as usize * self.frame_bytes as usize
+    }
+}
+
+/// Why a descriptor from the peer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// `offset + len` outside the frame pool the ring may name.
+    OutOfBounds,
+    /// `offset` not at the start of a frame.
+    Misaligned,
+    /// Longer than a frame, or shorter than a message header.
+    BadLength,
+    /// `head - tail` larger than the ring: the peer wrote garbage into its index.
+    BadIndex,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 4] = [Reject::OutOfBounds, Reject::Misaligned, Reject::BadLength, Reject::BadIndex];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::OutOfBounds => "out_of_bounds",
+            Reject::Misaligned => "misaligned",
+            Reject::BadLength => "bad_length",
+            Reject::BadIndex => "bad_index",
+        }
+    }
+}
+
+/// Checks a descriptor against the pool `pool_start..pool_start + slots * frame_bytes`:
+/// the only part of the region that ring may name. Pure arithmetic, no memory touched.
+pub fn check_descriptor(
+    layout: &Layout,
+    pool_start: usize,
+    offset: u32,
+    len: u32,
+    len_min: usize,
+) -> Result<(), Reject> {
+    let offset = offset as usize;
+    let len = len as usize;
+    let pool_end = pool_start + layout.slots as usize * layout.frame_bytes as usize;
+    if offset < pool_start || offset >= pool_end {
+        return Err(Reject::OutOfBounds);
+    }
+    if !(offset - pool_start).is_multiple_of(layout.frame_bytes as usize) {
+        return Err(Reject::Misaligned);
+    }
+    if len < len_min || len > layout.frame_bytes as usize {
+        return Err(Reject::BadLength);
+    }
+    // Within one frame of the pool, so within the region.
+    debug_assert!(offset + len <= pool_end);
+    Ok(())
+}
+
+/// One mapping of a region. The node maps every client's, a client only its own.
+pub struct Region {
+    base: *mut u8,
+    len: usize,
+    layout: Layout,
+}
+
+// SAFETY: the mapping is owned by this value (unmapped on drop) and every access goes
+// through its methods, which take `&mut self` for writes; moving it to another thread
+// moves that ownership.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// Maps `len` bytes of `fd` shared, read and write.
+    pub fn map(fd: BorrowedFd<'_>, len: usize, layout: Layout) -> std::io::Result<Region> {
+        if len < layout.bytes {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "region smaller than its layout"));
+        }
+        // SAFETY: a fresh shared mapping of an fd we hold open; the kernel picks the address,
+        // so no existing mapping is replaced. The result is checked against MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Region { base: base.cast(), len, layout })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the header a client checks before trusting the layout (node side, once).
+    pub fn write_header(&mut self) {
+        let l = self.layout;
+        let words: [u64; 8] = [
+            MAGIC,
+            u64::from(VERSION),
+            u64::from(l.slots),
+            u64::from(l.frame_bytes),
+            l.request_ring as u64,
+            l.completion_ring as u64,
+            l.request_frames as u64,
+            l.completion_frames as u64,
+        ];
+        for (index, word) in words.iter().enumerate() {
+            // SAFETY: 64 bytes at the region's start, inside the first page of a mapping of at
+            // least `layout.bytes`; u64-aligned since the mapping is page-aligned.
+            unsafe { self.base.cast::<u64>().add(index).write_volatile(word.to_le()) };
+        }
+    }
+
+    /// Whether the header says what `layout` says (client side, after mapping).
+    pub fn header_matches(&self) -> bool {
+        let l = self.layout;
+        let expected: [u64; 8] = [
+            MAGIC,
+            u64::from(VERSION),
+            u64::from(l.slots),
+            u64::from(l.frame_bytes),
+            l.request_ring as u64,
+            l.completion_ring as u64,
+            l.request_frames as u64,
+            l.completion_frames as u64,
+        ];
+        expected.iter().enumerate().all(|(index, word)| {
+            // SAFETY: as in `write_header`: inside the first page, aligned.
+            let found = unsafe { self.base.cast::<u64>().add(index).read_volatile() };
+            u64::from_le(found) == *word
+        })
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset + 4 <= self.len && offset.is_multiple_of(4));
+        // SAFETY: in bounds and 4-aligned (asserted); AtomicU32 has u32's layout and the
+        // word is only ever accessed atomically by both processes.
+        unsafe { &*self.base.add(offset).cast::<AtomicU32>() }
+    }
+
+    pub fn request_ring(&self) -> Ring<'_> {
+        Ring { region: self, at: self.layout.request_ring }
+    }
+
+    pub fn completion_ring(&self) -> Ring<'_> {
+        Ring { region: self, at: self.layout.completion_ring }
+    }
+
+    /// Copies `bytes` to `offset`. The caller owns that frame by the ring protocol.
+    pub fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(offset.checked_add(bytes.len()).is_some_and(|end| end <= self.len), "write outside the region");
+        // SAFETY: in bounds (asserted); `bytes` is local memory, so no overlap. The region is
+        // shared memory written through raw pointers only (no `&mut` to it exists), and the
+        // peer does not read this frame until its descriptor is published with Release.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(offset), bytes.len()) };
+    }
+
+    /// Copies `out.len()` bytes from `offset`: bytes a peer wrote are taken out of shared
+    /// memory before anyone parses them, so the peer cannot change them under the parser.
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset.checked_add(out.len()).is_some_and(|end| end <= self.len), "read outside the region");
+        // SAFETY: in bounds (asserted); `out` is local memory. A misbehaving peer writing
+        // the same bytes meanwhile only garbles its own message, which is checked after.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), out.as_mut_ptr(), out.len()) };
+    }
+
+    /// Borrows `len` bytes at `offset` (client side: a completion the node published).
+    pub fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "slice outside the region");
+        // SAFETY: in bounds (asserted). The node wrote this completion frame before its
+        // Release on `head` (which the caller's Acquire paired with) and does not write it
+        // again until the caller moves `tail` past it, after this borrow ends.
+        unsafe { std::slice::from_raw_parts(self.base.add(offset), len) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly the mapping `map` made, unmapped once here; no
+        // borrow of it outlives `self`.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// One ring of a region.
+pub struct Ring<'r> {
+    region: &'r Region,
+    at: usize,
+}
+
+impl Ring<'_> {
+    fn head_word(&self) -> &AtomicU32 {
+        self.region.word(self.at + HEAD)
+    }
+
+    fn tail_word(&self) -> &AtomicU32 {
+        self.region.word(self.at + TAIL)
+    }
+
+    fn waiting_word(&self) -> &AtomicU32 {
+        self.region.word(self.at + WAITING)
+    }
+
+    /// Producer: the index the consumer has released up to.
+    pub fn consumer_tail(&self) -> u32 {
+        // Ordering: Acquire pairs with the consumer's Release in `release`, so its reads of
+        // the frames before that index are done before the producer reuses them.
+        self.tail_word().load(Ordering::Acquire)
+    }
+
+    /// Consumer: the index the producer has published up to.
+    pub fn producer_head(&self) -> u32 {
+        // Ordering: Acquire pairs with the producer's Release in `publish`: descriptors and
+        // frames written before it are visible.
+        self.head_word().load(Ordering::Acquire)
+    }
+
+    /// The producer's own head (only it writes the word).
+    pub fn own_head(&self) -> u32 {
+        // Ordering: Relaxed: this side is the only writer, so it reads its own last store.
+        self.head_word().load(Ordering::Relaxed)
+    }
+
+    /// The consumer's own tail (only it writes the word).
+    pub fn own_tail(&self) -> u32 {
+        // Ordering: Relaxed: this side is the only writer.
+        self.tail_word().load(Ordering::Relaxed)
+    }
+
+    /// Producer: writes the descriptor of slot `index` (not yet published).
+    pub fn set_descriptor(&self, index: u32, offset: u32, len: u32) {
+        let slot = self.at + DESCRIPTORS + (index & (self.region.layout.slots - 1)) as usize * DESCRIPTOR_BYTES;
+        // Ordering: Relaxed: published by the Release store of `publish` that follows.
+        self.region.word(slot).store(offset, Ordering::Relaxed);
+        // Ordering: as above.
+        self.region.word(slot + 4).store(len, Ordering::Relaxed);
+    }
+
+    /// Consumer: the descriptor of slot `index` as the peer wrote it (untrusted).
+    pub fn descriptor(&self, index: u32) -> (u32, u32) {
+        let slot = self.at + DESCRIPTORS + (index & (self.region.layout.slots - 1)) as usize * DESCRIPTOR_BYTES;
+        // Ordering: Relaxed: made visible by the Acquire load of `producer_head` before.
+        let offset = self.region.word(slot).load(Ordering::Relaxed);
+        // Ordering: as above.
+        (offset, self.region.word(slot + 4).load(Ordering::Relaxed))
+    }
+
+    /// Producer: makes every descriptor before `head` visible to the consumer.
+    pub fn publish(&self, head: u32) {
+        // Ordering: Release pairs with the consumer's Acquire in `producer_head`.
+        self.head_word().store(head, Ordering::Release);
+    }
+
+    /// Consumer: gives every slot before `tail` back to the producer.
+    pub fn release(&self, tail: u32) {
+        // Ordering: Release pairs with the producer's Acquire in `consumer_tail`: our reads
+        // of those frames happen before the producer overwrites them.
+        self.tail_word().store(tail, Ordering::Release);
+    }
+
+    /// Producer, after `publish`: whether the consumer sleeps and needs its doorbell.
+    pub fn consumer_sleeps(&self) -> bool {
+        // Ordering: SeqCst fence pairs with the one in `prepare_sleep`: either the consumer
+        // sees our new head after setting its flag, or we see its flag here (Dekker).
+        fence(Ordering::SeqCst);
+        // Ordering: Relaxed: ordered by the fence above.
+        self.waiting_word().load(Ordering::Relaxed) != 0
+    }
+
+    /// Consumer, before sleeping: raises the flag and says whether anything is queued
+    /// (then it must not sleep).
+    pub fn prepare_sleep(&self) -> bool {
+        // Ordering: Relaxed store, ordered before the head load by the SeqCst fence.
+        self.waiting_word().store(1, Ordering::Relaxed);
+        // Ordering: SeqCst fence pairs with the one in `consumer_sleeps`.
+        fence(Ordering::SeqCst);
+        self.producer_head() != self.own_tail()
+    }
+
+    /// Consumer, awake again.
+    pub fn end_sleep(&self) {
+        // Ordering: Relaxed: at worst the producer rings once more than needed.
+        self.waiting_word().store(0, Ordering::Relaxed);
+    }
+
+    /// Test-only scribbling: overwrites the head word with anything.
+    pub fn scribble_head(&self, value: u32) {
+        // Ordering: Relaxed: a deliberately broken producer.
+        self.head_word().store(value, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_outside_the_pool_or_off_a_frame_are_refused() {
+        let layout = Layout::new(8, 4096).unwrap();
+        let pool = layout.request_frames;
+        assert_eq!(check_descriptor(&layout, pool, pool as u32, 80, 80), Ok(()));
+        assert_eq!(check_descriptor(&layout, pool, (pool + 7 * 4096) as u32, 4096, 80), Ok(()));
+        assert_eq!(check_descriptor(&layout, pool, (pool + 8 * 4096) as u32, 80, 80), Err(Reject::OutOfBounds));
+        assert_eq!(check_descriptor(&layout, pool, 0, 80, 80), Err(Reject::OutOfBounds));
+        assert_eq!(check_descriptor(&layout, pool, u32::MAX, 80, 80), Err(Reject::OutOfBounds));
+        assert_eq!(check_descriptor(&layout, pool, (pool + 1) as u32, 80, 80), Err(Reject::Misaligned));
+        assert_eq!(check_descriptor(&layout, pool, pool as u32, 4097, 80), Err(Reject::BadLength));
+        assert_eq!(check_descriptor(&layout, pool, pool as u32, 79, 80), Err(Reject::BadLength));
+    }
+
+    #[test]
+    fn layout_keeps_rings_and_pools_apart() {
+        let layout = Layout::new(2048, 4096).unwrap();
+        assert!(layout.request_ring + DESCRIPTORS + 2048 * 8 <= layout.completion_ring);
+        assert!(layout.completion_ring + DESCRIPTORS + 2048 * 8 <= layout.request_frames);
+        assert_eq!(layout.completion_frames, layout.request_frames + 2048 * 4096);
+        assert!(Layout::new(3, 4096).is_none());
+        assert!(Layout::new(8, 1000).is_none());
+    }
+}

@@ -1,0 +1,98 @@
+//! The rings against a model: two mappings of one memfd (a producer's and a consumer's)
+//! driven by a seeded random schedule, checked against a `VecDeque`.
+
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+
+use super::ring::{Layout, Region};
+use super::{Hello, HelloStatus, sys};
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn ring_matches_a_vecdeque_model() {
+    let layout = Layout::new(8, 4096).unwrap();
+    let fd = sys::memfd(layout.bytes, false).expect("memfd");
+    let producer = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
+    let consumer = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
+    let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+    // Indices start near the wrap point so that wrapping arithmetic is exercised.
+    let start = u32::MAX - 20;
+    producer.request_ring().publish(start);
+    consumer.request_ring().release(start);
+    let mut head = start;
+    for seed in 1..=20u64 {
+        let mut state = seed;
+        for _ in 0..2000 {
+            let ring = producer.request_ring();
+            if xorshift(&mut state).is_multiple_of(2) {
+                let free = layout.slots - head.wrapping_sub(ring.consumer_tail());
+                if free == 0 {
+                    assert_eq!(model.len(), layout.slots as usize, "ring full only when the model is");
+                    continue;
+                }
+                let len = (xorshift(&mut state) % 4096) as usize;
+                let byte = xorshift(&mut state) as u8;
+                let message = vec![byte; len];
+                let at = layout.request_frame(head);
+                producer.write(at, &message);
+                ring.set_descriptor(head, at as u32, len as u32);
+                head = head.wrapping_add(1);
+                ring.publish(head);
+                model.push_back(message);
+            } else {
+                let ring = consumer.request_ring();
+                let available = ring.producer_head().wrapping_sub(ring.own_tail());
+                assert_eq!(available as usize, model.len());
+                let take = (xorshift(&mut state) % 4) as u32;
+                let mut tail = ring.own_tail();
+                for _ in 0..take.min(available) {
+                    let (offset, len) = ring.descriptor(tail);
+                    let mut got = vec![0u8; len as usize];
+                    consumer.read(offset as usize, &mut got);
+                    assert_eq!(Some(got), model.pop_front());
+                    tail = tail.wrapping_add(1);
+                }
+                ring.release(tail);
+            }
+        }
+    }
+}
+
+#[test]
+fn sleeping_consumer_is_seen_by_the_producer() {
+    let layout = Layout::new(8, 4096).unwrap();
+    let fd = sys::memfd(layout.bytes, false).expect("memfd");
+    let region = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
+    let ring = region.request_ring();
+    assert!(!ring.consumer_sleeps());
+    assert!(!ring.prepare_sleep(), "nothing queued: may sleep");
+    assert!(ring.consumer_sleeps());
+    ring.publish(1);
+    assert!(ring.prepare_sleep(), "queued: must not sleep");
+    ring.end_sleep();
+    assert!(!ring.consumer_sleeps());
+}
+
+#[test]
+fn hello_round_trips_and_rejects_garbage() {
+    let hello = Hello {
+        status: HelloStatus::Accepted,
+        client_id: 7,
+        node_port: 7777,
+        slots: 2048,
+        frame_bytes: 4096,
+        huge: true,
+        region_bytes: 1 << 24,
+    };
+    assert_eq!(Hello::decode(&hello.encode()), Some(hello));
+    let mut bad = hello.encode();
+    bad[0] ^= 1;
+    assert_eq!(Hello::decode(&bad), None);
+    assert_eq!(Hello::decode(&bad[..10]), None);
+}

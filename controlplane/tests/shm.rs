@@ -1,0 +1,234 @@
+//! The shared-memory transport against real node processes: edge-size round trips, clients
+//! killed mid-put and mid-get, a client that scribbles on its ring, two clients at once,
+//! and another user refused by the socket's permission.
+
+mod common;
+use common::node::{BIN, TestNode, ok};
+use common::{Process, is_root, pattern};
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use beeline::shm::client::ShmLink;
+
+/// The node's counters, from `beeline node status` over UDP (so that asking does not
+/// move the shared-memory counters).
+fn counters(node: &TestNode) -> HashMap<String, u64> {
+    let status = ok(&node.cli(&["node", "status", "--transport", "udp"]));
+    status
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (name, value) = (words.next()?, words.next()?);
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The counters once `condition` holds (published every 100 ms); bounded.
+fn wait_counters(
+    node: &TestNode,
+    what: &str,
+    condition: impl Fn(&HashMap<String, u64>) -> bool,
+) -> HashMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = counters(node);
+        if condition(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: the counters never got there: {now:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start(dir: &std::path::Path) -> TestNode {
+    TestNode::start(dir, &[])
+}
+
+fn round_trip(node: &TestNode, dir: &std::path::Path, name: &str, data: &[u8]) {
+    let source = dir.join(format!("{name}.in"));
+    std::fs::write(&source, data).unwrap();
+    let out = dir.join(format!("{name}.out"));
+    ok(&node.cli(&["put", source.to_str().unwrap(), "--as", name, "--transport", "shm"]));
+    ok(&node.cli(&["get", name, "-o", out.to_str().unwrap(), "--transport", "shm"]));
+    let back = std::fs::read(&out).unwrap();
+    assert!(back == data, "{name}: {} bytes came back for {}", back.len(), data.len());
+}
+
+#[test]
+fn edge_sizes_round_trip_over_shared_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let chunk = 4 << 20;
+    for (name, len) in [("empty", 0), ("one", 1), ("chunk", chunk), ("chunk-plus-one", chunk + 1)] {
+        let before = counters(&node)["shm_requests"];
+        round_trip(&node, dir.path(), name, &pattern(len, len as u64));
+        let after = wait_counters(&node, "requests counted", |c| c["shm_requests"] > before);
+        assert!(after["shm_requests"] > before, "{name} did not go through shared memory");
+    }
+    let before = counters(&node);
+    round_trip(&node, dir.path(), "hundred", &pattern(100 << 20, 7));
+    let after = wait_counters(&node, "the 100 MiB put counted", |c| {
+        c["shm_request_bytes"] > before["shm_request_bytes"] + (100 << 20)
+    });
+    // Every payload byte went in and came out through the rings, none over UDP.
+    assert!(after["shm_reply_bytes"] >= before["shm_reply_bytes"] + (100 << 20));
+    // One request per put fragment at least: the node engine saw them as local requests.
+    assert!(after["local_requests"] > before["local_requests"] + (100 << 20) / 4096);
+    let settled = wait_counters(&node, "clients gone", |c| c["shm_clients_connected"] == 0);
+    assert_eq!(settled["shm_frames_held"], 0);
+}
+
+/// Kills a client with SIGKILL once it moved `min_bytes` through the rings, then checks
+/// the node dropped it and reclaimed everything it held, and still serves.
+fn kill_midway(node: &TestNode, args: &[&str], counter: &str, min_bytes: u64) {
+    let before = counters(node)[counter];
+    let mut client = Process::spawn(node.cli_command(args));
+    wait_counters(node, "the transfer started", |c| c[counter] >= before + min_bytes);
+    client.kill9();
+    let killed = Instant::now();
+    let after = wait_counters(node, "the killed client's region and puts reclaimed", |c| {
+        c["shm_clients_connected"] == 0
+            && c["shm_frames_held"] == 0
+            && c["shm_region_bytes_mapped"] == 0
+            && c["puts_in_flight:"] == 0
+    });
+    assert!(after["shm_clients_departed"] >= 1);
+    // Well before the 30 s put idle timeout: the node abandons a departed client's puts.
+    assert!(killed.elapsed() < Duration::from_secs(10), "reclaimed only after {:?}", killed.elapsed());
+}
+
+#[test]
+fn a_client_killed_mid_put_or_mid_get_is_reclaimed_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let big = dir.path().join("big");
+    std::fs::write(&big, pattern(400 << 20, 3)).unwrap();
+    kill_midway(
+        &node,
+        &["put", big.to_str().unwrap(), "--as", "big", "--transport", "shm"],
+        "shm_request_bytes",
+        8 << 20,
+    );
+    ok(&node.cli(&["put", big.to_str().unwrap(), "--as", "whole", "--transport", "udp"]));
+    kill_midway(&node, &["get", "whole", "-o", "/dev/null", "--transport", "shm"], "shm_reply_bytes", 8 << 20);
+    round_trip(&node, dir.path(), "after", &pattern(5 << 20, 9));
+}
+
+#[test]
+fn random_descriptors_are_dropped_and_counted_and_the_node_is_unharmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let socket = beeline::shm::default_socket_path(node.port);
+    let link = ShmLink::connect(&socket, node.port).expect("connect over shared memory");
+    let mut state = 0x5EED_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..500 {
+        let offset = next() as u32;
+        let len = next() as u32 % 10_000;
+        link.scribble(offset, len, None);
+    }
+    let scribbled = wait_counters(&node, "rejections counted", |c| {
+        c["shm_rejected_out_of_bounds"] + c["shm_rejected_misaligned"] + c["shm_rejected_bad_length"] >= 450
+    });
+    assert_eq!(scribbled["shm_clients_connected"], 1, "garbage descriptors alone do not end the client");
+    // A head far past the tail breaks the ring: the node drops the client.
+    link.scribble(0, 0, Some(u32::MAX / 2));
+    let broken = wait_counters(&node, "the broken client dropped", |c| {
+        c["shm_rejected_bad_index"] >= 1 && c["shm_clients_connected"] == 0
+    });
+    assert_eq!(broken["shm_region_bytes_mapped"], 0);
+    drop(link);
+    round_trip(&node, dir.path(), "after-garbage", &pattern(3 << 20, 11));
+}
+
+#[test]
+fn two_clients_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let files: Vec<_> = (0..2)
+        .map(|index| {
+            let path = dir.path().join(format!("file{index}"));
+            std::fs::write(&path, pattern(30 << 20, 100 + index)).unwrap();
+            path
+        })
+        .collect();
+    let before = counters(&node)["shm_clients_accepted"];
+    let children: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(index, path)| {
+            let name = format!("two{index}");
+            node.cli_command(&["put", path.to_str().unwrap(), "--as", &name, "--transport", "shm"]).spawn().unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert!(counters(&node)["shm_clients_accepted"] >= before + 2);
+    for (index, path) in files.iter().enumerate() {
+        let out = dir.path().join(format!("back{index}"));
+        ok(&node.cli(&["get", &format!("two{index}"), "-o", out.to_str().unwrap(), "--transport", "shm"]));
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(path).unwrap());
+    }
+}
+
+#[test]
+fn another_user_is_refused_by_the_socket_permission() {
+    if !is_root() || !common::have("setpriv") {
+        println!(
+            "SKIP another_user_is_refused_by_the_socket_permission: needs root and setpriv to run a client as nobody"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let socket = beeline::shm::default_socket_path(node.port);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660);
+    let output = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", BIN, "ls", "--transport", "shm", "--node"])
+        .arg(format!("127.0.0.1:{}", node.port))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "nobody listed files over shared memory");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let refused = counters(&node);
+    assert_eq!(refused["shm_clients_accepted"], 0);
+}
+
+#[test]
+fn a_put_over_shared_memory_survives_a_node_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(dir.path());
+    let path = dir.path().join("big");
+    let data = pattern(100 << 20, 21);
+    std::fs::write(&path, &data).unwrap();
+    let before = counters(&node)["shm_request_bytes"];
+    let mut put = Process::spawn(node.cli_command(&["put", path.to_str().unwrap(), "--transport", "shm"]));
+    wait_counters(&node, "the put started", |c| c["shm_request_bytes"] >= before + (8 << 20));
+    assert!(put.exited().is_none(), "the put ended before the restart:\n{}", put.log());
+    node.process().kill9();
+    node.spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = put.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the put did not finish:\n{}", put.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the put failed across the restart:\n{}", put.log());
+    let back = node.cli(&["get", "big", "-o", "-", "--transport", "shm"]);
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    assert!(back.stdout == data, "the file came back different");
+}
