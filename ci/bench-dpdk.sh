@@ -204,31 +204,12 @@ fi
 # curl in the client namespace fetching the same 4 MiB object as many times as the bench
 # gets chunks (one curl, one kept-alive connection, one request in flight).
 echo "bench-dpdk.sh: nginx plain HTTP GET on the same veth pair" >&2
-mkdir -p "$work/www" "$work/nginx-tmp"
+mkdir -p "$work/www"
 head -c $((4 << 20)) /dev/urandom > "$work/www/obj4m"
-# The worker runs as whoever runs this script, so it can read the 0700 temporary directory.
-cat > "$work/nginx.conf" << NGINX
-user $(id -un) $(id -gn);
-worker_processes 1;
-daemon off;
-error_log $work/nginx-error.log;
-pid $work/nginx.pid;
-events { worker_connections 64; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    client_body_temp_path $work/nginx-tmp;
-    proxy_temp_path $work/nginx-tmp;
-    fastcgi_temp_path $work/nginx-tmp;
-    uwsgi_temp_path $work/nginx-tmp;
-    scgi_temp_path $work/nginx-tmp;
-    types { }
-    default_type application/octet-stream;
-    server { listen $node_ip:8080; root $work/www; }
-}
-NGINX
+# shellcheck source=ci/nginx-peer.sh
+source ci/nginx-peer.sh
+nginx_peer_conf "$work" "        listen $node_ip:8080;
+        root $work/www;"
 ip netns exec "$node_ns" nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx-error.log" &
 nginx_pid=$!
 deadline=$((SECONDS + 30))

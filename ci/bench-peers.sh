@@ -153,45 +153,22 @@ stop "$node_pid"
 node_pid=""
 
 # --- nginx -----------------------------------------------------------------------------
-mkdir -p "$work/www/up" "$work/nginx-tmp"
+mkdir -p "$work/www/up"
 head -c $((4 << 20)) /dev/urandom > "$work/www/obj4m"
 head -c 4096 /dev/urandom > "$work/www/obj4k"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
     -keyout "$work/key.pem" -out "$work/cert.pem" 2> /dev/null
-# The worker runs as whoever runs this script (the user directive is ignored, with a
-# warning, unless that is root), so it can read and write the 0700 temporary directory.
-cat > "$work/nginx.conf" << EOF
-user $(id -un) $(id -gn);
-worker_processes 1;
-daemon off;
-error_log $work/nginx-error.log;
-pid $work/nginx.pid;
-events { worker_connections 256; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    client_body_temp_path $work/nginx-tmp;
-    proxy_temp_path $work/nginx-tmp;
-    fastcgi_temp_path $work/nginx-tmp;
-    uwsgi_temp_path $work/nginx-tmp;
-    scgi_temp_path $work/nginx-tmp;
-    client_max_body_size 8m;
-    client_body_buffer_size 4m;
-    types { }
-    default_type application/octet-stream;
-    server {
-        listen 127.0.0.1:$p_http;
+# shellcheck source=ci/nginx-peer.sh
+source ci/nginx-peer.sh
+nginx_peer_conf "$work" "        listen 127.0.0.1:$p_http;
         listen 127.0.0.1:$p_https ssl;
         ssl_certificate $work/cert.pem;
         ssl_certificate_key $work/key.pem;
         ssl_protocols TLSv1.3;
+        client_max_body_size 8m;
+        client_body_buffer_size 4m;
         root $work/www;
-        location /up/ { dav_methods PUT; create_full_put_path on; }
-    }
-}
-EOF
+        location /up/ { dav_methods PUT; create_full_put_path on; }"
 nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx-error.log" &
 nginx_pid=$!
 wait_port "$p_http" "$nginx_pid"

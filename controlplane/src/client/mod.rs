@@ -269,6 +269,27 @@ impl Op {
         }
     }
 
+    /// Hands a reply to the machine (each ignores replies to other requests).
+    fn on_packet(&mut self, repr: &Repr, payload: &[u8], now_ms: u64, tx: &mut dyn Transmit) {
+        match self {
+            Op::Put(put) => put.on_packet(repr, payload, now_ms, tx),
+            Op::Get(get) => get.on_packet(repr, payload, now_ms, tx),
+            Op::Exchange(exchange) => exchange.on_packet(repr, payload, now_ms),
+        }
+    }
+
+    /// Runs the machine's timer if its deadline has come.
+    fn on_timer_if_due(&mut self, now_ms: u64, tx: &mut dyn Transmit) {
+        if now_ms < self.deadline_ms() {
+            return;
+        }
+        match self {
+            Op::Put(put) => put.on_timer(now_ms, tx),
+            Op::Get(get) => get.on_timer(now_ms, tx),
+            Op::Exchange(exchange) => exchange.on_timer(now_ms, tx),
+        }
+    }
+
     /// A put still moving fragments (not only waiting for the node's disk).
     fn is_sending_put(&self) -> bool {
         matches!(self, Op::Put(put) if put.is_sending())
@@ -481,23 +502,13 @@ impl Client {
                     let Some(repr) = self.link.state.open(now, datagram) else { continue };
                     let payload = &datagram[HEADER_LEN..HEADER_LEN + usize::from(repr.payload_len)];
                     for op in ops.iter_mut() {
-                        match op {
-                            Op::Put(put) => put.on_packet(&repr, payload, now, &mut transmit),
-                            Op::Get(get) => get.on_packet(&repr, payload, now, &mut transmit),
-                            Op::Exchange(exchange) => exchange.on_packet(&repr, payload, now),
-                        }
+                        op.on_packet(&repr, payload, now, &mut transmit);
                     }
                 }
             }
             let now = self.started.elapsed().as_millis() as u64;
             for op in ops.iter_mut() {
-                if now >= op.deadline_ms() {
-                    match op {
-                        Op::Put(put) => put.on_timer(now, &mut transmit),
-                        Op::Get(get) => get.on_timer(now, &mut transmit),
-                        Op::Exchange(exchange) => exchange.on_timer(now, &mut transmit),
-                    }
-                }
+                op.on_timer_if_due(now, &mut transmit);
             }
             drop(transmit);
             self.link.settle();
@@ -525,22 +536,12 @@ impl Client {
             let payload = packet.payload();
             let now = started.elapsed().as_millis() as u64;
             for op in ops.iter_mut() {
-                match op {
-                    Op::Put(put) => put.on_packet(&repr, payload, now, &mut transmit),
-                    Op::Get(get) => get.on_packet(&repr, payload, now, &mut transmit),
-                    Op::Exchange(exchange) => exchange.on_packet(&repr, payload, now),
-                }
+                op.on_packet(&repr, payload, now, &mut transmit);
             }
         });
         let now = self.started.elapsed().as_millis() as u64;
         for op in ops.iter_mut() {
-            if now >= op.deadline_ms() {
-                match op {
-                    Op::Put(put) => put.on_timer(now, &mut transmit),
-                    Op::Get(get) => get.on_timer(now, &mut transmit),
-                    Op::Exchange(exchange) => exchange.on_timer(now, &mut transmit),
-                }
-            }
+            op.on_timer_if_due(now, &mut transmit);
         }
         Ok(())
     }
