@@ -606,7 +606,7 @@ impl ClusterClient {
         while start < chunk_count {
             let end = (start + self.parallel_chunks.max(1) as u64).min(chunk_count);
             // Candidates per chunk: live replicas in recorded order, known-bad ones last.
-            let mut candidates: Vec<Vec<NodeId>> = (start..end)
+            let candidates: Vec<Vec<NodeId>> = (start..end)
                 .map(|index| {
                     let recorded = layout.replicas.get(index as usize).cloned().unwrap_or_default();
                     let (mut good, bad): (Vec<NodeId>, Vec<NodeId>) = recorded
@@ -617,57 +617,8 @@ impl ClusterClient {
                     good
                 })
                 .collect();
-            let mut data: Vec<Option<Vec<u8>>> = vec![None; (end - start) as usize];
-            let mut found_bad: Vec<Vec<(NodeId, &'static str)>> = vec![Vec::new(); (end - start) as usize];
-            let mut new_bad: Vec<BadReplica> = Vec::new();
-            // Bounded: each round drops one candidate for every chunk still missing.
-            let failure = loop {
-                let mut work: BTreeMap<NodeId, Vec<(usize, u128, u32)>> = BTreeMap::new();
-                let mut failure = None;
-                for (offset, nodes) in candidates.iter().enumerate() {
-                    if data[offset].is_some() {
-                        continue;
-                    }
-                    let index = start + offset as u64;
-                    let Some(node) = nodes.first() else {
-                        failure = Some(self.no_good_copy(&layout, index, &found_bad[offset]));
-                        break;
-                    };
-                    work.entry(*node).or_default().push((offset, record.chunk_id(index), record.chunk_len(index)));
-                }
-                if failure.is_some() || work.is_empty() {
-                    break failure;
-                }
-                let results = self.per_node(work.clone(), |client, items| {
-                    let wants: Vec<(u128, u32)> = items.iter().map(|(_, id, len)| (*id, *len)).collect();
-                    client.get_chunks(&wants)
-                });
-                for (node, items) in work {
-                    let mut node_results = results.get(&node).map(|results| results.iter()).into_iter().flatten();
-                    for (offset, _, _) in &items {
-                        let index = start + *offset as u64;
-                        let verdict = match node_results.next() {
-                            Some(Ok(bytes)) => match layout.chunk_hash(index) {
-                                Some(hash) if blake3::hash(bytes).as_bytes() != hash => Err(Some("corrupt")),
-                                _ => Ok(bytes.clone()),
-                            },
-                            Some(Err(error)) if is_not_found(error) => Err(Some("missing")),
-                            Some(Err(error)) if is_corrupt_copy(error) => Err(Some("corrupt")),
-                            _ => Err(None),
-                        };
-                        match verdict {
-                            Ok(bytes) => data[*offset] = Some(bytes),
-                            Err(bad) => {
-                                if let Some(what) = bad {
-                                    found_bad[*offset].push((node, what));
-                                    new_bad.push(BadReplica { file_id: record.file_id, index, node });
-                                }
-                                candidates[*offset].retain(|candidate| *candidate != node);
-                            }
-                        }
-                    }
-                }
-            };
+            let chunks::VerifiedChunks { data, found_bad, new_bad, failure } =
+                self.read_verified(&layout, start, candidates);
             self.note_bad(name, &new_bad, &found_bad, start, &data);
             // Verified chunks go out in order, up to the first one that has no good copy.
             for bytes in data.into_iter().map_while(|bytes| bytes) {
