@@ -8,7 +8,7 @@
 //! [`tagger`] (automatic tagging: extractors and the runners), [`web`] (`beeline web`:
 //! the HTTP server and its page, the file-tag graph in a browser), [`shm`] (the
 //! shared-memory transport between a node and the clients on its host), [`control`]
-//! (control messages), [`keyfile`], [`hw`] and [`output`] (where downloaded files are
+//! (control messages), [`exposition`] (Prometheus metric families, shared by every exporter), [`keyfile`], [`hw`] and [`output`] (where downloaded files are
 //! written, safely); [`cli`] is the `beeline` command line, a
 //! thin layer over the rest. Dependencies run one way: cli -> node -> backend -> config,
 //! client -> cluster -> metadata -> control, cli -> graph -> metadata,
@@ -20,6 +20,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod exposition;
 pub mod graph;
 pub mod hw;
 pub mod keyfile;

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use beeline_dataplane::counters::{LATENCY_BOUNDS_US, LatencyHistogram};
 use beeline_dataplane::store::disk::SyncLatency;
-use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::exposition::{counter, family, gauge};
 use crate::node::snapshot::SharedSnapshot;
 
 /// Everything the exporter reads.
@@ -27,45 +28,6 @@ pub struct Sources {
     pub gc: Arc<crate::node::gc::GcState>,
     /// The node's own tagger (a single node's): `beeline_tagger_*`.
     pub tagger: Option<Arc<crate::tagger::runner::TaggerStats>>,
-}
-
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
-    let mut family = MetricFamily::default();
-    family.set_name(name.to_owned());
-    family.set_help(help.to_owned());
-    family.set_field_type(kind);
-    family.set_metric(metrics);
-    family
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
-    pairs
-        .iter()
-        .map(|(name, value)| {
-            let mut pair = LabelPair::default();
-            pair.set_name((*name).to_owned());
-            pair.set_value((*value).to_owned());
-            pair
-        })
-        .collect()
-}
-
-fn counter(value: u64, label_pairs: &[(&str, &str)]) -> Metric {
-    let mut metric = Metric::default();
-    let mut counter = Counter::default();
-    counter.set_value(value as f64);
-    metric.set_counter(counter);
-    metric.set_label(labels(label_pairs));
-    metric
-}
-
-fn gauge(value: f64, label_pairs: &[(&str, &str)]) -> Metric {
-    let mut metric = Metric::default();
-    let mut gauge = Gauge::default();
-    gauge.set_value(value);
-    metric.set_gauge(gauge);
-    metric.set_label(labels(label_pairs));
-    metric
 }
 
 fn histogram(source: &LatencyHistogram) -> Metric {

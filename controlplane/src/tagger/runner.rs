@@ -8,9 +8,10 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{MetricFamily, MetricType};
 use tracing::warn;
 
+use crate::exposition::{counter, family, gauge};
 use crate::metadata::{FileTag, sanitize_tag};
 use crate::tagger::extract::{self, Limits};
 
@@ -59,77 +60,46 @@ impl TaggerStats {
                 "beeline_tagger_files_tagged_total",
                 "Files whose automatic tags were recorded.",
                 MetricType::COUNTER,
-                vec![counter(load(&self.files_tagged), None)],
+                vec![counter(load(&self.files_tagged), &[])],
             ),
             family(
                 "beeline_tagger_bytes_read_total",
                 "Bytes read back to tag files.",
                 MetricType::COUNTER,
-                vec![counter(load(&self.bytes_read), None)],
+                vec![counter(load(&self.bytes_read), &[])],
             ),
             family(
                 "beeline_tagger_tags_total",
                 "Automatic tags recorded, by the extractor that made them.",
                 MetricType::COUNTER,
-                by_source.iter().map(|(source, count)| counter(*count, Some(("extractor", source)))).collect(),
+                by_source.iter().map(|(source, count)| counter(*count, &[("extractor", source)])).collect(),
             ),
             family(
                 "beeline_tagger_failures_total",
                 "Files that could not be read or that an extractor gave up on (tagged with what was found; the reason is logged).",
                 MetricType::COUNTER,
-                vec![counter(load(&self.failures), None)],
+                vec![counter(load(&self.failures), &[])],
             ),
             family(
                 "beeline_tagger_files_gone_total",
                 "Files replaced or removed before their tags were recorded (their tags dropped).",
                 MetricType::COUNTER,
-                vec![counter(load(&self.files_gone), None)],
+                vec![counter(load(&self.files_gone), &[])],
             ),
             family(
                 "beeline_tagger_entries_claimed_total",
                 "Stream entries taken over from a tagger that stopped mid-file.",
                 MetricType::COUNTER,
-                vec![counter(load(&self.entries_claimed), None)],
+                vec![counter(load(&self.entries_claimed), &[])],
             ),
             family(
                 "beeline_tagger_lag_files",
                 "Files waiting to be tagged (stream lag plus pending entries, or the node's untagged list).",
                 MetricType::GAUGE,
-                vec![gauge(load(&self.lag) as f64)],
+                vec![gauge(load(&self.lag) as f64, &[])],
             ),
         ]
     }
-}
-
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
-    let mut family = MetricFamily::default();
-    family.set_name(name.to_owned());
-    family.set_help(help.to_owned());
-    family.set_field_type(kind);
-    family.set_metric(metrics);
-    family
-}
-
-fn counter(value: u64, label: Option<(&str, &str)>) -> Metric {
-    let mut metric = Metric::default();
-    let mut counter = Counter::default();
-    counter.set_value(value as f64);
-    metric.set_counter(counter);
-    if let Some((name, value)) = label {
-        let mut pair = LabelPair::default();
-        pair.set_name(name.to_owned());
-        pair.set_value(value.to_owned());
-        metric.set_label(vec![pair]);
-    }
-    metric
-}
-
-fn gauge(value: f64) -> Metric {
-    let mut metric = Metric::default();
-    let mut gauge = Gauge::default();
-    gauge.set_value(value);
-    metric.set_gauge(gauge);
-    metric
 }
 
 /// What the reader was told when it had enough.
