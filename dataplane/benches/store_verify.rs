@@ -3,7 +3,7 @@
 //! fragment) and as a GET window (256 such fragments in their own buffers, one `preadv`).
 //!
 //! Rows per size: `unverified` (one plain `pread` of the run, as the store's one `preadv`
-//! did before: the baseline), `per_block` (the store's read, which checks the 64 KiB blocks it touches),
+//! did before: the baseline), `per_block` (the store's read, which checks the 16 KiB blocks it touches),
 //! and `whole_chunk` (the plain read plus reading and crc-ing the whole 4 MiB payload, what
 //! a whole-chunk check on every GET would cost). Compare rows within one run:
 //! `docs/benchmarks.md`.

@@ -7,7 +7,7 @@
 //! the scrub). A read then checks only the blocks it touches: it reads the rest of the
 //! first and last block beside the caller's buffers and compares each block's crc.
 //! Nothing on disk changed, so data written before this check existed is served and
-//! checked the same way. Tables cost 4 bytes per 64 KiB of chunk data (256 bytes for a
+//! checked the same way. Tables cost 4 bytes per 16 KiB of chunk data (1 KiB for a
 //! 4 MiB chunk) and are built lazily, so a restart costs no extra reads.
 //!
 //! A chunk found corrupt, by a read or by the scrub, is marked: every later read of it
@@ -18,7 +18,7 @@
 use super::*;
 
 /// Bytes covered by one in-memory block checksum.
-pub const VERIFY_BLOCK_BYTES: u32 = 64 << 10;
+pub const VERIFY_BLOCK_BYTES: u32 = 16 << 10;
 /// Chunk ids skipped (deleted since the pass began) by one scrub step at most.
 const SCRUB_SKIPS_PER_STEP_MAX: usize = 1024;
 

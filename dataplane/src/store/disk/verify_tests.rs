@@ -59,12 +59,16 @@ fn ranges_across_block_boundaries_read_back_verified() {
     for (offset, len) in ranges {
         assert_eq!(read(&mut store, 1, offset as u32, len).unwrap(), data[offset..offset + len], "{offset}+{len}");
     }
-    // A GET window: consecutive fragments, each in its own buffer.
-    let mut frames = vec![vec![0u8; 1372]; 60];
+    // A GET window: consecutive fragments, each in its own buffer, from inside the first
+    // block across at least one boundary, ending inside a later block.
+    let start = block / 2 + 3;
+    let count = (data.len() - start) / 1372;
+    assert!(count * 1372 > block, "the window crosses a block boundary");
+    let mut frames = vec![vec![0u8; 1372]; count];
     let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(Vec::as_mut_slice).collect();
-    let read = store.read_vectored_at(1, 50_000, &mut bufs).unwrap();
-    assert_eq!(read, 60 * 1372);
-    assert_eq!(frames.concat(), data[50_000..50_000 + 60 * 1372]);
+    let read = store.read_vectored_at(1, start as u32, &mut bufs).unwrap();
+    assert_eq!(read, count * 1372);
+    assert_eq!(frames.concat(), data[start..start + count * 1372]);
     assert_eq!(store.integrity_stats().reads_corrupt, 0);
 }
 
