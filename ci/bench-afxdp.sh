@@ -83,7 +83,7 @@ for backend in udp afxdp; do
     [[ $backend == afxdp ]] && extra=(--interface "$node_if")
     ip netns exec "$node_ns" "$bin" node run --backend $backend "${extra[@]}" --listen $node_ip:$port \
         --data-dir "$work/data-$backend" --key-file "$work/cluster.key" --arena-frames 16384 --frame-bytes 4096 \
-        --hugepages prefer 2> "$work/node-$backend.log" &
+        --hugepages prefer --auto-tag false 2> "$work/node-$backend.log" &
     node_pid=$!
     for _ in $(seq 300); do
         cli node ping >/dev/null 2>&1 && break

@@ -136,7 +136,7 @@ measure() {
     shift 2
     cli() { ip netns exec "$client_ns" "$bin" "$@" --node "$addr" --key-file "$work/cluster.key"; }
     BEELINE_LOG=info ip netns exec "$node_ns" "$bin" node run --listen "$addr" \
-        --data-dir "$work/data-$label" --key-file "$work/cluster.key" --arena-frames 16384 --frame-bytes 4096 \
+        --data-dir "$work/data-$label" --key-file "$work/cluster.key" --arena-frames 16384 --frame-bytes 4096 --auto-tag false \
         "$@" 2> "$work/node-$label.log" &
     node_pid=$!
     local deadline=$((SECONDS + 60))

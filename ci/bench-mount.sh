@@ -40,7 +40,8 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/mnt" "$work/a" "$work/b" "$work/out" "$work/spool"
-"$beeline" node run --listen "$BEELINE_NODE" --data-dir "$work/node" --hugepages off 2>"$work/node.log" &
+# --auto-tag false: the node's own tagger would read every copied file back while timed.
+"$beeline" node run --listen "$BEELINE_NODE" --data-dir "$work/node" --hugepages off --auto-tag false 2>"$work/node.log" &
 node_pid=$!
 for _ in $(seq 1 300); do "$beeline" node ping >/dev/null 2>&1 && break; sleep 0.05; done
 "$beeline" node ping >/dev/null || { tail -n 5 "$work/node.log" >&2; exit 1; }

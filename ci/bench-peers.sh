@@ -134,7 +134,7 @@ machine_start="$(date -u '+%Y-%m-%d %H:%M:%SZ'); load average $(cut -d' ' -f1-3 
 # --- Beeline ---------------------------------------------------------------------------
 log "beeline node on 127.0.0.1:$p_node"
 "$bin" node run --listen "127.0.0.1:$p_node" --data-dir "$work/beeline-data" --key-file "$work/cluster.key" \
-    --frame-bytes 8192 --hugepages off --repair-interval-ms 0 2> "$work/node.log" &
+    --frame-bytes 8192 --hugepages off --repair-interval-ms 0 --auto-tag false 2> "$work/node.log" &
 node_pid=$!
 deadline=$((SECONDS + 60))
 until "$bin" node ping --node "127.0.0.1:$p_node" --key-file "$work/cluster.key" > /dev/null 2>&1; do

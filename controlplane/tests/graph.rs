@@ -172,6 +172,26 @@ fn single_node_tags_untag_search_related_and_graph() {
     assert_eq!(metric(&metrics, "beeline_tagger_lag_files"), Some(0.0));
 }
 
+/// `--auto-tag false` runs no tagger (the benchmarks use it so that nothing reads their
+/// files back while they are measured); the files stay untagged until a start with it on.
+#[test]
+fn a_node_with_auto_tag_off_runs_no_tagger_until_started_with_it_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_tcp_address();
+    let mut node = TestNode::start(dir.path(), &["--metrics-listen", &metrics, "--auto-tag", "false"]);
+    put(&node, dir.path(), "report.pdf", b"%PDF-1.4 storage report");
+    let page_answers = poll(30, "the node's metrics page", || metric(&metrics, "beeline_corrupt_chunks"));
+    assert_eq!(page_answers, 0.0);
+    assert_eq!(metric(&metrics, "beeline_tagger_lag_files"), None, "no tagger thread, so no tagger metrics");
+    assert!(tags(&node, "report.pdf").is_empty());
+
+    // The same data directory with the tagger on: the file waiting untagged gets its tags.
+    drop(node.process.take());
+    node.extra.clear();
+    node.spawn();
+    wait_tagged(&node, "report.pdf", "type:pdf");
+}
+
 struct Redis {
     _process: Process,
     port: u16,

@@ -73,6 +73,7 @@ pub struct FileConfig {
     pub rx_ring_size: Option<u16>,
     pub tx_ring_size: Option<u16>,
     pub mtu: Option<u16>,
+    pub auto_tag: Option<bool>,
     pub shm: Option<bool>,
     pub shm_socket: Option<PathBuf>,
     pub shm_socket_mode: Option<String>,
@@ -196,6 +197,9 @@ pub struct NodeFlags {
     /// dpdk: the port's MTU, from 576 to 9000 [default: 1500].
     #[arg(long)]
     pub mtu: Option<u16>,
+    /// A single udp node tags the files put to it itself, reading them back [default: true].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub auto_tag: Option<bool>,
     /// Serve clients on this host over shared memory (a Unix socket) [default: true].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub shm: Option<bool>,
@@ -248,6 +252,8 @@ pub struct NodeSettings {
     pub scrub_bytes_per_s: u64,
     /// The shared-memory transport to local clients; `None` when `shm = false`.
     pub shm: Option<shm::ShmNodeSettings>,
+    /// Whether a single udp node runs its own tagger (`auto_tag`).
+    pub auto_tag: bool,
 }
 
 /// Settings for joining the metadata cluster.
@@ -439,6 +445,7 @@ impl NodeFlags {
             gc_grace_ms,
             scrub_bytes_per_s,
             shm,
+            auto_tag: self.auto_tag.or(file.auto_tag).unwrap_or(true),
         })
     }
 

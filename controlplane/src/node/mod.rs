@@ -483,7 +483,8 @@ pub fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
     // A single node tags its own files, reading them back over loopback: a kernel-bypass
     // backend's port is not reachable from the host's own stack, so only `udp` has one.
     let single = settings.cluster.is_none() && settings.backend.kind() == crate::config::BackendKind::Udp;
-    if settings.cluster.is_none() && !single {
+    let single = single && settings.auto_tag;
+    if settings.cluster.is_none() && settings.auto_tag && !single {
         info!(
             "no automatic tagging on this backend: the node's tagger reads over the kernel's loopback (see docs/metadata.md)"
         );

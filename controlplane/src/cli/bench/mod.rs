@@ -208,6 +208,9 @@ fn measure(args: &BenchArgs, workdir: &WorkDir, report: &mut Report) -> Result<(
                 data_dir: Some(workdir.path.join("node")),
                 key_file: Some(key_path.clone()),
                 frame_bytes: Some(args.frame_bytes),
+                // The node's own tagger would read the benchmark's file back while it is
+                // measured.
+                auto_tag: Some(false),
                 ..NodeFlags::default()
             };
             let settings = flags.resolve().map_err(|e| e.to_string())?;
