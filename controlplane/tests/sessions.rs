@@ -16,38 +16,23 @@ use std::time::{Duration, Instant};
 
 use beeline_dataplane::wire::{Opcode, v1};
 
-/// The node's counters, from `beeline node status`.
+/// Status as any client asks for it.
+const STATUS: &[&str] = &[];
+
 fn counters(node: &TestNode) -> HashMap<String, u64> {
-    let status = ok(&node.cli(&["node", "status"]));
-    status
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let (name, value) = (words.next()?, words.next()?);
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+    node.counters(STATUS)
 }
 
-fn key(node: &TestNode) -> beeline_dataplane::wire::ClusterKey {
-    beeline::keyfile::load(&node.dir.join("cluster.key")).expect("the node wrote its key")
-}
-
-/// The node's counters once `condition` holds (they are published every 100 ms); bounded.
 fn wait_counters(
     node: &TestNode,
     what: &str,
     condition: impl Fn(&HashMap<String, u64>) -> bool,
 ) -> HashMap<String, u64> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = counters(node);
-        if condition(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: the counters never got there: {now:#?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_counters(STATUS, what, condition)
+}
+
+fn key(node: &TestNode) -> beeline_dataplane::wire::ClusterKey {
+    beeline::keyfile::load(&node.dir.join("cluster.key")).expect("the node wrote its key")
 }
 
 /// Waits until `socket` has something to read, at most `timeout`.

@@ -12,35 +12,19 @@ use std::time::{Duration, Instant};
 
 use beeline::shm::client::ShmLink;
 
-/// The node's counters, from `beeline node status` over UDP (so that asking does not
-/// move the shared-memory counters).
+/// Status over UDP, so that asking does not move the shared-memory counters.
+const STATUS: &[&str] = &["--transport", "udp"];
+
 fn counters(node: &TestNode) -> HashMap<String, u64> {
-    let status = ok(&node.cli(&["node", "status", "--transport", "udp"]));
-    status
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let (name, value) = (words.next()?, words.next()?);
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+    node.counters(STATUS)
 }
 
-/// The counters once `condition` holds (published every 100 ms); bounded.
 fn wait_counters(
     node: &TestNode,
     what: &str,
     condition: impl Fn(&HashMap<String, u64>) -> bool,
 ) -> HashMap<String, u64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = counters(node);
-        if condition(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: the counters never got there: {now:#?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_counters(STATUS, what, condition)
 }
 
 fn start(dir: &std::path::Path) -> TestNode {

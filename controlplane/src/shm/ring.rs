@@ -178,17 +178,7 @@ impl Region {
 
     /// Writes the header a client checks before trusting the layout (node side, once).
     pub fn write_header(&mut self) {
-        let l = self.layout;
-        let words: [u64; 8] = [
-            MAGIC,
-            u64::from(VERSION),
-            u64::from(l.slots),
-            u64::from(l.frame_bytes),
-            l.request_ring as u64,
-            l.completion_ring as u64,
-            l.request_frames as u64,
-            l.completion_frames as u64,
-        ];
+        let words = header_words(&self.layout);
         for (index, word) in words.iter().enumerate() {
             // SAFETY: 64 bytes at the region's start, inside the first page of a mapping of at
             // least `layout.bytes`; u64-aligned since the mapping is page-aligned.
@@ -198,17 +188,7 @@ impl Region {
 
     /// Whether the header says what `layout` says (client side, after mapping).
     pub fn header_matches(&self) -> bool {
-        let l = self.layout;
-        let expected: [u64; 8] = [
-            MAGIC,
-            u64::from(VERSION),
-            u64::from(l.slots),
-            u64::from(l.frame_bytes),
-            l.request_ring as u64,
-            l.completion_ring as u64,
-            l.request_frames as u64,
-            l.completion_frames as u64,
-        ];
+        let expected = header_words(&self.layout);
         expected.iter().enumerate().all(|(index, word)| {
             // SAFETY: as in `write_header`: inside the first page, aligned.
             let found = unsafe { self.base.cast::<u64>().add(index).read_volatile() };
@@ -373,6 +353,20 @@ impl Ring<'_> {
         // Ordering: Relaxed: a deliberately broken producer.
         self.head_word().store(value, Ordering::Relaxed);
     }
+}
+
+/// The region header's eight words for `l`: what the node writes and a client checks.
+fn header_words(l: &Layout) -> [u64; 8] {
+    [
+        MAGIC,
+        u64::from(VERSION),
+        u64::from(l.slots),
+        u64::from(l.frame_bytes),
+        l.request_ring as u64,
+        l.completion_ring as u64,
+        l.request_frames as u64,
+        l.completion_frames as u64,
+    ]
 }
 
 #[cfg(test)]

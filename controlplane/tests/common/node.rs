@@ -1,6 +1,7 @@
 //! A storage node run by the `beeline` binary on a free loopback port (`udp` backend), and
 //! the CLI pointed at it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -67,6 +68,38 @@ impl TestNode {
 
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_command(args).output().expect("run beeline")
+    }
+
+    /// The node's data-path counters from `beeline node status` (with `status_args`).
+    pub fn counters(&self, status_args: &[&str]) -> HashMap<String, u64> {
+        let mut args = vec!["node", "status"];
+        args.extend_from_slice(status_args);
+        ok(&self.cli(&args))
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let (name, value) = (words.next()?, words.next()?);
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The counters once `condition` holds (they are published every 100 ms); bounded.
+    pub fn wait_counters(
+        &self,
+        status_args: &[&str],
+        what: &str,
+        condition: impl Fn(&HashMap<String, u64>) -> bool,
+    ) -> HashMap<String, u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.counters(status_args);
+            if condition(&now) {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "{what}: the counters never got there: {now:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn process(&mut self) -> &mut Process {
