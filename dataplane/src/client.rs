@@ -110,7 +110,8 @@ pub struct PutChunk<D: AsRef<[u8]>> {
     sent_frontier: u32,
     credits: u32,
     sent_at_ms: [u32; FRAGMENTS_MAX as usize],
-    /// A `PutQuery` went out after a timeout; its answer starts loss recovery.
+    /// A timeout's probe (a `PutQuery`, or the oldest unacknowledged fragment asking
+    /// for a status) went out; its answer starts loss recovery.
     query_outstanding: bool,
     phase: PutPhase,
     timer: Timer,
@@ -356,6 +357,15 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
             Some(true) => {
                 if self.sent_frontier == 0 {
                     self.send_new(now_ms, tx);
+                } else if self.phase == PutPhase::Sending && self.first_missing < self.count {
+                    // As TCP on a retransmission timeout: the oldest unacknowledged
+                    // fragment again, asking for a status. That status answers as a
+                    // PutQuery's would and starts recovery, and the fragment may already
+                    // be the one missing: under heavy loss a query first and the
+                    // fragment after it need two round trips where one does.
+                    self.query_outstanding = true;
+                    self.send_fragment(self.first_missing, true, now_ms, tx);
+                    self.fragments_resent += 1;
                 } else {
                     self.query_outstanding = true;
                     self.send_control(Opcode::PutQuery, tx);

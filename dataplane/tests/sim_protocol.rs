@@ -434,3 +434,18 @@ mod reassembly {
         }
     }
 }
+
+/// A put with one fragment under heavy loss: each timeout resends the fragment itself
+/// rather than only asking what arrived, so one round trip per timeout can finish it. The
+/// input is the one CI's proptest run found failing when a timeout only sent a query.
+#[test]
+fn single_fragment_put_finishes_under_heavy_loss() {
+    for (len, seed) in [(0usize, 15_842_445_357_930_274_839u64), (0, 1), (300, 2), (511, 3)] {
+        let mut options = SimOptions::new(seed, KEY);
+        options.impairments = Impairments { loss_ppm: 180_227, duplicate_ppm: 62_767, reorder_ppm: 1, corrupt_ppm: 0 };
+        let mut sim = harness(options);
+        let data = pattern(len, seed);
+        assert_eq!(sim.put(1, &data, 512), Ok(()), "len {len} seed {seed}");
+        assert_eq!(sim.poll.node.store().chunk(1), Some(&data[..]));
+    }
+}
