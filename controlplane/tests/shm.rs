@@ -54,13 +54,16 @@ fn edge_sizes_round_trip_over_shared_memory() {
     }
     let before = counters(&node);
     round_trip(&node, dir.path(), "hundred", &pattern(100 << 20, 7));
-    let after = wait_counters(&node, "the 100 MiB put counted", |c| {
-        c["shm_request_bytes"] > before["shm_request_bytes"] + (100 << 20)
+    let after = wait_counters(&node, "the 100 MiB put and get counted", |c| {
+        c["shm_bulk_bytes"] >= before["shm_bulk_bytes"] + 2 * (100 << 20)
     });
-    // Every payload byte went in and came out through the rings, none over UDP.
-    assert!(after["shm_reply_bytes"] >= before["shm_reply_bytes"] + (100 << 20));
-    // One request per put fragment at least: the node engine saw them as local requests.
-    assert!(after["local_requests"] > before["local_requests"] + (100 << 20) / 4096);
+    // Every chunk went in and came out through the bulk slots as whole chunks (25 of 4 MiB
+    // each way), and the node copied none of their bytes: what it copied between the
+    // rings and its frames is headers, about a hundred bytes per request and reply.
+    assert!(after["shm_bulk_requests"] >= before["shm_bulk_requests"] + 50);
+    assert!(after["local_requests"] >= before["local_requests"] + 50);
+    let copied = after["shm_bytes_copied"] - before["shm_bytes_copied"];
+    assert!(copied < 64 << 10, "the node copied {copied} bytes for a 100 MiB round trip");
     let settled = wait_counters(&node, "clients gone", |c| c["shm_clients_connected"] == 0);
     assert_eq!(settled["shm_frames_held"], 0);
 }
@@ -90,14 +93,9 @@ fn a_client_killed_mid_put_or_mid_get_is_reclaimed_and_the_node_keeps_serving() 
     let node = start(dir.path());
     let big = dir.path().join("big");
     std::fs::write(&big, pattern(400 << 20, 3)).unwrap();
-    kill_midway(
-        &node,
-        &["put", big.to_str().unwrap(), "--as", "big", "--transport", "shm"],
-        "shm_request_bytes",
-        8 << 20,
-    );
+    kill_midway(&node, &["put", big.to_str().unwrap(), "--as", "big", "--transport", "shm"], "shm_bulk_bytes", 8 << 20);
     ok(&node.cli(&["put", big.to_str().unwrap(), "--as", "whole", "--transport", "udp"]));
-    kill_midway(&node, &["get", "whole", "-o", "/dev/null", "--transport", "shm"], "shm_reply_bytes", 8 << 20);
+    kill_midway(&node, &["get", "whole", "-o", "/dev/null", "--transport", "shm"], "shm_bulk_bytes", 8 << 20);
     round_trip(&node, dir.path(), "after", &pattern(5 << 20, 9));
 }
 
@@ -131,6 +129,44 @@ fn random_descriptors_are_dropped_and_counted_and_the_node_is_unharmed() {
     assert_eq!(broken["shm_region_bytes_mapped"], 0);
     drop(link);
     round_trip(&node, dir.path(), "after-garbage", &pattern(3 << 20, 11));
+}
+
+/// Bulk requests the node must not serve: garbage in the frame, a slot that does not
+/// exist, more bytes than a slot holds, a put under a get's opcode mix-up. Each is dropped
+/// and counted; a get past a chunk's end is answered with an error; the client and node
+/// carry on.
+#[test]
+fn malformed_bulk_requests_are_dropped_and_counted() {
+    use beeline_dataplane::wire::{HEADER_LEN, Opcode, Repr};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    round_trip(&node, dir.path(), "small", &pattern(10_000, 5));
+    let socket = beeline::shm::default_socket_path(node.port);
+    let link = ShmLink::connect(&socket, node.port).expect("connect over shared memory");
+    assert_eq!(link.bulk_slots(), beeline::shm::BULK_SLOTS);
+    let before = counters(&node);
+    let header = |repr: Repr| {
+        let mut bytes = [0u8; HEADER_LEN];
+        repr.emit(&mut bytes);
+        bytes
+    };
+    assert!(link.send_bulk(&[0xAB; HEADER_LEN]), "garbage");
+    assert!(link.send_bulk(&header(Repr { index: 99, total_len: 10, ..Repr::new(Opcode::Get) })), "no such slot");
+    let too_long = link.bulk_slot_bytes() as u32 + 1;
+    assert!(link.send_bulk(&header(Repr { index: 0, total_len: too_long, ..Repr::new(Opcode::PutFrag) })));
+    assert!(link.send_bulk(&header(Repr { index: 0, total_len: 10, ..Repr::new(Opcode::Delete) })), "not put/get");
+    let after = wait_counters(&node, "bad bulk requests counted", |c| {
+        c["shm_rejected_bad_bulk"] >= before["shm_rejected_bad_bulk"] + 4
+    });
+    assert_eq!(after["shm_bulk_requests"], before["shm_bulk_requests"], "none was served");
+    assert_eq!(after["shm_clients_connected"], 1);
+    // Well formed, but for a chunk the node does not have: served, and refused.
+    assert!(link.send_bulk(&header(Repr { chunk_id: 42, index: 1, total_len: 10, ..Repr::new(Opcode::Get) })));
+    wait_counters(&node, "the get of a missing chunk refused", |c| {
+        c["shm_bulk_requests"] > before["shm_bulk_requests"] && c["rejected_not_found"] > before["rejected_not_found"]
+    });
+    drop(link);
+    round_trip(&node, dir.path(), "after-bad-bulk", &pattern(6 << 20, 13));
 }
 
 #[test]
@@ -197,9 +233,9 @@ fn a_put_over_shared_memory_survives_a_node_restart() {
     let path = dir.path().join("big");
     let data = pattern(100 << 20, 21);
     std::fs::write(&path, &data).unwrap();
-    let before = counters(&node)["shm_request_bytes"];
+    let before = counters(&node)["shm_bulk_bytes"];
     let mut put = Process::spawn(node.cli_command(&["put", path.to_str().unwrap(), "--transport", "shm"]));
-    wait_counters(&node, "the put started", |c| c["shm_request_bytes"] >= before + (8 << 20));
+    wait_counters(&node, "the put started", |c| c["shm_bulk_bytes"] >= before + (8 << 20));
     assert!(put.exited().is_none(), "the put ended before the restart:\n{}", put.log());
     node.process().kill9();
     node.spawn();

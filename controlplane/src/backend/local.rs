@@ -80,6 +80,10 @@ impl PacketIo for NodeIo {
         Ok(out.len() - start)
     }
 
+    fn serve_local(&mut self, serve: &mut dyn FnMut(beeline_dataplane::io::LocalRequest<'_>)) -> usize {
+        self.shm.as_mut().map_or(0, |shm| shm.serve_local(serve))
+    }
+
     fn send_batch(&mut self, arena: &mut Arena<'_>, batch: &mut TxBatch) -> Result<(), BackendError> {
         let Some(shm) = self.shm.as_mut() else {
             return self.backend.send_batch(arena, batch);

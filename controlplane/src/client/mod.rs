@@ -2,9 +2,11 @@
 //! streaming files chunk by chunk (never the whole file in memory) with several chunks
 //! in flight, and runs control requests for the namespace.
 
+mod bulk;
 pub mod cluster;
 mod link;
 pub mod metadata;
+mod op;
 mod socket;
 
 use std::collections::BTreeMap;
@@ -25,7 +27,9 @@ use beeline_dataplane::wire::{self, ClusterKey, HEADER_LEN, Opcode, Repr, Status
 
 use crate::control::{ControlRequest, ControlResponse, FileRecord, NodeStatus, validate_name};
 use crate::shm::client::{ShmError, ShmLink};
+use bulk::{BulkGet, BulkPut, BulkSlots};
 use link::Link;
+use op::Op;
 use socket::{Receiver, SendBatch};
 
 #[derive(Debug, thiserror::Error)]
@@ -254,56 +258,6 @@ impl AsRef<[u8]> for ChunkBytes {
     }
 }
 
-enum Op {
-    Put(Box<PutChunk<ChunkBytes>>),
-    Get(Box<GetChunk<Vec<u8>>>),
-    Exchange(Box<Exchange>),
-}
-
-impl Op {
-    fn progress(&self) -> Progress {
-        match self {
-            Op::Put(put) => put.progress(),
-            Op::Get(get) => get.progress(),
-            Op::Exchange(exchange) => exchange.progress(),
-        }
-    }
-
-    /// Hands a reply to the machine (each ignores replies to other requests).
-    fn on_packet(&mut self, repr: &Repr, payload: &[u8], now_ms: u64, tx: &mut dyn Transmit) {
-        match self {
-            Op::Put(put) => put.on_packet(repr, payload, now_ms, tx),
-            Op::Get(get) => get.on_packet(repr, payload, now_ms, tx),
-            Op::Exchange(exchange) => exchange.on_packet(repr, payload, now_ms),
-        }
-    }
-
-    /// Runs the machine's timer if its deadline has come.
-    fn on_timer_if_due(&mut self, now_ms: u64, tx: &mut dyn Transmit) {
-        if now_ms < self.deadline_ms() {
-            return;
-        }
-        match self {
-            Op::Put(put) => put.on_timer(now_ms, tx),
-            Op::Get(get) => get.on_timer(now_ms, tx),
-            Op::Exchange(exchange) => exchange.on_timer(now_ms, tx),
-        }
-    }
-
-    /// A put still moving fragments (not only waiting for the node's disk).
-    fn is_sending_put(&self) -> bool {
-        matches!(self, Op::Put(put) if put.is_sending())
-    }
-
-    fn deadline_ms(&self) -> u64 {
-        match self {
-            Op::Put(put) => put.deadline_ms(),
-            Op::Get(get) => get.deadline_ms(),
-            Op::Exchange(exchange) => exchange.deadline_ms(),
-        }
-    }
-}
-
 pub struct Client {
     socket: UdpSocket,
     /// The shared-memory link to a node on this host; UDP when `None`.
@@ -317,6 +271,8 @@ pub struct Client {
     link: Link,
     /// The socket's receive buffer as granted: bounds how much a get asks for at once.
     receive_buffer_bytes: usize,
+    /// Which bulk slots of the shared-memory region requests hold.
+    bulk_slots: BulkSlots,
 }
 
 /// Progress callback: bytes done so far.
@@ -348,7 +304,54 @@ impl Client {
             receiver,
             link,
             receive_buffer_bytes,
+            bulk_slots: BulkSlots::default(),
         })
+    }
+
+    /// Starts a put of one chunk: a bulk put when a shared-memory bulk slot is free and
+    /// holds the chunk, else fragments.
+    fn start_put(&mut self, chunk_id: u128, data: ChunkBytes, frag_len: u16, window: u16) -> Op {
+        let request_id = self.request_id();
+        let now_ms = self.now_ms();
+        let timing = self.options.timing;
+        if let Some(link) = self.shm.as_ref().filter(|link| data.as_ref().len() <= link.bulk_slot_bytes()) {
+            if let Some(slot) = self.bulk_slots.take(link.bulk_slots()) {
+                let mut put = BulkPut::new(link, slot, chunk_id, request_id, data, timing, now_ms);
+                put.start(link);
+                return Op::BulkPut(Box::new(put));
+            }
+        }
+        let mut put = PutChunk::new(chunk_id, request_id, data, frag_len, window, timing, now_ms);
+        put.start(now_ms, &mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
+        Op::Put(Box::new(put))
+    }
+
+    /// Starts a get of `out.len()` bytes of a chunk of `total_len` from `range_start`: a
+    /// bulk get when a shared-memory bulk slot is free and holds them, else fragments.
+    #[allow(clippy::too_many_arguments)]
+    fn start_get(
+        &mut self,
+        chunk_id: u128,
+        total_len: u32,
+        range_start: u32,
+        out: Vec<u8>,
+        frag_len: u16,
+        window: u16,
+    ) -> Op {
+        let request_id = self.request_id();
+        let now_ms = self.now_ms();
+        let timing = self.options.timing;
+        if let Some(link) = self.shm.as_ref().filter(|link| out.len() <= link.bulk_slot_bytes()) {
+            if let Some(slot) = self.bulk_slots.take(link.bulk_slots()) {
+                let mut get = BulkGet::new(slot, chunk_id, request_id, range_start, out, timing, now_ms);
+                get.start(link);
+                return Op::BulkGet(Box::new(get));
+            }
+        }
+        let mut get =
+            GetChunk::new(chunk_id, request_id, total_len, range_start, out, frag_len, window, timing, now_ms);
+        get.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
+        Op::Get(Box::new(get))
     }
 
     /// Fragments to request at once per get with `gets_in_flight` of them in flight.
@@ -502,13 +505,13 @@ impl Client {
                     let Some(repr) = self.link.state.open(now, datagram) else { continue };
                     let payload = &datagram[HEADER_LEN..HEADER_LEN + usize::from(repr.payload_len)];
                     for op in ops.iter_mut() {
-                        op.on_packet(&repr, payload, now, &mut transmit);
+                        op.on_packet(&repr, payload, now, &mut transmit, None);
                     }
                 }
             }
             let now = self.started.elapsed().as_millis() as u64;
             for op in ops.iter_mut() {
-                op.on_timer_if_due(now, &mut transmit);
+                op.on_timer_if_due(now, &mut transmit, None);
             }
             drop(transmit);
             self.link.settle();
@@ -536,12 +539,12 @@ impl Client {
             let payload = packet.payload();
             let now = started.elapsed().as_millis() as u64;
             for op in ops.iter_mut() {
-                op.on_packet(&repr, payload, now, &mut transmit);
+                op.on_packet(&repr, payload, now, &mut transmit, Some(link));
             }
         });
         let now = self.started.elapsed().as_millis() as u64;
         for op in ops.iter_mut() {
-            op.on_timer_if_due(now, &mut transmit);
+            op.on_timer_if_due(now, &mut transmit, Some(link));
         }
         Ok(())
     }
@@ -652,7 +655,13 @@ impl Client {
         let mut done_bytes = 0u64;
         let mut eof = false;
         loop {
-            while !eof && !spare.is_empty() && ops.iter().filter(|op| op.is_sending_put()).count() < parallel {
+            // Over shared memory a whole chunk is handed over at once: `parallel` in flight
+            // in all (each holds a bulk slot). Over UDP, `parallel` still sending.
+            let whole_chunks = self.shm.is_some();
+            let in_flight = |ops: &[Op]| {
+                if whole_chunks { ops.len() } else { ops.iter().filter(|op| op.is_sending_put()).count() }
+            };
+            while !eof && !spare.is_empty() && in_flight(&ops) < parallel {
                 let mut buffer = spare.pop().expect("checked non-empty");
                 buffer.clear();
                 Read::take(&mut *reader, u64::from(chunk_bytes))
@@ -670,17 +679,8 @@ impl Client {
                 size_bytes += buffer.len() as u64;
                 let chunk_id = crate::control::chunk_id(file_id, next_index);
                 next_index += 1;
-                let mut put = PutChunk::new(
-                    chunk_id,
-                    self.request_id(),
-                    ChunkBytes::Owned(buffer),
-                    frag_len,
-                    window,
-                    self.options.timing,
-                    self.now_ms(),
-                );
-                put.start(self.now_ms(), &mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
-                ops.push(Op::Put(Box::new(put)));
+                let op = self.start_put(chunk_id, ChunkBytes::Owned(buffer), frag_len, window);
+                ops.push(op);
             }
             if ops.is_empty() {
                 break;
@@ -688,11 +688,10 @@ impl Client {
             let mut finished = self.drive(&mut ops, true)?;
             finished.sort_unstable();
             for index in finished.into_iter().rev() {
-                if let Op::Put(put) = ops.swap_remove(index) {
-                    done_bytes += put.acked_bytes().min(u64::from(chunk_bytes));
-                    if let ChunkBytes::Owned(buffer) = put.into_data() {
-                        spare.push(buffer);
-                    }
+                let op = ops.swap_remove(index);
+                done_bytes += op.acked_bytes().min(u64::from(chunk_bytes));
+                if let Some(ChunkBytes::Owned(buffer)) = op.into_put_data() {
+                    spare.push(buffer);
                 }
             }
             on_progress(done_bytes.min(size_bytes));
@@ -843,19 +842,8 @@ impl Client {
                 // Only growth is zeroed: a recycled buffer is overwritten fragment by
                 // fragment, and the machine reports done only when every one arrived.
                 buffer.resize(len, 0);
-                let mut get = GetChunk::new(
-                    record.chunk_id(next_start),
-                    self.request_id(),
-                    len as u32,
-                    0,
-                    buffer,
-                    frag_len,
-                    window,
-                    self.options.timing,
-                    self.now_ms(),
-                );
-                get.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
-                ops.push(Op::Get(Box::new(get)));
+                let op = self.start_get(record.chunk_id(next_start), len as u32, 0, buffer, frag_len, window);
+                ops.push(op);
                 op_chunks.push(next_start);
                 next_start += 1;
             }
@@ -879,8 +867,8 @@ impl Client {
                     if failed.as_ref().is_none_or(|(first, _)| chunk_index < *first) {
                         failed = Some((chunk_index, self.error(error)));
                     }
-                } else if let Op::Get(get) = op {
-                    ready.insert(chunk_index, get.into_output());
+                } else if let Some(data) = op.into_get_output() {
+                    ready.insert(chunk_index, data);
                 }
             }
             while let Some(data) = ready.remove(&next_hash) {
@@ -915,17 +903,8 @@ impl Client {
         };
         let mut ops = Vec::with_capacity(chunks.len());
         for (chunk_id, data) in chunks {
-            let mut put = PutChunk::new(
-                *chunk_id,
-                self.request_id(),
-                ChunkBytes::Shared(data.clone()),
-                frag_len,
-                window,
-                self.options.timing,
-                self.now_ms(),
-            );
-            put.start(self.now_ms(), &mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
-            ops.push(Op::Put(Box::new(put)));
+            let op = self.start_put(*chunk_id, ChunkBytes::Shared(data.clone()), frag_len, window);
+            ops.push(op);
         }
         self.drive_all(&mut ops, &mut results);
         results.into_iter().map(|result| result.expect("drive_all settles every machine")).collect()
@@ -945,27 +924,15 @@ impl Client {
         };
         let mut ops = Vec::with_capacity(chunks.len());
         for (chunk_id, len) in chunks {
-            let mut get = GetChunk::new(
-                *chunk_id,
-                self.request_id(),
-                *len,
-                0,
-                vec![0u8; *len as usize],
-                frag_len,
-                window,
-                self.options.timing,
-                self.now_ms(),
-            );
-            get.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
-            ops.push(Op::Get(Box::new(get)));
+            let op = self.start_get(*chunk_id, *len, 0, vec![0u8; *len as usize], frag_len, window);
+            ops.push(op);
         }
         self.drive_all(&mut ops, &mut results);
         ops.into_iter()
             .zip(results)
             .map(|(op, result)| match (op, result.expect("drive_all settles every machine")) {
-                (Op::Get(get), Ok(())) => Ok(get.into_output()),
+                (op, Ok(())) => Ok(op.into_get_output().expect("only gets were queued")),
                 (_, Err(error)) => Err(error),
-                (_, Ok(())) => unreachable!("only gets were queued"),
             })
             .collect()
     }
@@ -1084,22 +1051,10 @@ impl Client {
         self.ensure_session()?;
         let frag_len = self.fragment_bytes(total_len)?;
         let window = self.get_window(frag_len, 1)?;
-        let mut get = GetChunk::new(
-            chunk_id,
-            self.request_id(),
-            total_len,
-            offset,
-            vec![0u8; len as usize],
-            frag_len,
-            window,
-            self.options.timing,
-            self.now_ms(),
-        );
-        get.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
-        let mut ops = [Op::Get(Box::new(get))];
+        let mut ops = [self.start_get(chunk_id, total_len, offset, vec![0u8; len as usize], frag_len, window)];
         self.drive(&mut ops, true)?;
-        let [Op::Get(get)] = ops else { unreachable!("built above") };
-        Ok(get.into_output())
+        let [op] = ops;
+        Ok(op.into_get_output().expect("a get was started"))
     }
 }
 

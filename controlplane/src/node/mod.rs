@@ -823,6 +823,8 @@ fn open_shm(settings: &NodeSettings, port: u16) -> Result<Option<ShmServer>, Nod
         clients_max: shm.clients_max,
         ring_slots: shm.ring_slots,
         frame_bytes: settings.frame_bytes,
+        bulk_slots: crate::shm::BULK_SLOTS,
+        bulk_slot_bytes: settings.chunk_bytes_max.next_multiple_of(4096),
         prefer_hugepages: settings.hugepages != HugepagePolicy::Off,
         node_port: port,
     });

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::ring::{Layout, Region, check_descriptor};
+use super::ring::{BULK_DESCRIPTOR_BIT, Layout, Region, check_descriptor};
 use super::{HELLO_BYTES, Hello, HelloStatus, sys};
 
 /// How long a request waits for a free slot of a full request ring before it is dropped
@@ -62,7 +62,8 @@ impl ShmLink {
         }
         let [memfd, request_bell, completion_bell]: [OwnedFd; 3] =
             fds.try_into().map_err(|_| handshake("expected three descriptors".into()))?;
-        let layout = Layout::new(hello.slots, hello.frame_bytes).ok_or_else(|| handshake("bad ring shape".into()))?;
+        let layout = Layout::new(hello.slots, hello.frame_bytes, u32::from(hello.bulk_slots), hello.bulk_slot_bytes)
+            .ok_or_else(|| handshake("bad ring shape".into()))?;
         let region = Region::map(memfd.as_fd(), hello.region_bytes as usize, layout)
             .map_err(|e| handshake(format!("mapping the region: {e}")))?;
         if !region.header_matches() {
@@ -81,9 +82,42 @@ impl ShmLink {
         self.hello.frame_bytes as usize
     }
 
+    /// Whole-chunk slots of this client's bulk area, and the bytes each holds.
+    pub fn bulk_slots(&self) -> u32 {
+        self.region.layout().bulk_slots
+    }
+
+    pub fn bulk_slot_bytes(&self) -> usize {
+        self.region.layout().bulk_slot_bytes as usize
+    }
+
+    /// Copies a chunk into bulk slot `slot` (which the caller owns) for a bulk put.
+    pub fn write_bulk(&self, slot: u32, data: &[u8]) {
+        let at = self.region.layout().bulk_slot(slot).expect("a bulk slot of this region");
+        assert!(data.len() <= self.bulk_slot_bytes(), "a chunk larger than a bulk slot");
+        self.region.write(at, data);
+    }
+
+    /// Copies `out.len()` bytes out of bulk slot `slot`, where the node put a bulk get's
+    /// bytes before answering it.
+    pub fn read_bulk(&self, slot: u32, out: &mut [u8]) {
+        let at = self.region.layout().bulk_slot(slot).expect("a bulk slot of this region");
+        assert!(out.len() <= self.bulk_slot_bytes(), "more than a bulk slot");
+        self.region.read(at, out);
+    }
+
     /// Writes one request (header + payload) into the next request frame and publishes
     /// it; waits (bounded) while the ring is full. Returns false when it was dropped.
     pub fn send(&self, header: &[u8], payload: &[u8]) -> bool {
+        self.send_marked(header, payload, 0)
+    }
+
+    /// Sends a bulk request: a header naming a bulk slot (`docs/protocol.md`).
+    pub fn send_bulk(&self, header: &[u8]) -> bool {
+        self.send_marked(header, &[], BULK_DESCRIPTOR_BIT)
+    }
+
+    fn send_marked(&self, header: &[u8], payload: &[u8], mark: u32) -> bool {
         let layout = *self.region.layout();
         let len = header.len() + payload.len();
         if len > layout.frame_bytes as usize {
@@ -105,7 +139,7 @@ impl ShmLink {
         let at = layout.request_frame(head);
         self.region.write(at, header);
         self.region.write(at + header.len(), payload);
-        ring.set_descriptor(head, at as u32, len as u32);
+        ring.set_descriptor(head, at as u32, len as u32 | mark);
         let head = head.wrapping_add(1);
         self.next_request.set(head);
         ring.publish(head);

@@ -16,6 +16,11 @@ mod sys;
 
 use std::path::PathBuf;
 
+/// Whole-chunk slots in each client's bulk area: as many chunks as a client moves at once
+/// (`parallel_chunks`, 4 by default); a client with more in flight sends the rest as
+/// messages.
+pub const BULK_SLOTS: u32 = 4;
+
 /// Where a node's socket is unless its config says otherwise: one per UDP port, so that a
 /// client finds it from `--node` alone. `/run/beeline` is writable only by root, so no
 /// other user can put a socket there that pretends to be the node.
@@ -31,6 +36,8 @@ pub struct Hello {
     pub node_port: u16,
     pub slots: u32,
     pub frame_bytes: u32,
+    pub bulk_slots: u16,
+    pub bulk_slot_bytes: u32,
     pub huge: bool,
     pub region_bytes: u64,
 }
@@ -59,8 +66,10 @@ impl Hello {
         out[13] = u8::from(self.huge);
         out[14..16].copy_from_slice(&self.client_id.to_le_bytes());
         out[16..18].copy_from_slice(&self.node_port.to_le_bytes());
+        out[18..20].copy_from_slice(&self.bulk_slots.to_le_bytes());
         out[20..24].copy_from_slice(&self.slots.to_le_bytes());
         out[24..28].copy_from_slice(&self.frame_bytes.to_le_bytes());
+        out[28..32].copy_from_slice(&self.bulk_slot_bytes.to_le_bytes());
         out[32..40].copy_from_slice(&self.region_bytes.to_le_bytes());
         out
     }
@@ -82,8 +91,10 @@ impl Hello {
             huge: bytes[13] != 0,
             client_id: u16::from_le_bytes([bytes[14], bytes[15]]),
             node_port: u16::from_le_bytes([bytes[16], bytes[17]]),
+            bulk_slots: u16::from_le_bytes([bytes[18], bytes[19]]),
             slots: u32_at(20),
             frame_bytes: u32_at(24),
+            bulk_slot_bytes: u32_at(28),
             region_bytes: u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")),
         })
     }

@@ -10,6 +10,8 @@
 //! PAGE              request ring    (client produces, node consumes)
 //! PAGE + ring_bytes completion ring (node produces, client consumes)
 //! frames_offset     slots request frames, then slots completion frames, frame_bytes each
+//! bulk_area         bulk_slots slots of bulk_slot_bytes: whole chunks, written and read
+//!                   in place by the node's store (a request frame only names them)
 //! ```
 //!
 //! A ring is `head` (written by the producer only), `tail` (written by the consumer only),
@@ -21,7 +23,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"BEESHM01");
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const PAGE: usize = 4096;
 const CACHE_LINE: usize = 64;
 const HEAD: usize = 0;
@@ -29,6 +31,11 @@ const TAIL: usize = CACHE_LINE;
 const WAITING: usize = 2 * CACHE_LINE;
 const DESCRIPTORS: usize = 3 * CACHE_LINE;
 pub const DESCRIPTOR_BYTES: usize = 8;
+/// Most bulk slots a region has (a client keeps their use in one `u32` mask).
+pub const BULK_SLOTS_MAX: u32 = 32;
+/// Set in a request descriptor's length: the frame holds a bulk request (a header naming a
+/// bulk slot), not a message for the protocol engine.
+pub const BULK_DESCRIPTOR_BIT: u32 = 1 << 31;
 
 /// Where everything lies in a region of `slots` ring slots and `frame_bytes` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +46,21 @@ pub struct Layout {
     pub completion_ring: usize,
     pub request_frames: usize,
     pub completion_frames: usize,
+    pub bulk_area: usize,
+    pub bulk_slots: u32,
+    pub bulk_slot_bytes: u32,
     /// Bytes the layout needs (the region may be larger: hugepage rounding).
     pub bytes: usize,
 }
 
 impl Layout {
-    /// `slots` a power of two, `frame_bytes` a power of two of at least a page.
-    pub fn new(slots: u32, frame_bytes: u32) -> Option<Layout> {
+    /// `slots` a power of two, `frame_bytes` a power of two of at least a page, at most
+    /// `BULK_SLOTS_MAX` bulk slots of whole pages.
+    pub fn new(slots: u32, frame_bytes: u32, bulk_slots: u32, bulk_slot_bytes: u32) -> Option<Layout> {
         if !slots.is_power_of_two() || !frame_bytes.is_power_of_two() || (frame_bytes as usize) < PAGE {
+            return None;
+        }
+        if bulk_slots > BULK_SLOTS_MAX || !(bulk_slot_bytes as usize).is_multiple_of(PAGE) {
             return None;
         }
         let ring_bytes = (DESCRIPTORS + slots as usize * DESCRIPTOR_BYTES).next_multiple_of(PAGE);
@@ -55,6 +69,12 @@ impl Layout {
         let request_frames = (completion_ring + ring_bytes).next_multiple_of(frame_bytes as usize);
         let pool = slots as usize * frame_bytes as usize;
         let completion_frames = request_frames + pool;
+        let bulk_area = completion_frames + pool;
+        let bytes = bulk_area.checked_add(bulk_slots as usize * bulk_slot_bytes as usize)?;
+        // Descriptors and bulk requests name offsets as u32.
+        if u32::try_from(bytes).is_err() {
+            return None;
+        }
         Some(Layout {
             slots,
             frame_bytes,
@@ -62,8 +82,16 @@ impl Layout {
             completion_ring,
             request_frames,
             completion_frames,
-            bytes: completion_frames + pool,
+            bulk_area,
+            bulk_slots,
+            bulk_slot_bytes,
+            bytes,
         })
+    }
+
+    /// Where bulk slot `slot` starts, if it exists.
+    pub fn bulk_slot(&self, slot: u32) -> Option<usize> {
+        (slot < self.bulk_slots).then(|| self.bulk_area + slot as usize * self.bulk_slot_bytes as usize)
     }
 
     /// The frame of request slot `index`.
@@ -87,10 +115,13 @@ pub enum Reject {
     BadLength,
     /// `head - tail` larger than the ring: the peer wrote garbage into its index.
     BadIndex,
+    /// A bulk request that is not a well-formed put or get of a bulk slot that exists.
+    BadBulk,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 4] = [Reject::OutOfBounds, Reject::Misaligned, Reject::BadLength, Reject::BadIndex];
+    pub const ALL: [Reject; 5] =
+        [Reject::OutOfBounds, Reject::Misaligned, Reject::BadLength, Reject::BadIndex, Reject::BadBulk];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -98,6 +129,7 @@ impl Reject {
             Reject::Misaligned => "misaligned",
             Reject::BadLength => "bad_length",
             Reject::BadIndex => "bad_index",
+            Reject::BadBulk => "bad_bulk",
         }
     }
 }
@@ -180,7 +212,7 @@ impl Region {
     pub fn write_header(&mut self) {
         let words = header_words(&self.layout);
         for (index, word) in words.iter().enumerate() {
-            // SAFETY: 64 bytes at the region's start, inside the first page of a mapping of at
+            // SAFETY: 80 bytes at the region's start, inside the first page of a mapping of at
             // least `layout.bytes`; u64-aligned since the mapping is page-aligned.
             unsafe { self.base.cast::<u64>().add(index).write_volatile(word.to_le()) };
         }
@@ -227,6 +259,19 @@ impl Region {
         // SAFETY: in bounds (asserted); `out` is local memory. A misbehaving peer writing
         // the same bytes meanwhile only garbles its own message, which is checked after.
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), out.as_mut_ptr(), out.len()) };
+    }
+
+    /// Borrows `len` bytes at `offset` for the store to write a chunk from or read one into
+    /// in place (node side: a bulk slot the client handed over with a request).
+    pub fn bulk_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "bulk slot outside the region");
+        assert!(offset >= self.layout.bulk_area, "only the bulk area is lent to the store");
+        // SAFETY: in bounds of the mapping, which outlives the borrow (tied to `&mut self`, so
+        // no other borrow of this region exists in this process meanwhile). The client
+        // process owns these bytes until the node answers and promised not to touch them;
+        // one that does anyway races only its own chunk's bytes, where any value is valid,
+        // and the store's checksum (taken as it writes) then reports that chunk corrupt.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), len) }
     }
 
     /// Borrows `len` bytes at `offset` (client side: a completion the node published).
@@ -355,8 +400,8 @@ impl Ring<'_> {
     }
 }
 
-/// The region header's eight words for `l`: what the node writes and a client checks.
-fn header_words(l: &Layout) -> [u64; 8] {
+/// The region header's words for `l`: what the node writes and a client checks.
+fn header_words(l: &Layout) -> [u64; 10] {
     [
         MAGIC,
         u64::from(VERSION),
@@ -366,6 +411,8 @@ fn header_words(l: &Layout) -> [u64; 8] {
         l.completion_ring as u64,
         l.request_frames as u64,
         l.completion_frames as u64,
+        l.bulk_area as u64,
+        (u64::from(l.bulk_slots) << 32) | u64::from(l.bulk_slot_bytes),
     ]
 }
 
@@ -375,7 +422,7 @@ mod tests {
 
     #[test]
     fn descriptors_outside_the_pool_or_off_a_frame_are_refused() {
-        let layout = Layout::new(8, 4096).unwrap();
+        let layout = Layout::new(8, 4096, 0, 0).unwrap();
         let pool = layout.request_frames;
         assert_eq!(check_descriptor(&layout, pool, pool as u32, 80, 80), Ok(()));
         assert_eq!(check_descriptor(&layout, pool, (pool + 7 * 4096) as u32, 4096, 80), Ok(()));
@@ -389,11 +436,18 @@ mod tests {
 
     #[test]
     fn layout_keeps_rings_and_pools_apart() {
-        let layout = Layout::new(2048, 4096).unwrap();
+        let layout = Layout::new(2048, 4096, 2, 8192).unwrap();
         assert!(layout.request_ring + DESCRIPTORS + 2048 * 8 <= layout.completion_ring);
         assert!(layout.completion_ring + DESCRIPTORS + 2048 * 8 <= layout.request_frames);
         assert_eq!(layout.completion_frames, layout.request_frames + 2048 * 4096);
-        assert!(Layout::new(3, 4096).is_none());
-        assert!(Layout::new(8, 1000).is_none());
+        assert_eq!(layout.bulk_area, layout.completion_frames + 2048 * 4096);
+        assert_eq!(layout.bulk_slot(1), Some(layout.bulk_area + 8192));
+        assert_eq!(layout.bulk_slot(2), None);
+        assert_eq!(layout.bytes, layout.bulk_area + 2 * 8192);
+        assert!(Layout::new(3, 4096, 0, 0).is_none());
+        assert!(Layout::new(8, 1000, 0, 0).is_none());
+        assert!(Layout::new(8, 4096, BULK_SLOTS_MAX + 1, 4096).is_none());
+        assert!(Layout::new(8, 4096, 1, 4097).is_none());
+        assert!(Layout::new(8, 4096, 4, 1 << 30).is_none(), "offsets must fit u32");
     }
 }

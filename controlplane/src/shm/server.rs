@@ -12,11 +12,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use beeline_dataplane::arena::Arena;
-use beeline_dataplane::io::{RxBatch, RxPacket, TxPacket, local_client, local_peer};
-use beeline_dataplane::wire::HEADER_LEN;
+use beeline_dataplane::io::{
+    LOCAL_REQUESTS_PER_TURN, LocalRequest, RxBatch, RxPacket, TxPacket, local_client, local_peer,
+};
+use beeline_dataplane::wire::{self, ChunkId, HEADER_LEN, Opcode, Repr};
 use tracing::{info, warn};
 
-use super::ring::{Layout, Region, Reject, check_descriptor};
+use super::ring::{BULK_DESCRIPTOR_BIT, Layout, Region, Reject, check_descriptor};
 use super::{Hello, HelloStatus, sys};
 
 /// Replies held for one client whose completion ring is full; more are dropped (the
@@ -34,6 +36,10 @@ pub struct ShmSettings {
     pub clients_max: u32,
     pub ring_slots: u32,
     pub frame_bytes: u32,
+    /// Whole-chunk slots of each client's bulk area, and their size (the node's largest
+    /// chunk): the store writes and reads those in place.
+    pub bulk_slots: u32,
+    pub bulk_slot_bytes: u32,
     pub prefer_hugepages: bool,
     /// The node's UDP port, told to clients so that they know they reached the right node.
     pub node_port: u16,
@@ -47,8 +53,10 @@ pub enum ShmServerError {
     Bind { path: PathBuf, source: std::io::Error },
     #[error("another node already serves shared memory on {path}: give this node another port, or another shm_socket")]
     InUse { path: PathBuf },
-    #[error("bad shared-memory ring: shm_ring_slots must be a power of two (got {slots})")]
-    Layout { slots: u32 },
+    #[error(
+        "bad shared-memory region: shm_ring_slots must be a power of two (got {slots}) and {bulk_slots} bulk slots of chunk_bytes_max ({bulk_slot_bytes} bytes) must fit in 4 GiB"
+    )]
+    Layout { slots: u32, bulk_slots: u32, bulk_slot_bytes: u32 },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -62,7 +70,10 @@ pub struct ShmCounters {
     pub reply_bytes: u64,
     pub replies_dropped: u64,
     pub bytes_copied: u64,
-    pub rejected: [u64; 4],
+    /// Whole-chunk requests served in place, and the bytes they named.
+    pub bulk_requests: u64,
+    pub bulk_bytes: u64,
+    pub rejected: [u64; Reject::ALL.len()],
 }
 
 struct Connection {
@@ -88,14 +99,39 @@ pub struct ShmServer {
     turns: u32,
     housekeeping_due: bool,
     departed: Vec<SocketAddr>,
+    /// Bulk requests taken off the rings, served by the poll loop through `serve_local`.
+    bulk: VecDeque<BulkRequest>,
     pub counters: ShmCounters,
+}
+
+/// A checked bulk request: which client, what, and where in its bulk area.
+#[derive(Debug, Clone, Copy)]
+struct BulkRequest {
+    client: u16,
+    put: bool,
+    request_id: u64,
+    chunk_id: ChunkId,
+    /// Offset of the bulk slot in the client's region, and the bytes it names.
+    at: usize,
+    len: usize,
+    /// Get: the first byte of the chunk to read.
+    chunk_offset: u32,
 }
 
 impl ShmServer {
     pub fn bind(settings: ShmSettings) -> Result<ShmServer, ShmServerError> {
         let path = settings.socket.clone();
-        let layout = Layout::new(settings.ring_slots, settings.frame_bytes.max(4096))
-            .ok_or(ShmServerError::Layout { slots: settings.ring_slots })?;
+        let layout = Layout::new(
+            settings.ring_slots,
+            settings.frame_bytes.max(4096),
+            settings.bulk_slots,
+            settings.bulk_slot_bytes,
+        )
+        .ok_or(ShmServerError::Layout {
+            slots: settings.ring_slots,
+            bulk_slots: settings.bulk_slots,
+            bulk_slot_bytes: settings.bulk_slot_bytes,
+        })?;
         let bind_error = |source| ShmServerError::Bind { path: path.clone(), source };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(bind_error)?;
@@ -122,6 +158,7 @@ impl ShmServer {
             turns: 0,
             housekeeping_due: true,
             departed: Vec::new(),
+            bulk: VecDeque::with_capacity(layout.slots as usize),
             counters: ShmCounters::default(),
         })
     }
@@ -187,8 +224,17 @@ impl ShmServer {
     fn admit(&mut self, stream: UnixStream) {
         let credentials = sys::peer_credentials(&stream);
         let refuse = |stream: &UnixStream, status| {
-            let hello =
-                Hello { status, client_id: 0, node_port: 0, slots: 0, frame_bytes: 0, huge: false, region_bytes: 0 };
+            let hello = Hello {
+                status,
+                client_id: 0,
+                node_port: 0,
+                slots: 0,
+                frame_bytes: 0,
+                bulk_slots: 0,
+                bulk_slot_bytes: 0,
+                huge: false,
+                region_bytes: 0,
+            };
             let _ = sys::send_with_fds(stream, &hello.encode(), &[]);
         };
         if self.clients.len() >= self.settings.clients_max as usize {
@@ -219,6 +265,8 @@ impl ShmServer {
             node_port: self.settings.node_port,
             slots: self.layout.slots,
             frame_bytes: self.layout.frame_bytes,
+            bulk_slots: self.layout.bulk_slots as u16,
+            bulk_slot_bytes: self.layout.bulk_slot_bytes,
             huge,
             region_bytes: region.len() as u64,
         };
@@ -322,8 +370,28 @@ impl ShmServer {
             return 0;
         }
         let mut received = 0;
-        while tail != head && !out.is_full() {
+        // Bulk requests wait in `self.bulk`, at most a ring's worth.
+        while tail != head && !out.is_full() && self.bulk.len() < self.layout.slots as usize {
             let (offset, len) = ring.descriptor(tail);
+            if len & BULK_DESCRIPTOR_BIT != 0 {
+                let request = check_descriptor(
+                    &self.layout,
+                    self.layout.request_frames,
+                    offset,
+                    len & !BULK_DESCRIPTOR_BIT,
+                    HEADER_LEN,
+                )
+                .and_then(|()| parse_bulk(&client.region, client.id, offset as usize));
+                match request {
+                    Ok(request) => {
+                        self.counters.requests += 1;
+                        self.bulk.push_back(request);
+                    }
+                    Err(reason) => self.counters.rejected[reason as usize] += 1,
+                }
+                tail = tail.wrapping_add(1);
+                continue;
+            }
             let checked = check_descriptor(&self.layout, self.layout.request_frames, offset, len, HEADER_LEN)
                 .and(if len as usize > room { Err(Reject::BadLength) } else { Ok(()) });
             if let Err(reason) = checked {
@@ -345,6 +413,35 @@ impl ShmServer {
         }
         ring.release(tail);
         received
+    }
+
+    /// Hands the poll loop's node the bulk requests taken off the rings, at most
+    /// `LOCAL_REQUESTS_PER_TURN`, each with its bulk slot to write from or read into.
+    pub fn serve_local(&mut self, serve: &mut dyn FnMut(LocalRequest<'_>)) -> usize {
+        let mut served = 0;
+        while served < LOCAL_REQUESTS_PER_TURN {
+            let Some(request) = self.bulk.pop_front() else { break };
+            // A client that left meanwhile: its region is gone, and so is the request.
+            let Some(client) = self.clients.iter_mut().find(|client| client.id == request.client) else { continue };
+            let bytes = client.region.bulk_mut(request.at, request.len);
+            let peer = client.peer;
+            let local = if request.put {
+                LocalRequest::Put { peer, request_id: request.request_id, chunk_id: request.chunk_id, data: bytes }
+            } else {
+                LocalRequest::Get {
+                    peer,
+                    request_id: request.request_id,
+                    chunk_id: request.chunk_id,
+                    offset: request.chunk_offset,
+                    out: bytes,
+                }
+            };
+            self.counters.bulk_requests += 1;
+            self.counters.bulk_bytes += request.len as u64;
+            serve(local);
+            served += 1;
+        }
+        served
     }
 
     /// Queues a reply for its client (or frees it when the client is gone).
@@ -404,6 +501,9 @@ impl ShmServer {
     /// Sleeps until a client rings, connects or leaves, `extra` (the network socket) is
     /// readable, or `timeout_us` passes. Returns whether something may be ready.
     pub fn wait(&mut self, extra: Option<i32>, timeout_us: u32) -> bool {
+        if !self.bulk.is_empty() {
+            return true;
+        }
         let backlog = self.clients.iter().any(|client| !client.backlog.is_empty());
         let timeout_us = if backlog { timeout_us.min(100) } else { timeout_us };
         let mut work = false;
@@ -446,6 +546,8 @@ impl ShmServer {
             ("shm_reply_bytes", c.reply_bytes),
             ("shm_replies_dropped", c.replies_dropped),
             ("shm_bytes_copied", c.bytes_copied),
+            ("shm_bulk_requests", c.bulk_requests),
+            ("shm_bulk_bytes", c.bulk_bytes),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
@@ -455,6 +557,36 @@ impl ShmServer {
         );
         pairs
     }
+}
+
+/// Reads and checks the bulk request in the request frame at `at`: a header (copied out
+/// of shared memory first, so the client cannot change it under the checks) whose opcode
+/// is `PutFrag` or `Get`, `index` a bulk slot, `total_len` the bytes in (put) or wanted
+/// from (get) that slot, and for a get `count` the first byte of the chunk to read.
+fn parse_bulk(region: &Region, client: u16, at: usize) -> Result<BulkRequest, Reject> {
+    let layout = region.layout();
+    let mut header = [0u8; HEADER_LEN];
+    region.read(at, &mut header);
+    let packet = wire::Packet::new_checked(&header[..]).map_err(|_| Reject::BadBulk)?;
+    let repr = Repr::parse(&packet);
+    let put = match repr.opcode {
+        Opcode::PutFrag => true,
+        Opcode::Get => false,
+        _ => return Err(Reject::BadBulk),
+    };
+    let slot_at = layout.bulk_slot(repr.index).ok_or(Reject::BadBulk)?;
+    if repr.payload_len != 0 || repr.total_len > layout.bulk_slot_bytes {
+        return Err(Reject::BadBulk);
+    }
+    Ok(BulkRequest {
+        client,
+        put,
+        request_id: repr.request_id,
+        chunk_id: repr.chunk_id,
+        at: slot_at,
+        len: repr.total_len as usize,
+        chunk_offset: if put { 0 } else { repr.count },
+    })
 }
 
 impl Drop for ShmServer {

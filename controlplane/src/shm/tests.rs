@@ -16,7 +16,7 @@ fn xorshift(state: &mut u64) -> u64 {
 
 #[test]
 fn ring_matches_a_vecdeque_model() {
-    let layout = Layout::new(8, 4096).unwrap();
+    let layout = Layout::new(8, 4096, 0, 0).unwrap();
     let fd = sys::memfd(layout.bytes, false).expect("memfd");
     let producer = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
     let consumer = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
@@ -66,7 +66,7 @@ fn ring_matches_a_vecdeque_model() {
 
 #[test]
 fn sleeping_consumer_is_seen_by_the_producer() {
-    let layout = Layout::new(8, 4096).unwrap();
+    let layout = Layout::new(8, 4096, 0, 0).unwrap();
     let fd = sys::memfd(layout.bytes, false).expect("memfd");
     let region = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
     let ring = region.request_ring();
@@ -87,6 +87,8 @@ fn hello_round_trips_and_rejects_garbage() {
         node_port: 7777,
         slots: 2048,
         frame_bytes: 4096,
+        bulk_slots: 4,
+        bulk_slot_bytes: 4 << 20,
         huge: true,
         region_bytes: 1 << 24,
     };

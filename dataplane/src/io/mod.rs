@@ -85,6 +85,24 @@ pub enum Readiness {
     TimedOut,
 }
 
+/// A whole-chunk request from a local client, its bytes in the client's shared memory.
+///
+/// The client promised not to touch `data`/`out` until the node answers; one that breaks
+/// the promise can garble only its own chunk, which the node's checksums then report.
+#[derive(Debug)]
+pub enum LocalRequest<'a> {
+    /// Store `data` as chunk `chunk_id`; answered with `PutDone` once durable.
+    Put { peer: SocketAddr, request_id: u64, chunk_id: crate::wire::ChunkId, data: &'a [u8] },
+    /// Read chunk `chunk_id` from byte `offset` into `out` (at most its length); answered
+    /// with a header-only `GetData` whose `total_len` is the chunk's length and `count`
+    /// the bytes placed in `out`.
+    Get { peer: SocketAddr, request_id: u64, chunk_id: crate::wire::ChunkId, offset: u32, out: &'a mut [u8] },
+}
+
+/// Most local whole-chunk requests one [`PacketIo::serve_local`] call may hand over (each
+/// queues one reply; the poll loop keeps more room than this in its transmit queue).
+pub const LOCAL_REQUESTS_PER_TURN: usize = 16;
+
 /// A packet-I/O backend.
 pub trait PacketIo {
     type Error: core::fmt::Debug;
@@ -103,6 +121,14 @@ pub trait PacketIo {
 
     /// Packets the backend itself dropped (socket errors, oversized datagrams, ...).
     fn dropped(&self) -> u64 {
+        0
+    }
+
+    /// Hands `serve` each whole-chunk request of a local client whose bytes stay in memory
+    /// the backend shares with it (see [`LocalRequest`]), at most
+    /// [`LOCAL_REQUESTS_PER_TURN`]; returns how many. Network backends have none.
+    fn serve_local(&mut self, serve: &mut dyn FnMut(LocalRequest<'_>)) -> usize {
+        let _ = serve;
         0
     }
 }

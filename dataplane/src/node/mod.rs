@@ -3,6 +3,7 @@
 //! caller-provided slice and every table has a fixed capacity.
 
 pub mod allow;
+mod local;
 pub mod poll;
 pub mod sessions;
 

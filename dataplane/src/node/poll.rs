@@ -2,7 +2,7 @@
 //! durable, send the replies. Generic over the backend, the store and the control plane.
 
 use crate::arena::Arena;
-use crate::io::{PacketIo, RxBatch, TxBatch};
+use crate::io::{LOCAL_REQUESTS_PER_TURN, PacketIo, RxBatch, TxBatch};
 use crate::node::{ControlHandler, Node, TxQueue};
 use crate::store::ChunkStore;
 
@@ -47,6 +47,13 @@ impl<'m, 's, Io: PacketIo, S: ChunkStore, C: ControlHandler<S>> PollLoop<'m, 's,
             self.node.handle(now_ms, &mut self.arena, packet, &mut self.tx_queue);
         }
         self.rx = rx;
+        // A local request queues at most one reply, and a backend hands over at most
+        // `LOCAL_REQUESTS_PER_TURN`: with that much room free none is dropped.
+        if self.tx_queue.capacity() - self.tx_queue.len() <= LOCAL_REQUESTS_PER_TURN {
+            turn.sent += self.flush()?;
+        }
+        let (node, arena, tx_queue) = (&mut self.node, &mut self.arena, &mut self.tx_queue);
+        turn.received += self.io.serve_local(&mut |request| node.serve_local(now_ms, arena, tx_queue, request));
         self.node.expire(now_ms);
         self.node.poll_store(&mut self.arena, &mut self.tx_queue);
         turn.sent += self.flush()?;
