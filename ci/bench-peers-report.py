@@ -24,16 +24,17 @@ def percentile(samples, q):
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def load(work):
-    with open(os.path.join(work, "beeline.json")) as f:
-        beeline = json.load(f)
-    phases = {phase["name"]: phase for phase in beeline["phases"]}
+def bench_phases(path, baselines):
+    """The phases of one `beeline bench --json` run, by short name."""
+    with open(path) as f:
+        bench = json.load(f)
+    phases = {phase["name"]: phase for phase in bench["phases"]}
 
     def phase(prefix):
         for name, value in phases.items():
             if name.startswith(prefix):
                 return value
-        raise SystemExit(f"bench-peers-report.py: no '{prefix}' phase in beeline.json")
+        raise SystemExit(f"bench-peers-report.py: no '{prefix}' phase in {path}")
 
     b = {
         "put4m": phase("Put 4 MiB chunks"),
@@ -41,8 +42,17 @@ def load(work):
         "get4k_1": phase("Get 4 KiB one at a time"),
         "put4k_32": phase("Put 4 KiB chunks, 32 in flight"),
         "get4k_32": phase("Get 4 KiB chunks, 32 in flight"),
-        "disk": phase("Baseline: file write + fdatasync per 4 MiB"),
     }
+    if baselines:
+        b["disk"] = phase("Baseline: file write + fdatasync per 4 MiB")
+    return bench, b
+
+
+def load(work):
+    beeline, b = bench_phases(os.path.join(work, "beeline.json"), True)
+    # The same node and workload through shared memory (issue #13), when it ran.
+    shm_path = os.path.join(work, "beeline-shm.json")
+    shm = bench_phases(shm_path, False)[1] if os.path.exists(shm_path) else None
     peers = {}
     with open(os.path.join(work, "raw.tsv")) as f:
         for row in csv.DictReader(f, delimiter="\t"):
@@ -72,12 +82,12 @@ def load(work):
     with open(os.path.join(work, "iperf.json")) as f:
         iperf = json.load(f)
     iperf_gbps = iperf["end"]["sum_received"]["bits_per_second"] / 8 / GB
-    return beeline, b, peers, iperf_gbps
+    return beeline, b, shm, peers, iperf_gbps
 
 
 def main():
     work, svg_path, machine, start, load_end, commit, command = sys.argv[1:8]
-    beeline, b, p, iperf_gbps = load(work)
+    beeline, b, shm, p, iperf_gbps = load(work)
     node_cpu = lambda phase: phase.get("node_cpu_seconds_per_gb", float("nan"))  # noqa: E731
 
     # (workload, Beeline value, peer name, peer value, unit, higher is better, target ratio or None)
@@ -99,6 +109,15 @@ def main():
         ("server CPU-s/GB, 4 MiB PUT", node_cpu(b["put4m"]), "nginx HTTPS worker (PUT)", p["nginx_https_put4m"]["cpu_per_gb"], "CPU-s/GB", False, None),
         ("server CPU-s/GB, 4 KiB GET 32 in flight", node_cpu(b["get4k_32"]), "redis-server (GET -c 32)", p["redis_get_c32"]["cpu_per_gb"], "CPU-s/GB", False, None),
     ]
+    if shm is not None:
+        # Issue #13's shared-memory targets: the same bench and node, `--transport shm`.
+        rows += [
+            ("shm: 4 MiB GET throughput", shm["get4m"]["gb_per_second"], "Beeline UDP, same run", b["get4m"]["gb_per_second"], "GB/s", True, 1.5),
+            ("shm: 4 MiB GET throughput", shm["get4m"]["gb_per_second"], "nginx HTTP sendfile", p["nginx_http_get4m"]["gbps"], "GB/s", True, 1.0),
+            ("shm: node CPU-s/GB, 4 MiB PUT", node_cpu(shm["put4m"]), "Beeline UDP PUT, same run", node_cpu(b["put4m"]), "CPU-s/GB", False, 0.5),
+            ("shm: 4 KiB GET, 1 in flight, p50", shm["get4k_1"]["latency_us"]["p50"], "Beeline UDP, same run", b["get4k_1"]["latency_us"]["p50"], "µs", False, 0.5),
+            ("shm: 4 MiB PUT throughput, durable", shm["put4m"]["gb_per_second"], "Beeline UDP, same run", b["put4m"]["gb_per_second"], "GB/s", True, None),
+        ]
 
     def fmt(value):
         if math.isnan(value):

@@ -149,6 +149,10 @@ log "beeline bench: $mib MiB of 4 MiB chunks, $ops 4 KiB gets one at a time, $op
 "$bin" bench --node "127.0.0.1:$p_node" --key-file "$work/cluster.key" --node-pid "$node_pid" \
     --chunks "$big_count" --ops "$ops" --op-bytes 4096 --in-flight 32 --dir "$work" \
     --json --output "$work/beeline.json" > /dev/null
+log "beeline bench over shared memory (the same node and workload, no baselines)"
+"$bin" bench --node "127.0.0.1:$p_node" --key-file "$work/cluster.key" --node-pid "$node_pid" \
+    --chunks "$big_count" --ops "$ops" --op-bytes 4096 --in-flight 32 --dir "$work" --no-baselines \
+    --transport shm --json --output "$work/beeline-shm.json" > /dev/null
 stop "$node_pid"
 node_pid=""
 
