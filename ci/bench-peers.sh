@@ -5,7 +5,8 @@
 #     its own data dir) driven by `beeline bench --node ... --node-pid ... --in-flight 32`:
 #     durable 4 MiB puts, 4 MiB gets, 4 KiB gets one at a time (p50/p99), 4 KiB puts and
 #     gets 32 in flight; its own baselines include the disk floor (4 MiB write(2) +
-#     fdatasync each, in the same directory as the node's data).
+#     fdatasync each, in the same directory as the node's data). The same bench runs a
+#     second time over shared memory (`--transport shm`) against the same node.
 #   - nginx (worker_processes 1, its own config): sendfile GET of a 4 MiB and a 4 KiB file
 #     and WebDAV PUT of 4 MiB, over plain HTTP and HTTPS (TLS 1.3, AES-128-GCM,
 #     self-signed), driven by curl: one curl, many URLs, one kept-alive connection.
