@@ -172,6 +172,22 @@ fn single_node_tags_untag_search_related_and_graph() {
     assert_eq!(metric(&metrics, "beeline_tagger_lag_files"), Some(0.0));
 }
 
+/// A large file of a type no extractor reads (random bytes: "binary") is tagged from its
+/// first chunk: the node's tagger keeps no more of it, and stops reading once the chunks
+/// already asked for (at most 4) arrive.
+#[test]
+fn a_binary_file_is_tagged_from_its_start_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_tcp_address();
+    let node = TestNode::start(dir.path(), &["--metrics-listen", &metrics]);
+    // 0x80 starts no UTF-8 character and no magic number: a binary, 40 MiB of it.
+    put(&node, dir.path(), "blob.bin", &vec![0x80; 40 << 20]);
+    wait_tagged(&node, "blob.bin", "type:binary");
+    let read = poll(30, "the tagger's bytes read", || metric(&metrics, "beeline_tagger_bytes_read_total"));
+    // It kept one chunk (4 MiB); before, it read up to its 64 MiB limit: all 40 MiB here.
+    assert!(read <= f64::from(4 << 20), "the tagger kept {read} bytes of a binary file");
+}
+
 /// `--auto-tag false` runs no tagger (the benchmarks use it so that nothing reads their
 /// files back while they are measured); the files stay untagged until a start with it on.
 #[test]

@@ -132,7 +132,7 @@ fn run(
                     }
                 },
             };
-            let mut prefix = PrefixWriter::new(limits.bytes_max);
+            let mut prefix = PrefixWriter::new(&name, limits.bytes_max);
             let read = match reader.get_writer(&name, &mut prefix, "the tagger", &mut |_| {}) {
                 Ok(_) => Ok(prefix.bytes),
                 Err(error) if PrefixWriter::had_enough(&error) => Ok(prefix.bytes),

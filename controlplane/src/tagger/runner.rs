@@ -106,15 +106,20 @@ impl TaggerStats {
 const ENOUGH: &str = "beeline-tagger: prefix read";
 
 /// Keeps the first `max` bytes written and then refuses more, which stops a download
-/// early: the tagger never holds more than its limit of a file.
+/// early: the tagger never holds more than its limit of a file. And once the first
+/// [`extract::SNIFF_BYTES`] are in, it refuses more of a file whose type no extractor reads
+/// (a random binary, an archive): its type tag comes from those bytes alone, so reading on
+/// would cost the node and the network for nothing.
 pub struct PrefixWriter {
     pub bytes: Vec<u8>,
     max: usize,
+    /// The file's name while its type is undecided.
+    sniffing: Option<String>,
 }
 
 impl PrefixWriter {
-    pub fn new(max: u64) -> Self {
-        Self { bytes: Vec::new(), max: usize::try_from(max).unwrap_or(usize::MAX) }
+    pub fn new(name: &str, max: u64) -> Self {
+        Self { bytes: Vec::new(), max: usize::try_from(max).unwrap_or(usize::MAX), sniffing: Some(name.to_owned()) }
     }
 
     /// Whether `error`'s text is this writer saying it had enough.
@@ -131,6 +136,13 @@ impl Write for PrefixWriter {
         }
         let take = room.min(data.len());
         self.bytes.extend_from_slice(&data[..take]);
+        if self.bytes.len() >= extract::SNIFF_BYTES {
+            if let Some(name) = self.sniffing.take() {
+                if !extract::wants_more_than(&name, &self.bytes[..extract::SNIFF_BYTES]) {
+                    self.max = self.bytes.len();
+                }
+            }
+        }
         Ok(take)
     }
 
@@ -172,4 +184,36 @@ pub fn tags_for(
     tags.dedup_by(|a, b| a.tag == b.tag);
     tags.truncate(crate::metadata::TAGS_PER_FILE_MAX);
     tags
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::PrefixWriter;
+    use crate::tagger::extract::SNIFF_BYTES;
+
+    /// Writes chunks of `chunk` bytes of `byte` until the writer refuses; returns the bytes
+    /// it kept.
+    fn fill(name: &str, byte: u8, chunk: usize) -> usize {
+        let mut writer = PrefixWriter::new(name, 64 << 20);
+        let data = vec![byte; chunk];
+        for _ in 0..64 {
+            if let Err(error) = writer.write_all(&data) {
+                assert!(PrefixWriter::had_enough(&error));
+                break;
+            }
+        }
+        writer.bytes.len()
+    }
+
+    #[test]
+    fn a_type_no_extractor_reads_stops_after_its_first_write() {
+        // 0x80 is not UTF-8 and no magic number: "binary", tagged by type alone.
+        assert_eq!(fill("noise.bin", 0x80, 1 << 20), 1 << 20);
+        // Text has an extractor: read on to the limit.
+        assert_eq!(fill("notes.txt", b'a', 1 << 20), 64 << 20);
+        // Small writes: decided at SNIFF_BYTES, not before.
+        assert_eq!(fill("noise.bin", 0x80, 4096), SNIFF_BYTES);
+    }
 }

@@ -239,7 +239,7 @@ fn tag_entry(
         warn!(entry = entry.id, "a tagging entry without a file id; skipped");
         return Ok(());
     };
-    let mut prefix = PrefixWriter::new(options.limits.bytes_max);
+    let mut prefix = PrefixWriter::new(&entry.name, options.limits.bytes_max);
     let read = match cluster.get_writer(&entry.name, &mut prefix, "the tagger", &mut |_| {}) {
         Ok(layout) if layout.record.file_id != file_id => {
             stats.files_gone.fetch_add(1, Ordering::Relaxed);

@@ -194,6 +194,29 @@ fn tag_value(value: &str) -> Option<String> {
 /// One extractor: the file's type, its bytes, and where its tags and failures go.
 type Extractor = fn(&str, &[u8], &mut Found);
 
+/// The extractor that reads files of content type `kind`, and its tag source.
+fn extractor_for(kind: &str) -> Option<(&'static str, Extractor)> {
+    match kind {
+        "text" | "markdown" | "html" | "source" => Some((SOURCE_TEXT, text::extract)),
+        "pdf" => Some((SOURCE_PDF, |_, bytes, found| pdf::extract(bytes, found))),
+        "png" | "jpeg" | "gif" | "webp" | "tiff" | "heif" | "avif" => Some((SOURCE_IMAGE, image::extract)),
+        "mp3" | "flac" | "ogg" | "wav" | "m4a" => Some((SOURCE_AUDIO, |_, bytes, found| audio::extract(bytes, found))),
+        "mp4" | "matroska" | "avi" => Some((SOURCE_VIDEO, |_, bytes, found| video::extract(bytes, found))),
+        _ => None,
+    }
+}
+
+/// Bytes of a file's start that decide its content type well enough to know whether an
+/// extractor will read more of it.
+pub const SNIFF_BYTES: usize = 64 << 10;
+
+/// Whether anything beyond its type tag can come from a file of `name` that starts with
+/// `head` (at least [`SNIFF_BYTES`] of it, or all of a shorter file): when not, the tagger
+/// reads no more of it.
+pub fn wants_more_than(name: &str, head: &[u8]) -> bool {
+    extractor_for(content_type(name, head)).is_some()
+}
+
 /// Every tag the extractors find for one file: its type by content, and what the
 /// extractor for that type reads. A file over `bytes_max` is tagged from its first
 /// `bytes_max` bytes; external tools are killed at `time_ms_max`. An extractor that gives up
@@ -209,15 +232,7 @@ pub fn extract(name: &str, bytes: &[u8], limits: &Limits) -> Extraction {
     found.tag(SOURCE_MAGIC, format!("type:{kind}"));
     // Our own code does not panic on any input (the tests feed it garbage); this guards
     // against a parser crate that does, so one hostile file costs its tags, not the tagger.
-    let extractor: Option<(&str, Extractor)> = match kind {
-        "text" | "markdown" | "html" | "source" => Some((SOURCE_TEXT, text::extract)),
-        "pdf" => Some((SOURCE_PDF, |_, bytes, found| pdf::extract(bytes, found))),
-        "png" | "jpeg" | "gif" | "webp" | "tiff" | "heif" | "avif" => Some((SOURCE_IMAGE, image::extract)),
-        "mp3" | "flac" | "ogg" | "wav" | "m4a" => Some((SOURCE_AUDIO, |_, bytes, found| audio::extract(bytes, found))),
-        "mp4" | "matroska" | "avi" => Some((SOURCE_VIDEO, |_, bytes, found| video::extract(bytes, found))),
-        _ => None,
-    };
-    if let Some((source, run)) = extractor
+    if let Some((source, run)) = extractor_for(kind)
         && panic::catch_unwind(AssertUnwindSafe(|| run(kind, bytes, &mut found))).is_err()
     {
         found.fail(format!("{source}: panicked"));
