@@ -256,6 +256,41 @@ fn the_mount_on_a_single_node() {
     }
 }
 
+/// A node whose disk is full: writing a file that does not fit fails with ENOSPC (on the
+/// write or at the latest on close, as `cp` reports it), leaves no file behind, and the
+/// mount and every file stored before stay as they were; a file that fits still goes in.
+#[test]
+fn a_full_node_answers_enospc_and_loses_nothing() {
+    if skip_without_fuse("a_full_node_answers_enospc_and_loses_nothing") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(tmp.path(), &["--capacity-bytes", "12000000"]);
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("small"), pattern(1_000_000, 1)).unwrap();
+    std::fs::write(work.join("big"), pattern(20_000_000, 2)).unwrap();
+    sh_ok(&format!("cp '{}' '{}'", work.join("small").display(), mount.path("small").display()));
+
+    let out = sh(&format!("cp '{}' '{}'", work.join("big").display(), mount.path("big").display()));
+    assert!(
+        !out.status.success(),
+        "a 20 MB file went into a 12 MB node:
+{}",
+        mount.log()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("No space left on device"), "cp said: {stderr}");
+    assert!(!sh_ok(&format!("ls '{}'", mount.dir.display())).lines().any(|name| name == "big"));
+    assert!(node.cli(&["stat", "big"]).stdout.is_empty(), "a partial file was recorded");
+
+    assert_eq!(sha256(&mount.path("small")), sha256(&work.join("small")));
+    std::fs::write(work.join("fits"), pattern(2_000_000, 3)).unwrap();
+    sh_ok(&format!("cp '{}' '{}'", work.join("fits").display(), mount.path("fits").display()));
+    assert_eq!(sha256(&mount.path("fits")), sha256(&work.join("fits")));
+}
+
 #[test]
 fn sigterm_unmounts() {
     if skip_without_fuse("sigterm_unmounts") {
