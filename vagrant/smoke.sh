@@ -104,10 +104,18 @@ if [[ "$phase" == put ]]; then
     for file in readme.md random.bin; do
         grep -q "$run_id/$file" <<<"$found" || fail "search $run_id does not list $run_id/$file"
     done
-    run beeline stat "$run_id/random.bin"
+    for file in "${files[@]}"; do
+        # Every chunk line ("  chunk N: NODE NODE") must name two different nodes.
+        stat_out="$(beeline stat "$run_id/$file")"
+        [[ "$file" == random.bin ]] && { echo "+ beeline stat $run_id/$file"; echo "$stat_out"; }
+        chunks="$(grep -c '^ *chunk [0-9]*:' <<<"$stat_out" || true)"
+        spread="$(awk '/^ *chunk [0-9]+:/ { if ($3 != $4 && $4 != "") n++ } END { print n + 0 }' <<<"$stat_out")"
+        ((chunks > 0 && spread == chunks)) || fail "$run_id/$file: $spread of $chunks chunks have replicas on two nodes"
+    done
+    echo "every chunk of the ${#files[@]} files has replicas on two nodes"
     work="$(mktemp -d)"
     for file in "${files[@]}"; do
-        run beeline get "$run_id/$file" -o "$work/$file" >/dev/null
+        run beeline get "$run_id/$file" -o "$work/$file"
         cmp "$keep/$file" "$work/$file" || fail "$run_id/$file came back different"
         echo "match: $run_id/$file"
     done
@@ -118,7 +126,7 @@ fi
 [[ "$phase" == get ]] || fail "unknown phase $phase"
 work="$(mktemp -d)"
 for file in "${files[@]}"; do
-    run beeline get "$run_id/$file" -o "$work/$file" >/dev/null || fail "cannot read $run_id/$file back with a storage node dead"
+    run beeline get "$run_id/$file" -o "$work/$file" || fail "cannot read $run_id/$file back with a storage node dead"
     cmp "$keep/$file" "$work/$file" || fail "$run_id/$file came back different"
     echo "match: $run_id/$file"
 done
