@@ -96,6 +96,7 @@ cleanup() {
     fi
     rm -f "$repo/vagrant/bin/beeline"
     rmdir "$repo/vagrant/bin" 2>/dev/null || true
+    [[ -n "$work" && -f "$work/made-key" ]] && rm -f "$repo/vagrant/.cluster.key"
     # The daemons this run started (their pid files are libvirt's defaults), in reverse.
     local daemon
     for daemon in libvirtd virtlogd; do
@@ -119,6 +120,8 @@ if [[ "${1:-}" != --inner ]]; then
     # pool of their own: the clean-up removes exactly these.
     export VAGRANT_HOME="$work/home" VAGRANT_DOTFILE_PATH="$work/dot" VAGRANT_CHECKPOINT_DISABLE=1
     export BEELINE_VAGRANT_POOL="$pool" BEELINE_VAGRANT_PREFIX="$prefix" VAGRANT_DEFAULT_PROVIDER=libvirt
+    # The cluster key `vagrant up` writes goes again afterwards, unless it was there before.
+    [[ -f vagrant/.cluster.key ]] || touch "$work/made-key"
     set +e
     timeout -k 20 "$timeout_s" "$0" --inner
     rc=$?
