@@ -2,7 +2,7 @@
 # Boots the Vagrant cluster (vagrant/) under libvirt, runs vagrant/smoke.sh against it and
 # destroys everything again, as root:
 #
-#   ci/vagrant-cluster.sh            # BEELINE_VAGRANT_TIMEOUT_S=900 bounds the whole run
+#   ci/vagrant-cluster.sh            # BEELINE_VAGRANT_TIMEOUT_S=1200 bounds the whole run
 #
 # 1. Installs what it needs (idempotent): libvirt, Vagrant with vagrant-libvirt, the box
 #    builder's tools, and qemu-system-x86 from bookworm-backports (Debian 12's own QEMU
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
-timeout_s="${BEELINE_VAGRANT_TIMEOUT_S:-900}"
+timeout_s="${BEELINE_VAGRANT_TIMEOUT_S:-1200}"
 prefix="beeline-ci-"
 pool=beeline-ci
 pool_dir=/var/lib/libvirt/beeline-ci
@@ -198,7 +198,8 @@ vagrant box add --name beeline/bookworm /var/cache/beeline-vagrant/beeline-bookw
 cd vagrant
 stamp "vagrant up (${machines[*]})"
 up_s=$SECONDS
-vagrant up --provider libvirt
+# Without the box upload's progress meter (a thousand updates on one line).
+vagrant up --provider libvirt 2>&1 | sed -E 's/(\x1b\[K)?Progress: [0-9]+%( \([^)]*\))?//g'
 stamp "cluster up in $((SECONDS - up_s)) s"
 smoke_s=$SECONDS
 ./smoke.sh
