@@ -4,7 +4,8 @@
 # machine state go to a temporary directory). Exit code non-zero on any failure; every
 # check is printed, and a missing tool is a failure, not a skip.
 #
-#   1. bash -n and shellcheck on every shell script under vagrant/ (and on this one);
+#   1. bash -n and shellcheck on every shell script under vagrant/ (and on this one and on
+#      ci/vagrant-cluster.sh, which boots the cluster);
 #   2. `vagrant validate` with each provider active, so that provider's config block is
 #      validated too (Vagrant validates only the active provider's block):
 #        libvirt:    the vagrant-libvirt plugin (Debian package) validates without a daemon;
@@ -36,7 +37,7 @@ trap 'rm -rf "$work"' EXIT
 export VAGRANT_HOME="$work/home" VAGRANT_DOTFILE_PATH="$work/dot" VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_LOG=error
 
 mapfile -t scripts < <(find vagrant -name '*.sh' -type f | sort)
-scripts+=(ci/vagrant-validate.sh)
+scripts+=(ci/vagrant-validate.sh ci/vagrant-cluster.sh)
 echo "=== shell scripts: ${#scripts[@]} ($(shellcheck --version | sed -n 's/^version: /shellcheck /p'))"
 for script in "${scripts[@]}"; do
     if bash -n "$script"; then check "bash -n $script"; else failed "bash -n $script"; fi

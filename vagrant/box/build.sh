@@ -20,6 +20,10 @@ packages=(
     linux-image-amd64 systemd-sysv udev kmod ifupdown isc-dhcp-client iproute2 iputils-ping
     openssh-server sudo rsync ca-certificates netbase procps pciutils python3
     dpdk redis-server
+    # What a `--features dpdk` beeline loads (the dpdk package only recommends them); the
+    # same list as BEELINE_DPDK_RUNTIME in provision/lib.sh.
+    librte-eal23 librte-ethdev23 librte-mbuf23 librte-mempool23 librte-mempool-ring23
+    librte-bus-pci23 librte-net-virtio23
 )
 
 for tool in debootstrap mkfs.ext4 qemu-img; do

@@ -12,9 +12,16 @@ source "${BEELINE_SRC:-/vagrant}/vagrant/provision/lib.sh"
 require_root
 role="${BEELINE_ROLE:?BEELINE_ROLE is set by the Vagrantfile: meta or store}"
 
+prebuilt="$BEELINE_SRC/vagrant/bin/beeline"
 log "packages"
-apt_install build-essential pkg-config clang llvm libclang-dev linux-libc-dev \
-    dpdk dpdk-dev libbpf-dev redis-tools pciutils python3 curl ca-certificates iputils-ping
+# What the node and the CLI need at run time (the self-built box has all of them already,
+# so no mirror is needed); the build tools only when the binary is built here.
+# DPDK's runtime libraries are only Recommends of the dpdk package: the EAL and ethdev the
+# binary links, the PCI bus, the mempool ring and the virtio PMD it loads.
+apt_install dpdk "${BEELINE_DPDK_RUNTIME[@]}" redis-tools pciutils python3 iputils-ping
+if [[ ! -x "$prebuilt" ]]; then
+    apt_install build-essential pkg-config clang llvm libclang-dev linux-libc-dev dpdk-dev libbpf-dev curl ca-certificates
+fi
 
 log "cluster key"
 key_source="$BEELINE_SRC/vagrant/.cluster.key"
@@ -25,7 +32,6 @@ install -d -m 0755 "$BEELINE_STATE_DIR"
 install -m 0600 -o root -g root "$key_source" "$BEELINE_STATE_DIR/cluster.key"
 
 log "beeline binary"
-prebuilt="$BEELINE_SRC/vagrant/bin/beeline"
 if [[ -x "$prebuilt" ]]; then
     log "using the host's $prebuilt"
     install -m 0755 "$prebuilt" /usr/local/bin/beeline

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hands the storage VM's data NIC to DPDK: vfio-pci in no-IOMMU mode. Installed as
+# Hands the storage VM's data NIC to DPDK: vfio-pci, behind the VM's emulated IOMMU. Installed as
 # /usr/local/sbin/beeline-dpdk-bind and run by beeline-node.service before the node starts
 # (ExecStartPre), so `systemctl restart beeline-node` works after a reboot too.
 # Idempotent: a NIC already bound to vfio-pci is left as it is.
@@ -25,13 +25,9 @@ if [[ -n "$iface" ]]; then
 fi
 [[ -e "/sys/bus/pci/devices/$pci" ]] || die "no PCI device $pci (lspci -D lists the NICs)"
 
-modprobe vfio
 modprobe vfio-pci
-noiommu=/sys/module/vfio/parameters/enable_unsafe_noiommu_mode
-[[ -e "$noiommu" ]] || die "this kernel's vfio has no enable_unsafe_noiommu_mode (CONFIG_VFIO_NOIOMMU)"
-if [[ "$(cat "$noiommu")" != Y ]]; then
-    echo 1 >"$noiommu"
-fi
+[[ -e "/sys/bus/pci/devices/$pci/iommu_group" ]] ||
+    die "$pci is in no IOMMU group: the VM needs q35 + intel-iommu and intel_iommu=on on its kernel command line (vagrant/README.md)"
 
 driver="$(driver_of_pci "$pci")"
 if [[ "$driver" == vfio-pci ]]; then
@@ -52,4 +48,4 @@ if [[ "$driver" != vfio-pci ]]; then
     dpdk-devbind.py --status-dev net >&2 || true
     die "$pci is bound to ${driver:-nothing}, not vfio-pci"
 fi
-log "$pci bound to vfio-pci (no-IOMMU): $(find /dev/vfio -mindepth 1 -maxdepth 1 -printf '%f ')"
+log "$pci bound to vfio-pci, IOMMU group $(basename "$(readlink -f "/sys/bus/pci/devices/$pci/iommu_group")")"

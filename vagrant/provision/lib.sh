@@ -7,6 +7,11 @@ BEELINE_SRC="${BEELINE_SRC:-/vagrant}"
 BEELINE_STATE_DIR=/etc/beeline
 # shellcheck disable=SC2034
 BEELINE_NIC_RECORD="$BEELINE_STATE_DIR/dpdk-nic.env"
+# What a `--features dpdk` beeline needs of DPDK 22.11 at run time (box/build.sh installs
+# the same list; the dpdk package only recommends them).
+# shellcheck disable=SC2034
+BEELINE_DPDK_RUNTIME=(librte-eal23 librte-ethdev23 librte-mbuf23 librte-mempool23 librte-mempool-ring23
+    librte-bus-pci23 librte-net-virtio23)
 
 log() { echo "[beeline-provision $(hostname)] $*"; }
 die() {

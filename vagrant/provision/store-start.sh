@@ -8,23 +8,41 @@ set -euo pipefail
 source "${BEELINE_SRC:-/vagrant}/vagrant/provision/lib.sh"
 require_root
 
-log "starting beeline-node"
-systemctl restart beeline-node || true
-healthy() {
-    systemctl is-active --quiet beeline-node &&
-        [[ "$(curl -s --max-time 1 http://127.0.0.1:9777/health 2>/dev/null)" == ok* ]]
-}
-# Healthy twice, 2 s apart: a node whose EAL fails exits (and systemd restarts it) quickly.
-for _ in $(seq 1 30); do
-    if healthy && sleep 2 && healthy; then
-        log "node up; metrics on :9777, storage protocol on $(sed -n 's/^listen = //p' /etc/beeline/node.toml)"
-        exit 0
-    fi
-    sleep 1
-done
-journalctl -u beeline-node -n 40 --no-pager >&2 || true
 # shellcheck source=/dev/null
 source "$BEELINE_NIC_RECORD"
+log "binding the data NIC, then checking this VM against the virtio hardware profile"
+/usr/local/sbin/beeline-dpdk-bind
+if ! (cd "$BEELINE_SRC" && beeline hw check --profile virtio --device "$BEELINE_DPDK_PCI"); then
+    die "beeline hw check --profile virtio --device $BEELINE_DPDK_PCI failed (above): the node would not start"
+fi
+
+log "starting beeline-node"
+systemctl restart beeline-node || true
+# The reply to GET /health on the node's metrics port (no curl in the box: bash's /dev/tcp),
+# waiting $1 s at most: under TCG on a busy host one vCPU answers slowly.
+health_reply() {
+    local reply
+    exec 3<>/dev/tcp/127.0.0.1/9777 || return 1
+    printf 'GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+    reply="$(timeout "$1" cat <&3)"
+    exec 3<&-
+    printf '%s\n' "$reply"
+}
+healthy() {
+    systemctl is-active --quiet beeline-node && [[ "$(health_reply 10 2>/dev/null | tr -d '\r' | tail -n 1)" == ok ]]
+}
+# Healthy twice, 2 s apart: a node whose EAL fails exits (and systemd restarts it) quickly.
+deadline_s=$((SECONDS + 300))
+while ((SECONDS < deadline_s)); do
+    if healthy && sleep 2 && healthy; then
+        log "node up after $((SECONDS - deadline_s + 300)) s; metrics on :9777, storage protocol on $(sed -n 's/^listen = //p' /etc/beeline/node.toml)"
+        exit 0
+    fi
+    sleep 2
+done
+echo "--- the last reply to GET /health on 127.0.0.1:9777 (10 s at most):" >&2
+health_reply 10 >&2 || echo "(no connection)" >&2
+journalctl -u beeline-node -n 40 --no-pager >&2 || true
 echo "--- beeline hw check --profile virtio --device $BEELINE_DPDK_PCI" >&2
 (cd "$BEELINE_SRC" && beeline hw check --profile virtio --device "$BEELINE_DPDK_PCI") >&2 || true
-die "beeline-node did not come up in 90 s (journal above; see vagrant/README.md, Troubleshooting)"
+die "beeline-node did not answer /health within 5 minutes (journal above; see vagrant/README.md, Troubleshooting)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A storage VM: hugepages, vfio-pci in no-IOMMU mode for the data NIC, /etc/beeline/node.toml
+# A storage VM: hugepages, vfio-pci (behind the VM's emulated IOMMU) for the data NIC, /etc/beeline/node.toml
 # for the DPDK backend, and beeline-node.service. Binding the NIC and starting the node is
 # store-start.sh's job (every `vagrant up`). Idempotent: every file is rewritten whole.
 set -euo pipefail
@@ -8,7 +8,7 @@ source "${BEELINE_SRC:-/vagrant}/vagrant/provision/lib.sh"
 require_root
 data_ip="${BEELINE_DATA_IP:?}"
 meta_ip="${BEELINE_META_IP:?}"
-hugepages="${BEELINE_HUGEPAGES:-512}"
+hugepages="${BEELINE_HUGEPAGES:-256}"
 
 log "hugepages: $hugepages x 2 MiB"
 echo "vm.nr_hugepages = $hugepages" >/etc/sysctl.d/80-beeline-hugepages.conf
@@ -21,9 +21,24 @@ elif ((reserved < hugepages)); then
 fi
 mountpoint -q /dev/hugepages || die "/dev/hugepages is not mounted (systemd's dev-hugepages.mount)"
 
-log "vfio-pci in no-IOMMU mode, also after a reboot"
-echo "options vfio enable_unsafe_noiommu_mode=1" >/etc/modprobe.d/beeline-vfio-noiommu.conf
+log "vfio-pci behind the IOMMU"
+# Debian's kernel has no vfio no-IOMMU mode (CONFIG_VFIO_NOIOMMU), so vfio-pci needs the
+# VM's emulated IOMMU: q35 + intel-iommu (the Vagrantfile) and intel_iommu=on on the
+# kernel command line (the self-built box gets it from the Vagrantfile's cmd_line; a box
+# with its own bootloader gets it from GRUB here, and needs one reboot).
+rm -f /etc/modprobe.d/beeline-vfio-noiommu.conf
 echo "vfio-pci" >/etc/modules-load.d/beeline-vfio-pci.conf
+if [[ -z "$(ls -A /sys/kernel/iommu_groups 2>/dev/null)" ]]; then
+    if [[ -f /etc/default/grub ]] && command -v update-grub >/dev/null; then
+        mkdir -p /etc/default/grub.d
+        # shellcheck disable=SC2016 # GRUB expands it
+        echo 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu=pt"' >/etc/default/grub.d/beeline-iommu.cfg
+        update-grub
+        die "no IOMMU in this VM yet: intel_iommu=on is now in GRUB's command line; run \`vagrant reload $(hostname)\` once"
+    fi
+    die "no IOMMU in this VM (/sys/kernel/iommu_groups is empty): the VM needs q35 with intel-iommu and intel_iommu=on iommu=pt on its kernel command line (see vagrant/README.md)"
+fi
+log "$(find /sys/kernel/iommu_groups -mindepth 1 -maxdepth 1 | wc -l) IOMMU groups"
 
 log "finding the data NIC ($data_ip)"
 iface="$(iface_by_ip "$data_ip")"
@@ -65,10 +80,10 @@ listen = "$data_ip:7777"
 advertise = "$data_ip:7777"
 backend = "dpdk"
 dpdk_devices = ["$pci"]
-dpdk_cores = "1"
+dpdk_cores = "0"
 dpdk_file_prefix = "beeline"
-# As hw-configs/virtio.toml: no-IOMMU vfio cannot translate addresses, so DMA uses
-# physical ones; QEMU's and VirtualBox's virtqueues hold 256 descriptors.
+# As hw-configs/virtio.toml: core 0 (a 1-vCPU VM has no other), physical addresses as
+# IOVAs, and QEMU's and VirtualBox's virtqueues hold 256 descriptors.
 dpdk_eal_args = ["--iova-mode=pa"]
 rx_ring_size = 256
 tx_ring_size = 256
