@@ -52,8 +52,8 @@ fi
 
 # --- inside the meta VM from here on: smoke.sh --in-vm put|get RUN_ID [MACS]
 phase="$2" run_id="$3"
-export BEELINE_METADATA="${BEELINE_METADATA:-redis://10.77.1.10:6379}"
-read -r -a stores <<<"${BEELINE_SMOKE_NODES:-10.77.0.11 10.77.0.12}"
+export BEELINE_METADATA="${BEELINE_METADATA:-redis://10.90.1.10:6379}"
+read -r -a stores <<<"${BEELINE_SMOKE_NODES:-10.90.0.11 10.90.0.12}"
 fail() { echo "smoke: FAILED: $*" >&2; exit 1; }
 run() { echo "+ $*"; "$@"; }
 command -v beeline >/dev/null || fail "no beeline on the meta VM: vagrant provision meta"

@@ -94,7 +94,7 @@ arena_frames = 16384
 frame_bytes = 4096
 data_dir = "/var/lib/beeline"
 key_file = "/etc/beeline/cluster.key"
-allow = ["${BEELINE_DATA_PREFIX:-10.77.0.0/24}"]
+allow = ["${BEELINE_DATA_PREFIX:-10.90.0.0/24}"]
 # Redis and the metrics endpoint go through the kernel on the management network
 # (this VM's kernel has no address on the data network any more).
 metadata = "redis://$meta_ip:6379"
