@@ -20,14 +20,13 @@ log "starting beeline-node"
 systemctl restart beeline-node || true
 # The reply to GET /health on the node's metrics port (no curl in the box: bash's /dev/tcp),
 # waiting $1 s at most: under TCG on a busy host one vCPU answers slowly.
-health_reply() {
-    local reply
-    exec 3<>/dev/tcp/127.0.0.1/9777 || return 1
+# In a subshell: a refused connection fails `exec`'s redirection, which would end the
+# whole script (and with it the diagnostics below), not just this function.
+health_reply() (
+    exec 3<>/dev/tcp/127.0.0.1/9777 || exit 1
     printf 'GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-    reply="$(timeout "$1" cat <&3)"
-    exec 3<&-
-    printf '%s\n' "$reply"
-}
+    timeout "$1" cat <&3
+)
 healthy() {
     systemctl is-active --quiet beeline-node && [[ "$(health_reply 10 2>/dev/null | tr -d '\r' | tail -n 1)" == ok ]]
 }
@@ -40,9 +39,9 @@ while ((SECONDS < deadline_s)); do
     fi
     sleep 2
 done
+journalctl -u beeline-node -n 40 --no-pager >&2 || true
 echo "--- the last reply to GET /health on 127.0.0.1:9777 (10 s at most):" >&2
 health_reply 10 >&2 || echo "(no connection)" >&2
-journalctl -u beeline-node -n 40 --no-pager >&2 || true
 echo "--- beeline hw check --profile virtio --device $BEELINE_DPDK_PCI" >&2
 (cd "$BEELINE_SRC" && beeline hw check --profile virtio --device "$BEELINE_DPDK_PCI") >&2 || true
 die "beeline-node did not answer /health within 5 minutes (journal above; see vagrant/README.md, Troubleshooting)"
