@@ -41,7 +41,7 @@ while ((SECONDS < deadline_s)); do
 done
 journalctl -u beeline-node -n 40 --no-pager >&2 || true
 echo "--- the last reply to GET /health on 127.0.0.1:9777 (10 s at most):" >&2
-health_reply 10 >&2 || echo "(no connection)" >&2
+health_reply 10 >&2 || echo "(no reply within 10 s, or no connection)" >&2
 echo "--- beeline hw check --profile virtio --device $BEELINE_DPDK_PCI" >&2
 (cd "$BEELINE_SRC" && beeline hw check --profile virtio --device "$BEELINE_DPDK_PCI") >&2 || true
 die "beeline-node did not answer /health within 5 minutes (journal above; see vagrant/README.md, Troubleshooting)"
