@@ -81,6 +81,8 @@ pub struct BulkPut {
     exchange: Exchange,
     data: ChunkBytes,
     slot: BulkSlot,
+    /// The region (a reconnected node's) has no room for the chunk in this slot.
+    no_slot: bool,
 }
 
 impl BulkPut {
@@ -94,7 +96,7 @@ impl BulkPut {
         timing: Timing,
         now_ms: u64,
     ) -> BulkPut {
-        link.write_bulk(slot.index, data.as_ref());
+        let no_slot = !link.write_bulk(slot.index, data.as_ref());
         let request = Repr {
             request_id,
             chunk_id,
@@ -103,14 +105,19 @@ impl BulkPut {
             ..Repr::new(Opcode::PutFrag)
         };
         let exchange = Exchange::new(request, &[], Opcode::PutDone, bulk_timing(timing), now_ms);
-        BulkPut { exchange, data, slot }
+        BulkPut { exchange, data, slot, no_slot }
     }
 
     pub fn start(&mut self, link: &ShmLink) {
-        self.exchange.start(&mut BulkTransmit { link });
+        if !self.no_slot {
+            self.exchange.start(&mut BulkTransmit { link });
+        }
     }
 
     pub fn progress(&self) -> Progress {
+        if self.no_slot {
+            return Progress::Failed(ClientError::Rejected(beeline_dataplane::wire::Status::TooLarge));
+        }
         match (self.exchange.progress(), self.exchange.reply()) {
             (Progress::Done, Some((reply, _))) if reply.total_len as usize != self.data.as_ref().len() => {
                 Progress::Failed(ClientError::Inconsistent)
@@ -127,8 +134,9 @@ impl BulkPut {
     /// request is, since `link` may be a new region (the node restarted and the client
     /// reconnected) whose slot never held it.
     pub fn on_timer(&mut self, now_ms: u64, link: &ShmLink) {
-        if self.exchange.progress() == Progress::Pending {
-            link.write_bulk(self.slot.index, self.data.as_ref());
+        if self.progress() == Progress::Pending && !link.write_bulk(self.slot.index, self.data.as_ref()) {
+            self.no_slot = true;
+            return;
         }
         self.exchange.on_timer(now_ms, &mut BulkTransmit { link });
     }
@@ -193,11 +201,9 @@ impl BulkGet {
         if !was_pending || self.exchange.progress() != Progress::Done {
             return;
         }
-        if repr.count as usize != self.out.len() {
+        if repr.count as usize != self.out.len() || !link.read_bulk(self.slot.index, &mut self.out) {
             self.inconsistent = true;
-            return;
         }
-        link.read_bulk(self.slot.index, &mut self.out);
     }
 
     pub fn on_timer(&mut self, now_ms: u64, link: &ShmLink) {

@@ -91,19 +91,29 @@ impl ShmLink {
         self.region.layout().bulk_slot_bytes as usize
     }
 
-    /// Copies a chunk into bulk slot `slot` (which the caller owns) for a bulk put.
-    pub fn write_bulk(&self, slot: u32, data: &[u8]) {
-        let at = self.region.layout().bulk_slot(slot).expect("a bulk slot of this region");
-        assert!(data.len() <= self.bulk_slot_bytes(), "a chunk larger than a bulk slot");
-        self.region.write(at, data);
+    /// Copies a chunk into bulk slot `slot` (which the caller owns) for a bulk put. False
+    /// when this region has no such slot or a smaller one: a node restarted with another
+    /// `chunk_bytes_max` since the slot was taken.
+    pub fn write_bulk(&self, slot: u32, data: &[u8]) -> bool {
+        match self.region.layout().bulk_slot(slot) {
+            Some(at) if data.len() <= self.bulk_slot_bytes() => {
+                self.region.write(at, data);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Copies `out.len()` bytes out of bulk slot `slot`, where the node put a bulk get's
-    /// bytes before answering it.
-    pub fn read_bulk(&self, slot: u32, out: &mut [u8]) {
-        let at = self.region.layout().bulk_slot(slot).expect("a bulk slot of this region");
-        assert!(out.len() <= self.bulk_slot_bytes(), "more than a bulk slot");
-        self.region.read(at, out);
+    /// bytes before answering it. False as for `write_bulk`.
+    pub fn read_bulk(&self, slot: u32, out: &mut [u8]) -> bool {
+        match self.region.layout().bulk_slot(slot) {
+            Some(at) if out.len() <= self.bulk_slot_bytes() => {
+                self.region.read(at, out);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Writes one request (header + payload) into the next request frame and publishes
