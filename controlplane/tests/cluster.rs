@@ -898,3 +898,22 @@ fn gc_collects_copies_a_layout_does_not_list() {
     let status = ok(&cluster.cli(&["cluster", "scrub"]));
     assert!(status.contains(", 0 bad,"), "{status}");
 }
+
+/// A cluster that holds no file yet (a fresh one, or one whose files were all removed) is
+/// collected like any other: no "empty command" from Redis, which a node's background
+/// collection used to log every interval until the first put.
+#[test]
+fn gc_of_a_cluster_without_files_succeeds() {
+    if skip_without_redis("gc_of_a_cluster_without_files_succeeds") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Loopback::start(dir.path(), 2);
+    let report = ok(&cluster.cli(&["cluster", "gc", "--grace-ms", "0"]));
+    assert!(!report.contains("empty command"), "{report}");
+    // And after the only file is removed again.
+    cluster.put("f", &pattern(100_000, 43));
+    ok(&cluster.cli(&["rm", "f"]));
+    let report = ok(&cluster.cli(&["cluster", "gc", "--grace-ms", "0"]));
+    assert!(report.contains("collected"), "{report}");
+}

@@ -550,6 +550,11 @@ impl RedisMetadata {
         // Bounded: every page moves `after` forward.
         loop {
             let names = self.list_names(after.as_deref(), 1000)?;
+            // An empty pipeline is a client error in redis-rs ("empty command"): a cluster
+            // with no files has no layouts to read.
+            if names.is_empty() {
+                return Ok(referenced);
+            }
             let keys: Vec<String> = names.iter().map(|name| self.file_key(name)).collect();
             let layouts: Vec<Option<Vec<u8>>> = self.with(|c| {
                 let mut pipe = redis::pipe();
