@@ -53,7 +53,19 @@ impl<'m, 's, Io: PacketIo, S: ChunkStore, C: ControlHandler<S>> PollLoop<'m, 's,
             turn.sent += self.flush()?;
         }
         let (node, arena, tx_queue) = (&mut self.node, &mut self.arena, &mut self.tx_queue);
-        turn.received += self.io.serve_local(&mut |request| node.serve_local(now_ms, arena, tx_queue, request));
+        let mut served_locally = 0usize;
+        let reported = self.io.serve_local(&mut |request| {
+            served_locally += 1;
+            node.serve_local(now_ms, arena, tx_queue, request)
+        });
+        // The backend's side of the contract: it bounds a turn's local work as it bounds a
+        // receive batch, so one client's queue cannot starve the network.
+        assert!(
+            served_locally <= LOCAL_REQUESTS_PER_TURN,
+            "a backend served {served_locally} local requests in one turn"
+        );
+        assert_eq!(reported, served_locally, "a backend miscounted the local requests it served");
+        turn.received += served_locally;
         self.node.expire(now_ms);
         self.node.poll_store(&mut self.arena, &mut self.tx_queue);
         turn.sent += self.flush()?;
