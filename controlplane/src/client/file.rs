@@ -1,0 +1,266 @@
+//! Whole files streamed chunk by chunk: `put_reader` keeps `parallel_chunks` puts in flight
+//! while it reads the source; `get_writer` keeps as many gets in flight, hashes on a
+//! second thread and writes in order.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use beeline_dataplane::client::Progress;
+use beeline_dataplane::wire::Status;
+
+use super::op::Op;
+use super::{ChunkBytes, Client, ClientError, OnProgress};
+use crate::control::{ControlRequest, ControlResponse, FileRecord, validate_name};
+
+/// Chunks a get keeps between the transfer and the writer while they are hashed.
+const HASH_PIPELINE_CHUNKS: u64 = 2;
+
+impl Client {
+    /// Stores everything `reader` yields as file `name`, chunk by chunk.
+    // Long on purpose: one streaming loop (read, start chunk puts up to the parallel limit, drive them, record the file) whose local state every step shares.
+    pub fn put_reader(
+        &mut self,
+        name: &str,
+        reader: &mut dyn Read,
+        source: &str,
+        on_progress: OnProgress<'_>,
+    ) -> Result<FileRecord, ClientError> {
+        validate_name(name).map_err(ClientError::BadName)?;
+        let chunk_bytes = self.options.chunk_bytes.min(self.info()?.chunk_bytes_max);
+        let frag_len = self.fragment_bytes(chunk_bytes)?;
+        let window = self.info()?.window_fragments;
+        let file_id = rand::random::<u64>() | 1;
+        let mut hasher = blake3::Hasher::new();
+        // `parallel` chunks move fragments while as many more wait for the node's disk: the
+        // network and the disk then work at once instead of taking turns (a put is
+        // acknowledged only when durable, so each round would otherwise wait for a sync).
+        let parallel = self.options.parallel_chunks.max(1);
+        let mut spare: Vec<Vec<u8>> = (0..2 * parallel).map(|_| Vec::with_capacity(chunk_bytes as usize)).collect();
+        let mut ops: Vec<Op> = Vec::new();
+        let mut size_bytes = 0u64;
+        let mut next_index = 0u64;
+        let mut done_bytes = 0u64;
+        let mut eof = false;
+        loop {
+            // Over shared memory a whole chunk is handed over at once: `parallel` in flight
+            // in all (each holds a bulk slot). Over UDP, `parallel` still sending.
+            let whole_chunks = self.shm.is_some();
+            let in_flight = |ops: &[Op]| {
+                if whole_chunks { ops.len() } else { ops.iter().filter(|op| op.is_sending_put()).count() }
+            };
+            while !eof && !spare.is_empty() && in_flight(&ops) < parallel {
+                let mut buffer = spare.pop().expect("checked non-empty");
+                buffer.clear();
+                Read::take(&mut *reader, u64::from(chunk_bytes))
+                    .read_to_end(&mut buffer)
+                    .map_err(|error| ClientError::LocalIo { path: source.to_owned(), source: error })?;
+                if buffer.is_empty() {
+                    eof = true;
+                    spare.push(buffer);
+                    break;
+                }
+                if buffer.len() < chunk_bytes as usize {
+                    eof = true;
+                }
+                hasher.update(&buffer);
+                size_bytes += buffer.len() as u64;
+                let chunk_id = crate::control::chunk_id(file_id, next_index);
+                next_index += 1;
+                let op = self.start_put(chunk_id, ChunkBytes::Owned(buffer), frag_len, window);
+                ops.push(op);
+            }
+            if ops.is_empty() {
+                break;
+            }
+            let mut finished = self.drive(&mut ops, true)?;
+            finished.sort_unstable();
+            for index in finished.into_iter().rev() {
+                let op = ops.swap_remove(index);
+                done_bytes += op.acked_bytes().min(u64::from(chunk_bytes));
+                if let Some(ChunkBytes::Owned(buffer)) = op.into_put_data() {
+                    spare.push(buffer);
+                }
+            }
+            on_progress(done_bytes.min(size_bytes));
+        }
+        let record = FileRecord {
+            name: name.to_owned(),
+            file_id,
+            size_bytes,
+            chunk_bytes,
+            blake3: *hasher.finalize().as_bytes(),
+            created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        };
+        match self.control(&ControlRequest::CommitFile(record.clone()))? {
+            ControlResponse::Committed { .. } => Ok(record),
+            other => Err(ClientError::Protocol {
+                node: self.options.node,
+                what: format!("unexpected answer to commit: {other:?}"),
+            }),
+        }
+    }
+
+    /// Writes file `name` to `writer` in order, checking its BLAKE3 at the end. Every byte
+    /// written passed the node's block checksums (a damaged copy is refused, not sent); when
+    /// a chunk fails, the chunks before it are still written whole, then the error returns.
+    ///
+    /// Hashing runs on a second thread, pipelined with the transfer: on a get the client
+    /// spends about a third of its CPU in BLAKE3, which would otherwise stall the receive
+    /// loop (and let the node's datagrams overrun the socket). Chunk buffers are recycled,
+    /// so a steady get neither zeroes nor faults in fresh memory per chunk.
+    pub fn get_writer(
+        &mut self,
+        name: &str,
+        writer: &mut dyn Write,
+        destination: &str,
+        on_progress: OnProgress<'_>,
+    ) -> Result<FileRecord, ClientError> {
+        let record = self.lookup(name)?;
+        let frag_len = self.fragment_bytes(record.chunk_bytes)?;
+        let parallel = self.options.parallel_chunks.max(1) as u64;
+        let window = self.get_window(frag_len, parallel as usize)?;
+        // Every chunk buffer is fetching, waiting for its turn, hashing or being written:
+        // at most this many exist, so neither channel below can ever be full.
+        let buffers_max = (parallel + HASH_PIPELINE_CHUNKS) as usize;
+        let (to_hash, hash_input) = std::sync::mpsc::sync_channel::<Vec<u8>>(buffers_max);
+        let (hash_output, hashed) = std::sync::mpsc::sync_channel::<Vec<u8>>(buffers_max);
+        let digest = std::thread::scope(|scope| -> Result<[u8; 32], ClientError> {
+            let hasher = scope.spawn(move || {
+                let mut hasher = blake3::Hasher::new();
+                for data in hash_input {
+                    hasher.update(&data);
+                    if hash_output.send(data).is_err() {
+                        break;
+                    }
+                }
+                *hasher.finalize().as_bytes()
+            });
+            self.get_pipelined(
+                name,
+                &record,
+                frag_len,
+                window,
+                buffers_max,
+                &to_hash,
+                &hashed,
+                writer,
+                destination,
+                on_progress,
+            )?;
+            drop(to_hash);
+            Ok(hasher.join().expect("the hashing thread does not panic"))
+        })?;
+        if digest != record.blake3 {
+            return Err(ClientError::Corrupt { name: name.to_owned() });
+        }
+        Ok(record)
+    }
+
+    /// The transfer half of [`Client::get_writer`]: fetches chunks `parallel` at a time,
+    /// hands them to the hashing thread in order and writes what comes back from it.
+    #[allow(clippy::too_many_arguments)]
+    fn get_pipelined(
+        &mut self,
+        name: &str,
+        record: &FileRecord,
+        frag_len: u16,
+        window: u16,
+        buffers_max: usize,
+        to_hash: &std::sync::mpsc::SyncSender<Vec<u8>>,
+        hashed: &std::sync::mpsc::Receiver<Vec<u8>>,
+        writer: &mut dyn Write,
+        destination: &str,
+        on_progress: OnProgress<'_>,
+    ) -> Result<(), ClientError> {
+        let parallel = self.options.parallel_chunks.max(1) as u64;
+        let chunk_count = record.chunk_count();
+        let mut spare: Vec<Vec<u8>> = Vec::with_capacity(buffers_max);
+        let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut ops: Vec<Op> = Vec::new();
+        let mut op_chunks: Vec<u64> = Vec::new();
+        // The lowest chunk that failed, and why: nothing from it on is written.
+        let mut failed: Option<(u64, ClientError)> = None;
+        let mut next_start = 0u64;
+        let mut next_hash = 0u64;
+        let mut next_write = 0u64;
+        let mut written = 0u64;
+        let write_error = |source| ClientError::LocalIo { path: destination.to_owned(), source };
+        let node = self.options.node;
+        let hash_gone = || ClientError::Failed {
+            node,
+            reason: "the client's hashing thread stopped; this is a bug in beeline".to_owned(),
+        };
+        while next_write < chunk_count {
+            if let Some((index, _)) = &failed {
+                if next_write >= *index {
+                    let (_, error) = failed.expect("checked above");
+                    let _ = writer.flush();
+                    return Err(match error {
+                        ClientError::Rejected { status: Status::NotFound, .. } => ClientError::Failed {
+                            node: self.options.node,
+                            reason: format!(
+                                "a chunk of {name} is missing on the node; the file cannot be read back whole"
+                            ),
+                        },
+                        other => other,
+                    });
+                }
+            }
+            // At most `parallel` chunks in flight, no more buffers than `buffers_max`, and
+            // none started after a failure.
+            while failed.is_none()
+                && next_start < chunk_count
+                && (ops.len() as u64) < parallel
+                && next_start < next_write + buffers_max as u64
+            {
+                let len = record.chunk_len(next_start) as usize;
+                let mut buffer = spare.pop().unwrap_or_default();
+                // Only growth is zeroed: a recycled buffer is overwritten fragment by
+                // fragment, and the machine reports done only when every one arrived.
+                buffer.resize(len, 0);
+                let op = self.start_get(record.chunk_id(next_start), len as u32, 0, buffer, frag_len, window);
+                ops.push(op);
+                op_chunks.push(next_start);
+                next_start += 1;
+            }
+            if ops.is_empty() {
+                // Everything left to write is with the hashing thread: wait for the next
+                // chunk back.
+                let data = hashed.recv().map_err(|_| hash_gone())?;
+                writer.write_all(&data).map_err(write_error)?;
+                written += data.len() as u64;
+                next_write += 1;
+                on_progress(written);
+                spare.push(data);
+                continue;
+            }
+            let mut finished = self.drive(&mut ops, false)?;
+            finished.sort_unstable();
+            for index in finished.into_iter().rev() {
+                let chunk_index = op_chunks.swap_remove(index);
+                let op = ops.swap_remove(index);
+                if let Progress::Failed(error) = op.progress() {
+                    if failed.as_ref().is_none_or(|(first, _)| chunk_index < *first) {
+                        failed = Some((chunk_index, self.error(error)));
+                    }
+                } else if let Some(data) = op.into_get_output() {
+                    ready.insert(chunk_index, data);
+                }
+            }
+            while let Some(data) = ready.remove(&next_hash) {
+                to_hash.try_send(data).map_err(|_| hash_gone())?;
+                next_hash += 1;
+            }
+            while let Ok(data) = hashed.try_recv() {
+                writer.write_all(&data).map_err(write_error)?;
+                written += data.len() as u64;
+                next_write += 1;
+                on_progress(written);
+                spare.push(data);
+            }
+        }
+        writer.flush().map_err(write_error)?;
+        Ok(())
+    }
+}
