@@ -373,20 +373,21 @@ pub fn render(sources: &Sources) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// A request's head larger than this is answered from its first line alone.
+const REQUEST_HEAD_BYTES_MAX: usize = 2048;
+/// How long a client may take to send its request's head.
+const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves `GET /metrics` (and `GET /health`) until the task is dropped.
 pub async fn serve(listener: TcpListener, sources: Sources) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let sources = sources.clone();
         tokio::spawn(async move {
-            let mut request = [0u8; 2048];
-            // One read is enough for a scrape's request line; anything else gets 404.
-            let Ok(read) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request))
-                .await
-                .unwrap_or(Ok(0))
-            else {
-                return;
-            };
+            let mut request = [0u8; REQUEST_HEAD_BYTES_MAX];
+            let read =
+                tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut stream, &mut request)).await.unwrap_or(Ok(0));
+            let Ok(read) = read else { return };
             let line = std::str::from_utf8(&request[..read]).unwrap_or("").lines().next().unwrap_or("");
             let (status, content_type, body) = if line.starts_with("GET /metrics") {
                 ("200 OK", "text/plain; version=0.0.4", render(&sources))
@@ -405,9 +406,76 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
     }
 }
 
+/// Reads until the blank line that ends a request's head, the buffer is full or the client
+/// stops sending; returns the bytes read. Answering after the first read instead closed the
+/// connection with the rest of the head unread, and the kernel then resets it: a client that
+/// sent its request in pieces (bash's `printf` to `/dev/tcp` does, and a slow VM sees the
+/// pieces apart) lost the answer, so a health probe failed against a healthy node.
+async fn read_head(stream: &mut tokio::net::TcpStream, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    // Bounded: every pass fills at least one more byte of `buffer` or ends.
+    while filled < buffer.len() {
+        let read = stream.read(&mut buffer[filled..]).await?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+        let head = &buffer[..filled];
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+    }
+    Ok(filled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quiet_sources() -> Sources {
+        Sources {
+            snapshot: SharedSnapshot::default(),
+            lease_up: None,
+            sync_latency: SyncLatency::default(),
+            backend: "udp".into(),
+            capacity_bytes: 0,
+            gc: Arc::default(),
+            tagger: None,
+        }
+    }
+
+    /// A client that sends its request in two pieces gets no answer before the head is
+    /// complete, then the whole answer (it used to get an answer to the first piece and a
+    /// reset: the Vagrant cluster's health probe, bash writing to `/dev/tcp`, saw that).
+    #[test]
+    fn a_request_sent_in_pieces_is_answered_once_whole() {
+        use std::io::{Read, Write};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let server = tokio::spawn(serve(listener, quiet_sources()));
+            let client = tokio::task::spawn_blocking(move || {
+                let mut stream = std::net::TcpStream::connect(address).unwrap();
+                stream.write_all(b"GET /health HTTP/1.0\r\n").unwrap();
+                // No answer to half a request: the peek times out.
+                stream.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+                let early = stream.peek(&mut [0u8; 16]);
+                assert!(
+                    early.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+                    "answered half a request: {early:?}"
+                );
+                stream.write_all(b"Host: localhost\r\n\r\n").unwrap();
+                stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer).unwrap();
+                answer
+            });
+            let answer = client.await.unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("\r\n\r\nok\n"), "{answer:?}");
+            server.abort();
+        });
+    }
 
     #[test]
     fn dpdk_backend_values_become_queue_labelled_counters_and_gauges() {
