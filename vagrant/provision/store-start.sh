@@ -30,6 +30,24 @@ health_reply() (
 healthy() {
     systemctl is-active --quiet beeline-node && [[ "$(health_reply 10 2>/dev/null | tr -d '\r' | tail -n 1)" == ok ]]
 }
+# Who is not answering: the listener's accept queue (a Recv-Q above 0 means connections
+# wait for a tokio worker that never comes), each thread's state, wait channel and CPU
+# ticks, and the load.
+diagnose() {
+    local pid task
+    pid="$(systemctl show -p MainPID --value beeline-node 2>/dev/null || echo 0)"
+    {
+        echo "--- ss -ltn sport = :9777 (Recv-Q = connections not yet accepted)"
+        ss -ltn 'sport = :9777' || true
+        echo "--- threads of beeline-node (pid $pid): name state utime stime wchan"
+        for task in /proc/"$pid"/task/*; do
+            [[ -r $task/stat ]] || continue
+            echo "$(cat "$task/comm") $(cut -d' ' -f3,14,15 <"$task/stat" 2>/dev/null) $(cat "$task/wchan" 2>/dev/null)"
+        done
+        echo "--- /proc/loadavg: $(cat /proc/loadavg)"
+        top -b -n 1 -H -p "$pid" 2>/dev/null | head -20 || true
+    } >&2
+}
 # Healthy twice, 2 s apart: a node whose EAL fails exits (and systemd restarts it) quickly.
 deadline_s=$((SECONDS + 300))
 while ((SECONDS < deadline_s)); do
@@ -37,9 +55,16 @@ while ((SECONDS < deadline_s)); do
         log "node up after $((SECONDS - deadline_s + 300)) s; metrics on :9777, storage protocol on $(sed -n 's/^listen = //p' /etc/beeline/node.toml)"
         exit 0
     fi
+    # Once, a minute in: the state while it is stuck, in case it recovers later.
+    if ((SECONDS > deadline_s - 240)) && [[ -z ${diagnosed:-} ]]; then
+        diagnosed=1
+        echo "--- no answer to /health after a minute; the node's state now:" >&2
+        diagnose
+    fi
     sleep 2
 done
 journalctl -u beeline-node -n 40 --no-pager >&2 || true
+diagnose
 echo "--- the last reply to GET /health on 127.0.0.1:9777 (10 s at most):" >&2
 health_reply 10 >&2 || echo "(no reply within 10 s, or no connection)" >&2
 echo "--- beeline hw check --profile virtio --device $BEELINE_DPDK_PCI" >&2
