@@ -291,6 +291,61 @@ fn a_full_node_answers_enospc_and_loses_nothing() {
     assert_eq!(sha256(&mount.path("fits")), sha256(&work.join("fits")));
 }
 
+/// Inodes the mount handed the kernel live as long as the kernel holds them: after the
+/// kernel drops its cache (and sends FUSE `forget`), `df -i` shows the table back near
+/// empty instead of one inode per name ever seen.
+#[test]
+fn the_inode_table_follows_the_kernels_cache() {
+    if skip_without_fuse("the_inode_table_follows_the_kernels_cache") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        beeline_dataplane::testkit::skip(
+            "the_inode_table_follows_the_kernels_cache",
+            "needs root to write /proc/sys/vm/drop_caches",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    // What `df -i` shows as used: files minus free files of statvfs.
+    let used = || -> u64 {
+        let path = std::ffi::CString::new(mount.dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: an all-zero statvfs is a valid value of the plain C struct.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `stat` is writable for the call.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+        assert_eq!(rc, 0, "statvfs {}: {}", mount.dir.display(), std::io::Error::last_os_error());
+        stat.f_files - stat.f_ffree
+    };
+    let files = 200;
+    sh_ok(&format!(
+        "cd '{}' && mkdir d && for i in $(seq 1 {files}); do echo $i > d/f$i; done && ls -l d >/dev/null",
+        mount.dir.display()
+    ));
+    let before = used();
+    assert!(before > files, "{before} inodes used after {files} files were created");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        if used() < 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} inodes still held after the kernel dropped its cache:\n{}",
+            used(),
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every file is still there, under new numbers.
+    assert_eq!(sh_ok(&format!("cat '{}'", mount.path("d/f7").display())), "7\n");
+    assert_eq!(sh_ok(&format!("ls '{}' | wc -l", mount.path("d").display())).trim(), files.to_string());
+}
+
 #[test]
 fn sigterm_unmounts() {
     if skip_without_fuse("sigterm_unmounts") {

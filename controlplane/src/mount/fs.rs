@@ -237,9 +237,16 @@ impl Filesystem for BeelineFs {
             .and_then(|name| self.lookup_key(&mut state, parent.0, name))
             .and_then(|key| self.attr(&mut state, &key));
         match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => {
+                state.inodes.referenced(attr.ino.0);
+                reply.entry(&TTL, &attr, Generation(0));
+            }
             Err(error) => reply.error(errno(&error)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.state().inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -301,7 +308,10 @@ impl Filesystem for BeelineFs {
             self.attr(&mut state, &Key::Dir(path))
         });
         match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => {
+                state.inodes.referenced(attr.ino.0);
+                reply.entry(&TTL, &attr, Generation(0));
+            }
             Err(error) => reply.error(errno(&error)),
         }
     }
@@ -378,7 +388,10 @@ impl Filesystem for BeelineFs {
             Ok((fh, self.attr(&mut state, &Key::File(path))?))
         });
         match result {
-            Ok((fh, attr)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, attr)) => {
+                state.inodes.referenced(attr.ino.0);
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty());
+            }
             Err(error) => reply.error(errno(&error)),
         }
     }
@@ -466,8 +479,11 @@ impl Filesystem for BeelineFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // The store's space is spread over its nodes: report plenty rather than a number
         // that means nothing; a full node answers ENOSPC on the write itself.
+        // Inodes: the ones the table holds now show as used (`df -i`), out of a nominal 2^24.
         let blocks = 1u64 << 32;
-        reply.statfs(blocks, blocks, blocks, 1 << 24, 1 << 24, 4096, crate::control::NAME_PART_BYTES_MAX as u32, 4096);
+        let files = 1u64 << 24;
+        let free = files.saturating_sub(self.state().inodes.count() as u64);
+        reply.statfs(blocks, blocks, blocks, files, free, 4096, crate::control::NAME_PART_BYTES_MAX as u32, 4096);
     }
 
     fn setxattr(

@@ -42,17 +42,27 @@ pub enum Key {
 
 pub const ROOT_INO: u64 = 1;
 
-/// Inode numbers, handed out once per key for the session's life (the kernel may keep
-/// any of them; the table grows with the names looked up, which the namespace bounds).
+/// Unreferenced inodes (handed out in a listing, never looked up, or forgotten by the
+/// kernel) kept before they are dropped: a listing of a large directory then costs memory
+/// only until the next one.
+pub const UNREFERENCED_INODES_MAX: usize = 1 << 16;
+
+/// Inode numbers, one per key while the kernel may use it, never reused. The kernel holds
+/// a reference per entry it was given (lookup, create, mkdir) and gives them back with
+/// `forget`; an inode with none is dropped, so the table follows the kernel's inode cache,
+/// not every name ever seen.
 pub struct Inodes {
     by_ino: HashMap<u64, Key>,
     by_key: HashMap<Key, u64>,
+    /// The kernel's references, by inode (absent: none).
+    lookups: HashMap<u64, u64>,
     next: u64,
 }
 
 impl Inodes {
     fn new() -> Self {
-        let mut inodes = Inodes { by_ino: HashMap::new(), by_key: HashMap::new(), next: ROOT_INO + 1 };
+        let mut inodes =
+            Inodes { by_ino: HashMap::new(), by_key: HashMap::new(), lookups: HashMap::new(), next: ROOT_INO + 1 };
         inodes.by_ino.insert(ROOT_INO, Key::Dir(String::new()));
         inodes.by_key.insert(Key::Dir(String::new()), ROOT_INO);
         inodes
@@ -62,11 +72,51 @@ impl Inodes {
         if let Some(ino) = self.by_key.get(key) {
             return *ino;
         }
+        if self.by_ino.len() > self.lookups.len() + UNREFERENCED_INODES_MAX {
+            self.drop_unreferenced();
+        }
         let ino = self.next;
         self.next += 1;
         self.by_ino.insert(ino, key.clone());
         self.by_key.insert(key.clone(), ino);
         ino
+    }
+
+    /// The kernel was given `ino` in an entry (lookup, create, mkdir): one more reference.
+    pub fn referenced(&mut self, ino: u64) {
+        assert!(self.by_ino.contains_key(&ino), "an entry for inode {ino}, which the table lacks");
+        *self.lookups.entry(ino).or_insert(0) += 1;
+    }
+
+    /// The kernel gives back `count` references to `ino`; at none it is dropped (the root
+    /// never is). More than it holds is the kernel's bug or a stale number: it goes too.
+    pub fn forget(&mut self, ino: u64, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let left = self.lookups.get(&ino).map_or(0, |held| held.saturating_sub(count));
+        if left > 0 {
+            self.lookups.insert(ino, left);
+            return;
+        }
+        self.lookups.remove(&ino);
+        if let Some(key) = self.by_ino.remove(&ino) {
+            if self.by_key.get(&key) == Some(&ino) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// Inodes in the table, referenced or not (`df -i` shows them as used).
+    pub fn count(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    fn drop_unreferenced(&mut self) {
+        let lookups = &self.lookups;
+        self.by_ino.retain(|ino, _| *ino == ROOT_INO || lookups.contains_key(ino));
+        let by_ino = &self.by_ino;
+        self.by_key.retain(|_, ino| by_ino.contains_key(ino));
     }
 
     /// After a rename the kernel keeps the inodes it knows: they must now name the new
@@ -619,5 +669,57 @@ impl State {
             self.upload(name, &file)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inode_lives_while_the_kernel_holds_it() {
+        let mut inodes = Inodes::new();
+        let file = Key::File("a/b".into());
+        let ino = inodes.ino(&file);
+        inodes.referenced(ino);
+        inodes.referenced(ino);
+        inodes.forget(ino, 1);
+        assert_eq!(inodes.key(ino).unwrap(), file);
+        inodes.forget(ino, 1);
+        assert!(inodes.key(ino).is_err());
+        assert_eq!(inodes.count(), 1, "only the root is left");
+        // Looked up again: a new number, never the old one.
+        let again = inodes.ino(&file);
+        assert!(again > ino);
+        // The root is never forgotten, and forgetting a stale number changes nothing.
+        inodes.forget(ROOT_INO, 5);
+        inodes.forget(ino, 1);
+        assert_eq!(inodes.key(ROOT_INO).unwrap(), Key::Dir(String::new()));
+        assert_eq!(inodes.key(again).unwrap(), file);
+    }
+
+    #[test]
+    fn a_rename_keeps_the_references() {
+        let mut inodes = Inodes::new();
+        let ino = inodes.ino(&Key::File("old".into()));
+        inodes.referenced(ino);
+        inodes.rename("old", "new");
+        assert_eq!(inodes.key(ino).unwrap(), Key::File("new".into()));
+        inodes.forget(ino, 1);
+        assert!(inodes.key(ino).is_err());
+        assert_eq!(inodes.ino(&Key::File("new".into())), ino + 1);
+    }
+
+    #[test]
+    fn listed_but_never_looked_up_inodes_are_bounded() {
+        let mut inodes = Inodes::new();
+        let kept = inodes.ino(&Key::File("kept".into()));
+        inodes.referenced(kept);
+        for index in 0..3 * UNREFERENCED_INODES_MAX {
+            inodes.ino(&Key::File(format!("listed-{index}")));
+            assert!(inodes.count() <= UNREFERENCED_INODES_MAX + 3, "{} inodes", inodes.count());
+        }
+        assert_eq!(inodes.key(kept).unwrap(), Key::File("kept".into()));
+        assert_eq!(inodes.key(ROOT_INO).unwrap(), Key::Dir(String::new()));
     }
 }
