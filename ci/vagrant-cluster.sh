@@ -98,10 +98,23 @@ cleanup() {
     rmdir "$repo/vagrant/bin" 2>/dev/null || true
     [[ -n "$work" && -f "$work/made-key" ]] && rm -f "$repo/vagrant/.cluster.key"
     # The daemons this run started (their pid files are libvirt's defaults), in reverse.
-    local daemon
+    # Waits (10 s at most) until each is gone: a run right after this one would otherwise
+    # find the old daemon still exiting, not start its own, and get no answer.
+    local daemon pid
     for daemon in libvirtd virtlogd; do
         if [[ -f "$work/started-$daemon" && -f "/run/$daemon.pid" ]]; then
-            kill "$(cat "/run/$daemon.pid")" 2>/dev/null && say "stopped $daemon (this run started it)"
+            pid="$(cat "/run/$daemon.pid")"
+            if kill "$pid" 2>/dev/null; then
+                for _ in $(seq 1 100); do
+                    kill -0 "$pid" 2>/dev/null || break
+                    sleep 0.1
+                done
+                if kill -0 "$pid" 2>/dev/null; then
+                    say "$daemon (pid $pid) did not exit within 10 s of SIGTERM"
+                else
+                    say "stopped $daemon (this run started it)"
+                fi
+            fi
         fi
     done
     [[ -n "$work" ]] && rm -rf "$work"
