@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use beeline_dataplane::arena::Arena;
 use beeline_dataplane::io::{
@@ -27,6 +28,10 @@ const BACKLOG_MAX: usize = 4096;
 /// Every this many receive calls the listener and the clients' sockets are checked even
 /// without a wake-up (a busy node never sleeps in `wait`).
 const HOUSEKEEPING_TURNS: u32 = 64;
+/// How long after a client's last request `wait` polls the request rings before it sleeps
+/// on the doorbells (memif's polling mode, bounded): longer than a client takes to send
+/// its next request after a reply, short enough to cost an idle node nothing.
+const SPIN_AFTER_REQUEST_US: u64 = 50;
 
 #[derive(Debug, Clone)]
 pub struct ShmSettings {
@@ -98,6 +103,10 @@ pub struct ShmServer {
     next_client: usize,
     turns: u32,
     housekeeping_due: bool,
+    /// When a client last queued a request: `wait` polls the rings for a while after it.
+    last_request: Option<Instant>,
+    /// `wait`'s descriptors, kept between calls (the listener, two per client, the network).
+    pollfds: Vec<libc::pollfd>,
     departed: Vec<SocketAddr>,
     /// Bulk requests taken off the rings, served by the poll loop through `serve_local`.
     bulk: VecDeque<BulkRequest>,
@@ -147,6 +156,7 @@ impl ShmServer {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(settings.socket_mode)).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         info!(socket = %path.display(), mode = format!("{:o}", settings.socket_mode), "serving local clients over shared memory");
+        let pollfds = Vec::with_capacity(3 + 2 * settings.clients_max as usize);
         Ok(ShmServer {
             listener,
             path,
@@ -157,6 +167,8 @@ impl ShmServer {
             next_client: 0,
             turns: 0,
             housekeeping_due: true,
+            last_request: None,
+            pollfds,
             departed: Vec::new(),
             bulk: VecDeque::with_capacity(layout.slots as usize),
             counters: ShmCounters::default(),
@@ -385,6 +397,7 @@ impl ShmServer {
                 match request {
                     Ok(request) => {
                         self.counters.requests += 1;
+                        self.last_request = Some(Instant::now());
                         self.bulk.push_back(request);
                     }
                     Err(reason) => self.counters.rejected[reason as usize] += 1,
@@ -403,6 +416,7 @@ impl ShmServer {
             let len = len as usize;
             client.region.read(offset as usize, &mut arena.frame_mut(&frame)[headroom..headroom + len]);
             tail = tail.wrapping_add(1);
+            self.last_request = Some(Instant::now());
             self.counters.requests += 1;
             self.counters.request_bytes += len as u64;
             self.counters.bytes_copied += len as u64;
@@ -504,6 +518,9 @@ impl ShmServer {
         if !self.bulk.is_empty() {
             return true;
         }
+        if self.spin_for_requests() {
+            return true;
+        }
         let backlog = self.clients.iter().any(|client| !client.backlog.is_empty());
         let timeout_us = if backlog { timeout_us.min(100) } else { timeout_us };
         let mut work = false;
@@ -511,15 +528,16 @@ impl ShmServer {
             work |= client.region.request_ring().prepare_sleep();
         }
         if !work {
-            let mut fds = Vec::with_capacity(2 + 2 * self.clients.len());
             let pollfd = |fd: i32| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let fds = &mut self.pollfds;
+            fds.clear();
             fds.push(pollfd(self.listener.as_raw_fd()));
             for client in &self.clients {
                 fds.push(pollfd(client.request_bell.as_raw_fd()));
                 fds.push(pollfd(client.stream.as_raw_fd()));
             }
             fds.extend(extra.map(pollfd));
-            work = sys::poll(&mut fds, timeout_us) > 0;
+            work = sys::poll(fds, timeout_us) > 0;
             if fds[0].revents != 0 || fds.iter().skip(2).step_by(2).take(self.clients.len()).any(|fd| fd.revents != 0) {
                 self.housekeeping_due = true;
             }
@@ -529,6 +547,27 @@ impl ShmServer {
             sys::drain(client.request_bell.as_fd());
         }
         work
+    }
+
+    /// Within `SPIN_AFTER_REQUEST_US` of a client's last request, polls the request rings
+    /// (no system call) until one holds something or that time is up; says which. A
+    /// client with one request in flight sends its next within microseconds of the reply,
+    /// and sleeping on the doorbell would add a wake-up on each side to every request.
+    fn spin_for_requests(&self) -> bool {
+        let Some(last) = self.last_request else { return false };
+        let spin_until = last + Duration::from_micros(SPIN_AFTER_REQUEST_US);
+        // Bounded by the clock: at most `SPIN_AFTER_REQUEST_US` after the last request.
+        while Instant::now() < spin_until {
+            let queued = self.clients.iter().any(|client| {
+                let ring = client.region.request_ring();
+                ring.producer_head() != ring.own_tail()
+            });
+            if queued {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
     }
 
     pub fn counter_pairs(&self) -> Vec<(String, u64)> {
