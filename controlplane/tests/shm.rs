@@ -289,3 +289,38 @@ fn a_get_over_shared_memory_survives_a_node_restart() {
     // shared memory, not through a fallback to UDP.
     wait_counters(&node, "the restarted node served the rest", |c| c["shm_bulk_bytes"] >= 76 << 20);
 }
+
+/// A put over shared memory whose node comes back with smaller chunks (`--chunk-bytes-max`
+/// lowered across a restart): the new region's bulk slots cannot hold the put's chunk, so
+/// the put fails with a one-line error naming the size, and the client does not panic.
+#[test]
+fn a_put_whose_node_restarts_with_smaller_chunks_fails_cleanly() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(dir.path());
+    let before = counters(&node)["shm_bulk_bytes"];
+    let mut put = node
+        .cli_command(&["put", "-", "--as", "f", "--transport", "shm"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = put.stdin.take().unwrap();
+    input.write_all(&pattern(12 << 20, 23)).unwrap();
+    wait_counters(&node, "the put started", |c| c["shm_bulk_bytes"] >= before + (8 << 20));
+    node.process().kill9();
+    node.extra = vec!["--chunk-bytes-max".into(), (1u32 << 20).to_string()];
+    node.spawn();
+    // The rest of the file: the pipe takes it once the put reads again (or breaks, if the
+    // put already gave up).
+    let _ = input.write_all(&pattern(4 << 20, 24));
+    drop(input);
+    let output = put.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a 4 MiB chunk went into a node that takes 1 MiB: {stderr}");
+    assert_ne!(output.status.code(), Some(101), "the client panicked: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("large"), "the error does not say the chunk is too large: {stderr}");
+    assert!(node.cli(&["stat", "f"]).stdout.is_empty(), "a partial file was recorded");
+}
