@@ -45,6 +45,9 @@ struct ZeroCopyProbe {
     arena: std::rc::Rc<std::cell::Cell<(usize, usize)>>,
     inside_bytes: u64,
     outside_bytes: u64,
+    /// Calls of `write_vectored_at`, and the fragments they carried.
+    vectored_writes: u64,
+    fragments_written: u64,
 }
 
 impl ZeroCopyProbe {
@@ -69,6 +72,14 @@ impl ChunkStore for ZeroCopyProbe {
     fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError> {
         self.check(data);
         self.inner.write_at(put, offset, data)
+    }
+    fn write_vectored_at(&mut self, put: PutReservation, offset: u32, bufs: &[&[u8]]) -> Result<(), StoreError> {
+        for buf in bufs {
+            self.check(buf);
+        }
+        self.vectored_writes += 1;
+        self.fragments_written += bufs.len() as u64;
+        self.inner.write_vectored_at(put, offset, bufs)
     }
     fn commit_put(&mut self, put: PutReservation, ticket: u64) -> Result<(), StoreError> {
         self.inner.commit_put(put, ticket)
@@ -161,7 +172,14 @@ fn a_put_whose_node_restarted_before_durability_starts_over_and_completes() {
 #[test]
 fn node_hands_the_store_arena_frames_not_copies() {
     let arena = std::rc::Rc::new(std::cell::Cell::new((0usize, 0usize)));
-    let probe = ZeroCopyProbe { inner: MemStore::new(), arena: arena.clone(), inside_bytes: 0, outside_bytes: 0 };
+    let probe = ZeroCopyProbe {
+        inner: MemStore::new(),
+        arena: arena.clone(),
+        inside_bytes: 0,
+        outside_bytes: 0,
+        vectored_writes: 0,
+        fragments_written: 0,
+    };
     let mut sim = SimHarness::new(SimOptions::new(11, KEY), probe, NoControl);
     let region = (sim.poll.arena.region_ptr() as usize, sim.poll.arena.region_len());
     arena.set(region);
@@ -172,6 +190,14 @@ fn node_hands_the_store_arena_frames_not_copies() {
     // Every payload byte was written from a receive frame and read into a send frame.
     assert_eq!(store.inside_bytes, 2 * data.len() as u64);
     assert_eq!(store.outside_bytes, 0, "the node copied payload into a buffer of its own");
+    // A receive batch's consecutive fragments of the chunk went to the store together.
+    let fragments = data.len().div_ceil(usize::from(FRAG)) as u64;
+    assert_eq!(store.fragments_written, fragments);
+    assert!(
+        store.vectored_writes * 4 <= fragments,
+        "{} writes for {fragments} fragments: the node wrote them one by one",
+        store.vectored_writes
+    );
 }
 
 /// A DPDK node keeps each frame's mbuf (and the mempool's object header) in front of the

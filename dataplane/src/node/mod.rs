@@ -24,6 +24,9 @@ pub const STATUS_BITMAP_BITS: u32 = 1024;
 const STATUS_BITMAP_BYTES: usize = (STATUS_BITMAP_BITS / 8) as usize;
 /// Deletes awaiting durability at once.
 pub const PENDING_DELETES_MAX: usize = 64;
+/// Put fragments held between [`Node::receive`] and [`Node::flush_writes`]: one receive
+/// batch's worth, so the poll loop writes a batch's contiguous fragments with one call.
+pub const PENDING_WRITES_MAX: usize = crate::io::BATCH_MAX;
 pub use crate::io::TX_QUEUE_MAX;
 /// Most fragments one `Get` is answered with: the window's bound.
 const GET_RUN_MAX: usize = TX_QUEUE_MAX / 2;
@@ -109,6 +112,8 @@ pub struct PutSlot {
     frag_len: u16,
     frag_count: u32,
     received: FragmentBitmap,
+    /// A fragment asked for an acknowledgement: it goes out after the pending writes.
+    ack_due: bool,
     reservation: PutReservation,
     started_ms: u64,
     last_activity_ms: u64,
@@ -127,6 +132,7 @@ impl Default for PutSlot {
             frag_len: 0,
             frag_count: 0,
             received: FragmentBitmap::new(),
+            ack_due: false,
             reservation: PutReservation(0),
             started_ms: 0,
             last_activity_ms: 0,
@@ -152,17 +158,35 @@ pub struct Node<'s, S: ChunkStore, C: ControlHandler<S>> {
     next_session_sweep_ms: u64,
     deletes: heapless::Vec<PendingDelete, PENDING_DELETES_MAX>,
     next_delete_ticket: u64,
+    /// Put fragments received but not yet written (see [`Node::receive`]), in arrival order.
+    pending_writes: heapless::Vec<PendingWrite, PENDING_WRITES_MAX>,
+    /// Put slots (index, generation) whose acknowledgement waits for the pending writes.
+    acks_due: heapless::Vec<(usize, u32), PENDING_WRITES_MAX>,
+    /// Set by a fragment that joined `pending_writes`: `receive` keeps its frame.
+    keep_frame: bool,
     counters: Counters,
     /// Latest clock reading seen, for timing completions that arrive without one.
     now_ms: u64,
 }
 
-/// What a put fragment asks the node to send back.
+/// What a put fragment asks the node to send back at once (an acknowledgement waits for
+/// the fragment's write, see [`Node::flush_writes`]).
 enum PutReply {
     Nothing,
-    Status(usize),
     Done(u32),
     Error(Status),
+}
+
+/// A put fragment waiting in its receive frame for [`Node::flush_writes`].
+struct PendingWrite {
+    slot: usize,
+    generation: u32,
+    /// Where in the chunk its bytes go.
+    offset: u32,
+    /// Its receive frame, handed over by `receive` right after the fragment was handled.
+    frame: Option<FrameId>,
+    /// The payload's bytes within the frame.
+    payload: core::ops::Range<usize>,
 }
 
 /// Where a reply goes and which request it answers.
@@ -209,6 +233,9 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             next_session_sweep_ms: 0,
             deletes: heapless::Vec::new(),
             next_delete_ticket: 0,
+            pending_writes: heapless::Vec::new(),
+            acks_due: heapless::Vec::new(),
+            keep_frame: false,
             counters: Counters::default(),
             now_ms: 0,
         }
@@ -263,14 +290,137 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     /// Handles one received datagram; replies are appended to `tx`. The frame is freed
     /// here: payload is written to the store straight from it.
     pub fn handle(&mut self, now_ms: u64, arena: &mut Arena<'_>, rx: RxPacket, tx: &mut TxQueue) {
+        self.receive(now_ms, arena, rx, tx);
+        self.flush_writes(arena, tx);
+    }
+
+    /// As [`Node::handle`], except that a put fragment's write (and the acknowledgement it
+    /// asked for) waits, in its receive frame, for [`Node::flush_writes`]: the poll loop
+    /// calls that after each receive batch, and a batch's consecutive fragments of a chunk
+    /// then reach the store as one vectored write. Many small writes cost the kernel far
+    /// more than one large one (docs/benchmarks.md, "Put fragments written together").
+    pub fn receive(&mut self, now_ms: u64, arena: &mut Arena<'_>, rx: RxPacket, tx: &mut TxQueue) {
+        if self.pending_writes.is_full() || self.acks_due.is_full() {
+            self.flush_writes(arena, tx);
+        }
         self.counters.rx_packets += 1;
         self.now_ms = self.now_ms.max(now_ms);
         let RxPacket { frame, offset, len, peer } = rx;
         let outcome = self.dispatch(now_ms, arena, &frame, offset, len, peer, tx);
-        arena.free(frame);
+        if core::mem::take(&mut self.keep_frame) {
+            let pending = self.pending_writes.last_mut().expect("a kept frame has its pending write");
+            assert!(pending.frame.is_none(), "one frame per pending write");
+            pending.frame = Some(frame);
+        } else {
+            arena.free(frame);
+        }
         if let Err(reason) = outcome {
             self.counters.count_drop(reason);
         }
+    }
+
+    /// Writes the fragments `receive` held, contiguous ones of a chunk with one call,
+    /// commits the chunks that are now whole, sends the acknowledgements that waited and
+    /// frees the frames. A write that fails aborts its put and tells the client why.
+    pub fn flush_writes(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue) {
+        let pending = core::mem::take(&mut self.pending_writes);
+        let mut start = 0;
+        // Bounded: every pass consumes at least one pending write.
+        while start < pending.len() {
+            let first = &pending[start];
+            let mut end = start + 1;
+            let mut next_offset = first.offset + first.payload.len() as u32;
+            while end < pending.len()
+                && pending[end].slot == first.slot
+                && pending[end].generation == first.generation
+                && pending[end].offset == next_offset
+            {
+                next_offset += pending[end].payload.len() as u32;
+                end += 1;
+            }
+            self.write_run(arena, tx, &pending[start..end]);
+            start = end;
+        }
+        for write in &pending {
+            self.commit_if_whole(arena, tx, write.slot, write.generation);
+        }
+        let acks = core::mem::take(&mut self.acks_due);
+        for (index, generation) in acks {
+            let slot = &mut self.slots[index];
+            if slot.generation != generation || !slot.ack_due {
+                continue;
+            }
+            slot.ack_due = false;
+            if slot.state != SlotState::Free {
+                if let Err(reason) = self.send_status(arena, tx, index) {
+                    self.counters.count_drop(reason);
+                }
+            }
+        }
+        for write in pending {
+            arena.free(write.frame.expect("receive hands every pending write its frame"));
+        }
+        assert!(!self.keep_frame && self.pending_writes.is_empty(), "flush_writes left writes pending");
+    }
+
+    /// One vectored write of consecutive fragments of one put, unless the put ended since.
+    fn write_run(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, run: &[PendingWrite]) {
+        let first = &run[0];
+        let slot = &self.slots[first.slot];
+        if slot.state != SlotState::Receiving || slot.generation != first.generation {
+            return;
+        }
+        let reservation = slot.reservation;
+        let mut bufs: heapless::Vec<&[u8], PENDING_WRITES_MAX> = heapless::Vec::new();
+        for write in run {
+            let frame = write.frame.as_ref().expect("receive hands every pending write its frame");
+            let pushed = bufs.push(&arena.frame(frame)[write.payload.clone()]);
+            assert!(pushed.is_ok(), "a run is at most PENDING_WRITES_MAX fragments");
+        }
+        let written = self.store.write_vectored_at(reservation, first.offset, &bufs);
+        drop(bufs);
+        match written {
+            Ok(()) => self.counters.fragments_stored += run.len() as u64,
+            Err(error) => self.fail_put(arena, tx, first.slot, store_status(error)),
+        }
+    }
+
+    /// Commits a put whose every fragment is now written.
+    fn commit_if_whole(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, index: usize, generation: u32) {
+        let slot = &self.slots[index];
+        if slot.state != SlotState::Receiving
+            || slot.generation != generation
+            || slot.received.count() != slot.frag_count
+        {
+            return;
+        }
+        let ticket = self.put_ticket(index);
+        match self.store.commit_put(slot.reservation, ticket) {
+            Ok(()) => self.slots[index].state = SlotState::Committing,
+            Err(error) => self.fail_put(arena, tx, index, store_status(error)),
+        }
+    }
+
+    /// Aborts a put the store failed, and tells its client with `status`.
+    fn fail_put(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, index: usize, status: Status) {
+        let slot = &self.slots[index];
+        let to =
+            ReplyTo { peer: slot.peer, session: slot.session, request_id: slot.request_id, chunk_id: slot.chunk_id };
+        self.release_slot(index, true);
+        if let Err(reason) = self.reply_error(arena, tx, to, status) {
+            self.counters.count_drop(reason);
+        }
+    }
+
+    /// The put in slot `index` owes its client an acknowledgement after the pending writes.
+    fn ack_later(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if slot.ack_due {
+            return;
+        }
+        slot.ack_due = true;
+        let pushed = self.acks_due.push((index, slot.generation));
+        assert!(pushed.is_ok(), "receive flushes before acks_due is full");
     }
 
     fn on_ping(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue, to: ReplyTo) -> Result<(), DropReason> {
@@ -335,11 +485,9 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             Opcode::Ping => self.on_ping(arena, tx, to),
             Opcode::PutFrag => {
                 let max_fragment = u32::from(self.fragment_max(arena));
-                let payload = &arena.frame(frame)[payload_range];
-                let reply = self.on_put_fragment(now_ms, max_fragment, to, &repr, payload);
+                let reply = self.on_put_fragment(now_ms, max_fragment, to, &repr, payload_range);
                 match reply {
                     PutReply::Nothing => Ok(()),
-                    PutReply::Status(index) => self.send_status(arena, tx, index),
                     PutReply::Done(total_len) => {
                         let done = Repr { total_len, ..Self::reply_header(Opcode::PutDone, to) };
                         self.reply(arena, tx, to, done, &[])
@@ -608,6 +756,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                 slot.frag_len = repr.frag_len;
                 slot.frag_count = repr.count;
                 slot.received.clear();
+                slot.ack_due = false;
                 slot.reservation = reservation;
                 slot.started_ms = now_ms;
                 Ok(index)
@@ -621,7 +770,7 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         max_fragment: u32,
         to: ReplyTo,
         repr: &Repr,
-        payload: &[u8],
+        payload: core::ops::Range<usize>,
     ) -> PutReply {
         if let Some(status) = self.fragment_shape_error(max_fragment, repr) {
             return PutReply::Error(status);
@@ -631,7 +780,9 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             Ok(index) => index,
             Err(reply) => return reply,
         };
-        let ack = if wants_ack { PutReply::Status(index) } else { PutReply::Nothing };
+        if wants_ack {
+            self.ack_later(index);
+        }
         let slot = &mut self.slots[index];
         slot.peer = to.peer;
         slot.session = to.session;
@@ -639,27 +790,21 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
         slot.last_activity_ms = now_ms;
         if slot.state == SlotState::Committing || slot.received.get(repr.index) {
             self.counters.fragments_duplicate += 1;
-            return ack;
+            return PutReply::Nothing;
         }
-        let offset = repr.index * u32::from(repr.frag_len);
-        // The payload goes to the store straight from the receive frame.
-        if let Err(error) = self.store.write_at(slot.reservation, offset, payload) {
-            self.release_slot(index, true);
-            return PutReply::Error(store_status(error));
-        }
-        let slot = &mut self.slots[index];
+        // Claimed now, so that a duplicate later in the same batch is not written twice;
+        // the payload stays in its receive frame until `flush_writes` writes it.
         slot.received.set(repr.index);
-        self.counters.fragments_stored += 1;
-        if slot.received.count() == slot.frag_count {
-            let ticket = self.put_ticket(index);
-            let reservation = self.slots[index].reservation;
-            if let Err(error) = self.store.commit_put(reservation, ticket) {
-                self.release_slot(index, true);
-                return PutReply::Error(store_status(error));
-            }
-            self.slots[index].state = SlotState::Committing;
-        }
-        ack
+        let pushed = self.pending_writes.push(PendingWrite {
+            slot: index,
+            generation: slot.generation,
+            offset: repr.index * u32::from(repr.frag_len),
+            frame: None,
+            payload,
+        });
+        assert!(pushed.is_ok(), "receive flushes before pending_writes is full");
+        self.keep_frame = true;
+        PutReply::Nothing
     }
 
     fn release_slot(&mut self, index: usize, abort: bool) {

@@ -3,7 +3,7 @@
 
 use crate::arena::Arena;
 use crate::io::{LOCAL_REQUESTS_PER_TURN, PacketIo, RxBatch, TxBatch};
-use crate::node::{ControlHandler, Node, TxQueue};
+use crate::node::{ControlHandler, Node, PENDING_WRITES_MAX, TxQueue};
 use crate::store::ChunkStore;
 
 /// What one turn of the loop did; the caller backs off when it did nothing.
@@ -39,14 +39,22 @@ impl<'m, 's, Io: PacketIo, S: ChunkStore, C: ControlHandler<S>> PollLoop<'m, 's,
         let window = usize::from(self.node.config().window_fragments_max);
         turn.received = self.io.recv_batch(&mut self.arena, &mut self.rx)?;
         let mut rx = core::mem::take(&mut self.rx);
+        // Keep room for the largest burst one request can cause (a GET window), or that
+        // the held put fragments cause when they are written (an acknowledgement or an
+        // error each).
+        let room_needed = window.max(2 * PENDING_WRITES_MAX);
         for packet in rx.drain(..) {
-            // Keep room for the largest burst one request can cause (a GET window).
-            if self.tx_queue.capacity() - self.tx_queue.len() <= window {
+            if self.tx_queue.capacity() - self.tx_queue.len() <= room_needed {
                 turn.sent += self.flush()?;
             }
-            self.node.handle(now_ms, &mut self.arena, packet, &mut self.tx_queue);
+            self.node.receive(now_ms, &mut self.arena, packet, &mut self.tx_queue);
         }
         self.rx = rx;
+        if self.tx_queue.capacity() - self.tx_queue.len() <= 2 * PENDING_WRITES_MAX {
+            turn.sent += self.flush()?;
+        }
+        // The batch's put fragments, contiguous ones of a chunk in one write each.
+        self.node.flush_writes(&mut self.arena, &mut self.tx_queue);
         // A local request queues at most one reply, and a backend hands over at most
         // `LOCAL_REQUESTS_PER_TURN`: with that much room free none is dropped.
         if self.tx_queue.capacity() - self.tx_queue.len() <= LOCAL_REQUESTS_PER_TURN {

@@ -70,6 +70,20 @@ pub trait ChunkStore {
     /// Writes `data` at byte `offset` of a reserved chunk. Each byte range is written once.
     fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError>;
 
+    /// Writes `bufs`, one after the other, from byte `offset` of a reserved chunk, as one
+    /// write where the store can (consecutive fragments of a put, each in its own frame).
+    /// As with `write_at`, each byte range is written once.
+    fn write_vectored_at(&mut self, put: PutReservation, offset: u32, bufs: &[&[u8]]) -> Result<(), StoreError> {
+        let mut at = offset;
+        for buf in bufs {
+            self.write_at(put, at, buf)?;
+            at = at
+                .checked_add(u32::try_from(buf.len()).map_err(|_| StoreError::TooLarge)?)
+                .ok_or(StoreError::TooLarge)?;
+        }
+        Ok(())
+    }
+
     /// Seals a fully written chunk. It becomes visible to `chunk_len`/`read_at` and is
     /// reported by `poll_durable` with `ticket` once it is on disk.
     fn commit_put(&mut self, put: PutReservation, ticket: u64) -> Result<(), StoreError>;

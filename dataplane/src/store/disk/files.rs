@@ -156,3 +156,58 @@ pub(super) fn read_exact_vectored_at(file: &File, bufs: &mut [&mut [u8]], offset
         }
     }
 }
+
+/// Writes every buffer of `bufs`, in order, to the file from `offset`: one `pwritev(2)` per
+/// [`IOVECS_PER_CALL`] buffers unless the kernel writes short, where the rest is written
+/// again. Many small writes cost the kernel far more than one large one (per call, and in
+/// zeroing the parts of new page-cache folios a write does not cover).
+pub(super) fn write_all_vectored_at(file: &File, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+    let (mut buf, mut within, mut offset) = (0usize, 0usize, offset);
+    // Bounded: every pass writes at least one byte or returns.
+    loop {
+        while buf < bufs.len() && bufs[buf].len() == within {
+            buf += 1;
+            within = 0;
+        }
+        if buf == bufs.len() {
+            return Ok(());
+        }
+        let mut iovecs = [libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 }; IOVECS_PER_CALL];
+        let mut count = 0;
+        for (index, slice) in bufs[buf..].iter().take(IOVECS_PER_CALL).enumerate() {
+            let start = if index == 0 { within } else { 0 };
+            let rest = &slice[start..];
+            iovecs[count] = libc::iovec { iov_base: rest.as_ptr().cast_mut().cast(), iov_len: rest.len() };
+            count += 1;
+        }
+        let start = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        // SAFETY: `file` is an open descriptor borrowed for the call; the first `count`
+        // iovecs point into live slices of `bufs` with their exact remaining lengths, which
+        // `pwritev` only reads (the `*mut` is the C type's, not a licence to write).
+        let written = unsafe { libc::pwritev(file.as_raw_fd(), iovecs.as_ptr(), count as libc::c_int, start) };
+        if written < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = written as usize;
+        offset += left as u64;
+        while left > 0 {
+            let room = bufs[buf].len() - within;
+            if left < room {
+                within += left;
+                left = 0;
+            } else {
+                left -= room;
+                buf += 1;
+                within = 0;
+            }
+        }
+    }
+}

@@ -693,6 +693,28 @@ impl ChunkStore for DiskStore {
         Ok(())
     }
 
+    fn write_vectored_at(&mut self, put: PutReservation, offset: u32, bufs: &[&[u8]]) -> Result<(), StoreError> {
+        let (slot, reservation) = self.reservation(put);
+        let len: u64 = bufs.iter().map(|buf| buf.len() as u64).sum();
+        let end = u64::from(offset) + len;
+        assert!(end <= u64::from(reservation.len), "write of {offset}+{len} past a {}-byte chunk", reservation.len);
+        assert!(
+            reservation.written_bytes + len <= u64::from(reservation.len),
+            "more bytes written than reserved: a byte range was written twice"
+        );
+        let file = &self.segments[&reservation.segment].file.file;
+        write_all_vectored_at(file, bufs, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
+            .map_err(|error| io_store_error(&error))?;
+        let entry = self.slots[slot].put.as_mut().expect("reservation checked above");
+        entry.written_bytes += len;
+        let mut at = u64::from(offset);
+        for buf in bufs {
+            entry.crc.add(at, buf, u64::from(reservation.len));
+            at += buf.len() as u64;
+        }
+        Ok(())
+    }
+
     /// On error the reservation is still held: the caller aborts it.
     fn commit_put(&mut self, put: PutReservation, ticket: u64) -> Result<(), StoreError> {
         let (slot, reservation) = self.reservation(put);
