@@ -496,18 +496,35 @@ fn used_bytes(node: &TestNode) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Starts a put of `size` bytes and kills the client (SIGKILL) once the node holds at
-/// least `stored` bytes more than `before`.
-fn kill_client_mid_put(node: &TestNode, dir: &Path, size: usize, before: u64, stored: u64) {
-    let path = dir.join("big");
-    std::fs::write(&path, pattern(size, 77)).unwrap();
-    let mut client = common::Process::spawn(node.cli_command(&["put", path.to_str().unwrap()]));
+/// Starts a put from a pipe, feeds it `size` bytes and kills the client (SIGKILL) once the
+/// node holds at least `stored` bytes more than `before`. The pipe stays open until then, so
+/// the put cannot finish first however fast it runs: it waits for more input.
+fn kill_client_mid_put(node: &TestNode, size: usize, before: u64, stored: u64) {
+    use std::io::Write;
+    assert!(size as u64 > stored, "feed more than the node must hold before the kill");
+    let mut client = node
+        .cli_command(&["put", "-", "--as", "big"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = client.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        // Blocks while the client's chunk buffers are full; the kill ends it (a broken pipe,
+        // the expected outcome), and otherwise the pipe stays open after the last byte.
+        let _ = input.write_all(&pattern(size, 77));
+        input
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     while used_bytes(node) < before + stored {
-        assert!(client.exited().is_none(), "the put ended before it could be killed:\n{}", client.log());
+        assert!(client.try_wait().unwrap().is_none(), "the put ended before it could be killed");
         assert!(Instant::now() < deadline, "the put never stored {stored} bytes");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    client.kill9();
+    client.kill().unwrap();
+    client.wait().unwrap();
+    drop(feeder.join().unwrap());
 }
 
 /// Waits (bounded) until the node's segment files take at most `bytes`.
@@ -531,7 +548,7 @@ fn chunks_of_a_killed_clients_put_are_collected_after_the_grace_period() {
     ok(&node.cli(&["put", keep.to_str().unwrap()]));
     let data = dir.path().join("data");
     let baseline = segment_bytes(&data);
-    kill_client_mid_put(&node, dir.path(), 200 << 20, used_bytes(&node), 16 << 20);
+    kill_client_mid_put(&node, 32 << 20, used_bytes(&node), 16 << 20);
     assert!(segment_bytes(&data) > baseline + (16 << 20), "nothing leaked to collect");
     wait_segments_at_most(&data, baseline + (64 << 10), Duration::from_secs(60));
     assert!(node.cli(&["get", "keep", "-o", "-"]).stdout == pattern(3_000_000, 5));

@@ -213,21 +213,25 @@ fn replayed_put_and_remove_change_nothing_and_amplify_nothing() {
     assert!(after["dropped_wrong_address"] > before["dropped_wrong_address"], "{after:?}");
 }
 
-/// A 100 MiB put whose client rekeys every 200 ms and whose node is killed (SIGKILL) and
+/// A 100 MiB put whose client rekeys every 50 ms and whose node is killed (SIGKILL) and
 /// restarted in the middle: the put succeeds without a failed operation and the file comes
-/// back byte for byte.
+/// back byte for byte. The put reads from a pipe that holds back all but 24 MiB until the
+/// node is back, so the kill lands mid-put however fast the put runs.
 #[test]
 fn a_node_restart_and_rekeys_in_the_middle_of_a_100_mib_put_fail_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = TestNode::start(dir.path(), &[]);
-    let path = dir.path().join("big");
-    std::fs::write(&path, pattern(100 << 20, 7)).unwrap();
+    let data = pattern(100 << 20, 7);
+    let (stdin, mut input) = common::GatedInput::new(data.clone(), 24 << 20);
     // UDP: the sessions are what this test is about (shared memory has none).
-    let mut put = node.cli_command(&["put", path.to_str().unwrap(), "--rekey-after-ms", "200", "--transport", "udp"]);
-    let mut put = Process::spawn({
-        put.env("BEELINE_LOG", "beeline::client=debug");
-        put
-    });
+    let mut put = node.cli_command(&["put", "-", "--as", "big", "--rekey-after-ms", "50", "--transport", "udp"]);
+    let mut put = Process::spawn_with_stdin(
+        {
+            put.env("BEELINE_LOG", "beeline::client=debug");
+            put
+        },
+        stdin,
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     while counters(&node).get("chunks_stored").copied().unwrap_or(0) < 3 {
         assert!(Instant::now() < deadline, "the put made no progress:\n{}", put.log());
@@ -235,6 +239,7 @@ fn a_node_restart_and_rekeys_in_the_middle_of_a_100_mib_put_fail_nothing() {
     }
     node.process().kill9();
     node.spawn();
+    input.release();
     let status = loop {
         if let Some(status) = put.exited() {
             break status;
@@ -243,10 +248,10 @@ fn a_node_restart_and_rekeys_in_the_middle_of_a_100_mib_put_fail_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "the put failed across the restart:\n{}", put.log());
-    // The put's own sessions: its first, a rekey every 200 ms, and one after the restart.
+    // The put's own sessions: its first, a rekey every 50 ms, and one after the restart.
     let put_sessions = put.log().matches("session with the node established").count();
     assert!(put_sessions >= 3, "{put_sessions} sessions:\n{}", put.log());
     let back = node.cli(&["get", "big", "-o", "-"]);
     assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
-    assert!(back.stdout == std::fs::read(&path).unwrap(), "the file came back different");
+    assert!(back.stdout == data, "the file came back different");
 }

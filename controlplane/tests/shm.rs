@@ -233,15 +233,17 @@ fn another_user_is_refused_by_the_socket_permission() {
 fn a_put_over_shared_memory_survives_a_node_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = start(dir.path());
-    let path = dir.path().join("big");
     let data = pattern(100 << 20, 21);
-    std::fs::write(&path, &data).unwrap();
+    // All but 24 MiB wait in the pipe until the node is back: the kill lands mid-put.
+    let (stdin, mut input) = common::GatedInput::new(data.clone(), 24 << 20);
     let before = counters(&node)["shm_bulk_bytes"];
-    let mut put = Process::spawn(node.cli_command(&["put", path.to_str().unwrap(), "--transport", "shm"]));
+    let mut put =
+        Process::spawn_with_stdin(node.cli_command(&["put", "-", "--as", "big", "--transport", "shm"]), stdin);
     wait_counters(&node, "the put started", |c| c["shm_bulk_bytes"] >= before + (8 << 20));
     assert!(put.exited().is_none(), "the put ended before the restart:\n{}", put.log());
     node.process().kill9();
     node.spawn();
+    input.release();
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = put.exited() {

@@ -15,7 +15,7 @@ pub mod process;
 #[allow(unused_imports)]
 pub use netns::{Bridge, End, Namespaces, Veth, in_netns, ns_command, veth_pair, veth_to_bridge};
 #[allow(unused_imports)]
-pub use process::Process;
+pub use process::{GatedInput, Process};
 
 use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 
 /// A background process, stdin and stdout closed, its stderr collected line by line into
 /// a log; killed (SIGKILL) on drop.
@@ -81,6 +81,51 @@ impl Drop for Process {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Standard input for a process that reads a file from it (`beeline put - --as NAME`) and
+/// must still be mid-transfer when the test acts: the first `held_at` bytes of `data` go
+/// in at once, the rest only after [`GatedInput::release`], then the pipe closes. However
+/// fast the put runs, it waits at the gate for more input.
+pub struct GatedInput {
+    release: Option<mpsc::Sender<()>>,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GatedInput {
+    pub fn new(data: Vec<u8>, held_at: usize) -> (Stdio, GatedInput) {
+        use std::io::Write;
+        assert!(held_at < data.len(), "the gate must hold something back");
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (release, released) = mpsc::channel::<()>();
+        let feeder = std::thread::spawn(move || {
+            // A write fails only when the reader is gone (killed): nothing more to feed.
+            if writer.write_all(&data[..held_at]).is_err() {
+                return;
+            }
+            if released.recv().is_ok() {
+                let _ = writer.write_all(&data[held_at..]);
+            }
+        });
+        (Stdio::from(reader), GatedInput { release: Some(release), feeder: Some(feeder) })
+    }
+
+    /// Lets the rest of the data through, then closes the pipe.
+    pub fn release(&mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+    }
+}
+
+impl Drop for GatedInput {
+    fn drop(&mut self) {
+        // Dropping the sender without a release ends the feeder without the rest.
+        self.release.take();
+        if let Some(feeder) = self.feeder.take() {
+            let _ = feeder.join();
         }
     }
 }
