@@ -381,7 +381,16 @@ const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Serves `GET /metrics` (and `GET /health`) until the task is dropped.
 pub async fn serve(listener: TcpListener, sources: Sources) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors or memory: retrying at once would spin the runtime's one
+                // worker; pause, and the scrape after next gets through.
+                tracing::warn!(%error, "metrics endpoint cannot accept a connection; retrying in 100 ms");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let sources = sources.clone();
         tokio::spawn(async move {
             let mut request = [0u8; REQUEST_HEAD_BYTES_MAX];
