@@ -323,7 +323,10 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
     /// commits the chunks that are now whole, sends the acknowledgements that waited and
     /// frees the frames. A write that fails aborts its put and tells the client why.
     pub fn flush_writes(&mut self, arena: &mut Arena<'_>, tx: &mut TxQueue) {
-        let pending = core::mem::take(&mut self.pending_writes);
+        let mut pending = core::mem::take(&mut self.pending_writes);
+        // Several puts' fragments arrive interleaved: by put and offset, each put's
+        // consecutive fragments form one run whatever the arrival order.
+        pending.sort_unstable_by_key(|write| (write.slot, write.generation, write.offset));
         let mut start = 0;
         // Bounded: every pass consumes at least one pending write.
         while start < pending.len() {
