@@ -101,60 +101,86 @@ pub(super) fn store_error(error: &DiskStoreError) -> StoreError {
 }
 
 /// Most buffers one `preadv` takes here (Linux allows 1024).
-const IOVECS_PER_CALL: usize = 256;
+pub(super) const IOVECS_PER_CALL: usize = 256;
+
+/// How far a vectored transfer over a list of buffers has come: the buffer it is in and the
+/// bytes of it already done. Shared by the read and the write below.
+#[derive(Default)]
+struct Cursor {
+    buf: usize,
+    within: usize,
+}
+
+impl Cursor {
+    /// Steps over finished buffers (`len_of(i)` is buffer `i`'s length, for `count` of them);
+    /// false once all are done.
+    fn settle(&mut self, count: usize, len_of: impl Fn(usize) -> usize) -> bool {
+        while self.buf < count && len_of(self.buf) == self.within {
+            self.buf += 1;
+            self.within = 0;
+        }
+        self.buf < count
+    }
+
+    /// Moves over `done` bytes just transferred.
+    fn advance(&mut self, mut done: usize, len_of: impl Fn(usize) -> usize) {
+        // Bounded: every pass consumes the rest of a buffer or all of `done`.
+        while done > 0 {
+            let room = len_of(self.buf) - self.within;
+            if done < room {
+                self.within += done;
+                done = 0;
+            } else {
+                done -= room;
+                self.buf += 1;
+                self.within = 0;
+            }
+        }
+    }
+}
+
+/// What a `preadv`/`pwritev` returned: bytes moved, `None` to retry (interrupted), or the
+/// error (`at_zero` when nothing moved: the end of the file, or a write that took nothing).
+fn transferred(rc: isize, at_zero: io::ErrorKind) -> Option<io::Result<usize>> {
+    match rc {
+        rc if rc < 0 => {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted { None } else { Some(Err(error)) }
+        }
+        0 => Some(Err(at_zero.into())),
+        rc => Some(Ok(rc as usize)),
+    }
+}
+
+fn file_offset(offset: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))
+}
 
 /// Fills every buffer of `bufs`, in order, with the file's bytes from `offset`: one
 /// `preadv(2)` per [`IOVECS_PER_CALL`] buffers unless the kernel returns short, where the
 /// rest is asked for again. Reaching the end of the file first is `UnexpectedEof`.
 pub(super) fn read_exact_vectored_at(file: &File, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
-    let (mut buf, mut within, mut offset) = (0usize, 0usize, offset);
+    let (mut cursor, mut offset) = (Cursor::default(), offset);
     // Bounded: every pass reads at least one byte or returns.
-    loop {
-        while buf < bufs.len() && bufs[buf].len() == within {
-            buf += 1;
-            within = 0;
-        }
-        if buf == bufs.len() {
-            return Ok(());
-        }
+    while cursor.settle(bufs.len(), |index| bufs[index].len()) {
         let mut iovecs = [libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 }; IOVECS_PER_CALL];
         let mut count = 0;
-        for (index, slice) in bufs[buf..].iter_mut().take(IOVECS_PER_CALL).enumerate() {
-            let start = if index == 0 { within } else { 0 };
-            let rest = &mut slice[start..];
+        for (index, slice) in bufs[cursor.buf..].iter_mut().take(IOVECS_PER_CALL).enumerate() {
+            let rest = &mut slice[if index == 0 { cursor.within } else { 0 }..];
             iovecs[count] = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
             count += 1;
         }
-        let start = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        let start = file_offset(offset)?;
         // SAFETY: `file` is an open descriptor borrowed for the call; the first `count`
         // iovecs point into distinct, live, mutably borrowed slices of `bufs` with their
         // exact remaining lengths, so the kernel writes only memory this call may write.
-        let read = unsafe { libc::preadv(file.as_raw_fd(), iovecs.as_ptr(), count as libc::c_int, start) };
-        if read < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if read == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut left = read as usize;
-        offset += left as u64;
-        while left > 0 {
-            let room = bufs[buf].len() - within;
-            if left < room {
-                within += left;
-                left = 0;
-            } else {
-                left -= room;
-                buf += 1;
-                within = 0;
-            }
-        }
+        let rc = unsafe { libc::preadv(file.as_raw_fd(), iovecs.as_ptr(), count as libc::c_int, start) };
+        let Some(read) = transferred(rc, io::ErrorKind::UnexpectedEof) else { continue };
+        let read = read?;
+        offset += read as u64;
+        cursor.advance(read, |index| bufs[index].len());
     }
+    Ok(())
 }
 
 /// Writes every buffer of `bufs`, in order, to the file from `offset`: one `pwritev(2)` per
@@ -162,52 +188,25 @@ pub(super) fn read_exact_vectored_at(file: &File, bufs: &mut [&mut [u8]], offset
 /// again. Many small writes cost the kernel far more than one large one (per call, and in
 /// zeroing the parts of new page-cache folios a write does not cover).
 pub(super) fn write_all_vectored_at(file: &File, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-    let (mut buf, mut within, mut offset) = (0usize, 0usize, offset);
+    let (mut cursor, mut offset) = (Cursor::default(), offset);
     // Bounded: every pass writes at least one byte or returns.
-    loop {
-        while buf < bufs.len() && bufs[buf].len() == within {
-            buf += 1;
-            within = 0;
-        }
-        if buf == bufs.len() {
-            return Ok(());
-        }
+    while cursor.settle(bufs.len(), |index| bufs[index].len()) {
         let mut iovecs = [libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 }; IOVECS_PER_CALL];
         let mut count = 0;
-        for (index, slice) in bufs[buf..].iter().take(IOVECS_PER_CALL).enumerate() {
-            let start = if index == 0 { within } else { 0 };
-            let rest = &slice[start..];
+        for (index, slice) in bufs[cursor.buf..].iter().take(IOVECS_PER_CALL).enumerate() {
+            let rest = &slice[if index == 0 { cursor.within } else { 0 }..];
             iovecs[count] = libc::iovec { iov_base: rest.as_ptr().cast_mut().cast(), iov_len: rest.len() };
             count += 1;
         }
-        let start = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        let start = file_offset(offset)?;
         // SAFETY: `file` is an open descriptor borrowed for the call; the first `count`
         // iovecs point into live slices of `bufs` with their exact remaining lengths, which
         // `pwritev` only reads (the `*mut` is the C type's, not a licence to write).
-        let written = unsafe { libc::pwritev(file.as_raw_fd(), iovecs.as_ptr(), count as libc::c_int, start) };
-        if written < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let mut left = written as usize;
-        offset += left as u64;
-        while left > 0 {
-            let room = bufs[buf].len() - within;
-            if left < room {
-                within += left;
-                left = 0;
-            } else {
-                left -= room;
-                buf += 1;
-                within = 0;
-            }
-        }
+        let rc = unsafe { libc::pwritev(file.as_raw_fd(), iovecs.as_ptr(), count as libc::c_int, start) };
+        let Some(written) = transferred(rc, io::ErrorKind::WriteZero) else { continue };
+        let written = written?;
+        offset += written as u64;
+        cursor.advance(written, |index| bufs[index].len());
     }
+    Ok(())
 }

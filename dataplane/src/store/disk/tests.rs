@@ -1039,3 +1039,26 @@ proptest! {
         prop_assert_eq!(read_all(&mut store, 7).unwrap(), data);
     }
 }
+
+/// More buffers than one `pwritev` takes (`IOVECS_PER_CALL`), some of them empty: the write
+/// goes on in a second call from the right buffer and byte.
+#[test]
+fn a_vectored_write_longer_than_one_call_stores_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), small_config());
+    let sizes: Vec<usize> =
+        (0..IOVECS_PER_CALL + 44).map(|index| if index % 7 == 0 { 0 } else { 1 + index % 239 }).collect();
+    let len: usize = sizes.iter().sum();
+    let data = pattern(9, len);
+    let mut bufs: Vec<&[u8]> = Vec::new();
+    let mut at = 0;
+    for size in &sizes {
+        bufs.push(&data[at..at + size]);
+        at += size;
+    }
+    let reservation = store.begin_put(9, len as u32).unwrap();
+    store.write_vectored_at(reservation, 0, &bufs).unwrap();
+    store.commit_put(reservation, 1).unwrap();
+    drain_all(&mut store);
+    assert_eq!(read_all(&mut store, 9).unwrap(), data);
+}
