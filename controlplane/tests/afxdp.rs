@@ -110,6 +110,8 @@ struct AfxdpNode<'t> {
     process: Option<Process>,
     /// `node status` requests sent so far (each one is a storage-port datagram).
     status_calls: std::cell::Cell<u64>,
+    /// Commands run against the node so far: each one that succeeded made a session.
+    cli_calls: std::cell::Cell<u64>,
 }
 
 impl<'t> AfxdpNode<'t> {
@@ -121,6 +123,7 @@ impl<'t> AfxdpNode<'t> {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             process: None,
             status_calls: std::cell::Cell::new(0),
+            cli_calls: std::cell::Cell::new(0),
         }
     }
 
@@ -182,6 +185,7 @@ impl<'t> AfxdpNode<'t> {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
+        self.cli_calls.set(self.cli_calls.get() + 1);
         self.cli_command(args).output().expect("run beeline")
     }
 
@@ -305,7 +309,13 @@ fn files_round_trip_through_af_xdp_and_counters_match() {
     // Exactly counted traffic: pings from the allowed address, pings from an address
     // outside the allowlist, and storage-port junk.
     let key = node.key();
-    let before = node.wait_counters("settled", |c| c["xdp_redirect_packets"] == c["afxdp_rx_packets"]);
+    // Status is answered from a snapshot up to 100 ms old, so the first one may predate the
+    // tail of the last `get` (its Get requests are not in the sum below). A snapshot that
+    // holds the session of every earlier command but the status call reading it was
+    // taken after all their datagrams were handled: the poll loop handles them in order.
+    let before = node.wait_counters("settled", |c| {
+        c["xdp_redirect_packets"] == c["afxdp_rx_packets"] && c["sessions_established"] + 1 >= node.cli_calls.get()
+    });
     let calls_before = node.status_calls.get();
     let allowed = bound_udp(&topology.client_ns, CLIENT_IP);
     assert_eq!(ping_exchange(&allowed, &key, 50), 50, "every allowed Initiate is answered");
