@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::loopback::{Loopback, skip_without_redis};
-use common::node::{BIN, TestNode, ok};
+use common::node::{BIN, TestNode, free_tcp_address, metric, ok};
 use common::{Process, have, pattern};
 
 const MIB: usize = 1 << 20;
@@ -407,4 +407,88 @@ fn the_mount_on_a_three_node_cluster_survives_a_node_killed_while_reading() {
     for (index, sum) in expected.iter().enumerate() {
         assert_eq!(&sha256(&mount.path(&format!("big/{index}"))), sum);
     }
+}
+
+/// A file written in order is stored while it is being written (write-behind): with the
+/// file still open, the node already holds its first chunks. Written back into, truncated
+/// or removed while open, the write-behind gives up and the file is stored whole on close
+/// (or, removed, not at all), byte for byte what was written.
+#[test]
+fn files_written_in_order_are_stored_behind_the_writer() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileExt;
+    if skip_without_fuse("files_written_in_order_are_stored_behind_the_writer") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Counters from the metrics page, read in this process: a `beeline node status` child
+    // would inherit the open file and close it at exec, and every close is a FUSE flush,
+    // which stores the file.
+    let metrics = free_tcp_address();
+    let node = TestNode::start(tmp.path(), &["--metrics-listen", &metrics]);
+    let chunks_stored = || metric(&metrics, "beeline_puts_total");
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    let stored_back = |name: &str, expected: &[u8]| {
+        let back = node.cli(&["get", name, "-o", "-"]);
+        assert!(back.status.success(), "{name}: {}\n{}", String::from_utf8_lossy(&back.stderr), mount.log());
+        assert!(back.stdout == expected, "{name} was stored different from what was written");
+        assert!(std::fs::read(mount.path(name)).unwrap() == expected, "{name} reads back different");
+    };
+    let write_in_order = |file: &mut std::fs::File, data: &[u8]| {
+        for piece in data.chunks(MIB) {
+            file.write_all(piece).unwrap();
+        }
+    };
+
+    // In order: most of it is on the node before the close.
+    let data = pattern(26 * MIB + 5, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        match chunks_stored() {
+            Some(count) => break count,
+            None => assert!(Instant::now() < deadline, "the node's metrics page never answered"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut file = std::fs::File::create(mount.path("in-order")).unwrap();
+    write_in_order(&mut file, &data[..24 * MIB]);
+    // Published every 100 ms: wait (bounded) for the chunks written so far.
+    while chunks_stored().unwrap_or(0.0) < before + 5.0 {
+        assert!(Instant::now() < deadline, "the file was not stored while written:\n{}", mount.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write_in_order(&mut file, &data[24 * MIB..]);
+    drop(file);
+    stored_back("in-order", &data);
+
+    // Written back into once the write-behind runs.
+    let mut data = pattern(16 * MIB, 2);
+    let mut file = std::fs::File::create(mount.path("rewritten")).unwrap();
+    write_in_order(&mut file, &data[..12 * MIB]);
+    file.write_all_at(b"written again", 3 * MIB as u64).unwrap();
+    data[3 * MIB..3 * MIB + 13].copy_from_slice(b"written again");
+    write_in_order(&mut file, &data[12 * MIB..]);
+    drop(file);
+    stored_back("rewritten", &data);
+
+    // Truncated while open, then written on.
+    let data = pattern(12 * MIB, 3);
+    let mut file = std::fs::File::create(mount.path("truncated")).unwrap();
+    write_in_order(&mut file, &data);
+    file.set_len(5 * MIB as u64).unwrap();
+    file.seek(SeekFrom::End(0)).unwrap();
+    let tail = pattern(MIB + 7, 4);
+    file.write_all(&tail).unwrap();
+    drop(file);
+    stored_back("truncated", &[&data[..5 * MIB], &tail[..]].concat());
+
+    // Removed while open: never stored.
+    let mut file = std::fs::File::create(mount.path("removed")).unwrap();
+    write_in_order(&mut file, &pattern(12 * MIB, 5));
+    std::fs::remove_file(mount.path("removed")).unwrap();
+    file.write_all(b"more").unwrap();
+    drop(file);
+    let listing = ok(&node.cli(&["ls"]));
+    assert!(!listing.lines().any(|line| line.contains("removed")), "{listing}");
+    assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }

@@ -5,6 +5,7 @@
 //! Pure Rust FUSE (fuser without libfuse): the kernel module and `fusermount3` at run
 //! time, nothing at build time.
 
+mod behind;
 mod fs;
 mod state;
 pub mod store;
@@ -72,7 +73,7 @@ pub fn run(options: MountOptions) -> Result<(), MountError> {
     let mut store = store::Store::open(&options.target).map_err(|e| MountError::Store(e.to_string()))?;
     store.check().map_err(|e| MountError::Store(e.to_string()))?;
     let signals = block_signals().map_err(MountError::Signals)?;
-    let filesystem = fs::BeelineFs::new(state::State::new(store, options.spool_dir.clone()));
+    let filesystem = fs::BeelineFs::new(state::State::new(store, options.target.clone(), options.spool_dir.clone()));
     let mut config = Config::default();
     config.mount_options =
         vec![MountOption::FSName("beeline".into()), MountOption::Subtype("beeline".into()), MountOption::NoAtime];

@@ -8,10 +8,12 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::store::{Source, Store, StoreError, StoreResult};
+use super::behind::{WRITE_BEHIND_AFTER_BYTES, WriteBehind};
+use super::store::{Source, Store, StoreError, StoreResult, Target};
 use crate::control::{FileRecord, NAME_BYTES_MAX, NAME_PART_BYTES_MAX};
 
 /// How long a listing of the namespace is reused before it is read again: changes made
@@ -153,13 +155,36 @@ impl Inodes {
 }
 
 /// A file being written: its content so far in a spool file on disk (never in memory:
-/// files may be larger than memory), stored whole on flush, fsync or the last close.
+/// files may be larger than memory), stored on flush, fsync or the last close: whole, or
+/// by then mostly stored already by its write-behind.
 pub struct OpenFile {
     pub spool: File,
     pub dirty: bool,
     /// Removed while open: its handles still work, nothing is stored.
-    pub unlinked: bool,
+    unlinked: bool,
     pub modified: SystemTime,
+    /// The spool's length while every write since it was empty continued at its end.
+    appended_bytes: Option<u64>,
+    /// The put storing the spool behind the writer, if one runs.
+    behind: Option<WriteBehind>,
+}
+
+impl OpenFile {
+    fn new(spool: File, dirty: bool, appended_bytes: Option<u64>) -> Self {
+        OpenFile { spool, dirty, unlinked: false, modified: SystemTime::now(), appended_bytes, behind: None }
+    }
+
+    /// Removed, or replaced by another file of its name: nothing of it is stored.
+    pub fn mark_unlinked(&mut self) {
+        self.unlinked = true;
+        self.behind = None;
+    }
+
+    /// Written anywhere but at its end (or resized): the write-behind cannot follow.
+    fn written_out_of_order(&mut self) {
+        self.appended_bytes = None;
+        self.behind = None;
+    }
 }
 
 pub type Shared = Arc<Mutex<OpenFile>>;
@@ -208,6 +233,10 @@ impl ChunkCache {
 
 pub struct State {
     pub store: Store,
+    /// Where write-behind threads connect to, each with a client of its own.
+    target: Target,
+    /// Write-behinds running (bounded by `WRITE_BEHIND_FILES_MAX`).
+    behind_active: Arc<AtomicUsize>,
     pub spool_dir: PathBuf,
     pub inodes: Inodes,
     snapshot: Option<(Instant, BTreeMap<String, FileRecord>)>,
@@ -238,9 +267,11 @@ fn io_error(error: std::io::Error) -> StoreError {
 }
 
 impl State {
-    pub fn new(store: Store, spool_dir: PathBuf) -> Self {
+    pub fn new(store: Store, target: Target, spool_dir: PathBuf) -> Self {
         State {
             store,
+            target,
+            behind_active: Arc::new(AtomicUsize::new(0)),
             spool_dir,
             inodes: Inodes::new(),
             snapshot: None,
@@ -386,9 +417,9 @@ impl State {
     /// A new file (create): empty, stored on its first flush.
     pub fn create(&mut self, path: &str) -> StoreResult<u64> {
         let spool = self.new_spool()?;
-        let file = Arc::new(Mutex::new(OpenFile { spool, dirty: true, unlinked: false, modified: SystemTime::now() }));
+        let file = Arc::new(Mutex::new(OpenFile::new(spool, true, Some(0))));
         if let Some(old) = self.open_files.insert(path.to_owned(), file.clone()) {
-            lock(&old).unlinked = true;
+            lock(&old).mark_unlinked();
         }
         Ok(self.add_handle(Handle { name: path.to_owned(), file: Some(file), source: None }))
     }
@@ -411,20 +442,18 @@ impl State {
                 if !truncate {
                     self.store.get(name, &mut spool)?;
                 }
-                let file = Arc::new(Mutex::new(OpenFile {
-                    spool,
-                    dirty: truncate,
-                    unlinked: false,
-                    modified: SystemTime::now(),
-                }));
+                let appended = if truncate { Some(0) } else { None };
+                let file = Arc::new(Mutex::new(OpenFile::new(spool, truncate, appended)));
                 self.open_files.insert(name.to_owned(), file.clone());
                 file
             }
         };
         if truncate {
             let mut open = lock(&file);
+            open.written_out_of_order();
             open.spool.set_len(0).map_err(io_error)?;
             open.dirty = true;
+            open.appended_bytes = Some(0);
         }
         Ok(self.add_handle(Handle { name: name.to_owned(), file: Some(file), source: None }))
     }
@@ -516,9 +545,24 @@ impl State {
     pub fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> StoreResult<u32> {
         let file = self.handle(fh)?.file.clone().ok_or_else(|| StoreError::new(libc::EBADF, "not open for writing"))?;
         let mut file = lock(&file);
+        if file.appended_bytes != Some(offset) {
+            file.written_out_of_order();
+        }
         file.spool.write_all_at(data, offset).map_err(io_error)?;
         file.dirty = true;
         file.modified = SystemTime::now();
+        let Some(end) = file.appended_bytes.map(|end| end + data.len() as u64) else {
+            return Ok(data.len() as u32);
+        };
+        file.appended_bytes = Some(end);
+        match &file.behind {
+            Some(behind) => behind.written(end),
+            None if end >= WRITE_BEHIND_AFTER_BYTES && !file.unlinked => {
+                let name = self.handle(fh)?.name.clone();
+                file.behind = WriteBehind::start(&self.target, &name, &file.spool, end, &self.behind_active);
+            }
+            None => {}
+        }
         Ok(data.len() as u32)
     }
 
@@ -527,6 +571,19 @@ impl State {
         let mut open = lock(file);
         if !open.dirty || open.unlinked {
             return Ok(());
+        }
+        if let Some(behind) = open.behind.take() {
+            match behind.finish() {
+                Ok(record) => {
+                    open.dirty = false;
+                    drop(open);
+                    self.note_stored(record);
+                    return Ok(());
+                }
+                // A full disk stays full for a second try of the same bytes.
+                Err(error) if error.errno == libc::ENOSPC => return Err(error),
+                Err(error) => tracing::debug!("write-behind of {name} failed ({error}): storing it whole"),
+            }
         }
         open.spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
         let mut reader = BufReader::with_capacity(1 << 20, &open.spool);
@@ -575,6 +632,7 @@ impl State {
         };
         if let Some(file) = open {
             let mut file = lock(&file);
+            file.written_out_of_order();
             file.spool.set_len(size).map_err(io_error)?;
             file.dirty = true;
             file.modified = SystemTime::now();
@@ -596,7 +654,7 @@ impl State {
     pub fn unlink(&mut self, name: &str) -> StoreResult<()> {
         let was_open = match self.open_files.remove(name) {
             Some(file) => {
-                lock(&file).unlinked = true;
+                lock(&file).mark_unlinked();
                 true
             }
             None => false,
@@ -616,7 +674,7 @@ impl State {
             self.upload(from, &file)?;
             self.open_files.remove(from);
             if let Some(old) = self.open_files.insert(to.to_owned(), file) {
-                lock(&old).unlinked = true;
+                lock(&old).mark_unlinked();
             }
             for handle in self.handles.values_mut().filter(|handle| handle.name == from) {
                 handle.name = to.to_owned();

@@ -1,0 +1,222 @@
+//! Write-behind: a file written from its start, in order (as `cp` and most programs write),
+//! is stored while it is being written, by a thread of its own reading the spool file
+//! behind the writer, so that the last close waits for the file's last chunks only, not for
+//! all of it. Any other kind of write (back into what was written, past the end, a
+//! truncate), an unlink or a failed put abandons it, and the file is then stored whole from
+//! the spool on close, as it would have been without write-behind.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use super::store::{Store, StoreError, StoreResult, Target};
+use crate::control::FileRecord;
+
+/// A file starts being stored behind its writer once this much was written in order:
+/// smaller files are stored on close, without a thread and a connection of their own.
+pub const WRITE_BEHIND_AFTER_BYTES: u64 = 8 << 20;
+
+/// At most this many files are stored behind their writers at once; more are stored on
+/// close.
+pub const WRITE_BEHIND_FILES_MAX: usize = 4;
+
+/// What the writer has done, as the storing thread sees it.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Bytes of the spool written in order from its start.
+    written_bytes: u64,
+    /// The writer closed (or synced) the file: what was written is the whole file.
+    finished: bool,
+    /// The file is no longer written in order, or no longer wanted: the put must fail.
+    abandoned: bool,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    tail: Mutex<Tail>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Tail)) {
+        change(&mut self.lock());
+        self.changed.notify_all();
+    }
+}
+
+/// A file being stored behind its writer.
+pub struct WriteBehind {
+    progress: Arc<Progress>,
+    worker: Option<JoinHandle<StoreResult<FileRecord>>>,
+    active: Arc<AtomicUsize>,
+}
+
+impl WriteBehind {
+    /// Starts storing `name` from `spool`, whose first `written_bytes` are written; `None`
+    /// when [`WRITE_BEHIND_FILES_MAX`] files are being stored already (counted in
+    /// `active`) or no thread can be started.
+    pub fn start(
+        target: &Target,
+        name: &str,
+        spool: &File,
+        written_bytes: u64,
+        active: &Arc<AtomicUsize>,
+    ) -> Option<WriteBehind> {
+        let taken = active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+            (count < WRITE_BEHIND_FILES_MAX).then_some(count + 1)
+        });
+        if taken.is_err() {
+            return None;
+        }
+        let progress = Arc::new(Progress::default());
+        progress.lock().written_bytes = written_bytes;
+        let started = spool.try_clone().and_then(|spool| {
+            let reader = SpoolTail { spool, position: 0, progress: progress.clone() };
+            let (target, name) = (target.clone(), name.to_owned());
+            std::thread::Builder::new().name("beeline-write-behind".into()).spawn(move || {
+                let mut store = Store::open(&target)?;
+                store.put(&name, &mut BufReader::with_capacity(1 << 20, reader))
+            })
+        });
+        match started {
+            Ok(worker) => Some(WriteBehind { progress, worker: Some(worker), active: active.clone() }),
+            Err(error) => {
+                active.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!("no write-behind for {name}: {error}");
+                None
+            }
+        }
+    }
+
+    /// The writer wrote the spool in order up to `end_bytes`.
+    pub fn written(&self, end_bytes: u64) {
+        self.progress.update(|tail| tail.written_bytes = tail.written_bytes.max(end_bytes));
+    }
+
+    /// The spool holds the whole file: waits until it is stored and returns its record,
+    /// or the error that stopped the put (the caller then stores the spool whole).
+    pub fn finish(mut self) -> StoreResult<FileRecord> {
+        self.progress.update(|tail| tail.finished = true);
+        self.join()
+    }
+
+    fn join(&mut self) -> StoreResult<FileRecord> {
+        let worker = self.worker.take().expect("joined once");
+        worker.join().unwrap_or_else(|_| Err(StoreError::new(libc::EIO, "the write-behind thread panicked")))
+    }
+}
+
+impl Drop for WriteBehind {
+    /// Abandons the put (unless finished) and waits for its thread.
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            self.progress.update(|tail| tail.abandoned = true);
+            if let Err(error) = self.join() {
+                tracing::debug!("write-behind abandoned: {error}");
+            }
+        }
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The spool as the put reads it: what the writer wrote so far, waiting for more until the
+/// file is finished.
+struct SpoolTail {
+    spool: File,
+    position: u64,
+    progress: Arc<Progress>,
+}
+
+impl Read for SpoolTail {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let available = {
+            let mut tail = self.progress.lock();
+            loop {
+                if tail.abandoned {
+                    return Err(std::io::Error::other("write-behind abandoned: the file is stored whole on close"));
+                }
+                if tail.written_bytes > self.position {
+                    break tail.written_bytes - self.position;
+                }
+                if tail.finished {
+                    return Ok(0);
+                }
+                // Woken by every write, the close, or abandonment; nothing else is awaited.
+                tail = self.progress.changed.wait(tail).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let len = buf.len().min(usize::try_from(available).unwrap_or(usize::MAX));
+        let read = self.spool.read_at(&mut buf[..len], self.position)?;
+        if read == 0 {
+            // Written bytes cannot vanish while the file is written in order: a truncate
+            // abandons first. Fail rather than wait forever.
+            return Err(std::io::Error::other("the spool file is shorter than what was written"));
+        }
+        self.position += read as u64;
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn tail_of(bytes: &[u8], written: u64) -> (SpoolTail, Arc<Progress>) {
+        let mut spool = tempfile::tempfile().unwrap();
+        spool.write_all(bytes).unwrap();
+        let progress = Arc::new(Progress::default());
+        progress.lock().written_bytes = written;
+        (SpoolTail { spool, position: 0, progress: progress.clone() }, progress)
+    }
+
+    #[test]
+    fn the_reader_gets_what_is_written_then_waits_for_more_until_the_end() {
+        let (mut reader, progress) = tail_of(b"hello world", 5);
+        let mut buf = [0u8; 64];
+        assert_eq!(reader.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        let writer = {
+            let progress = progress.clone();
+            std::thread::spawn(move || {
+                progress.update(|tail| tail.written_bytes = 11);
+                progress.update(|tail| tail.finished = true);
+            })
+        };
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        writer.join().unwrap();
+        assert_eq!(rest, b" world");
+    }
+
+    #[test]
+    fn abandoning_fails_a_waiting_reader() {
+        let (mut reader, progress) = tail_of(b"abc", 3);
+        let mut buf = [0u8; 8];
+        assert_eq!(reader.read(&mut buf).unwrap(), 3);
+        let abandon = {
+            let progress = progress.clone();
+            std::thread::spawn(move || progress.update(|tail| tail.abandoned = true))
+        };
+        assert!(reader.read(&mut buf).is_err(), "an abandoned put must not end as if the file were whole");
+        abandon.join().unwrap();
+    }
+
+    #[test]
+    fn a_spool_shorter_than_what_was_written_is_an_error_not_a_wait() {
+        let (mut reader, _progress) = tail_of(b"abc", 10);
+        let mut buf = [0u8; 16];
+        assert_eq!(reader.read(&mut buf).unwrap(), 3);
+        assert!(reader.read(&mut buf).is_err());
+    }
+}
