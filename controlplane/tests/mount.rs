@@ -427,7 +427,8 @@ fn files_written_in_order_are_stored_behind_the_writer() {
     let metrics = free_tcp_address();
     let node = TestNode::start(tmp.path(), &["--metrics-listen", &metrics]);
     let chunks_stored = || metric(&metrics, "beeline_puts_total");
-    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    let spool = tmp.path().join("spool");
+    let mount = Mount::start(&tmp.path().join("mnt"), &spool, &node_args(&node));
     let stored_back = |name: &str, expected: &[u8]| {
         let back = node.cli(&["get", name, "-o", "-"]);
         assert!(back.status.success(), "{name}: {}\n{}", String::from_utf8_lossy(&back.stderr), mount.log());
@@ -490,5 +491,37 @@ fn files_written_in_order_are_stored_behind_the_writer() {
     drop(file);
     let listing = ok(&node.cli(&["ls"]));
     assert!(!listing.lines().any(|line| line.contains("removed")), "{listing}");
+
+    // Once stored, a spool is emptied, so a `sync` does not write the file to the disk a
+    // second time; a descriptor still open on it (a `dup`) reads and writes it as before.
+    let spool_bytes = || -> u64 {
+        let pid = mount.process.as_ref().and_then(Process::pid).expect("the mount runs");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&spool)))
+            .map(|fd| std::fs::metadata(fd.path()).map(|meta| meta.len()).unwrap_or(0))
+            .sum()
+    };
+    let data = pattern(10 * MIB + 3, 6);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(mount.path("kept-open"))
+        .unwrap();
+    write_in_order(&mut file, &data);
+    assert!(spool_bytes() >= data.len() as u64, "the file is in the spool while written");
+    let mut dup = file.try_clone().unwrap();
+    drop(file); // a close: FUSE flush, the file is stored
+    assert_eq!(spool_bytes(), 0, "a stored file's spool keeps its pages");
+    let mut head = vec![0u8; 4096];
+    dup.read_exact_at(&mut head, 5 * MIB as u64).unwrap();
+    assert!(head == data[5 * MIB..5 * MIB + 4096], "read back through the open descriptor");
+    dup.seek(SeekFrom::End(0)).unwrap();
+    dup.write_all(b"and more").unwrap();
+    drop(dup);
+    stored_back("kept-open", &[&data[..], b"and more"].concat());
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }

@@ -167,11 +167,46 @@ pub struct OpenFile {
     appended_bytes: Option<u64>,
     /// The put storing the spool behind the writer, if one runs.
     behind: Option<WriteBehind>,
+    /// The file was stored and its spool emptied: the store holds what it held. Emptied,
+    /// because the kernel would otherwise write the spool's pages to the disk on the next
+    /// `sync` (a `cp` followed by `sync` wrote every byte twice); refilled from the store in
+    /// the rare case a handle still uses it.
+    spool_in_store: bool,
 }
 
 impl OpenFile {
     fn new(spool: File, dirty: bool, appended_bytes: Option<u64>) -> Self {
-        OpenFile { spool, dirty, unlinked: false, modified: SystemTime::now(), appended_bytes, behind: None }
+        OpenFile {
+            spool,
+            dirty,
+            unlinked: false,
+            modified: SystemTime::now(),
+            appended_bytes,
+            behind: None,
+            spool_in_store: false,
+        }
+    }
+
+    /// The file `name` was stored as the spool holds it.
+    fn stored(&mut self) {
+        self.dirty = false;
+        self.behind = None;
+        if self.spool.set_len(0).is_ok() {
+            self.spool_in_store = true;
+            self.appended_bytes = None;
+        }
+    }
+
+    /// Makes the spool hold the file again if it was emptied after being stored.
+    fn refill(&mut self, name: &str, store: &mut Store) -> StoreResult<()> {
+        if !self.spool_in_store {
+            return Ok(());
+        }
+        self.spool.set_len(0).map_err(io_error)?;
+        self.spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
+        store.get(name, &mut self.spool)?;
+        self.spool_in_store = false;
+        Ok(())
     }
 
     /// Removed, or replaced by another file of its name: nothing of it is stored.
@@ -367,8 +402,10 @@ impl State {
     pub fn file_stat(&mut self, name: &str) -> StoreResult<(u64, SystemTime)> {
         if let Some(file) = self.open_files.get(name) {
             let file = lock(file);
-            let size = file.spool.metadata().map_err(io_error)?.len();
-            return Ok((size, file.modified));
+            if !file.spool_in_store {
+                let size = file.spool.metadata().map_err(io_error)?.len();
+                return Ok((size, file.modified));
+            }
         }
         let record = match self.files()?.get(name) {
             Some(record) => record.clone(),
@@ -452,6 +489,7 @@ impl State {
             let mut open = lock(&file);
             open.written_out_of_order();
             open.spool.set_len(0).map_err(io_error)?;
+            open.spool_in_store = false;
             open.dirty = true;
             open.appended_bytes = Some(0);
         }
@@ -470,7 +508,9 @@ impl State {
 
     pub fn read(&mut self, fh: u64, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
         if let Some(file) = self.spool_of(fh)? {
-            let file = lock(&file);
+            let name = self.handle(fh)?.name.clone();
+            let mut file = lock(&file);
+            file.refill(&name, &mut self.store)?;
             let len = file.spool.metadata().map_err(io_error)?.len();
             let want = (size as u64).min(len.saturating_sub(offset)) as usize;
             let mut out = vec![0u8; want];
@@ -544,7 +584,9 @@ impl State {
 
     pub fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> StoreResult<u32> {
         let file = self.handle(fh)?.file.clone().ok_or_else(|| StoreError::new(libc::EBADF, "not open for writing"))?;
+        let name = self.handle(fh)?.name.clone();
         let mut file = lock(&file);
+        file.refill(&name, &mut self.store)?;
         if file.appended_bytes != Some(offset) {
             file.written_out_of_order();
         }
@@ -558,7 +600,6 @@ impl State {
         match &file.behind {
             Some(behind) => behind.written(end),
             None if end >= WRITE_BEHIND_AFTER_BYTES && !file.unlinked => {
-                let name = self.handle(fh)?.name.clone();
                 file.behind = WriteBehind::start(&self.target, &name, &file.spool, end, &self.behind_active);
             }
             None => {}
@@ -575,7 +616,7 @@ impl State {
         if let Some(behind) = open.behind.take() {
             match behind.finish() {
                 Ok(record) => {
-                    open.dirty = false;
+                    open.stored();
                     drop(open);
                     self.note_stored(record);
                     return Ok(());
@@ -588,7 +629,7 @@ impl State {
         open.spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
         let mut reader = BufReader::with_capacity(1 << 20, &open.spool);
         let record = self.store.put(name, &mut reader)?;
-        open.dirty = false;
+        open.stored();
         drop(open);
         self.note_stored(record);
         Ok(())
@@ -632,6 +673,7 @@ impl State {
         };
         if let Some(file) = open {
             let mut file = lock(&file);
+            file.refill(name, &mut self.store)?;
             file.written_out_of_order();
             file.spool.set_len(size).map_err(io_error)?;
             file.dirty = true;
@@ -654,7 +696,12 @@ impl State {
     pub fn unlink(&mut self, name: &str) -> StoreResult<()> {
         let was_open = match self.open_files.remove(name) {
             Some(file) => {
-                lock(&file).mark_unlinked();
+                let mut open = lock(&file);
+                // Its handles keep working on what it held.
+                if let Err(error) = open.refill(name, &mut self.store) {
+                    tracing::warn!("{name} removed while open: its open handles lost it ({error})");
+                }
+                open.mark_unlinked();
                 true
             }
             None => false,

@@ -40,6 +40,12 @@ impl Process {
         Process { child: Some(child), log: Arc::default() }
     }
 
+    /// Its process id, while it has not been reaped.
+    #[allow(dead_code)] // not every test binary looks at its processes from outside
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its stderr so far, one line per line.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")

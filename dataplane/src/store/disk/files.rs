@@ -156,6 +156,16 @@ fn file_offset(offset: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))
 }
 
+/// Asks the kernel to start reading `len` bytes of `file` from `offset` into the page cache
+/// and returns at once (`posix_fadvise(2)`, `POSIX_FADV_WILLNEED`). Only a hint: the read
+/// that follows works without it, so a failure is ignored.
+pub(super) fn advise_will_need(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (file_offset(offset), file_offset(len)) else { return };
+    // SAFETY: `file` is an open descriptor borrowed for the call; posix_fadvise reads
+    // nothing but its integer arguments and touches no memory of this process.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+}
+
 /// Fills every buffer of `bufs`, in order, with the file's bytes from `offset`: one
 /// `preadv(2)` per [`IOVECS_PER_CALL`] buffers unless the kernel returns short, where the
 /// rest is asked for again. Reaching the end of the file first is `UnexpectedEof`.

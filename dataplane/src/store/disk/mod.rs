@@ -15,9 +15,10 @@
 
 mod compaction;
 mod crc;
-#[allow(unsafe_code)] // fallocate(2), flock(2) and preadv(2)
+#[allow(unsafe_code)] // fallocate(2), flock(2), preadv(2) and posix_fadvise(2)
 mod files;
 mod group_commit;
+mod readahead;
 mod record;
 mod recovery;
 #[cfg(test)]
@@ -253,6 +254,7 @@ pub struct DiskStore {
     corrupt: HashSet<ChunkId>,
     integrity: IntegrityStats,
     scrub: verify::ScrubState,
+    read_ahead: readahead::ReadAhead,
 }
 
 struct SegmentFile {
@@ -414,6 +416,7 @@ impl DiskStore {
             block_crcs: HashMap::new(),
             corrupt: HashSet::new(),
             integrity: IntegrityStats::default(),
+            read_ahead: readahead::ReadAhead::default(),
             scrub: verify::ScrubState::default(),
         })
     }
@@ -790,6 +793,12 @@ impl ChunkStore for DiskStore {
         }
         if offset >= location.len {
             return Ok(0);
+        }
+        if offset == 0 {
+            let segment = location.segment;
+            if let Some((from, len)) = self.read_ahead.on_chunk_start(segment, location.record_offset, location.len) {
+                advise_will_need(&self.segments[&segment].file.file, from, len);
+            }
         }
         // The run stops at the chunk's end: later buffers get nothing, the one holding
         // the end is cut short (the caller's slice array is left with that shorter slice).
