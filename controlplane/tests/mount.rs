@@ -525,3 +525,35 @@ fn files_written_in_order_are_stored_behind_the_writer() {
     stored_back("kept-open", &[&data[..], b"and more"].concat());
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
+
+/// Reading a file through the mount has the chunks after the one being read fetched in
+/// the background: after one read of its first MiB, the node has served the first chunk
+/// and the 8 after it; the whole file then reads back right, also from the middle.
+#[test]
+fn reads_fetch_the_next_chunks_ahead() {
+    use std::io::{Read, Seek, SeekFrom};
+    if skip_without_fuse("reads_fetch_the_next_chunks_ahead") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // No tagger: nothing but the mount reads from the node.
+    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    let data = pattern(12 * CHUNK + 100, 7);
+    let source = tmp.path().join("source");
+    std::fs::write(&source, &data).unwrap();
+    ok(&node.cli(&["put", source.to_str().unwrap(), "--as", "big"]));
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    let before = node.counters(&[])["gets"];
+    let mut file = std::fs::File::open(mount.path("big")).unwrap();
+    let mut head = vec![0u8; MIB];
+    file.read_exact(&mut head).unwrap();
+    assert!(head == data[..MIB], "the first MiB reads back different");
+    let served = node.wait_counters(&[], "the chunks after the first fetched ahead", |c| c["gets"] >= before + 9);
+    assert!(served["gets"] <= before + 13, "more gets than the file has chunks: {}", served["gets"] - before);
+    file.seek(SeekFrom::Start(5 * CHUNK as u64 + 17)).unwrap();
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).unwrap();
+    assert!(rest == data[5 * CHUNK + 17..], "the file from its middle reads back different");
+    drop(file);
+    assert!(std::fs::read(mount.path("big")).unwrap() == data, "the whole file reads back different");
+}

@@ -408,7 +408,7 @@ impl Filesystem for BeelineFs {
         reply: ReplyData,
     ) {
         match self.state().read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.as_slice()),
             Err(error) => reply.error(errno(&error)),
         }
     }

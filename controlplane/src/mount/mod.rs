@@ -6,6 +6,7 @@
 //! time, nothing at build time.
 
 mod behind;
+mod chunks;
 mod fs;
 mod state;
 pub mod store;

@@ -3,7 +3,7 @@
 //! through a bounded cache with readahead. Every method answers `Result<_, StoreError>`,
 //! whose `errno` the glue hands to the kernel.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -13,17 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::behind::{WRITE_BEHIND_AFTER_BYTES, WriteBehind};
+use super::chunks::Chunks;
 use super::store::{Source, Store, StoreError, StoreResult, Target};
 use crate::control::{FileRecord, NAME_BYTES_MAX, NAME_PART_BYTES_MAX};
 
 /// How long a listing of the namespace is reused before it is read again: changes made
 /// elsewhere show within this.
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
-/// Chunks fetched together when a read misses the cache: the one asked for and the next
-/// ones (readahead), all in flight at once.
-pub const READAHEAD_CHUNKS: u64 = 4;
-/// Bytes of recently read chunks kept (4 batches of 4 MiB chunks).
-pub const CACHE_BYTES_MAX: usize = 64 << 20;
 /// Files a directory operation (a directory rename, a listing) handles at most.
 pub const DIR_FILES_MAX: usize = 100_000;
 
@@ -237,31 +233,17 @@ pub struct Handle {
     pub source: Option<Source>,
 }
 
-/// A chunk: (file id, chunk index).
-type ChunkKey = (u64, u64);
-
-/// Recently read chunks, least recently used first; bounded in bytes.
-struct ChunkCache {
-    entries: VecDeque<(ChunkKey, Arc<Vec<u8>>)>,
-    bytes: usize,
+/// Bytes a read answers: its own, or part of a cached chunk.
+pub enum ReadBytes {
+    Owned(Vec<u8>),
+    Chunk(Arc<Vec<u8>>, std::ops::Range<usize>),
 }
 
-impl ChunkCache {
-    fn get(&mut self, key: ChunkKey) -> Option<Arc<Vec<u8>>> {
-        let at = self.entries.iter().position(|(k, _)| *k == key)?;
-        let entry = self.entries.remove(at)?;
-        let data = entry.1.clone();
-        self.entries.push_back(entry);
-        Some(data)
-    }
-
-    fn insert(&mut self, key: ChunkKey, data: Arc<Vec<u8>>) {
-        self.bytes += data.len();
-        self.entries.push_back((key, data));
-        while self.bytes > CACHE_BYTES_MAX && self.entries.len() > 1 {
-            if let Some((_, old)) = self.entries.pop_front() {
-                self.bytes -= old.len();
-            }
+impl ReadBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadBytes::Owned(bytes) => bytes,
+            ReadBytes::Chunk(chunk, range) => &chunk[range.clone()],
         }
     }
 }
@@ -280,7 +262,7 @@ pub struct State {
     pub open_files: HashMap<String, Shared>,
     pub handles: HashMap<u64, Handle>,
     next_fh: u64,
-    cache: ChunkCache,
+    chunks: Chunks,
     pub mounted_at: SystemTime,
 }
 
@@ -303,6 +285,7 @@ fn io_error(error: std::io::Error) -> StoreError {
 
 impl State {
     pub fn new(store: Store, target: Target, spool_dir: PathBuf) -> Self {
+        let chunks = Chunks::new(&target);
         State {
             store,
             target,
@@ -314,7 +297,7 @@ impl State {
             open_files: HashMap::new(),
             handles: HashMap::new(),
             next_fh: 1,
-            cache: ChunkCache { entries: VecDeque::new(), bytes: 0 },
+            chunks,
             mounted_at: SystemTime::now(),
         }
     }
@@ -506,7 +489,7 @@ impl State {
         Ok(handle.file.clone().or_else(|| self.open_files.get(&handle.name).cloned()))
     }
 
-    pub fn read(&mut self, fh: u64, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
+    pub fn read(&mut self, fh: u64, offset: u64, size: u32) -> StoreResult<ReadBytes> {
         if let Some(file) = self.spool_of(fh)? {
             let name = self.handle(fh)?.name.clone();
             let mut file = lock(&file);
@@ -515,7 +498,7 @@ impl State {
             let want = (size as u64).min(len.saturating_sub(offset)) as usize;
             let mut out = vec![0u8; want];
             file.spool.read_exact_at(&mut out, offset).map_err(io_error)?;
-            return Ok(out);
+            return Ok(ReadBytes::Owned(out));
         }
         let handle = self.handle(fh)?;
         let source = match handle.source.clone() {
@@ -538,11 +521,13 @@ impl State {
     }
 
     /// Bytes `offset..offset + size` of a stored file, chunk by chunk through the cache.
-    fn read_stored(&mut self, source: &Source, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
+    /// A read within one chunk (the kernel's 1 MiB reads of 4 MiB chunks, nearly all) is
+    /// answered from the cached chunk itself, without a copy.
+    fn read_stored(&mut self, source: &Source, offset: u64, size: u32) -> StoreResult<ReadBytes> {
         let record = source.record();
         let end = offset.saturating_add(u64::from(size)).min(record.size_bytes);
         let chunk_bytes = u64::from(record.chunk_bytes.max(1));
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut out = Vec::new();
         let mut at = offset;
         while at < end {
             let index = at / chunk_bytes;
@@ -552,34 +537,27 @@ impl State {
             if take == 0 {
                 return Err(StoreError::new(libc::EIO, format!("chunk {index} of {} is short", record.name)));
             }
+            if at == offset && at + take as u64 == end {
+                return Ok(ReadBytes::Chunk(chunk, within..within + take));
+            }
             out.extend_from_slice(&chunk[within..within + take]);
             at += take as u64;
         }
-        Ok(out)
+        Ok(ReadBytes::Owned(out))
     }
 
     fn chunk(&mut self, source: &Source, index: u64) -> StoreResult<Arc<Vec<u8>>> {
-        let file_id = source.record().file_id;
-        if let Some(chunk) = self.cache.get((file_id, index)) {
+        let key = (source.record().file_id, index);
+        // The next chunks are asked for first, so that they come while this one is read.
+        self.chunks.prefetch_after(source, index);
+        if let Some(chunk) = self.chunks.get(key) {
             return Ok(chunk);
         }
-        // This chunk and the next ones not cached yet, fetched together.
-        let mut count = 1;
-        while count < READAHEAD_CHUNKS && self.cache.get((file_id, index + count)).is_none() {
-            count += 1;
-        }
-        let chunks = self.store.read_chunks(source, index, count)?;
-        let mut wanted = None;
-        for (offset, chunk) in chunks.into_iter().enumerate() {
-            let chunk = Arc::new(chunk);
-            if offset == 0 {
-                wanted = Some(chunk.clone());
-            }
-            self.cache.insert((file_id, index + offset as u64), chunk);
-        }
-        wanted.ok_or_else(|| {
+        let chunk = self.store.read_chunks(source, index, 1)?.into_iter().next().map(Arc::new).ok_or_else(|| {
             StoreError::new(libc::EIO, format!("chunk {index} of {} did not come", source.record().name))
-        })
+        })?;
+        self.chunks.insert(key, chunk.clone());
+        Ok(chunk)
     }
 
     pub fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> StoreResult<u32> {
