@@ -23,6 +23,8 @@ mod record;
 mod recovery;
 #[cfg(test)]
 #[allow(unsafe_code)] // geteuid(2), to skip what root can do anyway
+mod space_tests;
+#[cfg(test)]
 mod tests;
 mod verify;
 #[cfg(test)]
