@@ -557,3 +557,35 @@ fn reads_fetch_the_next_chunks_ahead() {
     drop(file);
     assert!(std::fs::read(mount.path("big")).unwrap() == data, "the whole file reads back different");
 }
+
+/// A node killed (SIGKILL) and started again while a file is being written through the
+/// mount, its write-behind running: `fsync` and the close succeed and the file is stored
+/// byte for byte. Starting the node forks processes from this test, and each one's close
+/// of the inherited descriptor at `exec` is a FUSE flush, so the file is also stored (or
+/// tried, while the node is down) midway, as it would be on a real machine.
+#[test]
+fn a_node_restarted_while_a_file_is_written_loses_nothing() {
+    use std::io::Write;
+    if skip_without_fuse("a_node_restarted_while_a_file_is_written_loses_nothing") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    let data = pattern(20 * MIB + 11, 8);
+    let mut file = std::fs::File::create(mount.path("through-a-restart")).unwrap();
+    for piece in data[..12 * MIB].chunks(MIB) {
+        file.write_all(piece).unwrap();
+    }
+    node.process().kill9();
+    node.spawn();
+    for piece in data[12 * MIB..].chunks(MIB) {
+        file.write_all(piece).unwrap();
+    }
+    file.sync_all().unwrap_or_else(|error| panic!("fsync after the restart: {error}\n{}", mount.log()));
+    drop(file);
+    let back = node.cli(&["get", "through-a-restart", "-o", "-"]);
+    assert!(back.status.success(), "{}\n{}", String::from_utf8_lossy(&back.stderr), mount.log());
+    assert!(back.stdout == data, "the file written across the restart was stored different");
+    assert!(!mount.log().contains("panicked"), "{}", mount.log());
+}
