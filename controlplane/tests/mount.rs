@@ -31,6 +31,16 @@ fn skip_without_fuse(test: &str) -> bool {
     true
 }
 
+/// The tests of this file run one at a time. A process this test binary starts (a
+/// shell, `cp`, a node) inherits every descriptor the binary has open at that moment, and
+/// closes them at `exec`; each such close is a FUSE flush, which stores the file. Tests
+/// that keep a file open across a step (write-behind, a `dup`, a node restart) would
+/// otherwise see their files stored midway by another test's `cp`.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn is_mounted(dir: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let dir = dir.to_string_lossy().into_owned();
@@ -231,6 +241,7 @@ fn the_mount_on_a_single_node() {
     if skip_without_fuse("the_mount_on_a_single_node") {
         return;
     }
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let node = TestNode::start(tmp.path(), &[]);
     let work = tmp.path().join("work");
@@ -264,6 +275,7 @@ fn a_full_node_answers_enospc_and_loses_nothing() {
     if skip_without_fuse("a_full_node_answers_enospc_and_loses_nothing") {
         return;
     }
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let node = TestNode::start(tmp.path(), &["--capacity-bytes", "12000000"]);
     let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
@@ -299,6 +311,7 @@ fn the_inode_table_follows_the_kernels_cache() {
     if skip_without_fuse("the_inode_table_follows_the_kernels_cache") {
         return;
     }
+    let _serial = one_at_a_time();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         beeline_dataplane::testkit::skip(
@@ -351,6 +364,7 @@ fn sigterm_unmounts() {
     if skip_without_fuse("sigterm_unmounts") {
         return;
     }
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let node = TestNode::start(tmp.path(), &[]);
     let mut mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
@@ -367,6 +381,7 @@ fn the_mount_on_a_three_node_cluster_survives_a_node_killed_while_reading() {
     if skip_without_fuse(test) || skip_without_redis(test) {
         return;
     }
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let mut cluster = Loopback::start(tmp.path(), 3);
     let work = tmp.path().join("work");
@@ -420,6 +435,7 @@ fn files_written_in_order_are_stored_behind_the_writer() {
     if skip_without_fuse("files_written_in_order_are_stored_behind_the_writer") {
         return;
     }
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     // Counters from the metrics page, read in this process: a `beeline node status` child
     // would inherit the open file and close it at exec, and every close is a FUSE flush,
@@ -535,6 +551,7 @@ fn reads_fetch_the_next_chunks_ahead() {
     if skip_without_fuse("reads_fetch_the_next_chunks_ahead") {
         return;
     }
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     // No tagger: nothing but the mount reads from the node.
     let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
@@ -569,6 +586,7 @@ fn a_node_restarted_while_a_file_is_written_loses_nothing() {
     if skip_without_fuse("a_node_restarted_while_a_file_is_written_loses_nothing") {
         return;
     }
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let mut node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
     let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
