@@ -351,6 +351,24 @@ fn full_disk_is_reported_to_the_client() {
     assert_eq!(sim.get(1, 60_000, FRAG).unwrap(), pattern(60_000, 1));
 }
 
+/// A store write that fails (a disk answering EIO) while fragments are written in
+/// batches: the put is aborted and its client told at once, not left to time out; its
+/// only slot is free again, and once the disk works the same chunk is stored.
+#[test]
+fn a_failed_store_write_fails_the_put_and_frees_its_slot() {
+    let mut options = SimOptions::new(11, KEY);
+    options.put_slots = 1;
+    let mut sim = harness(options);
+    let data = pattern(50_000, 11);
+    sim.poll.node.store_mut().set_failing_writes(true);
+    assert_eq!(sim.put(1, &data, FRAG).unwrap_err(), ClientError::Rejected(Status::Internal));
+    assert!(sim.poll.node.counters().rejected_internal > 0);
+    assert_eq!(sim.poll.node.store().chunk(1), None);
+    sim.poll.node.store_mut().set_failing_writes(false);
+    sim.put(1, &data, FRAG).unwrap();
+    assert_eq!(sim.poll.node.store().chunk(1), Some(&data[..]));
+}
+
 #[test]
 fn range_get_returns_exactly_the_range() {
     let mut sim = harness(SimOptions::new(7, KEY));

@@ -20,6 +20,8 @@ pub struct MemStore {
     capacity_bytes: Option<u64>,
     used_bytes: u64,
     puts_in_flight_max: usize,
+    /// Fault injection: every write fails with `StoreError::Io` while set.
+    failing_writes: bool,
 }
 
 impl MemStore {
@@ -39,6 +41,12 @@ impl MemStore {
 
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
+    }
+
+    /// Makes every write fail with `StoreError::Io` (a disk that returns EIO) until
+    /// called again with `false`.
+    pub fn set_failing_writes(&mut self, failing: bool) {
+        self.failing_writes = failing;
     }
 }
 
@@ -63,6 +71,9 @@ impl ChunkStore for MemStore {
     }
 
     fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError> {
+        if self.failing_writes {
+            return Err(StoreError::Io);
+        }
         let (_, buffer) = self.reservations.get_mut(&put.0).expect("write to an unknown reservation");
         let start = offset as usize;
         assert!(start + data.len() <= buffer.len(), "write beyond the reservation");
