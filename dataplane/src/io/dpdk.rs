@@ -55,7 +55,9 @@ use crate::io::responder::{self, Answer, LocalAddrs};
 use crate::io::{BATCH_MAX, PacketIo, Readiness, RxBatch, TxBatch};
 
 mod forward;
+mod port;
 pub use forward::{ForwardStats, forward};
+use port::{device_info, start_port};
 
 /// Bytes of `struct rte_mbuf` (two cache lines on every DPDK platform).
 const MBUF_BYTES: usize = 128;
@@ -948,54 +950,4 @@ impl PacketIo for DpdkIo {
         let c = &self.counters;
         c.rx_not_udp + c.rx_not_ours + c.rx_multi_segment + c.tx_no_route + c.tx_ring_full + c.tx_bad_packet
     }
-}
-
-/// A port's device info and its driver's name.
-fn device_info(port: u16) -> Result<(sys::rte_eth_dev_info, String), DpdkError> {
-    let mut info = sys::rte_eth_dev_info::default();
-    // SAFETY: a port id the EAL handed out; `info` is writable.
-    let rc = unsafe { sys::rte_eth_dev_info_get(port, &mut info) };
-    if rc != 0 {
-        return Err(DpdkError::Port { port, op: "reading device info", reason: errno_text(rc) });
-    }
-    let driver = if info.driver_name.is_null() {
-        "?".to_string()
-    } else {
-        // SAFETY: DPDK's driver name is a static NUL-terminated string.
-        unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
-    };
-    Ok((info, driver))
-}
-
-/// Sets up `queues` RX/TX queue pairs of a configured port, RX buffers from `pool`, and
-/// starts it.
-fn start_port(
-    port: u16,
-    queues: u16,
-    rx_ring: u16,
-    tx_ring: u16,
-    socket: u32,
-    pool: NonNull<sys::rte_mempool>,
-) -> Result<(), DpdkError> {
-    let port_error = |op: &'static str, rc: i32| DpdkError::Port { port, op, reason: errno_text(rc) };
-    for queue in 0..queues {
-        // SAFETY: a configured port with at least `queues` queues, default queue configs
-        // (null), and a pool of pktmbufs that outlives the port (callers drop the port
-        // first).
-        let rc = unsafe { sys::rte_eth_rx_queue_setup(port, queue, rx_ring, socket, core::ptr::null(), pool.as_ptr()) };
-        if rc != 0 {
-            return Err(port_error("setting up an RX queue", rc));
-        }
-        // SAFETY: as above, for the TX side.
-        let rc = unsafe { sys::rte_eth_tx_queue_setup(port, queue, tx_ring, socket, core::ptr::null()) };
-        if rc != 0 {
-            return Err(port_error("setting up a TX queue", rc));
-        }
-    }
-    // SAFETY: every queue is set up.
-    let rc = unsafe { sys::rte_eth_dev_start(port) };
-    if rc != 0 {
-        return Err(port_error("start", rc));
-    }
-    Ok(())
 }
