@@ -156,6 +156,8 @@ impl BulkPut {
 
 pub struct BulkGet {
     exchange: Exchange,
+    /// Bytes wanted: `out` is only storage until the answer fills it.
+    len: usize,
     out: Vec<u8>,
     slot: BulkSlot,
     /// Set when the answer's bytes did not match the request.
@@ -163,26 +165,29 @@ pub struct BulkGet {
 }
 
 impl BulkGet {
-    /// Reads `out.len()` bytes of chunk `chunk_id` from byte `range_start`.
+    /// Reads bytes `range` of chunk `chunk_id` into `out`, whose allocation is reused and
+    /// whose contents are replaced (never zeroed first).
     pub fn new(
         slot: BulkSlot,
         chunk_id: ChunkId,
         request_id: u64,
-        range_start: u32,
+        range: std::ops::Range<u32>,
         out: Vec<u8>,
         timing: Timing,
         now_ms: u64,
     ) -> BulkGet {
+        assert!(range.start <= range.end, "a get of a backwards range");
+        let len = range.end - range.start;
         let request = Repr {
             request_id,
             chunk_id,
             index: slot.index,
-            total_len: out.len() as u32,
-            count: range_start,
+            total_len: len,
+            count: range.start,
             ..Repr::new(Opcode::Get)
         };
         let exchange = Exchange::new(request, &[], Opcode::GetData, bulk_timing(timing), now_ms);
-        BulkGet { exchange, out, slot, inconsistent: false }
+        BulkGet { exchange, len: len as usize, out, slot, inconsistent: false }
     }
 
     pub fn start(&mut self, link: &ShmLink) {
@@ -201,7 +206,7 @@ impl BulkGet {
         if !was_pending || self.exchange.progress() != Progress::Done {
             return;
         }
-        if repr.count as usize != self.out.len() || !link.read_bulk(self.slot.index, &mut self.out) {
+        if repr.count as usize != self.len || !link.read_bulk(self.slot.index, self.len, &mut self.out) {
             self.inconsistent = true;
         }
     }

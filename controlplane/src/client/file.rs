@@ -215,11 +215,11 @@ impl Client {
                 && next_start < next_write + buffers_max as u64
             {
                 let len = record.chunk_len(next_start) as usize;
-                let mut buffer = spare.pop().unwrap_or_default();
-                // Only growth is zeroed: a recycled buffer is overwritten fragment by
-                // fragment, and the machine reports done only when every one arrived.
-                buffer.resize(len, 0);
-                let op = self.start_get(record.chunk_id(next_start), len as u32, 0, buffer, frag_len, window);
+                // A recycled buffer is overwritten (fragment by fragment, or from a bulk
+                // slot at once), and the machine reports done only when all of it arrived.
+                let buffer = spare.pop().unwrap_or_default();
+                let op =
+                    self.start_get(record.chunk_id(next_start), len as u32, 0, len as u32, buffer, frag_len, window);
                 ops.push(op);
                 op_chunks.push(next_start);
                 next_start += 1;

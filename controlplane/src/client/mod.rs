@@ -322,7 +322,8 @@ impl Client {
         Op::Put(Box::new(put))
     }
 
-    /// Starts a get of `out.len()` bytes of a chunk of `total_len` from `range_start`: a
+    /// Starts a get of `len` bytes of a chunk of `total_len` from `range_start` into
+    /// `out`, storage whose contents do not matter (a recycled buffer, or an empty one): a
     /// bulk get when a shared-memory bulk slot is free and holds them, else fragments.
     #[allow(clippy::too_many_arguments)]
     fn start_get(
@@ -330,19 +331,29 @@ impl Client {
         chunk_id: u128,
         total_len: u32,
         range_start: u32,
-        out: Vec<u8>,
+        len: u32,
+        mut out: Vec<u8>,
         frag_len: u16,
         window: u16,
     ) -> Op {
         let request_id = self.request_id();
         let now_ms = self.now_ms();
         let timing = self.options.timing;
-        if let Some(link) = self.shm.as_ref().filter(|link| out.len() <= link.bulk_slot_bytes()) {
+        if let Some(link) = self.shm.as_ref().filter(|link| len as usize <= link.bulk_slot_bytes()) {
             if let Some(slot) = self.bulk_slots.take(link.bulk_slots()) {
-                let mut get = BulkGet::new(slot, chunk_id, request_id, range_start, out, timing, now_ms);
+                let mut get =
+                    BulkGet::new(slot, chunk_id, request_id, range_start..range_start + len, out, timing, now_ms);
                 get.start(link);
                 return Op::BulkGet(Box::new(get));
             }
+        }
+        // The fragments land wherever they belong, so the machine needs the whole length.
+        // Fresh storage comes zeroed from the allocator (`calloc`: pages the kernel zeroes
+        // as they are first touched); a recycled buffer zeroes only its growth.
+        if out.capacity() == 0 {
+            out = vec![0u8; len as usize];
+        } else {
+            out.resize(len as usize, 0);
         }
         let mut get =
             GetChunk::new(chunk_id, request_id, total_len, range_start, out, frag_len, window, timing, now_ms);
@@ -673,7 +684,7 @@ impl Client {
         };
         let mut ops = Vec::with_capacity(chunks.len());
         for (chunk_id, len) in chunks {
-            let op = self.start_get(*chunk_id, *len, 0, vec![0u8; *len as usize], frag_len, window);
+            let op = self.start_get(*chunk_id, *len, 0, *len, Vec::new(), frag_len, window);
             ops.push(op);
         }
         self.drive_all(&mut ops, &mut results);
@@ -800,7 +811,7 @@ impl Client {
         self.ensure_session()?;
         let frag_len = self.fragment_bytes(total_len)?;
         let window = self.get_window(frag_len, 1)?;
-        let mut ops = [self.start_get(chunk_id, total_len, offset, vec![0u8; len as usize], frag_len, window)];
+        let mut ops = [self.start_get(chunk_id, total_len, offset, len, Vec::new(), frag_len, window)];
         self.drive(&mut ops, true)?;
         let [op] = ops;
         Ok(op.into_get_output().expect("a get was started"))

@@ -108,12 +108,12 @@ impl ShmLink {
         }
     }
 
-    /// Copies `out.len()` bytes out of bulk slot `slot`, where the node put a bulk get's
-    /// bytes before answering it. False as for `write_bulk`.
-    pub fn read_bulk(&self, slot: u32, out: &mut [u8]) -> bool {
+    /// Replaces `out`'s contents with the first `len` bytes of bulk slot `slot`, where the
+    /// node put a bulk get's bytes before answering it. False as for `write_bulk`.
+    pub fn read_bulk(&self, slot: u32, len: usize, out: &mut Vec<u8>) -> bool {
         match self.region.layout().bulk_slot(slot) {
-            Some(at) if out.len() <= self.bulk_slot_bytes() => {
-                self.region.read(at, out);
+            Some(at) if len <= self.bulk_slot_bytes() => {
+                self.region.read_to_vec(at, len, out);
                 true
             }
             _ => false,

@@ -261,6 +261,24 @@ impl Region {
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), out.as_mut_ptr(), out.len()) };
     }
 
+    /// Replaces `out`'s contents with the `len` bytes at `offset`, without zeroing `out`
+    /// first: a 4 MiB chunk taken out of a bulk slot is copied once, not zeroed and copied.
+    pub fn read_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "read outside the region");
+        out.clear();
+        out.reserve(len);
+        // SAFETY: the source is in bounds (asserted) and the destination is `out`'s spare
+        // capacity, at least `len` bytes after `reserve`, local memory that cannot overlap
+        // the mapping. After the copy the first `len` bytes are initialized, so `set_len` is
+        // sound. A peer writing the source meanwhile only garbles its own chunk, which the
+        // caller checks (its hash) before trusting it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.add(offset), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+        debug_assert_eq!(out.len(), len);
+    }
+
     /// Borrows `len` bytes at `offset` for the store to write a chunk from or read one into
     /// in place (node side: a bulk slot the client handed over with a request).
     pub fn bulk_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
