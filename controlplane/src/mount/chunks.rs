@@ -71,6 +71,26 @@ struct Cached {
     in_flight: HashSet<ChunkKey>,
 }
 
+impl Cached {
+    /// The chunks of file `file_id` (of `chunk_count`) to fetch next while chunk `index` is
+    /// read: the first run of chunks within [`PREFETCH_CHUNKS`] after it that are neither
+    /// cached nor in flight, at most [`PREFETCH_BATCH_CHUNKS`] of them. A batch holds no
+    /// chunk already there, so nothing is fetched twice and batches never overlap (each
+    /// clears exactly its own in-flight marks). `None` while the window, not the file's end
+    /// or a chunk already there, would cut the batch short: it fills as the reader moves.
+    fn next_batch(&self, file_id: u64, index: u64, chunk_count: u64) -> Option<(u64, u64)> {
+        let end = index.saturating_add(1 + PREFETCH_CHUNKS).min(chunk_count);
+        let wanted = |at: &u64| !self.cache.contains((file_id, *at)) && !self.in_flight.contains(&(file_id, *at));
+        let first = (index.saturating_add(1)..end).find(wanted)?;
+        let count = ((first..end).take_while(wanted).count() as u64).min(PREFETCH_BATCH_CHUNKS);
+        debug_assert!(count >= 1 && first + count <= end);
+        if count < PREFETCH_BATCH_CHUNKS && first + count == end && end < chunk_count {
+            return None;
+        }
+        Some((first, count))
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     cached: Mutex<Cached>,
@@ -143,18 +163,8 @@ impl Chunks {
         let Some(requests) = &self.requests else { return };
         let record = source.record();
         let file_id = record.file_id;
-        let end = index.saturating_add(1 + PREFETCH_CHUNKS).min(record.chunk_count());
         let mut cached = self.shared.lock();
-        let Some(first) = (index + 1..end)
-            .find(|at| !cached.cache.contains((file_id, *at)) && !cached.in_flight.contains(&(file_id, *at)))
-        else {
-            return;
-        };
-        let count = (end - first).min(PREFETCH_BATCH_CHUNKS);
-        // Wait for a whole batch unless the file ends first.
-        if count < PREFETCH_BATCH_CHUNKS && first + count < record.chunk_count() {
-            return;
-        }
+        let Some((first, count)) = cached.next_batch(file_id, index, record.chunk_count()) else { return };
         let fetch = Fetch { source: source.clone(), file_id, first, count };
         match requests.try_send(fetch) {
             Ok(()) => cached.in_flight.extend((first..first + count).map(|at| (file_id, at))),
@@ -222,5 +232,33 @@ mod tests {
         assert!(cache.bytes <= CACHE_BYTES_MAX);
         cache.insert((1, 4), chunk);
         assert_eq!(cache.entries.len(), 4, "a chunk is kept once");
+    }
+
+    #[test]
+    fn prefetch_batches_skip_chunks_already_there_and_never_overlap() {
+        let mut cached = Cached::default();
+        let chunk = Arc::new(vec![0u8; 16]);
+        // Reading chunk 0 of 100: chunks 1-4 first.
+        assert_eq!(cached.next_batch(7, 0, 100), Some((1, 4)));
+        cached.in_flight.extend((1..5).map(|at| (7, at)));
+        // Chunks 5-8 next, not 1-4 again.
+        assert_eq!(cached.next_batch(7, 0, 100), Some((5, 4)));
+        cached.in_flight.extend((5..9).map(|at| (7, at)));
+        // The window (8 after chunk 0) is all asked for.
+        assert_eq!(cached.next_batch(7, 0, 100), None);
+        // Reading chunk 2: 9 and 10 are in the window, a batch of 4 is not yet: wait.
+        assert_eq!(cached.next_batch(7, 2, 100), None);
+        // Reading chunk 4: 9-12.
+        assert_eq!(cached.next_batch(7, 4, 100), Some((9, 4)));
+        // A chunk read by itself (cached) cuts a run short: the run before it goes alone.
+        cached.in_flight.clear();
+        cached.cache.insert((7, 23), chunk.clone());
+        assert_eq!(cached.next_batch(7, 20, 100), Some((21, 2)));
+        // At the file's end a short batch goes.
+        assert_eq!(cached.next_batch(7, 97, 100), Some((98, 2)));
+        assert_eq!(cached.next_batch(7, 99, 100), None);
+        // Another file's chunks do not count.
+        cached.in_flight.insert((8, 1));
+        assert_eq!(cached.next_batch(7, 0, 100), Some((1, 4)));
     }
 }
