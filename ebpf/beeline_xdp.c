@@ -14,6 +14,13 @@
 // recognised as storage traffic and goes to the kernel). Every access is bounds-checked
 // against data_end, and there are no loops.
 //
+// Multi-buffer aware (section "xdp.frags", Linux 5.18+): a packet larger than one page
+// arrives as a linear part (which holds every header this program reads) plus fragments,
+// and lengths are checked against the whole packet (bpf_xdp_get_buff_len), not the linear
+// part. That lets veth and multi-buffer drivers carry an MTU above a page (jumbo frames)
+// with the classifier attached; the AF_XDP socket then needs frames as large as the packet
+// (a hugepage arena), where the kernel copies the packet whole.
+//
 // Maps (configured from Rust by the `beeline-xdp` crate, see xdp/src/lib.rs):
 //   config         ARRAY[1] of struct beeline_config: storage UDP port (0 = pass everything)
 //   allow_v4       LPM_TRIE of IPv4 prefixes   (changed at runtime, no reload)
@@ -47,6 +54,7 @@
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
 static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *)BPF_FUNC_redirect_map;
+static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *ctx) = (void *)BPF_FUNC_xdp_get_buff_len;
 
 // Keep in sync with xdp/src/lib.rs: `Verdict` (the counter slots, same order and values),
 // `Config` (struct beeline_config) and the map names (`CONFIG_MAP`, ...).
@@ -146,12 +154,13 @@ static beeline_inline int verdict(__u32 which, __u64 bytes, int action)
 	return action;
 }
 
-SEC("xdp")
+SEC("xdp.frags")
 int beeline_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u64 bytes = data_end - data;
+	// The whole packet, linear part and fragments: what the IP and UDP lengths must fit.
+	__u64 bytes = bpf_xdp_get_buff_len(ctx);
 	__u32 zero = 0;
 
 	struct beeline_config *cfg = bpf_map_lookup_elem(&config, &zero);
@@ -193,7 +202,7 @@ int beeline_xdp(struct xdp_md *ctx)
 		if (ip->frag_off & be16(0x2000)) // more fragments: storage datagrams never fragment
 			return verdict(COUNTER_DROP_MALFORMED, bytes, XDP_DROP);
 		__u32 total = be16(ip->tot_len);
-		if (total < ihl + sizeof(*udp) || (void *)ip + total > data_end)
+		if (total < ihl + sizeof(*udp) || (__u64)((void *)ip - data) + total > bytes)
 			return verdict(COUNTER_DROP_MALFORMED, bytes, XDP_DROP);
 		l4_room = total - ihl;
 		struct lpm_v4_key key = {.prefixlen = 32};
@@ -207,7 +216,7 @@ int beeline_xdp(struct xdp_md *ctx)
 		if ((void *)(udp + 1) > data_end || udp->dest != cfg->port_be)
 			return verdict(COUNTER_PASS, bytes, XDP_PASS);
 		__u32 payload = be16(ip6->payload_len);
-		if (payload < sizeof(*udp) || (void *)udp + payload > data_end)
+		if (payload < sizeof(*udp) || (__u64)((void *)udp - data) + payload > bytes)
 			return verdict(COUNTER_DROP_MALFORMED, bytes, XDP_DROP);
 		l4_room = payload;
 		struct lpm_v6_key key = {.prefixlen = 128};

@@ -94,6 +94,13 @@ impl Topology {
         topology
     }
 
+    /// Sets the MTU of both ends of the pair.
+    fn set_mtu(&self, mtu: u32) {
+        for (ns, name) in [(&self.node_ns, &self.node_if), (&self.client_ns, &self.client_if)] {
+            sh(&["ip", "-n", ns, "link", "set", name, "mtu", &mtu.to_string()]);
+        }
+    }
+
     /// What `ip link show` says about the node's veth.
     fn node_link(&self) -> String {
         String::from_utf8_lossy(&sh(&["ip", "-n", &self.node_ns, "-d", "link", "show", &self.node_if]).stdout)
@@ -365,6 +372,53 @@ fn files_round_trip_through_af_xdp_and_counters_match() {
     assert!(status.success(), "node exited with {status}");
     assert!(node.logged("XDP classifier detached"));
     assert!(!topology.node_link().contains("xdp"), "SIGTERM leaves the interface clean: {}", topology.node_link());
+}
+
+/// A jumbo-frame link (MTU 9000, more than a 4 KiB frame holds): the node starts with a
+/// warning, tells clients a fragment size that fits a frame, and serves; jumbo traffic
+/// that is not storage passes the (multi-buffer) classifier to the kernel whole; a storage
+/// datagram larger than a frame is dropped by the kernel at the socket and counted, and
+/// the node keeps serving.
+#[test]
+fn a_jumbo_frame_link_keeps_storage_datagrams_within_a_frame() {
+    require_kernel_bypass!("a_jumbo_frame_link_keeps_storage_datagrams_within_a_frame");
+    let topology = Topology::new();
+    topology.set_mtu(9000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = AfxdpNode::new(&topology, dir.path(), &["--allow", &format!("{CLIENT_IP}/32")]);
+    node.start();
+    assert!(topology.node_link().contains("xdp "), "{}", topology.node_link());
+    assert!(node.logged("larger than an arena frame holds"), "{}", node.log());
+    let pong = node.ok(&["node", "ping"]);
+    let fragment_bytes_max: usize = pong
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("fragment_bytes_max="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fragment_bytes_max in {pong:?}"));
+    // A 4 KiB frame: 256 bytes of XDP headroom, Ethernet + a VLAN tag, IPv4 + UDP, the
+    // Beeline header.
+    assert!((3000..=4096 - 256 - 18 - 28 - 80).contains(&fragment_bytes_max), "{pong}");
+    node.put_and_get("over-jumbo-link", &pattern(5_000_000, 9));
+
+    // A jumbo ICMP echo, not fragmented (-M do), passes the classifier whole (`run` fails
+    // the test unless ping succeeds).
+    run(ns_command(&topology.client_ns, "ping").args(["-c", "1", "-W", "5", "-s", "8000", "-M", "do", NODE_IP]));
+
+    let (_, before) = node.status();
+    let allowed = bound_udp(&topology.client_ns, CLIENT_IP);
+    let mut jumbo = initiate_datagram(&node.key(), 7);
+    jumbo.resize(8000, 0);
+    allowed.send_to(&jumbo, node_addr()).unwrap();
+    let after =
+        node.wait_counters("jumbo dropped", |c| c["afxdp_kernel_rx_dropped"] == before["afxdp_kernel_rx_dropped"] + 1);
+    assert_eq!(
+        after["xdp_redirect_packets"] - after["afxdp_rx_packets"],
+        before["xdp_redirect_packets"] - before["afxdp_rx_packets"] + 1,
+        "the classifier redirected it, the socket never delivered it: {after:#?}"
+    );
+    node.put_and_get("after-the-jumbo-datagram", &pattern(100_000, 10));
+    let status = node.process().terminate();
+    assert!(status.success(), "node exited with {status}");
 }
 
 #[test]

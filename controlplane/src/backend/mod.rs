@@ -59,11 +59,6 @@ pub enum BackendError {
          beeline --features dpdk` (needs `apt-get install dpdk-dev libdpdk-dev libclang-dev`)"
     )]
     DpdkNotBuilt,
-    #[error(
-        "{interface} has MTU {mtu}, but {frame_bytes}-byte frames hold packets of at most {max} bytes in AF_XDP: \
-         raise frame_bytes (a power of two) or lower the MTU (`ip link set dev {interface} mtu {max}`)"
-    )]
-    MtuTooLarge { interface: String, mtu: usize, frame_bytes: usize, max: usize },
 }
 
 /// Set by the SIGHUP handler; the data-plane thread applies the reload.
@@ -113,19 +108,27 @@ impl AfxdpBackend {
                 .ok()
                 .and_then(|t| t.trim().parse().ok())
         };
-        // Every received packet must fit a frame behind the kernel's XDP headroom.
-        let max = arena.frame_size()
+        // Every storage packet must fit a frame behind the kernel's XDP headroom. The link may
+        // carry larger ones (jumbo frames for other traffic): the classifier handles
+        // multi-buffer packets and passes what is not storage traffic to the kernel whole,
+        // while the node keeps its own datagrams, and tells clients to keep theirs, within a
+        // frame. A storage datagram larger than a frame is dropped by the kernel at the
+        // socket (counted: afxdp_kernel_rx_dropped).
+        let frame_packet_max = arena.frame_size()
             - XDP_PACKET_HEADROOM
             - beeline_dataplane::io::netstack::ETHERNET_LEN
             - beeline_dataplane::io::netstack::VLAN_LEN;
         let mtu: usize = sysfs("mtu").unwrap_or(1500);
-        if mtu > max {
-            return Err(BackendError::MtuTooLarge {
-                interface: interface.clone(),
+        if mtu > frame_packet_max {
+            warn!(
+                interface = %interface,
                 mtu,
-                frame_bytes: arena.frame_size(),
-                max,
-            });
+                frame_bytes = arena.frame_size(),
+                storage_packet_bytes_max = frame_packet_max,
+                "the interface's MTU is larger than an arena frame holds: storage datagrams stay within a frame \
+                 (clients are told the smaller fragment size), other traffic keeps the whole MTU; a larger storage \
+                 datagram is dropped by the kernel (afxdp_kernel_rx_dropped). AF_XDP frames cannot exceed a page"
+            );
         }
         // The node must never build a datagram the link cannot carry: with its own IP
         // headers it cannot fragment (the kernel's UDP socket would).
@@ -135,6 +138,7 @@ impl AfxdpBackend {
             beeline_dataplane::io::netstack::IPV4_LEN
         };
         let fragment_bytes_cap = mtu
+            .min(frame_packet_max)
             .saturating_sub(ip_header + beeline_dataplane::io::netstack::UDP_LEN + beeline_dataplane::wire::HEADER_LEN)
             .min(usize::from(u16::MAX)) as u16;
         let rx_queues = interface_rx_queues(interface);

@@ -159,8 +159,8 @@ pub enum AfXdpError {
     Socket(io::Error),
     #[error(
         "cannot register the {bytes}-byte arena as AF_XDP UMEM with {frame_size}-byte frames ({os_error}): frames \
-         must be a power of two from 2048 to the page size (larger frames need a hugepage arena and Linux 6.6+), \
-         and the process needs CAP_IPC_LOCK or a memlock limit above the arena size"
+         must be a power of two from 2048 to the page size (the kernel takes no larger AF_XDP frames, hugepages \
+         or not), and the process needs CAP_IPC_LOCK or a memlock limit above the arena size"
     )]
     Umem { bytes: usize, frame_size: usize, os_error: io::Error },
     #[error("setting up the AF_XDP rings failed in {op}: {os_error}")]
