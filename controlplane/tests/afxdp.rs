@@ -568,7 +568,20 @@ fn stale_classifier_is_replaced_and_foreign_programs_are_not() {
     // without bpf links) would have left it.
     let object = dir.path().join("beeline_xdp.o");
     std::fs::write(&object, beeline_xdp::object()).unwrap();
-    sh(&["ip", "-n", n, "link", "set", "dev", interface, "xdpdrv", "obj", object.to_str().unwrap(), "sec", "xdp"]);
+    sh(&[
+        "ip",
+        "-n",
+        n,
+        "link",
+        "set",
+        "dev",
+        interface,
+        "xdpdrv",
+        "obj",
+        object.to_str().unwrap(),
+        "sec",
+        "xdp.frags",
+    ]);
     assert!(topology.node_link().contains("xdp"), "stale program attached");
     let mut node = AfxdpNode::new(&topology, dir.path(), &[]);
     node.start();
