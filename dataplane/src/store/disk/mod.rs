@@ -312,6 +312,8 @@ struct Reservation {
 struct Slot {
     generation: u16,
     put: Option<Reservation>,
+    /// The block table of the slot's put, while its fragments arrive in order.
+    blocks: verify::InOrderBlocks,
 }
 
 /// The records of a segment being compacted.
@@ -371,7 +373,13 @@ impl DiskStore {
         }
         let disk_bytes = segments.values().map(|segment| segment.len_bytes).sum();
 
-        let slots = (0..config.max_puts_in_flight).map(|_| Slot { generation: 0, put: None }).collect();
+        let slots = (0..config.max_puts_in_flight)
+            .map(|_| Slot {
+                generation: 0,
+                put: None,
+                blocks: verify::InOrderBlocks::for_chunks_up_to(config.max_chunk_bytes),
+            })
+            .collect();
         // Popped from the end: slot 0 is handed out first.
         let free_slots = (0..config.max_puts_in_flight).rev().map(|slot| slot as u16).collect();
 
@@ -672,6 +680,7 @@ impl ChunkStore for DiskStore {
         slot_entry.generation = slot_entry.generation.wrapping_add(1);
         slot_entry.put =
             Some(Reservation { id, segment, record_offset, len, written_bytes: 0, crc: crc::PayloadCrc::default() });
+        slot_entry.blocks.start();
         self.puts_in_flight += 1;
         Ok(PutReservation((u32::from(slot_entry.generation) << 16) | u32::from(slot)))
     }
@@ -692,9 +701,11 @@ impl ChunkStore for DiskStore {
         let file = &self.segments[&reservation.segment].file.file;
         file.write_all_at(data, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
             .map_err(|error| io_store_error(&error))?;
-        let entry = self.slots[slot].put.as_mut().expect("reservation checked above");
+        let slot_entry = &mut self.slots[slot];
+        let entry = slot_entry.put.as_mut().expect("reservation checked above");
         entry.written_bytes += data.len() as u64;
         entry.crc.add(u64::from(offset), data, u64::from(reservation.len));
+        slot_entry.blocks.add(u64::from(offset), data);
         Ok(())
     }
 
@@ -710,11 +721,13 @@ impl ChunkStore for DiskStore {
         let file = &self.segments[&reservation.segment].file.file;
         write_all_vectored_at(file, bufs, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
             .map_err(|error| io_store_error(&error))?;
-        let entry = self.slots[slot].put.as_mut().expect("reservation checked above");
+        let slot_entry = &mut self.slots[slot];
+        let entry = slot_entry.put.as_mut().expect("reservation checked above");
         entry.written_bytes += len;
         let mut at = u64::from(offset);
         for buf in bufs {
             entry.crc.add(at, buf, u64::from(reservation.len));
+            slot_entry.blocks.add(at, buf);
             at += buf.len() as u64;
         }
         Ok(())
@@ -735,6 +748,7 @@ impl ChunkStore for DiskStore {
         file.write_all_at(&commit, reservation.record_offset + COMMIT_OFFSET)
             .map_err(|error| io_store_error(&error))?;
         self.queue_durable(ticket, Some(reservation.segment))?;
+        let table = self.slots[slot].blocks.finish(u64::from(reservation.len));
         self.release_slot(slot, &reservation);
         let location = Location {
             segment: reservation.segment,
@@ -745,6 +759,9 @@ impl ChunkStore for DiskStore {
             first_seen_ms: self.opened.elapsed().as_millis() as u64,
         };
         self.install_put(reservation.id, location);
+        if let Some(table) = table {
+            self.keep_put_table(reservation.id, table);
+        }
         Ok(())
     }
 

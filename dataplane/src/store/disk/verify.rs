@@ -4,7 +4,8 @@
 //! would read the whole chunk for each window of fragments (up to 4 MiB for a 1,372-byte
 //! range read), so the store keeps, in memory, a crc32c per [`VERIFY_BLOCK_BYTES`] block
 //! of every chunk it has verified once against the payload crc (at its first read or by
-//! the scrub). A read then checks only the blocks it touches: it reads the rest of the
+//! the scrub), or whose put arrived in order (the table is then built from the bytes as
+//! they are written: [`InOrderBlocks`]). A read then checks only the blocks it touches: it reads the rest of the
 //! first and last block beside the caller's buffers and compares each block's crc.
 //! Nothing on disk changed, so data written before this check existed is served and
 //! checked the same way. Tables cost 4 bytes per 16 KiB of chunk data (1 KiB for a
@@ -107,6 +108,78 @@ impl BlockCrcs {
     }
 }
 
+/// The block table of a put whose fragments arrive in order (the usual case: a client
+/// sends a chunk front to back), built as they are written, so that the chunk's first read
+/// need not read the whole chunk back to build it. A fragment anywhere but where the last
+/// one ended gives up: that chunk's table is built at its first read, as for chunks stored
+/// before a restart. The table's memory is allocated once per put slot, for the largest
+/// chunk, and reused by every put of that slot.
+#[derive(Debug)]
+pub(super) struct InOrderBlocks {
+    blocks: Vec<u32>,
+    block: u32,
+    filled: u32,
+    /// Payload offset the next fragment must start at to stay in order.
+    next: u64,
+    in_order: bool,
+}
+
+impl InOrderBlocks {
+    pub(super) fn for_chunks_up_to(max_chunk_bytes: u32) -> Self {
+        InOrderBlocks {
+            blocks: Vec::with_capacity(max_chunk_bytes.div_ceil(VERIFY_BLOCK_BYTES) as usize),
+            block: 0,
+            filled: 0,
+            next: 0,
+            in_order: true,
+        }
+    }
+
+    /// Starts the table of a new put.
+    pub(super) fn start(&mut self) {
+        self.blocks.clear();
+        self.block = 0;
+        self.filled = 0;
+        self.next = 0;
+        self.in_order = true;
+    }
+
+    /// Adds `data`, written at payload offset `offset`.
+    pub(super) fn add(&mut self, offset: u64, mut data: &[u8]) {
+        if !self.in_order || offset != self.next {
+            self.in_order = false;
+            return;
+        }
+        self.next += data.len() as u64;
+        while !data.is_empty() {
+            let take = data.len().min((VERIFY_BLOCK_BYTES - self.filled) as usize);
+            self.block = crc32c::crc32c_append(self.block, &data[..take]);
+            self.filled += take as u32;
+            data = &data[take..];
+            if self.filled == VERIFY_BLOCK_BYTES {
+                assert!(self.blocks.len() < self.blocks.capacity(), "more blocks than the largest chunk has");
+                self.blocks.push(self.block);
+                self.block = 0;
+                self.filled = 0;
+            }
+        }
+    }
+
+    /// The table of the `len_bytes` payload, if every byte of it was added in order.
+    pub(super) fn finish(&mut self, len_bytes: u64) -> Option<Box<[u32]>> {
+        if !self.in_order || self.next != len_bytes {
+            return None;
+        }
+        if self.filled > 0 {
+            assert!(self.blocks.len() < self.blocks.capacity(), "more blocks than the largest chunk has");
+            self.blocks.push(self.block);
+            self.filled = 0;
+        }
+        debug_assert_eq!(self.blocks.len() as u64, len_bytes.div_ceil(u64::from(VERIFY_BLOCK_BYTES)));
+        Some(self.blocks.as_slice().into())
+    }
+}
+
 /// Compares bytes fed in order, from the start of block `block`, with a chunk's table.
 struct BlockCheck<'t> {
     table: &'t [u32],
@@ -172,6 +245,11 @@ impl DiskStore {
     pub(super) fn forget_verified(&mut self, id: ChunkId) {
         self.block_crcs.remove(&id);
         self.corrupt.remove(&id);
+    }
+
+    /// Keeps the block table a put built as it was written, for the chunk just committed.
+    pub(super) fn keep_put_table(&mut self, id: ChunkId, table: Box<[u32]>) {
+        self.block_crcs.insert(id, table);
     }
 
     /// Checks bytes just read for a caller (`bufs`, holding `offset..offset+total` of the

@@ -29,6 +29,15 @@ fn put(store: &mut DiskStore, id: ChunkId, data: &[u8]) {
     assert_eq!(store.pending_durable(), 0, "the put never became durable");
 }
 
+/// Like [`put`], with the fragments written front to back, as a client sends them.
+fn put_in_order(store: &mut DiskStore, id: ChunkId, data: &[u8]) {
+    let reservation = store.begin_put(id, data.len() as u32).unwrap();
+    for (index, piece) in data.chunks(1372).enumerate() {
+        store.write_at(reservation, (index * 1372) as u32, piece).unwrap();
+    }
+    store.commit_put(reservation, id as u64).unwrap();
+}
+
 /// Flips the payload byte at `offset` of `id`'s record in its segment file.
 fn flip(store: &DiskStore, id: ChunkId, offset: u64) {
     use std::os::unix::fs::FileExt;
@@ -70,6 +79,34 @@ fn ranges_across_block_boundaries_read_back_verified() {
     assert_eq!(read, count * 1372);
     assert_eq!(frames.concat(), data[start..start + count * 1372]);
     assert_eq!(store.integrity_stats().reads_corrupt, 0);
+}
+
+#[test]
+fn a_put_in_order_keeps_the_block_table_it_built_so_its_first_read_checks_only_its_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DiskStore::open(dir.path(), config()).unwrap();
+    let block = VERIFY_BLOCK_BYTES as usize;
+    // Block-aligned, and with a partial last block.
+    for (id, len) in [(1, 4 * block), (2, 3 * block + 100)] {
+        let data = pattern(id as u8, len);
+        put_in_order(&mut store, id, &data);
+        // The table came with the put: damage in the last block does not touch a first
+        // read of block 0 (a table built at the first read would read the whole chunk
+        // and refuse it), and a read of the damaged block is refused.
+        flip(&store, id, (len - 50) as u64);
+        assert_eq!(read(&mut store, id, 0, 100).unwrap(), data[..100], "chunk {id}");
+        assert_eq!(read(&mut store, id, (len - 60) as u32, 20), Err(StoreError::Corrupt), "chunk {id}");
+    }
+    // Written out of order: no table from the put, so the first read checks the whole
+    // payload and refuses the chunk wherever it reads.
+    let data = pattern(3, 4 * block);
+    put(&mut store, 3, &data);
+    flip(&store, 3, (4 * block - 50) as u64);
+    assert_eq!(read(&mut store, 3, 0, 100), Err(StoreError::Corrupt));
+    // A chunk put in order and read whole reads back as written, table and all.
+    let data = pattern(4, 5 * block + 7);
+    put_in_order(&mut store, 4, &data);
+    assert_eq!(read(&mut store, 4, 0, data.len()).unwrap(), data);
 }
 
 #[test]
