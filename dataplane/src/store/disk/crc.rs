@@ -108,6 +108,12 @@ impl PayloadCrc {
         self.run_end = offset + data.len() as u64;
     }
 
+    /// The raw register of bytes `0..end` when every fragment so far continued one run
+    /// from offset 0, which the caller asserts by naming where it ends; `None` otherwise.
+    pub(super) fn prefix_raw(&self, end: u64) -> Option<u32> {
+        (self.acc == 0 && self.run_end == end).then_some(self.run_raw)
+    }
+
     /// The standard crc32c of the `len_bytes` payload (unwritten bytes count as zeros).
     pub(super) fn finish(&self, len_bytes: u64) -> u32 {
         assert!(self.run_end <= len_bytes, "payload shorter than its fragments");
@@ -115,4 +121,12 @@ impl PayloadCrc {
         // Standard crc32c starts from an all-ones register and inverts the result.
         !(shift(!0, len_bytes) ^ raw)
     }
+}
+
+/// The standard crc32c of a `len_bytes` piece of the payload from the raw registers of the
+/// prefix before it (`raw_before`) and the prefix through it (`raw_through`): the CRC's
+/// linearity gives `raw(piece) = raw_through ^ shift(raw_before, len_bytes)`.
+pub(super) fn piece_crc(raw_before: u32, raw_through: u32, len_bytes: u64) -> u32 {
+    let raw = raw_through ^ shift(raw_before, len_bytes);
+    !(shift(!0, len_bytes) ^ raw)
 }

@@ -704,8 +704,7 @@ impl ChunkStore for DiskStore {
         let slot_entry = &mut self.slots[slot];
         let entry = slot_entry.put.as_mut().expect("reservation checked above");
         entry.written_bytes += data.len() as u64;
-        entry.crc.add(u64::from(offset), data, u64::from(reservation.len));
-        slot_entry.blocks.add(u64::from(offset), data);
+        slot_entry.blocks.add(&mut entry.crc, u64::from(offset), data, u64::from(reservation.len));
         Ok(())
     }
 
@@ -726,8 +725,7 @@ impl ChunkStore for DiskStore {
         entry.written_bytes += len;
         let mut at = u64::from(offset);
         for buf in bufs {
-            entry.crc.add(at, buf, u64::from(reservation.len));
-            slot_entry.blocks.add(at, buf);
+            slot_entry.blocks.add(&mut entry.crc, at, buf, u64::from(reservation.len));
             at += buf.len() as u64;
         }
         Ok(())
@@ -748,7 +746,7 @@ impl ChunkStore for DiskStore {
         file.write_all_at(&commit, reservation.record_offset + COMMIT_OFFSET)
             .map_err(|error| io_store_error(&error))?;
         self.queue_durable(ticket, Some(reservation.segment))?;
-        let table = self.slots[slot].blocks.finish(u64::from(reservation.len));
+        let table = self.slots[slot].blocks.finish(&reservation.crc, u64::from(reservation.len));
         self.release_slot(slot, &reservation);
         let location = Location {
             segment: reservation.segment,

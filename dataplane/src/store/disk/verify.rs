@@ -110,17 +110,19 @@ impl BlockCrcs {
 
 /// The block table of a put whose fragments arrive in order (the usual case: a client
 /// sends a chunk front to back), built as they are written, so that the chunk's first read
-/// need not read the whole chunk back to build it. A fragment anywhere but where the last
-/// one ended gives up: that chunk's table is built at its first read, as for chunks stored
-/// before a restart. The table's memory is allocated once per put slot, for the largest
-/// chunk, and reused by every put of that slot.
+/// need not read the whole chunk back to build it. No byte is read twice: the payload's own
+/// crc ([`crc::PayloadCrc`]) runs over the fragments, split at block boundaries, and each
+/// block's crc follows from its register at the two boundaries ([`crc::piece_crc`]). A
+/// fragment anywhere but where the last one ended gives up: that chunk's table is built at
+/// its first read, as for chunks stored before a restart. The table's memory is allocated
+/// once per put slot, for the largest chunk, and reused by every put of that slot.
 #[derive(Debug)]
 pub(super) struct InOrderBlocks {
     blocks: Vec<u32>,
-    block: u32,
-    filled: u32,
     /// Payload offset the next fragment must start at to stay in order.
     next: u64,
+    /// The payload crc's raw register at the start of the current block.
+    raw_at_block_start: u32,
     in_order: bool,
 }
 
@@ -128,9 +130,8 @@ impl InOrderBlocks {
     pub(super) fn for_chunks_up_to(max_chunk_bytes: u32) -> Self {
         InOrderBlocks {
             blocks: Vec::with_capacity(max_chunk_bytes.div_ceil(VERIFY_BLOCK_BYTES) as usize),
-            block: 0,
-            filled: 0,
             next: 0,
+            raw_at_block_start: 0,
             in_order: true,
         }
     }
@@ -138,44 +139,49 @@ impl InOrderBlocks {
     /// Starts the table of a new put.
     pub(super) fn start(&mut self) {
         self.blocks.clear();
-        self.block = 0;
-        self.filled = 0;
         self.next = 0;
+        self.raw_at_block_start = 0;
         self.in_order = true;
     }
 
-    /// Adds `data`, written at payload offset `offset`.
-    pub(super) fn add(&mut self, offset: u64, mut data: &[u8]) {
+    /// Adds `data`, written at payload offset `offset` of a `len_bytes` payload, to the
+    /// payload's crc and, while the payload arrives in order, to the table.
+    pub(super) fn add(&mut self, payload_crc: &mut crc::PayloadCrc, offset: u64, mut data: &[u8], len_bytes: u64) {
         if !self.in_order || offset != self.next {
             self.in_order = false;
+            payload_crc.add(offset, data, len_bytes);
             return;
         }
-        self.next += data.len() as u64;
+        let block = u64::from(VERIFY_BLOCK_BYTES);
         while !data.is_empty() {
-            let take = data.len().min((VERIFY_BLOCK_BYTES - self.filled) as usize);
-            self.block = crc32c::crc32c_append(self.block, &data[..take]);
-            self.filled += take as u32;
+            let block_end = (self.next / block + 1) * block;
+            let take = data.len().min((block_end - self.next) as usize);
+            payload_crc.add(self.next, &data[..take], len_bytes);
+            self.next += take as u64;
             data = &data[take..];
-            if self.filled == VERIFY_BLOCK_BYTES {
+            if self.next == block_end {
+                let raw = payload_crc.prefix_raw(self.next).expect("an in-order payload is one run from offset 0");
                 assert!(self.blocks.len() < self.blocks.capacity(), "more blocks than the largest chunk has");
-                self.blocks.push(self.block);
-                self.block = 0;
-                self.filled = 0;
+                self.blocks.push(crc::piece_crc(self.raw_at_block_start, raw, block));
+                self.raw_at_block_start = raw;
             }
         }
     }
 
-    /// The table of the `len_bytes` payload, if every byte of it was added in order.
-    pub(super) fn finish(&mut self, len_bytes: u64) -> Option<Box<[u32]>> {
+    /// The table of the `len_bytes` payload whose crc is `payload_crc`, if every byte of it
+    /// was added in order.
+    pub(super) fn finish(&mut self, payload_crc: &crc::PayloadCrc, len_bytes: u64) -> Option<Box<[u32]>> {
         if !self.in_order || self.next != len_bytes {
             return None;
         }
-        if self.filled > 0 {
+        let block = u64::from(VERIFY_BLOCK_BYTES);
+        let tail = len_bytes % block;
+        if tail > 0 {
+            let raw = payload_crc.prefix_raw(len_bytes).expect("an in-order payload is one run from offset 0");
             assert!(self.blocks.len() < self.blocks.capacity(), "more blocks than the largest chunk has");
-            self.blocks.push(self.block);
-            self.filled = 0;
+            self.blocks.push(crc::piece_crc(self.raw_at_block_start, raw, tail));
         }
-        debug_assert_eq!(self.blocks.len() as u64, len_bytes.div_ceil(u64::from(VERIFY_BLOCK_BYTES)));
+        debug_assert_eq!(self.blocks.len() as u64, len_bytes.div_ceil(block));
         Some(self.blocks.as_slice().into())
     }
 }

@@ -82,6 +82,38 @@ fn ranges_across_block_boundaries_read_back_verified() {
 }
 
 #[test]
+fn the_table_a_put_builds_in_order_matches_one_built_by_reading_the_chunk() {
+    let block = VERIFY_BLOCK_BYTES as usize;
+    let mut blocks = verify::InOrderBlocks::for_chunks_up_to(1 << 20);
+    // Lengths around block boundaries; fragments of odd sizes, one of them a whole block
+    // and more, so that pieces end exactly on, just before and just after boundaries.
+    for len in [0, 1, block - 1, block, block + 1, 3 * block + 17, 1 << 20] {
+        for fragment in [1, 1372, block, block + 5, 3 * block] {
+            let data = pattern((len % 251) as u8 ^ fragment as u8, len);
+            let mut payload_crc = crc::PayloadCrc::default();
+            blocks.start();
+            for (index, piece) in data.chunks(fragment).enumerate() {
+                blocks.add(&mut payload_crc, (index * fragment) as u64, piece, len as u64);
+            }
+            let mut by_reading = verify::BlockCrcs::default();
+            by_reading.feed(&data);
+            let (whole, table) = by_reading.finish();
+            assert_eq!(payload_crc.finish(len as u64), whole, "len {len}, fragments of {fragment}");
+            let built = blocks.finish(&payload_crc, len as u64).expect("written in order");
+            assert_eq!(built, table, "len {len}, fragments of {fragment}");
+        }
+    }
+    // One fragment out of place: no table, the payload crc still right.
+    let data = pattern(9, 3 * block);
+    let mut payload_crc = crc::PayloadCrc::default();
+    blocks.start();
+    blocks.add(&mut payload_crc, block as u64, &data[block..], data.len() as u64);
+    blocks.add(&mut payload_crc, 0, &data[..block], data.len() as u64);
+    assert_eq!(blocks.finish(&payload_crc, data.len() as u64), None);
+    assert_eq!(payload_crc.finish(data.len() as u64), crc32c::crc32c(&data));
+}
+
+#[test]
 fn a_put_in_order_keeps_the_block_table_it_built_so_its_first_read_checks_only_its_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = DiskStore::open(dir.path(), config()).unwrap();
