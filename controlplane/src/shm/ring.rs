@@ -270,8 +270,8 @@ impl Region {
         // SAFETY: the source is in bounds (asserted) and the destination is `out`'s spare
         // capacity, at least `len` bytes after `reserve`, local memory that cannot overlap
         // the mapping. After the copy the first `len` bytes are initialized, so `set_len` is
-        // sound. A peer writing the source meanwhile only garbles its own chunk, which the
-        // caller checks (its hash) before trusting it.
+        // sound. A peer writing the source meanwhile only garbles this chunk's bytes (any
+        // byte value is valid), which `get` and the cluster client check against its hash.
         unsafe {
             std::ptr::copy_nonoverlapping(self.base.add(offset), out.as_mut_ptr(), len);
             out.set_len(len);

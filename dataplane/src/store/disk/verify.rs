@@ -5,11 +5,13 @@
 //! range read), so the store keeps, in memory, a crc32c per [`VERIFY_BLOCK_BYTES`] block
 //! of every chunk it has verified once against the payload crc (at its first read or by
 //! the scrub), or whose put arrived in order (the table is then built from the bytes as
-//! they are written: [`InOrderBlocks`]). A read then checks only the blocks it touches: it reads the rest of the
-//! first and last block beside the caller's buffers and compares each block's crc.
+//! they are written: [`InOrderBlocks`]). A read then checks only the blocks it touches:
+//! it reads the rest of the first and last block beside the caller's buffers and compares
+//! each block's crc.
 //! Nothing on disk changed, so data written before this check existed is served and
 //! checked the same way. Tables cost 4 bytes per 16 KiB of chunk data (1 KiB for a
-//! 4 MiB chunk) and are built lazily, so a restart costs no extra reads.
+//! 4 MiB chunk), are built while a put is written or at the first read, and are not
+//! persisted, so a restart costs no extra reads.
 //!
 //! A chunk found corrupt, by a read or by the scrub, is marked: every later read of it
 //! answers [`StoreError::Corrupt`] until it is deleted or put again. The store never

@@ -14,8 +14,24 @@ fn pattern(salt: u8, len: usize) -> Vec<u8> {
 }
 
 fn put(store: &mut DiskStore, id: ChunkId, data: &[u8]) {
+    put_fragments(store, id, data, false);
+}
+
+/// Like [`put`], with the fragments written front to back, as a client sends them (the
+/// store then builds the chunk's block table as it writes).
+fn put_in_order(store: &mut DiskStore, id: ChunkId, data: &[u8]) {
+    put_fragments(store, id, data, true);
+}
+
+/// Puts `data` in 1372-byte fragments, back to front unless `in_order`, and waits until it
+/// is durable.
+fn put_fragments(store: &mut DiskStore, id: ChunkId, data: &[u8], in_order: bool) {
     let reservation = store.begin_put(id, data.len() as u32).unwrap();
-    for (index, piece) in data.chunks(1372).enumerate().rev() {
+    let mut fragments: Vec<(usize, &[u8])> = data.chunks(1372).enumerate().collect();
+    if !in_order {
+        fragments.reverse();
+    }
+    for (index, piece) in fragments {
         store.write_at(reservation, (index * 1372) as u32, piece).unwrap();
     }
     store.commit_put(reservation, id as u64).unwrap();
@@ -27,15 +43,6 @@ fn put(store: &mut DiskStore, id: ChunkId, data: &[u8]) {
         store.poll_durable(&mut |durable| assert_eq!(durable.result, Ok(())));
     }
     assert_eq!(store.pending_durable(), 0, "the put never became durable");
-}
-
-/// Like [`put`], with the fragments written front to back, as a client sends them.
-fn put_in_order(store: &mut DiskStore, id: ChunkId, data: &[u8]) {
-    let reservation = store.begin_put(id, data.len() as u32).unwrap();
-    for (index, piece) in data.chunks(1372).enumerate() {
-        store.write_at(reservation, (index * 1372) as u32, piece).unwrap();
-    }
-    store.commit_put(reservation, id as u64).unwrap();
 }
 
 /// Flips the payload byte at `offset` of `id`'s record in its segment file.
