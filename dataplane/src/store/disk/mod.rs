@@ -72,6 +72,28 @@ const MAX_PUTS_IN_FLIGHT_LIMIT: usize = 1 << 16;
 const MAX_PENDING_DURABLE_LIMIT: usize = 1 << 20;
 /// Buffer used for maintenance copies and for checking payloads at start-up.
 const SCRATCH_BYTES: usize = 1 << 20;
+/// Large reads and writes are split into pieces of this many bytes (at offsets of the
+/// chunk that are multiples of it), each checksummed while it is still in the CPU's cache.
+/// A multiple of the verify block, so that a piece's check reads nothing beside it.
+const CACHE_PIECE_BYTES: u32 = 256 << 10;
+const _: () = assert!(CACHE_PIECE_BYTES.is_multiple_of(VERIFY_BLOCK_BYTES));
+
+/// `len` bytes from chunk offset `offset`, cut at chunk offsets that are multiples of
+/// [`CACHE_PIECE_BYTES`]: (chunk offset, range within the caller's buffer) of each piece.
+fn cache_pieces(offset: u32, len: usize) -> impl Iterator<Item = (u32, core::ops::Range<usize>)> {
+    let piece_max = CACHE_PIECE_BYTES as usize;
+    let mut done = 0usize;
+    core::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = offset as usize + done;
+        let piece = (piece_max - at % piece_max).min(len - done);
+        let range = done..done + piece;
+        done += piece;
+        Some((at as u32, range))
+    })
+}
 const FALLOCATE_EINTR_RETRIES: u32 = 16;
 /// `open` retries a held lock this often, this far apart (one second in all): the holder
 /// may be a process that is exiting, or a child forked by this process that still shares
@@ -698,13 +720,18 @@ impl ChunkStore for DiskStore {
             reservation.written_bytes + data.len() as u64 <= u64::from(reservation.len),
             "more bytes written than reserved: a byte range was written twice"
         );
-        let file = &self.segments[&reservation.segment].file.file;
-        file.write_all_at(data, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
-            .map_err(|error| io_store_error(&error))?;
-        let slot_entry = &mut self.slots[slot];
-        let entry = slot_entry.put.as_mut().expect("reservation checked above");
-        entry.written_bytes += data.len() as u64;
-        slot_entry.blocks.add(&mut entry.crc, u64::from(offset), data, u64::from(reservation.len));
+        // Piece by piece, each piece's checksums right after its copy into the page cache:
+        // a whole chunk (a local client's put) would otherwise be read from memory twice.
+        for (at, piece) in cache_pieces(offset, data.len()) {
+            let bytes = &data[piece];
+            let file = &self.segments[&reservation.segment].file.file;
+            file.write_all_at(bytes, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(at))
+                .map_err(|error| io_store_error(&error))?;
+            let slot_entry = &mut self.slots[slot];
+            let entry = slot_entry.put.as_mut().expect("reservation checked above");
+            entry.written_bytes += bytes.len() as u64;
+            slot_entry.blocks.add(&mut entry.crc, u64::from(at), bytes, u64::from(reservation.len));
+        }
         Ok(())
     }
 
@@ -794,8 +821,24 @@ impl ChunkStore for DiskStore {
         self.queue_durable(ticket, segment)
     }
 
+    /// A large read (a local client's whole chunk) is read and checked piece by piece, so
+    /// that the check finds each piece still in the CPU's cache.
     fn read_at(&mut self, id: ChunkId, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError> {
-        self.read_vectored_at(id, offset, &mut [buf])
+        let wanted = match self.index.get(&id) {
+            Some(location) if buf.len() > CACHE_PIECE_BYTES as usize && offset < location.len => {
+                buf.len().min((location.len - offset) as usize)
+            }
+            _ => return self.read_vectored_at(id, offset, &mut [buf]),
+        };
+        let mut placed = 0usize;
+        for (at, piece) in cache_pieces(offset, wanted) {
+            let read = self.read_vectored_at(id, at, &mut [&mut buf[piece.clone()]])?;
+            placed += read;
+            if read < piece.len() {
+                break;
+            }
+        }
+        Ok(placed)
     }
 
     /// One `preadv` for the whole run of buffers (a GET window) instead of one `pread`

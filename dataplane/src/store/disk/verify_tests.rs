@@ -213,3 +213,50 @@ fn the_scrub_walks_every_chunk_in_bounded_steps_and_finds_a_flipped_byte() {
     assert_eq!(read(&mut store, 3, 0, 10), Err(StoreError::Corrupt), "marked by the scrub");
     assert_eq!(read(&mut store, 2, 0, 200_000).unwrap(), pattern(2, 200_000));
 }
+
+/// A local client's put and get: the whole chunk in one `write_at` and one `read_at`, which
+/// the store splits into cache-sized pieces, each checked as it is read.
+#[test]
+fn a_whole_chunk_written_and_read_in_one_call_is_checked_piece_by_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DiskStore::open(dir.path(), config()).unwrap();
+    let piece = CACHE_PIECE_BYTES as usize;
+    let len = 3 * piece + VERIFY_BLOCK_BYTES as usize + 5;
+    assert!(len <= config().max_chunk_bytes as usize);
+    let data = pattern(9, len);
+    let reservation = store.begin_put(1, len as u32).unwrap();
+    store.write_at(reservation, 0, &data).unwrap();
+    store.commit_put(reservation, 1).unwrap();
+    while store.pending_durable() > 0 {
+        store.wait_durable(TIMEOUT);
+        store.poll_durable(&mut |durable| assert_eq!(durable.result, Ok(())));
+    }
+    // Whole, from an offset that is no piece boundary, past the end, and at the end.
+    assert_eq!(read(&mut store, 1, 0, len).unwrap(), data);
+    assert_eq!(read(&mut store, 1, 1000, len).unwrap(), data[1000..]);
+    assert_eq!(read(&mut store, 1, piece as u32 - 1, 2 * piece).unwrap(), data[piece - 1..3 * piece - 1]);
+    assert_eq!(read(&mut store, 1, len as u32, piece + 1).unwrap(), Vec::<u8>::new());
+    assert_eq!(read(&mut store, 2, 0, piece + 1), Err(StoreError::NotFound));
+    // A byte damaged in the last piece: the whole read is refused, not cut short.
+    flip(&store, 1, len as u64 - 2);
+    assert_eq!(read(&mut store, 1, 0, len), Err(StoreError::Corrupt));
+    assert_eq!(read(&mut store, 1, 0, piece + 1), Err(StoreError::Corrupt), "marked corrupt from then on");
+}
+
+#[test]
+fn cache_pieces_cover_the_range_and_cut_only_at_piece_boundaries() {
+    let piece = CACHE_PIECE_BYTES as usize;
+    for (offset, len) in [(0u32, 0usize), (0, 1), (0, piece), (0, 4 * piece + 3), (7, piece), (piece as u32 - 1, 2)] {
+        let pieces: Vec<(u32, core::ops::Range<usize>)> = cache_pieces(offset, len).collect();
+        let mut expected_start = 0usize;
+        for (at, range) in &pieces {
+            assert_eq!(range.start, expected_start, "{offset}+{len}: contiguous");
+            assert_eq!(*at as usize, offset as usize + range.start);
+            assert!(!range.is_empty() && range.len() <= piece);
+            let end = *at as usize + range.len();
+            assert!(end == offset as usize + len || end.is_multiple_of(piece), "{offset}+{len}: cut at {end}");
+            expected_start = range.end;
+        }
+        assert_eq!(expected_start, len, "{offset}+{len}: covered");
+    }
+}
