@@ -607,3 +607,51 @@ fn a_node_restarted_while_a_file_is_written_loses_nothing() {
     assert!(back.stdout == data, "the file written across the restart was stored different");
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
+
+/// Over UDP, a write-behind keeps the chunks it has started moving while it waits for its
+/// writer: with the file still open and nothing more written, every whole chunk written so
+/// far is stored. Its thread used to wait for more bytes inside the read, and the
+/// fragments of the chunks in flight waited with it until the writer wrote on or closed.
+#[test]
+fn a_write_behind_over_udp_stores_what_it_was_given_while_the_writer_pauses() {
+    use std::io::Write;
+    if skip_without_fuse("a_write_behind_over_udp_stores_what_it_was_given_while_the_writer_pauses") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let metrics = free_tcp_address();
+    let node = TestNode::start(tmp.path(), &["--metrics-listen", &metrics, "--auto-tag", "false"]);
+    let chunks_stored = || metric(&metrics, "beeline_puts_total");
+    let mut args = node_args(&node);
+    args.extend(["--transport".to_owned(), "udp".to_owned()]);
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        match chunks_stored() {
+            Some(count) => break count,
+            None => assert!(Instant::now() < deadline, "the node's metrics page never answered"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let data = pattern(24 * MIB + 5, 9);
+    let mut file = std::fs::File::create(mount.path("paused")).unwrap();
+    for piece in data[..24 * MIB].chunks(MIB) {
+        file.write_all(piece).unwrap();
+    }
+    // Six whole chunks written; the writer pauses before the seventh.
+    while chunks_stored().unwrap_or(0.0) < before + 6.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 6 chunks stored while the writer paused:\n{}",
+            chunks_stored().unwrap_or(0.0) - before,
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    file.write_all(&data[24 * MIB..]).unwrap();
+    drop(file);
+    let back = node.cli(&["get", "paused", "-o", "-"]);
+    assert!(back.status.success(), "{}\n{}", String::from_utf8_lossy(&back.stderr), mount.log());
+    assert!(back.stdout == data, "the paused file was stored different");
+}

@@ -16,6 +16,25 @@ use crate::control::{ControlRequest, ControlResponse, FileRecord, validate_name}
 /// Chunks a get keeps between the transfer and the writer while they are hashed.
 const HASH_PIPELINE_CHUNKS: u64 = 2;
 
+/// How long a put moves its chunks in flight before it asks a reader that had no bytes
+/// again (and how long it waits for one when nothing is in flight).
+const READER_IDLE_MS: u64 = 5;
+
+/// Removes the puts in `finished` (indices into `ops`) and gives their buffers back to
+/// `spare`; returns the bytes they stored.
+fn reap(ops: &mut Vec<Op>, mut finished: Vec<usize>, spare: &mut Vec<Vec<u8>>, chunk_bytes: u32) -> u64 {
+    let mut stored_bytes = 0;
+    finished.sort_unstable();
+    for index in finished.into_iter().rev() {
+        let op = ops.swap_remove(index);
+        stored_bytes += op.acked_bytes().min(u64::from(chunk_bytes));
+        if let Some(ChunkBytes::Owned(buffer)) = op.into_put_data() {
+            spare.push(buffer);
+        }
+    }
+    stored_bytes
+}
+
 impl Client {
     /// Stores everything `reader` yields as file `name`, chunk by chunk.
     // Long on purpose: one streaming loop (read, start chunk puts up to the parallel limit, drive them, record the file) whose local state every step shares.
@@ -52,9 +71,27 @@ impl Client {
             while !eof && !spare.is_empty() && in_flight(&ops) < parallel {
                 let mut buffer = spare.pop().expect("checked non-empty");
                 buffer.clear();
-                Read::take(&mut *reader, u64::from(chunk_bytes))
-                    .read_to_end(&mut buffer)
-                    .map_err(|error| ClientError::LocalIo { path: source.to_owned(), source: error })?;
+                // Bounded by the reader: each pass either reads, ends, fails, or (a reader
+                // that has no bytes yet, such as a file still being written) lets the
+                // chunks in flight move for a moment instead of stalling them meanwhile.
+                loop {
+                    let left = u64::from(chunk_bytes) - buffer.len() as u64;
+                    match Read::take(&mut *reader, left).read_to_end(&mut buffer) {
+                        Ok(_) => break,
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                            if ops.is_empty() {
+                                // Nothing to move: wait for the reader without spinning.
+                                std::thread::sleep(std::time::Duration::from_millis(READER_IDLE_MS));
+                                continue;
+                            }
+                            let until_ms = self.now_ms() + READER_IDLE_MS;
+                            let finished = self.drive_until(&mut ops, true, Some(until_ms))?;
+                            done_bytes += reap(&mut ops, finished, &mut spare, chunk_bytes);
+                            on_progress(done_bytes.min(size_bytes));
+                        }
+                        Err(error) => return Err(ClientError::LocalIo { path: source.to_owned(), source: error }),
+                    }
+                }
                 if buffer.is_empty() {
                     eof = true;
                     spare.push(buffer);
@@ -73,15 +110,8 @@ impl Client {
             if ops.is_empty() {
                 break;
             }
-            let mut finished = self.drive(&mut ops, true)?;
-            finished.sort_unstable();
-            for index in finished.into_iter().rev() {
-                let op = ops.swap_remove(index);
-                done_bytes += op.acked_bytes().min(u64::from(chunk_bytes));
-                if let Some(ChunkBytes::Owned(buffer)) = op.into_put_data() {
-                    spare.push(buffer);
-                }
-            }
+            let finished = self.drive(&mut ops, true)?;
+            done_bytes += reap(&mut ops, finished, &mut spare, chunk_bytes);
             on_progress(done_bytes.min(size_bytes));
         }
         let record = FileRecord {

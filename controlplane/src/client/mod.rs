@@ -460,8 +460,20 @@ impl Client {
     /// start the next chunk while that one is made durable); returns the index of every
     /// machine that settled during this call. With `fail_fast`, a machine that failed is
     /// returned as an error instead.
-    // Long on purpose: one loop (settle, wait, receive and dispatch, timers) whose borrows of the socket, batch and session must stay side by side.
     fn drive(&mut self, ops: &mut [Op], fail_fast: bool) -> Result<Vec<usize>, ClientError> {
+        self.drive_until(ops, fail_fast, None)
+    }
+
+    /// Like [`Client::drive`], returning by `until_ms` (on this client's clock) at the
+    /// latest, with what settled by then (perhaps nothing): the machines keep moving while
+    /// the caller waits for something else, such as a reader that has no bytes yet.
+    // Long on purpose: one loop (settle, wait, receive and dispatch, timers) whose borrows of the socket, batch and session must stay side by side.
+    fn drive_until(
+        &mut self,
+        ops: &mut [Op],
+        fail_fast: bool,
+        until_ms: Option<u64>,
+    ) -> Result<Vec<usize>, ClientError> {
         let mut finished = Vec::new();
         let mut was_pending: Vec<bool> = ops.iter().map(|op| op.progress() == Progress::Pending).collect();
         let sending_at_start = ops.iter().filter(|op| op.is_sending_put()).count();
@@ -482,11 +494,15 @@ impl Client {
             {
                 return Ok(finished);
             }
+            let now = self.now_ms();
+            if until_ms.is_some_and(|until| now >= until) {
+                return Ok(finished);
+            }
+            let wait_max_ms = until_ms.map_or(u64::MAX, |until| until - now);
             if self.shm.is_some() {
-                self.drive_shm_once(ops)?;
+                self.drive_shm_once(ops, wait_max_ms)?;
                 continue;
             }
-            let now = self.now_ms();
             // A silent node, an old session or a lost attempt starts a handshake.
             self.link.poll(now, true, &self.socket);
             let next_deadline = ops
@@ -496,7 +512,7 @@ impl Client {
                 .chain(self.link.deadline_ms())
                 .min()
                 .unwrap_or(now);
-            let wait_ms = next_deadline.saturating_sub(now).max(1);
+            let wait_ms = next_deadline.saturating_sub(now).clamp(1, wait_max_ms);
             wait_readable(&self.socket, wait_ms);
             let mut transmit = transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx);
             // Read everything that is waiting (the socket is non-blocking and connected to the
@@ -527,12 +543,12 @@ impl Client {
 
     /// One pass of `drive` over shared memory: wait for replies (or the next timer),
     /// hand each to the machines, run timers.
-    fn drive_shm_once(&mut self, ops: &mut [Op]) -> Result<(), ClientError> {
+    fn drive_shm_once(&mut self, ops: &mut [Op], wait_max_ms: u64) -> Result<(), ClientError> {
         let link = self.shm.as_ref().expect("called with a link");
         let now = self.started.elapsed().as_millis() as u64;
         let next_deadline =
             ops.iter().filter(|op| op.progress() == Progress::Pending).map(Op::deadline_ms).min().unwrap_or(now);
-        if !link.wait(next_deadline.saturating_sub(now).max(1)) {
+        if !link.wait(next_deadline.saturating_sub(now).clamp(1, wait_max_ms.max(1))) {
             // The node stopped: wait for it to come back, as the UDP path's retries do; the
             // machines' timers then resend whatever the old region held.
             self.shm = Some(self.reconnect_shm()?);

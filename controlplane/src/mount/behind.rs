@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::store::{Store, StoreError, StoreResult, Target};
 use crate::control::FileRecord;
@@ -22,6 +23,9 @@ pub const WRITE_BEHIND_AFTER_BYTES: u64 = 8 << 20;
 /// At most this many files are stored behind their writers at once; more are stored on
 /// close.
 pub const WRITE_BEHIND_FILES_MAX: usize = 4;
+
+/// How long a read of the spool waits for the writer before it returns `WouldBlock`.
+const WRITER_WAIT: Duration = Duration::from_millis(20);
 
 /// What the writer has done, as the storing thread sees it.
 #[derive(Debug, Default)]
@@ -151,8 +155,15 @@ impl Read for SpoolTail {
                 if tail.finished {
                     return Ok(0);
                 }
-                // Woken by every write, the close, or abandonment; nothing else is awaited.
-                tail = self.progress.changed.wait(tail).unwrap_or_else(PoisonError::into_inner);
+                // Woken by every write, the close, or abandonment. After a while without
+                // any, the put is told so (`WouldBlock`), to move the chunks it has in
+                // flight (over UDP their fragments wait for it) before it asks again.
+                let (woken, waited) =
+                    self.progress.changed.wait_timeout(tail, WRITER_WAIT).unwrap_or_else(PoisonError::into_inner);
+                tail = woken;
+                if waited.timed_out() && tail.written_bytes <= self.position && !tail.finished && !tail.abandoned {
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
             }
         };
         let len = buf.len().min(usize::try_from(available).unwrap_or(usize::MAX));
@@ -194,9 +205,32 @@ mod tests {
             })
         };
         let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).unwrap();
+        // Bounded by the writer, which finishes the file.
+        loop {
+            match reader.read_to_end(&mut rest) {
+                Ok(_) => break,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(error) => panic!("{error}"),
+            }
+        }
         writer.join().unwrap();
         assert_eq!(rest, b" world");
+    }
+
+    #[test]
+    fn a_reader_waiting_for_its_writer_is_told_so_after_a_while_and_reads_on_later() {
+        let (mut reader, progress) = tail_of(b"abcdef", 3);
+        let mut buf = [0u8; 8];
+        assert_eq!(reader.read(&mut buf).unwrap(), 3);
+        let waited = std::time::Instant::now();
+        let error = reader.read(&mut buf).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
+        assert!(waited.elapsed() >= WRITER_WAIT, "it waited for the writer first");
+        progress.update(|tail| tail.written_bytes = 6);
+        assert_eq!(reader.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"def");
+        progress.update(|tail| tail.finished = true);
+        assert_eq!(reader.read(&mut buf).unwrap(), 0, "then the end, not a wait");
     }
 
     #[test]
@@ -208,7 +242,14 @@ mod tests {
             let progress = progress.clone();
             std::thread::spawn(move || progress.update(|tail| tail.abandoned = true))
         };
-        assert!(reader.read(&mut buf).is_err(), "an abandoned put must not end as if the file were whole");
+        // Bounded by the abandoning thread.
+        let error = loop {
+            match reader.read(&mut buf) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => break other.expect_err("an abandoned put must not end as if the file were whole"),
+            }
+        };
+        assert!(error.to_string().contains("abandoned"), "{error}");
         abandon.join().unwrap();
     }
 
