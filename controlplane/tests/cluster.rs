@@ -988,3 +988,55 @@ fn space_of_a_put_cut_off_by_a_redis_outage_comes_back_with_gc() {
     assert!(std::fs::read(&back).unwrap() == data, "fits came back different");
     ok(&cluster.cli(&["get", "kept", "-o", dir.path().join("kept.back").to_str().unwrap()]));
 }
+
+/// A reader that has no bytes yet now and then (`WouldBlock`, as a write-behind's spool
+/// says while its writer pauses): the put waits for it instead of failing, on a cluster and
+/// on a single node, and stores the file whole.
+#[test]
+fn a_put_from_a_reader_that_pauses_waits_for_it_and_stores_the_file() {
+    if skip_without_redis("a_put_from_a_reader_that_pauses_waits_for_it_and_stores_the_file") {
+        return;
+    }
+    /// Hands out `data` at most 1 MiB per read, with a `WouldBlock` before each piece.
+    struct Pausing<'a> {
+        data: &'a [u8],
+        at: usize,
+        paused: bool,
+        pauses: usize,
+    }
+    impl Read for Pausing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at < self.data.len() && !self.paused {
+                self.paused = true;
+                self.pauses += 1;
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            self.paused = false;
+            let len = buf.len().min(self.data.len() - self.at).min(1 << 20);
+            buf[..len].copy_from_slice(&self.data[self.at..self.at + len]);
+            self.at += len;
+            Ok(len)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Loopback::start(dir.path(), 3);
+    let key = beeline::keyfile::load(&dir.path().join("cluster.key")).unwrap();
+    let data = pattern(9 << 20 | 77, 44);
+
+    let mut clustered =
+        beeline::client::cluster::ClusterClient::connect(&cluster.redis.url(), "beeline", key.clone(), None).unwrap();
+    let mut reader = Pausing { data: &data, at: 0, paused: false, pauses: 0 };
+    clustered.put_reader("paused-cluster", &mut reader, "a pausing reader", &mut |_| {}).unwrap();
+    assert!(reader.pauses >= 10, "the reader paused {} times", reader.pauses);
+    let back = cluster.cli(&["get", "paused-cluster", "-o", "-"]);
+    assert!(back.status.success() && back.stdout == data, "{}", String::from_utf8_lossy(&back.stderr));
+
+    let address = format!("127.0.0.1:{}", cluster.nodes[0].1).parse().unwrap();
+    let mut single = beeline::client::Client::new(beeline::client::ClientOptions::new(address, key)).unwrap();
+    let mut reader = Pausing { data: &data, at: 0, paused: false, pauses: 0 };
+    single.put_reader("paused-single", &mut reader, "a pausing reader", &mut |_| {}).unwrap();
+    assert!(reader.pauses >= 10, "the reader paused {} times", reader.pauses);
+    let mut back = Vec::new();
+    single.get_writer("paused-single", &mut back, "memory", &mut |_| {}).unwrap();
+    assert!(back == data, "the single node stored the paused file different");
+}

@@ -22,6 +22,13 @@ use crate::cluster::placement::{NodeId, rank};
 mod chunks;
 mod gc;
 
+/// How often a put whose reader has no bytes yet refreshes its registration meanwhile (the
+/// garbage collector claims puts not refreshed for its grace period, a minute or more).
+const PUT_TOUCH_WHILE_WAITING: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a put waits before it asks such a reader again (a write-behind's spool has
+/// waited for its writer already).
+const READER_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
+
 pub use gc::{ClusterGcReport, GcOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -318,9 +325,26 @@ impl ClusterClient {
             let mut batch: Vec<(u128, Arc<[u8]>)> = Vec::with_capacity(self.parallel_chunks);
             while batch.len() < self.parallel_chunks.max(1) {
                 let mut buffer = Vec::with_capacity(self.chunk_bytes as usize);
-                Read::take(&mut *reader, u64::from(self.chunk_bytes))
-                    .read_to_end(&mut buffer)
-                    .map_err(|source_error| ClusterError::LocalIo { path: source.to_owned(), source: source_error })?;
+                // Bounded by the reader: a reader with no bytes yet (a file still being
+                // written, read by a write-behind) waits inside each call; meanwhile the put
+                // stays registered, so that garbage collection leaves it alone.
+                let mut touched = std::time::Instant::now();
+                loop {
+                    let left = u64::from(self.chunk_bytes) - buffer.len() as u64;
+                    match Read::take(&mut *reader, left).read_to_end(&mut buffer) {
+                        Ok(_) => break,
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(READER_IDLE);
+                            if touched.elapsed() >= PUT_TOUCH_WHILE_WAITING {
+                                if !self.metadata.touch_put(file_id)? {
+                                    return Err(ClusterError::PutReclaimed { name: name.to_owned() });
+                                }
+                                touched = std::time::Instant::now();
+                            }
+                        }
+                        Err(error) => return Err(ClusterError::LocalIo { path: source.to_owned(), source: error }),
+                    }
+                }
                 if buffer.len() < self.chunk_bytes as usize {
                     eof = true;
                 }
