@@ -72,8 +72,8 @@ const MAX_PUTS_IN_FLIGHT_LIMIT: usize = 1 << 16;
 const MAX_PENDING_DURABLE_LIMIT: usize = 1 << 20;
 /// Buffer used for maintenance copies and for checking payloads at start-up.
 const SCRATCH_BYTES: usize = 1 << 20;
-/// Large reads and writes are split into pieces of this many bytes (at offsets of the
-/// chunk that are multiples of it), each checksummed while it is still in the CPU's cache.
+/// Large reads are split into pieces of this many bytes (at offsets of the chunk that are
+/// multiples of it), each checked while it is still in the CPU's cache.
 /// A multiple of the verify block, so that a piece's check reads nothing beside it.
 const CACHE_PIECE_BYTES: u32 = 256 << 10;
 const _: () = assert!(CACHE_PIECE_BYTES.is_multiple_of(VERIFY_BLOCK_BYTES));
@@ -720,18 +720,17 @@ impl ChunkStore for DiskStore {
             reservation.written_bytes + data.len() as u64 <= u64::from(reservation.len),
             "more bytes written than reserved: a byte range was written twice"
         );
-        // Piece by piece, each piece's checksums right after its copy into the page cache:
-        // a whole chunk (a local client's put) would otherwise be read from memory twice.
-        for (at, piece) in cache_pieces(offset, data.len()) {
-            let bytes = &data[piece];
-            let file = &self.segments[&reservation.segment].file.file;
-            file.write_all_at(bytes, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(at))
-                .map_err(|error| io_store_error(&error))?;
-            let slot_entry = &mut self.slots[slot];
-            let entry = slot_entry.put.as_mut().expect("reservation checked above");
-            entry.written_bytes += bytes.len() as u64;
-            slot_entry.blocks.add(&mut entry.crc, u64::from(at), bytes, u64::from(reservation.len));
-        }
+        // One `pwrite` for the whole buffer, even a whole chunk: written in cache-sized pieces
+        // with each piece's checksums between them, a local client's put cost the node less
+        // CPU but stored 10 % slower (three A/B rounds), probably because the group commit's
+        // `fdatasync` then catches chunks half written (not verified).
+        let file = &self.segments[&reservation.segment].file.file;
+        file.write_all_at(data, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
+            .map_err(|error| io_store_error(&error))?;
+        let slot_entry = &mut self.slots[slot];
+        let entry = slot_entry.put.as_mut().expect("reservation checked above");
+        entry.written_bytes += data.len() as u64;
+        slot_entry.blocks.add(&mut entry.crc, u64::from(offset), data, u64::from(reservation.len));
         Ok(())
     }
 

@@ -215,9 +215,9 @@ fn the_scrub_walks_every_chunk_in_bounded_steps_and_finds_a_flipped_byte() {
 }
 
 /// A local client's put and get: the whole chunk in one `write_at` and one `read_at`, which
-/// the store splits into cache-sized pieces, each checked as it is read.
+/// the store reads in cache-sized pieces, each checked as it is read.
 #[test]
-fn a_whole_chunk_written_and_read_in_one_call_is_checked_piece_by_piece() {
+fn a_whole_chunk_read_in_one_call_is_checked_piece_by_piece() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = DiskStore::open(dir.path(), config()).unwrap();
     let piece = CACHE_PIECE_BYTES as usize;
