@@ -460,13 +460,7 @@ fn files_written_in_order_are_stored_behind_the_writer() {
     // In order: most of it is on the node before the close.
     let data = pattern(26 * MIB + 5, 1);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let before = loop {
-        match chunks_stored() {
-            Some(count) => break count,
-            None => assert!(Instant::now() < deadline, "the node's metrics page never answered"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let before = puts_so_far(&metrics, deadline);
     let mut file = std::fs::File::create(mount.path("in-order")).unwrap();
     write_in_order(&mut file, &data[..24 * MIB]);
     // Published every 100 ms: wait (bounded) for the chunks written so far.
@@ -608,6 +602,20 @@ fn a_node_restarted_while_a_file_is_written_loses_nothing() {
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
 
+/// The chunk puts the node has stored so far, from its metrics page (read in this process:
+/// a `beeline node status` child would inherit an open file of the mount and close it at
+/// exec, and every close is a FUSE flush, which stores the file); waits (bounded by
+/// `deadline`) for the page to answer.
+fn puts_so_far(metrics: &str, deadline: Instant) -> f64 {
+    loop {
+        match metric(metrics, "beeline_puts_total") {
+            Some(count) => return count,
+            None => assert!(Instant::now() < deadline, "the node's metrics page never answered"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Over UDP, a write-behind keeps the chunks it has started moving while it waits for its
 /// writer: with the file still open and nothing more written, every whole chunk written so
 /// far is stored. Its thread used to wait for more bytes inside the read, and the
@@ -627,13 +635,7 @@ fn a_write_behind_over_udp_stores_what_it_was_given_while_the_writer_pauses() {
     args.extend(["--transport".to_owned(), "udp".to_owned()]);
     let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &args);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let before = loop {
-        match chunks_stored() {
-            Some(count) => break count,
-            None => assert!(Instant::now() < deadline, "the node's metrics page never answered"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let before = puts_so_far(&metrics, deadline);
     let data = pattern(24 * MIB + 5, 9);
     let mut file = std::fs::File::create(mount.path("paused")).unwrap();
     for piece in data[..24 * MIB].chunks(MIB) {
