@@ -321,6 +321,8 @@ impl ClusterClient {
         let mut size_bytes = 0u64;
         let mut index = 0u64;
         let mut eof = false;
+        // When the put's registration was last refreshed while its reader had no bytes.
+        let mut touched = std::time::Instant::now();
         while !eof {
             let mut batch: Vec<(u128, Arc<[u8]>)> = Vec::with_capacity(self.parallel_chunks);
             while batch.len() < self.parallel_chunks.max(1) {
@@ -328,7 +330,6 @@ impl ClusterClient {
                 // Bounded by the reader: a reader with no bytes yet (a file still being
                 // written, read by a write-behind) waits inside each call; meanwhile the put
                 // stays registered, so that garbage collection leaves it alone.
-                let mut touched = std::time::Instant::now();
                 loop {
                     let left = u64::from(self.chunk_bytes) - buffer.len() as u64;
                     match Read::take(&mut *reader, left).read_to_end(&mut buffer) {

@@ -35,6 +35,12 @@ fn put_fragments(store: &mut DiskStore, id: ChunkId, data: &[u8], in_order: bool
         store.write_at(reservation, (index * 1372) as u32, piece).unwrap();
     }
     store.commit_put(reservation, id as u64).unwrap();
+    wait_until_durable(store);
+}
+
+/// Waits (at most 100 waits of [`TIMEOUT`]) until every committed put is durable, each one
+/// successfully.
+fn wait_until_durable(store: &mut DiskStore) {
     for _ in 0..100 {
         if store.pending_durable() == 0 {
             break;
@@ -227,10 +233,7 @@ fn a_whole_chunk_read_in_one_call_is_checked_piece_by_piece() {
     let reservation = store.begin_put(1, len as u32).unwrap();
     store.write_at(reservation, 0, &data).unwrap();
     store.commit_put(reservation, 1).unwrap();
-    while store.pending_durable() > 0 {
-        store.wait_durable(TIMEOUT);
-        store.poll_durable(&mut |durable| assert_eq!(durable.result, Ok(())));
-    }
+    wait_until_durable(&mut store);
     // Whole, from an offset that is no piece boundary, past the end, and at the end.
     assert_eq!(read(&mut store, 1, 0, len).unwrap(), data);
     assert_eq!(read(&mut store, 1, 1000, len).unwrap(), data[1000..]);
