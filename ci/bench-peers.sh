@@ -16,7 +16,9 @@
 #   - CPU-seconds per GB served by each server process (beeline node, nginx worker,
 #     redis-server), from utime+stime in /proc/PID/stat around every workload.
 #
-# Prints a Markdown report (table + raw numbers) and writes the plot to $BENCH_SVG.
+# Prints a Markdown report (table + raw numbers) and, when BENCH_SVG is set, writes the plot
+# there (to update the tracked plot: BENCH_SVG=docs/benchmarks/peers.svg); a run only for
+# measuring leaves the working tree alone.
 # Idempotent: installs what is missing (ci/setup.sh, then nginx, redis-tools, iperf3, curl),
 # builds the release binary if needed; everything started is stopped and the temporary
 # directory removed on exit. About 3 minutes with the defaults on an idle 2-core machine.
@@ -30,7 +32,7 @@
 #   BENCH_REDIS_C32  redis-benchmark requests with -c 32 [200000]
 #   BENCH_IPERF_S    iperf3 seconds [3]
 #   BENCH_DIR        parent of the temporary directory (data dirs, files, disk floor) [/var/tmp]
-#   BENCH_SVG        where the plot goes [docs/benchmarks/peers.svg]
+#   BENCH_SVG        where the plot goes [none: no plot]
 #   BEELINE_BIN      the beeline binary [target/release/beeline, built if missing]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +62,7 @@ ops=${BENCH_OPS:-20000}
 redis_c1=${BENCH_REDIS_C1:-50000}
 redis_c32=${BENCH_REDIS_C32:-200000}
 iperf_seconds=${BENCH_IPERF_S:-3}
-svg=${BENCH_SVG:-docs/benchmarks/peers.svg}
+svg=${BENCH_SVG:-}
 bin=${BEELINE_BIN:-target/release/beeline}
 for value in "$mib" "$ops" "$redis_c1" "$redis_c32" "$iperf_seconds"; do
     [[ $value =~ ^[1-9][0-9]*$ ]] || { echo "bench-peers.sh: $value is not a positive integer (see BENCH_* at the top)" >&2; exit 2; }
@@ -244,6 +246,7 @@ iperf_pid=""
 
 # --- Report ----------------------------------------------------------------------------
 machine="$(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM, kernel $(uname -r)"
+[[ -n $svg ]] || svg="$work/peers.svg"
 mkdir -p "$(dirname "$svg")"
 python3 ci/bench-peers-report.py "$work" "$svg" "$machine" "$machine_start" \
     "$(cut -d' ' -f1-3 /proc/loadavg)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
