@@ -303,6 +303,75 @@ fn a_full_node_answers_enospc_and_loses_nothing() {
     assert_eq!(sha256(&mount.path("fits")), sha256(&work.join("fits")));
 }
 
+/// A small tmpfs, unmounted (lazily) on drop, whatever the test's outcome.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn mount(dir: &Path, size_mib: usize) -> SmallTmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        sh_ok(&format!("mount -t tmpfs -o size={size_mib}m beeline-test-spool '{}'", dir.display()));
+        SmallTmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The mount's own spool disk fills while a file is written (a 12 MiB tmpfs, a 20 MB file:
+/// its write-behind has started when the spool runs out): `cp` fails with ENOSPC and the
+/// stored copy of the name stays as it was, not replaced by the part that fit; a new name
+/// is not created; the mount goes on, and a file that fits still goes in.
+#[test]
+fn a_full_spool_disk_fails_the_write_and_keeps_the_stored_copy() {
+    if skip_without_fuse("a_full_spool_disk_fails_the_write_and_keeps_the_stored_copy") {
+        return;
+    }
+    if !common::is_root() {
+        beeline_dataplane::testkit::skip(
+            "a_full_spool_disk_fails_the_write_and_keeps_the_stored_copy",
+            "mounting a small tmpfs for the spool needs root",
+        );
+        return;
+    }
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    // Before the mount, so dropped after it: the mount holds its spool files open.
+    let spool = SmallTmpfs::mount(&tmp.path().join("spool"), 12);
+    let mount = Mount::start(&tmp.path().join("mnt"), &spool.0, &node_args(&node));
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let old = pattern(3_000_000, 1);
+    std::fs::write(work.join("old"), &old).unwrap();
+    std::fs::write(work.join("big"), pattern(20_000_000, 2)).unwrap();
+    std::fs::write(work.join("fits"), pattern(2_000_000, 3)).unwrap();
+    let cp_in =
+        |from: &str, to: &str| sh(&format!("cp '{}' '{}'", work.join(from).display(), mount.path(to).display()));
+    let refused = |out: Output, what: &str| {
+        assert!(!out.status.success(), "{what}: a 20 MB file went through a 12 MiB spool\n{}", mount.log());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("No space left on device"), "{what}: cp said: {stderr}");
+    };
+    assert!(cp_in("old", "doc").status.success(), "{}", mount.log());
+
+    refused(cp_in("big", "doc"), "over a stored file");
+    let back = node.cli(&["get", "doc", "-o", "-"]);
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    assert!(back.stdout == old, "the stored copy was replaced by a failed write ({} bytes)", back.stdout.len());
+    assert_eq!(sha256(&mount.path("doc")), sha256(&work.join("old")));
+
+    refused(cp_in("big", "new"), "as a new name");
+    assert!(node.cli(&["stat", "new"]).stdout.is_empty(), "a partial file was recorded");
+    assert!(!sh_ok(&format!("ls '{}'", mount.dir.display())).lines().any(|name| name == "new"));
+
+    assert!(cp_in("fits", "doc").status.success(), "{}", mount.log());
+    assert_eq!(sha256(&mount.path("doc")), sha256(&work.join("fits")));
+    assert!(!mount.log().contains("panicked"), "{}", mount.log());
+}
+
 /// Inodes the mount handed the kernel live as long as the kernel holds them: after the
 /// kernel drops its cache (and sends FUSE `forget`), `df -i` shows the table back near
 /// empty instead of one inode per name ever seen.

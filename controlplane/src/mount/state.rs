@@ -168,6 +168,11 @@ pub struct OpenFile {
     /// `sync` (a `cp` followed by `sync` wrote every byte twice); refilled from the store in
     /// the rare case a handle still uses it.
     spool_in_store: bool,
+    /// A write or resize of the spool failed (its disk full, say): the spool holds part of
+    /// what the writer meant, so the file is never stored from it. Every later write, flush
+    /// and close answers this error and the stored file stays as it was, until a truncating
+    /// open starts the content over.
+    failed: Option<StoreError>,
 }
 
 impl OpenFile {
@@ -180,7 +185,28 @@ impl OpenFile {
             appended_bytes,
             behind: None,
             spool_in_store: false,
+            failed: None,
         }
+    }
+
+    /// The error of an earlier failed write, if one failed.
+    fn check_not_failed(&self) -> StoreResult<()> {
+        match &self.failed {
+            Some(error) => Err(StoreError::new(
+                error.errno,
+                format!("an earlier write failed ({error}): the file is not stored, its stored copy is as it was"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The spool failed to take a write or resize: nothing of this content is stored (and
+    /// a write-behind storing it gives up).
+    fn spool_failed(&mut self, error: std::io::Error) -> StoreError {
+        let error = io_error(error);
+        self.failed = Some(StoreError::new(error.errno, error.message.clone()));
+        self.written_out_of_order();
+        error
     }
 
     /// The file `name` was stored as the spool holds it.
@@ -472,6 +498,7 @@ impl State {
             let mut open = lock(&file);
             open.written_out_of_order();
             open.spool.set_len(0).map_err(io_error)?;
+            open.failed = None;
             open.spool_in_store = false;
             open.dirty = true;
             open.appended_bytes = Some(0);
@@ -564,11 +591,14 @@ impl State {
         let file = self.handle(fh)?.file.clone().ok_or_else(|| StoreError::new(libc::EBADF, "not open for writing"))?;
         let name = self.handle(fh)?.name.clone();
         let mut file = lock(&file);
+        file.check_not_failed()?;
         file.refill(&name, &mut self.store)?;
         if file.appended_bytes != Some(offset) {
             file.written_out_of_order();
         }
-        file.spool.write_all_at(data, offset).map_err(io_error)?;
+        if let Err(error) = file.spool.write_all_at(data, offset) {
+            return Err(file.spool_failed(error));
+        }
         file.dirty = true;
         file.modified = SystemTime::now();
         let Some(end) = file.appended_bytes.map(|end| end + data.len() as u64) else {
@@ -588,7 +618,11 @@ impl State {
     /// Stores a dirty spool as `name` (flush, fsync, last close).
     fn upload(&mut self, name: &str, file: &Shared) -> StoreResult<()> {
         let mut open = lock(file);
-        if !open.dirty || open.unlinked {
+        if open.unlinked {
+            return Ok(());
+        }
+        open.check_not_failed()?;
+        if !open.dirty {
             return Ok(());
         }
         if let Some(behind) = open.behind.take() {
@@ -651,9 +685,12 @@ impl State {
         };
         if let Some(file) = open {
             let mut file = lock(&file);
+            file.check_not_failed()?;
             file.refill(name, &mut self.store)?;
             file.written_out_of_order();
-            file.spool.set_len(size).map_err(io_error)?;
+            if let Err(error) = file.spool.set_len(size) {
+                return Err(file.spool_failed(error));
+            }
             file.dirty = true;
             file.modified = SystemTime::now();
             return Ok(());
