@@ -26,6 +26,33 @@ pub struct BeelineFs {
     state: Mutex<State>,
     uid: u32,
     gid: u32,
+    /// What a write-only open asks of the kernel: `FOPEN_DIRECT_IO` when it may (see
+    /// [`write_only_open_flags`]), else nothing.
+    write_only_flags: FopenFlags,
+}
+
+/// A write-only open bypasses the kernel's page cache for the file (`FOPEN_DIRECT_IO`):
+/// a write goes from the writer's buffer straight into the request this process reads,
+/// instead of first into fresh page-cache pages of the mounted file, the same bytes the
+/// spool holds anyway (a `cp` in spent 2-3 s of its own CPU per GiB there; 0.1 s direct).
+/// Each `write` was one request before too (no write-back cache), so small writes lose
+/// nothing. Only write-only opens: a read through a direct-I/O handle is one request per
+/// `read`, without the kernel's read-ahead (4 KiB reads ran 10x slower), so opens that
+/// read keep the page cache. Only when the kernel still lets such a file be mapped
+/// (`FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6), so that nothing that worked stops working.
+fn write_only_open_flags(config: &mut KernelConfig) -> FopenFlags {
+    match config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
+        Ok(()) => {
+            tracing::info!("write-only opens bypass the page cache (direct I/O)");
+            FopenFlags::FOPEN_DIRECT_IO
+        }
+        Err(_) => {
+            tracing::info!(
+                "write-only opens go through the page cache: the kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6)"
+            );
+            FopenFlags::empty()
+        }
+    }
 }
 
 fn errno(error: &StoreError) -> Errno {
@@ -49,7 +76,12 @@ impl BeelineFs {
     pub fn new(state: State) -> Self {
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        BeelineFs { state: Mutex::new(state), uid, gid }
+        BeelineFs { state: Mutex::new(state), uid, gid, write_only_flags: FopenFlags::empty() }
+    }
+
+    /// What an open with `flags` (as `open(2)` got them) asks of the kernel.
+    fn open_flags(&self, flags: i32) -> FopenFlags {
+        if flags & libc::O_ACCMODE == libc::O_WRONLY { self.write_only_flags } else { FopenFlags::empty() }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -226,6 +258,7 @@ impl Filesystem for BeelineFs {
         for wanted in [InitFlags::FUSE_ATOMIC_O_TRUNC, InitFlags::FUSE_ASYNC_READ, InitFlags::FUSE_BIG_WRITES] {
             let _ = config.add_capabilities(wanted);
         }
+        self.write_only_flags = write_only_open_flags(config);
         Ok(())
     }
 
@@ -362,8 +395,9 @@ impl Filesystem for BeelineFs {
         let mut state = self.state();
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = write && flags.0 & libc::O_TRUNC != 0;
+        let open_flags = self.open_flags(flags.0);
         match Self::file_name(&state, ino.0).and_then(|name| state.open(&name, write, truncate)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags),
             Err(error) => reply.error(errno(&error)),
         }
     }
@@ -392,7 +426,7 @@ impl Filesystem for BeelineFs {
         match result {
             Ok((fh, attr)) => {
                 state.inodes.referenced(attr.ino.0);
-                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty());
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), self.open_flags(flags));
             }
             Err(error) => reply.error(errno(&error)),
         }
