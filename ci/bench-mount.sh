@@ -17,6 +17,7 @@
 #   BENCH_ROUNDS  rounds per side [3]
 #   BENCH_DIR     parent of the temporary directory, on the disk measured [/var/tmp]
 #   BEELINE_BIN   the beeline binary [target/release/beeline, built if missing]
+#   BENCH_MOUNT_ARGS  extra flags for `beeline mount`, such as --direct-reads [none]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/setup.sh
@@ -45,7 +46,8 @@ mkdir -p "$work/mnt" "$work/a" "$work/b" "$work/out" "$work/spool"
 node_pid=$!
 for _ in $(seq 1 300); do "$beeline" node ping >/dev/null 2>&1 && break; sleep 0.05; done
 "$beeline" node ping >/dev/null || { tail -n 5 "$work/node.log" >&2; exit 1; }
-"$beeline" mount "$work/mnt" --spool-dir "$work/spool" 2>"$work/mount.log" &
+# shellcheck disable=SC2086 # word splitting on purpose: a list of flags
+"$beeline" mount "$work/mnt" --spool-dir "$work/spool" ${BENCH_MOUNT_ARGS:-} 2>"$work/mount.log" &
 mount_pid=$!
 for _ in $(seq 1 300); do mountpoint -q "$work/mnt" && break; sleep 0.05; done
 mountpoint -q "$work/mnt" || { tail -n 5 "$work/mount.log" >&2; exit 1; }
@@ -99,5 +101,5 @@ cp_="$(median "${cli_put[@]}")" cg="$(median "${cli_get[@]}")"
 echo "| **median** | **$di** | **$mi** | **$do_** | **$mo** | **$cp_** | **$cg** |"
 echo
 echo "ratio mount / disk: cp in $(ratio "$mi" "$di")x, cp out $(ratio "$mo" "$do_")x" \
-    "($mib MiB file, cp then sync, $rounds rounds per side, page cache dropped before each copy);" \
+    "($mib MiB file, cp then sync, $rounds rounds per side, page cache dropped before each copy, mount flags: ${BENCH_MOUNT_ARGS:-none});" \
     "mount / beeline put-get: in $(ratio "$mi" "$cp_")x, out $(ratio "$mo" "$cg")x"

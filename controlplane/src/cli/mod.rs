@@ -224,6 +224,10 @@ enum Command {
         /// needs room for them [default: /var/tmp/beeline-spool-PID].
         #[arg(long)]
         spool_dir: Option<PathBuf>,
+        /// Reads skip the kernel's page cache (Linux 6.6+): large reads (cp, cat of big
+        /// files) run 2-3x faster, small ones (4 KiB) about 10x slower, with no read-ahead.
+        #[arg(long)]
+        direct_reads: bool,
         #[command(flatten)]
         client: ClientFlags,
     },
@@ -454,7 +458,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Web { listen, upload_bytes_max, graph_nodes_max, client } => {
             web(listen, upload_bytes_max, graph_nodes_max, &client)
         }
-        Command::Mount { dir, spool_dir, client } => mount(dir, spool_dir, &client),
+        Command::Mount { dir, spool_dir, direct_reads, client } => mount(dir, spool_dir, direct_reads, &client),
         Command::Umount { dir } => crate::mount::umount(&dir).map_err(|e| e.to_string()),
         Command::Hw { .. } => Err("`beeline hw` is dispatched before this point; this is a bug".into()),
         Command::Tagger {
@@ -598,7 +602,7 @@ fn web(listen: SocketAddr, upload_bytes_max: u64, graph_nodes_max: usize, flags:
     })
 }
 
-fn mount(dir: PathBuf, spool_dir: Option<PathBuf>, flags: &ClientFlags) -> CliResult {
+fn mount(dir: PathBuf, spool_dir: Option<PathBuf>, direct_reads: bool, flags: &ClientFlags) -> CliResult {
     let target = if flags.metadata.is_some() {
         let cluster = cluster_flags(flags)?;
         crate::mount::Target::Cluster {
@@ -611,7 +615,7 @@ fn mount(dir: PathBuf, spool_dir: Option<PathBuf>, flags: &ClientFlags) -> CliRe
         crate::mount::Target::Node(client_options(flags)?)
     };
     let spool_dir = spool_dir.unwrap_or_else(crate::mount::default_spool_dir);
-    crate::mount::run(crate::mount::MountOptions { dir, target, spool_dir }).map_err(|e| e.to_string())
+    crate::mount::run(crate::mount::MountOptions { dir, target, spool_dir, direct_reads }).map_err(|e| e.to_string())
 }
 
 fn client_options(flags: &ClientFlags) -> Result<ClientOptions, String> {

@@ -27,8 +27,12 @@ pub struct BeelineFs {
     uid: u32,
     gid: u32,
     /// What a write-only open asks of the kernel: `FOPEN_DIRECT_IO` when it may (see
-    /// [`write_only_open_flags`]), else nothing.
+    /// [`direct_io_flags`]), else nothing.
     write_only_flags: FopenFlags,
+    /// What an open that reads asks of the kernel: the same with `--direct-reads`, else
+    /// nothing (the page cache and its read-ahead).
+    read_flags: FopenFlags,
+    direct_reads: bool,
 }
 
 /// A write-only open bypasses the kernel's page cache for the file (`FOPEN_DIRECT_IO`):
@@ -40,18 +44,11 @@ pub struct BeelineFs {
 /// `read`, without the kernel's read-ahead (4 KiB reads ran 10x slower), so opens that
 /// read keep the page cache. Only when the kernel still lets such a file be mapped
 /// (`FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6), so that nothing that worked stops working.
-fn write_only_open_flags(config: &mut KernelConfig) -> FopenFlags {
+/// `--direct-reads` makes the other trade for readers too.
+fn direct_io_flags(config: &mut KernelConfig) -> FopenFlags {
     match config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
-        Ok(()) => {
-            tracing::info!("write-only opens bypass the page cache (direct I/O)");
-            FopenFlags::FOPEN_DIRECT_IO
-        }
-        Err(_) => {
-            tracing::info!(
-                "write-only opens go through the page cache: the kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6)"
-            );
-            FopenFlags::empty()
-        }
+        Ok(()) => FopenFlags::FOPEN_DIRECT_IO,
+        Err(_) => FopenFlags::empty(),
     }
 }
 
@@ -73,15 +70,22 @@ fn read_only() -> StoreError {
 }
 
 impl BeelineFs {
-    pub fn new(state: State) -> Self {
+    pub fn new(state: State, direct_reads: bool) -> Self {
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        BeelineFs { state: Mutex::new(state), uid, gid, write_only_flags: FopenFlags::empty() }
+        BeelineFs {
+            state: Mutex::new(state),
+            uid,
+            gid,
+            write_only_flags: FopenFlags::empty(),
+            read_flags: FopenFlags::empty(),
+            direct_reads,
+        }
     }
 
     /// What an open with `flags` (as `open(2)` got them) asks of the kernel.
     fn open_flags(&self, flags: i32) -> FopenFlags {
-        if flags & libc::O_ACCMODE == libc::O_WRONLY { self.write_only_flags } else { FopenFlags::empty() }
+        if flags & libc::O_ACCMODE == libc::O_WRONLY { self.write_only_flags } else { self.read_flags }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -258,7 +262,18 @@ impl Filesystem for BeelineFs {
         for wanted in [InitFlags::FUSE_ATOMIC_O_TRUNC, InitFlags::FUSE_ASYNC_READ, InitFlags::FUSE_BIG_WRITES] {
             let _ = config.add_capabilities(wanted);
         }
-        self.write_only_flags = write_only_open_flags(config);
+        self.write_only_flags = direct_io_flags(config);
+        if self.write_only_flags.is_empty() {
+            let reads = if self.direct_reads { " and reads (--direct-reads)" } else { "" };
+            tracing::warn!(
+                "writes{reads} go through the page cache: the kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6)"
+            );
+        } else if self.direct_reads {
+            self.read_flags = self.write_only_flags;
+            tracing::info!("write-only opens and reads bypass the page cache (direct I/O, --direct-reads)");
+        } else {
+            tracing::info!("write-only opens bypass the page cache (direct I/O)");
+        }
         Ok(())
     }
 

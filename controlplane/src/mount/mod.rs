@@ -44,6 +44,8 @@ pub struct MountOptions {
     pub target: Target,
     /// Where files being written are spooled: on disk, not in memory.
     pub spool_dir: PathBuf,
+    /// Reads skip the kernel's page cache too (`--direct-reads`), not only writes.
+    pub direct_reads: bool,
 }
 
 /// The spool directory used without `--spool-dir`: under /var/tmp, which is on disk
@@ -74,7 +76,10 @@ pub fn run(options: MountOptions) -> Result<(), MountError> {
     let mut store = store::Store::open(&options.target).map_err(|e| MountError::Store(e.to_string()))?;
     store.check().map_err(|e| MountError::Store(e.to_string()))?;
     let signals = block_signals().map_err(MountError::Signals)?;
-    let filesystem = fs::BeelineFs::new(state::State::new(store, options.target.clone(), options.spool_dir.clone()));
+    let filesystem = fs::BeelineFs::new(
+        state::State::new(store, options.target.clone(), options.spool_dir.clone()),
+        options.direct_reads,
+    );
     let mut config = Config::default();
     config.mount_options =
         vec![MountOption::FSName("beeline".into()), MountOption::Subtype("beeline".into()), MountOption::NoAtime];
