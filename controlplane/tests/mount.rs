@@ -161,6 +161,13 @@ fn exercise(mount: &Mount, work: &Path, cli: &dyn Fn(&[&str]) -> Output) {
     sh_ok(&format!("printf XY | dd of='{appended}' bs=1 seek=1 conv=notrunc status=none"));
     assert_eq!(sh_ok(&format!("cat '{appended}'")), "oXYtwo");
     assert_eq!(ok(&cli(&["get", "docs/appended", "-o", "-"])), "oXYtwo");
+    // A reader holding the file open (its pages cached) sees what a write-only handle
+    // wrote past the cache, before and after that handle's close.
+    let seen = sh_ok(&format!(
+        "python3 -c 'import os,sys; r=os.open(sys.argv[1],os.O_RDONLY); os.pread(r,6,0); w=os.open(sys.argv[1],os.O_WRONLY); os.pwrite(w,b\"NE\",1); a=os.pread(r,6,0); os.close(w); sys.stdout.write((a+os.pread(r,6,0)).decode())' '{appended}'"
+    ));
+    assert_eq!(seen, "oNEtwooNEtwo", "a reader's cached pages went stale under a direct write");
+    assert_eq!(ok(&cli(&["get", "docs/appended", "-o", "-"])), "oNEtwo");
     // A stored file maps (a program run from the mount, a database reading its pages).
     let mapped = sh_ok(&format!(
         "python3 -c 'import mmap,sys; f=open(sys.argv[1],\"rb\"); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); sys.stdout.write(str(m[:]==open(sys.argv[2],\"rb\").read()))' '{}' '{}'",

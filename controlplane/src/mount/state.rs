@@ -255,7 +255,8 @@ pub struct Handle {
     pub name: String,
     /// Set for a handle opened for writing.
     pub file: Option<Shared>,
-    /// What a read-only handle reads, as it was when opened.
+    /// What a read-only handle reads: the file as stored when it was opened, or as this
+    /// mount stored it since (`None`: looked up at the next read).
     pub source: Option<Source>,
 }
 
@@ -339,6 +340,12 @@ impl State {
     }
 
     fn note_stored(&mut self, record: FileRecord) {
+        // Handles reading the name read what was stored now from their next read on: they
+        // read the writer's spool while it was open, and must not fall back to the version
+        // they were opened on once it closes.
+        for handle in self.handles.values_mut().filter(|handle| handle.file.is_none() && handle.name == record.name) {
+            handle.source = None;
+        }
         if let Some((_, files)) = self.snapshot.as_mut() {
             files.insert(record.name.clone(), record);
         }
