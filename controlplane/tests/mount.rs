@@ -249,11 +249,17 @@ fn exercise(mount: &Mount, work: &Path, cli: &dyn Fn(&[&str]) -> Output) {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("Invalid argument"), "{bad:?}");
 }
 
-/// The running kernel's (major, minor) version.
-fn kernel_version() -> (u32, u32) {
+/// On Linux 6.6 and later (`FUSE_DIRECT_IO_ALLOW_MMAP`), the mount's log says `granted`;
+/// older kernels keep the page cache, which the log says instead.
+fn assert_direct_io_on_linux_6_6(mount: &Mount, granted: &str) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let mut parts = release.trim().split(['.', '-']).map(|part| part.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let log = mount.log();
+    assert!(
+        log.contains(granted) || (major, minor) < (6, 6),
+        "direct I/O not granted on Linux {major}.{minor}:\n{log}"
+    );
 }
 
 fn node_args(node: &TestNode) -> Vec<String> {
@@ -286,9 +292,7 @@ fn the_mount_on_a_single_node() {
     exercise(&mount, &work, &|args| node.cli(args));
     // On Linux 6.6 and later, writes through write-only handles skip the kernel's page
     // cache (what a kernel offers shows in the log either way).
-    let (major, minor) = kernel_version();
-    let direct = mount.log().contains("write-only opens bypass the page cache");
-    assert!(direct || (major, minor) < (6, 6), "direct I/O not negotiated on Linux {major}.{minor}:\n{}", mount.log());
+    assert_direct_io_on_linux_6_6(&mount, "write-only opens bypass the page cache (direct I/O)");
     // `beeline umount` unmounts, and the mount process ends by itself.
     let mut mount = mount;
     ok(&Command::new(BIN).arg("umount").arg(&mount.dir).output().unwrap());
@@ -321,9 +325,10 @@ fn the_mount_with_direct_reads() {
     // Small reads through a handle without read-ahead still return every byte in order.
     let small_reads = sh_ok(&format!("dd if='{}' bs=4k status=none | sha256sum", mount.path("sizes/f3").display()));
     assert_eq!(small_reads.split_whitespace().next(), Some(sha256(&work.join("in-3")).as_str()));
-    let (major, minor) = kernel_version();
-    let direct = mount.log().contains("reads bypass the page cache (direct I/O, --direct-reads)");
-    assert!(direct || (major, minor) < (6, 6), "direct reads not granted on Linux {major}.{minor}:\n{}", mount.log());
+    assert_direct_io_on_linux_6_6(
+        &mount,
+        "write-only opens and reads bypass the page cache (direct I/O, --direct-reads)",
+    );
 }
 
 /// A node whose disk is full: writing a file that does not fit fails with ENOSPC (on the
