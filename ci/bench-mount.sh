@@ -103,3 +103,5 @@ echo
 echo "ratio mount / disk: cp in $(ratio "$mi" "$di")x, cp out $(ratio "$mo" "$do_")x" \
     "($mib MiB file, cp then sync, $rounds rounds per side, page cache dropped before each copy, mount flags: ${BENCH_MOUNT_ARGS:-none});" \
     "mount / beeline put-get: in $(ratio "$mi" "$cp_")x, out $(ratio "$mo" "$cg")x"
+echo
+echo "The mount's log on the page cache: $(grep -o 'write-only opens.*\|writes.* go through the page cache.*' "$work/mount.log" | head -n 1)"
