@@ -262,6 +262,14 @@ fn assert_direct_io_on_linux_6_6(mount: &Mount, granted: &str) {
     );
 }
 
+/// A node under `tmp`, and an empty directory beside it for the test's local files.
+fn node_and_work_dir(tmp: &Path) -> (TestNode, PathBuf) {
+    let node = TestNode::start(tmp, &[]);
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    (node, work)
+}
+
 fn node_args(node: &TestNode) -> Vec<String> {
     vec![
         "--node".into(),
@@ -278,9 +286,7 @@ fn the_mount_on_a_single_node() {
     }
     let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
-    let node = TestNode::start(tmp.path(), &[]);
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (node, work) = node_and_work_dir(tmp.path());
     // Only an empty directory is mounted on.
     std::fs::write(work.join("occupied"), b"x").unwrap();
     let mut refused = Command::new(BIN);
@@ -315,9 +321,7 @@ fn the_mount_with_direct_reads() {
     }
     let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
-    let node = TestNode::start(tmp.path(), &[]);
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (node, work) = node_and_work_dir(tmp.path());
     let mut args = node_args(&node);
     args.push("--direct-reads".into());
     let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &args);

@@ -26,12 +26,9 @@ pub struct BeelineFs {
     state: Mutex<State>,
     uid: u32,
     gid: u32,
-    /// What a write-only open asks of the kernel: `FOPEN_DIRECT_IO` when it may (see
-    /// [`direct_io_flags`]), else nothing.
-    write_only_flags: FopenFlags,
-    /// What an open that reads asks of the kernel: the same with `--direct-reads`, else
-    /// nothing (the page cache and its read-ahead).
-    read_flags: FopenFlags,
+    /// `FOPEN_DIRECT_IO` once the kernel allows it (see [`direct_io_flags`]), else nothing:
+    /// what a write-only open asks for, and with `--direct-reads` every open.
+    direct_io: FopenFlags,
     direct_reads: bool,
 }
 
@@ -73,19 +70,16 @@ impl BeelineFs {
     pub fn new(state: State, direct_reads: bool) -> Self {
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        BeelineFs {
-            state: Mutex::new(state),
-            uid,
-            gid,
-            write_only_flags: FopenFlags::empty(),
-            read_flags: FopenFlags::empty(),
-            direct_reads,
-        }
+        BeelineFs { state: Mutex::new(state), uid, gid, direct_io: FopenFlags::empty(), direct_reads }
     }
 
     /// What an open with `flags` (as `open(2)` got them) asks of the kernel.
     fn open_flags(&self, flags: i32) -> FopenFlags {
-        if flags & libc::O_ACCMODE == libc::O_WRONLY { self.write_only_flags } else { self.read_flags }
+        if self.direct_reads || flags & libc::O_ACCMODE == libc::O_WRONLY {
+            self.direct_io
+        } else {
+            FopenFlags::empty()
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -262,14 +256,13 @@ impl Filesystem for BeelineFs {
         for wanted in [InitFlags::FUSE_ATOMIC_O_TRUNC, InitFlags::FUSE_ASYNC_READ, InitFlags::FUSE_BIG_WRITES] {
             let _ = config.add_capabilities(wanted);
         }
-        self.write_only_flags = direct_io_flags(config);
-        if self.write_only_flags.is_empty() {
+        self.direct_io = direct_io_flags(config);
+        if self.direct_io.is_empty() {
             let reads = if self.direct_reads { " and reads (--direct-reads)" } else { "" };
             tracing::warn!(
                 "writes{reads} go through the page cache: the kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6)"
             );
         } else if self.direct_reads {
-            self.read_flags = self.write_only_flags;
             tracing::info!("write-only opens and reads bypass the page cache (direct I/O, --direct-reads)");
         } else {
             tracing::info!("write-only opens bypass the page cache (direct I/O)");

@@ -204,7 +204,7 @@ impl OpenFile {
     /// a write-behind storing it gives up).
     fn spool_failed(&mut self, error: std::io::Error) -> StoreError {
         let error = io_error(error);
-        self.failed = Some(StoreError::new(error.errno, error.message.clone()));
+        self.failed = Some(error.clone());
         self.written_out_of_order();
         error
     }

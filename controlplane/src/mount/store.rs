@@ -35,7 +35,7 @@ impl Source {
 }
 
 /// A store failure, with the errno the kernel passes on and the message for the log.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
     pub errno: i32,
