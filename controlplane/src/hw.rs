@@ -343,7 +343,7 @@ fn check_hugepages(host: &Host, profile: &Profile, numa_node: Option<u32>) -> Ve
     let label = page_label(kib);
     let dir = host.sys.join(format!("kernel/mm/hugepages/hugepages-{kib}kB"));
     let mut checks = Vec::new();
-    let (Some(total), Some(free)) =
+    let (Some(total), Some(free_or_reserved)) =
         (host.read_u64(&dir.join("nr_hugepages")), host.read_u64(&dir.join("free_hugepages")))
     else {
         let size = if kib >= 1 << 20 { "1G" } else { "2M" };
@@ -359,6 +359,8 @@ fn check_hugepages(host: &Host, profile: &Profile, numa_node: Option<u32>) -> Ve
         ));
         return checks;
     };
+    // Pages other processes' mappings have reserved count as free in sysfs but are theirs.
+    let free = free_or_reserved.saturating_sub(host.read_u64(&dir.join("resv_hugepages")).unwrap_or(0));
     if free >= need.pages {
         checks.push(ok("hugepages", format!("{free} of {total} {label} pages free, {} needed", need.pages)));
     } else {

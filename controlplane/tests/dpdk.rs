@@ -15,7 +15,7 @@ use common::{End, Namespaces, Process, have, is_root, ns_command, pattern, run, 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::RwLock;
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
@@ -24,6 +24,7 @@ const PORT: u16 = 7777;
 const HUGEPAGES_WANTED: u64 = 512;
 
 /// Tests that need hugepages hold it shared; the one that takes them away holds it alone.
+/// A test that fails while holding it fails alone: the others take it poisoned.
 static HUGEPAGES: RwLock<()> = RwLock::new(());
 
 fn missing_requirement() -> Option<String> {
@@ -63,8 +64,59 @@ fn reserve_hugepages() {
     if read_number(NR_HUGEPAGES) < HUGEPAGES_WANTED {
         std::fs::write(NR_HUGEPAGES, HUGEPAGES_WANTED.to_string()).unwrap();
     }
-    let free = read_number("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
-    assert!(free >= 128, "only {free} free 2 MiB hugepages after reserving {HUGEPAGES_WANTED}");
+    let free = read_number(&format!("{HUGEPAGES_2M}/free_hugepages"));
+    let reserved = read_number(&format!("{HUGEPAGES_2M}/resv_hugepages"));
+    assert!(
+        free.saturating_sub(reserved) >= 128,
+        "only {free} free 2 MiB hugepages ({reserved} of them reserved by other processes) after reserving \
+         {HUGEPAGES_WANTED}"
+    );
+}
+
+const HUGEPAGES_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+/// A 2 MiB hugetlb mapping that reserves `pages` pages and touches none, as another
+/// process's DPDK or shared-memory region does: the kernel keeps such pages through
+/// `nr_hugepages = 0` and still counts them in `free_hugepages`.
+struct ReservedHugepages {
+    address: *mut libc::c_void,
+    length: usize,
+    _memfd: std::os::fd::OwnedFd,
+}
+
+impl ReservedHugepages {
+    fn new(pages: usize) -> ReservedHugepages {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let flags = libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+        // SAFETY: the name is a NUL-terminated literal; the call only creates a descriptor.
+        let fd = unsafe { libc::memfd_create(c"beeline-test-reserved".as_ptr(), flags) };
+        assert!(fd >= 0, "memfd_create(MFD_HUGETLB): {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let length = pages * 2 * 1024 * 1024;
+        std::fs::File::from(memfd.try_clone().unwrap()).set_len(length as u64).unwrap();
+        // SAFETY: a fresh shared mapping of a memfd this guard owns, never read or written
+        // here; `Drop` unmaps exactly this address and length.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                memfd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(address, libc::MAP_FAILED, "mmap of {pages} hugepages: {}", std::io::Error::last_os_error());
+        ReservedHugepages { address, length, _memfd: memfd }
+    }
+}
+
+impl Drop for ReservedHugepages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, unmapped once.
+        unsafe { libc::munmap(self.address, self.length) };
+    }
 }
 
 /// A DPDK node and the namespace its clients run in.
@@ -169,7 +221,7 @@ fn files(salt: u64) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
     require_root!("net_af_xdp_node_round_trips_files_behind_the_classifier");
-    let _hugepages = HUGEPAGES.read().unwrap();
+    let _hugepages = HUGEPAGES.read().unwrap_or_else(PoisonError::into_inner);
     reserve_hugepages();
     let id = unique_id();
     let (node_ns, client_ns) = (format!("bdn{id}"), format!("bdc{id}"));
@@ -260,7 +312,7 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
 #[test]
 fn virtio_user_node_round_trips_files_through_vhost_user() {
     require_root!("virtio_user_node_round_trips_files_through_vhost_user");
-    let _hugepages = HUGEPAGES.read().unwrap();
+    let _hugepages = HUGEPAGES.read().unwrap_or_else(PoisonError::into_inner);
     reserve_hugepages();
     let id = unique_id();
     let (node_ns, client_ns) = (format!("bdvn{id}"), format!("bdvc{id}"));
@@ -412,13 +464,13 @@ fn eal_refusals_are_one_clear_line() {
     require_root!("eal_refusals_are_one_clear_line");
     let dir = tempfile::tempdir().unwrap();
     {
-        let _hugepages = HUGEPAGES.read().unwrap();
+        let _hugepages = HUGEPAGES.read().unwrap_or_else(PoisonError::into_inner);
         reserve_hugepages();
         let line = start_fails(&["--dpdk-devices", "net_nosuchdriver0,iface=x", "--hugepages", "require"], dir.path());
         assert!(line.contains("dpdk_devices") && line.contains("net_nosuchdriver0"), "{line}");
     }
     // No hugepages at all: this test alone holds the lock while the pages are gone.
-    let _alone = HUGEPAGES.write().unwrap();
+    let _alone = HUGEPAGES.write().unwrap_or_else(PoisonError::into_inner);
     let before = read_number(NR_HUGEPAGES);
     struct Restore(u64);
     impl Drop for Restore {
@@ -427,7 +479,28 @@ fn eal_refusals_are_one_clear_line() {
         }
     }
     let _restore = Restore(before.max(HUGEPAGES_WANTED));
+    // Another process's reservation outlives `nr_hugepages = 0` and shows as free pages:
+    // the node must not count them (it did, and failed later building its pool).
+    let reserved = ReservedHugepages::new(4);
     std::fs::write(NR_HUGEPAGES, "0").unwrap();
+    assert!(read_number(&format!("{HUGEPAGES_2M}/free_hugepages")) >= 4, "the reserved pages are not counted free");
+    let other_sizes: u64 = std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .unwrap()
+        .map(|size| size.unwrap().path())
+        .filter(|size| !size.ends_with("hugepages-2048kB"))
+        .map(|size| {
+            let read = |file: &str| read_number(size.join(file).to_str().unwrap());
+            read("free_hugepages").saturating_sub(read("resv_hugepages"))
+        })
+        .sum();
+    if other_sizes > 0 {
+        beeline_dataplane::testkit::skip(
+            "eal_refusals_are_one_clear_line (no hugepages)",
+            &format!("{other_sizes} hugepages of another size are free on this host, so DPDK has hugepages"),
+        );
+        return;
+    }
     let line = start_fails(&["--dpdk-devices", "net_tap0,iface=bdfail0", "--hugepages", "require"], dir.path());
     assert!(line.contains("no free hugepages") && line.contains("nr_hugepages"), "{line}");
+    drop(reserved);
 }

@@ -34,7 +34,7 @@ pub fn eal_args(
         HugepagePolicy::Off => false,
         HugepagePolicy::Require => true,
         HugepagePolicy::Prefer => {
-            let free = beeline_dataplane::io::dpdk::free_hugepages();
+            let free = beeline_dataplane::io::dpdk::available_hugepages();
             if free == 0 {
                 warn!("no free hugepages: DPDK runs on normal pages (hugepages = \"prefer\"); reserve some for speed");
             }

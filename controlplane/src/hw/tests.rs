@@ -152,6 +152,13 @@ fn fake_virtio_vm_goes_from_fail_to_ok_as_it_is_fixed() {
     fake.bind("0000:00:06.0", "vfio-pci");
     let checks = fake.check("virtio");
     assert!(checks.iter().all(|c| c.verdict == Verdict::Ok), "{checks:#?}");
+    // Free pages that other processes have reserved are not free for this node.
+    fake.write("sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages", "250");
+    let checks = fake.check("virtio");
+    let hugepages = line(&checks, "hugepages");
+    assert_eq!(hugepages.verdict, Verdict::Fail, "{hugepages}");
+    assert!(hugepages.detail.starts_with("6 of 256 "), "{hugepages}");
+    fake.write("sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages", "0");
 
     // no-IOMMU mode is not enough for a profile that needs a real IOMMU.
     assert_eq!(check_iommu(&fake.host, VfioNeed::Required).verdict, Verdict::Fail);

@@ -247,7 +247,9 @@ fn reserve_command(pages_needed: usize) -> String {
     const SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
     let read = |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
     let total = read(&std::format!("{SYSFS}/nr_hugepages"));
-    let free = read(&std::format!("{SYSFS}/free_hugepages"));
+    // Pages reserved by other processes' mappings count as free in sysfs but are theirs.
+    let reserved = read(&std::format!("{SYSFS}/resv_hugepages")).unwrap_or(0);
+    let free = read(&std::format!("{SYSFS}/free_hugepages")).map(|free| free.saturating_sub(reserved));
     let target = match (total, free) {
         (Some(total), Some(free)) => total + pages_needed.saturating_sub(free),
         _ => pages_needed,

@@ -142,13 +142,21 @@ impl fmt::Debug for Eal {
     }
 }
 
-/// Free hugepages of any size on this host, from sysfs.
-pub fn free_hugepages() -> u64 {
+/// Hugepages of any size on this host that a new process can still get, from sysfs: the
+/// free pages less those reserved by other processes' mappings (`resv_hugepages`), which
+/// count as free but are promised to their owners. Pages reserved that way survive
+/// `nr_hugepages = 0`, so counting them would let the EAL start and then fail to build its
+/// pools.
+pub fn available_hugepages() -> u64 {
     let Ok(sizes) = std::fs::read_dir("/sys/kernel/mm/hugepages") else { return 0 };
+    let read = |path: std::path::PathBuf| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
     sizes
         .filter_map(Result::ok)
-        .filter_map(|size| std::fs::read_to_string(size.path().join("free_hugepages")).ok())
-        .filter_map(|text| text.trim().parse::<u64>().ok())
+        .filter_map(|size| {
+            let free = read(size.path().join("free_hugepages"))?;
+            let reserved = read(size.path().join("resv_hugepages")).unwrap_or(0);
+            Some(free.saturating_sub(reserved))
+        })
         .sum()
 }
 
@@ -157,9 +165,9 @@ impl Eal {
     /// the common failures get a specific fix instead of DPDK's log lines alone.
     pub fn init(args: &[String]) -> Result<Self, DpdkError> {
         let no_huge = args.iter().any(|arg| arg == "--no-huge");
-        if !no_huge && free_hugepages() == 0 {
+        if !no_huge && available_hugepages() == 0 {
             return Err(DpdkError::Eal {
-                reason: "no free hugepages on this host".into(),
+                reason: "no free hugepages on this host (pages other processes have reserved do not count)".into(),
                 fix: "reserve some (`echo 512 > /proc/sys/vm/nr_hugepages`) or set hugepages = \"off\" to run DPDK on \
                       normal pages"
                     .into(),
