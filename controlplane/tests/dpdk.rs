@@ -15,17 +15,13 @@ use common::{End, Namespaces, Process, have, is_root, ns_command, pattern, run, 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{PoisonError, RwLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_beeline");
 const FORWARD_BIN: &str = env!("CARGO_BIN_EXE_beeline-dpdk-forward");
 const PORT: u16 = 7777;
 const HUGEPAGES_WANTED: u64 = 512;
-
-/// Tests that need hugepages hold it shared; the one that takes them away holds it alone.
-/// A test that fails while holding it fails alone: the others take it poisoned.
-static HUGEPAGES: RwLock<()> = RwLock::new(());
 
 fn missing_requirement() -> Option<String> {
     if !is_root() {
@@ -54,8 +50,17 @@ fn read_number(path: &str) -> u64 {
     std::fs::read_to_string(path).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(0)
 }
 
-/// Mounts hugetlbfs and reserves the 2 MiB pages the nodes and forwarders need.
+/// Mounts hugetlbfs and reserves the 2 MiB pages the nodes and forwarders need. Every
+/// test calls it before it starts a DPDK process, so the start without hugepages
+/// ([`refusal_without_hugepages`]) runs first, once, while no DPDK process of this binary
+/// has run: the kernel frees an exited process's hugepages a little late, and freed
+/// while `nr_hugepages` was 0 they showed as free for a moment, enough for the EAL.
 fn reserve_hugepages() {
+    refusal_without_hugepages();
+    ensure_hugepages_reserved();
+}
+
+fn ensure_hugepages_reserved() {
     let mounted = std::fs::read_to_string("/proc/mounts").unwrap().lines().any(|l| l.contains(" hugetlbfs "));
     if !mounted {
         std::fs::create_dir_all("/dev/hugepages").unwrap();
@@ -64,13 +69,61 @@ fn reserve_hugepages() {
     if read_number(NR_HUGEPAGES) < HUGEPAGES_WANTED {
         std::fs::write(NR_HUGEPAGES, HUGEPAGES_WANTED.to_string()).unwrap();
     }
-    let free = read_number(&format!("{HUGEPAGES_2M}/free_hugepages"));
-    let reserved = read_number(&format!("{HUGEPAGES_2M}/resv_hugepages"));
-    assert!(
-        free.saturating_sub(reserved) >= 128,
-        "only {free} free 2 MiB hugepages ({reserved} of them reserved by other processes) after reserving \
-         {HUGEPAGES_WANTED}"
-    );
+    let available = available_2m();
+    assert!(available >= 128, "only {available} free 2 MiB hugepages after reserving {HUGEPAGES_WANTED}");
+}
+
+/// Free 2 MiB pages less those other processes' mappings have reserved (theirs).
+fn available_2m() -> u64 {
+    read_number(&format!("{HUGEPAGES_2M}/free_hugepages"))
+        .saturating_sub(read_number(&format!("{HUGEPAGES_2M}/resv_hugepages")))
+}
+
+/// The last line of a node started with `--hugepages require` on a host with no hugepage
+/// free, or why that cannot be shown here. Runs once (see [`reserve_hugepages`]).
+fn refusal_without_hugepages() -> &'static Result<String, String> {
+    static REFUSAL: OnceLock<Result<String, String>> = OnceLock::new();
+    REFUSAL.get_or_init(|| {
+        ensure_hugepages_reserved();
+        struct Restore(u64);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let _ = std::fs::write(NR_HUGEPAGES, self.0.to_string());
+            }
+        }
+        let _restore = Restore(read_number(NR_HUGEPAGES).max(HUGEPAGES_WANTED));
+        // Another process's reservation outlives `nr_hugepages = 0` and shows as free
+        // pages: the node must not count them (it did, and failed later building its pool).
+        let _reserved = ReservedHugepages::new(4);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            std::fs::write(NR_HUGEPAGES, "0").unwrap();
+            if available_2m() == 0 {
+                break;
+            }
+            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+            let hugepages: Vec<&str> = meminfo.lines().filter(|line| line.starts_with("HugePages_")).collect();
+            assert!(Instant::now() < deadline, "2 MiB pages still free 10 s after nr_hugepages = 0: {hugepages:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(read_number(&format!("{HUGEPAGES_2M}/free_hugepages")) >= 4, "the reserved pages are not counted free");
+        let other_sizes: u64 = std::fs::read_dir("/sys/kernel/mm/hugepages")
+            .unwrap()
+            .map(|size| size.unwrap().path())
+            .filter(|size| !size.ends_with("hugepages-2048kB"))
+            .map(|size| {
+                let read = |file: &str| read_number(size.join(file).to_str().unwrap());
+                read("free_hugepages").saturating_sub(read("resv_hugepages"))
+            })
+            .sum();
+        if other_sizes > 0 {
+            return Err(format!(
+                "{other_sizes} hugepages of another size are free on this host, so DPDK has hugepages"
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        Ok(start_fails(&["--dpdk-devices", "net_tap0,iface=bdfail0", "--hugepages", "require"], dir.path()))
+    })
 }
 
 const HUGEPAGES_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
@@ -221,7 +274,6 @@ fn files(salt: u64) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
     require_root!("net_af_xdp_node_round_trips_files_behind_the_classifier");
-    let _hugepages = HUGEPAGES.read().unwrap_or_else(PoisonError::into_inner);
     reserve_hugepages();
     let id = unique_id();
     let (node_ns, client_ns) = (format!("bdn{id}"), format!("bdc{id}"));
@@ -312,7 +364,6 @@ fn net_af_xdp_node_round_trips_files_behind_the_classifier() {
 #[test]
 fn virtio_user_node_round_trips_files_through_vhost_user() {
     require_root!("virtio_user_node_round_trips_files_through_vhost_user");
-    let _hugepages = HUGEPAGES.read().unwrap_or_else(PoisonError::into_inner);
     reserve_hugepages();
     let id = unique_id();
     let (node_ns, client_ns) = (format!("bdvn{id}"), format!("bdvc{id}"));
@@ -464,43 +515,13 @@ fn eal_refusals_are_one_clear_line() {
     require_root!("eal_refusals_are_one_clear_line");
     let dir = tempfile::tempdir().unwrap();
     {
-        let _hugepages = HUGEPAGES.read().unwrap_or_else(PoisonError::into_inner);
         reserve_hugepages();
         let line = start_fails(&["--dpdk-devices", "net_nosuchdriver0,iface=x", "--hugepages", "require"], dir.path());
         assert!(line.contains("dpdk_devices") && line.contains("net_nosuchdriver0"), "{line}");
     }
-    // No hugepages at all: this test alone holds the lock while the pages are gone.
-    let _alone = HUGEPAGES.write().unwrap_or_else(PoisonError::into_inner);
-    let before = read_number(NR_HUGEPAGES);
-    struct Restore(u64);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::write(NR_HUGEPAGES, self.0.to_string());
-        }
+    // No hugepages at all (started once, before any other DPDK process of this binary).
+    match refusal_without_hugepages() {
+        Ok(line) => assert!(line.contains("no free hugepages") && line.contains("nr_hugepages"), "{line}"),
+        Err(why) => beeline_dataplane::testkit::skip("eal_refusals_are_one_clear_line (no hugepages)", why),
     }
-    let _restore = Restore(before.max(HUGEPAGES_WANTED));
-    // Another process's reservation outlives `nr_hugepages = 0` and shows as free pages:
-    // the node must not count them (it did, and failed later building its pool).
-    let reserved = ReservedHugepages::new(4);
-    std::fs::write(NR_HUGEPAGES, "0").unwrap();
-    assert!(read_number(&format!("{HUGEPAGES_2M}/free_hugepages")) >= 4, "the reserved pages are not counted free");
-    let other_sizes: u64 = std::fs::read_dir("/sys/kernel/mm/hugepages")
-        .unwrap()
-        .map(|size| size.unwrap().path())
-        .filter(|size| !size.ends_with("hugepages-2048kB"))
-        .map(|size| {
-            let read = |file: &str| read_number(size.join(file).to_str().unwrap());
-            read("free_hugepages").saturating_sub(read("resv_hugepages"))
-        })
-        .sum();
-    if other_sizes > 0 {
-        beeline_dataplane::testkit::skip(
-            "eal_refusals_are_one_clear_line (no hugepages)",
-            &format!("{other_sizes} hugepages of another size are free on this host, so DPDK has hugepages"),
-        );
-        return;
-    }
-    let line = start_fails(&["--dpdk-devices", "net_tap0,iface=bdfail0", "--hugepages", "require"], dir.path());
-    assert!(line.contains("no free hugepages") && line.contains("nr_hugepages"), "{line}");
-    drop(reserved);
 }

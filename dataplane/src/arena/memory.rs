@@ -288,9 +288,15 @@ mod tests {
 
     const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
     const FREE_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+    const RESERVED_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages";
 
     fn read_number(path: &str) -> Option<usize> {
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    /// Free 2 MiB pages less those other processes' mappings have reserved (theirs).
+    fn available_2m() -> usize {
+        read_number(FREE_2M).unwrap_or(0).saturating_sub(read_number(RESERVED_2M).unwrap_or(0))
     }
 
     /// Reserves extra hugepages for the life of the guard and restores the old count.
@@ -311,7 +317,7 @@ mod tests {
             std::fs::write(NR_HUGEPAGES, std::format!("{}\n", old + pages))
                 .map_err(|e| std::format!("cannot write {NR_HUGEPAGES}: {e}"))?;
             let reservation = Reservation { old };
-            let free = read_number(FREE_2M).unwrap_or(0);
+            let free = available_2m();
             if free < pages {
                 return Err(std::format!(
                     "the kernel found only {free} of {pages} free 2 MiB pages (memory fragmented)"
@@ -430,7 +436,7 @@ mod tests {
         let _lock = HUGEPAGES.lock().unwrap_or_else(|e| e.into_inner());
         // 4 MiB + 1 frame: rounds up to three hugepages.
         let frames = 2 * 1024 + 1;
-        let free_before = read_number(FREE_2M).unwrap_or(0);
+        let free_before = available_2m();
         match ArenaMemory::allocate(frames, 2048, PagePolicy::Huge) {
             Ok(mut memory) => {
                 assert_eq!(memory.backing(), PageBacking::Huge2M);
