@@ -262,6 +262,26 @@ fn assert_direct_io_on_linux_6_6(mount: &Mount, granted: &str) {
     );
 }
 
+/// Pages of `file` (open, `len` bytes long) the kernel holds in its page cache.
+fn resident_pages(file: &std::fs::File, len: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a read-only shared mapping of an open file, never dereferenced here, unmapped
+    // below.
+    let address =
+        unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    assert_ne!(address, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    // SAFETY: sysconf has no preconditions.
+    let page_bytes = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
+    let mut residency = vec![0u8; len.div_ceil(page_bytes)];
+    // SAFETY: `address` maps `len` bytes; `residency` holds a byte for each of their pages.
+    let rc = unsafe { libc::mincore(address, len, residency.as_mut_ptr()) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(address, len) };
+    assert_eq!(rc, 0, "mincore: {error}");
+    residency.iter().filter(|page| *page & 1 != 0).count()
+}
+
 /// A node under `tmp`, and an empty directory beside it for the test's local files.
 fn node_and_work_dir(tmp: &Path) -> (TestNode, PathBuf) {
     let node = TestNode::start(tmp, &[]);
@@ -298,7 +318,27 @@ fn the_mount_on_a_single_node() {
     exercise(&mount, &work, &|args| node.cli(args));
     // On Linux 6.6 and later, writes through write-only handles skip the kernel's page
     // cache (what a kernel offers shows in the log either way).
-    assert_direct_io_on_linux_6_6(&mount, "write-only opens bypass the page cache (direct I/O)");
+    let granted = "write-only opens bypass the page cache (direct I/O)";
+    assert_direct_io_on_linux_6_6(&mount, granted);
+    if mount.log().contains(granted) {
+        // A reader holding the file open maps it: none of the pages `cp` wrote is cached.
+        let probe = mount.path("docs/direct-probe");
+        std::fs::write(&probe, b"x").unwrap();
+        let reader = std::fs::File::open(&probe).unwrap();
+        let source = work.join("in-4");
+        sh_ok(&format!("cp '{}' '{}'", source.display(), probe.display()));
+        let len = std::fs::metadata(&source).unwrap().len() as usize;
+        assert_eq!(reader.metadata().unwrap().len() as usize, len, "the reader sees the new size");
+        assert_eq!(resident_pages(&reader, len), 0, "a write-only handle's bytes went into the page cache");
+        // The check can fail: a handle that reads fills the cache, and mincore sees it.
+        sh_ok(&format!("cat '{}' > /dev/null", probe.display()));
+        assert!(resident_pages(&reader, len) > 0, "mincore never sees the mount's page cache");
+    } else {
+        beeline_dataplane::testkit::skip(
+            "the_mount_on_a_single_node (write-only opens skip the page cache)",
+            "the kernel does not grant FUSE direct I/O with mmap (Linux < 6.6)",
+        );
+    }
     // `beeline umount` unmounts, and the mount process ends by itself.
     let mut mount = mount;
     ok(&Command::new(BIN).arg("umount").arg(&mount.dir).output().unwrap());
