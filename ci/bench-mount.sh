@@ -18,6 +18,7 @@
 #   BENCH_DIR     parent of the temporary directory, on the disk measured [/var/tmp]
 #   BEELINE_BIN   the beeline binary [target/release/beeline, built if missing]
 #   BENCH_MOUNT_ARGS  extra flags for `beeline mount`, such as --direct-reads [none]
+#   BENCH_NODE_ARGS   extra flags for `beeline node run`, such as --drop-written-pages [none]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=ci/setup.sh
@@ -42,7 +43,9 @@ trap cleanup EXIT
 
 mkdir -p "$work/mnt" "$work/a" "$work/b" "$work/out" "$work/spool"
 # --auto-tag false: the node's own tagger would read every copied file back while timed.
-"$beeline" node run --listen "$BEELINE_NODE" --data-dir "$work/node" --hugepages off --auto-tag false 2>"$work/node.log" &
+# shellcheck disable=SC2086 # word splitting on purpose: a list of flags
+"$beeline" node run --listen "$BEELINE_NODE" --data-dir "$work/node" --hugepages off --auto-tag false \
+    ${BENCH_NODE_ARGS:-} 2>"$work/node.log" &
 node_pid=$!
 for _ in $(seq 1 300); do "$beeline" node ping >/dev/null 2>&1 && break; sleep 0.05; done
 "$beeline" node ping >/dev/null || { tail -n 5 "$work/node.log" >&2; exit 1; }
@@ -101,7 +104,7 @@ cp_="$(median "${cli_put[@]}")" cg="$(median "${cli_get[@]}")"
 echo "| **median** | **$di** | **$mi** | **$do_** | **$mo** | **$cp_** | **$cg** |"
 echo
 echo "ratio mount / disk: cp in $(ratio "$mi" "$di")x, cp out $(ratio "$mo" "$do_")x" \
-    "($mib MiB file, cp then sync, $rounds rounds per side, page cache dropped before each copy, mount flags: ${BENCH_MOUNT_ARGS:-none});" \
+    "($mib MiB file, cp then sync, $rounds rounds per side, page cache dropped before each copy, mount flags: ${BENCH_MOUNT_ARGS:-none}, node flags: ${BENCH_NODE_ARGS:-none});" \
     "mount / beeline put-get: in $(ratio "$mi" "$cp_")x, out $(ratio "$mo" "$cg")x"
 echo
 echo "The mount's log on the page cache: $(grep -o 'write-only opens.*\|writes.* go through the page cache.*' "$work/mount.log" | head -n 1)"

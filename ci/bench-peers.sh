@@ -33,6 +33,7 @@
 #   BENCH_IPERF_S    iperf3 seconds [3]
 #   BENCH_DIR        parent of the temporary directory (data dirs, files, disk floor) [/var/tmp]
 #   BENCH_SVG        where the plot goes [none: no plot]
+#   BENCH_NODE_ARGS  extra flags for the Beeline node, such as --drop-written-pages [none]
 #   BEELINE_BIN      the beeline binary [target/release/beeline, built if missing]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -136,8 +137,10 @@ machine_start="$(date -u '+%Y-%m-%d %H:%M:%SZ'); load average $(cut -d' ' -f1-3 
 
 # --- Beeline ---------------------------------------------------------------------------
 log "beeline node on 127.0.0.1:$p_node"
+# shellcheck disable=SC2086 # word splitting on purpose: a list of flags
 "$bin" node run --listen "127.0.0.1:$p_node" --data-dir "$work/beeline-data" --key-file "$work/cluster.key" \
-    --frame-bytes 8192 --hugepages off --repair-interval-ms 0 --auto-tag false 2> "$work/node.log" &
+    --frame-bytes 8192 --hugepages off --repair-interval-ms 0 --auto-tag false ${BENCH_NODE_ARGS:-} \
+    2> "$work/node.log" &
 node_pid=$!
 deadline=$((SECONDS + 60))
 until "$bin" node ping --node "127.0.0.1:$p_node" --key-file "$work/cluster.key" > /dev/null 2>&1; do
@@ -250,4 +253,4 @@ machine="$(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores, $(
 mkdir -p "$(dirname "$svg")"
 python3 ci/bench-peers-report.py "$work" "$svg" "$machine" "$machine_start" \
     "$(cut -d' ' -f1-3 /proc/loadavg)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    "BENCH_MIB=$mib BENCH_OPS=$ops BENCH_REDIS_C1=$redis_c1 BENCH_REDIS_C32=$redis_c32 BENCH_IPERF_S=$iperf_seconds ci/bench-peers.sh"
+    "BENCH_MIB=$mib BENCH_OPS=$ops BENCH_REDIS_C1=$redis_c1 BENCH_REDIS_C32=$redis_c32 BENCH_IPERF_S=$iperf_seconds${BENCH_NODE_ARGS:+ BENCH_NODE_ARGS='$BENCH_NODE_ARGS'} ci/bench-peers.sh"

@@ -640,3 +640,67 @@ fn after_a_disk_full_put_gc_makes_room_for_one_that_fits() {
     assert!(stored, "a 30 MiB put still found the disk full after {passes} gc passes");
     assert!(node.cli(&["get", "fits", "-o", "-"]).stdout == pattern(30 << 20, 4));
 }
+
+/// Bytes of the node's segment files that the page cache holds (`fincore`).
+fn segment_bytes_cached(node: &TestNode) -> u64 {
+    let chunks = node.dir.join("data").join("chunks");
+    let mut fincore = Command::new("fincore");
+    fincore.args(["--bytes", "--noheadings", "--output", "RES"]);
+    for entry in std::fs::read_dir(&chunks).unwrap() {
+        fincore.arg(entry.unwrap().path());
+    }
+    let out = fincore.output().expect("run fincore");
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|line| line.trim().parse::<u64>().unwrap()).sum()
+}
+
+/// `--drop-written-pages`: once `beeline put` has returned (every chunk durable), the
+/// node's segment files soon hold none of the file in the page cache; without the flag
+/// they hold all of it. The file reads back whole either way.
+#[test]
+fn a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached() {
+    if !common::have("fincore") {
+        beeline_dataplane::testkit::skip(
+            "a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached",
+            "`fincore` (util-linux) is not installed",
+        );
+        return;
+    }
+    let data = pattern(16 << 20, 3);
+    for drop in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmpfs = Command::new("stat").args(["-f", "-c", "%T"]).arg(tmp.path()).output().unwrap();
+        if String::from_utf8_lossy(&tmpfs.stdout).trim() == "tmpfs" {
+            beeline_dataplane::testkit::skip(
+                "a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached",
+                "the temporary directory is on tmpfs, whose pages cannot be dropped",
+            );
+            return;
+        }
+        // Neither the tagger nor the background scrub may read the file back meanwhile.
+        let quiet = ["--auto-tag", "false", "--scrub-bytes-per-s", "0"];
+        let flags: Vec<&str> = quiet.into_iter().chain(drop.then_some("--drop-written-pages")).collect();
+        let node = TestNode::start(tmp.path(), &flags);
+        let file = tmp.path().join("file");
+        std::fs::write(&file, &data).unwrap();
+        ok(&node.cli(&["put", file.to_str().unwrap(), "--as", "file"]));
+        if drop {
+            // The sync thread drops them just after it reports the chunks durable (a page
+            // a record shares with the next may stay): wait, bounded.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while segment_bytes_cached(&node) > 64 << 10 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} bytes of the put still cached with --drop-written-pages",
+                    segment_bytes_cached(&node)
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            let cached = segment_bytes_cached(&node);
+            assert!(cached >= data.len() as u64, "only {cached} bytes of a {}-byte put cached", data.len());
+        }
+        let back = node.cli(&["get", "file", "-o", "-"]);
+        assert!(back.status.success() && back.stdout == data, "the file did not read back whole (drop = {drop})");
+    }
+}

@@ -74,6 +74,7 @@ pub struct FileConfig {
     pub tx_ring_size: Option<u16>,
     pub mtu: Option<u16>,
     pub auto_tag: Option<bool>,
+    pub drop_written_pages: Option<bool>,
     pub shm: Option<bool>,
     pub shm_socket: Option<PathBuf>,
     pub shm_socket_mode: Option<String>,
@@ -200,6 +201,11 @@ pub struct NodeFlags {
     /// A single udp node tags the files put to it itself, reading them back [default: true].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub auto_tag: Option<bool>,
+    /// Drop what a put wrote from the page cache once it is durable: faster large writes
+    /// where fresh memory is dear (a VM), but a chunk read right after its put then comes
+    /// from the disk [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub drop_written_pages: Option<bool>,
     /// Serve clients on this host over shared memory (a Unix socket) [default: true].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub shm: Option<bool>,
@@ -254,6 +260,8 @@ pub struct NodeSettings {
     pub shm: Option<shm::ShmNodeSettings>,
     /// Whether a single udp node runs its own tagger (`auto_tag`).
     pub auto_tag: bool,
+    /// Whether a put's pages leave the page cache once durable (`drop_written_pages`).
+    pub drop_written_pages: bool,
 }
 
 /// Settings for joining the metadata cluster.
@@ -446,6 +454,7 @@ impl NodeFlags {
             scrub_bytes_per_s,
             shm,
             auto_tag: self.auto_tag.or(file.auto_tag).unwrap_or(true),
+            drop_written_pages: self.drop_written_pages.or(file.drop_written_pages).unwrap_or(false),
         })
     }
 
@@ -708,6 +717,12 @@ mod tests {
         let (_dir, flags) = with_file("gc_grace_ms = 0\n");
         assert_eq!(flags.resolve().unwrap().gc_grace_ms, 0);
         assert_eq!(NodeFlags::default().resolve().unwrap().gc_grace_ms, 600_000);
+
+        assert!(!NodeFlags::default().resolve().unwrap().drop_written_pages, "kept by default");
+        let (_dir, flags) = with_file("drop_written_pages = true\n");
+        assert!(flags.resolve().unwrap().drop_written_pages);
+        let flags = NodeFlags { drop_written_pages: Some(false), ..flags };
+        assert!(!flags.resolve().unwrap().drop_written_pages, "the flag wins over the file");
 
         let (_dir, flags) = with_file("scrub_bytes_per_s = 100\n");
         let message = flags.resolve().unwrap_err().to_string();

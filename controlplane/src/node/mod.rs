@@ -641,6 +641,7 @@ fn data_plane_thread(
         capacity_bytes: settings.capacity_bytes,
         max_chunk_bytes: settings.chunk_bytes_max,
         max_puts_in_flight: settings.put_slots as usize,
+        drop_written_pages: settings.drop_written_pages,
         ..DiskStoreConfig::default()
     };
     let store = DiskStore::open(&settings.data_dir.join("chunks"), store_config)

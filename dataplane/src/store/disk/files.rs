@@ -220,3 +220,52 @@ pub(super) fn write_all_vectored_at(file: &File, bufs: &[&[u8]], offset: u64) ->
     }
     Ok(())
 }
+
+/// Asks the kernel to drop the cached pages of `len` bytes of `file` from `offset`
+/// (`POSIX_FADV_DONTNEED`). Only pages wholly inside the range go, and only clean ones: the
+/// caller passes a range it has just made durable, so pages shared with a neighbouring
+/// record still being written stay. Advice only: an error changes nothing stored.
+pub(super) fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (start, len) = (file_offset(offset)?, file_offset(len)?);
+    // SAFETY: `file` is an open descriptor borrowed for the call; `posix_fadvise` reads no
+    // memory of ours and changes no data of the file, only what the page cache holds.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), start, len, libc::POSIX_FADV_DONTNEED) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
+}
+
+/// Pages of `len` bytes of `file` from `offset` (a multiple of the page size) that the
+/// page cache holds, by `mincore(2)` on a mapping made for the count.
+#[cfg(test)]
+pub(super) fn cached_pages(file: &File, offset: u64, len: usize) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    assert_eq!(offset % page_bytes as u64, 0, "mmap needs a page-aligned offset");
+    let start = file_offset(offset).unwrap();
+    // SAFETY: a fresh read-only shared mapping of an open file, never dereferenced,
+    // unmapped below.
+    let address =
+        unsafe { libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), start) };
+    assert_ne!(address, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+    let mut residency = std::vec![0u8; len.div_ceil(page_bytes)];
+    // SAFETY: `address` maps `len` bytes and `residency` has a byte for each of their pages.
+    let rc = unsafe { libc::mincore(address, len, residency.as_mut_ptr()) };
+    let error = io::Error::last_os_error();
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(address, len) };
+    assert_eq!(rc, 0, "mincore: {error}");
+    residency.iter().filter(|page| *page & 1 != 0).count()
+}
+
+/// Whether `path` is on a tmpfs, whose pages are the file itself (the kernel ignores
+/// `POSIX_FADV_DONTNEED` there).
+#[cfg(test)]
+pub(super) fn on_tmpfs(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: an all-zero statfs is a valid value of the plain C struct.
+    let mut stat: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a writable statfs.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    assert_eq!(rc, 0, "statfs: {}", io::Error::last_os_error());
+    stat.f_type == libc::TMPFS_MAGIC
+}

@@ -22,7 +22,7 @@ pub(super) fn run_group_commit(
     batch_max: usize,
     sync_latency: &SyncLatency,
 ) {
-    let mut tickets: Vec<(u64, Option<usize>)> = Vec::with_capacity(batch_max);
+    let mut tickets: Vec<Ticket> = Vec::with_capacity(batch_max);
     let mut files: Vec<Arc<SegmentFile>> = Vec::with_capacity(batch_max);
     let mut dir_pending = false;
     loop {
@@ -47,12 +47,22 @@ pub(super) fn run_group_commit(
         if let Ok(mut histogram) = sync_latency.lock() {
             histogram.observe_us(sync_started.elapsed().as_micros() as u64);
         }
-        for (ticket, file) in tickets.drain(..) {
+        for Ticket { ticket, file, .. } in &tickets {
+            let (ticket, file) = (*ticket, *file);
             let file_ok = file.is_none_or(|index| !files[index].sync_failed.load(Ordering::Acquire));
             let result = if dir_ok && file_ok { Ok(()) } else { Err(StoreError::Io) };
             // Never blocks: the store bounds the tickets outstanding to the queue length.
             // An error means the store is gone and nobody is waiting for the report.
             let _ = completions.send(Durable { ticket, result });
+        }
+        // After the reports, so freeing pages never delays an acknowledgement. Durable
+        // now, so clean: the pages can go (advice only, see `drop_cached`).
+        for Ticket { file, written, .. } in tickets.drain(..) {
+            if let (Some(index), Some((offset, len))) = (file, written) {
+                if !files[index].sync_failed.load(Ordering::Acquire) {
+                    let _ = drop_cached(&files[index].file, offset, len);
+                }
+            }
         }
         files.clear();
         if shutdown {
@@ -61,16 +71,25 @@ pub(super) fn run_group_commit(
     }
 }
 
+/// A change waiting for the batch's sync: its ticket, the index of its segment in the
+/// batch's files, and the record a put wrote (offset, length) if its pages are to be
+/// dropped once durable.
+pub(super) struct Ticket {
+    ticket: u64,
+    file: Option<usize>,
+    written: Option<(u64, u64)>,
+}
+
 /// Adds a request to the batch; returns whether it was `Shutdown`.
 pub(super) fn absorb(
     request: Request,
-    tickets: &mut Vec<(u64, Option<usize>)>,
+    tickets: &mut Vec<Ticket>,
     files: &mut Vec<Arc<SegmentFile>>,
     dir_pending: &mut bool,
 ) -> bool {
     match request {
         Request::Shutdown => true,
-        Request::Sync { ticket, segment, dir_sync } => {
+        Request::Sync { ticket, segment, written, dir_sync } => {
             *dir_pending |= dir_sync;
             let index = segment.map(|segment| match files.iter().position(|file| file.id == segment.id) {
                 Some(index) => index,
@@ -79,7 +98,7 @@ pub(super) fn absorb(
                     files.len() - 1
                 }
             });
-            tickets.push((ticket, index));
+            tickets.push(Ticket { ticket, file: index, written });
             false
         }
     }

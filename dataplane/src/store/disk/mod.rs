@@ -130,6 +130,13 @@ pub struct DiskStoreConfig {
     pub max_pending_durable: usize,
     /// Chunks the in-memory index has room for without growing.
     pub expected_chunks: usize,
+    /// Drop a put's pages from the kernel's page cache once it is durable
+    /// (`POSIX_FADV_DONTNEED` on the record, after the group commit's sync). Off by
+    /// default: a chunk read soon after its put then comes from the disk, and freeing the
+    /// pages costs the sync thread CPU. On: written chunks do not push out what readers use,
+    /// and the next writes reuse those pages instead of fresh ones (what a large write pays
+    /// most for on a VM that hands freed memory back to its host).
+    pub drop_written_pages: bool,
 }
 
 impl Default for DiskStoreConfig {
@@ -141,6 +148,7 @@ impl Default for DiskStoreConfig {
             max_puts_in_flight: 64,
             max_pending_durable: 4096,
             expected_chunks: 1 << 16,
+            drop_written_pages: false,
         }
     }
 }
@@ -346,7 +354,14 @@ struct VictimRecords {
 }
 
 enum Request {
-    Sync { ticket: u64, segment: Option<Arc<SegmentFile>>, dir_sync: bool },
+    /// `written` is the byte range of the record a put committed (offset, length), whose
+    /// pages may leave the page cache once synced.
+    Sync {
+        ticket: u64,
+        segment: Option<Arc<SegmentFile>>,
+        written: Option<(u64, u64)>,
+        dir_sync: bool,
+    },
     Shutdown,
 }
 
@@ -648,10 +663,17 @@ impl DiskStore {
 
     /// Queues `ticket` for the group-commit thread; `segment` is the segment holding the
     /// change, if any.
-    fn queue_durable(&mut self, ticket: u64, segment: Option<u32>) -> Result<(), StoreError> {
+    fn queue_durable(
+        &mut self,
+        ticket: u64,
+        segment: Option<u32>,
+        written: Option<(u64, u64)>,
+    ) -> Result<(), StoreError> {
         assert!(self.outstanding.len() < self.config.max_pending_durable, "durability queue over its bound");
+        assert!(written.is_none() || segment.is_some(), "a written range belongs to a segment");
         let file = segment.map(|id| Arc::clone(&self.segments[&id].file));
-        let request = Request::Sync { ticket, segment: file, dir_sync: self.dir_dirty };
+        let written = written.filter(|_| self.config.drop_written_pages);
+        let request = Request::Sync { ticket, segment: file, written, dir_sync: self.dir_dirty };
         match self.requests.try_send(request) {
             Ok(()) => {
                 self.dir_dirty = false;
@@ -771,7 +793,8 @@ impl ChunkStore for DiskStore {
         let file = &self.segments[&reservation.segment].file.file;
         file.write_all_at(&commit, reservation.record_offset + COMMIT_OFFSET)
             .map_err(|error| io_store_error(&error))?;
-        self.queue_durable(ticket, Some(reservation.segment))?;
+        let written = (reservation.record_offset, record_bytes(reservation.len));
+        self.queue_durable(ticket, Some(reservation.segment), Some(written))?;
         let table = self.slots[slot].blocks.finish(&reservation.crc, u64::from(reservation.len));
         self.release_slot(slot, &reservation);
         let location = Location {
@@ -817,7 +840,7 @@ impl ChunkStore for DiskStore {
                 Some(segment)
             }
         };
-        self.queue_durable(ticket, segment)
+        self.queue_durable(ticket, segment, None)
     }
 
     /// A large read (a local client's whole chunk) is read and checked piece by piece, so

@@ -12,6 +12,7 @@ pub(super) fn small_config() -> DiskStoreConfig {
         max_puts_in_flight: 8,
         max_pending_durable: 1024,
         expected_chunks: 1024,
+        drop_written_pages: false,
     }
 }
 
@@ -722,4 +723,47 @@ fn a_vectored_write_longer_than_one_call_stores_every_byte() {
     store.commit_put(reservation, 1).unwrap();
     drain_all(&mut store);
     assert_eq!(read_all(&mut store, 9).unwrap(), data);
+}
+
+/// With `drop_written_pages`, a put's pages leave the page cache once it is durable;
+/// without, they stay. The chunk reads back whole either way.
+#[test]
+fn durable_puts_leave_the_page_cache_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    if on_tmpfs(dir.path()) {
+        crate::testkit::skip(
+            "durable_puts_leave_the_page_cache_when_asked",
+            "the temporary directory is on tmpfs, whose pages cannot be dropped",
+        );
+        return;
+    }
+    for drop_written_pages in [true, false] {
+        let store_dir = dir.path().join(std::format!("drop-{drop_written_pages}"));
+        let config = DiskStoreConfig { drop_written_pages, segment_bytes: 1 << 20, ..small_config() };
+        let mut store = open(&store_dir, config);
+        let data = pattern(7, 60_000);
+        put(&mut store, 7, &data, 1);
+        drain_all(&mut store);
+        let location = store.index[&7];
+        let file = &store.segments[&location.segment].file.file;
+        // The record's whole pages (a page it shares with the next record may stay).
+        let page_bytes = 4096;
+        let start = location.record_offset.div_ceil(page_bytes) * page_bytes;
+        let end = (location.record_offset + record_bytes(location.len)) / page_bytes * page_bytes;
+        let pages = ((end - start) / page_bytes) as usize;
+        assert!(pages >= 10, "a 60 kB record spans at least 10 whole pages");
+        let cached = || cached_pages(file, start, (end - start) as usize);
+        if drop_written_pages {
+            // The sync thread drops them just after it reports the put durable: wait
+            // (bounded) for it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while cached() > 0 {
+                assert!(std::time::Instant::now() < deadline, "{} of {pages} pages still cached", cached());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            assert_eq!(cached(), pages, "the pages a put wrote stay cached by default");
+        }
+        assert_eq!(read_all(&mut store, 7).unwrap(), data);
+    }
 }
