@@ -221,6 +221,46 @@ pub(super) fn write_all_vectored_at(file: &File, bufs: &[&[u8]], offset: u64) ->
     Ok(())
 }
 
+/// Opens `path` read-only for reads that bring in only what they ask for: read-ahead off
+/// on this descriptor (`POSIX_FADV_RANDOM`; the store's own descriptor keeps it).
+pub(super) fn open_without_read_ahead(path: &Path) -> io::Result<File> {
+    let file = File::open(path)?;
+    // SAFETY: `file` is an open descriptor owned here; posix_fadvise reads nothing but its
+    // integer arguments and touches no memory of this process.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    if rc == 0 { Ok(file) } else { Err(io::Error::from_raw_os_error(rc)) }
+}
+
+/// Reads what the page cache already holds of `buf.len()` bytes of `file` from `offset`,
+/// without waiting for the disk (`preadv2(2)` with `RWF_NOWAIT`): the bytes read from the
+/// start of `buf`, which stop where the first page not cached begins; `None` when this
+/// kernel or file system cannot tell (the caller then treats the range as cached).
+pub(super) fn read_cached_at(file: &File, buf: &mut [u8], offset: u64) -> Option<usize> {
+    let mut done = 0;
+    // Bounded: every pass reads at least one byte or returns.
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let iovec = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
+        let start = file_offset(offset + done as u64).ok()?;
+        // SAFETY: `file` is an open descriptor borrowed for the call; the one iovec points
+        // into `rest`, a live, mutably borrowed slice, with its exact length.
+        let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iovec, 1, start, libc::RWF_NOWAIT) };
+        match transferred(rc, io::ErrorKind::UnexpectedEof) {
+            None => continue,
+            Some(Ok(read)) => done += read,
+            Some(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Some(Err(error)) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => return None,
+            // The end of the file, or an error the plain read that follows will report.
+            Some(Err(_)) => break,
+        }
+    }
+    Some(done)
+}
+
+/// The page size [`drop_cached`] ranges are rounded to by their callers (the kernel drops
+/// only whole pages of its own size within a range: on larger pages, fewer go).
+pub(super) const DROP_PAGE_BYTES: u64 = 4096;
+
 /// Asks the kernel to drop the cached pages of `len` bytes of `file` from `offset`
 /// (`POSIX_FADV_DONTNEED`). Only pages wholly inside the range go, and only clean ones: the
 /// caller passes a range it has just made durable, so pages shared with a neighbouring

@@ -75,6 +75,9 @@ struct ScrubChunk {
     segment: u32,
     offset: u64,
     crcs: BlockCrcs,
+    /// The segment opened again for this chunk's reads, without read-ahead (see
+    /// `scrub_step`); `None` until the first piece, or when it could not be opened.
+    file: Option<File>,
 }
 
 /// The whole-payload crc and the per-block crcs of bytes fed in order from offset 0.
@@ -355,17 +358,42 @@ impl DiskStore {
                 segment: location.segment,
                 offset: 0,
                 crcs: BlockCrcs::default(),
+                file: None,
             });
             return step;
         }
         let left = u64::from(location.len) - current.offset;
         let piece_bytes = left.min(budget_bytes).min(SCRATCH_BYTES as u64) as usize;
         let piece = &mut self.scratch[..piece_bytes];
-        let file = &self.segments[&location.segment].file.file;
-        if file.read_exact_at(piece, location.record_offset + RECORD_HEADER_BYTES + current.offset).is_err() {
+        // The scrub reads through a descriptor of its own with read-ahead off, so that it
+        // reads only the pages it checks and can tell which of them the page cache held
+        // before: those come from it and stay; the ones it reads from the disk leave the
+        // cache again below, so a pass over every stored chunk does not evict what readers
+        // use. Without its own descriptor it reads through the store's and drops nothing.
+        if current.file.is_none() {
+            current.file = open_without_read_ahead(&segment_path(&self.dir, location.segment)).ok();
+        }
+        let (file, own) = match &current.file {
+            Some(file) => (file, true),
+            None => (&self.segments[&location.segment].file.file, false),
+        };
+        let start = location.record_offset + RECORD_HEADER_BYTES + current.offset;
+        let cached_bytes = if own { read_cached_at(file, piece, start).unwrap_or(piece_bytes) } else { piece_bytes };
+        let read_from = if own { cached_bytes } else { 0 };
+        if file.read_exact_at(&mut piece[read_from..], start + read_from as u64).is_err() {
             step.unreadable = Some(current.id);
             self.integrity.scrub_pass_done_bytes += left;
             return step;
+        }
+        if own && cached_bytes < piece_bytes {
+            // Only whole pages go, so the page a piece ends in stays, and the next piece
+            // finds it cached: when nothing past that page was, it goes with this piece.
+            let first_page_end = start.div_ceil(DROP_PAGE_BYTES) * DROP_PAGE_BYTES;
+            let cached_end = start + cached_bytes as u64;
+            let from =
+                if cached_end <= first_page_end { start / DROP_PAGE_BYTES * DROP_PAGE_BYTES } else { cached_end };
+            // Advice only: a failure leaves pages cached, nothing else.
+            let _ = drop_cached(file, from, start + piece_bytes as u64 - from);
         }
         current.crcs.feed(piece);
         current.offset += piece_bytes as u64;
@@ -422,6 +450,7 @@ impl DiskStore {
                     segment: location.segment,
                     offset: 0,
                     crcs: BlockCrcs::default(),
+                    file: None,
                 });
                 return true;
             }
