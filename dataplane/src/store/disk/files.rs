@@ -234,7 +234,7 @@ pub(super) fn open_without_read_ahead(path: &Path) -> io::Result<File> {
 /// Reads what the page cache already holds of `buf.len()` bytes of `file` from `offset`,
 /// without waiting for the disk (`preadv2(2)` with `RWF_NOWAIT`): the bytes read from the
 /// start of `buf`, which stop where the first page not cached begins; `None` when this
-/// kernel or file system cannot tell (the caller then treats the range as cached).
+/// kernel or file system cannot tell (what `buf` holds is then undefined).
 pub(super) fn read_cached_at(file: &File, buf: &mut [u8], offset: u64) -> Option<usize> {
     let mut done = 0;
     // Bounded: every pass reads at least one byte or returns.

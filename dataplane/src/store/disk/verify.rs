@@ -378,14 +378,16 @@ impl DiskStore {
             None => (&self.segments[&location.segment].file.file, false),
         };
         let start = location.record_offset + RECORD_HEADER_BYTES + current.offset;
-        let cached_bytes = if own { read_cached_at(file, piece, start).unwrap_or(piece_bytes) } else { piece_bytes };
-        let read_from = if own { cached_bytes } else { 0 };
+        // `None`: nothing known of the cache (no descriptor of its own, or a kernel that
+        // cannot tell): the whole piece is read as before and nothing dropped.
+        let cached_bytes = if own { read_cached_at(file, piece, start) } else { None };
+        let read_from = cached_bytes.unwrap_or(0);
         if file.read_exact_at(&mut piece[read_from..], start + read_from as u64).is_err() {
             step.unreadable = Some(current.id);
             self.integrity.scrub_pass_done_bytes += left;
             return step;
         }
-        if own && cached_bytes < piece_bytes {
+        if let Some(cached_bytes) = cached_bytes.filter(|cached| *cached < piece_bytes) {
             // Only whole pages go, so the page a piece ends in stays, and the next piece
             // finds it cached: when nothing past that page was, it goes with this piece.
             let first_page_end = start.div_ceil(DROP_PAGE_BYTES) * DROP_PAGE_BYTES;
