@@ -241,16 +241,18 @@ fn map(len: usize, huge: bool) -> io::Result<NonNull<u8>> {
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))
 }
 
+/// Where the kernel counts its 2 MiB hugepages.
+const HUGEPAGES_2M_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+/// A count from a file of [`HUGEPAGES_2M_SYSFS`]; `None` when it cannot be read.
+fn hugepages_2m_count(file: &str) -> Option<usize> {
+    std::fs::read_to_string(std::format!("{HUGEPAGES_2M_SYSFS}/{file}")).ok()?.trim().parse().ok()
+}
+
 /// The shell command that reserves enough 2 MiB hugepages for `pages_needed` more pages,
 /// counting the pages already reserved but in use by others.
 fn reserve_command(pages_needed: usize) -> String {
-    const SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
-    let read = |path: &str| -> Option<usize> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
-    let total = read(&std::format!("{SYSFS}/nr_hugepages"));
-    // Pages reserved by other processes' mappings count as free in sysfs but are theirs.
-    let reserved = read(&std::format!("{SYSFS}/resv_hugepages")).unwrap_or(0);
-    let free = read(&std::format!("{SYSFS}/free_hugepages")).map(|free| free.saturating_sub(reserved));
-    let target = match (total, free) {
+    let target = match (hugepages_2m_count("nr_hugepages"), available_2m_pages()) {
         (Some(total), Some(free)) => total + pages_needed.saturating_sub(free),
         _ => pages_needed,
     };
@@ -260,8 +262,15 @@ fn reserve_command(pages_needed: usize) -> String {
     if default_is_2m {
         std::format!("echo {target} > /proc/sys/vm/nr_hugepages")
     } else {
-        std::format!("echo {target} > {SYSFS}/nr_hugepages")
+        std::format!("echo {target} > {HUGEPAGES_2M_SYSFS}/nr_hugepages")
     }
+}
+
+/// Free 2 MiB pages a new mapping can get: sysfs counts the pages other processes'
+/// mappings have reserved as free, but they are theirs. `None` when sysfs cannot say.
+fn available_2m_pages() -> Option<usize> {
+    let reserved = hugepages_2m_count("resv_hugepages").unwrap_or(0);
+    hugepages_2m_count("free_hugepages").map(|free| free.saturating_sub(reserved))
 }
 
 /// Whether the kernel's default hugepage size (the one `/proc/sys/vm/nr_hugepages`
@@ -287,16 +296,9 @@ mod tests {
     static HUGEPAGES: Mutex<()> = Mutex::new(());
 
     const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-    const FREE_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
-    const RESERVED_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages";
 
     fn read_number(path: &str) -> Option<usize> {
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
-    }
-
-    /// Free 2 MiB pages less those other processes' mappings have reserved (theirs).
-    fn available_2m() -> usize {
-        read_number(FREE_2M).unwrap_or(0).saturating_sub(read_number(RESERVED_2M).unwrap_or(0))
     }
 
     /// Reserves extra hugepages for the life of the guard and restores the old count.
@@ -317,7 +319,7 @@ mod tests {
             std::fs::write(NR_HUGEPAGES, std::format!("{}\n", old + pages))
                 .map_err(|e| std::format!("cannot write {NR_HUGEPAGES}: {e}"))?;
             let reservation = Reservation { old };
-            let free = available_2m();
+            let free = available_2m_pages().unwrap_or(0);
             if free < pages {
                 return Err(std::format!(
                     "the kernel found only {free} of {pages} free 2 MiB pages (memory fragmented)"
@@ -436,7 +438,7 @@ mod tests {
         let _lock = HUGEPAGES.lock().unwrap_or_else(|e| e.into_inner());
         // 4 MiB + 1 frame: rounds up to three hugepages.
         let frames = 2 * 1024 + 1;
-        let free_before = available_2m();
+        let free_before = available_2m_pages().unwrap_or(0);
         match ArenaMemory::allocate(frames, 2048, PagePolicy::Huge) {
             Ok(mut memory) => {
                 assert_eq!(memory.backing(), PageBacking::Huge2M);

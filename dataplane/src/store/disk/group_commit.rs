@@ -47,8 +47,7 @@ pub(super) fn run_group_commit(
         if let Ok(mut histogram) = sync_latency.lock() {
             histogram.observe_us(sync_started.elapsed().as_micros() as u64);
         }
-        for Ticket { ticket, file, .. } in &tickets {
-            let (ticket, file) = (*ticket, *file);
+        for &Ticket { ticket, file, .. } in &tickets {
             let file_ok = file.is_none_or(|index| !files[index].sync_failed.load(Ordering::Acquire));
             let result = if dir_ok && file_ok { Ok(()) } else { Err(StoreError::Io) };
             // Never blocks: the store bounds the tickets outstanding to the queue length.

@@ -725,16 +725,33 @@ fn a_vectored_write_longer_than_one_call_stores_every_byte() {
     assert_eq!(read_all(&mut store, 9).unwrap(), data);
 }
 
+/// Whole pages of `id`'s record (a page it shares with a neighbour is left out) and how
+/// many of them the page cache holds.
+pub(super) fn record_pages_cached(store: &DiskStore, id: ChunkId) -> (usize, usize) {
+    let location = store.index[&id];
+    let file = &store.segments[&location.segment].file.file;
+    let start = location.record_offset.div_ceil(DROP_PAGE_BYTES) * DROP_PAGE_BYTES;
+    let end = (location.record_offset + record_bytes(location.len)) / DROP_PAGE_BYTES * DROP_PAGE_BYTES;
+    let pages = ((end - start) / DROP_PAGE_BYTES) as usize;
+    (cached_pages(file, start, (end - start) as usize), pages)
+}
+
+/// Records a skip of `test` and returns `true` when `dir` is on tmpfs, whose pages cannot
+/// be dropped.
+pub(super) fn skip_on_tmpfs(test: &str, dir: &Path) -> bool {
+    let tmpfs = on_tmpfs(dir);
+    if tmpfs {
+        crate::testkit::skip(test, "the temporary directory is on tmpfs, whose pages cannot be dropped");
+    }
+    tmpfs
+}
+
 /// With `drop_written_pages`, a put's pages leave the page cache once it is durable;
 /// without, they stay. The chunk reads back whole either way.
 #[test]
 fn durable_puts_leave_the_page_cache_when_asked() {
     let dir = tempfile::tempdir().unwrap();
-    if on_tmpfs(dir.path()) {
-        crate::testkit::skip(
-            "durable_puts_leave_the_page_cache_when_asked",
-            "the temporary directory is on tmpfs, whose pages cannot be dropped",
-        );
+    if skip_on_tmpfs("durable_puts_leave_the_page_cache_when_asked", dir.path()) {
         return;
     }
     for drop_written_pages in [true, false] {
@@ -744,15 +761,9 @@ fn durable_puts_leave_the_page_cache_when_asked() {
         let data = pattern(7, 60_000);
         put(&mut store, 7, &data, 1);
         drain_all(&mut store);
-        let location = store.index[&7];
-        let file = &store.segments[&location.segment].file.file;
-        // The record's whole pages (a page it shares with the next record may stay).
-        let page_bytes = 4096;
-        let start = location.record_offset.div_ceil(page_bytes) * page_bytes;
-        let end = (location.record_offset + record_bytes(location.len)) / page_bytes * page_bytes;
-        let pages = ((end - start) / page_bytes) as usize;
+        let pages = record_pages_cached(&store, 7).1;
         assert!(pages >= 10, "a 60 kB record spans at least 10 whole pages");
-        let cached = || cached_pages(file, start, (end - start) as usize);
+        let cached = || record_pages_cached(&store, 7).0;
         if drop_written_pages {
             // The sync thread drops them just after it reports the put durable: wait
             // (bounded) for it.

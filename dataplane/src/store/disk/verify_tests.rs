@@ -264,27 +264,13 @@ fn cache_pieces_cover_the_range_and_cut_only_at_piece_boundaries() {
     }
 }
 
-/// Whole pages of `id`'s record and how many of them the page cache holds.
-fn record_pages_cached(store: &DiskStore, id: ChunkId) -> (usize, usize) {
-    let location = store.index[&id];
-    let file = &store.segments[&location.segment].file.file;
-    let start = location.record_offset.div_ceil(DROP_PAGE_BYTES) * DROP_PAGE_BYTES;
-    let end = (location.record_offset + record_bytes(location.len)) / DROP_PAGE_BYTES * DROP_PAGE_BYTES;
-    let pages = ((end - start) / DROP_PAGE_BYTES) as usize;
-    (cached_pages(file, start, (end - start) as usize), pages)
-}
-
 /// A scrub pass leaves the page cache as it found it: a chunk that was not cached is read
 /// from the disk and dropped again (but for the page it shares with the next record), a
 /// chunk that was cached stays cached.
 #[test]
 fn a_scrub_pass_does_not_fill_the_page_cache() {
     let dir = tempfile::tempdir().unwrap();
-    if on_tmpfs(dir.path()) {
-        crate::testkit::skip(
-            "a_scrub_pass_does_not_fill_the_page_cache",
-            "the temporary directory is on tmpfs, whose pages cannot be dropped",
-        );
+    if super::tests::skip_on_tmpfs("a_scrub_pass_does_not_fill_the_page_cache", dir.path()) {
         return;
     }
     let mut store = DiskStore::open(dir.path(), config()).unwrap();
@@ -294,9 +280,13 @@ fn a_scrub_pass_does_not_fill_the_page_cache() {
     let location = store.index[&cold];
     let file = &store.segments[&location.segment].file.file;
     drop_cached(file, location.record_offset, record_bytes(location.len)).unwrap();
-    let (cached, pages) = record_pages_cached(&store, cold);
+    let (cached, pages) = super::tests::record_pages_cached(&store, cold);
     assert_eq!(cached, 0, "the cold chunk's {pages} pages were dropped before the scrub");
-    assert_eq!(record_pages_cached(&store, hot).0, record_pages_cached(&store, hot).1, "the hot chunk is cached");
+    assert_eq!(
+        super::tests::record_pages_cached(&store, hot).0,
+        super::tests::record_pages_cached(&store, hot).1,
+        "the hot chunk is cached"
+    );
 
     let mut steps = 0;
     while store.integrity_stats().scrub_passes == 0 {
@@ -305,9 +295,9 @@ fn a_scrub_pass_does_not_fill_the_page_cache() {
         assert!(steps < 100, "a pass over 2 MiB took more than 100 steps");
     }
     assert_eq!(store.integrity_stats().scrub_chunks, 2, "both chunks were verified");
-    let (cached, pages) = record_pages_cached(&store, cold);
+    let (cached, pages) = super::tests::record_pages_cached(&store, cold);
     assert!(cached <= 1, "the scrub left {cached} of the cold chunk's {pages} pages cached");
-    let (cached, pages) = record_pages_cached(&store, hot);
+    let (cached, pages) = super::tests::record_pages_cached(&store, hot);
     assert_eq!(cached, pages, "the scrub dropped pages of the hot chunk");
     assert_eq!(read(&mut store, cold, 0, 1 << 20).unwrap(), pattern(1, 1 << 20));
 }
