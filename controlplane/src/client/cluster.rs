@@ -12,6 +12,7 @@ use std::sync::Arc;
 use beeline_dataplane::client::Timing;
 use beeline_dataplane::wire::ClusterKey;
 
+use crate::client::file::fill_chunk;
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::cluster::{BadReplica, FileLayout, Member, MemberState, NodeRecord, RedisMetadata, now_unix_ms};
 use crate::control::{FileRecord, chunk_id, validate_name};
@@ -326,26 +327,22 @@ impl ClusterClient {
         while !eof {
             let mut batch: Vec<(u128, Arc<[u8]>)> = Vec::with_capacity(self.parallel_chunks);
             while batch.len() < self.parallel_chunks.max(1) {
-                let mut buffer = Vec::with_capacity(self.chunk_bytes as usize);
-                // Bounded by the reader: a reader with no bytes yet (a file still being
-                // written, read by a write-behind) waits inside each call; meanwhile the put
-                // stays registered, so that garbage collection leaves it alone.
-                loop {
-                    let left = u64::from(self.chunk_bytes) - buffer.len() as u64;
-                    match Read::take(&mut *reader, left).read_to_end(&mut buffer) {
-                        Ok(_) => break,
-                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(READER_IDLE);
-                            if touched.elapsed() >= PUT_TOUCH_WHILE_WAITING {
-                                if !self.metadata.touch_put(file_id)? {
-                                    return Err(ClusterError::PutReclaimed { name: name.to_owned() });
-                                }
-                                touched = std::time::Instant::now();
-                            }
+                let mut buffer = Vec::new();
+                // A reader with no bytes yet (a file still being written, read by a
+                // write-behind) is waited for; meanwhile the put stays registered, so that
+                // garbage collection leaves it alone.
+                let on_would_block = || -> Result<(), ClusterError> {
+                    std::thread::sleep(READER_IDLE);
+                    if touched.elapsed() >= PUT_TOUCH_WHILE_WAITING {
+                        if !self.metadata.touch_put(file_id)? {
+                            return Err(ClusterError::PutReclaimed { name: name.to_owned() });
                         }
-                        Err(error) => return Err(ClusterError::LocalIo { path: source.to_owned(), source: error }),
+                        touched = std::time::Instant::now();
                     }
-                }
+                    Ok(())
+                };
+                let read_error = |error| ClusterError::LocalIo { path: source.to_owned(), source: error };
+                fill_chunk(reader, &mut buffer, self.chunk_bytes as usize, on_would_block, read_error)?;
                 if buffer.len() < self.chunk_bytes as usize {
                     eof = true;
                 }

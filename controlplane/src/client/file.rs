@@ -35,6 +35,43 @@ fn reap(ops: &mut Vec<Op>, mut finished: Vec<usize>, spare: &mut Vec<Vec<u8>>, c
     stored_bytes
 }
 
+/// Fills `buffer` with the next `chunk_len` bytes of `reader`, fewer only at its end,
+/// reading straight into it. A recycled buffer keeps its length, so that only bytes it never
+/// held are zeroed: `read_to_end` would zero the whole chunk before every read into it, and
+/// a buffered reader would copy every byte once more. `on_would_block` runs whenever the
+/// reader has no bytes yet (a file still being written), and may end the fill with an error.
+pub(super) fn fill_chunk<E>(
+    reader: &mut dyn Read,
+    buffer: &mut Vec<u8>,
+    chunk_len: usize,
+    mut on_would_block: impl FnMut() -> Result<(), E>,
+    read_error: impl Fn(std::io::Error) -> E,
+) -> Result<(), E> {
+    buffer.resize(chunk_len, 0);
+    let mut filled = 0;
+    // Bounded by the reader: each pass reads, ends, fails, or waits in `on_would_block`.
+    while filled < chunk_len {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(error) = on_would_block() {
+                    buffer.truncate(filled);
+                    return Err(error);
+                }
+            }
+            Err(error) => {
+                buffer.truncate(filled);
+                return Err(read_error(error));
+            }
+        }
+    }
+    debug_assert!(filled <= chunk_len);
+    buffer.truncate(filled);
+    Ok(())
+}
+
 impl Client {
     /// Stores everything `reader` yields as file `name`, chunk by chunk.
     // Long on purpose: one streaming loop (read, start chunk puts up to the parallel limit, drive them, record the file) whose local state every step shares.
@@ -55,7 +92,7 @@ impl Client {
         // network and the disk then work at once instead of taking turns (a put is
         // acknowledged only when durable, so each round would otherwise wait for a sync).
         let parallel = self.options.parallel_chunks.max(1);
-        let mut spare: Vec<Vec<u8>> = (0..2 * parallel).map(|_| Vec::with_capacity(chunk_bytes as usize)).collect();
+        let mut spare: Vec<Vec<u8>> = (0..2 * parallel).map(|_| Vec::new()).collect();
         let mut ops: Vec<Op> = Vec::new();
         let mut size_bytes = 0u64;
         let mut next_index = 0u64;
@@ -70,28 +107,22 @@ impl Client {
             };
             while !eof && !spare.is_empty() && in_flight(&ops) < parallel {
                 let mut buffer = spare.pop().expect("checked non-empty");
-                buffer.clear();
-                // Bounded by the reader: each pass either reads, ends, fails, or (a reader
-                // that has no bytes yet, such as a file still being written) lets the
-                // chunks in flight move for a moment instead of stalling them meanwhile.
-                loop {
-                    let left = u64::from(chunk_bytes) - buffer.len() as u64;
-                    match Read::take(&mut *reader, left).read_to_end(&mut buffer) {
-                        Ok(_) => break,
-                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                            if ops.is_empty() {
-                                // Nothing to move: wait for the reader without spinning.
-                                std::thread::sleep(std::time::Duration::from_millis(READER_IDLE_MS));
-                                continue;
-                            }
-                            let until_ms = self.now_ms() + READER_IDLE_MS;
-                            let finished = self.drive_until(&mut ops, true, Some(until_ms))?;
-                            done_bytes += reap(&mut ops, finished, &mut spare, chunk_bytes);
-                            on_progress(done_bytes.min(size_bytes));
-                        }
-                        Err(error) => return Err(ClientError::LocalIo { path: source.to_owned(), source: error }),
+                // A reader that has no bytes yet (such as a file still being written) lets
+                // the chunks in flight move for a moment instead of stalling them meanwhile.
+                let on_would_block = || -> Result<(), ClientError> {
+                    if ops.is_empty() {
+                        // Nothing to move: wait for the reader without spinning.
+                        std::thread::sleep(std::time::Duration::from_millis(READER_IDLE_MS));
+                        return Ok(());
                     }
-                }
+                    let until_ms = self.now_ms() + READER_IDLE_MS;
+                    let finished = self.drive_until(&mut ops, true, Some(until_ms))?;
+                    done_bytes += reap(&mut ops, finished, &mut spare, chunk_bytes);
+                    on_progress(done_bytes.min(size_bytes));
+                    Ok(())
+                };
+                let read_error = |error| ClientError::LocalIo { path: source.to_owned(), source: error };
+                fill_chunk(reader, &mut buffer, chunk_bytes as usize, on_would_block, read_error)?;
                 if buffer.is_empty() {
                     eof = true;
                     spare.push(buffer);
@@ -292,5 +323,95 @@ impl Client {
         }
         writer.flush().map_err(write_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io::{self, Read};
+
+    use super::fill_chunk;
+
+    /// A reader that plays back a script: bytes in pieces, "no bytes yet", interrupts, errors.
+    enum Step {
+        Bytes(Vec<u8>),
+        WouldBlock,
+        Interrupted,
+        Fail,
+    }
+
+    struct Scripted(VecDeque<Step>);
+
+    impl Read for Scripted {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(Step::Bytes(mut bytes)) => {
+                    let taken = bytes.len().min(out.len());
+                    out[..taken].copy_from_slice(&bytes[..taken]);
+                    if taken < bytes.len() {
+                        self.0.push_front(Step::Bytes(bytes.split_off(taken)));
+                    }
+                    Ok(taken)
+                }
+                Some(Step::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+                Some(Step::Interrupted) => Err(io::ErrorKind::Interrupted.into()),
+                Some(Step::Fail) => Err(io::Error::other("disk gone")),
+            }
+        }
+    }
+
+    fn never_blocks() -> Result<(), String> {
+        panic!("the reader never said it had no bytes")
+    }
+
+    #[test]
+    fn short_reads_waits_and_interrupts_fill_whole_chunks_in_order() {
+        let mut reader = Scripted(VecDeque::from([
+            Step::Bytes(vec![1, 2, 3]),
+            Step::WouldBlock,
+            Step::Interrupted,
+            Step::Bytes(vec![4, 5, 6, 7, 8, 9, 10]),
+        ]));
+        let mut waits = 0;
+        let mut buffer = Vec::new();
+        let on_wait = || -> Result<(), String> {
+            waits += 1;
+            Ok(())
+        };
+        fill_chunk(&mut reader, &mut buffer, 4, on_wait, |error| error.to_string()).unwrap();
+        assert_eq!(buffer, [1, 2, 3, 4]);
+        assert_eq!(waits, 1);
+        // The same buffer again: the next chunk, then the short tail, then nothing.
+        fill_chunk(&mut reader, &mut buffer, 4, never_blocks, |error| error.to_string()).unwrap();
+        assert_eq!(buffer, [5, 6, 7, 8]);
+        fill_chunk(&mut reader, &mut buffer, 4, never_blocks, |error| error.to_string()).unwrap();
+        assert_eq!(buffer, [9, 10]);
+        fill_chunk(&mut reader, &mut buffer, 4, never_blocks, |error| error.to_string()).unwrap();
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_recycled_buffer_holds_only_the_new_bytes() {
+        let mut buffer = vec![0xAA; 8];
+        let mut reader = Scripted(VecDeque::from([Step::Bytes(vec![1, 2, 3])]));
+        fill_chunk(&mut reader, &mut buffer, 6, never_blocks, |error| error.to_string()).unwrap();
+        assert_eq!(buffer, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_read_error_or_a_refused_wait_ends_the_fill_with_the_callers_error() {
+        let mut buffer = Vec::new();
+        let mut reader = Scripted(VecDeque::from([Step::Bytes(vec![1, 2]), Step::Fail]));
+        let error = fill_chunk(&mut reader, &mut buffer, 4, never_blocks, |error| format!("read: {error}"));
+        assert_eq!(error, Err("read: disk gone".to_owned()));
+        assert_eq!(buffer, [1, 2], "the bytes read before the error stay, and nothing else");
+
+        let mut reader = Scripted(VecDeque::from([Step::Bytes(vec![7]), Step::WouldBlock, Step::Bytes(vec![8])]));
+        let refuse = || Err("put reclaimed".to_owned());
+        let error = fill_chunk(&mut reader, &mut buffer, 4, refuse, |error| error.to_string());
+        assert_eq!(error, Err("put reclaimed".to_owned()));
+        assert_eq!(buffer, [7]);
     }
 }

@@ -6,7 +6,7 @@
 //! the spool on close, as it would have been without write-behind.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -86,7 +86,9 @@ impl WriteBehind {
             let (target, name) = (target.clone(), name.to_owned());
             std::thread::Builder::new().name("beeline-write-behind".into()).spawn(move || {
                 let mut store = Store::open(&target)?;
-                store.put(&name, &mut BufReader::with_capacity(1 << 20, reader))
+                // Unbuffered: the put reads whole chunks straight into its buffers.
+                let mut reader = reader;
+                store.put(&name, &mut reader)
             })
         });
         match started {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -646,8 +646,8 @@ impl State {
             }
         }
         open.spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
-        let mut reader = BufReader::with_capacity(1 << 20, &open.spool);
-        let record = self.store.put(name, &mut reader)?;
+        // Unbuffered: the put reads whole chunks straight into its buffers.
+        let record = self.store.put(name, &mut &open.spool)?;
         open.stored();
         drop(open);
         self.note_stored(record);
@@ -710,7 +710,7 @@ impl State {
         } else if !self.is_file(name)? {
             return Err(StoreError::new(libc::ENOENT, format!("no file {name}")));
         }
-        let record = self.store.put(name, &mut BufReader::with_capacity(1 << 20, &spool))?;
+        let record = self.store.put(name, &mut &spool)?;
         self.note_stored(record);
         Ok(())
     }
@@ -754,7 +754,7 @@ impl State {
             self.store.get(from, &mut spool)?;
             spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
             let tags = self.store.tags_of(from)?;
-            let record = self.store.put(to, &mut BufReader::with_capacity(1 << 20, &spool))?;
+            let record = self.store.put(to, &mut &spool)?;
             self.note_stored(record);
             if !tags.is_empty() {
                 self.store.meta().add_tags(to, &tags)?;
