@@ -655,58 +655,52 @@ fn segment_bytes_cached(node: &TestNode) -> u64 {
 }
 
 /// `--drop-written-pages`: once `beeline put` has returned (every chunk durable), the
-/// node's segment files soon hold none of the file in the page cache; `--direct-writes`:
-/// they never held more than the partial blocks at the ends of each write; with neither
-/// they hold all of it. The file reads back whole each way.
+/// node's segment files soon hold none of the file in the page cache; without the flag
+/// they hold all of it. The file reads back whole either way.
 #[test]
-fn a_node_told_to_drop_or_write_past_the_page_cache_keeps_little_of_a_put_cached() {
-    const TEST: &str = "a_node_told_to_drop_or_write_past_the_page_cache_keeps_little_of_a_put_cached";
+fn a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached() {
     if !common::have("fincore") {
-        beeline_dataplane::testkit::skip(TEST, "`fincore` (util-linux) is not installed");
+        beeline_dataplane::testkit::skip(
+            "a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached",
+            "`fincore` (util-linux) is not installed",
+        );
         return;
     }
     let data = pattern(16 << 20, 3);
-    for mode in ["--drop-written-pages", "--direct-writes", "the page cache"] {
+    for drop in [true, false] {
         let tmp = tempfile::tempdir().unwrap();
         let tmpfs = Command::new("stat").args(["-f", "-c", "%T"]).arg(tmp.path()).output().unwrap();
         if String::from_utf8_lossy(&tmpfs.stdout).trim() == "tmpfs" {
             beeline_dataplane::testkit::skip(
-                TEST,
+                "a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached",
                 "the temporary directory is on tmpfs, whose pages cannot be dropped",
             );
             return;
         }
         // Neither the tagger nor the background scrub may read the file back meanwhile.
         let quiet = ["--auto-tag", "false", "--scrub-bytes-per-s", "0"];
-        let flags: Vec<&str> = quiet.into_iter().chain(mode.starts_with("--").then_some(mode)).collect();
+        let flags: Vec<&str> = quiet.into_iter().chain(drop.then_some("--drop-written-pages")).collect();
         let node = TestNode::start(tmp.path(), &flags);
         let file = tmp.path().join("file");
         std::fs::write(&file, &data).unwrap();
         ok(&node.cli(&["put", file.to_str().unwrap(), "--as", "file"]));
-        match mode {
-            "--drop-written-pages" => {
-                // The sync thread drops them just after it reports the chunks durable (a
-                // page a record shares with the next may stay): wait, bounded.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while segment_bytes_cached(&node) > 64 << 10 {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{} bytes of the put still cached with --drop-written-pages",
-                        segment_bytes_cached(&node)
-                    );
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+        if drop {
+            // The sync thread drops them just after it reports the chunks durable (a page
+            // a record shares with the next may stay): wait, bounded.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while segment_bytes_cached(&node) > 64 << 10 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} bytes of the put still cached with --drop-written-pages",
+                    segment_bytes_cached(&node)
+                );
+                std::thread::sleep(Duration::from_millis(10));
             }
-            "--direct-writes" => {
-                let cached = segment_bytes_cached(&node);
-                assert!(cached < data.len() as u64 / 8, "{cached} bytes of a {}-byte put cached", data.len());
-            }
-            _ => {
-                let cached = segment_bytes_cached(&node);
-                assert!(cached >= data.len() as u64, "only {cached} bytes of a {}-byte put cached", data.len());
-            }
+        } else {
+            let cached = segment_bytes_cached(&node);
+            assert!(cached >= data.len() as u64, "only {cached} bytes of a {}-byte put cached", data.len());
         }
         let back = node.cli(&["get", "file", "-o", "-"]);
-        assert!(back.status.success() && back.stdout == data, "the file did not read back whole ({mode})");
+        assert!(back.status.success() && back.stdout == data, "the file did not read back whole (drop = {drop})");
     }
 }

@@ -642,7 +642,6 @@ fn data_plane_thread(
         max_chunk_bytes: settings.chunk_bytes_max,
         max_puts_in_flight: settings.put_slots as usize,
         drop_written_pages: settings.drop_written_pages,
-        direct_writes: settings.direct_writes,
         ..DiskStoreConfig::default()
     };
     let store = DiskStore::open(&settings.data_dir.join("chunks"), store_config)

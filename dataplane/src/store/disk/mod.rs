@@ -15,7 +15,6 @@
 
 mod compaction;
 mod crc;
-mod direct;
 #[allow(unsafe_code)] // fallocate(2), flock(2), preadv(2) and posix_fadvise(2)
 mod files;
 mod group_commit;
@@ -138,11 +137,6 @@ pub struct DiskStoreConfig {
     /// and the next writes reuse those pages instead of fresh ones (what a large write pays
     /// most for on a VM that hands freed memory back to its host).
     pub drop_written_pages: bool,
-    /// Write the whole 4 KiB blocks of large payload writes with direct I/O (`O_DIRECT`),
-    /// past the page cache (see [`direct`]). Off by default: a chunk read right after its
-    /// put then comes from the disk, as with `drop_written_pages`, but the node copies
-    /// nothing into the page cache, which is what a large write pays most for on a VM.
-    pub direct_writes: bool,
 }
 
 impl Default for DiskStoreConfig {
@@ -155,7 +149,6 @@ impl Default for DiskStoreConfig {
             max_pending_durable: 4096,
             expected_chunks: 1 << 16,
             drop_written_pages: false,
-            direct_writes: false,
         }
     }
 }
@@ -202,11 +195,6 @@ pub enum DiskStoreError {
     DiskFull { action: &'static str, path: PathBuf, source: io::Error },
     #[error("I/O error while {action} {}: {source}; check the disk and the kernel log (dmesg)", path.display())]
     Io { action: &'static str, path: PathBuf, source: io::Error },
-    #[error(
-        "direct_writes is on but the file system of {} takes no direct I/O ({source}): set direct_writes = false (--direct-writes false) or put the data directory on a file system that does, such as ext4 or xfs",
-        dir.display()
-    )]
-    DirectWritesUnsupported { dir: PathBuf, source: io::Error },
 }
 
 impl DiskStoreError {
@@ -299,8 +287,6 @@ pub struct DiskStore {
     integrity: IntegrityStats,
     scrub: verify::ScrubState,
     read_ahead: readahead::ReadAhead,
-    /// The bounce buffer of direct writes, when `direct_writes` is on.
-    direct_writer: Option<direct::DirectWriter>,
 }
 
 struct SegmentFile {
@@ -308,20 +294,6 @@ struct SegmentFile {
     file: File,
     /// Set by whoever sees `fdatasync` fail on this file; never cleared.
     sync_failed: AtomicBool,
-    /// The file opened for direct writes, on the first one; `None` inside when it could
-    /// not be (those writes then go through the page cache).
-    direct: std::sync::OnceLock<Option<File>>,
-}
-
-impl SegmentFile {
-    fn new(id: u32, file: File) -> Self {
-        Self { id, file, sync_failed: AtomicBool::new(false), direct: std::sync::OnceLock::new() }
-    }
-
-    /// This segment's descriptor for direct writes, opened on first use.
-    fn direct(&self, dir: &Path) -> Option<&File> {
-        self.direct.get_or_init(|| direct::open_direct(&segment_path(dir, self.id)).ok()).as_ref()
-    }
 }
 
 struct Segment {
@@ -394,16 +366,6 @@ enum Request {
 }
 
 impl DiskStore {
-    /// Writes payload bytes `bufs`, one after the other, to `segment` from file offset
-    /// `offset`: through the page cache, or with `direct_writes` as [`direct`] says.
-    fn write_payload(&mut self, segment: u32, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-        let file = &self.segments[&segment].file;
-        match self.direct_writer.as_mut() {
-            Some(writer) => writer.write(&self.dir, file, bufs, offset),
-            None => write_all_vectored_at(&file.file, bufs, offset),
-        }
-    }
-
     /// Opens (creating if needed) the store in `dir`, recovering whatever is on disk.
     // Long on purpose: the store's start-up in order: lock, recover, start the group-commit thread, open the tail segment; each needs the previous one's result.
     pub fn open(dir: &Path, config: DiskStoreConfig) -> Result<DiskStore, DiskStoreError> {
@@ -447,15 +409,6 @@ impl DiskStore {
             dir_file.sync_all().map_err(|source| DiskStoreError::io("syncing", dir, source))?;
         }
         let disk_bytes = segments.values().map(|segment| segment.len_bytes).sum();
-        let direct_writer = if config.direct_writes {
-            // Refused here, at start-up, rather than by every put later.
-            let probe = direct::open_direct(&segment_path(dir, active))
-                .map_err(|source| DiskStoreError::DirectWritesUnsupported { dir: dir.to_path_buf(), source })?;
-            let _ = segments[&active].file.direct.set(Some(probe));
-            Some(direct::DirectWriter::new())
-        } else {
-            None
-        };
 
         let slots = (0..config.max_puts_in_flight)
             .map(|_| Slot {
@@ -512,7 +465,6 @@ impl DiskStore {
             integrity: IntegrityStats::default(),
             read_ahead: readahead::ReadAhead::default(),
             scrub: verify::ScrubState::default(),
-            direct_writer,
         })
     }
 
@@ -794,12 +746,9 @@ impl ChunkStore for DiskStore {
         // with each piece's checksums between them, a local client's put cost the node less
         // CPU but stored 10 % slower (three A/B rounds), probably because the group commit's
         // `fdatasync` then catches chunks half written (not verified).
-        self.write_payload(
-            reservation.segment,
-            &[data],
-            reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset),
-        )
-        .map_err(|error| io_store_error(&error))?;
+        let file = &self.segments[&reservation.segment].file.file;
+        file.write_all_at(data, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
+            .map_err(|error| io_store_error(&error))?;
         let slot_entry = &mut self.slots[slot];
         let entry = slot_entry.put.as_mut().expect("reservation checked above");
         entry.written_bytes += data.len() as u64;
@@ -816,12 +765,9 @@ impl ChunkStore for DiskStore {
             reservation.written_bytes + len <= u64::from(reservation.len),
             "more bytes written than reserved: a byte range was written twice"
         );
-        self.write_payload(
-            reservation.segment,
-            bufs,
-            reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset),
-        )
-        .map_err(|error| io_store_error(&error))?;
+        let file = &self.segments[&reservation.segment].file.file;
+        write_all_vectored_at(file, bufs, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
+            .map_err(|error| io_store_error(&error))?;
         let slot_entry = &mut self.slots[slot];
         let entry = slot_entry.put.as_mut().expect("reservation checked above");
         entry.written_bytes += len;

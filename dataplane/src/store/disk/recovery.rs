@@ -82,7 +82,7 @@ pub(super) fn recover(dir: &Path, config: &DiskStoreConfig, scratch: &mut [u8]) 
                 report.corrupt_bytes_skipped += file_len - bad_at;
             }
         }
-        let file = Arc::new(SegmentFile::new(id, file));
+        let file = Arc::new(SegmentFile { id, file, sync_failed: AtomicBool::new(false) });
         segments.insert(id, Segment { file, len_bytes, live_bytes: 0, puts_in_flight: 0, tombstones: 0 });
     }
 

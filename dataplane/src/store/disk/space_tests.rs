@@ -343,34 +343,3 @@ fn chunk_ages_count_from_the_commit_and_restart_at_open() {
     assert_eq!(reopened.len(), 1);
     assert!(reopened[0].2 < 60, "a reopened store does not know how old its chunks are: {reopened:?}");
 }
-
-/// A data directory on a file system without direct I/O (ramfs) is refused at open when
-/// `direct_writes` is on, naming the setting, and opens as before when it is off.
-#[test]
-fn direct_writes_on_a_file_system_without_direct_io_are_refused_at_open() {
-    const TEST: &str = "direct_writes_on_a_file_system_without_direct_io_are_refused_at_open";
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        crate::testkit::skip(TEST, "mounting a ramfs needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = Command::new("mount").args(["-t", "ramfs", "ramfs"]).arg(dir.path()).status();
-    if !mounted.is_ok_and(|status| status.success()) {
-        crate::testkit::skip(TEST, "mount -t ramfs failed (no CAP_SYS_ADMIN?)");
-        return;
-    }
-    let mount = Mount(dir.path().to_path_buf());
-    let config = DiskStoreConfig { direct_writes: true, ..small_config() };
-    let error = match DiskStore::open(&mount.0.join("chunks"), config) {
-        Ok(_) => panic!("a ramfs data directory was opened for direct writes"),
-        Err(error) => error,
-    };
-    let message = error.to_string();
-    assert!(matches!(error, DiskStoreError::DirectWritesUnsupported { .. }), "{message}");
-    assert!(message.contains("direct_writes = false") && message.contains("chunks"), "{message}");
-    let mut store = open(&mount.0.join("chunks"), small_config());
-    put(&mut store, 1, &pattern(1, 5000), 1);
-    drain_all(&mut store);
-    assert_eq!(read_all(&mut store, 1).unwrap(), pattern(1, 5000));
-}

@@ -13,7 +13,6 @@ pub(super) fn small_config() -> DiskStoreConfig {
         max_pending_durable: 1024,
         expected_chunks: 1024,
         drop_written_pages: false,
-        direct_writes: false,
     }
 }
 
@@ -778,84 +777,4 @@ fn durable_puts_leave_the_page_cache_when_asked() {
         }
         assert_eq!(read_all(&mut store, 7).unwrap(), data);
     }
-}
-
-/// With `direct_writes`, payload writes store every byte whatever their split, alignment
-/// and length (shorter than the direct minimum, across several bounce-buffer pieces, in
-/// scrambled pieces, vectored across buffers); the whole blocks a large write covered are
-/// not in the page cache; and the store reopened (whose scan checks every payload) finds
-/// every chunk intact.
-#[test]
-fn direct_writes_store_every_byte_and_keep_whole_blocks_out_of_the_page_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    if skip_on_tmpfs("direct_writes_store_every_byte_and_keep_whole_blocks_out_of_the_page_cache", dir.path()) {
-        return;
-    }
-    let config =
-        DiskStoreConfig { direct_writes: true, segment_bytes: 16 << 20, max_chunk_bytes: 4 << 20, ..small_config() };
-    let min = direct::DIRECT_WRITE_MIN_BYTES as usize;
-    // (id, length, how it is written): 0 whole, 1 three vectored buffers, 2 scrambled pieces.
-    let chunks = [
-        (1, min - 1, 0),
-        (2, 1, 0),
-        (3, min + 4097, 0),
-        (4, 3 << 20 | 777, 0),
-        (5, 1 << 20, 1),
-        (6, 2 << 20 | 5, 2),
-        (7, 64, 0),
-        (8, 4 << 20, 1),
-    ];
-    let mut store = open(dir.path(), config);
-    for (ticket, &(id, len, how)) in chunks.iter().enumerate() {
-        let data = pattern(id, len);
-        let reservation = store.begin_put(id, len as u32).unwrap();
-        match how {
-            0 => store.write_at(reservation, 0, &data).unwrap(),
-            1 => {
-                let (a, b) = (len / 3 + 1, 2 * len / 3 + 3);
-                store.write_vectored_at(reservation, 0, &[&data[..a], &data[a..b], &data[b..]]).unwrap();
-            }
-            _ => write_scrambled(&mut store, reservation, &data, 300_001),
-        }
-        store.commit_put(reservation, ticket as u64).unwrap();
-    }
-    drain_all(&mut store);
-    for &(id, len, _) in &chunks {
-        assert_eq!(read_all(&mut store, id).unwrap(), pattern(id, len), "chunk {id} read back");
-    }
-    // Reads fill the page cache: the cache is checked on a chunk put afresh and not read.
-    let data = pattern(9, 3 << 20);
-    let reservation = store.begin_put(9, data.len() as u32).unwrap();
-    store.write_at(reservation, 0, &data).unwrap();
-    store.commit_put(reservation, 99).unwrap();
-    drain_all(&mut store);
-    let (cached, pages) = record_pages_cached(&store, 9);
-    assert!(pages >= 760, "a 3 MiB record spans at least 760 whole pages");
-    assert!(cached <= 2, "{cached} of {pages} pages cached: only the partial blocks at either end may be");
-    assert_eq!(read_all(&mut store, 9).unwrap(), data);
-    drop(store);
-
-    let mut store = open(dir.path(), config);
-    assert_eq!(store.recovery_report().chunks_live, chunks.len() as u64 + 1);
-    for &(id, len, _) in &chunks {
-        assert_eq!(read_all(&mut store, id).unwrap(), pattern(id, len), "chunk {id} after reopening");
-    }
-}
-
-/// The same chunk put through the page cache stays there: the control for the test above.
-#[test]
-fn without_direct_writes_a_large_write_stays_in_the_page_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    if skip_on_tmpfs("without_direct_writes_a_large_write_stays_in_the_page_cache", dir.path()) {
-        return;
-    }
-    let config = DiskStoreConfig { segment_bytes: 16 << 20, max_chunk_bytes: 4 << 20, ..small_config() };
-    let mut store = open(dir.path(), config);
-    let data = pattern(9, 3 << 20);
-    let reservation = store.begin_put(9, data.len() as u32).unwrap();
-    store.write_at(reservation, 0, &data).unwrap();
-    store.commit_put(reservation, 1).unwrap();
-    drain_all(&mut store);
-    let (cached, pages) = record_pages_cached(&store, 9);
-    assert_eq!(cached, pages, "a buffered write's pages stay cached");
 }
