@@ -67,7 +67,6 @@ pub(super) fn fill_chunk<E>(
             }
         }
     }
-    debug_assert!(filled <= chunk_len);
     buffer.truncate(filled);
     Ok(())
 }

@@ -82,12 +82,11 @@ impl WriteBehind {
         let progress = Arc::new(Progress::default());
         progress.lock().written_bytes = written_bytes;
         let started = spool.try_clone().and_then(|spool| {
-            let reader = SpoolTail { spool, position: 0, progress: progress.clone() };
+            // Unbuffered: the put reads whole chunks straight into its buffers.
+            let mut reader = SpoolTail { spool, position: 0, progress: progress.clone() };
             let (target, name) = (target.clone(), name.to_owned());
             std::thread::Builder::new().name("beeline-write-behind".into()).spawn(move || {
                 let mut store = Store::open(&target)?;
-                // Unbuffered: the put reads whole chunks straight into its buffers.
-                let mut reader = reader;
                 store.put(&name, &mut reader)
             })
         });
