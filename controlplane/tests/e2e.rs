@@ -697,8 +697,11 @@ fn a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached() {
                 std::thread::sleep(Duration::from_millis(10));
             }
         } else {
+            // The control: without the flag the put stays cached. Not every page of it:
+            // the kernel may evict a few under the other tests' memory use (CI once saw
+            // 3 of 4096 pages gone), so half is the bar, far above the 64 KiB left with it.
             let cached = segment_bytes_cached(&node);
-            assert!(cached >= data.len() as u64, "only {cached} bytes of a {}-byte put cached", data.len());
+            assert!(cached >= data.len() as u64 / 2, "only {cached} bytes of a {}-byte put cached", data.len());
         }
         let back = node.cli(&["get", "file", "-o", "-"]);
         assert!(back.status.success() && back.stdout == data, "the file did not read back whole (drop = {drop})");
