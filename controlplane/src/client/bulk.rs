@@ -145,10 +145,6 @@ impl BulkPut {
         self.exchange.deadline_ms()
     }
 
-    pub fn acked_bytes(&self) -> u64 {
-        if self.progress() == Progress::Done { self.data.as_ref().len() as u64 } else { 0 }
-    }
-
     pub fn into_data(self) -> ChunkBytes {
         self.data
     }

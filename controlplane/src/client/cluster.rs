@@ -303,6 +303,8 @@ impl ClusterClient {
         Ok(stored)
     }
 
+    /// Stores everything `reader` yields as file `name`, batch by batch. `on_progress` is
+    /// told the bytes from the start of the file stored durable on every replica so far.
     pub fn put_reader(
         &mut self,
         name: &str,

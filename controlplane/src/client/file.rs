@@ -20,19 +20,56 @@ const HASH_PIPELINE_CHUNKS: u64 = 2;
 /// again (and how long it waits for one when nothing is in flight).
 const READER_IDLE_MS: u64 = 5;
 
-/// Removes the puts in `finished` (indices into `ops`) and gives their buffers back to
-/// `spare`; returns the bytes they stored.
-fn reap(ops: &mut Vec<Op>, mut finished: Vec<usize>, spare: &mut Vec<Vec<u8>>, chunk_bytes: u32) -> u64 {
-    let mut stored_bytes = 0;
+/// The chunks of a put that the node acknowledged (durable), and how many of them form an
+/// unbroken run from the first: the bytes a caller may rely on being stored, in order.
+#[derive(Debug, Default)]
+struct DurablePrefix {
+    /// Chunks `0..chunks` are all durable.
+    chunks: u64,
+    /// Durable chunks past the run, waiting for the ones before them.
+    beyond: std::collections::BTreeSet<u64>,
+}
+
+impl DurablePrefix {
+    fn acked(&mut self, index: u64) {
+        assert!(index >= self.chunks && !self.beyond.contains(&index), "chunk {index} acknowledged twice");
+        self.beyond.insert(index);
+        while self.beyond.remove(&self.chunks) {
+            self.chunks += 1;
+        }
+    }
+
+    /// Bytes of the run, of a file of which `read_bytes` were read into chunks so far (only
+    /// the last chunk read can be short).
+    fn bytes(&self, chunk_bytes: u32, read_bytes: u64) -> u64 {
+        self.chunks.saturating_mul(u64::from(chunk_bytes)).min(read_bytes)
+    }
+}
+
+/// A fresh file id: random, odd (so never 0).
+pub fn new_file_id() -> u64 {
+    rand::random::<u64>() | 1
+}
+
+/// Removes the puts in `finished` (indices into `ops`, whose chunk indices `op_chunks`
+/// holds alongside) and gives their buffers back to `spare`; each counts as durable.
+fn reap(
+    ops: &mut Vec<Op>,
+    op_chunks: &mut Vec<u64>,
+    mut finished: Vec<usize>,
+    spare: &mut Vec<Vec<u8>>,
+    durable: &mut DurablePrefix,
+) {
+    assert_eq!(ops.len(), op_chunks.len());
     finished.sort_unstable();
     for index in finished.into_iter().rev() {
         let op = ops.swap_remove(index);
-        stored_bytes += op.acked_bytes().min(u64::from(chunk_bytes));
+        assert_eq!(op.progress(), Progress::Done, "only acknowledged puts are reaped");
+        durable.acked(op_chunks.swap_remove(index));
         if let Some(ChunkBytes::Owned(buffer)) = op.into_put_data() {
             spare.push(buffer);
         }
     }
-    stored_bytes
 }
 
 /// Fills `buffer` with the next `chunk_len` bytes of `reader`, fewer only at its end,
@@ -72,8 +109,9 @@ pub(super) fn fill_chunk<E>(
 }
 
 impl Client {
-    /// Stores everything `reader` yields as file `name`, chunk by chunk.
-    // Long on purpose: one streaming loop (read, start chunk puts up to the parallel limit, drive them, record the file) whose local state every step shares.
+    /// Stores everything `reader` yields as file `name`, chunk by chunk. `on_progress` is
+    /// told the bytes from the start of the file that are durable on the node so far (a
+    /// write-behind frees its copy of them).
     pub fn put_reader(
         &mut self,
         name: &str,
@@ -81,11 +119,31 @@ impl Client {
         source: &str,
         on_progress: OnProgress<'_>,
     ) -> Result<FileRecord, ClientError> {
+        self.put_reader_as(name, new_file_id(), reader, source, on_progress)
+    }
+
+    /// The chunk size this client's puts cut files into.
+    pub fn put_chunk_bytes(&mut self) -> Result<u32, ClientError> {
+        Ok(self.options.chunk_bytes.min(self.info()?.chunk_bytes_max))
+    }
+
+    /// [`Client::put_reader`] with the file id chosen by the caller (from [`new_file_id`]),
+    /// who can then read back the chunks made durable (`chunk_id(file_id, index)`) should
+    /// the put fail before its commit.
+    // Long on purpose: one streaming loop (read, start chunk puts up to the parallel limit, drive them, record the file) whose local state every step shares.
+    pub fn put_reader_as(
+        &mut self,
+        name: &str,
+        file_id: u64,
+        reader: &mut dyn Read,
+        source: &str,
+        on_progress: OnProgress<'_>,
+    ) -> Result<FileRecord, ClientError> {
         validate_name(name).map_err(ClientError::BadName)?;
-        let chunk_bytes = self.options.chunk_bytes.min(self.info()?.chunk_bytes_max);
+        assert!(file_id & 1 == 1, "file ids come from new_file_id");
+        let chunk_bytes = self.put_chunk_bytes()?;
         let frag_len = self.fragment_bytes(chunk_bytes)?;
         let window = self.info()?.window_fragments;
-        let file_id = rand::random::<u64>() | 1;
         let mut hasher = blake3::Hasher::new();
         // `parallel` chunks move fragments while as many more wait for the node's disk: the
         // network and the disk then work at once instead of taking turns (a put is
@@ -93,9 +151,10 @@ impl Client {
         let parallel = self.options.parallel_chunks.max(1);
         let mut spare: Vec<Vec<u8>> = (0..2 * parallel).map(|_| Vec::new()).collect();
         let mut ops: Vec<Op> = Vec::new();
+        let mut op_chunks: Vec<u64> = Vec::new();
         let mut size_bytes = 0u64;
         let mut next_index = 0u64;
-        let mut done_bytes = 0u64;
+        let mut durable = DurablePrefix::default();
         let mut eof = false;
         loop {
             // Over shared memory a whole chunk is handed over at once: `parallel` in flight
@@ -116,8 +175,8 @@ impl Client {
                     }
                     let until_ms = self.now_ms() + READER_IDLE_MS;
                     let finished = self.drive_until(&mut ops, true, Some(until_ms))?;
-                    done_bytes += reap(&mut ops, finished, &mut spare, chunk_bytes);
-                    on_progress(done_bytes.min(size_bytes));
+                    reap(&mut ops, &mut op_chunks, finished, &mut spare, &mut durable);
+                    on_progress(durable.bytes(chunk_bytes, size_bytes));
                     Ok(())
                 };
                 let read_error = |error| ClientError::LocalIo { path: source.to_owned(), source: error };
@@ -133,16 +192,17 @@ impl Client {
                 hasher.update(&buffer);
                 size_bytes += buffer.len() as u64;
                 let chunk_id = crate::control::chunk_id(file_id, next_index);
-                next_index += 1;
                 let op = self.start_put(chunk_id, ChunkBytes::Owned(buffer), frag_len, window);
                 ops.push(op);
+                op_chunks.push(next_index);
+                next_index += 1;
             }
             if ops.is_empty() {
                 break;
             }
             let finished = self.drive(&mut ops, true)?;
-            done_bytes += reap(&mut ops, finished, &mut spare, chunk_bytes);
-            on_progress(done_bytes.min(size_bytes));
+            reap(&mut ops, &mut op_chunks, finished, &mut spare, &mut durable);
+            on_progress(durable.bytes(chunk_bytes, size_bytes));
         }
         let record = FileRecord {
             name: name.to_owned(),
@@ -330,7 +390,7 @@ mod tests {
     use std::collections::VecDeque;
     use std::io::{self, Read};
 
-    use super::fill_chunk;
+    use super::{DurablePrefix, fill_chunk};
 
     /// A reader that plays back a script: bytes in pieces, "no bytes yet", interrupts, errors.
     enum Step {
@@ -389,6 +449,29 @@ mod tests {
         assert_eq!(buffer, [9, 10]);
         fill_chunk(&mut reader, &mut buffer, 4, never_blocks, |error| error.to_string()).unwrap();
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn the_durable_prefix_grows_only_through_an_unbroken_run_from_the_first_chunk() {
+        let mut durable = DurablePrefix::default();
+        assert_eq!(durable.bytes(4, 10), 0);
+        durable.acked(1);
+        durable.acked(2);
+        assert_eq!(durable.bytes(4, 10), 0, "chunk 0 is still in flight");
+        durable.acked(0);
+        assert_eq!(durable.bytes(4, 10), 10, "0..3 durable, the last chunk short");
+        durable.acked(4);
+        assert_eq!(durable.bytes(4, 20), 12);
+        durable.acked(3);
+        assert_eq!(durable.bytes(4, 20), 20);
+    }
+
+    #[test]
+    #[should_panic(expected = "acknowledged twice")]
+    fn a_chunk_acknowledged_twice_is_a_bug_not_a_longer_prefix() {
+        let mut durable = DurablePrefix::default();
+        durable.acked(0);
+        durable.acked(0);
     }
 
     #[test]

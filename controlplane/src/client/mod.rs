@@ -5,6 +5,7 @@
 mod bulk;
 pub mod cluster;
 mod file;
+pub use file::new_file_id;
 mod link;
 pub mod metadata;
 mod op;

@@ -76,15 +76,6 @@ impl Op {
         }
     }
 
-    /// Bytes of a put the node confirmed.
-    pub(super) fn acked_bytes(&self) -> u64 {
-        match self {
-            Op::Put(put) => put.acked_bytes(),
-            Op::BulkPut(put) => put.acked_bytes(),
-            _ => 0,
-        }
-    }
-
     /// A put's chunk bytes back (to reuse the buffer).
     pub(super) fn into_put_data(self) -> Option<ChunkBytes> {
         match self {

@@ -4,9 +4,18 @@
 //! all of it. Any other kind of write (back into what was written, past the end, a
 //! truncate), an unlink or a failed put abandons it, and the file is then stored whole from
 //! the spool on close, as it would have been without write-behind.
+//!
+//! What the node has made durable is freed from the spool as the put goes (a hole punched
+//! behind it): a `cp` of a large file then reuses the same few megabytes of page cache
+//! instead of filling a fresh page for every byte, which on a VM costs as much as the copy
+//! (`docs/benchmarks.md`, mount run 10), and the spool never holds the whole file on disk.
+//! Once anything was freed, the spool alone no longer holds the file: whoever needs it
+//! whole again finishes the put first and reads the rest back from the store
+//! (`State::whole_spool`), and a put that fails after that fails the file.
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -27,6 +36,9 @@ pub const WRITE_BEHIND_FILES_MAX: usize = 4;
 /// How long a read of the spool waits for the writer before it returns `WouldBlock`.
 const WRITER_WAIT: Duration = Duration::from_millis(20);
 
+/// The spool is freed in whole pages.
+const FREE_ALIGN_BYTES: u64 = 4096;
+
 /// What the writer has done, as the storing thread sees it.
 #[derive(Debug, Default)]
 struct Tail {
@@ -36,6 +48,11 @@ struct Tail {
     finished: bool,
     /// The file is no longer written in order, or no longer wanted: the put must fail.
     abandoned: bool,
+    /// Bytes from the spool's start that were stored durable and then freed from the spool
+    /// (reading them there gives zeros). Never grows once `abandoned` or `keep_spool` is set.
+    freed_bytes: u64,
+    /// Someone reads the spool besides the put: nothing more is freed from it.
+    keep_spool: bool,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +74,8 @@ impl Progress {
 
 /// A file being stored behind its writer.
 pub struct WriteBehind {
+    /// The id its chunks are stored under (on a single node).
+    file_id: u64,
     progress: Arc<Progress>,
     worker: Option<JoinHandle<StoreResult<FileRecord>>>,
     active: Arc<AtomicUsize>,
@@ -81,17 +100,22 @@ impl WriteBehind {
         }
         let progress = Arc::new(Progress::default());
         progress.lock().written_bytes = written_bytes;
+        let file_id = crate::client::new_file_id();
+        // What a cluster made durable cannot be read back before the put commits (see
+        // `Store::put_behind`), so its spool is kept whole.
+        let can_free = matches!(target, Target::Node(_));
         let started = spool.try_clone().and_then(|spool| {
+            let mut freer = SpoolFreer { spool: spool.try_clone()?, progress: progress.clone(), can_free };
             // Unbuffered: the put reads whole chunks straight into its buffers.
             let mut reader = SpoolTail { spool, position: 0, progress: progress.clone() };
             let (target, name) = (target.clone(), name.to_owned());
             std::thread::Builder::new().name("beeline-write-behind".into()).spawn(move || {
                 let mut store = Store::open(&target)?;
-                store.put(&name, &mut reader)
+                store.put_behind(&name, file_id, &mut reader, &mut |durable_bytes| freer.free_up_to(durable_bytes))
             })
         });
         match started {
-            Ok(worker) => Some(WriteBehind { progress, worker: Some(worker), active: active.clone() }),
+            Ok(worker) => Some(WriteBehind { file_id, progress, worker: Some(worker), active: active.clone() }),
             Err(error) => {
                 active.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!("no write-behind for {name}: {error}");
@@ -106,10 +130,38 @@ impl WriteBehind {
     }
 
     /// The spool holds the whole file: waits until it is stored and returns its record,
-    /// or the error that stopped the put (the caller then stores the spool whole).
-    pub fn finish(mut self) -> StoreResult<FileRecord> {
+    /// or the error that stopped the put, with what it had freed from the spool.
+    pub fn finish(mut self) -> Result<FileRecord, Failed> {
         self.progress.update(|tail| tail.finished = true);
-        self.join()
+        let result = self.join();
+        let tail = self.progress.lock();
+        let (freed_bytes, written_bytes) = (tail.freed_bytes, tail.written_bytes);
+        drop(tail);
+        result.map_err(|error| Failed { error, file_id: self.file_id, freed_bytes, written_bytes })
+    }
+
+    /// Stops storing the file; whether the spool still holds all that was written (nothing
+    /// was freed from it). Nothing is freed after this.
+    pub fn abandon(mut self) -> bool {
+        self.stop();
+        self.progress.lock().freed_bytes == 0
+    }
+
+    /// Frees nothing more from the spool; whether anything was freed already (then the
+    /// spool no longer holds the whole file).
+    pub fn keep_spool_freed_any(&self) -> bool {
+        let mut tail = self.progress.lock();
+        tail.keep_spool = true;
+        tail.freed_bytes > 0
+    }
+
+    fn stop(&mut self) {
+        if self.worker.is_some() {
+            self.progress.update(|tail| tail.abandoned = true);
+            if let Err(error) = self.join() {
+                tracing::debug!("write-behind abandoned: {error}");
+            }
+        }
     }
 
     fn join(&mut self) -> StoreResult<FileRecord> {
@@ -121,14 +173,66 @@ impl WriteBehind {
 impl Drop for WriteBehind {
     /// Abandons the put (unless finished) and waits for its thread.
     fn drop(&mut self) {
-        if self.worker.is_some() {
-            self.progress.update(|tail| tail.abandoned = true);
-            if let Err(error) = self.join() {
-                tracing::debug!("write-behind abandoned: {error}");
-            }
-        }
+        self.stop();
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A write-behind that did not store its file.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: StoreError,
+    /// The id the put stored its chunks under.
+    pub file_id: u64,
+    /// Bytes from the spool's start that were durable and freed from it (0: the spool
+    /// holds everything written). `Store::restore_durable` reads them back.
+    pub freed_bytes: u64,
+    /// The file's length when the put stopped.
+    pub written_bytes: u64,
+}
+
+/// Frees from the spool what the put reports durable.
+struct SpoolFreer {
+    spool: File,
+    progress: Arc<Progress>,
+    /// Cleared when the file system cannot punch holes: the spool then stays whole.
+    can_free: bool,
+}
+
+impl SpoolFreer {
+    fn free_up_to(&mut self, durable_bytes: u64) {
+        if !self.can_free {
+            return;
+        }
+        // Under the lock, so that whoever abandons the put knows what was freed.
+        let mut tail = self.progress.lock();
+        assert!(durable_bytes <= tail.written_bytes, "{durable_bytes} bytes durable of {} written", tail.written_bytes);
+        let end = durable_bytes / FREE_ALIGN_BYTES * FREE_ALIGN_BYTES;
+        if tail.abandoned || tail.keep_spool || end <= tail.freed_bytes {
+            return;
+        }
+        match punch_hole(&self.spool, tail.freed_bytes, end - tail.freed_bytes) {
+            Ok(()) => tail.freed_bytes = end,
+            Err(error) => {
+                tracing::debug!("the spool's file system cannot free what was stored ({error}): it keeps it");
+                self.can_free = false;
+            }
+        }
+    }
+}
+
+/// Gives bytes `offset..offset + len` of `file` back to its file system; the size stays.
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let (offset, len) = (i64::try_from(offset), i64::try_from(len));
+    let (Ok(offset), Ok(len)) = (offset, len) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: `file` is an open descriptor borrowed for the call; fallocate takes no
+    // pointers, so it cannot touch memory owned by Rust.
+    let rc = unsafe {
+        libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// The spool as the put reads it: what the writer wrote so far, waiting for more until the

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::behind::{WRITE_BEHIND_AFTER_BYTES, WriteBehind};
+use super::behind::{Failed, WRITE_BEHIND_AFTER_BYTES, WriteBehind};
 use super::chunks::Chunks;
 use super::store::{Source, Store, StoreError, StoreResult, Target};
 use crate::control::{FileRecord, NAME_BYTES_MAX, NAME_PART_BYTES_MAX};
@@ -173,6 +173,9 @@ pub struct OpenFile {
     /// and close answers this error and the stored file stays as it was, until a truncating
     /// open starts the content over.
     failed: Option<StoreError>,
+    /// Part of the spool was freed by a write-behind that then did not store the file: the
+    /// rest of the content is nowhere, so reads fail too (with `failed`'s error).
+    spool_lost: bool,
 }
 
 impl OpenFile {
@@ -186,6 +189,7 @@ impl OpenFile {
             behind: None,
             spool_in_store: false,
             failed: None,
+            spool_lost: false,
         }
     }
 
@@ -207,6 +211,47 @@ impl OpenFile {
         self.failed = Some(error.clone());
         self.written_out_of_order();
         error
+    }
+
+    /// A write-behind that had freed part of the spool did not store the file: the file
+    /// fails (nothing of this content is stored; reads of it fail as well).
+    fn spool_lost(&mut self, error: StoreError) -> StoreError {
+        let error = StoreError::new(
+            error.errno,
+            format!("storing the file behind its writer failed after part of it left the spool ({error})"),
+        );
+        self.spool_lost = true;
+        self.failed.get_or_insert(error).clone()
+    }
+
+    /// Reads of the spool fail once part of it is lost.
+    fn check_spool_readable(&self) -> StoreResult<()> {
+        match (&self.failed, self.spool_lost) {
+            (Some(error), true) => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops the write-behind, if one runs (its put fails). If it had freed part of the
+    /// spool, the file is lost: see [`OpenFile::spool_lost`].
+    fn drop_behind(&mut self) {
+        if let Some(behind) = self.behind.take() {
+            if !behind.abandon() {
+                self.spool_lost(StoreError::new(libc::EIO, "it was abandoned"));
+            }
+        }
+    }
+
+    /// A truncating open: the content starts over, whatever happened to the old one.
+    fn start_over(&mut self) -> StoreResult<()> {
+        self.written_out_of_order();
+        self.spool.set_len(0).map_err(io_error)?;
+        self.failed = None;
+        self.spool_lost = false;
+        self.spool_in_store = false;
+        self.dirty = true;
+        self.appended_bytes = Some(0);
+        Ok(())
     }
 
     /// The file `name` was stored as the spool holds it.
@@ -234,13 +279,13 @@ impl OpenFile {
     /// Removed, or replaced by another file of its name: nothing of it is stored.
     pub fn mark_unlinked(&mut self) {
         self.unlinked = true;
-        self.behind = None;
+        self.drop_behind();
     }
 
     /// Written anywhere but at its end (or resized): the write-behind cannot follow.
     fn written_out_of_order(&mut self) {
         self.appended_bytes = None;
-        self.behind = None;
+        self.drop_behind();
     }
 }
 
@@ -502,13 +547,7 @@ impl State {
             }
         };
         if truncate {
-            let mut open = lock(&file);
-            open.written_out_of_order();
-            open.spool.set_len(0).map_err(io_error)?;
-            open.failed = None;
-            open.spool_in_store = false;
-            open.dirty = true;
-            open.appended_bytes = Some(0);
+            lock(&file).start_over()?;
         }
         Ok(self.add_handle(Handle { name: name.to_owned(), file: Some(file), source: None }))
     }
@@ -523,11 +562,49 @@ impl State {
         Ok(handle.file.clone().or_else(|| self.open_files.get(&handle.name).cloned()))
     }
 
+    /// Makes `file`'s spool hold all of file `name` and keep it. A write-behind that freed
+    /// part of it already is finished first: the file is stored as written so far (as an
+    /// fsync would store it), and the spool refilled from the store. One that freed
+    /// nothing frees nothing more. Reads of an open file, writes back into it and resizes
+    /// come here; `cp` does none of them.
+    fn whole_spool(&mut self, name: &str, file: &mut OpenFile) -> StoreResult<()> {
+        file.check_spool_readable()?;
+        if file.behind.as_ref().is_some_and(WriteBehind::keep_spool_freed_any) {
+            let behind = file.behind.take().expect("checked above");
+            match behind.finish() {
+                Ok(record) => {
+                    file.stored();
+                    self.note_stored(record);
+                }
+                // Whole again, not stored: stored whole on close, as without write-behind.
+                Err(failed) => self.restore_freed(file, &failed)?,
+            }
+        }
+        file.refill(name, &mut self.store)
+    }
+
+    /// A write-behind failed: what it had freed from the spool is read back from the node
+    /// (durable there, under its file id, until garbage collection's grace period ends), so
+    /// that the spool holds the whole file again. If that fails as well, the file is lost.
+    fn restore_freed(&mut self, file: &mut OpenFile, failed: &Failed) -> StoreResult<()> {
+        if failed.freed_bytes == 0 {
+            return Ok(());
+        }
+        self.store.restore_durable(failed.file_id, failed.written_bytes, failed.freed_bytes, &file.spool).map_err(
+            |restore| {
+                file.spool_lost(StoreError::new(
+                    restore.errno,
+                    format!("{}; reading back what it had stored failed as well: {restore}", failed.error),
+                ))
+            },
+        )
+    }
+
     pub fn read(&mut self, fh: u64, offset: u64, size: u32) -> StoreResult<ReadBytes> {
         if let Some(file) = self.spool_of(fh)? {
             let name = self.handle(fh)?.name.clone();
             let mut file = lock(&file);
-            file.refill(&name, &mut self.store)?;
+            self.whole_spool(&name, &mut file)?;
             let len = file.spool.metadata().map_err(io_error)?.len();
             let want = (size as u64).min(len.saturating_sub(offset)) as usize;
             let mut out = vec![0u8; want];
@@ -599,8 +676,8 @@ impl State {
         let name = self.handle(fh)?.name.clone();
         let mut file = lock(&file);
         file.check_not_failed()?;
-        file.refill(&name, &mut self.store)?;
         if file.appended_bytes != Some(offset) {
+            self.whole_spool(&name, &mut file)?;
             file.written_out_of_order();
         }
         if let Err(error) = file.spool.write_all_at(data, offset) {
@@ -640,9 +717,14 @@ impl State {
                     self.note_stored(record);
                     return Ok(());
                 }
-                // A full disk stays full for a second try of the same bytes.
-                Err(error) if error.errno == libc::ENOSPC => return Err(error),
-                Err(error) => tracing::debug!("write-behind of {name} failed ({error}): storing it whole"),
+                Err(failed) => {
+                    self.restore_freed(&mut open, &failed)?;
+                    // A full disk stays full for a second try of the same bytes.
+                    if failed.error.errno == libc::ENOSPC {
+                        return Err(failed.error);
+                    }
+                    tracing::debug!("write-behind of {name} failed ({}): storing it whole", failed.error);
+                }
             }
         }
         open.spool.seek(SeekFrom::Start(0)).map_err(io_error)?;
@@ -693,7 +775,7 @@ impl State {
         if let Some(file) = open {
             let mut file = lock(&file);
             file.check_not_failed()?;
-            file.refill(name, &mut self.store)?;
+            self.whole_spool(name, &mut file)?;
             file.written_out_of_order();
             if let Err(error) = file.spool.set_len(size) {
                 return Err(file.spool_failed(error));
@@ -720,7 +802,7 @@ impl State {
             Some(file) => {
                 let mut open = lock(&file);
                 // Its handles keep working on what it held.
-                if let Err(error) = open.refill(name, &mut self.store) {
+                if let Err(error) = self.whole_spool(name, &mut open) {
                     tracing::warn!("{name} removed while open: its open handles lost it ({error})");
                 }
                 open.mark_unlinked();

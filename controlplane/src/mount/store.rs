@@ -2,7 +2,9 @@
 //! client library the CLI uses (UDP today; a faster local transport slots in under
 //! [`Client`] without this file changing), with every failure mapped to an `errno`.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 
 use crate::client::cluster::{ClusterClient, ClusterError};
 use crate::client::{Client, ClientError, ClientOptions};
@@ -194,6 +196,47 @@ impl Store {
                 Ok(cluster.put_reader(name, reader, "the spool file", &mut |_| {}).map(|layout| layout.record)?)
             }
         }
+    }
+
+    /// [`Store::put`] of a file being written, telling `on_durable` how many bytes from its
+    /// start are durable so far, each time that grows. To a single node the chunks go under
+    /// `file_id` (from [`crate::client::new_file_id`]), so that [`Store::restore_durable`]
+    /// can read them back should the put fail before its commit. A cluster picks its own
+    /// file id and reports nothing: restoring would need the replicas of a put that never
+    /// committed its layout.
+    pub fn put_behind(
+        &mut self,
+        name: &str,
+        file_id: u64,
+        reader: &mut dyn Read,
+        on_durable: &mut dyn FnMut(u64),
+    ) -> StoreResult<FileRecord> {
+        match self {
+            Store::Node(client) => Ok(client.put_reader_as(name, file_id, reader, "the spool file", on_durable)?),
+            Store::Cluster(_) => self.put(name, reader),
+        }
+    }
+
+    /// Writes into `spool`, at their offsets, the chunks covering its first `len_bytes`
+    /// that a [`Store::put_behind`] of `file_id` made durable before it failed (the file
+    /// being `size_bytes` long then). Each chunk comes checked by the node's checksums.
+    pub fn restore_durable(&mut self, file_id: u64, size_bytes: u64, len_bytes: u64, spool: &File) -> StoreResult<()> {
+        assert!(len_bytes <= size_bytes, "{len_bytes} bytes to restore of a {size_bytes}-byte file");
+        let Store::Node(client) = self else {
+            return Err(StoreError::new(libc::EIO, "a cluster's write-behind keeps its spool whole"));
+        };
+        let chunk_bytes = client.put_chunk_bytes()?;
+        let record =
+            FileRecord { name: String::new(), file_id, size_bytes, chunk_bytes, blake3: [0; 32], created_unix_ms: 0 };
+        let chunk_count = len_bytes.div_ceil(u64::from(chunk_bytes));
+        for index in 0..chunk_count {
+            let want = (record.chunk_id(index), record.chunk_len(index));
+            let chunk = client.get_chunks(&[want]).pop().expect("one answer per chunk asked")?;
+            spool.write_all_at(&chunk, index * u64::from(chunk_bytes)).map_err(|error| {
+                StoreError::new(error.raw_os_error().unwrap_or(libc::EIO), format!("spool file: {error}"))
+            })?;
+        }
+        Ok(())
     }
 
     pub fn remove(&mut self, name: &str) -> StoreResult<()> {
