@@ -713,6 +713,134 @@ fn files_written_in_order_are_stored_behind_the_writer() {
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
 
+/// Bytes of the disk the mount's open spool files (under `spool`) take: freed ranges take
+/// none, though the files keep their length.
+fn spool_allocated_bytes(mount: &Mount, spool: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let pid = mount.process.as_ref().and_then(Process::pid).expect("the mount runs");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(spool)))
+        .map(|fd| std::fs::metadata(fd.path()).map(|meta| meta.blocks() * 512).unwrap_or(0))
+        .sum()
+}
+
+/// Waits (bounded) until the spool files take at most `bytes_max` of the disk.
+fn wait_spool_freed(mount: &Mount, spool: &Path, bytes_max: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spool_allocated_bytes(mount, spool) > bytes_max {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the spool still takes {} bytes (at most {bytes_max} expected):\n{}",
+            spool_allocated_bytes(mount, spool),
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A write-behind frees from the spool what the node made durable: with 28 MiB written and
+/// the file still open, the spool keeps its length but takes at most 12 MiB of the disk.
+/// The open file still reads back whole (the put is finished and the spool refilled from
+/// the node), takes a write back into a freed range, and a truncate there: what is stored
+/// on close is byte for byte what was written.
+#[test]
+fn the_spool_frees_what_the_node_made_durable_and_the_open_file_stays_whole() {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    if skip_without_fuse("the_spool_frees_what_the_node_made_durable_and_the_open_file_stays_whole") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    let spool = tmp.path().join("spool");
+    let mount = Mount::start(&tmp.path().join("mnt"), &spool, &node_args(&node));
+    let open_rw = |name: &str| {
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(mount.path(name)).unwrap()
+    };
+    let write_in_order = |file: &mut std::fs::File, data: &[u8]| {
+        for piece in data.chunks(MIB) {
+            file.write_all(piece).unwrap();
+        }
+    };
+    let stored_back = |name: &str, expected: &[u8]| {
+        let back = node.cli(&["get", name, "-o", "-"]);
+        assert!(back.status.success(), "{name}: {}\n{}", String::from_utf8_lossy(&back.stderr), mount.log());
+        assert!(back.stdout == expected, "{name} was stored different from what was written");
+        assert!(std::fs::read(mount.path(name)).unwrap() == expected, "{name} reads back different");
+    };
+
+    // Read back, then written back into, while open.
+    let mut data = pattern(28 * MIB, 11);
+    let mut file = open_rw("freed");
+    write_in_order(&mut file, &data);
+    wait_spool_freed(&mount, &spool, 12 * MIB as u64, "28 MiB written in order");
+    assert_eq!(std::fs::metadata(mount.path("freed")).unwrap().len(), data.len() as u64, "the length stays");
+    // Through a handle of its own, so that the kernel asks the mount, not its page cache.
+    let mut whole = vec![0u8; data.len()];
+    std::fs::File::open(mount.path("freed")).unwrap().read_exact_at(&mut whole, 0).unwrap();
+    assert!(whole == data, "the open file read back different once its spool was freed");
+    assert!(spool_allocated_bytes(&mount, &spool) >= data.len() as u64, "the spool was refilled for the read");
+    file.write_all_at(b"written again", MIB as u64 + 3).unwrap();
+    data[MIB + 3..MIB + 16].copy_from_slice(b"written again");
+    let tail = pattern(3 * MIB + 5, 12);
+    file.write_all_at(&tail, data.len() as u64).unwrap();
+    data.extend_from_slice(&tail);
+    drop(file);
+    stored_back("freed", &data);
+
+    // Truncated into the freed part, then written on.
+    let data = pattern(20 * MIB, 13);
+    let mut file = open_rw("cut");
+    write_in_order(&mut file, &data);
+    wait_spool_freed(&mount, &spool, 8 * MIB as u64, "20 MiB written in order");
+    file.set_len(6 * MIB as u64 + 1).unwrap();
+    let tail = pattern(MIB + 7, 14);
+    file.write_all_at(&tail, 6 * MIB as u64 + 1).unwrap();
+    drop(file);
+    stored_back("cut", &[&data[..6 * MIB + 1], &tail[..]].concat());
+    assert!(!mount.log().contains("panicked"), "{}", mount.log());
+}
+
+/// A write-behind that fails after freeing part of the spool (the node fills up: 3 of the
+/// 6 chunks fit) reads back from the node what it had freed: `fsync` answers ENOSPC, and
+/// the open file still reads back whole, byte for byte what was written.
+#[test]
+fn a_write_behind_failing_after_freeing_the_spool_reads_it_back_from_the_node() {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    if skip_without_fuse("a_write_behind_failing_after_freeing_the_spool_reads_it_back_from_the_node") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(tmp.path(), &["--auto-tag", "false", "--capacity-bytes", "14000000"]);
+    let spool = tmp.path().join("spool");
+    let mount = Mount::start(&tmp.path().join("mnt"), &spool, &node_args(&node));
+    let data = pattern(24 * MIB, 15);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(mount.path("too-big"))
+        .unwrap();
+    for piece in data.chunks(MIB) {
+        file.write_all(piece).unwrap();
+    }
+    wait_spool_freed(&mount, &spool, 16 * MIB as u64, "24 MiB written in order to a 14 MB node");
+    let error = file.sync_all().expect_err("24 MiB went into a 14 MB node");
+    assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}\n{}", mount.log());
+    assert!(spool_allocated_bytes(&mount, &spool) >= data.len() as u64, "what was freed is back in the spool");
+    let mut whole = vec![0u8; data.len()];
+    std::fs::File::open(mount.path("too-big")).unwrap().read_exact_at(&mut whole, 0).unwrap();
+    assert!(whole == data, "the file read back different after its write-behind failed");
+    drop(file);
+    assert!(!mount.log().contains("panicked"), "{}", mount.log());
+}
+
 /// Reading a file through the mount has the chunks after the one being read fetched in
 /// the background: after one read of its first MiB, the node has served the first chunk
 /// and the 8 after it; the whole file then reads back right, also from the middle.
