@@ -117,6 +117,8 @@ pub struct PutChunk<D: AsRef<[u8]>> {
     timer: Timer,
     start_ms: u64,
     scratch: [u8; HEADER_LEN],
+    /// Hints every fragment carries (`flags::NOT_READ_SOON`), or 0.
+    hint_flags: u8,
     pub fragments_sent: u64,
     pub fragments_resent: u64,
 }
@@ -157,9 +159,17 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
             timer: Timer::new(timing, now_ms),
             start_ms: now_ms,
             scratch: [0; HEADER_LEN],
+            hint_flags: 0,
             fragments_sent: 0,
             fragments_resent: 0,
         }
+    }
+
+    /// Every fragment carries `hint_flags` (only hints: `flags::NOT_READ_SOON`, or 0).
+    pub fn with_flags(mut self, hint_flags: u8) -> Self {
+        assert_eq!(hint_flags & !flags::NOT_READ_SOON, 0, "only hints are the caller's to set");
+        self.hint_flags = hint_flags;
+        self
     }
 
     pub fn chunk_id(&self) -> ChunkId {
@@ -211,7 +221,7 @@ impl<D: AsRef<[u8]>> PutChunk<D> {
         let start = index as usize * usize::from(self.frag_len);
         let len = wire::fragment_len(data.len() as u32, self.frag_len, index) as usize;
         let repr = Repr {
-            flags: if ack_request { flags::ACK_REQUEST } else { 0 },
+            flags: self.hint_flags | if ack_request { flags::ACK_REQUEST } else { 0 },
             request_id: self.request_id,
             chunk_id: self.chunk_id,
             index,

@@ -190,7 +190,11 @@ pub mod flags {
     pub const ACK_REQUEST: u8 = 1;
     /// PutStatus: every fragment is in; the chunk is being made durable.
     pub const COMPLETE: u8 = 2;
-    pub const KNOWN: u8 = ACK_REQUEST | COMPLETE;
+    /// PutFrag (and a shared-memory bulk put): the sender will not read the chunk back
+    /// soon, so the node may drop its pages from the page cache once durable
+    /// (`ChunkStore::drop_when_durable`). A hint; nodes before it refuse the packet.
+    pub const NOT_READ_SOON: u8 = 4;
+    pub const KNOWN: u8 = ACK_REQUEST | COMPLETE | NOT_READ_SOON;
 }
 
 /// Why bytes were rejected by [`Packet::new_checked`].
@@ -583,7 +587,7 @@ mod tests {
     }
 
     prop_compose! {
-        fn arb_repr()(opcode in arb_opcode(), status in arb_status(), flags in 0u8..=3,
+        fn arb_repr()(opcode in arb_opcode(), status in arb_status(), flags in 0u8..=7,
                       credits: u16, request_id: u64, chunk_id: u128, index: u32, count: u32,
                       total_len: u32, frag_len: u16, payload_len in 0u16..2048) -> Repr {
             Repr { opcode, flags, status, credits, request_id, chunk_id, index, count,

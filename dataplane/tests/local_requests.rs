@@ -25,7 +25,27 @@ fn replies(arena: &mut Arena<'_>, tx: &mut TxQueue) -> Vec<Repr> {
 }
 
 fn put(request_id: u64, chunk_id: u128, data: &[u8]) -> LocalRequest<'_> {
-    LocalRequest::Put { peer: local_peer(3), request_id, chunk_id, data }
+    LocalRequest::Put { peer: local_peer(3), request_id, chunk_id, data, not_read_soon: false }
+}
+
+/// A local put carrying the client's not-read-soon hint reaches the store as one; a put
+/// without it does not.
+#[test]
+fn the_not_read_soon_hint_of_a_local_put_reaches_the_store() {
+    let mut sim = SimHarness::new(SimOptions::new(1, KEY), MemStore::new(), NoControl);
+    let poll = &mut sim.poll;
+    let mut tx = TxQueue::new();
+    let data = pattern(5_000, 2);
+    let hinted =
+        LocalRequest::Put { peer: local_peer(3), request_id: 1, chunk_id: 7, data: &data, not_read_soon: true };
+    poll.node.serve_local(0, &mut poll.arena, &mut tx, hinted);
+    poll.node.serve_local(0, &mut poll.arena, &mut tx, put(2, 8, &data));
+    poll.node.poll_store(&mut poll.arena, &mut tx);
+    let done = replies(&mut poll.arena, &mut tx);
+    assert_eq!(done.iter().filter(|reply| reply.opcode == Opcode::PutDone).count(), 2, "{done:?}");
+    assert!(poll.node.store().hinted_not_read_soon(7), "the hinted put reached the store without its hint");
+    assert!(!poll.node.store().hinted_not_read_soon(8), "a put without the hint arrived with one");
+    assert_eq!(poll.node.store().chunk(7), Some(&data[..]));
 }
 
 fn get(request_id: u64, chunk_id: u128, offset: u32, out: &mut [u8]) -> LocalRequest<'_> {

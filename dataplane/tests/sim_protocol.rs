@@ -8,8 +8,8 @@ use beeline_dataplane::node::allow::{Allowlist, Prefix};
 use beeline_dataplane::store::mem::MemStore;
 use beeline_dataplane::store::{ChunkStore, Durable, PutReservation, StoreError};
 use beeline_dataplane::testkit::fuzzing::pattern;
-use beeline_dataplane::testkit::harness::{self, SimHarness, SimOptions, outcome};
-use beeline_dataplane::wire::{ClusterKey, Opcode, Repr, Status};
+use beeline_dataplane::testkit::harness::{self, Machine, SimHarness, SimOptions, outcome};
+use beeline_dataplane::wire::{ClusterKey, Opcode, Repr, Status, flags};
 
 const KEY: ClusterKey = ClusterKey::new([0x42; 32]);
 const FRAG: u16 = 1400;
@@ -36,6 +36,22 @@ fn chunks_round_trip_without_impairments() {
     let counters = *sim.poll.node.counters();
     assert_eq!(counters.chunks_stored, 7);
     assert_eq!(counters.dropped_total(), 0);
+}
+
+/// A put whose fragments carry the not-read-soon hint reaches the store as hinted (the
+/// disk store then drops its pages once durable); a put without it does not.
+#[test]
+fn a_put_hinted_not_to_be_read_soon_reaches_the_store_with_its_hint() {
+    let mut sim = harness(SimOptions::new(1, KEY));
+    let data = pattern(300_000, 3);
+    let Machine::Put(put) = sim.put_machine(1, &data, FRAG) else { unreachable!("a put machine") };
+    let mut machines = [Machine::Put(Box::new(put.with_flags(flags::NOT_READ_SOON)))];
+    outcome(sim.run(&mut machines, 1_000_000)[0]).expect("the hinted put completes");
+    sim.put(2, &data, FRAG).expect("the plain put completes");
+    let store = sim.poll.node.store();
+    assert_eq!(store.chunk(1), Some(&data[..]));
+    assert!(store.hinted_not_read_soon(1), "the hint did not reach the store");
+    assert!(!store.hinted_not_read_soon(2), "a put without the hint arrived with one");
 }
 
 /// A store that records whether every payload slice the node hands it lies inside the

@@ -86,18 +86,22 @@ pub struct BulkPut {
 }
 
 impl BulkPut {
-    /// Copies `data` into `slot` (the client's one copy) and prepares the request.
+    /// Copies `data` into `slot` (the client's one copy) and prepares the request, with
+    /// `flags` (a hint such as `flags::NOT_READ_SOON`, or 0).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         link: &ShmLink,
         slot: BulkSlot,
         chunk_id: ChunkId,
         request_id: u64,
         data: ChunkBytes,
+        flags: u8,
         timing: Timing,
         now_ms: u64,
     ) -> BulkPut {
         let no_slot = !link.write_bulk(slot.index, data.as_ref());
         let request = Repr {
+            flags,
             request_id,
             chunk_id,
             index: slot.index,

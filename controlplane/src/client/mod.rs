@@ -98,6 +98,10 @@ pub struct ClientOptions {
     pub transport: Transport,
     /// The node's shared-memory socket; `None` = the default path for its port.
     pub shm_socket: Option<std::path::PathBuf>,
+    /// Puts tell the node their chunks will not be read back soon (`flags::NOT_READ_SOON`):
+    /// it then drops their pages from its page cache once durable. For bulk copies in,
+    /// such as the mount's write-behind; a GET right after such a PUT reads the disk.
+    pub puts_not_read_soon: bool,
 }
 
 /// How a client reaches its node.
@@ -131,6 +135,7 @@ impl ClientOptions {
             rekey_after_ms: REKEY_AFTER_MS_DEFAULT,
             transport: Transport::Auto,
             shm_socket: None,
+            puts_not_read_soon: false,
         }
     }
 }
@@ -311,14 +316,15 @@ impl Client {
         let request_id = self.request_id();
         let now_ms = self.now_ms();
         let timing = self.options.timing;
+        let hint = if self.options.puts_not_read_soon { wire::flags::NOT_READ_SOON } else { 0 };
         if let Some(link) = self.shm.as_ref().filter(|link| data.as_ref().len() <= link.bulk_slot_bytes()) {
             if let Some(slot) = self.bulk_slots.take(link.bulk_slots()) {
-                let mut put = BulkPut::new(link, slot, chunk_id, request_id, data, timing, now_ms);
+                let mut put = BulkPut::new(link, slot, chunk_id, request_id, data, hint, timing, now_ms);
                 put.start(link);
                 return Op::BulkPut(Box::new(put));
             }
         }
-        let mut put = PutChunk::new(chunk_id, request_id, data, frag_len, window, timing, now_ms);
+        let mut put = PutChunk::new(chunk_id, request_id, data, frag_len, window, timing, now_ms).with_flags(hint);
         put.start(now_ms, &mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
         Op::Put(Box::new(put))
     }

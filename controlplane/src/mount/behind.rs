@@ -101,6 +101,14 @@ impl WriteBehind {
         let progress = Arc::new(Progress::default());
         progress.lock().written_bytes = written_bytes;
         let file_id = crate::client::new_file_id();
+        // A file copied in is seldom read back at once: the node drops what it wrote from
+        // its page cache, instead of filling fresh memory with all of it.
+        let target = match target {
+            Target::Node(options) => {
+                Target::Node(crate::client::ClientOptions { puts_not_read_soon: true, ..options.clone() })
+            }
+            Target::Cluster { .. } => target.clone(),
+        };
         // What a cluster made durable cannot be read back before the put commits (see
         // `Store::put_behind`), so its spool is kept whole.
         let can_free = matches!(target, Target::Node(_));
@@ -108,7 +116,7 @@ impl WriteBehind {
             let mut freer = SpoolFreer { spool: spool.try_clone()?, progress: progress.clone(), can_free };
             // Unbuffered: the put reads whole chunks straight into its buffers.
             let mut reader = SpoolTail { spool, position: 0, progress: progress.clone() };
-            let (target, name) = (target.clone(), name.to_owned());
+            let name = name.to_owned();
             std::thread::Builder::new().name("beeline-write-behind".into()).spawn(move || {
                 let mut store = Store::open(&target)?;
                 store.put_behind(&name, file_id, &mut reader, &mut |durable_bytes| freer.free_up_to(durable_bytes))

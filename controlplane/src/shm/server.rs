@@ -125,6 +125,8 @@ struct BulkRequest {
     len: usize,
     /// Get: the first byte of the chunk to read.
     chunk_offset: u32,
+    /// Put: the client's hint that it will not read the chunk back soon.
+    not_read_soon: bool,
 }
 
 impl ShmServer {
@@ -440,7 +442,13 @@ impl ShmServer {
             let bytes = client.region.bulk_mut(request.at, request.len);
             let peer = client.peer;
             let local = if request.put {
-                LocalRequest::Put { peer, request_id: request.request_id, chunk_id: request.chunk_id, data: bytes }
+                LocalRequest::Put {
+                    peer,
+                    request_id: request.request_id,
+                    chunk_id: request.chunk_id,
+                    data: bytes,
+                    not_read_soon: request.not_read_soon,
+                }
             } else {
                 LocalRequest::Get {
                     peer,
@@ -625,6 +633,7 @@ fn parse_bulk(region: &Region, client: u16, at: usize) -> Result<BulkRequest, Re
         at: slot_at,
         len: repr.total_len as usize,
         chunk_offset: if put { 0 } else { repr.count },
+        not_read_soon: put && repr.flags & wire::flags::NOT_READ_SOON != 0,
     })
 }
 

@@ -92,7 +92,8 @@ pub enum Readiness {
 #[derive(Debug)]
 pub enum LocalRequest<'a> {
     /// Store `data` as chunk `chunk_id`; answered with `PutDone` once durable.
-    Put { peer: SocketAddr, request_id: u64, chunk_id: crate::wire::ChunkId, data: &'a [u8] },
+    /// `not_read_soon`: the client's hint (`flags::NOT_READ_SOON`).
+    Put { peer: SocketAddr, request_id: u64, chunk_id: crate::wire::ChunkId, data: &'a [u8], not_read_soon: bool },
     /// Read chunk `chunk_id` from byte `offset` into `out` (at most its length); answered
     /// with a header-only `GetData` whose `total_len` is the chunk's length and `count`
     /// the bytes placed in `out`.

@@ -17,10 +17,10 @@ impl<S: ChunkStore, C: ControlHandler<S>> Node<'_, S, C> {
         self.now_ms = self.now_ms.max(now_ms);
         self.counters.local_requests += 1;
         let outcome = match request {
-            LocalRequest::Put { peer, request_id, chunk_id, data } => {
+            LocalRequest::Put { peer, request_id, chunk_id, data, not_read_soon } => {
                 assert!(local_client(&peer).is_some(), "only a local client's memory can be shared");
                 let to = ReplyTo { peer, session: SessionRef::LOCAL, request_id, chunk_id };
-                match self.local_put(now_ms, to, data) {
+                match self.local_put(now_ms, to, data, not_read_soon) {
                     Ok(None) => Ok(()),
                     Ok(Some(total_len)) => {
                         let done = Repr { total_len, ..Self::reply_header(Opcode::PutDone, to) };
@@ -51,7 +51,7 @@ impl<S: ChunkStore, C: ControlHandler<S>> Node<'_, S, C> {
 
     /// Writes and commits a whole chunk; `Ok(Some(len))` when it was durable already (a
     /// retried put), `Ok(None)` when `PutDone` follows from the durable path.
-    fn local_put(&mut self, now_ms: u64, to: ReplyTo, data: &[u8]) -> Result<Option<u32>, Status> {
+    fn local_put(&mut self, now_ms: u64, to: ReplyTo, data: &[u8], not_read_soon: bool) -> Result<Option<u32>, Status> {
         let total_len = u32::try_from(data.len()).map_err(|_| Status::TooLarge)?;
         if total_len > self.config.chunk_bytes_max {
             return Err(Status::TooLarge);
@@ -76,6 +76,9 @@ impl<S: ChunkStore, C: ControlHandler<S>> Node<'_, S, C> {
         }
         let index = self.slots.iter().position(|slot| slot.state == SlotState::Free).ok_or(Status::Busy)?;
         let reservation = self.store.begin_put(to.chunk_id, total_len).map_err(store_status)?;
+        if not_read_soon {
+            self.store.drop_when_durable(reservation);
+        }
         if let Err(error) = self.store.write_at(reservation, 0, data) {
             self.store.abort_put(reservation);
             return Err(store_status(error));

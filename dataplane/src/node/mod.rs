@@ -635,6 +635,9 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
                     Ok(reservation) => reservation,
                     Err(error) => return Err(PutReply::Error(store_status(error))),
                 };
+                if repr.flags & flags::NOT_READ_SOON != 0 {
+                    self.store.drop_when_durable(reservation);
+                }
                 let slot = &mut self.slots[index];
                 slot.state = SlotState::Receiving;
                 slot.generation = slot.generation.wrapping_add(1);

@@ -1,7 +1,7 @@
 //! An in-memory chunk store: the store for `sim` tests and for benchmarks of the poll
 //! loop without disk I/O. Changes become "durable" on the next `poll_durable`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::vec::Vec;
 
 use std::time::Instant;
@@ -22,6 +22,9 @@ pub struct MemStore {
     puts_in_flight_max: usize,
     /// Fault injection: every write fails with `StoreError::Io` while set.
     failing_writes: bool,
+    /// Chunks whose puts carried the not-read-soon hint (there is no page cache to drop
+    /// them from: kept so that tests see the hint arrive).
+    hinted_not_read_soon: HashSet<ChunkId>,
 }
 
 impl MemStore {
@@ -41,6 +44,11 @@ impl MemStore {
 
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
+    }
+
+    /// Whether a put of `id` was hinted not to be read soon ([`ChunkStore::drop_when_durable`]).
+    pub fn hinted_not_read_soon(&self, id: ChunkId) -> bool {
+        self.hinted_not_read_soon.contains(&id)
     }
 
     /// Makes every write fail with `StoreError::Io` (a disk that returns EIO) until
@@ -68,6 +76,11 @@ impl ChunkStore for MemStore {
         self.next_reservation = self.next_reservation.wrapping_add(1);
         self.reservations.insert(self.next_reservation, (id, vec![0; len as usize]));
         Ok(PutReservation(self.next_reservation))
+    }
+
+    fn drop_when_durable(&mut self, put: PutReservation) {
+        let (id, _) = self.reservations.get(&put.0).expect("a hint for an unknown reservation");
+        self.hinted_not_read_soon.insert(*id);
     }
 
     fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError> {

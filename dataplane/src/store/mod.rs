@@ -91,6 +91,14 @@ pub trait ChunkStore {
     /// Gives up a reservation (the client went away); its space is reclaimed later.
     fn abort_put(&mut self, put: PutReservation);
 
+    /// A hint for a reserved chunk: its client will not read it back soon (a file copied
+    /// in through the mount), so the store may drop its pages from the page cache once
+    /// durable instead of keeping them at the cost of fresh memory. Stores without a page
+    /// cache ignore it.
+    fn drop_when_durable(&mut self, put: PutReservation) {
+        let _ = put;
+    }
+
     /// Deletes a chunk; reported by `poll_durable` with `ticket` once durable. Deleting an
     /// absent chunk succeeds (deletes are idempotent).
     fn delete(&mut self, id: ChunkId, ticket: u64) -> Result<(), StoreError>;

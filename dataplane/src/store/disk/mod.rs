@@ -337,6 +337,8 @@ struct Reservation {
     written_bytes: u64,
     /// Checksum of the fragments written so far.
     crc: crc::PayloadCrc,
+    /// Its pages leave the page cache once durable ([`ChunkStore::drop_when_durable`]).
+    drop_when_durable: bool,
 }
 
 struct Slot {
@@ -662,7 +664,7 @@ impl DiskStore {
     }
 
     /// Queues `ticket` for the group-commit thread; `segment` is the segment holding the
-    /// change, if any.
+    /// change, if any; `written`, a range of it whose pages leave the page cache once synced.
     fn queue_durable(
         &mut self,
         ticket: u64,
@@ -672,7 +674,6 @@ impl DiskStore {
         assert!(self.outstanding.len() < self.config.max_pending_durable, "durability queue over its bound");
         assert!(written.is_none() || segment.is_some(), "a written range belongs to a segment");
         let file = segment.map(|id| Arc::clone(&self.segments[&id].file));
-        let written = written.filter(|_| self.config.drop_written_pages);
         let request = Request::Sync { ticket, segment: file, written, dir_sync: self.dir_dirty };
         match self.requests.try_send(request) {
             Ok(()) => {
@@ -722,8 +723,15 @@ impl ChunkStore for DiskStore {
         let slot_entry = &mut self.slots[usize::from(slot)];
         assert!(slot_entry.put.is_none(), "free slot {slot} is in use");
         slot_entry.generation = slot_entry.generation.wrapping_add(1);
-        slot_entry.put =
-            Some(Reservation { id, segment, record_offset, len, written_bytes: 0, crc: crc::PayloadCrc::default() });
+        slot_entry.put = Some(Reservation {
+            id,
+            segment,
+            record_offset,
+            len,
+            written_bytes: 0,
+            crc: crc::PayloadCrc::default(),
+            drop_when_durable: false,
+        });
         slot_entry.blocks.start();
         self.puts_in_flight += 1;
         Ok(PutReservation((u32::from(slot_entry.generation) << 16) | u32::from(slot)))
@@ -794,7 +802,8 @@ impl ChunkStore for DiskStore {
         file.write_all_at(&commit, reservation.record_offset + COMMIT_OFFSET)
             .map_err(|error| io_store_error(&error))?;
         let written = (reservation.record_offset, record_bytes(reservation.len));
-        self.queue_durable(ticket, Some(reservation.segment), Some(written))?;
+        let drop_pages = self.config.drop_written_pages || reservation.drop_when_durable;
+        self.queue_durable(ticket, Some(reservation.segment), Some(written).filter(|_| drop_pages))?;
         let table = self.slots[slot].blocks.finish(&reservation.crc, u64::from(reservation.len));
         self.release_slot(slot, &reservation);
         let location = Location {
@@ -810,6 +819,13 @@ impl ChunkStore for DiskStore {
             self.keep_put_table(reservation.id, table);
         }
         Ok(())
+    }
+
+    fn drop_when_durable(&mut self, put: PutReservation) {
+        let (slot, _) = self.reservation(put);
+        if let Some(reservation) = self.slots[slot].put.as_mut() {
+            reservation.drop_when_durable = true;
+        }
     }
 
     fn abort_put(&mut self, put: PutReservation) {

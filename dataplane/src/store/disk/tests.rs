@@ -778,3 +778,37 @@ fn durable_puts_leave_the_page_cache_when_asked() {
         assert_eq!(read_all(&mut store, 7).unwrap(), data);
     }
 }
+
+/// The per-put hint (`drop_when_durable`) drops that put's pages once durable, in a store
+/// that keeps every other put's: the one put beside it stays cached.
+#[test]
+fn a_put_hinted_not_to_be_read_soon_leaves_the_page_cache_alone_of_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    if skip_on_tmpfs("a_put_hinted_not_to_be_read_soon_leaves_the_page_cache_alone_of_its_neighbours", dir.path()) {
+        return;
+    }
+    let mut store = open(dir.path(), DiskStoreConfig { segment_bytes: 1 << 20, ..small_config() });
+    let (hinted, kept) = (pattern(7, 60_000), pattern(8, 60_000));
+    let reservation = store.begin_put(7, hinted.len() as u32).unwrap();
+    store.drop_when_durable(reservation);
+    store.write_at(reservation, 0, &hinted).unwrap();
+    store.commit_put(reservation, 1).unwrap();
+    put(&mut store, 8, &kept, 2);
+    drain_all(&mut store);
+    let pages = record_pages_cached(&store, 7).1;
+    assert!(pages >= 10, "a 60 kB record spans at least 10 whole pages");
+    // The sync thread drops them just after it reports the put durable: wait (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while record_pages_cached(&store, 7).0 > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {pages} hinted pages still cached",
+            record_pages_cached(&store, 7).0
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (cached, pages) = record_pages_cached(&store, 8);
+    assert_eq!(cached, pages, "the put without the hint stays cached");
+    assert_eq!(read_all(&mut store, 7).unwrap(), hinted);
+    assert_eq!(read_all(&mut store, 8).unwrap(), kept);
+}
