@@ -641,19 +641,6 @@ fn after_a_disk_full_put_gc_makes_room_for_one_that_fits() {
     assert!(node.cli(&["get", "fits", "-o", "-"]).stdout == pattern(30 << 20, 4));
 }
 
-/// Bytes of the node's segment files that the page cache holds (`fincore`).
-fn segment_bytes_cached(node: &TestNode) -> u64 {
-    let chunks = node.dir.join("data").join("chunks");
-    let mut fincore = Command::new("fincore");
-    fincore.args(["--bytes", "--noheadings", "--output", "RES"]);
-    for entry in std::fs::read_dir(&chunks).unwrap() {
-        fincore.arg(entry.unwrap().path());
-    }
-    let out = fincore.output().expect("run fincore");
-    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|line| line.trim().parse::<u64>().unwrap()).sum()
-}
-
 /// `--drop-written-pages`: once `beeline put` has returned (every chunk durable), the
 /// node's segment files soon hold none of the file in the page cache; without the flag
 /// they hold all of it. The file reads back whole either way.
@@ -688,11 +675,11 @@ fn a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached() {
             // The sync thread drops them just after it reports the chunks durable (a page
             // a record shares with the next may stay): wait, bounded.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while segment_bytes_cached(&node) > 64 << 10 {
+            while node.segment_bytes_cached() > 64 << 10 {
                 assert!(
                     Instant::now() < deadline,
                     "{} bytes of the put still cached with --drop-written-pages",
-                    segment_bytes_cached(&node)
+                    node.segment_bytes_cached()
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -700,7 +687,7 @@ fn a_node_told_to_drop_written_pages_keeps_none_of_a_put_cached() {
             // The control: without the flag the put stays cached. Not every page of it:
             // the kernel may evict a few under the other tests' memory use (CI once saw
             // 3 of 4096 pages gone), so half is the bar, far above the 64 KiB left with it.
-            let cached = segment_bytes_cached(&node);
+            let cached = node.segment_bytes_cached();
             assert!(cached >= data.len() as u64 / 2, "only {cached} bytes of a {}-byte put cached", data.len());
         }
         let back = node.cli(&["get", "file", "-o", "-"]);

@@ -841,18 +841,6 @@ fn a_write_behind_failing_after_freeing_the_spool_reads_it_back_from_the_node() 
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
 
-/// Bytes of the node's segment files that the page cache holds (`fincore`).
-fn node_bytes_cached(node: &TestNode) -> u64 {
-    let mut fincore = Command::new("fincore");
-    fincore.args(["--bytes", "--noheadings", "--output", "RES"]);
-    for entry in std::fs::read_dir(node.dir.join("data").join("chunks")).unwrap() {
-        fincore.arg(entry.unwrap().path());
-    }
-    let out = fincore.output().expect("run fincore");
-    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|line| line.trim().parse::<u64>().unwrap()).sum()
-}
-
 /// A file copied in through the mount is stored with the not-read-soon hint: once its
 /// puts are durable the node keeps (almost) none of it in its page cache, where the same
 /// file stored by `beeline put` stays cached. Both read back whole.
@@ -881,15 +869,15 @@ fn a_file_copied_in_leaves_the_nodes_page_cache_once_durable() {
     let data = pattern(24 * MIB, 16);
     std::fs::write(work.join("big"), &data).unwrap();
 
-    let before = node_bytes_cached(&node);
+    let before = node.segment_bytes_cached();
     sh_ok(&format!("cp '{}' '{}'", work.join("big").display(), mount.path("copied").display()));
     // The sync thread drops the pages just after it reports them durable: wait, bounded.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node_bytes_cached(&node).saturating_sub(before) > MIB as u64 {
+    while node.segment_bytes_cached().saturating_sub(before) > MIB as u64 {
         assert!(
             Instant::now() < deadline,
             "{} bytes of a 24 MiB copy in still cached by the node:\n{}",
-            node_bytes_cached(&node).saturating_sub(before),
+            node.segment_bytes_cached().saturating_sub(before),
             mount.log()
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -897,9 +885,9 @@ fn a_file_copied_in_leaves_the_nodes_page_cache_once_durable() {
 
     // The control: the same file stored by `beeline put` stays cached (half is the bar: the
     // kernel may evict a few pages under other tests' memory use).
-    let before = node_bytes_cached(&node);
+    let before = node.segment_bytes_cached();
     ok(&node.cli(&["put", work.join("big").to_str().unwrap(), "--as", "put"]));
-    let cached = node_bytes_cached(&node).saturating_sub(before);
+    let cached = node.segment_bytes_cached().saturating_sub(before);
     assert!(cached >= data.len() as u64 / 2, "only {cached} bytes of a 24 MiB `beeline put` cached");
 
     for name in ["copied", "put"] {

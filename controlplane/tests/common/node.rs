@@ -105,6 +105,19 @@ impl TestNode {
     pub fn process(&mut self) -> &mut Process {
         self.process.as_mut().expect("running")
     }
+
+    /// Bytes of the node's segment files that the page cache holds (`fincore`, which
+    /// the caller checks for first).
+    pub fn segment_bytes_cached(&self) -> u64 {
+        let mut fincore = Command::new("fincore");
+        fincore.args(["--bytes", "--noheadings", "--output", "RES"]);
+        for entry in std::fs::read_dir(self.dir.join("data").join("chunks")).unwrap() {
+            fincore.arg(entry.unwrap().path());
+        }
+        let out = fincore.output().expect("run fincore");
+        assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|line| line.trim().parse::<u64>().unwrap()).sum()
+    }
 }
 
 pub fn ok(output: &Output) -> String {
