@@ -601,6 +601,22 @@ fn the_mount_on_a_three_node_cluster_survives_a_node_killed_while_reading() {
     }
 }
 
+/// Writes `data` at the file's end in 1 MiB pieces, as `cp` does.
+fn write_in_order(file: &mut std::fs::File, data: &[u8]) {
+    use std::io::Write;
+    for piece in data.chunks(MIB) {
+        file.write_all(piece).unwrap();
+    }
+}
+
+/// File `name` is stored as `expected`, and reads back so through the mount.
+fn assert_stored(node: &TestNode, mount: &Mount, name: &str, expected: &[u8]) {
+    let back = node.cli(&["get", name, "-o", "-"]);
+    assert!(back.status.success(), "{name}: {}\n{}", String::from_utf8_lossy(&back.stderr), mount.log());
+    assert!(back.stdout == expected, "{name} was stored different from what was written");
+    assert!(std::fs::read(mount.path(name)).unwrap() == expected, "{name} reads back different");
+}
+
 /// A file written in order is stored while it is being written (write-behind): with the
 /// file still open, the node already holds its first chunks. Written back into, truncated
 /// or removed while open, the write-behind gives up and the file is stored whole on close
@@ -622,17 +638,7 @@ fn files_written_in_order_are_stored_behind_the_writer() {
     let chunks_stored = || metric(&metrics, "beeline_puts_total");
     let spool = tmp.path().join("spool");
     let mount = Mount::start(&tmp.path().join("mnt"), &spool, &node_args(&node));
-    let stored_back = |name: &str, expected: &[u8]| {
-        let back = node.cli(&["get", name, "-o", "-"]);
-        assert!(back.status.success(), "{name}: {}\n{}", String::from_utf8_lossy(&back.stderr), mount.log());
-        assert!(back.stdout == expected, "{name} was stored different from what was written");
-        assert!(std::fs::read(mount.path(name)).unwrap() == expected, "{name} reads back different");
-    };
-    let write_in_order = |file: &mut std::fs::File, data: &[u8]| {
-        for piece in data.chunks(MIB) {
-            file.write_all(piece).unwrap();
-        }
-    };
+    let stored_back = |name: &str, expected: &[u8]| assert_stored(&node, &mount, name, expected);
 
     // In order: most of it is on the node before the close.
     let data = pattern(26 * MIB + 5, 1);
@@ -747,7 +753,6 @@ fn wait_spool_freed(mount: &Mount, spool: &Path, bytes_max: u64, what: &str) {
 /// on close is byte for byte what was written.
 #[test]
 fn the_spool_frees_what_the_node_made_durable_and_the_open_file_stays_whole() {
-    use std::io::Write;
     use std::os::unix::fs::FileExt;
     if skip_without_fuse("the_spool_frees_what_the_node_made_durable_and_the_open_file_stays_whole") {
         return;
@@ -760,17 +765,7 @@ fn the_spool_frees_what_the_node_made_durable_and_the_open_file_stays_whole() {
     let open_rw = |name: &str| {
         std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(mount.path(name)).unwrap()
     };
-    let write_in_order = |file: &mut std::fs::File, data: &[u8]| {
-        for piece in data.chunks(MIB) {
-            file.write_all(piece).unwrap();
-        }
-    };
-    let stored_back = |name: &str, expected: &[u8]| {
-        let back = node.cli(&["get", name, "-o", "-"]);
-        assert!(back.status.success(), "{name}: {}\n{}", String::from_utf8_lossy(&back.stderr), mount.log());
-        assert!(back.stdout == expected, "{name} was stored different from what was written");
-        assert!(std::fs::read(mount.path(name)).unwrap() == expected, "{name} reads back different");
-    };
+    let stored_back = |name: &str, expected: &[u8]| assert_stored(&node, &mount, name, expected);
 
     // Read back, then written back into, while open.
     let mut data = pattern(28 * MIB, 11);
