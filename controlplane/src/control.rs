@@ -269,6 +269,9 @@ pub struct NodeStatus {
     pub counters_next: Option<u32>,
     /// The metadata the node answers to, and, loudly, whether it lost track of it.
     pub metadata: String,
+    /// How long chunks no file references are kept while they do not grow in number
+    /// (`gc_grace_ms`): a put stalled longer loses its chunks (single node).
+    pub gc_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

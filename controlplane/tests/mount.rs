@@ -799,6 +799,44 @@ fn the_spool_frees_what_the_node_made_durable_and_the_open_file_stays_whole() {
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
 
+/// A writer that pauses for a quarter of the node's grace period gets what the
+/// write-behind freed put back into the spool: the node's garbage collection then takes
+/// the stalled put's chunks (its commit fails, as it did before the spool was freed), and
+/// the file is still stored whole from the spool on close.
+#[test]
+fn a_writer_pausing_past_the_grace_period_loses_nothing_that_was_freed() {
+    use std::os::unix::fs::FileExt;
+    if skip_without_fuse("a_writer_pausing_past_the_grace_period_loses_nothing_that_was_freed") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let metrics = free_tcp_address();
+    let node =
+        TestNode::start(tmp.path(), &["--auto-tag", "false", "--gc-grace-ms", "2000", "--metrics-listen", &metrics]);
+    let spool = tmp.path().join("spool");
+    let mount = Mount::start(&tmp.path().join("mnt"), &spool, &node_args(&node));
+    let data = pattern(23 * MIB + 7, 17);
+    let mut file = std::fs::File::create(mount.path("paused-long")).unwrap();
+    write_in_order(&mut file, &data[..20 * MIB]);
+    wait_spool_freed(&mount, &spool, 8 * MIB as u64, "20 MiB written in order");
+    // The writer pauses: after 500 ms (a quarter of the grace) the spool is whole again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spool_allocated_bytes(&mount, &spool) < 20 * MIB as u64 {
+        assert!(Instant::now() < deadline, "the spool was not refilled while the writer paused:\n{}", mount.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And the node collects the stalled put's five chunks (published every 100 ms).
+    while metric(&metrics, "beeline_gc_chunks_collected_total").unwrap_or(0.0) < 5.0 {
+        assert!(Instant::now() < deadline, "the stalled put's chunks were not collected:\n{}", mount.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    file.write_all_at(&data[20 * MIB..], 20 * MIB as u64).unwrap();
+    drop(file);
+    assert_stored(&node, &mount, "paused-long", &data);
+    assert!(!mount.log().contains("panicked"), "{}", mount.log());
+}
+
 /// A write-behind that fails after freeing part of the spool (the node fills up: 3 of the
 /// 6 chunks fit) reads back from the node what it had freed: `fsync` answers ENOSPC, and
 /// the open file still reads back whole, byte for byte what was written.

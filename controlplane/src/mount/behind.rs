@@ -109,16 +109,34 @@ impl WriteBehind {
             }
             Target::Cluster { .. } => target.clone(),
         };
-        // What a cluster made durable cannot be read back before the put commits (see
-        // `Store::put_behind`), so its spool is kept whole.
-        let can_free = matches!(target, Target::Node(_));
         let started = spool.try_clone().and_then(|spool| {
-            let mut freer = SpoolFreer { spool: spool.try_clone()?, progress: progress.clone(), can_free };
-            // Unbuffered: the put reads whole chunks straight into its buffers.
-            let mut reader = SpoolTail { spool, position: 0, progress: progress.clone() };
+            let freer_spool = spool.try_clone()?;
+            let thread_progress = progress.clone();
             let name = name.to_owned();
             std::thread::Builder::new().name("beeline-write-behind".into()).spawn(move || {
                 let mut store = Store::open(&target)?;
+                // The node forgets the chunks of a put that stalls for its grace period, so
+                // a writer pausing for a quarter of it gets what was freed put back. What a
+                // cluster made durable cannot be read back before the put commits (see
+                // `Store::put_behind`), so its spool is kept whole.
+                // A grace of 0 means no background collection: nothing to refill against.
+                let grace_ms = store.gc_grace_ms().ok().flatten();
+                let refill_after =
+                    grace_ms.filter(|grace_ms| *grace_ms > 0).map(|grace_ms| Duration::from_millis(grace_ms / 4));
+                let mut freer =
+                    SpoolFreer { spool: freer_spool, progress: thread_progress.clone(), can_free: grace_ms.is_some() };
+                // Unbuffered: the put reads whole chunks straight into its buffers.
+                let mut reader = SpoolTail {
+                    spool,
+                    position: 0,
+                    progress: thread_progress,
+                    refill: refill_after.map(|after| PauseRefill {
+                        target: target.clone(),
+                        file_id,
+                        after,
+                        paused_since: None,
+                    }),
+                };
                 store.put_behind(&name, file_id, &mut reader, &mut |durable_bytes| freer.free_up_to(durable_bytes))
             })
         });
@@ -249,6 +267,55 @@ struct SpoolTail {
     spool: File,
     position: u64,
     progress: Arc<Progress>,
+    /// Where the spool may be freed (a single node): how it is put back when the writer
+    /// pauses too long.
+    refill: Option<PauseRefill>,
+}
+
+/// Puts back into the spool what was freed, once the writer has paused `after`: the
+/// node's garbage collection takes the chunks of a put that stops growing for its grace
+/// period, after which they could no longer be read back should the put fail.
+struct PauseRefill {
+    target: Target,
+    file_id: u64,
+    after: Duration,
+    /// Since when the writer gave nothing new (`None`: it is writing).
+    paused_since: Option<std::time::Instant>,
+}
+
+impl SpoolTail {
+    /// The writer gave nothing new for a while: once that is `after` long, reads back
+    /// what was freed (from a connection of its own: the put holds this thread's) and
+    /// frees nothing more. A refill that fails is tried again after as long once more.
+    fn paused(&mut self) {
+        let Some(refill) = self.refill.as_mut() else { return };
+        let since = *refill.paused_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < refill.after {
+            return;
+        }
+        refill.paused_since = None;
+        let (freed_bytes, written_bytes) = {
+            let tail = self.progress.lock();
+            (tail.freed_bytes, tail.written_bytes)
+        };
+        if freed_bytes == 0 {
+            return;
+        }
+        let restored = Store::open(&refill.target)
+            .and_then(|mut store| store.restore_durable(refill.file_id, written_bytes, freed_bytes, &self.spool));
+        match restored {
+            Ok(()) => {
+                let mut tail = self.progress.lock();
+                assert_eq!(tail.freed_bytes, freed_bytes, "only this thread frees the spool");
+                tail.freed_bytes = 0;
+                tail.keep_spool = true;
+                tracing::debug!("the writer paused: {freed_bytes} freed bytes are back in the spool");
+            }
+            Err(error) => tracing::warn!(
+                "the writer paused, and what was freed from the spool could not be read back yet: {error}"
+            ),
+        }
+    }
 }
 
 impl Read for SpoolTail {
@@ -275,10 +342,15 @@ impl Read for SpoolTail {
                     self.progress.changed.wait_timeout(tail, WRITER_WAIT).unwrap_or_else(PoisonError::into_inner);
                 tail = woken;
                 if waited.timed_out() && tail.written_bytes <= self.position && !tail.finished && !tail.abandoned {
+                    drop(tail);
+                    self.paused();
                     return Err(std::io::ErrorKind::WouldBlock.into());
                 }
             }
         };
+        if let Some(refill) = self.refill.as_mut() {
+            refill.paused_since = None;
+        }
         let len = buf.len().min(usize::try_from(available).unwrap_or(usize::MAX));
         let read = self.spool.read_at(&mut buf[..len], self.position)?;
         if read == 0 {
@@ -301,7 +373,7 @@ mod tests {
         spool.write_all(bytes).unwrap();
         let progress = Arc::new(Progress::default());
         progress.lock().written_bytes = written;
-        (SpoolTail { spool, position: 0, progress: progress.clone() }, progress)
+        (SpoolTail { spool, position: 0, progress: progress.clone(), refill: None }, progress)
     }
 
     #[test]

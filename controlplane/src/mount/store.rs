@@ -217,6 +217,14 @@ impl Store {
         }
     }
 
+    /// The single node's garbage-collection grace period (`None` for a cluster).
+    pub fn gc_grace_ms(&mut self) -> StoreResult<Option<u64>> {
+        match self {
+            Store::Node(client) => Ok(Some(client.node_status()?.gc_grace_ms)),
+            Store::Cluster(_) => Ok(None),
+        }
+    }
+
     /// Writes into `spool`, at their offsets, the chunks covering its first `len_bytes`
     /// that a [`Store::put_behind`] of `file_id` made durable before it failed (the file
     /// being `size_bytes` long then). Each chunk comes checked by the node's checksums.

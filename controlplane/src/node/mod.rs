@@ -226,6 +226,7 @@ impl<M: Metadata> NodeControl<M> {
                     counters: counters.split_off(from),
                     counters_next: None,
                     metadata: if self.cluster { self.gc.note() } else { "embedded (single node)".into() },
+                    gc_grace_ms: self.grace_ms,
                 };
                 // Keep only what fits one datagram (a link's MTU on kernel-bypass
                 // backends); the client asks for the rest.
