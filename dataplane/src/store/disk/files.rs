@@ -231,30 +231,46 @@ pub(super) fn open_without_read_ahead(path: &Path) -> io::Result<File> {
     if rc == 0 { Ok(file) } else { Err(io::Error::from_raw_os_error(rc)) }
 }
 
-/// Reads what the page cache already holds of `buf.len()` bytes of `file` from `offset`,
-/// without waiting for the disk (`preadv2(2)` with `RWF_NOWAIT`): the bytes read from the
-/// start of `buf`, which stop where the first page not cached begins; `None` when this
-/// kernel or file system cannot tell (what `buf` holds is then undefined).
-pub(super) fn read_cached_at(file: &File, buf: &mut [u8], offset: u64) -> Option<usize> {
-    let mut done = 0;
-    // Bounded: every pass reads at least one byte or returns.
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        let iovec = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
-        let start = file_offset(offset + done as u64).ok()?;
-        // SAFETY: `file` is an open descriptor borrowed for the call; the one iovec points
-        // into `rest`, a live, mutably borrowed slice, with its exact length.
-        let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iovec, 1, start, libc::RWF_NOWAIT) };
-        match transferred(rc, io::ErrorKind::UnexpectedEof) {
-            None => continue,
-            Some(Ok(read)) => done += read,
-            Some(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => break,
-            Some(Err(error)) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => return None,
-            // The end of the file, or an error the plain read that follows will report.
-            Some(Err(_)) => break,
-        }
+/// How many of the `len` bytes of `file` from `offset` the page cache holds in an unbroken
+/// run from the start: they end where the first page not cached begins. Asked with
+/// `mincore(2)` on a mapping made for the question, which starts no I/O: a read with
+/// `RWF_NOWAIT` would start read-ahead for the pages it misses, and on a busy machine
+/// could then find some of them already read and count them as cached before. `None` when
+/// the range cannot be mapped (the caller then knows nothing of the cache).
+pub(super) fn cached_prefix_bytes(file: &File, offset: u64, len: usize) -> Option<usize> {
+    if len == 0 {
+        return Some(0);
     }
-    Some(done)
+    // SAFETY: sysconf has no preconditions.
+    let page_bytes = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|p| *p > 0)?;
+    let map_start = offset / page_bytes * page_bytes;
+    let map_len = usize::try_from(offset + len as u64 - map_start).ok()?;
+    // SAFETY: a fresh read-only shared mapping of an open file, never dereferenced, unmapped
+    // below; the kernel checks the descriptor and the page-aligned offset.
+    let address = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            file_offset(map_start).ok()?,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return None;
+    }
+    let mut residency = std::vec![0u8; map_len.div_ceil(page_bytes as usize)];
+    // SAFETY: `address` maps `map_len` bytes and `residency` has a byte for each of their pages.
+    let rc = unsafe { libc::mincore(address, map_len, residency.as_mut_ptr()) };
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(address, map_len) };
+    if rc != 0 {
+        return None;
+    }
+    let resident_pages = residency.iter().take_while(|page| *page & 1 != 0).count() as u64;
+    let resident_end = map_start + resident_pages * page_bytes;
+    Some(usize::try_from(resident_end.saturating_sub(offset)).ok()?.min(len))
 }
 
 /// The page size [`drop_cached`] ranges are rounded to by their callers (the kernel drops

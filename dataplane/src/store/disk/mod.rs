@@ -15,7 +15,7 @@
 
 mod compaction;
 mod crc;
-#[allow(unsafe_code)] // fallocate(2), flock(2), preadv(2) and posix_fadvise(2)
+#[allow(unsafe_code)] // fallocate(2), flock(2), preadv(2), posix_fadvise(2) and mincore(2)
 mod files;
 mod group_commit;
 mod readahead;

@@ -380,9 +380,8 @@ impl DiskStore {
         let start = location.record_offset + RECORD_HEADER_BYTES + current.offset;
         // `None`: nothing known of the cache (no descriptor of its own, or a kernel that
         // cannot tell): the whole piece is read as before and nothing dropped.
-        let cached_bytes = if own { read_cached_at(file, piece, start) } else { None };
-        let read_from = cached_bytes.unwrap_or(0);
-        if file.read_exact_at(&mut piece[read_from..], start + read_from as u64).is_err() {
+        let cached_bytes = if own { cached_prefix_bytes(file, start, piece_bytes) } else { None };
+        if file.read_exact_at(piece, start).is_err() {
             step.unreadable = Some(current.id);
             self.integrity.scrub_pass_done_bytes += left;
             return step;
