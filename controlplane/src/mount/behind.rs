@@ -11,7 +11,8 @@
 //! (`docs/benchmarks.md`, mount run 10), and the spool never holds the whole file on disk.
 //! Once anything was freed, the spool alone no longer holds the file: whoever needs it
 //! whole again finishes the put first and reads the rest back from the store
-//! (`State::whole_spool`), and a put that fails after that fails the file.
+//! (`State::whole_spool`); a put that fails, or a writer that pauses long, has what was
+//! freed read back from the node by chunk id (`Store::restore_durable`).
 
 use std::fs::File;
 use std::io::Read;

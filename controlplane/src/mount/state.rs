@@ -351,7 +351,7 @@ pub fn check_new_name(path: &str, part: &str) -> StoreResult<()> {
     crate::control::validate_name(path).map_err(|message| StoreError::new(libc::EINVAL, message))
 }
 
-fn io_error(error: std::io::Error) -> StoreError {
+pub(super) fn io_error(error: std::io::Error) -> StoreError {
     StoreError::new(error.raw_os_error().unwrap_or(libc::EIO), format!("spool file: {error}"))
 }
 

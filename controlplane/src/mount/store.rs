@@ -240,9 +240,7 @@ impl Store {
         for index in 0..chunk_count {
             let want = (record.chunk_id(index), record.chunk_len(index));
             let chunk = client.get_chunks(&[want]).pop().expect("one answer per chunk asked")?;
-            spool.write_all_at(&chunk, index * u64::from(chunk_bytes)).map_err(|error| {
-                StoreError::new(error.raw_os_error().unwrap_or(libc::EIO), format!("spool file: {error}"))
-            })?;
+            spool.write_all_at(&chunk, index * u64::from(chunk_bytes)).map_err(super::state::io_error)?;
         }
         Ok(())
     }

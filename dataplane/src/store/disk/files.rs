@@ -231,44 +231,54 @@ pub(super) fn open_without_read_ahead(path: &Path) -> io::Result<File> {
     if rc == 0 { Ok(file) } else { Err(io::Error::from_raw_os_error(rc)) }
 }
 
-/// How many of the `len` bytes of `file` from `offset` the page cache holds in an unbroken
-/// run from the start: they end where the first page not cached begins. Asked with
-/// `mincore(2)` on a mapping made for the question, which starts no I/O: a read with
-/// `RWF_NOWAIT` would start read-ahead for the pages it misses, and on a busy machine
-/// could then find some of them already read and count them as cached before. `None` when
-/// the range cannot be mapped (the caller then knows nothing of the cache).
-pub(super) fn cached_prefix_bytes(file: &File, offset: u64, len: usize) -> Option<usize> {
-    if len == 0 {
-        return Some(0);
-    }
-    // SAFETY: sysconf has no preconditions.
-    let page_bytes = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|p| *p > 0)?;
-    let map_start = offset / page_bytes * page_bytes;
-    let map_len = usize::try_from(offset + len as u64 - map_start).ok()?;
+/// Which pages of `len` bytes of `file` from `offset` (a multiple of `page_bytes`) the page
+/// cache holds, a byte per page (bit 0 set: cached), by `mincore(2)` on a mapping made for
+/// the question, which starts no I/O. `None` when the range cannot be mapped.
+fn residency(file: &File, offset: u64, len: usize, page_bytes: u64) -> Option<Vec<u8>> {
+    assert_eq!(offset % page_bytes, 0, "mmap needs a page-aligned offset");
     // SAFETY: a fresh read-only shared mapping of an open file, never dereferenced, unmapped
     // below; the kernel checks the descriptor and the page-aligned offset.
     let address = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
-            map_len,
+            len,
             libc::PROT_READ,
             libc::MAP_SHARED,
             file.as_raw_fd(),
-            file_offset(map_start).ok()?,
+            file_offset(offset).ok()?,
         )
     };
     if address == libc::MAP_FAILED {
         return None;
     }
-    let mut residency = std::vec![0u8; map_len.div_ceil(page_bytes as usize)];
-    // SAFETY: `address` maps `map_len` bytes and `residency` has a byte for each of their pages.
-    let rc = unsafe { libc::mincore(address, map_len, residency.as_mut_ptr()) };
+    let mut pages = std::vec![0u8; len.div_ceil(page_bytes as usize)];
+    // SAFETY: `address` maps `len` bytes and `pages` has a byte for each of their pages.
+    let rc = unsafe { libc::mincore(address, len, pages.as_mut_ptr()) };
     // SAFETY: the mapping made above, unmapped once.
-    unsafe { libc::munmap(address, map_len) };
-    if rc != 0 {
-        return None;
+    unsafe { libc::munmap(address, len) };
+    (rc == 0).then_some(pages)
+}
+
+fn page_bytes() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|bytes| *bytes > 0)
+}
+
+/// How many of the `len` bytes of `file` from `offset` the page cache holds in an unbroken
+/// run from the start: they end where the first page not cached begins. Asked with
+/// `mincore(2)`, which starts no I/O: a read with `RWF_NOWAIT` would start read-ahead for
+/// the pages it misses, and on a busy machine could then find some of them already read
+/// and count them as cached before. `None` when the range cannot be mapped (the caller
+/// then knows nothing of the cache).
+pub(super) fn cached_prefix_bytes(file: &File, offset: u64, len: usize) -> Option<usize> {
+    if len == 0 {
+        return Some(0);
     }
-    let resident_pages = residency.iter().take_while(|page| *page & 1 != 0).count() as u64;
+    let page_bytes = page_bytes()?;
+    let map_start = offset / page_bytes * page_bytes;
+    let map_len = usize::try_from(offset + len as u64 - map_start).ok()?;
+    let pages = residency(file, map_start, map_len, page_bytes)?;
+    let resident_pages = pages.iter().take_while(|page| *page & 1 != 0).count() as u64;
     let resident_end = map_start + resident_pages * page_bytes;
     Some(usize::try_from(resident_end.saturating_sub(offset)).ok()?.min(len))
 }
@@ -290,26 +300,11 @@ pub(super) fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> 
 }
 
 /// Pages of `len` bytes of `file` from `offset` (a multiple of the page size) that the
-/// page cache holds, by `mincore(2)` on a mapping made for the count.
+/// page cache holds.
 #[cfg(test)]
 pub(super) fn cached_pages(file: &File, offset: u64, len: usize) -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    assert_eq!(offset % page_bytes as u64, 0, "mmap needs a page-aligned offset");
-    let start = file_offset(offset).unwrap();
-    // SAFETY: a fresh read-only shared mapping of an open file, never dereferenced,
-    // unmapped below.
-    let address =
-        unsafe { libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), start) };
-    assert_ne!(address, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
-    let mut residency = std::vec![0u8; len.div_ceil(page_bytes)];
-    // SAFETY: `address` maps `len` bytes and `residency` has a byte for each of their pages.
-    let rc = unsafe { libc::mincore(address, len, residency.as_mut_ptr()) };
-    let error = io::Error::last_os_error();
-    // SAFETY: the mapping made above, unmapped once.
-    unsafe { libc::munmap(address, len) };
-    assert_eq!(rc, 0, "mincore: {error}");
-    residency.iter().filter(|page| *page & 1 != 0).count()
+    let pages = residency(file, offset, len, page_bytes().expect("a page size")).expect("mmap and mincore");
+    pages.iter().filter(|page| *page & 1 != 0).count()
 }
 
 /// Whether `path` is on a tmpfs, whose pages are the file itself (the kernel ignores
