@@ -930,6 +930,50 @@ fn a_file_copied_in_leaves_the_nodes_page_cache_once_durable() {
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
 
+/// A file read through the mount is read with the get hint: the node drops each chunk's
+/// pages once read, as the kernel's page cache of the mount holds them, so after a whole
+/// read it keeps (almost) none of a file it had all cached. The control: `beeline get` of
+/// the same file leaves it cached again.
+#[test]
+fn a_file_read_through_the_mount_leaves_the_nodes_page_cache() {
+    const TEST: &str = "a_file_read_through_the_mount_leaves_the_nodes_page_cache";
+    if skip_without_fuse(TEST) {
+        return;
+    }
+    if !have("fincore") {
+        beeline_dataplane::testkit::skip(TEST, "`fincore` (util-linux) is not installed");
+        return;
+    }
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let fs_type = sh_ok(&format!("stat -f -c %T '{}'", tmp.path().display()));
+    if fs_type.trim() == "tmpfs" {
+        beeline_dataplane::testkit::skip(TEST, "the temporary directory is on tmpfs, whose pages cannot be dropped");
+        return;
+    }
+    // No tagger: it would read the stored files back into the page cache.
+    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    let data = pattern(24 * MIB + 100, 17);
+    let source = tmp.path().join("source");
+    std::fs::write(&source, &data).unwrap();
+    let before = node.segment_bytes_cached();
+    ok(&node.cli(&["put", source.to_str().unwrap(), "--as", "big"]));
+    let stored = node.segment_bytes_cached().saturating_sub(before);
+    assert!(stored >= data.len() as u64 / 2, "only {stored} bytes of a fresh `beeline put` cached");
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+
+    // Each get answers after its chunk's pages were dropped: nothing to wait for.
+    assert_eq!(sha256(&mount.path("big")), sha256(&source), "the file read through the mount differs");
+    let left = node.segment_bytes_cached().saturating_sub(before);
+    assert!(left < MIB as u64, "{left} bytes of a 24 MiB file read through the mount still cached by the node");
+
+    let back = node.cli(&["get", "big", "-o", "-"]);
+    assert!(back.status.success() && back.stdout == data, "`beeline get` did not read the file back whole");
+    let cached = node.segment_bytes_cached().saturating_sub(before);
+    assert!(cached >= data.len() as u64 / 2, "only {cached} bytes cached after a `beeline get`: the hint stuck");
+    assert!(!mount.log().contains("panicked"), "{}", mount.log());
+}
+
 /// Reading a file through the mount has the chunks after the one being read fetched in
 /// the background: after one read of its first MiB, the node has served the first chunk
 /// and the 8 after it; the whole file then reads back right, also from the middle.

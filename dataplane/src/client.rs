@@ -403,6 +403,8 @@ pub struct GetChunk<B: AsMut<[u8]>> {
     progress: Progress,
     timer: Timer,
     scratch: [u8; HEADER_LEN],
+    /// Hints every request carries (`flags::NOT_READ_SOON`), or 0.
+    hint_flags: u8,
     pub requests_sent: u64,
 }
 
@@ -445,8 +447,16 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
             progress,
             timer: Timer::new(timing, now_ms),
             scratch: [0; HEADER_LEN],
+            hint_flags: 0,
             requests_sent: 0,
         }
+    }
+
+    /// Every request carries `hint_flags` (only hints: `flags::NOT_READ_SOON`, or 0).
+    pub fn with_flags(mut self, hint_flags: u8) -> Self {
+        assert_eq!(hint_flags & !flags::NOT_READ_SOON, 0, "only hints are the caller's to set");
+        self.hint_flags = hint_flags;
+        self
     }
 
     pub fn progress(&self) -> Progress {
@@ -482,6 +492,7 @@ impl<B: AsMut<[u8]>> GetChunk<B> {
 
     fn request(&mut self, index: u32, count: u32, tx: &mut dyn Transmit) {
         let repr = Repr {
+            flags: self.hint_flags,
             request_id: self.request_id,
             chunk_id: self.chunk_id,
             index,

@@ -192,7 +192,9 @@ pub mod flags {
     pub const COMPLETE: u8 = 2;
     /// PutFrag (and a shared-memory bulk put): the sender will not read the chunk back
     /// soon, so the node may drop its pages from the page cache once durable
-    /// (`ChunkStore::drop_when_durable`). A hint; nodes before it refuse the packet.
+    /// (`ChunkStore::drop_when_durable`). Get (and a bulk get): the sender keeps what it
+    /// reads, so the node may drop the chunk's pages once a get has read its last byte
+    /// (`ChunkStore::drop_after_read`). A hint; nodes before it refuse the packet.
     pub const NOT_READ_SOON: u8 = 4;
     pub const KNOWN: u8 = ACK_REQUEST | COMPLETE | NOT_READ_SOON;
 }

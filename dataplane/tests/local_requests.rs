@@ -49,7 +49,35 @@ fn the_not_read_soon_hint_of_a_local_put_reaches_the_store() {
 }
 
 fn get(request_id: u64, chunk_id: u128, offset: u32, out: &mut [u8]) -> LocalRequest<'_> {
-    LocalRequest::Get { peer: local_peer(3), request_id, chunk_id, offset, out }
+    LocalRequest::Get { peer: local_peer(3), request_id, chunk_id, offset, out, not_read_soon: false }
+}
+
+/// A get of chunk 7 carrying the not-read-soon hint.
+fn hinted_get(request_id: u64, offset: u32, out: &mut [u8]) -> LocalRequest<'_> {
+    LocalRequest::Get { peer: local_peer(3), request_id, chunk_id: 7, offset, out, not_read_soon: true }
+}
+
+/// A local get carrying the client's not-read-soon hint tells the store once it has read
+/// the chunk through its last byte; a hinted get of the chunk's start only, and a get
+/// without the hint, do not.
+#[test]
+fn the_not_read_soon_hint_of_a_local_get_reaches_the_store_once_the_chunk_is_read_through() {
+    let mut sim = SimHarness::new(SimOptions::new(1, KEY), MemStore::new(), NoControl);
+    let poll = &mut sim.poll;
+    let mut tx = TxQueue::new();
+    let data = pattern(5_000, 3);
+    poll.node.serve_local(0, &mut poll.arena, &mut tx, put(1, 7, &data));
+    poll.node.poll_store(&mut poll.arena, &mut tx);
+    assert_eq!(replies(&mut poll.arena, &mut tx)[0].opcode, Opcode::PutDone);
+    let mut out = vec![0u8; 5_000];
+    poll.node.serve_local(0, &mut poll.arena, &mut tx, get(2, 7, 0, &mut out[..]));
+    poll.node.serve_local(0, &mut poll.arena, &mut tx, hinted_get(3, 0, &mut out[..4_000]));
+    assert_eq!(poll.node.store().hinted_dropped_after_read(7), 0, "no hinted get read the chunk through yet");
+    poll.node.serve_local(0, &mut poll.arena, &mut tx, hinted_get(4, 4_000, &mut out[4_000..]));
+    let answers = replies(&mut poll.arena, &mut tx);
+    assert!(answers.iter().all(|answer| answer.opcode == Opcode::GetData), "{answers:?}");
+    assert_eq!(poll.node.store().hinted_dropped_after_read(7), 1, "the get of the chunk's end carried no hint");
+    assert!(out == data, "the hinted gets read the chunk");
 }
 
 #[test]

@@ -54,6 +54,32 @@ fn a_put_hinted_not_to_be_read_soon_reaches_the_store_with_its_hint() {
     assert!(!store.hinted_not_read_soon(2), "a put without the hint arrived with one");
 }
 
+/// A get whose requests carry the not-read-soon hint tells the store once its fragments
+/// reach the chunk's end (the disk store then drops the chunk's pages); the same get
+/// without the hint does not, and neither does a hinted get of the chunk's first bytes.
+#[test]
+fn a_get_hinted_not_to_be_read_soon_tells_the_store_once_it_read_the_chunk_through() {
+    let mut sim = harness(SimOptions::new(1, KEY));
+    let data = pattern(300_000, 4);
+    sim.put(1, &data, FRAG).expect("the put completes");
+    assert_eq!(sim.get(1, 300_000, FRAG).expect("the plain get completes"), data);
+    assert_eq!(sim.poll.node.store().hinted_dropped_after_read(1), 0, "a get without the hint arrived with one");
+    let mut head = vec![0u8; 10_000];
+    let Machine::Get(get) = sim.get_machine(1, 300_000, 0, &mut head, FRAG) else { unreachable!("a get machine") };
+    let mut machines = [Machine::Get(Box::new(get.with_flags(flags::NOT_READ_SOON)))];
+    outcome(sim.run(&mut machines, 1_000_000)[0]).expect("the hinted get of the head completes");
+    drop(machines);
+    assert_eq!(head, data[..10_000]);
+    assert_eq!(sim.poll.node.store().hinted_dropped_after_read(1), 0, "a get of the head alone dropped the chunk");
+    let mut out = vec![0u8; 300_000];
+    let Machine::Get(get) = sim.get_machine(1, 300_000, 0, &mut out, FRAG) else { unreachable!("a get machine") };
+    let mut machines = [Machine::Get(Box::new(get.with_flags(flags::NOT_READ_SOON)))];
+    outcome(sim.run(&mut machines, 1_000_000)[0]).expect("the hinted get completes");
+    drop(machines);
+    assert_eq!(out, data);
+    assert!(sim.poll.node.store().hinted_dropped_after_read(1) >= 1, "the hint did not reach the store");
+}
+
 /// A store that records whether every payload slice the node hands it lies inside the
 /// arena: the proof that the node writes from, and reads into, the frames themselves.
 struct ZeroCopyProbe {

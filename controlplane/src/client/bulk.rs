@@ -166,19 +166,23 @@ pub struct BulkGet {
 
 impl BulkGet {
     /// Reads bytes `range` of chunk `chunk_id` into `out`, whose allocation is reused and
-    /// whose contents are replaced (never zeroed first).
+    /// whose contents are replaced (never zeroed first), with `flags` (a hint such as
+    /// `flags::NOT_READ_SOON`, or 0).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         slot: BulkSlot,
         chunk_id: ChunkId,
         request_id: u64,
         range: std::ops::Range<u32>,
         out: Vec<u8>,
+        flags: u8,
         timing: Timing,
         now_ms: u64,
     ) -> BulkGet {
         assert!(range.start <= range.end, "a get of a backwards range");
         let len = range.end - range.start;
         let request = Repr {
+            flags,
             request_id,
             chunk_id,
             index: slot.index,

@@ -102,6 +102,11 @@ pub struct ClientOptions {
     /// it then drops their pages from its page cache once durable. For bulk copies in,
     /// such as the mount's write-behind; a GET right after such a PUT reads the disk.
     pub puts_not_read_soon: bool,
+    /// Gets tell the node this client keeps what it reads (`flags::NOT_READ_SOON`): it then
+    /// drops a chunk's pages from its page cache once a get has read the chunk through.
+    /// For readers with a cache of their own, such as the mount (the kernel's page cache
+    /// of its files); a second read of the same chunk reads the node's disk.
+    pub gets_not_read_soon: bool,
 }
 
 /// How a client reaches its node.
@@ -136,6 +141,7 @@ impl ClientOptions {
             transport: Transport::Auto,
             shm_socket: None,
             puts_not_read_soon: false,
+            gets_not_read_soon: false,
         }
     }
 }
@@ -346,10 +352,11 @@ impl Client {
         let request_id = self.request_id();
         let now_ms = self.now_ms();
         let timing = self.options.timing;
+        let hint = if self.options.gets_not_read_soon { wire::flags::NOT_READ_SOON } else { 0 };
         if let Some(link) = self.shm.as_ref().filter(|link| len as usize <= link.bulk_slot_bytes()) {
             if let Some(slot) = self.bulk_slots.take(link.bulk_slots()) {
-                let mut get =
-                    BulkGet::new(slot, chunk_id, request_id, range_start..range_start + len, out, timing, now_ms);
+                let range = range_start..range_start + len;
+                let mut get = BulkGet::new(slot, chunk_id, request_id, range, out, hint, timing, now_ms);
                 get.start(link);
                 return Op::BulkGet(Box::new(get));
             }
@@ -363,7 +370,8 @@ impl Client {
             out.resize(len as usize, 0);
         }
         let mut get =
-            GetChunk::new(chunk_id, request_id, total_len, range_start, out, frag_len, window, timing, now_ms);
+            GetChunk::new(chunk_id, request_id, total_len, range_start, out, frag_len, window, timing, now_ms)
+                .with_flags(hint);
         get.start(&mut transmitter(&self.shm, &self.socket, &mut self.batch, &mut self.link.tx));
         Op::Get(Box::new(get))
     }

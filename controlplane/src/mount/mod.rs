@@ -73,13 +73,12 @@ pub fn run(options: MountOptions) -> Result<(), MountError> {
     check_dir(&options.dir)?;
     let spool_error = |source| MountError::Spool { dir: options.spool_dir.display().to_string(), source };
     std::fs::create_dir_all(&options.spool_dir).map_err(spool_error)?;
-    let mut store = store::Store::open(&options.target).map_err(|e| MountError::Store(e.to_string()))?;
+    let target = reads_kept_by_the_kernel(options.target, options.direct_reads);
+    let mut store = store::Store::open(&target).map_err(|e| MountError::Store(e.to_string()))?;
     store.check().map_err(|e| MountError::Store(e.to_string()))?;
     let signals = block_signals().map_err(MountError::Signals)?;
-    let filesystem = fs::BeelineFs::new(
-        state::State::new(store, options.target.clone(), options.spool_dir.clone()),
-        options.direct_reads,
-    );
+    let filesystem =
+        fs::BeelineFs::new(state::State::new(store, target, options.spool_dir.clone()), options.direct_reads);
     let mut config = Config::default();
     config.mount_options =
         vec![MountOption::FSName("beeline".into()), MountOption::Subtype("beeline".into()), MountOption::NoAtime];
@@ -100,6 +99,20 @@ pub fn run(options: MountOptions) -> Result<(), MountError> {
     let result = session.run().map_err(|source| MountError::Mount { dir: dir.clone(), source });
     let _ = std::fs::remove_dir(&options.spool_dir);
     result
+}
+
+/// What the mount reads lands in the kernel's page cache of its files, so a single node is
+/// told to drop the chunks it read (`gets_not_read_soon`) rather than keep a second copy in
+/// fresh memory: a large `cp` out then reuses the node's few pages instead of taking new
+/// ones for every chunk. With `--direct-reads` the kernel keeps nothing and the node's cache
+/// is the only one, so it is left alone; a cluster's clients take no hints (yet).
+fn reads_kept_by_the_kernel(target: Target, direct_reads: bool) -> Target {
+    match target {
+        Target::Node(options) if !direct_reads => {
+            Target::Node(crate::client::ClientOptions { gets_not_read_soon: true, ..options })
+        }
+        other => other,
+    }
 }
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread started after, so that the

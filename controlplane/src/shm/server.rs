@@ -125,7 +125,8 @@ struct BulkRequest {
     len: usize,
     /// Get: the first byte of the chunk to read.
     chunk_offset: u32,
-    /// Put: the client's hint that it will not read the chunk back soon.
+    /// The client's hint (`flags::NOT_READ_SOON`): a put's chunk will not be read back
+    /// soon; a get's client keeps what it reads.
     not_read_soon: bool,
 }
 
@@ -456,6 +457,7 @@ impl ShmServer {
                     chunk_id: request.chunk_id,
                     offset: request.chunk_offset,
                     out: bytes,
+                    not_read_soon: request.not_read_soon,
                 }
             };
             self.counters.bulk_requests += 1;
@@ -633,7 +635,7 @@ fn parse_bulk(region: &Region, client: u16, at: usize) -> Result<BulkRequest, Re
         at: slot_at,
         len: repr.total_len as usize,
         chunk_offset: if put { 0 } else { repr.count },
-        not_read_soon: put && repr.flags & wire::flags::NOT_READ_SOON != 0,
+        not_read_soon: repr.flags & wire::flags::NOT_READ_SOON != 0,
     })
 }
 

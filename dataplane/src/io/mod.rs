@@ -96,8 +96,15 @@ pub enum LocalRequest<'a> {
     Put { peer: SocketAddr, request_id: u64, chunk_id: crate::wire::ChunkId, data: &'a [u8], not_read_soon: bool },
     /// Read chunk `chunk_id` from byte `offset` into `out` (at most its length); answered
     /// with a header-only `GetData` whose `total_len` is the chunk's length and `count`
-    /// the bytes placed in `out`.
-    Get { peer: SocketAddr, request_id: u64, chunk_id: crate::wire::ChunkId, offset: u32, out: &'a mut [u8] },
+    /// the bytes placed in `out`. `not_read_soon`: the client's hint (`flags::NOT_READ_SOON`).
+    Get {
+        peer: SocketAddr,
+        request_id: u64,
+        chunk_id: crate::wire::ChunkId,
+        offset: u32,
+        out: &'a mut [u8],
+        not_read_soon: bool,
+    },
 }
 
 /// Most local whole-chunk requests one [`PacketIo::serve_local`] call may hand over (each

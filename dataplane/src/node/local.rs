@@ -29,12 +29,15 @@ impl<S: ChunkStore, C: ControlHandler<S>> Node<'_, S, C> {
                     Err(status) => self.reply_error(arena, tx, to, status),
                 }
             }
-            LocalRequest::Get { peer, request_id, chunk_id, offset, out } => {
+            LocalRequest::Get { peer, request_id, chunk_id, offset, out, not_read_soon } => {
                 assert!(local_client(&peer).is_some(), "only a local client's memory can be shared");
                 let to = ReplyTo { peer, session: SessionRef::LOCAL, request_id, chunk_id };
                 self.counters.gets += 1;
                 match self.local_get(chunk_id, offset, out) {
                     Ok((total_len, placed)) => {
+                        if not_read_soon && u64::from(offset) + u64::from(placed) == u64::from(total_len) {
+                            self.store.drop_after_read(chunk_id);
+                        }
                         self.counters.bytes_served += u64::from(placed);
                         let data =
                             Repr { total_len, index: offset, count: placed, ..Self::reply_header(Opcode::GetData, to) };

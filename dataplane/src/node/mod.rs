@@ -776,6 +776,9 @@ impl<'s, S: ChunkStore, C: ControlHandler<S>> Node<'s, S, C> {
             };
             return self.reply_error(arena, tx, to, status);
         }
+        if end == count && repr.flags & flags::NOT_READ_SOON != 0 {
+            self.store.drop_after_read(to.chunk_id);
+        }
         let headroom = arena.headroom();
         let mut frames = frames.into_iter();
         for index in repr.index..end {

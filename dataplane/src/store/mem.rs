@@ -25,6 +25,8 @@ pub struct MemStore {
     /// Chunks whose puts carried the not-read-soon hint (there is no page cache to drop
     /// them from: kept so that tests see the hint arrive).
     hinted_not_read_soon: HashSet<ChunkId>,
+    /// Per chunk, the gets that read it through with the not-read-soon hint.
+    hinted_dropped_after_read: HashMap<ChunkId, u32>,
 }
 
 impl MemStore {
@@ -49,6 +51,12 @@ impl MemStore {
     /// Whether a put of `id` was hinted not to be read soon ([`ChunkStore::drop_when_durable`]).
     pub fn hinted_not_read_soon(&self, id: ChunkId) -> bool {
         self.hinted_not_read_soon.contains(&id)
+    }
+
+    /// How many gets of `id` hinted that their client keeps what it read
+    /// ([`ChunkStore::drop_after_read`]).
+    pub fn hinted_dropped_after_read(&self, id: ChunkId) -> u32 {
+        self.hinted_dropped_after_read.get(&id).copied().unwrap_or(0)
     }
 
     /// Makes every write fail with `StoreError::Io` (a disk that returns EIO) until
@@ -81,6 +89,12 @@ impl ChunkStore for MemStore {
     fn drop_when_durable(&mut self, put: PutReservation) {
         let (id, _) = self.reservations.get(&put.0).expect("a hint for an unknown reservation");
         self.hinted_not_read_soon.insert(*id);
+    }
+
+    fn drop_after_read(&mut self, id: ChunkId) {
+        if self.chunks.contains_key(&id) {
+            *self.hinted_dropped_after_read.entry(id).or_default() += 1;
+        }
     }
 
     fn write_at(&mut self, put: PutReservation, offset: u32, data: &[u8]) -> Result<(), StoreError> {

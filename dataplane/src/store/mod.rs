@@ -99,6 +99,14 @@ pub trait ChunkStore {
         let _ = put;
     }
 
+    /// A hint after a get read committed chunk `id` through its last byte: its client keeps
+    /// what it read (the mount's own cache), so the store may drop the chunk's pages from
+    /// the page cache instead of holding a second copy in fresh memory. Advice only: an
+    /// absent chunk or a failure changes nothing. Stores without a page cache ignore it.
+    fn drop_after_read(&mut self, id: ChunkId) {
+        let _ = id;
+    }
+
     /// Deletes a chunk; reported by `poll_durable` with `ticket` once durable. Deleting an
     /// absent chunk succeeds (deletes are idempotent).
     fn delete(&mut self, id: ChunkId, ticket: u64) -> Result<(), StoreError>;

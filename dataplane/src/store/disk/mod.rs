@@ -828,6 +828,14 @@ impl ChunkStore for DiskStore {
         }
     }
 
+    fn drop_after_read(&mut self, id: ChunkId) {
+        if let Some(location) = self.index.get(&id) {
+            let file = &self.segments[&location.segment].file.file;
+            // Only pages wholly inside the record go: a neighbour's shared page stays.
+            let _ = drop_cached(file, location.record_offset, record_bytes(location.len));
+        }
+    }
+
     fn abort_put(&mut self, put: PutReservation) {
         let (slot, reservation) = self.reservation(put);
         self.release_slot(slot, &reservation);

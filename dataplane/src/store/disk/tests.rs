@@ -812,3 +812,30 @@ fn a_put_hinted_not_to_be_read_soon_leaves_the_page_cache_alone_of_its_neighbour
     assert_eq!(read_all(&mut store, 7).unwrap(), hinted);
     assert_eq!(read_all(&mut store, 8).unwrap(), kept);
 }
+
+/// The get hint (`drop_after_read`) drops the pages of the chunk read, and of it alone: the
+/// record beside it, read as well, stays cached; so does the hinted chunk's data.
+#[test]
+fn a_chunk_read_through_with_the_get_hint_leaves_the_page_cache_alone_of_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    if skip_on_tmpfs("a_chunk_read_through_with_the_get_hint_leaves_the_page_cache_alone_of_its_neighbours", dir.path())
+    {
+        return;
+    }
+    let mut store = open(dir.path(), DiskStoreConfig { segment_bytes: 1 << 20, ..small_config() });
+    let (hinted, kept) = (pattern(7, 60_000), pattern(8, 60_000));
+    put(&mut store, 7, &hinted, 1);
+    put(&mut store, 8, &kept, 2);
+    drain_all(&mut store);
+    assert_eq!(read_all(&mut store, 7).unwrap(), hinted);
+    assert_eq!(read_all(&mut store, 8).unwrap(), kept);
+    let (cached, pages) = record_pages_cached(&store, 7);
+    assert!(pages >= 10, "a 60 kB record spans at least 10 whole pages");
+    assert_eq!(cached, pages, "a chunk just read is cached before the hint");
+    store.drop_after_read(7);
+    store.drop_after_read(99); // an absent chunk: nothing to drop, nothing fails
+    assert_eq!(record_pages_cached(&store, 7).0, 0, "the hinted chunk's pages stayed cached");
+    let (cached, pages) = record_pages_cached(&store, 8);
+    assert_eq!(cached, pages, "the chunk beside it lost pages");
+    assert_eq!(read_all(&mut store, 7).unwrap(), hinted, "read again from the disk");
+}
