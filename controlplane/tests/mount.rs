@@ -974,6 +974,61 @@ fn a_file_read_through_the_mount_leaves_the_nodes_page_cache() {
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
 
+/// A file read twice through the mount is fetched from the node once: the second open of
+/// the same stored version keeps the kernel's page cache (`FOPEN_KEEP_CACHE`). A new
+/// version of the same size stored by another client meanwhile is read at the next open,
+/// not the cached old one; so is what a write through the mount changed.
+#[test]
+fn a_file_read_again_comes_from_the_kernels_cache_until_it_changes() {
+    if skip_without_fuse("a_file_read_again_comes_from_the_kernels_cache_until_it_changes") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    // No tagger: nothing but the mount reads from the node.
+    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    // Larger than the mount's own chunk cache (16 chunks), which would serve a small file
+    // read again whatever the kernel keeps.
+    let (first, second) = (pattern(18 * CHUNK + 100, 18), pattern(18 * CHUNK + 100, 19));
+    let source = tmp.path().join("source");
+    std::fs::write(&source, &first).unwrap();
+    ok(&node.cli(&["put", source.to_str().unwrap(), "--as", "big"]));
+    let marker = tmp.path().join("marker");
+    std::fs::write(&marker, b"m").unwrap();
+    ok(&node.cli(&["put", marker.to_str().unwrap(), "--as", "marker"]));
+    let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
+    // The mount's chunk reads since `before` (its whole-chunk requests over shared memory),
+    // once the counters (published every 100 ms) show a `beeline get` over UDP made after
+    // them: everything before it is counted then.
+    let reads_since = |before: &std::collections::HashMap<String, u64>| {
+        ok(&node.cli(&["get", "marker", "-o", "-", "--transport", "udp"]));
+        let now =
+            node.wait_counters(&[], "the marker's get counted", |c| c["fragments_served"] > before["fragments_served"]);
+        now["local_requests"] - before["local_requests"]
+    };
+
+    let before = node.counters(&[]);
+    assert!(std::fs::read(mount.path("big")).unwrap() == first, "the first read differs");
+    let first_read = reads_since(&before);
+    assert!(first_read >= 19, "a 19-chunk file read with {first_read} chunk reads");
+    let before = node.counters(&[]);
+    assert!(std::fs::read(mount.path("big")).unwrap() == first, "the second read differs");
+    let second_read = reads_since(&before);
+    assert!(second_read < first_read / 2, "the second read of the same version made {second_read} chunk reads");
+
+    std::fs::write(&source, &second).unwrap();
+    ok(&node.cli(&["put", source.to_str().unwrap(), "--as", "big"]));
+    assert!(std::fs::read(mount.path("big")).unwrap() == second, "a new version read as the cached old one");
+
+    let mut file = std::fs::OpenOptions::new().write(true).open(mount.path("big")).unwrap();
+    std::io::Write::write_all(&mut file, b"changed").unwrap();
+    drop(file);
+    let mut expected = second.clone();
+    expected[..7].copy_from_slice(b"changed");
+    assert!(std::fs::read(mount.path("big")).unwrap() == expected, "a write through the mount read as before it");
+    assert!(!mount.log().contains("panicked"), "{}", mount.log());
+}
+
 /// Reading a file through the mount has the chunks after the one being read fetched in
 /// the background: after one read of its first MiB, the node has served the first chunk
 /// and the 8 after it; the whole file then reads back right, also from the middle.

@@ -319,6 +319,9 @@ impl Filesystem for BeelineFs {
         reply: ReplyAttr,
     ) {
         let mut state = self.state();
+        if size.is_some() {
+            state.forget_read_version(ino.0);
+        }
         let result = state.inodes.key(ino.0).and_then(|key| {
             if let Some(size) = size {
                 match &key {
@@ -404,8 +407,15 @@ impl Filesystem for BeelineFs {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = write && flags.0 & libc::O_TRUNC != 0;
         let open_flags = self.open_flags(flags.0);
+        if write {
+            state.forget_read_version(ino.0);
+        }
         match Self::file_name(&state, ino.0).and_then(|name| state.open(&name, write, truncate)) {
-            Ok(fh) => reply.opened(FileHandle(fh), open_flags),
+            Ok(fh) => {
+                let keep = !write && !self.direct_reads && state.keep_cache(ino.0, fh);
+                let keep = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.opened(FileHandle(fh), open_flags | keep)
+            }
             Err(error) => reply.error(errno(&error)),
         }
     }

@@ -336,7 +336,15 @@ pub struct State {
     next_fh: u64,
     chunks: Chunks,
     pub mounted_at: SystemTime,
+    /// Per inode, the stored version (file id) a read-only open last read: the kernel's
+    /// page cache of that inode holds nothing else, so an open of the same version keeps it
+    /// (bounded by [`READ_VERSIONS_MAX`]).
+    read_versions: HashMap<u64, u64>,
 }
+
+/// Inodes whose last read version is remembered; past it the table starts over (opens
+/// then read the node again, once).
+const READ_VERSIONS_MAX: usize = 4096;
 
 pub fn child_path(parent: &str, name: &str) -> String {
     if parent.is_empty() { name.to_owned() } else { format!("{parent}/{name}") }
@@ -365,6 +373,7 @@ impl State {
             spool_dir,
             inodes: Inodes::new(),
             snapshot: None,
+            read_versions: HashMap::new(),
             session_dirs: BTreeSet::new(),
             open_files: HashMap::new(),
             handles: HashMap::new(),
@@ -550,6 +559,29 @@ impl State {
             lock(&file).start_over()?;
         }
         Ok(self.add_handle(Handle { name: name.to_owned(), file: Some(file), source: None }))
+    }
+
+    /// Whether read-only handle `fh` of inode `ino` may keep what the kernel cached of the
+    /// inode (`FOPEN_KEEP_CACHE`): only if it reads the very version an earlier read-only
+    /// open read, and no open for writing or resize came in between (file ids are never
+    /// reused, so another version always has another id). Without it, every open has the
+    /// kernel drop the inode's pages and read the node again.
+    pub fn keep_cache(&mut self, ino: u64, fh: u64) -> bool {
+        let version = self.handles.get(&fh).and_then(|handle| handle.source.as_ref()).map(|s| s.record().file_id);
+        let Some(version) = version else {
+            self.read_versions.remove(&ino);
+            return false;
+        };
+        if self.read_versions.len() >= READ_VERSIONS_MAX && !self.read_versions.contains_key(&ino) {
+            self.read_versions.clear();
+        }
+        self.read_versions.insert(ino, version) == Some(version)
+    }
+
+    /// Inode `ino` was opened for writing or resized: what the kernel caches of it may be
+    /// bytes never stored, so the next read-only open does not keep them.
+    pub fn forget_read_version(&mut self, ino: u64) {
+        self.read_versions.remove(&ino);
     }
 
     fn handle(&self, fh: u64) -> StoreResult<&Handle> {
