@@ -874,28 +874,38 @@ fn a_write_behind_failing_after_freeing_the_spool_reads_it_back_from_the_node() 
     assert!(!mount.log().contains("panicked"), "{}", mount.log());
 }
 
+/// For a test of what the node keeps in its page cache: the serial guard, a temporary
+/// directory and a node in it without a tagger (it would read the stored files back into
+/// the page cache); `None`, with the reason printed, where FUSE or `fincore` is missing or
+/// the directory is on tmpfs, whose pages cannot be dropped.
+fn page_cache_test(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, tempfile::TempDir, TestNode)> {
+    if skip_without_fuse(test) {
+        return None;
+    }
+    if !have("fincore") {
+        beeline_dataplane::testkit::skip(test, "`fincore` (util-linux) is not installed");
+        return None;
+    }
+    let serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let fs_type = sh_ok(&format!("stat -f -c %T '{}'", tmp.path().display()));
+    if fs_type.trim() == "tmpfs" {
+        beeline_dataplane::testkit::skip(test, "the temporary directory is on tmpfs, whose pages cannot be dropped");
+        return None;
+    }
+    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    Some((serial, tmp, node))
+}
+
 /// A file copied in through the mount is stored with the not-read-soon hint: once its
 /// puts are durable the node keeps (almost) none of it in its page cache, where the same
 /// file stored by `beeline put` stays cached. Both read back whole.
 #[test]
 fn a_file_copied_in_leaves_the_nodes_page_cache_once_durable() {
-    const TEST: &str = "a_file_copied_in_leaves_the_nodes_page_cache_once_durable";
-    if skip_without_fuse(TEST) {
+    let Some((_serial, tmp, node)) = page_cache_test("a_file_copied_in_leaves_the_nodes_page_cache_once_durable")
+    else {
         return;
-    }
-    if !have("fincore") {
-        beeline_dataplane::testkit::skip(TEST, "`fincore` (util-linux) is not installed");
-        return;
-    }
-    let _serial = one_at_a_time();
-    let tmp = tempfile::tempdir().unwrap();
-    let fs_type = sh_ok(&format!("stat -f -c %T '{}'", tmp.path().display()));
-    if fs_type.trim() == "tmpfs" {
-        beeline_dataplane::testkit::skip(TEST, "the temporary directory is on tmpfs, whose pages cannot be dropped");
-        return;
-    }
-    // No tagger: it would read the stored files back into the page cache.
-    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    };
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
@@ -936,23 +946,10 @@ fn a_file_copied_in_leaves_the_nodes_page_cache_once_durable() {
 /// the same file leaves it cached again.
 #[test]
 fn a_file_read_through_the_mount_leaves_the_nodes_page_cache() {
-    const TEST: &str = "a_file_read_through_the_mount_leaves_the_nodes_page_cache";
-    if skip_without_fuse(TEST) {
+    let Some((_serial, tmp, node)) = page_cache_test("a_file_read_through_the_mount_leaves_the_nodes_page_cache")
+    else {
         return;
-    }
-    if !have("fincore") {
-        beeline_dataplane::testkit::skip(TEST, "`fincore` (util-linux) is not installed");
-        return;
-    }
-    let _serial = one_at_a_time();
-    let tmp = tempfile::tempdir().unwrap();
-    let fs_type = sh_ok(&format!("stat -f -c %T '{}'", tmp.path().display()));
-    if fs_type.trim() == "tmpfs" {
-        beeline_dataplane::testkit::skip(TEST, "the temporary directory is on tmpfs, whose pages cannot be dropped");
-        return;
-    }
-    // No tagger: it would read the stored files back into the page cache.
-    let node = TestNode::start(tmp.path(), &["--auto-tag", "false"]);
+    };
     let data = pattern(24 * MIB + 100, 17);
     let source = tmp.path().join("source");
     std::fs::write(&source, &data).unwrap();
