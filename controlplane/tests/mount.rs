@@ -839,10 +839,10 @@ fn a_writer_pausing_past_the_grace_period_loses_nothing_that_was_freed() {
 
 /// A write-behind that fails after freeing part of the spool (the node fills up: 3 of the
 /// 6 chunks fit) reads back from the node what it had freed: `fsync` answers ENOSPC, and
-/// the open file still reads back whole, byte for byte what was written. How many chunks
-/// are durable before the refusal of the 4th ends the put depends on timing (4 are in
-/// flight at once), so the wait is for at least one freed chunk, which is what makes the
-/// read-back necessary.
+/// the open file still reads back whole, byte for byte what was written. The first 12 MiB
+/// (the 3 chunks that fit) are written and freed before the rest, so that freeing comes
+/// before the refusal whatever the timing (with all 24 MiB written at once, the 4th chunk
+/// could be refused before any chunk was reported durable, and nothing was freed).
 #[test]
 fn a_write_behind_failing_after_freeing_the_spool_reads_it_back_from_the_node() {
     use std::io::Write;
@@ -863,10 +863,14 @@ fn a_write_behind_failing_after_freeing_the_spool_reads_it_back_from_the_node() 
         .truncate(true)
         .open(mount.path("too-big"))
         .unwrap();
-    for piece in data.chunks(MIB) {
+    let (fits, rest) = data.split_at(3 * CHUNK);
+    for piece in fits.chunks(MIB) {
         file.write_all(piece).unwrap();
     }
-    wait_spool_freed(&mount, &spool, (data.len() - CHUNK) as u64, "24 MiB written in order to a 14 MB node");
+    wait_spool_freed(&mount, &spool, CHUNK as u64, "12 MiB written in order to a 14 MB node");
+    for piece in rest.chunks(MIB) {
+        file.write_all(piece).unwrap();
+    }
     let error = file.sync_all().expect_err("24 MiB went into a 14 MB node");
     assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}\n{}", mount.log());
     assert!(spool_allocated_bytes(&mount, &spool) >= data.len() as u64, "what was freed is back in the spool");
