@@ -327,3 +327,63 @@ fn a_put_whose_node_restarts_with_smaller_chunks_fails_cleanly() {
     assert!(stderr.to_lowercase().contains("large"), "the error does not say the chunk is too large: {stderr}");
     assert!(node.cli(&["stat", "f"]).stdout.is_empty(), "a partial file was recorded");
 }
+
+/// A large put over shared memory goes from the client's bulk slot to the disk with
+/// O_DIRECT: the store counts its chunks' bytes as written direct and the node's page
+/// cache holds almost none of them, while the same file put over UDP goes through the page
+/// cache. A node started with `--direct-writes false` writes both through the page cache.
+/// Every copy reads back byte for byte, also after the node is killed and restarted.
+#[test]
+fn large_puts_over_shared_memory_are_written_direct_to_the_disk() {
+    let test = "large_puts_over_shared_memory_are_written_direct_to_the_disk";
+    let data = pattern((8 << 20) + 12345, 31);
+    for direct in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = format!("--direct-writes={direct}");
+        // No tagger: it would read the file back into the page cache.
+        let mut node = TestNode::start(dir.path(), &[&flag, "--auto-tag", "false"]);
+        let source = dir.path().join("file");
+        std::fs::write(&source, &data).unwrap();
+        let before = counters(&node);
+        ok(&node.cli(&["put", source.to_str().unwrap(), "--as", "over-shm", "--transport", "shm"]));
+        let after = wait_counters(&node, "the put counted", |c| {
+            c["store_direct_written_bytes"] + c["store_page_cache_written_bytes"]
+                >= before["store_direct_written_bytes"] + before["store_page_cache_written_bytes"] + data.len() as u64
+        });
+        let direct_bytes = after["store_direct_written_bytes"] - before["store_direct_written_bytes"];
+        if direct && on_tmpfs(dir.path()) {
+            beeline_dataplane::testkit::skip(test, "the temporary directory is on tmpfs, which does no direct I/O");
+            return;
+        }
+        if direct {
+            // The two 4 MiB chunks, whole; the 12345-byte last chunk is too short to go direct.
+            assert_eq!(direct_bytes, 8 << 20, "bytes written direct");
+            if Command::new("fincore").arg("--version").output().is_ok() {
+                let cached = node.segment_bytes_cached();
+                assert!(cached < 1 << 20, "the node's page cache holds {cached} bytes after a direct put");
+            }
+        } else {
+            assert_eq!(direct_bytes, 0, "--direct-writes false wrote direct");
+        }
+        let before = counters(&node);
+        ok(&node.cli(&["put", source.to_str().unwrap(), "--as", "over-udp", "--transport", "udp"]));
+        let after = wait_counters(&node, "the UDP put counted", |c| {
+            c["store_page_cache_written_bytes"] >= before["store_page_cache_written_bytes"] + data.len() as u64
+        });
+        assert_eq!(after["store_direct_written_bytes"], before["store_direct_written_bytes"], "a UDP put went direct");
+
+        node.process().kill9();
+        node.spawn();
+        for name in ["over-shm", "over-udp"] {
+            let back = node.cli(&["get", name, "-o", "-", "--transport", "shm"]);
+            assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+            assert!(back.stdout == data, "{name} came back different (direct writes {direct})");
+        }
+    }
+}
+
+/// Whether `dir` is on a tmpfs (`stat -f`).
+fn on_tmpfs(dir: &std::path::Path) -> bool {
+    let out = Command::new("stat").args(["-f", "-c", "%T"]).arg(dir).output().expect("run stat");
+    String::from_utf8_lossy(&out.stdout).trim() == "tmpfs"
+}

@@ -75,6 +75,7 @@ pub struct FileConfig {
     pub mtu: Option<u16>,
     pub auto_tag: Option<bool>,
     pub drop_written_pages: Option<bool>,
+    pub direct_writes: Option<bool>,
     pub shm: Option<bool>,
     pub shm_socket: Option<PathBuf>,
     pub shm_socket_mode: Option<String>,
@@ -206,6 +207,11 @@ pub struct NodeFlags {
     /// from the disk [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub drop_written_pages: Option<bool>,
+    /// Write large chunks from a local client's shared memory to the disk with O_DIRECT,
+    /// so the node copies none of their bytes; a chunk read right after its put then comes
+    /// from the disk. Off: every put goes through the page cache [default: true].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub direct_writes: Option<bool>,
     /// Serve clients on this host over shared memory (a Unix socket) [default: true].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub shm: Option<bool>,
@@ -262,6 +268,8 @@ pub struct NodeSettings {
     pub auto_tag: bool,
     /// Whether a put's pages leave the page cache once durable (`drop_written_pages`).
     pub drop_written_pages: bool,
+    /// Whether large aligned puts are written with `O_DIRECT` (`direct_writes`).
+    pub direct_writes: bool,
 }
 
 /// Settings for joining the metadata cluster.
@@ -455,6 +463,7 @@ impl NodeFlags {
             shm,
             auto_tag: self.auto_tag.or(file.auto_tag).unwrap_or(true),
             drop_written_pages: self.drop_written_pages.or(file.drop_written_pages).unwrap_or(false),
+            direct_writes: self.direct_writes.or(file.direct_writes).unwrap_or(true),
         })
     }
 
@@ -723,6 +732,12 @@ mod tests {
         assert!(flags.resolve().unwrap().drop_written_pages);
         let flags = NodeFlags { drop_written_pages: Some(false), ..flags };
         assert!(!flags.resolve().unwrap().drop_written_pages, "the flag wins over the file");
+
+        assert!(NodeFlags::default().resolve().unwrap().direct_writes, "on by default");
+        let (_dir, flags) = with_file("direct_writes = false\n");
+        assert!(!flags.resolve().unwrap().direct_writes);
+        let flags = NodeFlags { direct_writes: Some(true), ..flags };
+        assert!(flags.resolve().unwrap().direct_writes, "the flag wins over the file");
 
         let (_dir, flags) = with_file("scrub_bytes_per_s = 100\n");
         let message = flags.resolve().unwrap_err().to_string();

@@ -167,6 +167,15 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
             vec![counter(i.chunks_found_corrupt, &[])],
         ),
         family(
+            "beeline_store_written_bytes_total",
+            "Chunk bytes the store wrote, by path: direct (O_DIRECT from a local client's shared memory) or page_cache.",
+            COUNTER,
+            vec![
+                counter(snapshot.writes.direct_bytes, &[("path", "direct")]),
+                counter(snapshot.writes.page_cache_bytes, &[("path", "page_cache")]),
+            ],
+        ),
+        family(
             "beeline_scrub_bytes_total",
             "Bytes the background scrub re-read and verified.",
             COUNTER,

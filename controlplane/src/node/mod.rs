@@ -208,6 +208,12 @@ impl<M: Metadata> NodeControl<M> {
                 // As published by the poll loop (at most 100 ms old), so that node and
                 // backend counters agree with each other.
                 let mut counters = counter_pairs(&snapshot.counters);
+                let writes = &snapshot.writes;
+                counters.extend([
+                    ("store_direct_written_bytes".to_owned(), writes.direct_bytes),
+                    ("store_page_cache_written_bytes".to_owned(), writes.page_cache_bytes),
+                    ("store_padding_bytes".to_owned(), writes.padding_bytes),
+                ]);
                 counters.extend(snapshot.backend_counters.iter().cloned());
                 let from = (counters_from as usize).min(counters.len());
                 let mut status = NodeStatus {
@@ -643,6 +649,7 @@ fn data_plane_thread(
         max_chunk_bytes: settings.chunk_bytes_max,
         max_puts_in_flight: settings.put_slots as usize,
         drop_written_pages: settings.drop_written_pages,
+        direct_writes: settings.direct_writes,
         ..DiskStoreConfig::default()
     };
     let store = DiskStore::open(&settings.data_dir.join("chunks"), store_config)
@@ -876,6 +883,7 @@ fn publish<C: ControlHandler<DiskStore>>(
     snapshot.used_bytes = poll.node.store().used_bytes();
     snapshot.chunks = poll.node.store().chunk_count() as u64;
     snapshot.integrity = poll.node.store().integrity_stats();
+    snapshot.writes = poll.node.store().write_stats();
     snapshot.page_backing = page_backing.to_owned();
     snapshot.backend = poll.io.describe();
     snapshot.backend_counters = poll.io.counters();

@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub chunks: u64,
     /// Reads refused as corrupt and the background scrub's progress.
     pub integrity: beeline_dataplane::store::disk::IntegrityStats,
+    /// How puts' bytes reached the disk: with O_DIRECT or through the page cache.
+    pub writes: beeline_dataplane::store::disk::WriteStats,
     pub page_backing: String,
     /// The backend and how it runs (for afxdp: interface, queue, zero-copy or copy mode).
     pub backend: String,

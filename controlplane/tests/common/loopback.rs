@@ -220,7 +220,8 @@ pub struct ChunkRecord {
 
 /// The put records of every segment file in `chunks` (a node's `chunks/` directory), as
 /// far as their headers read: a 64-byte header ("BLR1", version, kind at 5 (1: put), the
-/// id at 8..24, the length at 24..28), the payload, padding to 64 bytes. Reads the headers
+/// id at 8..24, the length at 24..28), the payload, padding to 64 bytes; padding records
+/// (never committed, chunk id 0) in front of large chunks are listed too. Reads the headers
 /// only. The node may be appending meanwhile: a file is read up to its first header that
 /// does not parse.
 pub fn chunk_records(chunks: &Path) -> Vec<ChunkRecord> {

@@ -164,7 +164,7 @@ impl DiskStore {
         let record_bytes = record_bytes(from.len);
         let from_file = Arc::clone(&self.segments[&from.segment].file);
         let (segment, record_offset) =
-            self.append_record(record_bytes, &encode_header(KIND_PUT, id, from.len, None))?;
+            self.append_record(record_bytes, &encode_header(KIND_PUT, id, from.len, None), None)?;
         let target = Arc::clone(&self.segments[&segment].file);
         let source_offset = from.record_offset + RECORD_HEADER_BYTES;
         let target_offset = record_offset + RECORD_HEADER_BYTES;

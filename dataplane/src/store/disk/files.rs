@@ -24,7 +24,7 @@ pub(super) fn create_segment(dir: &Path, id: u32) -> Result<Segment, DiskStoreEr
         .open(&path)
         .map_err(|source| DiskStoreError::io("creating", &path, source))?;
     let file = Arc::new(SegmentFile { id, file, sync_failed: AtomicBool::new(false) });
-    Ok(Segment { file, len_bytes: 0, live_bytes: 0, puts_in_flight: 0, tombstones: 0 })
+    Ok(Segment { file, len_bytes: 0, live_bytes: 0, puts_in_flight: 0, tombstones: 0, direct_file: None })
 }
 
 /// Allocates `len_bytes` at `offset`, extending the file, so that a full disk shows up
@@ -319,4 +319,37 @@ pub(super) fn on_tmpfs(path: &std::path::Path) -> bool {
     let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
     assert_eq!(rc, 0, "statfs: {}", io::Error::last_os_error());
     stat.f_type == libc::TMPFS_MAGIC
+}
+
+/// What `O_DIRECT` asks of a write on a filesystem: buffer addresses aligned to
+/// `memory_bytes`, file offsets and lengths to `offset_bytes` (powers of two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DirectAlignment {
+    pub(super) memory_bytes: u64,
+    pub(super) offset_bytes: u64,
+}
+
+/// The alignment direct I/O needs on `file` (`statx(2)`, `STATX_DIOALIGN`, Linux 6.1);
+/// `None` when the filesystem does no direct I/O or the kernel cannot tell.
+pub(super) fn direct_alignment(file: &File) -> Option<DirectAlignment> {
+    // SAFETY: an all-zero statx is a valid value of the plain C struct.
+    let mut stat: libc::statx = unsafe { core::mem::zeroed() };
+    // SAFETY: `file` is an open descriptor borrowed for the call, the empty path is
+    // NUL-terminated and `AT_EMPTY_PATH` makes the kernel describe the descriptor itself;
+    // `stat` is a writable statx the kernel fills and nothing else.
+    let rc =
+        unsafe { libc::statx(file.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_DIOALIGN, &mut stat) };
+    if rc != 0 || stat.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return None;
+    }
+    let (memory_bytes, offset_bytes) = (u64::from(stat.stx_dio_mem_align), u64::from(stat.stx_dio_offset_align));
+    (memory_bytes.is_power_of_two() && offset_bytes.is_power_of_two())
+        .then_some(DirectAlignment { memory_bytes, offset_bytes })
+}
+
+/// A second descriptor of segment `path` for writing with `O_DIRECT`: DMA from the
+/// caller's buffer to the disk, no copy into the page cache.
+pub(super) fn open_direct(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path)
 }

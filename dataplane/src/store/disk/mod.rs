@@ -15,6 +15,8 @@
 
 mod compaction;
 mod crc;
+#[cfg(test)]
+mod direct_tests;
 #[allow(unsafe_code)] // fallocate(2), flock(2), preadv(2), posix_fadvise(2) and mincore(2)
 mod files;
 mod group_commit;
@@ -95,6 +97,22 @@ fn cache_pieces(offset: u32, len: usize) -> impl Iterator<Item = (u32, core::ops
     })
 }
 const FALLOCATE_EINTR_RETRIES: u32 = 16;
+/// Payloads at least this long are written with `O_DIRECT` when their buffer allows it
+/// ([`DiskStoreConfig::direct_writes`]), and their records are placed so that the payload
+/// starts on a page. Shorter ones go through the page cache: padding would cost them more
+/// than the copy.
+pub const DIRECT_WRITE_BYTES_MIN: u32 = 256 << 10;
+/// Direct-written payloads start at a multiple of this (at least the filesystem's direct
+/// I/O alignment), and their direct part is a multiple of it: a page then never holds both
+/// bytes written through the page cache (a header, the payload's tail) and bytes written
+/// around it, which would make the kernel write back and re-read that page.
+const DIRECT_PAGE_BYTES: u64 = 4096;
+/// Most `pwrite` calls one direct write makes (a call interrupted by a signal is retried).
+const DIRECT_WRITE_CALLS_MAX: u32 = 64;
+/// Chunk id of padding records: never-committed put reservations that place the next
+/// record's payload on a page. Any reader of the format steps over them like any abandoned
+/// reservation; recovery counts them apart.
+const PADDING_ID: ChunkId = 0;
 /// `open` retries a held lock this often, this far apart (one second in all): the holder
 /// may be a process that is exiting, or a child forked by this process that still shares
 /// the lock's file description until it calls `exec`.
@@ -137,6 +155,13 @@ pub struct DiskStoreConfig {
     /// and the next writes reuse those pages instead of fresh ones (what a large write pays
     /// most for on a VM that hands freed memory back to its host).
     pub drop_written_pages: bool,
+    /// Write a payload of at least [`DIRECT_WRITE_BYTES_MIN`] whose buffer is aligned for
+    /// direct I/O (a local client's chunk in shared memory: its bulk slots start on pages)
+    /// with `O_DIRECT`: the disk takes it straight from that memory, and the node neither
+    /// copies it into the page cache nor writes it back at the next sync. A chunk read soon
+    /// after such a put comes from the disk. On by default; ignored, with everything written
+    /// through the page cache, on a filesystem without direct I/O (tmpfs).
+    pub direct_writes: bool,
 }
 
 impl Default for DiskStoreConfig {
@@ -149,6 +174,7 @@ impl Default for DiskStoreConfig {
             max_pending_durable: 4096,
             expected_chunks: 1 << 16,
             drop_written_pages: false,
+            direct_writes: true,
         }
     }
 }
@@ -226,6 +252,19 @@ pub struct RecoveryReport {
     pub checksum_mismatches_discarded: u64,
     /// Reservations that were never committed (or whose commit was torn).
     pub pending_reservations_skipped: u64,
+    /// Padding records stepped over (they place direct-written payloads on pages).
+    pub padding_records_skipped: u64,
+}
+
+/// How the bytes of puts reached the disk since the store was opened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Payload bytes written with `O_DIRECT` ([`DiskStoreConfig::direct_writes`]).
+    pub direct_bytes: u64,
+    /// Payload bytes written through the page cache.
+    pub page_cache_bytes: u64,
+    /// Bytes of padding records placed before direct-written payloads.
+    pub padding_bytes: u64,
 }
 
 /// What one `compact`/`maybe_compact` call did.
@@ -287,6 +326,9 @@ pub struct DiskStore {
     integrity: IntegrityStats,
     scrub: verify::ScrubState,
     read_ahead: readahead::ReadAhead,
+    /// What direct writes need on this filesystem; `None` when they are off or impossible.
+    direct: Option<DirectAlignment>,
+    write_stats: WriteStats,
 }
 
 struct SegmentFile {
@@ -305,6 +347,8 @@ struct Segment {
     puts_in_flight: u32,
     /// Needed tombstones held by this segment.
     tombstones: u32,
+    /// The file opened with `O_DIRECT`, once a direct write needed it.
+    direct_file: Option<File>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -411,6 +455,7 @@ impl DiskStore {
             dir_file.sync_all().map_err(|source| DiskStoreError::io("syncing", dir, source))?;
         }
         let disk_bytes = segments.values().map(|segment| segment.len_bytes).sum();
+        let direct = if config.direct_writes { direct_alignment(&segments[&active].file.file) } else { None };
 
         let slots = (0..config.max_puts_in_flight)
             .map(|_| Slot {
@@ -467,7 +512,20 @@ impl DiskStore {
             integrity: IntegrityStats::default(),
             read_ahead: readahead::ReadAhead::default(),
             scrub: verify::ScrubState::default(),
+            direct,
+            write_stats: WriteStats::default(),
         })
+    }
+
+    /// How puts' bytes reached the disk since `open`.
+    pub fn write_stats(&self) -> WriteStats {
+        self.write_stats
+    }
+
+    /// Whether large aligned payloads are written with `O_DIRECT` (configured, and the
+    /// filesystem does direct I/O).
+    pub fn writes_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// What `open` found on disk.
@@ -549,32 +607,61 @@ impl DiskStore {
     fn append_tombstone(&mut self, id: ChunkId, seq: u64) -> Result<(u32, u64), DiskStoreError> {
         let frame_crc = frame_crc(KIND_TOMBSTONE, id, 0);
         let header = encode_header(KIND_TOMBSTONE, id, 0, Some(encode_commit(frame_crc, seq, 0)));
-        let (segment, record_offset) = self.append_record(RECORD_HEADER_BYTES, &header)?;
+        let (segment, record_offset) = self.append_record(RECORD_HEADER_BYTES, &header, None)?;
         let target = self.segment_mut(segment);
         target.live_bytes += RECORD_HEADER_BYTES;
         target.tombstones += 1;
         Ok((segment, record_offset))
     }
 
-    /// Reserves `record_bytes` at the tail and writes `header` there. On success the bytes
-    /// belong to the file but are not yet counted live.
-    fn append_record(&mut self, record_bytes: u64, header: &[u8; 64]) -> Result<(u32, u64), DiskStoreError> {
-        let (segment, record_offset) = self.reserve_tail(record_bytes)?;
+    /// Reserves `record_bytes` at the tail and writes `header` there; with `payload_align`,
+    /// a padding record first, so that the payload starts at a multiple of it. On success
+    /// the bytes belong to the file but are not yet counted live (padding never is).
+    fn append_record(
+        &mut self,
+        record_bytes: u64,
+        header: &[u8; 64],
+        payload_align: Option<u64>,
+    ) -> Result<(u32, u64), DiskStoreError> {
+        let (segment, start, padding_bytes) = self.reserve_tail(record_bytes, payload_align)?;
+        let record_offset = start + padding_bytes;
         let file = Arc::clone(&self.segments[&segment].file);
-        if let Err(source) = file.file.write_all_at(header, record_offset) {
-            self.give_back_tail(segment, record_offset, record_bytes);
+        let padding = (padding_bytes > 0).then(|| {
+            let len = u32::try_from(padding_bytes - RECORD_HEADER_BYTES).expect("padding is under a page or so");
+            assert_eq!(record::record_bytes(len), padding_bytes, "the padding record fills the gap exactly");
+            encode_header(KIND_PUT, PADDING_ID, len, None)
+        });
+        let written = match padding {
+            Some(padding) => file.file.write_all_at(&padding, start),
+            None => Ok(()),
+        }
+        .and_then(|()| file.file.write_all_at(header, record_offset));
+        if let Err(source) = written {
+            self.give_back_tail(segment, start, padding_bytes + record_bytes);
             return Err(DiskStoreError::io("writing a record header to", &segment_path(&self.dir, segment), source));
         }
+        self.write_stats.padding_bytes += padding_bytes;
         Ok((segment, record_offset))
     }
 
     /// Extends the active segment (starting a new one first if needed) by `record_bytes`
-    /// of allocated space.
-    fn reserve_tail(&mut self, record_bytes: u64) -> Result<(u32, u64), DiskStoreError> {
+    /// of allocated space, after the padding `payload_align` asks for: (segment, offset of
+    /// the padding or else the record, padding bytes).
+    fn reserve_tail(
+        &mut self,
+        record_bytes: u64,
+        payload_align: Option<u64>,
+    ) -> Result<(u32, u64, u64), DiskStoreError> {
+        let padding_at = |offset: u64| {
+            payload_align.map_or(0, |align| {
+                assert!(align.is_power_of_two() && align >= RECORD_ALIGN_BYTES, "payload alignment {align}");
+                (align - (offset + RECORD_HEADER_BYTES) % align) % align
+            })
+        };
         let active = &self.segments[&self.active];
         let roll = active.len_bytes > 0
             && (self.roll_requested
-                || active.len_bytes + record_bytes > self.config.segment_bytes
+                || active.len_bytes + padding_at(active.len_bytes) + record_bytes > self.config.segment_bytes
                 || active.file.sync_failed.load(Ordering::Acquire));
         if roll {
             let Some(id) = self.active.checked_add(1) else {
@@ -588,17 +675,76 @@ impl DiskStore {
             self.dir_dirty = true;
         }
         let segment = self.segments.get_mut(&self.active).expect("the active segment exists");
-        let record_offset = segment.len_bytes;
-        if let Err(source) = allocate(&segment.file.file, record_offset, record_bytes) {
+        let start = segment.len_bytes;
+        let padding_bytes = padding_at(start);
+        let reserved_bytes = padding_bytes + record_bytes;
+        if let Err(source) = allocate(&segment.file.file, start, reserved_bytes) {
             // Undo any partial extension; if even that fails, leave the tail alone.
-            if segment.file.file.set_len(record_offset).is_err() {
+            if segment.file.file.set_len(start).is_err() {
                 self.roll_requested = true;
             }
             return Err(DiskStoreError::io("allocating space in", &segment_path(&self.dir, self.active), source));
         }
-        segment.len_bytes += record_bytes;
-        self.disk_bytes += record_bytes;
-        Ok((self.active, record_offset))
+        segment.len_bytes += reserved_bytes;
+        self.disk_bytes += reserved_bytes;
+        Ok((self.active, start, padding_bytes))
+    }
+
+    /// Where a `len`-byte payload should start for a direct write, if it will get one.
+    fn payload_alignment(&self, len: u32) -> Option<u64> {
+        let direct = self.direct?;
+        (len >= DIRECT_WRITE_BYTES_MIN).then(|| direct.offset_bytes.max(DIRECT_PAGE_BYTES))
+    }
+
+    /// Writes the longest prefix of `data` that direct I/O takes at `file_offset` of
+    /// `segment` with `O_DIRECT`; returns its length, 0 when none (the buffer or the offset
+    /// is not aligned, the payload is short, or direct writes are off). The caller writes
+    /// the rest through the page cache. A filesystem that refuses direct I/O after all
+    /// turns direct writes off for good.
+    fn write_direct_prefix(&mut self, segment: u32, file_offset: u64, data: &[u8]) -> io::Result<usize> {
+        let Some(direct) = self.direct else { return Ok(0) };
+        let unit = direct.offset_bytes.max(DIRECT_PAGE_BYTES);
+        let aligned =
+            file_offset.is_multiple_of(unit) && (data.as_ptr() as usize as u64).is_multiple_of(direct.memory_bytes);
+        if !aligned || data.len() < DIRECT_WRITE_BYTES_MIN as usize {
+            return Ok(0);
+        }
+        let len = (data.len() as u64 / unit * unit) as usize;
+        let path = segment_path(&self.dir, segment);
+        let entry = self.segments.get_mut(&segment).expect("a reservation's segment exists");
+        if entry.direct_file.is_none() {
+            match open_direct(&path) {
+                Ok(file) => entry.direct_file = Some(file),
+                Err(_) => {
+                    self.direct = None;
+                    return Ok(0);
+                }
+            }
+        }
+        let file = entry.direct_file.as_ref().expect("opened above");
+        let mut done = 0usize;
+        for _ in 0..DIRECT_WRITE_CALLS_MAX {
+            if done == len {
+                break;
+            }
+            match file.write_at(&data[done..len], file_offset + done as u64) {
+                Ok(0) => break,
+                Ok(written) => {
+                    done += written;
+                    if !(written as u64).is_multiple_of(unit) {
+                        break; // A short write off the alignment: the rest goes through the cache.
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct = None;
+                    break;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.write_stats.direct_bytes += done as u64;
+        Ok(done)
     }
 
     /// Returns a just-reserved tail range whose header could not be written. If it cannot
@@ -708,14 +854,16 @@ impl ChunkStore for DiskStore {
             return Err(StoreError::Busy);
         }
         let record_bytes = record_bytes(len);
+        let payload_align = self.payload_alignment(len);
         if let Some(capacity_bytes) = self.config.capacity_bytes {
-            if self.disk_bytes.saturating_add(record_bytes) > capacity_bytes {
+            let padding_bytes_max = payload_align.map_or(0, |align| align - RECORD_HEADER_BYTES);
+            if self.disk_bytes.saturating_add(padding_bytes_max + record_bytes) > capacity_bytes {
                 return Err(StoreError::DiskFull);
             }
         }
         let header = encode_header(KIND_PUT, id, len, None);
         let (segment, record_offset) =
-            self.append_record(record_bytes, &header).map_err(|error| store_error(&error))?;
+            self.append_record(record_bytes, &header, payload_align).map_err(|error| store_error(&error))?;
         let entry = self.segment_mut(segment);
         entry.live_bytes += record_bytes;
         entry.puts_in_flight += 1;
@@ -754,9 +902,13 @@ impl ChunkStore for DiskStore {
         // with each piece's checksums between them, a local client's put cost the node less
         // CPU but stored 10 % slower (three A/B rounds), probably because the group commit's
         // `fdatasync` then catches chunks half written (not verified).
+        let file_offset = reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset);
+        let direct_bytes =
+            self.write_direct_prefix(reservation.segment, file_offset, data).map_err(|error| io_store_error(&error))?;
+        let rest = &data[direct_bytes..];
         let file = &self.segments[&reservation.segment].file.file;
-        file.write_all_at(data, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
-            .map_err(|error| io_store_error(&error))?;
+        file.write_all_at(rest, file_offset + direct_bytes as u64).map_err(|error| io_store_error(&error))?;
+        self.write_stats.page_cache_bytes += rest.len() as u64;
         let slot_entry = &mut self.slots[slot];
         let entry = slot_entry.put.as_mut().expect("reservation checked above");
         entry.written_bytes += data.len() as u64;
@@ -776,6 +928,7 @@ impl ChunkStore for DiskStore {
         let file = &self.segments[&reservation.segment].file.file;
         write_all_vectored_at(file, bufs, reservation.record_offset + RECORD_HEADER_BYTES + u64::from(offset))
             .map_err(|error| io_store_error(&error))?;
+        self.write_stats.page_cache_bytes += len;
         let slot_entry = &mut self.slots[slot];
         let entry = slot_entry.put.as_mut().expect("reservation checked above");
         entry.written_bytes += len;

@@ -18,6 +18,10 @@ pub(super) const READAHEAD_CHUNK_BYTES_MIN: u32 = 256 << 10;
 /// go through a segment in order: two 4 MiB chunks.
 pub(super) const SEQUENTIAL_READAHEAD_BYTES: u64 = 8 << 20;
 
+/// A record this close behind the end of the last one read still follows it: the gap is
+/// the padding that puts a large chunk's payload on a page (see `DIRECT_WRITE_BYTES_MIN`).
+const FOLLOWING_GAP_BYTES_MAX: u64 = 64 << 10;
+
 /// Where the last large chunk read from its start ended, and how far the kernel was asked
 /// to read.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +47,10 @@ impl ReadAhead {
             return None;
         }
         let record_end = record_offset + record_bytes(len);
-        let follows = self.last.filter(|last| last.segment == segment && last.next_record_offset == record_offset);
+        let follows = self.last.filter(|last| {
+            last.segment == segment
+                && record_offset.checked_sub(last.next_record_offset).is_some_and(|gap| gap < FOLLOWING_GAP_BYTES_MAX)
+        });
         let (from, to) = match follows {
             Some(last) => (last.advised_to.max(record_offset), record_end + SEQUENTIAL_READAHEAD_BYTES),
             None => (record_offset, record_end),
@@ -92,6 +99,19 @@ mod tests {
         assert_eq!(ahead.on_chunk_start(2, 64 + 4 * record, CHUNK), Some((64 + 4 * record, record)));
         // Going back.
         assert_eq!(ahead.on_chunk_start(2, 64, CHUNK), Some((64, record)));
+    }
+
+    /// Padding between two records (a large chunk's payload placed on a page) does not
+    /// break a sequence; a gap as large as a chunk does.
+    #[test]
+    fn a_chunk_behind_padding_still_follows() {
+        let mut ahead = ReadAhead::default();
+        let record = record_bytes(CHUNK);
+        ahead.on_chunk_start(1, 4032, CHUNK);
+        let after_padding = 4032 + record + 4032;
+        assert!(ahead.on_chunk_start(1, after_padding, CHUNK).is_some_and(|(_, len)| len > record));
+        let far = after_padding + 2 * record;
+        assert_eq!(ahead.on_chunk_start(1, far, CHUNK), Some((far, record)));
     }
 
     #[test]

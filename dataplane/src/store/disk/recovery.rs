@@ -83,7 +83,10 @@ pub(super) fn recover(dir: &Path, config: &DiskStoreConfig, scratch: &mut [u8]) 
             }
         }
         let file = Arc::new(SegmentFile { id, file, sync_failed: AtomicBool::new(false) });
-        segments.insert(id, Segment { file, len_bytes, live_bytes: 0, puts_in_flight: 0, tombstones: 0 });
+        segments.insert(
+            id,
+            Segment { file, len_bytes, live_bytes: 0, puts_in_flight: 0, tombstones: 0, direct_file: None },
+        );
     }
 
     let mut index = HashMap::with_capacity(config.expected_chunks.max(best.len()));
@@ -144,6 +147,7 @@ impl Scan<'_> {
                 return Ok(Some(offset));
             }
             match decoded.commit {
+                CommitState::Pending if decoded.id == PADDING_ID => report.padding_records_skipped += 1,
                 CommitState::Pending => report.pending_reservations_skipped += 1,
                 CommitState::Committed { seq, payload_crc } => {
                     *self.max_seq = (*self.max_seq).max(seq);

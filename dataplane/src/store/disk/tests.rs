@@ -13,6 +13,7 @@ pub(super) fn small_config() -> DiskStoreConfig {
         max_pending_durable: 1024,
         expected_chunks: 1024,
         drop_written_pages: false,
+        direct_writes: true,
     }
 }
 
