@@ -152,6 +152,9 @@ impl DiskStore {
         let path = segment_path(&self.dir, victim);
         fs::remove_file(&path).map_err(|source| DiskStoreError::io("deleting", &path, source))?;
         self.segments.remove(&victim);
+        if self.direct_file.as_ref().is_some_and(|(id, _)| *id == victim) {
+            self.direct_file = None; // Its descriptor would keep the deleted file's space.
+        }
         self.disk_bytes -= len_bytes;
         self.sync_dir()?;
         report.segments_removed += 1;

@@ -24,7 +24,7 @@ pub(super) fn create_segment(dir: &Path, id: u32) -> Result<Segment, DiskStoreEr
         .open(&path)
         .map_err(|source| DiskStoreError::io("creating", &path, source))?;
     let file = Arc::new(SegmentFile { id, file, sync_failed: AtomicBool::new(false) });
-    Ok(Segment { file, len_bytes: 0, live_bytes: 0, puts_in_flight: 0, tombstones: 0, direct_file: None })
+    Ok(Segment { file, len_bytes: 0, live_bytes: 0, puts_in_flight: 0, tombstones: 0 })
 }
 
 /// Allocates `len_bytes` at `offset`, extending the file, so that a full disk shows up

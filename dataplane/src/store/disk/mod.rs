@@ -328,6 +328,9 @@ pub struct DiskStore {
     read_ahead: readahead::ReadAhead,
     /// What direct writes need on this filesystem; `None` when they are off or impossible.
     direct: Option<DirectAlignment>,
+    /// The segment last written direct, opened with `O_DIRECT` (one descriptor, not one per
+    /// segment: nearly every direct write goes to the active segment).
+    direct_file: Option<(u32, File)>,
     write_stats: WriteStats,
 }
 
@@ -347,8 +350,6 @@ struct Segment {
     puts_in_flight: u32,
     /// Needed tombstones held by this segment.
     tombstones: u32,
-    /// The file opened with `O_DIRECT`, once a direct write needed it.
-    direct_file: Option<File>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -513,6 +514,7 @@ impl DiskStore {
             read_ahead: readahead::ReadAhead::default(),
             scrub: verify::ScrubState::default(),
             direct,
+            direct_file: None,
             write_stats: WriteStats::default(),
         })
     }
@@ -710,18 +712,18 @@ impl DiskStore {
             return Ok(0);
         }
         let len = (data.len() as u64 / unit * unit) as usize;
-        let path = segment_path(&self.dir, segment);
-        let entry = self.segments.get_mut(&segment).expect("a reservation's segment exists");
-        if entry.direct_file.is_none() {
-            match open_direct(&path) {
-                Ok(file) => entry.direct_file = Some(file),
+        assert!(self.segments.contains_key(&segment), "a reservation's segment exists");
+        if self.direct_file.as_ref().is_none_or(|(id, _)| *id != segment) {
+            self.direct_file = None;
+            match open_direct(&segment_path(&self.dir, segment)) {
+                Ok(file) => self.direct_file = Some((segment, file)),
                 Err(_) => {
                     self.direct = None;
                     return Ok(0);
                 }
             }
         }
-        let file = entry.direct_file.as_ref().expect("opened above");
+        let (_, file) = self.direct_file.as_ref().expect("opened above");
         let mut done = 0usize;
         for _ in 0..DIRECT_WRITE_CALLS_MAX {
             if done == len {

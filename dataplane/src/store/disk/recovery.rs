@@ -83,10 +83,7 @@ pub(super) fn recover(dir: &Path, config: &DiskStoreConfig, scratch: &mut [u8]) 
             }
         }
         let file = Arc::new(SegmentFile { id, file, sync_failed: AtomicBool::new(false) });
-        segments.insert(
-            id,
-            Segment { file, len_bytes, live_bytes: 0, puts_in_flight: 0, tombstones: 0, direct_file: None },
-        );
+        segments.insert(id, Segment { file, len_bytes, live_bytes: 0, puts_in_flight: 0, tombstones: 0 });
     }
 
     let mut index = HashMap::with_capacity(config.expected_chunks.max(best.len()));
