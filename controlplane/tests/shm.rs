@@ -387,3 +387,22 @@ fn on_tmpfs(dir: &std::path::Path) -> bool {
     let out = Command::new("stat").args(["-f", "-c", "%T"]).arg(dir).output().expect("run stat");
     String::from_utf8_lossy(&out.stdout).trim() == "tmpfs"
 }
+
+/// A client that cuts its region's file to nothing, which would make the node die of
+/// SIGBUS at its next look at the client's ring: the node sealed the file's size, so the
+/// cut fails, and the node reads the ring the client then rings, drops the client's garbage,
+/// and serves on.
+#[test]
+fn a_client_cannot_shrink_its_region_under_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let socket = beeline::shm::default_socket_path(node.port);
+    let link = ShmLink::connect(&socket, node.port).expect("connect over shared memory");
+    let refused = link.try_shrink_region().expect_err("the region's file could be shrunk");
+    assert_eq!(refused.raw_os_error(), Some(libc::EPERM), "{refused}");
+    let before = counters(&node)["shm_rejected_out_of_bounds"];
+    link.scribble(u32::MAX - 8, 16, None);
+    wait_counters(&node, "the ring read after the attempt", |c| c["shm_rejected_out_of_bounds"] > before);
+    drop(link);
+    round_trip(&node, dir.path(), "after-shrink", &pattern(3 << 20, 12));
+}

@@ -35,6 +35,8 @@ pub enum ShmError {
 pub struct ShmLink {
     stream: UnixStream,
     region: Region,
+    /// The region's file, kept for `try_shrink_region`.
+    memfd: OwnedFd,
     request_bell: OwnedFd,
     completion_bell: OwnedFd,
     next_request: Cell<u32>,
@@ -74,7 +76,7 @@ impl ShmLink {
             return Err(handshake("the region's header does not match the hello".into()));
         }
         let next_request = Cell::new(region.request_ring().own_head());
-        Ok(ShmLink { stream, region, request_bell, completion_bell, next_request, hello, dropped: Cell::new(0) })
+        Ok(ShmLink { stream, region, memfd, request_bell, completion_bell, next_request, hello, dropped: Cell::new(0) })
     }
 
     /// Bytes of replies the completion ring holds at once (bounds a get's window).
@@ -161,6 +163,13 @@ impl ShmLink {
             sys::ring(self.request_bell.as_fd());
         }
         true
+    }
+
+    /// Tries to cut the region's file to nothing under the node's mapping (tests: a client
+    /// that would make the node's next access to its region fault); the node's seals make
+    /// it fail.
+    pub fn try_shrink_region(&self) -> std::io::Result<()> {
+        sys::truncate(self.memfd.as_fd(), 0)
     }
 
     /// Writes a raw descriptor and head (tests: a client that scribbles on its ring).

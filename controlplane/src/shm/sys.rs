@@ -13,9 +13,10 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// An anonymous shared file of `len` bytes; on hugepages when `huge` (fails when none are
-/// free, and the caller falls back).
+/// free, and the caller falls back). Sealed at that size: the client it is handed to cannot
+/// shrink it under the node's mapping, where the node's next access would die of SIGBUS.
 pub fn memfd(len: usize, huge: bool) -> io::Result<OwnedFd> {
-    let mut flags = libc::MFD_CLOEXEC;
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     if huge {
         flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
     }
@@ -25,7 +26,16 @@ pub fn memfd(len: usize, huge: bool) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: ftruncate on the descriptor we own.
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on the descriptor we own, with an integer argument.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
     Ok(fd)
+}
+
+/// Sets the length of the file behind `fd`.
+pub fn truncate(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    // SAFETY: ftruncate on a descriptor borrowed for the call; it takes no pointers.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) }).map(|_| ())
 }
 
 /// A non-blocking eventfd: the doorbell of one ring.
