@@ -155,3 +155,25 @@ fn padding_is_reclaimed_by_compaction() {
         assert_eq!(read_all(&mut store, id).unwrap(), pattern(4, 4 << 20));
     }
 }
+
+/// A full disk counts the padding a large put may need: with room for the record and
+/// less than a page beside it, the put is refused up front (`DiskFull`) rather than
+/// allocated past the capacity; a store that writes nothing direct takes the same put.
+#[test]
+fn the_capacity_counts_the_padding_a_large_put_may_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = "the_capacity_counts_the_padding_a_large_put_may_need";
+    let Some(probe) = open_direct_store(test, &dir.path().join("probe")) else { return };
+    drop(probe);
+    let len = CHUNK_BYTES as u32;
+    let capacity_bytes = Some(record_bytes(len) + 1024);
+    let mut store = open(&dir.path().join("direct"), DiskStoreConfig { capacity_bytes, ..config() });
+    assert_eq!(store.begin_put(1, len), Err(StoreError::DiskFull));
+    assert_eq!(store.disk_bytes(), 0, "nothing was allocated for the refused put");
+    let mut buffered =
+        open(&dir.path().join("buffered"), DiskStoreConfig { capacity_bytes, direct_writes: false, ..config() });
+    let aligned = Aligned::new(&pattern(1, CHUNK_BYTES), 0);
+    put_from(&mut buffered, 1, aligned.bytes(), 1);
+    drain_all(&mut buffered);
+    assert_eq!(read_all(&mut buffered, 1).unwrap(), pattern(1, CHUNK_BYTES));
+}
