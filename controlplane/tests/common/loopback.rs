@@ -220,8 +220,9 @@ pub struct ChunkRecord {
 
 /// The put records of every segment file in `chunks` (a node's `chunks/` directory), as
 /// far as their headers read: a 64-byte header ("BLR1", version, kind at 5 (1: put), the
-/// id at 8..24, the length at 24..28), the payload, padding to 64 bytes; padding records
-/// (never committed, chunk id 0) in front of large chunks are listed too. Reads the headers
+/// id at 8..24, the length at 24..28, "CMT1" at 32 once committed), the payload, padding
+/// to 64 bytes. Only committed puts are listed: not abandoned reservations, nor the padding
+/// records (never committed, chunk id 0) in front of large chunks. Reads the headers
 /// only. The node may be appending meanwhile: a file is read up to its first header that
 /// does not parse.
 pub fn chunk_records(chunks: &Path) -> Vec<ChunkRecord> {
@@ -246,7 +247,7 @@ pub fn chunk_records(chunks: &Path) -> Vec<ChunkRecord> {
             }
             let id = u128::from_le_bytes(header[8..24].try_into().unwrap());
             let len = u32::from_le_bytes(header[24..28].try_into().unwrap());
-            if header[5] == 1 && offset + 64 + u64::from(len) <= size {
+            if header[5] == 1 && &header[32..36] == b"CMT1" && offset + 64 + u64::from(len) <= size {
                 records.push(ChunkRecord { segment: segment.clone(), id, payload_offset: offset + 64, len });
             }
             offset += (64 + u64::from(len)).next_multiple_of(64);

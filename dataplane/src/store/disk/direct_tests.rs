@@ -177,3 +177,63 @@ fn the_capacity_counts_the_padding_a_large_put_may_need() {
     drain_all(&mut buffered);
     assert_eq!(read_all(&mut buffered, 1).unwrap(), pattern(1, CHUNK_BYTES));
 }
+
+/// A read for a client that keeps what it reads: the chunk nobody cached comes from the
+/// disk straight into the buffer (its whole pages; none of them enter the page cache),
+/// checked whole against its crc on this first read; a part the page cache holds comes
+/// from the cache; a chunk whose bytes rotted on disk answers `Corrupt`.
+#[test]
+fn an_uncached_read_comes_from_the_disk_straight_into_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = "an_uncached_read_comes_from_the_disk_straight_into_the_buffer";
+    let Some(mut store) = open_direct_store(test, dir.path()) else { return };
+    let data = pattern(2, CHUNK_BYTES + 100);
+    put_from(&mut store, 2, Aligned::new(&data, 0).bytes(), 1);
+    put_from(&mut store, 3, Aligned::new(&data, 0).bytes(), 2);
+    drain_all(&mut store);
+    drop(store);
+    // Reopened: no block table yet, as for any chunk after a restart; the start-up's check
+    // of every payload cached them, so they leave the cache (as after a reboot).
+    let mut store = open(dir.path(), config());
+    drop_all_cached(&store);
+    let mut out = Aligned::new(&std::vec![0u8; data.len()], 0);
+    let start = out.start;
+    let buf = &mut out.buf[start..start + data.len()];
+    assert_eq!(store.read_uncached_at(2, 0, buf), Ok(data.len()));
+    assert!(buf == &data[..]);
+    assert_eq!(store.write_stats().direct_read_bytes, CHUNK_BYTES as u64, "the whole pages came direct");
+    let location = store.index[&2];
+    let file = &store.segments[&location.segment].file.file;
+    let payload_offset = location.record_offset + RECORD_HEADER_BYTES;
+    assert_eq!(cached_pages(file, payload_offset, CHUNK_BYTES), 0, "none of them entered the page cache");
+
+    // Chunk 3 read through the cache, then its second half dropped from it: the first half
+    // is copied from the cache, the second comes direct.
+    let half = CHUNK_BYTES / 2;
+    assert_eq!(store.read_at(3, 0, buf), Ok(data.len()));
+    let location_3 = store.index[&3];
+    let file = &store.segments[&location_3.segment].file.file;
+    drop_cached(file, location_3.record_offset + RECORD_HEADER_BYTES + half as u64, half as u64 + 4096).unwrap();
+    let before = store.write_stats().direct_read_bytes;
+    buf.fill(0);
+    assert_eq!(store.read_uncached_at(3, 0, buf), Ok(data.len()));
+    assert!(buf == &data[..]);
+    assert_eq!(store.write_stats().direct_read_bytes - before, half as u64, "only what the cache lacked");
+
+    // Chunk 2's bytes rot after a restart (whose start-up check they passed): the first
+    // read, which builds the block table from what it read, finds it out.
+    drop(store);
+    let mut store = open(dir.path(), config());
+    drop_all_cached(&store);
+    let path = segment_path(dir.path(), location.segment);
+    super::tests::damage(&path, payload_offset + 5000, &[0xff]);
+    assert_eq!(store.read_uncached_at(2, 0, buf), Err(StoreError::Corrupt));
+    assert_eq!(store.integrity_stats().reads_corrupt, 1);
+    assert_eq!(store.read_at(2, 0, buf), Err(StoreError::Corrupt), "and it stays marked");
+}
+
+fn drop_all_cached(store: &DiskStore) {
+    for segment in store.segments.values() {
+        drop_cached(&segment.file.file, 0, segment.len_bytes).unwrap();
+    }
+}
