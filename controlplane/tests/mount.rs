@@ -966,29 +966,12 @@ fn a_file_read_through_the_mount_leaves_the_nodes_page_cache() {
     ok(&node.cli(&["put", source.to_str().unwrap(), "--as", "big", "--transport", "udp"]));
     let stored = node.segment_bytes_cached().saturating_sub(before);
     assert!(stored >= data.len() as u64 / 2, "only {stored} bytes of a fresh `beeline put` cached");
-    // The same bytes over shared memory: written around the page cache, so nothing holds
-    // them (for the mount's cold read below).
-    ok(&node.cli(&["put", source.to_str().unwrap(), "--as", "cold", "--transport", "shm"]));
     let mount = Mount::start(&tmp.path().join("mnt"), &tmp.path().join("spool"), &node_args(&node));
 
     // Each get answers after its chunk's pages were dropped: nothing to wait for.
     assert_eq!(sha256(&mount.path("big")), sha256(&source), "the file read through the mount differs");
     let left = node.segment_bytes_cached().saturating_sub(before);
     assert!(left < MIB as u64, "{left} bytes of a 24 MiB file read through the mount still cached by the node");
-
-    // A file the page cache does not hold (put over shared memory, so written direct) is
-    // read from the disk straight into the mount's slot: counted as direct reads, and it
-    // leaves nothing behind in the cache. (Before the control below: `beeline get` asks the
-    // kernel to read ahead, which would cache the start of this file, stored right after.)
-    let before_cached = node.segment_bytes_cached();
-    let read_before = node.counters(&["--transport", "udp"])["store_direct_read_bytes"];
-    assert_eq!(sha256(&mount.path("cold")), sha256(&source), "the cold file read through the mount differs");
-    let counters = node.wait_counters(&["--transport", "udp"], "the direct reads counted", |c| {
-        c["store_direct_read_bytes"] >= read_before + 24 * MIB as u64
-    });
-    assert!(counters["store_direct_read_bytes"] - read_before <= data.len() as u64);
-    let left = node.segment_bytes_cached().saturating_sub(before_cached);
-    assert!(left < MIB as u64, "{left} bytes of a cold file read through the mount cached by the node");
 
     let back = node.cli(&["get", "big", "-o", "-"]);
     assert!(back.status.success() && back.stdout == data, "`beeline get` did not read the file back whole");

@@ -176,12 +176,6 @@ pub fn gather(sources: &Sources) -> Vec<MetricFamily> {
             ],
         ),
         family(
-            "beeline_store_direct_read_bytes_total",
-            "Chunk bytes read from the disk with O_DIRECT for gets whose client keeps what it reads (the mount's).",
-            COUNTER,
-            vec![counter(snapshot.writes.direct_read_bytes, &[])],
-        ),
-        family(
             "beeline_scrub_bytes_total",
             "Bytes the background scrub re-read and verified.",
             COUNTER,

@@ -213,7 +213,6 @@ impl<M: Metadata> NodeControl<M> {
                     ("store_direct_written_bytes".to_owned(), writes.direct_bytes),
                     ("store_page_cache_written_bytes".to_owned(), writes.page_cache_bytes),
                     ("store_padding_bytes".to_owned(), writes.padding_bytes),
-                    ("store_direct_read_bytes".to_owned(), writes.direct_read_bytes),
                 ]);
                 counters.extend(snapshot.backend_counters.iter().cloned());
                 let from = (counters_from as usize).min(counters.len());

@@ -33,7 +33,7 @@ impl<S: ChunkStore, C: ControlHandler<S>> Node<'_, S, C> {
                 assert!(local_client(&peer).is_some(), "only a local client's memory can be shared");
                 let to = ReplyTo { peer, session: SessionRef::LOCAL, request_id, chunk_id };
                 self.counters.gets += 1;
-                match self.local_get(chunk_id, offset, out, not_read_soon) {
+                match self.local_get(chunk_id, offset, out) {
                     Ok((total_len, placed)) => {
                         if not_read_soon && u64::from(offset) + u64::from(placed) == u64::from(total_len) {
                             self.store.drop_after_read(chunk_id);
@@ -108,28 +108,14 @@ impl<S: ChunkStore, C: ControlHandler<S>> Node<'_, S, C> {
         Ok(None)
     }
 
-    /// Reads from `offset` into `out`; returns the chunk's length and the bytes placed. A
-    /// client that keeps what it reads (`not_read_soon`) gets what the page cache lacks
-    /// straight from the disk, without it entering the cache.
-    fn local_get(
-        &mut self,
-        chunk_id: ChunkId,
-        offset: u32,
-        out: &mut [u8],
-        not_read_soon: bool,
-    ) -> Result<(u32, u32), Status> {
+    /// Reads from `offset` into `out`; returns the chunk's length and the bytes placed.
+    fn local_get(&mut self, chunk_id: ChunkId, offset: u32, out: &mut [u8]) -> Result<(u32, u32), Status> {
         let total_len = self.store.chunk_len(chunk_id).ok_or(Status::NotFound)?;
         if offset > total_len {
             return Err(Status::BadRequest);
         }
         let wanted = out.len().min((total_len - offset) as usize);
-        let out = &mut out[..wanted];
-        let read = if not_read_soon {
-            self.store.read_uncached_at(chunk_id, offset, out)
-        } else {
-            self.store.read_at(chunk_id, offset, out)
-        };
-        let placed = read.map_err(store_status)?;
+        let placed = self.store.read_at(chunk_id, offset, &mut out[..wanted]).map_err(store_status)?;
         assert!(placed <= wanted, "the store read more than asked");
         Ok((total_len, placed as u32))
     }

@@ -107,13 +107,6 @@ pub trait ChunkStore {
         let _ = id;
     }
 
-    /// Reads like [`read_at`](Self::read_at), for a client that keeps what it reads (a get
-    /// hinted `NOT_READ_SOON`): what the page cache lacks may come from the disk straight
-    /// into `buf`, without entering the cache. Stores without a page cache just read.
-    fn read_uncached_at(&mut self, id: ChunkId, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError> {
-        self.read_at(id, offset, buf)
-    }
-
     /// Deletes a chunk; reported by `poll_durable` with `ticket` once durable. Deleting an
     /// absent chunk succeeds (deletes are idempotent).
     fn delete(&mut self, id: ChunkId, ticket: u64) -> Result<(), StoreError>;

@@ -347,9 +347,9 @@ pub(super) fn direct_alignment(file: &File) -> Option<DirectAlignment> {
         .then_some(DirectAlignment { memory_bytes, offset_bytes })
 }
 
-/// A second descriptor of segment `path` with `O_DIRECT`: DMA between the caller's buffer
-/// and the disk, no copy through the page cache.
+/// A second descriptor of segment `path` for writing with `O_DIRECT`: DMA from the
+/// caller's buffer to the disk, no copy into the page cache.
 pub(super) fn open_direct(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path)
+    OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path)
 }

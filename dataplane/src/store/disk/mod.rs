@@ -256,8 +256,7 @@ pub struct RecoveryReport {
     pub padding_records_skipped: u64,
 }
 
-/// How the bytes of puts reached the disk, and of uncached reads came back, since the
-/// store was opened.
+/// How the bytes of puts reached the disk since the store was opened.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteStats {
     /// Payload bytes written with `O_DIRECT` ([`DiskStoreConfig::direct_writes`]).
@@ -266,8 +265,6 @@ pub struct WriteStats {
     pub page_cache_bytes: u64,
     /// Bytes of padding records placed before direct-written payloads.
     pub padding_bytes: u64,
-    /// Bytes `read_uncached_at` read from the disk with `O_DIRECT`, around the page cache.
-    pub direct_read_bytes: u64,
 }
 
 /// What one `compact`/`maybe_compact` call did.
@@ -701,118 +698,6 @@ impl DiskStore {
         (len >= DIRECT_WRITE_BYTES_MIN).then(|| direct.offset_bytes.max(DIRECT_PAGE_BYTES))
     }
 
-    /// `read_at`: a large read in [`CACHE_PIECE_BYTES`] pieces, each checked while it is
-    /// still in the CPU's cache; `read_ahead` as for [`Self::read_run`].
-    fn read_in_pieces(
-        &mut self,
-        id: ChunkId,
-        offset: u32,
-        buf: &mut [u8],
-        read_ahead: bool,
-    ) -> Result<usize, StoreError> {
-        let wanted = match self.index.get(&id) {
-            Some(location) if buf.len() > CACHE_PIECE_BYTES as usize && offset < location.len => {
-                buf.len().min((location.len - offset) as usize)
-            }
-            _ => return self.read_run(id, offset, &mut [buf], read_ahead),
-        };
-        let mut placed = 0usize;
-        for (at, piece) in cache_pieces(offset, wanted) {
-            let read = self.read_run(id, at, &mut [&mut buf[piece.clone()]], read_ahead)?;
-            placed += read;
-            if read < piece.len() {
-                break;
-            }
-        }
-        Ok(placed)
-    }
-
-    /// `read_vectored_at`; with `read_ahead`, a read from a chunk's start also asks the
-    /// kernel to read ahead (see `readahead`).
-    fn read_run(
-        &mut self,
-        id: ChunkId,
-        offset: u32,
-        bufs: &mut [&mut [u8]],
-        read_ahead: bool,
-    ) -> Result<usize, StoreError> {
-        let location = *self.index.get(&id).ok_or(StoreError::NotFound)?;
-        if self.corrupt.contains(&id) {
-            self.integrity.reads_corrupt += 1;
-            return Err(StoreError::Corrupt);
-        }
-        if offset >= location.len {
-            return Ok(0);
-        }
-        if read_ahead && offset == 0 {
-            let segment = location.segment;
-            if let Some((from, len)) = self.read_ahead.on_chunk_start(segment, location.record_offset, location.len) {
-                advise_will_need(&self.segments[&segment].file.file, from, len);
-            }
-        }
-        // The run stops at the chunk's end: later buffers get nothing, the one holding
-        // the end is cut short (the caller's slice array is left with that shorter slice).
-        let mut left = (location.len - offset) as usize;
-        let mut count = 0;
-        while count < bufs.len() && left > 0 {
-            if bufs[count].len() > left {
-                let whole = core::mem::take(&mut bufs[count]);
-                bufs[count] = &mut whole[..left];
-            }
-            left -= bufs[count].len();
-            count += 1;
-        }
-        let total = (location.len - offset) as usize - left;
-        let file = &self.segments[&location.segment].file.file;
-        let start = location.record_offset + RECORD_HEADER_BYTES + u64::from(offset);
-        read_exact_vectored_at(file, &mut bufs[..count], start).map_err(|_| StoreError::Io)?;
-        if let Err(error) = self.verify_served(id, location, offset, &bufs[..count]) {
-            if error == StoreError::Corrupt {
-                self.integrity.reads_corrupt += 1;
-            }
-            return Err(error);
-        }
-        Ok(total)
-    }
-
-    /// The segment's `O_DIRECT` descriptor (the one kept open, reopened for another
-    /// segment); `None`, with direct I/O turned off, when it cannot be opened.
-    fn direct_file(&mut self, segment: u32) -> Option<&File> {
-        assert!(self.segments.contains_key(&segment), "direct I/O on a segment that exists");
-        if self.direct_file.as_ref().is_none_or(|(id, _)| *id != segment) {
-            self.direct_file = None;
-            match open_direct(&segment_path(&self.dir, segment)) {
-                Ok(file) => self.direct_file = Some((segment, file)),
-                Err(_) => self.direct = None,
-            }
-        }
-        self.direct_file.as_ref().map(|(_, file)| file)
-    }
-
-    /// Fills `buf` from `file_offset` of `segment` with `O_DIRECT` reads, as far as they
-    /// go; returns the bytes read (the caller reads the rest through the page cache).
-    fn read_direct(&mut self, segment: u32, file_offset: u64, buf: &mut [u8]) -> usize {
-        let Some(unit) = self.direct.map(|direct| direct.offset_bytes.max(DIRECT_PAGE_BYTES)) else { return 0 };
-        let Some(file) = self.direct_file(segment) else { return 0 };
-        let mut done = 0usize;
-        for _ in 0..DIRECT_WRITE_CALLS_MAX {
-            if done == buf.len() {
-                break;
-            }
-            match file.read_at(&mut buf[done..], file_offset + done as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(read) => {
-                    done += read;
-                    if !(read as u64).is_multiple_of(unit) {
-                        break;
-                    }
-                }
-            }
-        }
-        self.write_stats.direct_read_bytes += done as u64;
-        done
-    }
-
     /// Writes the longest prefix of `data` that direct I/O takes at `file_offset` of
     /// `segment` with `O_DIRECT`; returns its length, 0 when none (the buffer or the offset
     /// is not aligned, the payload is short, or direct writes are off). The caller writes
@@ -827,7 +712,18 @@ impl DiskStore {
             return Ok(0);
         }
         let len = (data.len() as u64 / unit * unit) as usize;
-        let Some(file) = self.direct_file(segment) else { return Ok(0) };
+        assert!(self.segments.contains_key(&segment), "a reservation's segment exists");
+        if self.direct_file.as_ref().is_none_or(|(id, _)| *id != segment) {
+            self.direct_file = None;
+            match open_direct(&segment_path(&self.dir, segment)) {
+                Ok(file) => self.direct_file = Some((segment, file)),
+                Err(_) => {
+                    self.direct = None;
+                    return Ok(0);
+                }
+            }
+        }
+        let (_, file) = self.direct_file.as_ref().expect("opened above");
         let mut done = 0usize;
         for _ in 0..DIRECT_WRITE_CALLS_MAX {
             if done == len {
@@ -1129,7 +1025,21 @@ impl ChunkStore for DiskStore {
     /// A large read (a local client's whole chunk) is read and checked piece by piece, so
     /// that the check finds each piece still in the CPU's cache.
     fn read_at(&mut self, id: ChunkId, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError> {
-        self.read_in_pieces(id, offset, buf, true)
+        let wanted = match self.index.get(&id) {
+            Some(location) if buf.len() > CACHE_PIECE_BYTES as usize && offset < location.len => {
+                buf.len().min((location.len - offset) as usize)
+            }
+            _ => return self.read_vectored_at(id, offset, &mut [buf]),
+        };
+        let mut placed = 0usize;
+        for (at, piece) in cache_pieces(offset, wanted) {
+            let read = self.read_vectored_at(id, at, &mut [&mut buf[piece.clone()]])?;
+            placed += read;
+            if read < piece.len() {
+                break;
+            }
+        }
+        Ok(placed)
     }
 
     /// One `preadv` for the whole run of buffers (a GET window) instead of one `pread`
@@ -1137,60 +1047,43 @@ impl ChunkStore for DiskStore {
     /// Every byte handed out passed its block's crc (see `verify`); a chunk that fails
     /// answers `Corrupt` from then on, with no bytes.
     fn read_vectored_at(&mut self, id: ChunkId, offset: u32, bufs: &mut [&mut [u8]]) -> Result<usize, StoreError> {
-        self.read_run(id, offset, bufs, true)
-    }
-
-    /// The part of the chunk the page cache holds from `offset` on is read from it; from the
-    /// first page after it, whole pages come from the disk with `O_DIRECT` straight into
-    /// `buf`; the rest through the cache. No read-ahead is asked for, whichever way: it
-    /// would fill the cache with the next chunks, which this client reads the same way. A whole chunk read with no block table yet builds it from `buf`, checked
-    /// against the payload crc, instead of reading the chunk a second time.
-    fn read_uncached_at(&mut self, id: ChunkId, offset: u32, buf: &mut [u8]) -> Result<usize, StoreError> {
-        let (Some(direct), Some(location)) = (self.direct, self.index.get(&id).copied()) else {
-            return self.read_in_pieces(id, offset, buf, false);
-        };
-        if self.corrupt.contains(&id) || offset >= location.len {
-            return self.read_in_pieces(id, offset, buf, false);
-        }
-        let wanted = buf.len().min((location.len - offset) as usize);
-        let buf = &mut buf[..wanted];
-        let file_offset = location.record_offset + RECORD_HEADER_BYTES + u64::from(offset);
-        let unit = direct.offset_bytes.max(DIRECT_PAGE_BYTES);
-        let file = &self.segments[&location.segment].file.file;
-        // Unknown (the range could not be mapped): all through the cache.
-        let cached = cached_prefix_bytes(file, file_offset, wanted).unwrap_or(wanted);
-        let direct_start = ((file_offset + cached as u64).next_multiple_of(unit) - file_offset) as usize;
-        let direct_len = wanted.saturating_sub(direct_start) / unit as usize * unit as usize;
-        let memory_aligned = (buf.as_ptr() as usize + direct_start).is_multiple_of(direct.memory_bytes as usize);
-        if direct_len < DIRECT_WRITE_BYTES_MIN as usize || !memory_aligned {
-            return self.read_in_pieces(id, offset, buf, false);
-        }
-        let direct_read = self.read_direct(location.segment, file_offset + direct_start as u64, {
-            &mut buf[direct_start..direct_start + direct_len]
-        });
-        let file = &self.segments[&location.segment].file.file;
-        let through_cache = |buf: &mut [u8], at: usize| file.read_exact_at(buf, file_offset + at as u64);
-        let (head, rest) = buf.split_at_mut(direct_start);
-        through_cache(head, 0).map_err(|_| StoreError::Io)?;
-        through_cache(&mut rest[direct_read..], direct_start + direct_read).map_err(|_| StoreError::Io)?;
-        let result = if offset == 0 && wanted == location.len as usize && !self.block_crcs.contains_key(&id) {
-            let mut crcs = verify::BlockCrcs::default();
-            crcs.feed(buf);
-            let (whole, table) = crcs.finish();
-            if whole == location.payload_crc {
-                self.block_crcs.insert(id, table);
-                Ok(())
-            } else {
-                self.mark_corrupt(id);
-                Err(StoreError::Corrupt)
-            }
-        } else {
-            self.verify_served(id, location, offset, &[buf])
-        };
-        if result == Err(StoreError::Corrupt) {
+        let location = *self.index.get(&id).ok_or(StoreError::NotFound)?;
+        if self.corrupt.contains(&id) {
             self.integrity.reads_corrupt += 1;
+            return Err(StoreError::Corrupt);
         }
-        result.map(|()| wanted)
+        if offset >= location.len {
+            return Ok(0);
+        }
+        if offset == 0 {
+            let segment = location.segment;
+            if let Some((from, len)) = self.read_ahead.on_chunk_start(segment, location.record_offset, location.len) {
+                advise_will_need(&self.segments[&segment].file.file, from, len);
+            }
+        }
+        // The run stops at the chunk's end: later buffers get nothing, the one holding
+        // the end is cut short (the caller's slice array is left with that shorter slice).
+        let mut left = (location.len - offset) as usize;
+        let mut count = 0;
+        while count < bufs.len() && left > 0 {
+            if bufs[count].len() > left {
+                let whole = core::mem::take(&mut bufs[count]);
+                bufs[count] = &mut whole[..left];
+            }
+            left -= bufs[count].len();
+            count += 1;
+        }
+        let total = (location.len - offset) as usize - left;
+        let file = &self.segments[&location.segment].file.file;
+        let start = location.record_offset + RECORD_HEADER_BYTES + u64::from(offset);
+        read_exact_vectored_at(file, &mut bufs[..count], start).map_err(|_| StoreError::Io)?;
+        if let Err(error) = self.verify_served(id, location, offset, &bufs[..count]) {
+            if error == StoreError::Corrupt {
+                self.integrity.reads_corrupt += 1;
+            }
+            return Err(error);
+        }
+        Ok(total)
     }
 
     /// Hands out at most [`POLL_DURABLE_BATCH_MAX`] reports per call.
