@@ -297,7 +297,11 @@ fn a_scrub_pass_does_not_fill_the_page_cache() {
     assert_eq!(store.integrity_stats().scrub_chunks, 2, "both chunks were verified");
     let (cached, pages) = super::tests::record_pages_cached(&store, cold);
     assert!(cached <= 1, "the scrub left {cached} of the cold chunk's {pages} pages cached");
+    // A scrub that misjudged the cache drops a whole piece (100 000 bytes: 24 pages or
+    // more). A few pages may go without it: the kernel evicts some under the memory other
+    // tests use (a clean-clone CI run saw 4 of these 256 pages gone, and the e2e page-cache
+    // test 3 of 4096), so up to 8 are allowed.
     let (cached, pages) = super::tests::record_pages_cached(&store, hot);
-    assert_eq!(cached, pages, "the scrub dropped pages of the hot chunk");
+    assert!(cached + 8 >= pages, "the scrub dropped {} of the hot chunk's {pages} pages", pages - cached);
     assert_eq!(read(&mut store, cold, 0, 1 << 20).unwrap(), pattern(1, 1 << 20));
 }
