@@ -8,6 +8,7 @@
 mod behind;
 mod chunks;
 mod fs;
+mod read_versions;
 mod state;
 pub mod store;
 mod tags;

@@ -1,6 +1,7 @@
 //! Direct writes (`O_DIRECT`) of large payloads from aligned buffers: where their records
 //! land, what reaches the page cache, and that padding is stepped over and reclaimed.
 
+use super::direct::DIRECT_PAGE_BYTES;
 use super::tests::{drain_all, open, pattern, put, read_all, small_config};
 use super::*;
 
