@@ -172,6 +172,53 @@ fn malformed_bulk_requests_are_dropped_and_counted() {
     round_trip(&node, dir.path(), "after-bad-bulk", &pattern(6 << 20, 13));
 }
 
+/// What lets a client read a bulk get's answer in place, in its slot, rather than copy it
+/// out (`client/bulk.rs`): the node serves a client's bulk requests in ring order, so no
+/// earlier request naming a slot, such as a retransmitted get still queued, writes the slot
+/// after a later request's answer. Here an older get is sent twice and a newer one into the
+/// same slot behind them: once all three are answered, the slot holds the newer chunk.
+#[test]
+fn a_bulk_slot_holds_the_chunk_of_the_last_request_that_named_it() {
+    use beeline_dataplane::wire::{HEADER_LEN, Opcode, Packet, Repr};
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &["--auto-tag", "false"]);
+    let older = pattern(3 << 20, 41);
+    let newer = pattern(3 << 20, 42);
+    round_trip(&node, dir.path(), "older", &older);
+    round_trip(&node, dir.path(), "newer", &newer);
+    let key = beeline::keyfile::load(&dir.path().join("cluster.key")).unwrap();
+    let address = format!("127.0.0.1:{}", node.port).parse().unwrap();
+    let mut client = beeline::client::Client::new(beeline::client::ClientOptions::new(address, key)).unwrap();
+    let older_id = client.lookup("older").unwrap().chunk_id(0);
+    let newer_id = client.lookup("newer").unwrap().chunk_id(0);
+    let link = ShmLink::connect(&beeline::shm::default_socket_path(node.port), node.port).expect("connect");
+    let get = |request_id: u64, chunk_id: u128| {
+        let mut bytes = [0u8; HEADER_LEN];
+        let total_len = 3 << 20;
+        Repr { request_id, chunk_id, index: 0, total_len, ..Repr::new(Opcode::Get) }.emit(&mut bytes);
+        assert!(link.send_bulk(&bytes), "the request ring has room");
+    };
+    get(1, older_id);
+    get(1, older_id);
+    get(2, newer_id);
+    let mut answered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.len() < 3 {
+        assert!(Instant::now() < deadline, "the node answered {answered:?} of three gets in 10 s");
+        link.wait(100);
+        link.receive(|bytes| {
+            let packet = Packet::new_checked(bytes).expect("the node's answers are well formed");
+            let repr = Repr::parse(&packet);
+            assert_eq!(repr.opcode, Opcode::GetData, "{repr:?}");
+            answered.push(repr.request_id);
+        });
+    }
+    assert_eq!(answered, [1, 1, 2], "answered in the order asked");
+    let mut slot = Vec::new();
+    assert!(link.read_bulk(0, newer.len(), &mut slot));
+    assert!(slot == newer, "the slot holds the older chunk's bytes after the newer get's answer");
+}
+
 #[test]
 fn two_clients_at_once() {
     let dir = tempfile::tempdir().unwrap();

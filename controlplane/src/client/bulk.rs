@@ -12,6 +12,7 @@ use beeline_dataplane::wire::{ChunkId, Opcode, Repr};
 
 use super::ChunkBytes;
 use crate::shm::client::ShmLink;
+use crate::shm::ring::SlotBytes;
 
 /// Which of the link's bulk slots are taken, one bit each. Kept by the client, not the
 /// link, so that slots held by requests survive a reconnect to a restarted node.
@@ -154,6 +155,37 @@ impl BulkPut {
     }
 }
 
+/// A get's bytes: in a buffer of the client's, or still in the bulk slot the node read
+/// them into, which stays taken (named in no request) until this is dropped.
+#[derive(Debug)]
+pub enum GetBytes {
+    Owned(Vec<u8>),
+    /// `_slot` is held, not read: dropping it gives the slot back.
+    InSlot {
+        bytes: SlotBytes,
+        _slot: BulkSlot,
+    },
+}
+
+impl AsRef<[u8]> for GetBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            GetBytes::Owned(bytes) => bytes,
+            GetBytes::InSlot { bytes, .. } => bytes.as_ref(),
+        }
+    }
+}
+
+impl GetBytes {
+    /// The buffer to reuse, if these bytes had one (a slot is given back by dropping it).
+    pub fn into_buffer(self) -> Option<Vec<u8>> {
+        match self {
+            GetBytes::Owned(bytes) => Some(bytes),
+            GetBytes::InSlot { .. } => None,
+        }
+    }
+}
+
 pub struct BulkGet {
     exchange: Exchange,
     /// Bytes wanted: `out` is only storage until the answer fills it.
@@ -162,6 +194,11 @@ pub struct BulkGet {
     slot: BulkSlot,
     /// Set when the answer's bytes did not match the request.
     inconsistent: bool,
+    /// The request may have gone out more than once: a copy the node has yet to serve
+    /// would write the slot again, so the answer is copied out of it at once.
+    resent: bool,
+    /// The answer's bytes, left in the slot (the answer to a request sent once).
+    in_place: Option<SlotBytes>,
 }
 
 impl BulkGet {
@@ -191,7 +228,7 @@ impl BulkGet {
             ..Repr::new(Opcode::Get)
         };
         let exchange = Exchange::new(request, &[], Opcode::GetData, bulk_timing(timing), now_ms);
-        BulkGet { exchange, len: len as usize, out, slot, inconsistent: false }
+        BulkGet { exchange, len: len as usize, out, slot, inconsistent: false, resent: false, in_place: None }
     }
 
     pub fn start(&mut self, link: &ShmLink) {
@@ -202,20 +239,28 @@ impl BulkGet {
         if self.inconsistent { Progress::Failed(ClientError::Inconsistent) } else { self.exchange.progress() }
     }
 
-    /// On the answer, copies the bytes out of the slot: the node placed them there before
-    /// it published the answer.
+    /// On the answer, takes the bytes where the node placed them before it published the
+    /// answer: in place when the request went out once, else copied out of the slot.
     pub fn on_packet(&mut self, repr: &Repr, now_ms: u64, link: &ShmLink) {
         let was_pending = self.exchange.progress() == Progress::Pending;
         self.exchange.on_packet(repr, &[], now_ms);
         if !was_pending || self.exchange.progress() != Progress::Done {
             return;
         }
-        if repr.count as usize != self.len || !link.read_bulk(self.slot.index, self.len, &mut self.out) {
+        if repr.count as usize != self.len {
             self.inconsistent = true;
+        } else if self.resent {
+            self.inconsistent = !link.read_bulk(self.slot.index, self.len, &mut self.out);
+        } else {
+            self.in_place = link.bulk_in_place(self.slot.index, self.len);
+            self.inconsistent = self.in_place.is_none();
         }
     }
 
     pub fn on_timer(&mut self, now_ms: u64, link: &ShmLink) {
+        // Conservative: a pending request whose deadline came is sent again, or given up
+        // (and then its bytes do not matter).
+        self.resent |= self.exchange.progress() == Progress::Pending;
         self.exchange.on_timer(now_ms, &mut BulkTransmit { link });
     }
 
@@ -223,8 +268,23 @@ impl BulkGet {
         self.exchange.deadline_ms()
     }
 
+    /// The bytes in a buffer of their own: copied out of the slot now if they were left
+    /// in it.
     pub fn into_output(self) -> Vec<u8> {
-        self.out
+        let BulkGet { mut out, in_place, .. } = self;
+        if let Some(bytes) = in_place {
+            out.clear();
+            out.extend_from_slice(bytes.as_ref());
+        }
+        out
+    }
+
+    /// The bytes where they are: in the slot, kept taken, when they were left there.
+    pub fn into_bytes(self) -> GetBytes {
+        match self.in_place {
+            Some(bytes) => GetBytes::InSlot { bytes, _slot: self.slot },
+            None => GetBytes::Owned(self.out),
+        }
     }
 }
 

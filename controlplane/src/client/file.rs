@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use beeline_dataplane::client::Progress;
 use beeline_dataplane::wire::Status;
 
+use super::bulk::GetBytes;
 use super::op::Op;
 use super::{ChunkBytes, Client, ClientError, OnProgress};
 use crate::control::{ControlRequest, ControlResponse, FileRecord, validate_name};
@@ -241,15 +242,20 @@ impl Client {
         let parallel = self.options.parallel_chunks.max(1) as u64;
         let window = self.get_window(frag_len, parallel as usize)?;
         // Every chunk buffer is fetching, waiting for its turn, hashing or being written:
-        // at most this many exist, so neither channel below can ever be full.
-        let buffers_max = (parallel + HASH_PIPELINE_CHUNKS) as usize;
-        let (to_hash, hash_input) = std::sync::mpsc::sync_channel::<Vec<u8>>(buffers_max);
-        let (hash_output, hashed) = std::sync::mpsc::sync_channel::<Vec<u8>>(buffers_max);
+        // at most this many exist, so neither channel below can ever be full. Over shared
+        // memory a chunk is hashed and written where the node read it, in its bulk slot,
+        // so there are no more buffers than slots: one more would go as fragments.
+        let mut buffers_max = (parallel + HASH_PIPELINE_CHUNKS) as usize;
+        if let Some(slots) = self.bulk_slots_holding(record.chunk_bytes) {
+            buffers_max = buffers_max.min(slots.max(1) as usize);
+        }
+        let (to_hash, hash_input) = std::sync::mpsc::sync_channel::<GetBytes>(buffers_max);
+        let (hash_output, hashed) = std::sync::mpsc::sync_channel::<GetBytes>(buffers_max);
         let digest = std::thread::scope(|scope| -> Result<[u8; 32], ClientError> {
             let hasher = scope.spawn(move || {
                 let mut hasher = blake3::Hasher::new();
                 for data in hash_input {
-                    hasher.update(&data);
+                    hasher.update(data.as_ref());
                     if hash_output.send(data).is_err() {
                         break;
                     }
@@ -287,8 +293,8 @@ impl Client {
         frag_len: u16,
         window: u16,
         buffers_max: usize,
-        to_hash: &std::sync::mpsc::SyncSender<Vec<u8>>,
-        hashed: &std::sync::mpsc::Receiver<Vec<u8>>,
+        to_hash: &std::sync::mpsc::SyncSender<GetBytes>,
+        hashed: &std::sync::mpsc::Receiver<GetBytes>,
         writer: &mut dyn Write,
         destination: &str,
         on_progress: OnProgress<'_>,
@@ -296,7 +302,7 @@ impl Client {
         let parallel = self.options.parallel_chunks.max(1) as u64;
         let chunk_count = record.chunk_count();
         let mut spare: Vec<Vec<u8>> = Vec::with_capacity(buffers_max);
-        let mut ready: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut ready: BTreeMap<u64, GetBytes> = BTreeMap::new();
         let mut ops: Vec<Op> = Vec::new();
         let mut op_chunks: Vec<u64> = Vec::new();
         // The lowest chunk that failed, and why: nothing from it on is written.
@@ -348,11 +354,11 @@ impl Client {
                 // Everything left to write is with the hashing thread: wait for the next
                 // chunk back.
                 let data = hashed.recv().map_err(|_| hash_gone())?;
-                writer.write_all(&data).map_err(write_error)?;
-                written += data.len() as u64;
+                writer.write_all(data.as_ref()).map_err(write_error)?;
+                written += data.as_ref().len() as u64;
                 next_write += 1;
                 on_progress(written);
-                spare.push(data);
+                spare.extend(data.into_buffer());
                 continue;
             }
             let mut finished = self.drive(&mut ops, false)?;
@@ -364,7 +370,7 @@ impl Client {
                     if failed.as_ref().is_none_or(|(first, _)| chunk_index < *first) {
                         failed = Some((chunk_index, self.error(error)));
                     }
-                } else if let Some(data) = op.into_get_output() {
+                } else if let Some(data) = op.into_get_bytes() {
                     ready.insert(chunk_index, data);
                 }
             }
@@ -373,11 +379,11 @@ impl Client {
                 next_hash += 1;
             }
             while let Ok(data) = hashed.try_recv() {
-                writer.write_all(&data).map_err(write_error)?;
-                written += data.len() as u64;
+                writer.write_all(data.as_ref()).map_err(write_error)?;
+                written += data.as_ref().len() as u64;
                 next_write += 1;
                 on_progress(written);
-                spare.push(data);
+                spare.extend(data.into_buffer());
             }
         }
         writer.flush().map_err(write_error)?;

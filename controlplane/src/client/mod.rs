@@ -382,6 +382,12 @@ impl Client {
         Ok(window_for_buffer(self.receive_buffer_bytes, frag_len, node_window, gets_in_flight))
     }
 
+    /// The shared-memory link's bulk slots, when there is a link and its slots hold chunks
+    /// of `chunk_bytes`.
+    fn bulk_slots_holding(&self, chunk_bytes: u32) -> Option<u32> {
+        self.shm.as_ref().filter(|link| chunk_bytes as usize <= link.bulk_slot_bytes()).map(|link| link.bulk_slots())
+    }
+
     /// Whether requests go through shared memory (else UDP).
     pub fn uses_shm(&self) -> bool {
         self.shm.is_some()

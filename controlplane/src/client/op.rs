@@ -6,7 +6,7 @@ use beeline_dataplane::client::{Exchange, GetChunk, Progress, PutChunk, Transmit
 use beeline_dataplane::wire::Repr;
 
 use super::ChunkBytes;
-use super::bulk::{BulkGet, BulkPut};
+use super::bulk::{BulkGet, BulkPut, GetBytes};
 use crate::shm::client::ShmLink;
 
 pub(super) enum Op {
@@ -85,11 +85,20 @@ impl Op {
         }
     }
 
-    /// A get's bytes.
+    /// A get's bytes, in a buffer of their own, wherever the op had them.
     pub(super) fn into_get_output(self) -> Option<Vec<u8>> {
         match self {
             Op::Get(get) => Some(get.into_output()),
             Op::BulkGet(get) => Some(get.into_output()),
+            _ => None,
+        }
+    }
+
+    /// A get's bytes where they are: a bulk get's may still be in its slot.
+    pub(super) fn into_get_bytes(self) -> Option<GetBytes> {
+        match self {
+            Op::Get(get) => Some(GetBytes::Owned(get.into_output())),
+            Op::BulkGet(get) => Some(get.into_bytes()),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::ring::{BULK_DESCRIPTOR_BIT, Layout, Region, check_descriptor};
+use super::ring::{BULK_DESCRIPTOR_BIT, Layout, Region, SlotBytes, check_descriptor};
 use super::{HELLO_BYTES, Hello, HelloStatus, sys};
 
 /// How long a request waits for a free slot of a full request ring before it is dropped
@@ -119,6 +119,16 @@ impl ShmLink {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// The first `len` bytes of bulk slot `slot`, read in place: only for a slot whose one
+    /// request the node answered, sent once (see [`Region::slot_bytes`]). None as for
+    /// `write_bulk`.
+    pub fn bulk_in_place(&self, slot: u32, len: usize) -> Option<SlotBytes> {
+        match self.region.layout().bulk_slot(slot) {
+            Some(at) if len <= self.bulk_slot_bytes() => Some(self.region.slot_bytes(at, len)),
+            _ => None,
         }
     }
 

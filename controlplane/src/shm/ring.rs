@@ -160,16 +160,40 @@ pub fn check_descriptor(
     Ok(())
 }
 
+/// The address range of one shared mapping, unmapped when its last holder drops it: the
+/// region, and on the client any [`SlotBytes`] still read in place.
+struct Mapping {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a `Mapping` only owns the address range (it unmaps it once, on drop) and gives
+// no access to the bytes by itself; every access goes through `Region` or `SlotBytes`,
+// whose own contracts say why it is sound. Holding or dropping it from any thread is fine.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`: `&Mapping` exposes nothing but the address.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly the mapping `Region::map` made, unmapped once
+        // here, when no `Region` or `SlotBytes` (each holds the `Arc`) can reach it any more.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
 /// One mapping of a region. The node maps every client's, a client only its own.
 pub struct Region {
+    mapping: std::sync::Arc<Mapping>,
+    /// `mapping.base`, kept here so that no access goes through the `Arc`.
     base: *mut u8,
     len: usize,
     layout: Layout,
 }
 
-// SAFETY: the mapping is owned by this value (unmapped on drop) and every access goes
-// through its methods, which take `&mut self` for writes; moving it to another thread
-// moves that ownership.
+// SAFETY: the mapping is owned by this value (and by the client's `SlotBytes`, which only
+// read slots the node answered) and every access goes through its methods, which take
+// `&mut self` for writes; moving it to another thread moves that ownership.
 unsafe impl Send for Region {}
 
 impl Region {
@@ -193,7 +217,8 @@ impl Region {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Region { base: base.cast(), len, layout })
+        let base = base.cast::<u8>();
+        Ok(Region { mapping: std::sync::Arc::new(Mapping { base, len }), base, len, layout })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -285,11 +310,24 @@ impl Region {
         assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "bulk slot outside the region");
         assert!(offset >= self.layout.bulk_area, "only the bulk area is lent to the store");
         // SAFETY: in bounds of the mapping, which outlives the borrow (tied to `&mut self`, so
-        // no other borrow of this region exists in this process meanwhile). The client
+        // no other borrow of this region exists in this process meanwhile: the node never
+        // takes `SlotBytes`, which only the client's `slot_bytes` makes). The client
         // process owns these bytes until the node answers and promised not to touch them;
         // one that does anyway races only its own chunk's bytes, where any value is valid,
         // and the store's checksum (taken as it writes) then reports that chunk corrupt.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), len) }
+    }
+
+    /// The `len` bytes of the bulk area at `offset`, to read in place (client side). Only
+    /// for a bulk slot whose one request the node answered, sent once: the node serves a
+    /// client's bulk requests in ring order, so every earlier request naming the slot
+    /// (a retransmission of an older get included) was served before that answer, and none
+    /// is left to write the slot again. The caller then names the slot in no request for
+    /// as long as the result lives.
+    pub fn slot_bytes(&self, offset: usize, len: usize) -> SlotBytes {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "bulk slot outside the region");
+        assert!(offset >= self.layout.bulk_area, "only the bulk area is read in place");
+        SlotBytes { mapping: self.mapping.clone(), offset, len }
     }
 
     /// Borrows `len` bytes at `offset` (client side: a completion the node published).
@@ -302,11 +340,34 @@ impl Region {
     }
 }
 
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly the mapping `map` made, unmapped once here; no
-        // borrow of it outlives `self`.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+/// A bulk get's bytes read where the node put them, in the client's bulk slot (client
+/// side), instead of copied out: the copy was a quarter of a shared-memory get's cost to
+/// the client. Keeps the mapping alive, so a reconnect that maps a new region does not
+/// unmap it under a reader. The caller keeps the slot itself (names it in no request) for
+/// as long as this lives; see [`Region::slot_bytes`].
+pub struct SlotBytes {
+    mapping: std::sync::Arc<Mapping>,
+    offset: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for SlotBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `offset + len` is inside the mapping (asserted by `slot_bytes`), which the
+        // `Arc` keeps mapped for as long as the borrow (tied to `&self`) lasts. The node
+        // wrote these bytes before it published the answer with Release, paired with the
+        // client's Acquire before `slot_bytes` was called. By `slot_bytes`' contract the
+        // node has no request naming this slot left to serve, and the client names it in
+        // none while this value lives, so the node does not write these bytes meanwhile;
+        // a node that broke that would only change this chunk's bytes (any value is a valid
+        // `u8`) in this client's own region.
+        unsafe { std::slice::from_raw_parts(self.mapping.base.add(self.offset), self.len) }
+    }
+}
+
+impl std::fmt::Debug for SlotBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotBytes").field("offset", &self.offset).field("len", &self.len).finish()
     }
 }
 

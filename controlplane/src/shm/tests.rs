@@ -98,3 +98,31 @@ fn hello_round_trips_and_rejects_garbage() {
     assert_eq!(Hello::decode(&bad), None);
     assert_eq!(Hello::decode(&bad[..10]), None);
 }
+
+#[test]
+fn slot_bytes_read_what_the_peer_wrote_and_outlive_their_region() {
+    let layout = Layout::new(8, 4096, 2, 8192).unwrap();
+    let fd = sys::memfd(layout.bytes, false).expect("memfd");
+    let mut node = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
+    let client = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
+    let at = layout.bulk_slot(1).unwrap();
+    node.bulk_mut(at, 8192).iter_mut().enumerate().for_each(|(i, byte)| *byte = i as u8);
+    let bytes = client.slot_bytes(at, 8192);
+    // The client reconnects: its old region goes, and a get still holding bytes of it reads on.
+    drop(client);
+    drop(node);
+    drop(fd);
+    assert_eq!(bytes.as_ref().len(), 8192);
+    assert!(bytes.as_ref().iter().enumerate().all(|(i, byte)| *byte == i as u8));
+}
+
+#[test]
+fn slot_bytes_are_only_the_bulk_area() {
+    let layout = Layout::new(8, 4096, 2, 8192).unwrap();
+    let fd = sys::memfd(layout.bytes, false).expect("memfd");
+    let client = Region::map(fd.as_fd(), layout.bytes, layout).unwrap();
+    let ring_frame = std::panic::catch_unwind(|| client.slot_bytes(layout.request_frame(0), 16));
+    assert!(ring_frame.is_err(), "a request frame is not a bulk slot");
+    let past_the_end = std::panic::catch_unwind(|| client.slot_bytes(layout.bulk_slot(1).unwrap(), 8193 + 4096));
+    assert!(past_the_end.is_err(), "past the region's end");
+}
