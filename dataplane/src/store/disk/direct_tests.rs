@@ -178,3 +178,35 @@ fn the_capacity_counts_the_padding_a_large_put_may_need() {
     drain_all(&mut buffered);
     assert_eq!(read_all(&mut buffered, 1).unwrap(), pattern(1, CHUNK_BYTES));
 }
+
+/// The `O_DIRECT` descriptor of a segment cannot be opened (here its file was renamed away
+/// under the store, which still writes through the descriptor it holds): the put goes
+/// through the page cache instead, reads back, and direct writes stay off for the store.
+#[test]
+fn a_segment_that_cannot_be_opened_for_direct_io_turns_direct_writes_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = "a_segment_that_cannot_be_opened_for_direct_io_turns_direct_writes_off";
+    let Some(mut store) = open_direct_store(test, dir.path()) else { return };
+    let active = segment_path(dir.path(), store.active);
+    let aside = dir.path().join("aside");
+    std::fs::rename(&active, &aside).unwrap();
+    let large = pattern(3, CHUNK_BYTES);
+    let aligned = Aligned::new(&large, 0);
+    put_from(&mut store, 3, aligned.bytes(), 1);
+    drain_all(&mut store);
+    assert!(!store.writes_direct(), "a failed O_DIRECT open turns direct writes off");
+    let stats = store.write_stats();
+    assert_eq!(stats.direct_bytes, 0);
+    assert_eq!(stats.page_cache_bytes, CHUNK_BYTES as u64, "the whole chunk went through the page cache");
+    assert_eq!(read_all(&mut store, 3).unwrap(), large);
+    // Later large puts do not try again, and pad no more.
+    let padding_bytes = stats.padding_bytes;
+    put_from(&mut store, 4, Aligned::new(&pattern(4, CHUNK_BYTES), 0).bytes(), 2);
+    drain_all(&mut store);
+    assert_eq!(store.write_stats().direct_bytes, 0);
+    assert_eq!(store.write_stats().padding_bytes, padding_bytes, "no padding once direct writes are off");
+    drop(store);
+    std::fs::rename(&aside, &active).unwrap();
+    let mut store = open(dir.path(), config());
+    assert_eq!(read_all(&mut store, 3).unwrap(), large, "the chunk survives a restart");
+}
