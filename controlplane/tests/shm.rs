@@ -313,15 +313,15 @@ fn a_put_over_shared_memory_survives_a_node_restart() {
 fn a_get_over_shared_memory_survives_a_node_restart() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    // No tagger: its reads of "big" are bulk requests too, and could satisfy "the get
-    // started" below before the get has even connected (a clean-clone CI run saw the
-    // get's first connect reset by the node being killed).
-    let mut node = TestNode::start(dir.path(), &["--auto-tag", "false"]);
+    let mut node = start(dir.path());
     let path = dir.path().join("big");
     let data = pattern(100 << 20, 22);
     std::fs::write(&path, &data).unwrap();
     ok(&node.cli(&["put", path.to_str().unwrap(), "--transport", "shm"]));
-    let before = counters(&node)["shm_bulk_bytes"];
+    // The node publishes its counters every 100 ms: wait until they hold all of the put's
+    // bulk bytes, or its last chunks would count as "the get started" below before the get
+    // even connected (a clean-clone CI run saw that get's connect reset by the kill).
+    let before = wait_counters(&node, "the put's bulk bytes", |c| c["shm_bulk_bytes"] >= 100 << 20)["shm_bulk_bytes"];
     // Nobody reads the get's stdout yet: once the pipe is full it stops, a few chunks in.
     let mut get = node
         .cli_command(&["get", "big", "-o", "-", "--transport", "shm"])
